@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The project's single test command:
+#   1. cargo build --release --locked
+#   2. cargo test --release --locked   (shares the release build's dependencies)
+#   3. the official Durable Streams conformance suite against the release binary
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default "memory")
+# Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
+# Exits non-zero if any step fails. On success the last line printed is
+#   conformance: N passed, M failed
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+section() {
+  echo
+  echo "================================================================"
+  echo "== $*"
+  echo "================================================================"
+}
+
+# ------------------------------------------------------------------ tools ---
+section "tools"
+command -v cargo >/dev/null 2>&1 || { echo "ERROR: cargo is required but not installed" >&2; exit 1; }
+missing_pkgs=()
+command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
+{ command -v npm >/dev/null 2>&1 && command -v npx >/dev/null 2>&1; } || missing_pkgs+=(npm)
+command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
+if ((${#missing_pkgs[@]} > 0)); then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing missing tools: ${missing_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y "${missing_pkgs[@]}"
+  else
+    echo "ERROR: missing tools (${missing_pkgs[*]}) and not root: install them first" >&2
+    exit 1
+  fi
+fi
+echo "cargo: $(cargo --version)"
+echo "node:  $(node --version), npm: $(npm --version)"
+echo "curl:  $(curl --version | head -n 1)"
+
+# ------------------------------------------------------------------ build ---
+section "cargo build --release --locked"
+cargo build --release --locked
+
+# ------------------------------------------------------------ unit tests ---
+failed_steps=()
+section "cargo test --release --locked"
+cargo test --release --locked || failed_steps+=("cargo test")
+
+# ------------------------------------------------------------ conformance ---
+section "conformance suite (tests/conformance/run.sh)"
+CONFORMANCE_SERVER_BIN=target/release/durable-streams-server tests/conformance/run.sh || failed_steps+=("conformance")
+
+if ((${#failed_steps[@]} > 0)); then
+  echo "test-all FAILED: ${failed_steps[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,1170 @@
+//! The protocol engine: every stream rule of the protocol, independent of
+//! transport and of the storage backend.
+//!
+//! The engine keeps each stream's metadata in memory (rebuilt from the
+//! backend at start), validates every request against it, submits the
+//! resulting [`Mutation`] to storage, and publishes committed changes through
+//! the stream's [`Signal`] so live readers wake without polling.
+//!
+//! Locks: the path map and each stream's ledger are `std` mutexes held only
+//! for in-memory work, never across an `.await`; the map is always locked
+//! before a stream, a fork before its source.
+
+mod error;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use error::EngineError;
+use state::{Ledger, WriterState};
+
+use crate::protocol::header::{ContentType, ProducerHeaders};
+use crate::protocol::json;
+use crate::protocol::offset::ReadFrom;
+use crate::protocol::producer::{self, ProducerDecision, ProducerState};
+use crate::storage::{
+    Append, ClosedBy, ForkLink, Mutation, ReadChunk, RecoveredStream, Storage, StorageError,
+    StreamId, StreamSpec,
+};
+
+/// The committed view of a stream that live readers follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Signal {
+    /// Position after the last committed byte.
+    pub tail: u64,
+    /// The stream is closed.
+    pub closed: bool,
+    /// The stream was deleted or expired.
+    pub gone: bool,
+}
+
+/// Lifecycle of a stream instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Live,
+    /// Deleted or expired while forks still read through it.
+    SoftDeleted,
+    /// Removed for good.
+    Removed,
+}
+
+/// Mutable per-stream bookkeeping besides the writer ledger.
+#[derive(Debug)]
+struct Inner {
+    ledger: Ledger,
+    last_access: Instant,
+    forks: usize,
+    status: Status,
+}
+
+/// One stream instance.
+#[derive(Debug)]
+pub struct StreamEntry {
+    spec: StreamSpec,
+    content_type: ContentType,
+    expires_at: Option<OffsetDateTime>,
+    source: Option<Arc<StreamEntry>>,
+    inner: Mutex<Inner>,
+    signal: watch::Sender<Signal>,
+}
+
+impl StreamEntry {
+    /// The stream's content type.
+    pub fn content_type(&self) -> &ContentType {
+        &self.content_type
+    }
+
+    /// A stable identifier that differs across delete and re-create.
+    pub fn id(&self) -> StreamId {
+        self.spec.id
+    }
+
+    /// The configured sliding TTL.
+    pub fn ttl_secs(&self) -> Option<u64> {
+        self.spec.ttl_secs
+    }
+
+    /// The configured absolute expiry.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+
+    /// The committed state readers see.
+    pub fn snapshot(&self) -> Signal {
+        *self.signal.borrow()
+    }
+
+    /// Subscribes to committed changes (the notification hub).
+    pub fn subscribe(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let next = Signal {
+            tail: inner.ledger.committed.tail,
+            closed: inner.ledger.committed.closed.is_some(),
+            gone: inner.status != Status::Live,
+        };
+        self.signal.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
+    fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
+        if let Some(at) = self.expires_at {
+            if OffsetDateTime::now_utc() >= at {
+                return true;
+            }
+        }
+        match self.spec.ttl_secs {
+            Some(ttl) => {
+                now.saturating_duration_since(inner.last_access) >= Duration::from_secs(ttl)
+            }
+            None => false,
+        }
+    }
+}
+
+/// Limits the engine enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineLimits {
+    /// Most bytes a stream may hold (its own data, not its fork source's).
+    pub max_stream_bytes: u64,
+    /// Most payload bytes one read hands out (catch-up chunking).
+    pub max_read_bytes: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            max_stream_bytes: u64::MAX,
+            max_read_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
+    next_id: AtomicU64,
+    limits: EngineLimits,
+}
+
+/// A fork request from `PUT` headers.
+#[derive(Clone, Debug)]
+pub struct ForkRequest {
+    /// `Stream-Forked-From`.
+    pub source_path: String,
+    /// `Stream-Fork-Offset`, if given.
+    pub offset: Option<ReadFrom>,
+    /// `Stream-Fork-Sub-Offset` (0 when absent).
+    pub sub_offset: u64,
+}
+
+/// A `PUT`.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    /// The stream path.
+    pub path: String,
+    /// `Content-Type`, if given.
+    pub content_type: Option<ContentType>,
+    /// `Stream-TTL`.
+    pub ttl_secs: Option<u64>,
+    /// `Stream-Expires-At`.
+    pub expires_at: Option<OffsetDateTime>,
+    /// `Stream-Closed: true`.
+    pub closed: bool,
+    /// Fork headers.
+    pub fork: Option<ForkRequest>,
+    /// Initial data.
+    pub body: Bytes,
+}
+
+/// The result of a `PUT`.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The stream.
+    pub entry: Arc<StreamEntry>,
+    /// `true` for a new stream (`201`), `false` for a matching one (`200`).
+    pub new: bool,
+    /// Its tail.
+    pub tail: u64,
+    /// Whether it is closed.
+    pub closed: bool,
+}
+
+/// A `POST`.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    /// `Content-Type`, if given.
+    pub content_type: Option<ContentType>,
+    /// The body.
+    pub body: Bytes,
+    /// `Stream-Closed: true`.
+    pub close: bool,
+    /// The producer triple.
+    pub producer: Option<ProducerHeaders>,
+    /// `Stream-Seq`.
+    pub stream_seq: Option<String>,
+}
+
+/// The result of a `POST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The tail after the request.
+    pub tail: u64,
+    /// Whether the stream is closed after the request.
+    pub closed: bool,
+    /// Whether data (or a close) was written, as opposed to a duplicate.
+    pub wrote: bool,
+    /// The producer state to echo.
+    pub producer: Option<ProducerState>,
+}
+
+/// The result of a read.
+#[derive(Clone, Debug)]
+pub struct ReadResult {
+    /// Where the read started.
+    pub start: u64,
+    /// Records (payload as stored).
+    pub records: Vec<Bytes>,
+    /// Position after the returned data.
+    pub next: u64,
+    /// The read reached the committed tail.
+    pub up_to_date: bool,
+    /// The stream is closed and the read reached its final offset.
+    pub closed: bool,
+}
+
+impl ReadResult {
+    /// Total payload bytes.
+    pub fn len(&self) -> usize {
+        self.records.iter().map(Bytes::len).sum()
+    }
+
+    /// No data was returned.
+    pub fn is_empty(&self) -> bool {
+        self.records.iter().all(Bytes::is_empty)
+    }
+}
+
+/// How an operation refreshes a sliding TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads and writes keep the stream alive.
+    Touch,
+    /// `HEAD` does not (spec §4.5).
+    Peek,
+}
+
+fn now_ms() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn ms_to_datetime(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+fn datetime_to_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl Engine {
+    /// An engine over `storage`, with the streams the backend recovered.
+    ///
+    /// # Errors
+    /// When the backend cannot be read.
+    pub fn open(storage: Arc<dyn Storage>, limits: EngineLimits) -> Result<Self, StorageError> {
+        let recovered = storage.recover()?;
+        let engine = Self {
+            shared: Arc::new(Shared {
+                storage,
+                streams: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                limits,
+            }),
+        };
+        engine.restore(recovered);
+        Ok(engine)
+    }
+
+    /// The backend in use.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.shared.storage
+    }
+
+    /// How many streams are live or kept for forks.
+    pub fn stream_count(&self) -> usize {
+        self.map_read().len()
+    }
+
+    fn map_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<StreamEntry>>> {
+        self.shared
+            .streams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn map_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<StreamEntry>>> {
+        self.shared
+            .streams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rebuilds entries from recovered streams; sources before forks.
+    fn restore(&self, mut recovered: Vec<RecoveredStream>) {
+        recovered.sort_by_key(|s| s.spec.id);
+        let mut by_id: HashMap<StreamId, Arc<StreamEntry>> = HashMap::new();
+        let mut map = self.map_write();
+        let now = Instant::now();
+        for stream in recovered {
+            let max_id = self
+                .shared
+                .next_id
+                .load(Ordering::Relaxed)
+                .max(stream.spec.id + 1);
+            self.shared.next_id.store(max_id, Ordering::Relaxed);
+            let source = stream
+                .spec
+                .fork
+                .as_ref()
+                .and_then(|link| by_id.get(&link.source).cloned());
+            if let Some(source) = &source {
+                source.lock().forks += 1;
+            }
+            let state = WriterState {
+                tail: stream.tail,
+                closed: stream.closed,
+                producers: stream.producers.into_iter().collect(),
+                stream_seq: stream.stream_seq,
+            };
+            let status = if stream.soft_deleted {
+                Status::SoftDeleted
+            } else {
+                Status::Live
+            };
+            let entry = new_entry(stream.spec, source, state, status, now);
+            by_id.insert(entry.spec.id, entry.clone());
+            map.insert(entry.spec.path.clone(), entry);
+        }
+    }
+
+    /// Finds the live stream at `path`, expiring it if its time is up.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or [`EngineError::Gone`].
+    pub fn lookup(&self, path: &str, access: Access) -> Result<Arc<StreamEntry>, EngineError> {
+        let entry = self
+            .map_read()
+            .get(path)
+            .cloned()
+            .ok_or(EngineError::NotFound)?;
+        let now = Instant::now();
+        let mut inner = entry.lock();
+        match inner.status {
+            Status::SoftDeleted => return Err(EngineError::Gone),
+            Status::Removed => return Err(EngineError::NotFound),
+            Status::Live => {}
+        }
+        if entry.is_expired(&inner, now) {
+            drop(inner);
+            return Err(self.expire(&entry));
+        }
+        if access == Access::Touch {
+            inner.last_access = now;
+        }
+        drop(inner);
+        Ok(entry)
+    }
+
+    /// Deletes an expired stream; tells the caller what the client sees.
+    fn expire(&self, entry: &Arc<StreamEntry>) -> EngineError {
+        match self.delete_entry(entry) {
+            Ok(Deletion::Soft) => EngineError::Gone,
+            _ => EngineError::NotFound,
+        }
+    }
+
+    /// Sweeps expired streams; returns how many were reclaimed.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        let candidates: Vec<Arc<StreamEntry>> = self.map_read().values().cloned().collect();
+        let mut reclaimed = 0;
+        for entry in candidates {
+            let expired = {
+                let inner = entry.lock();
+                inner.status == Status::Live && entry.is_expired(&inner, now)
+            };
+            if expired && self.delete_entry(&entry).is_ok() {
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+    /// `PUT`: creates a stream or confirms an identical one.
+    ///
+    /// # Errors
+    /// See [`EngineError`].
+    pub async fn create(&self, request: CreateRequest) -> Result<Created, EngineError> {
+        // Resolve the fork source and its materialised prefix first: that may
+        // read storage, which must not happen under the map lock.
+        let fork = match &request.fork {
+            Some(fork) => Some(self.resolve_fork(fork).await?),
+            None => None,
+        };
+        let content_type = match (&request.content_type, &fork) {
+            (Some(requested), Some(fork)) if !requested.matches(&fork.source.content_type) => {
+                return Err(EngineError::ContentTypeMismatch);
+            }
+            (Some(requested), _) => requested.clone(),
+            (None, Some(fork)) => fork.source.content_type.clone(),
+            (None, None) => ContentType::default_binary(),
+        };
+        let (ttl_secs, expires_at) = match (&fork, request.ttl_secs, request.expires_at) {
+            (Some(fork), None, None) => (fork.source.spec.ttl_secs, fork.source.expires_at),
+            (_, ttl, at) => (ttl, at),
+        };
+        let initial = if content_type.is_json() && !request.body.is_empty() {
+            Bytes::from(json::flatten(&request.body, true)?.bytes)
+        } else {
+            Bytes::copy_from_slice(&request.body)
+        };
+
+        let existing = self.map_read().get(&request.path).cloned();
+        if let Some(existing) = existing {
+            match self.lookup(&request.path, Access::Touch) {
+                Ok(entry) if Arc::ptr_eq(&entry, &existing) => {
+                    return confirm_existing(
+                        &entry,
+                        &request,
+                        &content_type,
+                        ttl_secs,
+                        expires_at,
+                        fork.as_ref(),
+                    );
+                }
+                Ok(_) => {
+                    return Err(EngineError::ConfigMismatch(
+                        "the stream changed concurrently",
+                    ));
+                }
+                Err(EngineError::Gone) => return Err(EngineError::PathOccupied),
+                Err(EngineError::NotFound) => {}
+                Err(other) => return Err(other),
+            }
+        }
+
+        let (data, base, link, source) = match fork {
+            Some(fork) => {
+                let mut data = Vec::with_capacity(fork.prefix.len() + initial.len());
+                data.extend_from_slice(&fork.prefix);
+                data.extend_from_slice(&initial);
+                (
+                    Bytes::from(data),
+                    fork.offset,
+                    Some(fork.link),
+                    Some(fork.source),
+                )
+            }
+            None => (initial, 0, None, None),
+        };
+        if data.len() as u64 > self.shared.limits.max_stream_bytes {
+            return Err(EngineError::StreamTooLarge {
+                limit: self.shared.limits.max_stream_bytes,
+            });
+        }
+        let spec = StreamSpec {
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            path: request.path.clone(),
+            content_type: content_type.raw.clone(),
+            ttl_secs,
+            expires_at_ms: expires_at.map(datetime_to_ms),
+            created_at_ms: now_ms(),
+            fork: link,
+            base,
+        };
+        let state = WriterState {
+            tail: base,
+            ..WriterState::default()
+        };
+        let entry = new_entry(
+            spec.clone(),
+            source.clone(),
+            state,
+            Status::Live,
+            Instant::now(),
+        );
+        let tail = base + data.len() as u64;
+        let close = request.closed.then_some(None);
+
+        let (op, ack) = {
+            let mut map = self.map_write();
+            if let Some(current) = map.get(&request.path) {
+                if current.lock().status != Status::Removed {
+                    return Err(EngineError::ConfigMismatch(
+                        "the stream was created concurrently",
+                    ));
+                }
+            }
+            if let Some(source) = &source {
+                let mut source_inner = source.lock();
+                if source_inner.status != Status::Live {
+                    return Err(EngineError::ForkSourceGone);
+                }
+                source_inner.forks += 1;
+            }
+            let op = entry.lock().ledger.push(tail, close, None, None);
+            let ack = self.shared.storage.submit(Mutation::Create {
+                spec,
+                data,
+                closed: request.closed,
+            });
+            map.insert(request.path.clone(), entry.clone());
+            (op, ack)
+        };
+        match ack.await {
+            Ok(()) => {
+                let mut inner = entry.lock();
+                inner.ledger.acknowledge(op);
+                entry.publish(&inner);
+                Ok(Created {
+                    entry: entry.clone(),
+                    new: true,
+                    tail,
+                    closed: request.closed,
+                })
+            }
+            Err(error) => {
+                let mut map = self.map_write();
+                if map
+                    .get(&request.path)
+                    .is_some_and(|current| Arc::ptr_eq(current, &entry))
+                {
+                    map.remove(&request.path);
+                }
+                drop(map);
+                let mut inner = entry.lock();
+                inner.status = Status::Removed;
+                inner.ledger.fail(op);
+                entry.publish(&inner);
+                drop(inner);
+                if let Some(source) = &source {
+                    self.release_fork(source);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn resolve_fork(&self, request: &ForkRequest) -> Result<ResolvedFork, EngineError> {
+        let source = match self.lookup(&request.source_path, Access::Peek) {
+            Ok(source) => source,
+            Err(EngineError::Gone) => return Err(EngineError::ForkSourceGone),
+            Err(EngineError::NotFound) => return Err(EngineError::ForkSourceNotFound),
+            Err(other) => return Err(other),
+        };
+        let tail = source.snapshot().tail;
+        let offset = match request.offset {
+            None | Some(ReadFrom::Now) => tail,
+            Some(ReadFrom::Start) => 0,
+            Some(ReadFrom::At(offset)) if offset.position() <= tail => offset.position(),
+            Some(_) => {
+                return Err(EngineError::InvalidForkPosition(
+                    "fork offset is beyond the source's tail",
+                ));
+            }
+        };
+        let mut prefix = Bytes::new();
+        if request.sub_offset > 0 {
+            let chunk = self.read_chain(&source, offset, tail, 1).await?;
+            let record = chunk.records.first().cloned().unwrap_or_default();
+            if record.is_empty() {
+                return Err(EngineError::InvalidForkPosition(
+                    "no data follows the fork offset",
+                ));
+            }
+            let cut = if source.content_type.is_json() {
+                if chunk.starts_mid_record {
+                    return Err(EngineError::InvalidForkPosition(
+                        "fork offset is inside a JSON message",
+                    ));
+                }
+                json::message_prefix_len(&record, request.sub_offset).ok_or(
+                    EngineError::InvalidForkPosition(
+                        "sub-offset exceeds the messages of the next append",
+                    ),
+                )?
+            } else {
+                usize::try_from(request.sub_offset)
+                    .ok()
+                    .filter(|&n| n <= record.len())
+                    .ok_or(EngineError::InvalidForkPosition(
+                        "sub-offset exceeds the bytes of the next append",
+                    ))?
+            };
+            prefix = Bytes::copy_from_slice(&record[..cut]);
+        } else if source.content_type.is_json() && offset < tail {
+            let chunk = self.read_chain(&source, offset, tail, 1).await?;
+            if chunk.starts_mid_record {
+                return Err(EngineError::InvalidForkPosition(
+                    "fork offset is inside a JSON message",
+                ));
+            }
+        }
+        let link = ForkLink {
+            source: source.spec.id,
+            source_path: request.source_path.clone(),
+            offset,
+            sub_offset: request.sub_offset,
+        };
+        Ok(ResolvedFork {
+            source,
+            offset,
+            prefix,
+            link,
+            requested_offset: request.offset.is_some(),
+        })
+    }
+
+    /// `POST`: appends, closes, or both.
+    ///
+    /// # Errors
+    /// See [`EngineError`].
+    pub async fn append(
+        &self,
+        path: &str,
+        request: AppendRequest,
+    ) -> Result<Appended, EngineError> {
+        if request.body.is_empty() && !request.close {
+            return Err(EngineError::EmptyBody);
+        }
+        if !request.body.is_empty() && request.content_type.is_none() {
+            return Err(EngineError::MissingContentType);
+        }
+        let entry = self.lookup(path, Access::Touch)?;
+        let data_result = if request.body.is_empty() {
+            Ok(Bytes::new())
+        } else if entry.content_type.is_json() {
+            json::flatten(&request.body, false).map(|flat| Bytes::from(flat.bytes))
+        } else {
+            Ok(Bytes::copy_from_slice(&request.body))
+        };
+
+        let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
+            AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
+            AppendPlan::Answered { outcome, wait_for } => {
+                self.wait_committed(&entry, wait_for, outcome.tail).await?;
+                return Ok(outcome);
+            }
+        };
+        let result = ack.await;
+        let mut inner = entry.lock();
+        match result {
+            Ok(()) => {
+                inner.ledger.acknowledge(op);
+                entry.publish(&inner);
+                Ok(outcome)
+            }
+            Err(error) => {
+                inner.ledger.fail(op);
+                drop(inner);
+                // Wake duplicates waiting on the failed write.
+                entry.signal.send_modify(|_| {});
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Validates an append under the stream lock and, when it writes,
+    /// queues it in storage. Never awaits.
+    fn plan_append(
+        &self,
+        entry: &Arc<StreamEntry>,
+        request: &AppendRequest,
+        data_result: Result<Bytes, json::JsonError>,
+    ) -> Result<AppendPlan, EngineError> {
+        let mut inner = entry.lock();
+        let ledger = &mut inner.ledger;
+        let answered = |outcome: Appended, ledger: &Ledger| AppendPlan::Answered {
+            outcome,
+            wait_for: ledger.last_pending_op(),
+        };
+        if let Some(closed_by) = ledger.closed() {
+            let retry_of_close = match (&request.producer, closed_by) {
+                (Some(p), Some(by)) => {
+                    p.id == by.producer_id && p.epoch == by.epoch && p.seq == by.seq
+                }
+                _ => false,
+            };
+            if retry_of_close || (request.body.is_empty() && request.producer.is_none()) {
+                // A retry of the closing request, or a repeated plain close:
+                // both are idempotent (spec §4.3, §5.7).
+                let producer = request
+                    .producer
+                    .as_ref()
+                    .and_then(|p| ledger.producer(&p.id));
+                let outcome = Appended {
+                    tail: ledger.tail(),
+                    closed: true,
+                    wrote: false,
+                    producer,
+                };
+                return Ok(answered(outcome, ledger));
+            }
+            if let Some(p) = &request.producer {
+                if ledger
+                    .producer(&p.id)
+                    .is_some_and(|state| p.epoch < state.epoch)
+                {
+                    let current = ledger.producer(&p.id).map_or(0, |state| state.epoch);
+                    return Err(EngineError::StaleEpoch { current });
+                }
+            }
+            return Err(EngineError::Closed {
+                tail: ledger.tail(),
+            });
+        }
+        if let Some(requested) = request
+            .content_type
+            .as_ref()
+            .filter(|_| !request.body.is_empty())
+        {
+            if !requested.matches(&entry.content_type) {
+                return Err(EngineError::ContentTypeMismatch);
+            }
+        }
+        let mut producer_next = None;
+        if let Some(p) = &request.producer {
+            match producer::decide(ledger.producer(&p.id), p.epoch, p.seq) {
+                ProducerDecision::Accept { next } => producer_next = Some((p.id.clone(), next)),
+                ProducerDecision::Duplicate { current } => {
+                    let closed = ledger.closed().is_some();
+                    let outcome = Appended {
+                        tail: ledger.tail(),
+                        closed,
+                        wrote: false,
+                        producer: Some(current),
+                    };
+                    return Ok(answered(outcome, ledger));
+                }
+                ProducerDecision::StaleEpoch { current_epoch } => {
+                    return Err(EngineError::StaleEpoch {
+                        current: current_epoch,
+                    });
+                }
+                ProducerDecision::Gap { expected, received } => {
+                    return Err(EngineError::SequenceGap { expected, received });
+                }
+                ProducerDecision::EpochMustStartAtZero => {
+                    return Err(EngineError::EpochMustStartAtZero);
+                }
+            }
+        }
+        if let Some(seq) = &request.stream_seq {
+            if ledger.stream_seq().is_some_and(|last| seq.as_str() <= last) {
+                return Err(EngineError::StreamSeqRegression);
+            }
+        }
+        let data = data_result?;
+        let start = ledger.tail();
+        let limit = self.shared.limits.max_stream_bytes;
+        if start - entry.spec.base + data.len() as u64 > limit {
+            return Err(EngineError::StreamTooLarge { limit });
+        }
+        let end = start + data.len() as u64;
+        let close = request.close.then(|| {
+            request.producer.as_ref().map(|p| ClosedBy {
+                producer_id: p.id.clone(),
+                epoch: p.epoch,
+                seq: p.seq,
+            })
+        });
+        let op = ledger.push(
+            end,
+            close.clone(),
+            producer_next.clone(),
+            request.stream_seq.clone(),
+        );
+        let ack = self.shared.storage.submit(Mutation::Append(Append {
+            id: entry.spec.id,
+            start,
+            data,
+            producer: producer_next.clone(),
+            stream_seq: request.stream_seq.clone(),
+            close,
+        }));
+        let outcome = Appended {
+            tail: end,
+            closed: request.close,
+            wrote: true,
+            producer: producer_next.map(|(_, state)| state),
+        };
+        Ok(AppendPlan::Submitted { op, ack, outcome })
+    }
+
+    /// Waits until operation `op` of the stream is settled, so a duplicate
+    /// is confirmed only once the original write is committed.
+    async fn wait_committed(
+        &self,
+        entry: &Arc<StreamEntry>,
+        op: Option<u64>,
+        tail: u64,
+    ) -> Result<(), EngineError> {
+        let Some(op) = op else { return Ok(()) };
+        let mut signal = entry.subscribe();
+        loop {
+            {
+                let inner = entry.lock();
+                if !inner.ledger.is_pending(op) {
+                    if inner.ledger.committed.tail >= tail {
+                        return Ok(());
+                    }
+                    return Err(StorageError::Unavailable(
+                        "the original write of this retry failed".into(),
+                    )
+                    .into());
+                }
+            }
+            if signal.changed().await.is_err() {
+                return Err(EngineError::NotFound);
+            }
+        }
+    }
+
+    /// Starts a background task that reclaims expired streams every
+    /// `interval`; it ends when the engine is dropped.
+    pub fn spawn_sweeper(&self, interval: Duration) {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let reclaimed = Engine { shared }.sweep_expired();
+                if reclaimed > 0 {
+                    tracing::debug!(reclaimed, "expired streams reclaimed");
+                }
+            }
+        });
+    }
+
+    /// `DELETE`.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
+    pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
+        let entry = self.lookup(path, Access::Peek)?;
+        match self.delete_entry(&entry)? {
+            Deletion::Soft | Deletion::Removed => Ok(()),
+            Deletion::AlreadyGone => Err(EngineError::NotFound),
+        }
+    }
+
+    /// Soft-deletes an entry with forks, removes it otherwise.
+    fn delete_entry(&self, entry: &Arc<StreamEntry>) -> Result<Deletion, EngineError> {
+        let mut map = self.map_write();
+        let mut inner = entry.lock();
+        match inner.status {
+            Status::Removed => return Ok(Deletion::AlreadyGone),
+            Status::SoftDeleted => return Ok(Deletion::Soft),
+            Status::Live => {}
+        }
+        if inner.forks > 0 {
+            inner.status = Status::SoftDeleted;
+            entry.publish(&inner);
+            drop(inner);
+            drop(map);
+            // A lost soft-delete mark only keeps the stream visible after a
+            // crash; the data itself stays either way.
+            drop(
+                self.shared
+                    .storage
+                    .submit(Mutation::SoftDelete { id: entry.spec.id }),
+            );
+            return Ok(Deletion::Soft);
+        }
+        inner.status = Status::Removed;
+        entry.publish(&inner);
+        drop(inner);
+        if map
+            .get(&entry.spec.path)
+            .is_some_and(|current| Arc::ptr_eq(current, entry))
+        {
+            map.remove(&entry.spec.path);
+        }
+        drop(map);
+        spawn_ack(
+            self.shared
+                .storage
+                .submit(Mutation::Remove { id: entry.spec.id }),
+        );
+        if let Some(source) = &entry.source {
+            self.release_fork(source);
+        }
+        Ok(Deletion::Removed)
+    }
+
+    /// Drops one fork reference; removes a soft-deleted source whose last
+    /// fork went away, cascading up the chain.
+    fn release_fork(&self, source: &Arc<StreamEntry>) {
+        let mut next = Some(source.clone());
+        while let Some(entry) = next.take() {
+            let mut map = self.map_write();
+            let mut inner = entry.lock();
+            inner.forks = inner.forks.saturating_sub(1);
+            if inner.forks > 0 || inner.status != Status::SoftDeleted {
+                return;
+            }
+            inner.status = Status::Removed;
+            entry.publish(&inner);
+            drop(inner);
+            if map
+                .get(&entry.spec.path)
+                .is_some_and(|current| Arc::ptr_eq(current, &entry))
+            {
+                map.remove(&entry.spec.path);
+            }
+            drop(map);
+            spawn_ack(
+                self.shared
+                    .storage
+                    .submit(Mutation::Remove { id: entry.spec.id }),
+            );
+            next = entry.source.clone();
+        }
+    }
+
+    /// Reads committed data from `from` as the client asked.
+    ///
+    /// # Errors
+    /// [`EngineError::OffsetNotAtBoundary`] for a JSON offset inside a
+    /// message, or a storage failure.
+    pub async fn read(
+        &self,
+        entry: &Arc<StreamEntry>,
+        from: ReadFrom,
+    ) -> Result<ReadResult, EngineError> {
+        let snapshot = entry.snapshot();
+        self.read_at(entry, resolve_start(from, snapshot.tail), snapshot)
+            .await
+    }
+
+    /// Reads committed data from a resolved position, given a snapshot.
+    ///
+    /// # Errors
+    /// As [`Engine::read`].
+    pub async fn read_at(
+        &self,
+        entry: &Arc<StreamEntry>,
+        start: u64,
+        snapshot: Signal,
+    ) -> Result<ReadResult, EngineError> {
+        let start = start.min(snapshot.tail);
+        let chunk = self
+            .read_chain(
+                entry,
+                start,
+                snapshot.tail,
+                self.shared.limits.max_read_bytes,
+            )
+            .await?;
+        if chunk.starts_mid_record && entry.content_type.is_json() {
+            return Err(EngineError::OffsetNotAtBoundary);
+        }
+        let next = chunk.end.max(start);
+        let up_to_date = next >= snapshot.tail;
+        Ok(ReadResult {
+            start,
+            records: chunk.records,
+            next,
+            up_to_date,
+            closed: up_to_date && snapshot.closed,
+        })
+    }
+
+    /// Reads `[from, until)` of a stream, through its fork sources.
+    fn read_chain<'a>(
+        &'a self,
+        entry: &'a Arc<StreamEntry>,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ReadChunk, EngineError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let mut out = ReadChunk {
+                records: Vec::new(),
+                end: from,
+                starts_mid_record: false,
+            };
+            let base = entry.spec.base;
+            let mut taken = 0usize;
+            if let Some(source) = &entry.source {
+                if from < base {
+                    let upto = until.min(base);
+                    out = self.read_chain(source, from, upto, max_bytes).await?;
+                    taken = out.records.iter().map(Bytes::len).sum();
+                    if out.end < upto || taken >= max_bytes {
+                        return Ok(out);
+                    }
+                }
+            }
+            let own_from = out.end.max(base);
+            if own_from < until {
+                let own = self
+                    .shared
+                    .storage
+                    .read(entry.spec.id, own_from, until, max_bytes - taken)
+                    .await?;
+                if out.records.is_empty() {
+                    out.starts_mid_record = own.starts_mid_record;
+                }
+                out.records.extend(own.records);
+                out.end = own.end.max(out.end);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The start position of a read for the committed tail.
+pub fn resolve_start(from: ReadFrom, tail: u64) -> u64 {
+    match from {
+        ReadFrom::Start => 0,
+        ReadFrom::Now | ReadFrom::Beyond => tail,
+        ReadFrom::At(offset) => offset.position().min(tail),
+    }
+}
+
+enum AppendPlan {
+    /// Queued in storage; the outcome holds once `ack` resolves.
+    Submitted {
+        op: u64,
+        ack: crate::storage::StorageFuture<()>,
+        outcome: Appended,
+    },
+    /// Nothing to write (a duplicate); answer once `wait_for` is committed.
+    Answered {
+        outcome: Appended,
+        wait_for: Option<u64>,
+    },
+}
+
+enum Deletion {
+    Soft,
+    Removed,
+    AlreadyGone,
+}
+
+struct ResolvedFork {
+    source: Arc<StreamEntry>,
+    offset: u64,
+    prefix: Bytes,
+    link: ForkLink,
+    requested_offset: bool,
+}
+
+fn new_entry(
+    spec: StreamSpec,
+    source: Option<Arc<StreamEntry>>,
+    state: WriterState,
+    status: Status,
+    now: Instant,
+) -> Arc<StreamEntry> {
+    let signal = Signal {
+        tail: state.tail,
+        closed: state.closed.is_some(),
+        gone: status != Status::Live,
+    };
+    Arc::new(StreamEntry {
+        content_type: ContentType::new(&spec.content_type),
+        expires_at: spec.expires_at_ms.and_then(ms_to_datetime),
+        source,
+        inner: Mutex::new(Inner {
+            ledger: Ledger::new(state),
+            last_access: now,
+            forks: 0,
+            status,
+        }),
+        signal: watch::Sender::new(signal),
+        spec,
+    })
+}
+
+/// Drives a storage acknowledgement nobody waits for, logging a failure.
+fn spawn_ack(ack: crate::storage::StorageFuture<()>) {
+    tokio::spawn(async move {
+        if let Err(error) = ack.await {
+            tracing::error!(error = %error, "background storage operation failed");
+        }
+    });
+}
+
+/// Compares a `PUT` against an existing stream (spec §4.1 idempotent create).
+fn confirm_existing(
+    entry: &Arc<StreamEntry>,
+    request: &CreateRequest,
+    content_type: &ContentType,
+    ttl_secs: Option<u64>,
+    expires_at: Option<OffsetDateTime>,
+    fork: Option<&ResolvedFork>,
+) -> Result<Created, EngineError> {
+    if !content_type.matches(&entry.content_type) {
+        return Err(EngineError::ConfigMismatch("content type differs"));
+    }
+    if ttl_secs != entry.spec.ttl_secs {
+        return Err(EngineError::ConfigMismatch("Stream-TTL differs"));
+    }
+    let stored_ms = entry.spec.expires_at_ms;
+    if expires_at.map(datetime_to_ms) != stored_ms {
+        return Err(EngineError::ConfigMismatch("Stream-Expires-At differs"));
+    }
+    match (fork, &entry.spec.fork) {
+        (None, _) => {}
+        (Some(_), None) => return Err(EngineError::ConfigMismatch("the stream is not a fork")),
+        (Some(requested), Some(link)) => {
+            if requested.link.source != link.source
+                || (requested.requested_offset && requested.offset != link.offset)
+                || requested.link.sub_offset != link.sub_offset
+            {
+                return Err(EngineError::ConfigMismatch("fork source or offset differs"));
+            }
+        }
+    }
+    let inner = entry.lock();
+    let closed = inner.ledger.closed().is_some();
+    if request.closed != closed {
+        return Err(EngineError::ConfigMismatch("closed state differs"));
+    }
+    Ok(Created {
+        entry: entry.clone(),
+        new: false,
+        tail: inner.ledger.tail(),
+        closed,
+    })
+}

@@ -1,0 +1,214 @@
+//! Per-stream writer state: what is committed, and what is queued in storage
+//! but not yet acknowledged.
+//!
+//! Validation (producer rules, `Stream-Seq`, closed checks) runs against the
+//! *effective* state — committed plus pending — so appends to one stream can
+//! be pipelined into a backend's group commit. Readers only ever see the
+//! committed state.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::protocol::producer::ProducerState;
+use crate::storage::ClosedBy;
+
+/// State as of the last acknowledged mutation.
+#[derive(Clone, Debug, Default)]
+pub struct WriterState {
+    /// Position after the last committed byte.
+    pub tail: u64,
+    /// `Some` once closed; the inner value names the closing producer.
+    pub closed: Option<Option<ClosedBy>>,
+    /// Producer states by `Producer-Id`.
+    pub producers: HashMap<String, ProducerState>,
+    /// The last accepted `Stream-Seq`.
+    pub stream_seq: Option<String>,
+}
+
+/// A mutation queued in storage, not yet acknowledged.
+#[derive(Clone, Debug)]
+pub struct PendingOp {
+    /// Its number within the stream.
+    pub op: u64,
+    /// The tail once it is applied.
+    pub end: u64,
+    /// Set when it closes the stream.
+    pub close: Option<Option<ClosedBy>>,
+    /// The producer state it sets.
+    pub producer: Option<(String, ProducerState)>,
+    /// The `Stream-Seq` it sets.
+    pub stream_seq: Option<String>,
+}
+
+/// Committed state plus the queue of pending operations.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Acknowledged state.
+    pub committed: WriterState,
+    pending: VecDeque<PendingOp>,
+    next_op: u64,
+}
+
+impl Ledger {
+    /// A ledger whose committed state is `state`.
+    pub fn new(state: WriterState) -> Self {
+        Self {
+            committed: state,
+            pending: VecDeque::new(),
+            next_op: 0,
+        }
+    }
+
+    /// The tail including pending appends: where the next append starts.
+    pub fn tail(&self) -> u64 {
+        self.pending.back().map_or(self.committed.tail, |op| op.end)
+    }
+
+    /// The closed marker including pending closes.
+    pub fn closed(&self) -> Option<&Option<ClosedBy>> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| op.close.as_ref())
+            .or(self.committed.closed.as_ref())
+    }
+
+    /// The producer's state including pending appends.
+    pub fn producer(&self, id: &str) -> Option<ProducerState> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| {
+                op.producer
+                    .as_ref()
+                    .filter(|(pid, _)| pid == id)
+                    .map(|(_, s)| *s)
+            })
+            .or_else(|| self.committed.producers.get(id).copied())
+    }
+
+    /// The `Stream-Seq` watermark including pending appends.
+    pub fn stream_seq(&self) -> Option<&str> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| op.stream_seq.as_deref())
+            .or(self.committed.stream_seq.as_deref())
+    }
+
+    /// Whether anything is queued and unacknowledged.
+    #[cfg(test)]
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The number of the newest pending operation.
+    pub fn last_pending_op(&self) -> Option<u64> {
+        self.pending.back().map(|op| op.op)
+    }
+
+    /// Queues an operation; returns its number.
+    pub fn push(
+        &mut self,
+        end: u64,
+        close: Option<Option<ClosedBy>>,
+        producer: Option<(String, ProducerState)>,
+        stream_seq: Option<String>,
+    ) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.pending.push_back(PendingOp {
+            op,
+            end,
+            close,
+            producer,
+            stream_seq,
+        });
+        op
+    }
+
+    /// Records that operation `op` (and, storage being ordered, every earlier
+    /// one) is acknowledged.
+    pub fn acknowledge(&mut self, op: u64) {
+        while self.pending.front().is_some_and(|front| front.op <= op) {
+            let Some(done) = self.pending.pop_front() else {
+                break;
+            };
+            let state = &mut self.committed;
+            state.tail = state.tail.max(done.end);
+            if done.close.is_some() && state.closed.is_none() {
+                state.closed = done.close;
+            }
+            if let Some((id, producer)) = done.producer {
+                let slot = state.producers.entry(id).or_insert(producer);
+                *slot = (*slot).max(producer);
+            }
+            if let Some(seq) = done.stream_seq {
+                if state
+                    .stream_seq
+                    .as_deref()
+                    .is_none_or(|current| seq.as_str() > current)
+                {
+                    state.stream_seq = Some(seq);
+                }
+            }
+        }
+    }
+
+    /// Records that operation `op` failed: it and every later queued
+    /// operation are dropped (storage refuses them, as they were built on it).
+    pub fn fail(&mut self, op: u64) {
+        self.pending.retain(|pending| pending.op < op);
+    }
+
+    /// Whether `op` is still pending.
+    pub fn is_pending(&self, op: u64) -> bool {
+        self.pending.iter().any(|pending| pending.op == op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer(epoch: u64, last_seq: u64) -> Option<(String, ProducerState)> {
+        Some(("p".into(), ProducerState { epoch, last_seq }))
+    }
+
+    #[test]
+    fn effective_state_sees_pending_and_commits_in_order() {
+        let mut ledger = Ledger::default();
+        let a = ledger.push(10, None, producer(0, 0), Some("a".into()));
+        let b = ledger.push(20, Some(None), producer(0, 1), None);
+        assert_eq!(ledger.tail(), 20);
+        assert!(ledger.closed().is_some());
+        assert_eq!(
+            ledger.producer("p"),
+            Some(ProducerState {
+                epoch: 0,
+                last_seq: 1
+            })
+        );
+        assert_eq!(ledger.stream_seq(), Some("a"));
+        assert_eq!(ledger.committed.tail, 0);
+        // Acknowledging the later op implies the earlier one.
+        ledger.acknowledge(b);
+        ledger.acknowledge(a);
+        assert_eq!(ledger.committed.tail, 20);
+        assert!(ledger.committed.closed.is_some());
+        assert_eq!(ledger.committed.producers["p"].last_seq, 1);
+        assert!(!ledger.has_pending());
+    }
+
+    #[test]
+    fn failure_drops_the_op_and_its_successors() {
+        let mut ledger = Ledger::default();
+        let a = ledger.push(10, None, None, None);
+        let b = ledger.push(20, None, producer(0, 0), None);
+        let _c = ledger.push(30, None, None, None);
+        ledger.fail(b);
+        assert_eq!(ledger.tail(), 10);
+        assert_eq!(ledger.producer("p"), None);
+        ledger.acknowledge(a);
+        assert_eq!(ledger.committed.tail, 10);
+    }
+}

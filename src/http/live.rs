@@ -1,0 +1,283 @@
+//! Live reads: long-poll (spec §5.7) and Server-Sent Events (spec §5.8).
+//!
+//! Both wait on the stream's committed-state signal, never poll storage, and
+//! select on the shutdown token so a draining server releases them at once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::AppState;
+use super::names::*;
+use super::problem::ApiError;
+use super::stream::{CACHEABLE, etag, offset_header, read_response};
+use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
+use crate::protocol::cursor;
+use crate::protocol::offset::{Offset, ReadFrom};
+use crate::protocol::sse::{self, Control};
+use crate::shutdown::ShutdownToken;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The cursor for a live response, given the client's echo.
+fn cursor_for(client: Option<&str>) -> u64 {
+    cursor::next_cursor(unix_now(), client, fastrand::u64(1..=3600))
+}
+
+/// `GET ?live=long-poll`.
+pub(super) async fn long_poll(
+    state: &AppState,
+    entry: Arc<StreamEntry>,
+    from: ReadFrom,
+    client_cursor: Option<String>,
+) -> Result<Response, ApiError> {
+    let mut signal = entry.subscribe();
+    let mut snapshot = *signal.borrow_and_update();
+    let start = resolve_start(from, snapshot.tail);
+    let deadline = Instant::now() + state.settings.long_poll_timeout;
+    loop {
+        if snapshot.gone {
+            return Err(EngineError::NotFound.into());
+        }
+        if start < snapshot.tail {
+            let result = state.engine.read_at(&entry, start, snapshot).await?;
+            let mut response = read_response(&entry, &result);
+            let out = response.headers_mut();
+            out.insert(header::ETAG, etag(&entry, &result));
+            out.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHEABLE));
+            if !result.closed {
+                out.insert(
+                    STREAM_CURSOR,
+                    HeaderValue::from(cursor_for(client_cursor.as_deref())),
+                );
+            }
+            return Ok(response);
+        }
+        if snapshot.closed {
+            return Ok(no_content(snapshot.tail, true, None));
+        }
+        tokio::select! {
+            changed = signal.changed() => {
+                if changed.is_err() {
+                    return Err(EngineError::NotFound.into());
+                }
+                snapshot = *signal.borrow_and_update();
+            }
+            () = sleep_until(deadline) => break,
+            () = state.shutdown.cancelled() => break,
+        }
+    }
+    Ok(no_content(
+        snapshot.tail,
+        false,
+        Some(cursor_for(client_cursor.as_deref())),
+    ))
+}
+
+/// A long-poll answer without data: timeout, shutdown, or EOF.
+fn no_content(tail: u64, closed: bool, cursor: Option<u64>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let out = response.headers_mut();
+    out.insert(STREAM_NEXT_OFFSET, offset_header(tail));
+    out.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if closed {
+        out.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    if let Some(cursor) = cursor {
+        out.insert(STREAM_CURSOR, HeaderValue::from(cursor));
+    }
+    response
+}
+
+/// `GET ?live=sse`.
+pub(super) async fn sse(
+    state: &AppState,
+    entry: Arc<StreamEntry>,
+    from: ReadFrom,
+    client_cursor: Option<String>,
+) -> Result<Response, ApiError> {
+    let mut signal = entry.subscribe();
+    let snapshot = *signal.borrow_and_update();
+    let position = resolve_start(from, snapshot.tail);
+    let base64 = !entry.content_type().is_text_like();
+    let now = Instant::now();
+    let session = SseSession {
+        engine: state.engine.clone(),
+        json: entry.content_type().is_json(),
+        entry,
+        signal,
+        position,
+        cursor: cursor_for(client_cursor.as_deref()),
+        base64,
+        keepalive: state.settings.sse_keepalive_interval,
+        reconnect_at: state
+            .settings
+            .sse_reconnect_interval
+            .map(|interval| now + interval),
+        shutdown: state.shutdown.clone(),
+        announced: false,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(session, |mut session| async move {
+        let chunk = session.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), session))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if base64 {
+        out.insert(STREAM_SSE_DATA_ENCODING, HeaderValue::from_static("base64"));
+    }
+    Ok(response)
+}
+
+/// The state of one SSE connection, advanced one chunk of output at a time.
+struct SseSession {
+    engine: Engine,
+    entry: Arc<StreamEntry>,
+    signal: watch::Receiver<Signal>,
+    position: u64,
+    cursor: u64,
+    json: bool,
+    base64: bool,
+    keepalive: Duration,
+    reconnect_at: Option<Instant>,
+    shutdown: ShutdownToken,
+    /// Whether a control event has told the client where it stands.
+    announced: bool,
+    finished: bool,
+}
+
+impl SseSession {
+    /// The cursor for the next control event: never below one already sent.
+    fn cursor(&mut self) -> u64 {
+        self.cursor = self.cursor.max(cursor::current_interval(unix_now()));
+        self.cursor
+    }
+
+    fn control(&mut self, out: &mut Vec<u8>, up_to_date: bool, closed: bool) {
+        let cursor = if closed { None } else { Some(self.cursor()) };
+        sse::push_control_event(
+            out,
+            &Control {
+                next_offset: Offset(self.position),
+                cursor,
+                up_to_date,
+                closed,
+            },
+        );
+    }
+
+    /// The next bytes to send, or `None` to end the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let snapshot = *self.signal.borrow_and_update();
+            if snapshot.gone {
+                self.finished = true;
+                return None;
+            }
+            let mut out = Vec::new();
+            if self.position < snapshot.tail {
+                match self
+                    .engine
+                    .read_at(&self.entry, self.position, snapshot)
+                    .await
+                {
+                    Ok(result) => {
+                        let count = result.records.len();
+                        for (index, record) in result.records.iter().enumerate() {
+                            self.push_data(&mut out, record);
+                            self.position += record.len() as u64;
+                            let last = index + 1 == count;
+                            let at_tail = last && result.up_to_date;
+                            let closed = at_tail && result.closed;
+                            self.control(&mut out, at_tail, closed);
+                            if closed {
+                                self.finished = true;
+                            }
+                        }
+                        self.position = self.position.max(result.next);
+                        self.announced = true;
+                        return Some(Bytes::from(out));
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "SSE read failed; ending the stream");
+                        self.finished = true;
+                        return None;
+                    }
+                }
+            }
+            if snapshot.closed {
+                self.control(&mut out, true, true);
+                self.finished = true;
+                return Some(Bytes::from(out));
+            }
+            if !self.announced {
+                self.control(&mut out, true, false);
+                self.announced = true;
+                return Some(Bytes::from(out));
+            }
+            if self.shutdown.is_cancelled() {
+                // A last position report, never `streamClosed`: the stream
+                // goes on, only this server is leaving.
+                self.control(&mut out, true, false);
+                self.finished = true;
+                return Some(Bytes::from(out));
+            }
+            let reconnect = async {
+                match self.reconnect_at {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.signal.changed() => {
+                    if changed.is_err() {
+                        self.finished = true;
+                        return None;
+                    }
+                }
+                () = sleep(self.keepalive) => {
+                    self.control(&mut out, true, false);
+                    return Some(Bytes::from(out));
+                }
+                () = reconnect => {
+                    self.finished = true;
+                    return None;
+                }
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    fn push_data(&self, out: &mut Vec<u8>, record: &Bytes) {
+        if self.json {
+            let wrapped = crate::protocol::json::wrap_array([record.as_ref()], record.len());
+            sse::push_data_event(out, &wrapped);
+        } else if self.base64 {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(record);
+            sse::push_data_event(out, encoded.as_bytes());
+        } else {
+            sse::push_data_event(out, record);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP surface: [`build_router`], the stream handlers, live reads,
+//! health endpoints, and the headers every response carries.
+
+mod live;
+pub mod names;
+pub mod problem;
+mod query;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::protocol::name::NameLimits;
+use crate::shutdown::{Readiness, ShutdownToken};
+
+/// Settings the handlers need, derived once from [`Config`].
+#[derive(Debug)]
+pub(crate) struct HttpSettings {
+    pub base_path: String,
+    pub max_body_bytes: usize,
+    pub long_poll_timeout: Duration,
+    pub sse_reconnect_interval: Option<Duration>,
+    pub sse_keepalive_interval: Duration,
+    pub name_limits: NameLimits,
+    pub cors: Cors,
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub engine: Engine,
+    pub settings: Arc<HttpSettings>,
+    pub shutdown: ShutdownToken,
+}
+
+/// Which origins may read responses from browsers.
+#[derive(Debug)]
+pub(crate) enum Cors {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl Cors {
+    fn from_config(origins: &str) -> Self {
+        if origins.trim() == "*" {
+            return Cors::Any;
+        }
+        Cors::List(
+            origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+        )
+    }
+
+    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match self {
+            Cors::Any => Some(HeaderValue::from_static("*")),
+            Cors::List(list) => origin.filter(|o| list.contains(o)).cloned(),
+        }
+    }
+}
+
+const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, HEAD, OPTIONS";
+const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, \
+    Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, \
+    Stream-Fork-Offset, Stream-Fork-Sub-Offset";
+const EXPOSE_HEADERS: &str = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
+    Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
+    Producer-Received-Seq, ETag, Content-Type, Location, Stream-SSE-Data-Encoding";
+
+/// Builds the protocol router for `engine`, always ready, with a shutdown
+/// token nobody fires. For embedders that manage neither.
+pub fn build_router(engine: Engine, config: &Config) -> Router {
+    let (router, readiness) = build_router_with_ready(engine, config, ShutdownToken::new());
+    readiness.set_ready(true);
+    router
+}
+
+/// Builds the protocol router plus `/healthz` and `/readyz`.
+///
+/// `/readyz` answers `503` until the returned [`Readiness`] is set; live
+/// readers end when `shutdown` fires.
+pub fn build_router_with_ready(
+    engine: Engine,
+    config: &Config,
+    shutdown: ShutdownToken,
+) -> (Router, Readiness) {
+    let readiness = Readiness::new(false);
+    let connection = &config.transport.connection;
+    let settings = HttpSettings {
+        base_path: normalise_base_path(&config.http.stream_base_path),
+        max_body_bytes: usize::try_from(config.limits.max_request_body_bytes).unwrap_or(usize::MAX),
+        long_poll_timeout: Duration::from_secs(connection.long_poll_timeout_secs),
+        sse_reconnect_interval: (connection.sse_reconnect_interval_secs > 0)
+            .then(|| Duration::from_secs(connection.sse_reconnect_interval_secs)),
+        sse_keepalive_interval: Duration::from_secs(15),
+        name_limits: NameLimits {
+            max_bytes: config.limits.max_stream_name_bytes,
+            max_segments: config.limits.max_stream_name_segments,
+        },
+        cors: Cors::from_config(&config.http.cors_origins),
+    };
+    let route = if settings.base_path.is_empty() {
+        "/{*name}".to_owned()
+    } else {
+        format!("{}/{{*name}}", settings.base_path)
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        engine.spawn_sweeper(Duration::from_secs(
+            config.storage.expiry_sweep_interval_secs.max(1),
+        ));
+    }
+    let state = AppState {
+        engine,
+        settings: Arc::new(settings),
+        shutdown,
+    };
+    let ready = readiness.clone();
+    let router = Router::new()
+        .route(&route, any(stream::dispatch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+        .fallback(|| async {
+            problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state);
+    (router, readiness)
+}
+
+fn normalise_base_path(raw: &str) -> String {
+    let trimmed = raw.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// Security and CORS headers on every response; answers CORS preflights.
+async fn common_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        preflight_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    if let Some(allowed) = state.settings.cors.allow_origin(origin.as_ref()) {
+        if allowed != "*" {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
+        );
+        if preflight {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOW_METHODS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(ALLOW_HEADERS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+        }
+    }
+    response
+}
+
+fn preflight_response() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOW_METHODS));
+    response.into_response()
+}

@@ -1,0 +1,162 @@
+//! `ApiError`: the one type that becomes an HTTP error response, as
+//! `application/problem+json` (RFC 9457) with a stable `code`.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::names;
+use crate::engine::EngineError;
+use crate::protocol::header::HeaderError;
+use crate::protocol::name::NameError;
+use crate::protocol::offset::{Offset, OffsetError};
+use crate::storage::StorageError;
+
+/// An error answer: status, stable code, human detail, extra headers.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    /// A problem with the given status, code and detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// `400` for a malformed request.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
+        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+            self.headers.push((name, value));
+        }
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<HeaderError> for ApiError {
+    fn from(error: HeaderError) -> Self {
+        Self::bad_request("INVALID_HEADER", error.to_string())
+    }
+}
+
+impl From<OffsetError> for ApiError {
+    fn from(error: OffsetError) -> Self {
+        Self::bad_request("INVALID_OFFSET", error.to_string())
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(error: NameError) -> Self {
+        Self::bad_request("INVALID_STREAM_NAME", error.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        use EngineError as E;
+        let detail = error.to_string();
+        match error {
+            E::NotFound => Self::new(StatusCode::NOT_FOUND, "STREAM_NOT_FOUND", detail),
+            E::Gone => Self::new(StatusCode::GONE, "STREAM_GONE", detail),
+            E::ConfigMismatch(_) => Self::new(StatusCode::CONFLICT, "STREAM_EXISTS", detail),
+            E::PathOccupied => Self::new(StatusCode::CONFLICT, "STREAM_SOFT_DELETED", detail),
+            E::ForkSourceNotFound => {
+                Self::new(StatusCode::NOT_FOUND, "FORK_SOURCE_NOT_FOUND", detail)
+            }
+            E::ForkSourceGone => Self::new(StatusCode::CONFLICT, "FORK_SOURCE_GONE", detail),
+            E::InvalidForkPosition(_) => Self::bad_request("INVALID_FORK_OFFSET", detail),
+            E::ContentTypeMismatch => {
+                Self::new(StatusCode::CONFLICT, "CONTENT_TYPE_MISMATCH", detail)
+            }
+            E::Closed { tail } => Self::new(StatusCode::CONFLICT, "STREAM_CLOSED", detail)
+                .with_header(names::STREAM_CLOSED, "true")
+                .with_header(names::STREAM_NEXT_OFFSET, Offset(tail)),
+            E::StaleEpoch { current } => {
+                Self::new(StatusCode::FORBIDDEN, "PRODUCER_EPOCH_STALE", detail)
+                    .with_header(names::PRODUCER_EPOCH, current)
+            }
+            E::SequenceGap { expected, received } => {
+                Self::new(StatusCode::CONFLICT, "PRODUCER_SEQ_GAP", detail)
+                    .with_header(names::PRODUCER_EXPECTED_SEQ, expected)
+                    .with_header(names::PRODUCER_RECEIVED_SEQ, received)
+            }
+            E::EpochMustStartAtZero => Self::bad_request("PRODUCER_EPOCH_SEQ", detail),
+            E::StreamSeqRegression => {
+                Self::new(StatusCode::CONFLICT, "STREAM_SEQ_CONFLICT", detail)
+            }
+            E::Json(_) => Self::bad_request("INVALID_JSON", detail),
+            E::EmptyBody => Self::bad_request("EMPTY_BODY", detail),
+            E::MissingContentType => Self::bad_request("MISSING_CONTENT_TYPE", detail),
+            E::OffsetNotAtBoundary => Self::bad_request("INVALID_OFFSET", detail),
+            E::StreamTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE", detail)
+            }
+            E::Storage(storage) => storage.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Full(detail) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
+            }
+            StorageError::Unavailable(_) | StorageError::OutOfOrder { .. } => {
+                tracing::warn!(error = %error, "storage temporarily unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                    "storage is temporarily unavailable",
+                )
+                .with_header(header::RETRY_AFTER, 1)
+            }
+            other => {
+                tracing::error!(error = %other, cause = ?std::error::Error::source(&other), "storage failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "internal storage error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        (self.status, headers, body.to_string()).into_response()
+    }
+}

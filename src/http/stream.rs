@@ -1,0 +1,408 @@
+//! Handlers of the stream routes: create, append/close, delete, metadata and
+//! catch-up reads. Live reads continue in [`super::live`].
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use super::live;
+use super::names::*;
+use super::problem::ApiError;
+use super::query::{self, LiveMode};
+use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
+use crate::protocol::header::{self as wire, ContentType};
+use crate::protocol::json;
+use crate::protocol::name;
+use crate::protocol::offset::{Offset, ReadFrom, parse_read_from};
+
+/// Catch-up reads of immutable data may be cached (spec §8.1).
+pub(super) const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
+
+/// Routes a request on a stream path by method.
+pub(super) async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let result = match stream_path(&state, &request) {
+        Ok(path) => match *request.method() {
+            Method::PUT => create(&state, path, request).await,
+            Method::POST => append(&state, &path, request).await,
+            Method::DELETE => delete(&state, &path).await,
+            Method::HEAD => head(&state, &path),
+            Method::GET => read(&state, &path, request).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed",
+            )),
+        },
+        Err(error) => Err(error),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The stream's identity (its path) after validating the name part.
+fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> {
+    let path = request.uri().path();
+    let name = path
+        .strip_prefix(state.settings.base_path.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or("");
+    if name == "__ds" || name.starts_with("__ds/") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "subscriptions are not enabled on this server",
+        ));
+    }
+    name::validate(name, state.settings.name_limits)?;
+    Ok(path.to_owned())
+}
+
+fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    headers.get(name).map(HeaderValue::as_bytes)
+}
+
+/// Reads a body up to the configured limit without buffering past it.
+async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let collected = Limited::new(body, limit).collect().await.map_err(|error| {
+        if error.downcast_ref::<LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read")
+        }
+    })?;
+    Ok((parts.headers, collected.to_bytes()))
+}
+
+fn location(
+    headers: &HeaderMap,
+    original: Option<&OriginalUri>,
+    path: &str,
+) -> Option<HeaderValue> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let full_path = original.map_or(path, |uri| uri.0.path());
+    HeaderValue::from_str(&format!("http://{host}{full_path}")).ok()
+}
+
+pub(super) fn offset_value(position: u64) -> HeaderValue {
+    HeaderValue::from_str(&Offset(position).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn content_type_value(entry: &StreamEntry) -> HeaderValue {
+    HeaderValue::from_str(&entry.content_type().raw)
+        .unwrap_or_else(|_| HeaderValue::from_static(wire::DEFAULT_CONTENT_TYPE))
+}
+
+const TRUE: HeaderValue = HeaderValue::from_static("true");
+
+async fn create(state: &AppState, path: String, request: Request) -> Result<Response, ApiError> {
+    let original = request.extensions().get::<OriginalUri>().cloned();
+    let (headers, body) = read_body(state, request).await?;
+    let ttl_secs = raw(&headers, &STREAM_TTL).map(wire::ttl).transpose()?;
+    let expires_at = raw(&headers, &STREAM_EXPIRES_AT)
+        .map(wire::expires_at)
+        .transpose()?;
+    if ttl_secs.is_some() && expires_at.is_some() {
+        return Err(ApiError::bad_request(
+            "INVALID_HEADER",
+            "Stream-TTL and Stream-Expires-At are mutually exclusive",
+        ));
+    }
+    let sub_offset = raw(&headers, &STREAM_FORK_SUB_OFFSET)
+        .map(wire::sub_offset)
+        .transpose()?;
+    let fork = match raw(&headers, &STREAM_FORKED_FROM) {
+        Some(source) => {
+            let source_path = wire::text("Stream-Forked-From", source)?.trim().to_owned();
+            if source_path.is_empty() {
+                return Err(ApiError::bad_request(
+                    "INVALID_HEADER",
+                    "Stream-Forked-From must not be empty",
+                ));
+            }
+            let offset = match raw(&headers, &STREAM_FORK_OFFSET) {
+                Some(value) => Some(
+                    match parse_read_from(wire::text("Stream-Fork-Offset", value)?)? {
+                        ReadFrom::Beyond => {
+                            return Err(ApiError::bad_request(
+                                "INVALID_FORK_OFFSET",
+                                "fork offset is beyond the source",
+                            ));
+                        }
+                        other => other,
+                    },
+                ),
+                None => None,
+            };
+            Some(ForkRequest {
+                source_path,
+                offset,
+                sub_offset: sub_offset.unwrap_or(0),
+            })
+        }
+        None if sub_offset.is_some() || headers.contains_key(STREAM_FORK_OFFSET) => {
+            return Err(ApiError::bad_request(
+                "INVALID_HEADER",
+                "Stream-Fork-Offset and Stream-Fork-Sub-Offset require Stream-Forked-From",
+            ));
+        }
+        None => None,
+    };
+    let created = state
+        .engine
+        .create(CreateRequest {
+            path: path.clone(),
+            content_type: ContentType::from_header(raw(&headers, &header::CONTENT_TYPE)),
+            ttl_secs,
+            expires_at,
+            closed: raw(&headers, &STREAM_CLOSED).is_some_and(wire::is_true),
+            fork,
+            body,
+        })
+        .await?;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = if created.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, content_type_value(&created.entry));
+    out.insert(STREAM_NEXT_OFFSET, offset_value(created.tail));
+    if created.closed {
+        out.insert(STREAM_CLOSED, TRUE);
+    }
+    if created.new {
+        if let Some(location) = location(&headers, original.as_ref(), &path) {
+            out.insert(header::LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+async fn append(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
+    let producer = {
+        let h = request.headers();
+        wire::producer(
+            raw(h, &PRODUCER_ID),
+            raw(h, &PRODUCER_EPOCH),
+            raw(h, &PRODUCER_SEQ),
+        )?
+    };
+    let (headers, body) = read_body(state, request).await?;
+    let stream_seq = raw(&headers, &STREAM_SEQ)
+        .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
+        .transpose()?;
+    let has_body = !body.is_empty();
+    let outcome = state
+        .engine
+        .append(
+            path,
+            AppendRequest {
+                content_type: ContentType::from_header(raw(&headers, &header::CONTENT_TYPE)),
+                body,
+                close: raw(&headers, &STREAM_CLOSED).is_some_and(wire::is_true),
+                producer,
+                stream_seq,
+            },
+        )
+        .await?;
+    let status = if outcome.wrote && has_body && outcome.producer.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    let out = response.headers_mut();
+    out.insert(STREAM_NEXT_OFFSET, offset_value(outcome.tail));
+    if outcome.closed {
+        out.insert(STREAM_CLOSED, TRUE);
+    }
+    if let Some(producer) = outcome.producer {
+        out.insert(PRODUCER_EPOCH, HeaderValue::from(producer.epoch));
+        out.insert(PRODUCER_SEQ, HeaderValue::from(producer.last_seq));
+    }
+    Ok(response)
+}
+
+async fn delete(state: &AppState, path: &str) -> Result<Response, ApiError> {
+    state.engine.delete(path).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
+    let entry = state.engine.lookup(path, Access::Peek)?;
+    let snapshot = entry.snapshot();
+    let mut response = Response::new(Body::empty());
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, content_type_value(&entry));
+    out.insert(STREAM_NEXT_OFFSET, offset_value(snapshot.tail));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if snapshot.closed {
+        out.insert(STREAM_CLOSED, TRUE);
+    }
+    if let Some(ttl) = entry.ttl_secs() {
+        out.insert(STREAM_TTL, HeaderValue::from(ttl));
+    }
+    if let Some(at) = entry.expires_at() {
+        if let Ok(value) = HeaderValue::from_str(&wire::format_instant(at)) {
+            out.insert(STREAM_EXPIRES_AT, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn read(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
+    let query = query::parse(request.uri().query())?;
+    let entry = state.engine.lookup(path, Access::Touch)?;
+    match query.live {
+        LiveMode::CatchUp => {
+            catch_up(
+                state,
+                &entry,
+                query.offset.unwrap_or(ReadFrom::Start),
+                request.headers(),
+            )
+            .await
+        }
+        LiveMode::LongPoll => {
+            live::long_poll(
+                state,
+                entry,
+                query.offset.unwrap_or(ReadFrom::Now),
+                query.cursor,
+            )
+            .await
+        }
+        LiveMode::Sse => {
+            live::sse(
+                state,
+                entry,
+                query.offset.unwrap_or(ReadFrom::Now),
+                query.cursor,
+            )
+            .await
+        }
+    }
+}
+
+async fn catch_up(
+    state: &AppState,
+    entry: &std::sync::Arc<StreamEntry>,
+    from: ReadFrom,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let result = state.engine.read(entry, from).await?;
+    if from == ReadFrom::Now {
+        // `offset=now` is a position probe, never cached and without ETag.
+        let mut response = read_response(
+            entry,
+            &ReadResult {
+                records: Vec::new(),
+                ..result
+            },
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    let etag = etag(entry, &result);
+    if request_headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|candidate| {
+            candidate
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|tag| tag.trim_ascii() == etag.as_bytes())
+        })
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag);
+        return Ok(response);
+    }
+    let mut response = read_response(entry, &result);
+    let out = response.headers_mut();
+    out.insert(header::ETAG, etag);
+    let cache = if result.is_empty() {
+        "no-cache"
+    } else {
+        CACHEABLE
+    };
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(response)
+}
+
+/// The ETag of a read: stream instance, range, and closure (spec §8.2), so
+/// a cached response can never hide the end of a stream.
+pub(super) fn etag(entry: &StreamEntry, result: &ReadResult) -> HeaderValue {
+    let closed = if result.closed { ":c" } else { "" };
+    HeaderValue::from_str(&format!(
+        "\"{}:{}:{}{closed}\"",
+        entry.id(),
+        result.start,
+        result.next
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// A `200` carrying the records of a read with the protocol's headers.
+pub(super) fn read_response(entry: &StreamEntry, result: &ReadResult) -> Response {
+    let body = if entry.content_type().is_json() {
+        Bytes::from(json::wrap_array(
+            result.records.iter().map(|r| r.as_ref()),
+            result.len(),
+        ))
+    } else {
+        concat(&result.records)
+    };
+    let mut response = Response::new(Body::from(body));
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, content_type_value(entry));
+    out.insert(STREAM_NEXT_OFFSET, offset_value(result.next));
+    if result.up_to_date {
+        out.insert(STREAM_UP_TO_DATE, TRUE);
+    }
+    if result.closed {
+        out.insert(STREAM_CLOSED, TRUE);
+    }
+    response
+}
+
+/// Joins records; a single record is handed out without copying.
+fn concat(records: &[Bytes]) -> Bytes {
+    match records {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut out = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for record in many {
+                out.extend_from_slice(record);
+            }
+            out.freeze()
+        }
+    }
+}
+
+pub(super) use offset_value as offset_header;

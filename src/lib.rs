@@ -1,0 +1,50 @@
+//! A server for the Durable Streams protocol: append-only byte and JSON
+//! streams over plain HTTP, read from any offset, followed live by long-poll
+//! or Server-Sent Events.
+//!
+//! # Embedding
+//! ```no_run
+//! use std::sync::Arc;
+//! use durable_streams_server::{Config, Engine, InMemoryStorage, build_router};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::default();
+//! let engine = Engine::open(Arc::new(InMemoryStorage::default()), Default::default())?;
+//! let app = axum::Router::new().nest("/streams", build_router(engine, &config));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the settings tree and its loading from `DS_*` variables.
+//! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
+//! - [`engine`]: the stream rules over any backend, and the live-read signals.
+//! - [`storage`]: the [`Storage`] trait and its backends.
+//! - [`http`]: [`build_router`], the handlers, live reads, health and CORS.
+//! - [`server`]: serving a bound listener and draining on shutdown.
+//! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;
+pub mod storage;
+
+pub use config::{Config, DEFAULT_STREAM_BASE_PATH, StorageMode};
+pub use engine::{Engine, EngineLimits};
+pub use http::{build_router, build_router_with_ready};
+pub use shutdown::{Readiness, ShutdownToken};
+pub use storage::{InMemoryStorage, Storage};
+
+impl EngineLimits {
+    /// The limits a [`Config`] sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_stream_bytes: config.limits.max_stream_bytes,
+            max_read_bytes: config.limits.max_read_bytes.max(1),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure protocol logic, free of I/O: offsets, header parsing, producer rules,
+//! JSON mode, SSE framing, cursors and stream names. Everything here is
+//! unit- and property-tested in place.
+
+pub mod cursor;
+pub mod header;
+pub mod json;
+pub mod name;
+pub mod offset;
+pub mod producer;
+pub mod sse;

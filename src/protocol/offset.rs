@@ -1,0 +1,149 @@
+//! Stream offsets: the opaque position tokens a client reads from (spec §8).
+//!
+//! An offset names a position *between* bytes of a stream. We mint them as
+//! `{generation:016}_{position:016}` (zero-padded decimal), the format both
+//! reference servers use and the conformance suite hard-codes for the start of
+//! a stream. The generation field is always zero today; keeping it lets a
+//! future compaction scheme move positions without breaking ordering.
+
+use std::fmt;
+
+/// The width of each zero-padded decimal field of a minted offset.
+const FIELD_WIDTH: usize = 16;
+
+/// The largest position that still formats within [`FIELD_WIDTH`] digits, so
+/// that byte-wise comparison of minted offsets equals numeric comparison.
+pub const MAX_POSITION: u64 = 9_999_999_999_999_999;
+
+/// A concrete position in a stream, in bytes from its logical start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub u64);
+
+impl Offset {
+    /// The beginning of every stream.
+    pub const ZERO: Offset = Offset(0);
+
+    /// The byte position this offset names.
+    pub fn position(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:0w$}_{:0w$}", 0, self.0, w = FIELD_WIDTH)
+    }
+}
+
+/// Where a read starts, as requested by the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// `-1` or no `offset` parameter: the beginning of the stream.
+    Start,
+    /// `now`: the current tail.
+    Now,
+    /// A concrete position. Positions from a later generation than ours
+    /// parse to `Beyond`, which reads like the tail.
+    At(Offset),
+    /// A syntactically valid offset that lies after anything we minted.
+    Beyond,
+}
+
+/// Why an offset string was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OffsetError {
+    /// The parameter was present but empty.
+    #[error("offset must not be empty")]
+    Empty,
+    /// The value is not `-1`, `now` or `<digits>_<digits>`.
+    #[error("offset must be -1, now, or an offset returned by the server")]
+    Malformed,
+}
+
+/// Parses an offset as sent by a client (query parameter or fork header).
+///
+/// # Errors
+/// [`OffsetError`] when the value is empty or not a recognised form.
+pub fn parse_read_from(raw: &str) -> Result<ReadFrom, OffsetError> {
+    match raw {
+        "" => Err(OffsetError::Empty),
+        "-1" => Ok(ReadFrom::Start),
+        "now" => Ok(ReadFrom::Now),
+        _ => parse_concrete(raw),
+    }
+}
+
+/// Parses a server-minted offset (`<digits>_<digits>`), rejecting sentinels.
+///
+/// # Errors
+/// [`OffsetError`] when the value is not of that form.
+pub fn parse_concrete(raw: &str) -> Result<ReadFrom, OffsetError> {
+    let (generation, position) = raw.split_once('_').ok_or(OffsetError::Malformed)?;
+    let generation = parse_field(generation)?;
+    let position = parse_field(position)?;
+    if generation > 0 || position > MAX_POSITION {
+        return Ok(ReadFrom::Beyond);
+    }
+    Ok(ReadFrom::At(Offset(position)))
+}
+
+/// Parses one decimal field; digits only, bounded length so it cannot overflow.
+fn parse_field(field: &str) -> Result<u64, OffsetError> {
+    if field.is_empty() || field.len() > 20 || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(OffsetError::Malformed);
+    }
+    field.parse::<u64>().map_err(|_| OffsetError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn zero_matches_the_suites_literal() {
+        assert_eq!(
+            Offset::ZERO.to_string(),
+            "0000000000000000_0000000000000000"
+        );
+    }
+
+    #[test]
+    fn sentinels_and_garbage() {
+        assert_eq!(parse_read_from("-1"), Ok(ReadFrom::Start));
+        assert_eq!(parse_read_from("now"), Ok(ReadFrom::Now));
+        assert_eq!(parse_read_from(""), Err(OffsetError::Empty));
+        for bad in [
+            "abc", "1_", "_1", "1_2_3", "-2", "1 _2", "../x", "1,2", "a_b", "1_2\n",
+        ] {
+            assert_eq!(parse_read_from(bad), Err(OffsetError::Malformed), "{bad:?}");
+        }
+        assert_eq!(
+            parse_read_from("99999999999999999999_0"),
+            Ok(ReadFrom::Beyond)
+        );
+        assert_eq!(
+            parse_read_from("999999999999999999999_0"),
+            Err(OffsetError::Malformed)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(pos in 0..=MAX_POSITION) {
+            let text = Offset(pos).to_string();
+            prop_assert_eq!(parse_read_from(&text), Ok(ReadFrom::At(Offset(pos))));
+        }
+
+        #[test]
+        fn string_order_is_numeric_order(a in 0..=MAX_POSITION, b in 0..=MAX_POSITION) {
+            let (sa, sb) = (Offset(a).to_string(), Offset(b).to_string());
+            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+        }
+
+        #[test]
+        fn never_panics(raw in ".{0,64}") {
+            let _ = parse_read_from(&raw);
+        }
+    }
+}

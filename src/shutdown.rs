@@ -1,0 +1,72 @@
+//! Shutdown and readiness signals shared by the server and embedders.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+/// Tells live readers (long-poll, SSE) that the server is draining.
+///
+/// Cheap to clone; cancelling any clone cancels all. Long-polls answer at once
+/// and SSE streams end after a last control event when it fires.
+#[derive(Clone, Debug)]
+pub struct ShutdownToken {
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ShutdownToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShutdownToken {
+    /// A token that has not fired.
+    pub fn new() -> Self {
+        Self {
+            sender: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Fires the token.
+    pub fn cancel(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Whether the token has fired.
+    pub fn is_cancelled(&self) -> bool {
+        *self.sender.borrow()
+    }
+
+    /// Resolves once the token fires.
+    pub async fn cancelled(&self) {
+        let mut receiver = self.sender.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we wait.
+        let _ = receiver.wait_for(|fired| *fired).await;
+    }
+}
+
+/// The flag behind `/readyz`.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// A flag in the given state.
+    pub fn new(ready: bool) -> Self {
+        Self {
+            ready: Arc::new(AtomicBool::new(ready)),
+        }
+    }
+
+    /// Marks the server ready (or not) to take traffic.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers `200`.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

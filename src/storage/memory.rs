@@ -1,0 +1,241 @@
+//! The in-memory backend: records kept as compact owned [`Bytes`], nothing
+//! persisted. An acknowledged append is applied, not durable.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+use super::{
+    Append, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
+};
+
+/// Keeps every stream's records in process memory, within a byte budget.
+#[derive(Clone, Debug)]
+pub struct InMemoryStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    streams: RwLock<HashMap<StreamId, Arc<RwLock<Records>>>>,
+    used_bytes: AtomicU64,
+    max_bytes: u64,
+}
+
+/// One stream's records: `ends[i]` is the position just after `data[i]`.
+#[derive(Debug, Default)]
+struct Records {
+    base: u64,
+    ends: Vec<u64>,
+    data: Vec<Bytes>,
+}
+
+impl Records {
+    fn tail(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(self.base)
+    }
+
+    fn start_of(&self, index: usize) -> u64 {
+        if index == 0 {
+            self.base
+        } else {
+            self.ends[index - 1]
+        }
+    }
+}
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        Self::new(u64::MAX)
+    }
+}
+
+impl InMemoryStorage {
+    /// A store that refuses appends once `max_bytes` of payload are held.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                streams: RwLock::new(HashMap::new()),
+                used_bytes: AtomicU64::new(0),
+                max_bytes,
+            }),
+        }
+    }
+
+    /// Payload bytes currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed)
+    }
+
+    fn stream(&self, id: StreamId) -> Option<Arc<RwLock<Records>>> {
+        self.shared
+            .streams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<(), StorageError> {
+        let shared = &self.shared;
+        shared
+            .used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= shared.max_bytes)
+            })
+            .map(drop)
+            .map_err(|_| {
+                StorageError::Full(format!(
+                    "the in-memory store holds its limit of {} bytes",
+                    shared.max_bytes
+                ))
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        self.shared.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn apply(&self, mutation: Mutation) -> Result<(), StorageError> {
+        match mutation {
+            Mutation::Create { spec, data, .. } => {
+                self.reserve(data.len() as u64)?;
+                let mut records = Records {
+                    base: spec.base,
+                    ..Records::default()
+                };
+                if !data.is_empty() {
+                    records.ends.push(spec.base + data.len() as u64);
+                    records.data.push(data);
+                }
+                let previous = self
+                    .shared
+                    .streams
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(spec.id, Arc::new(RwLock::new(records)));
+                if let Some(previous) = previous {
+                    self.release_all(&previous);
+                }
+                Ok(())
+            }
+            Mutation::Append(append) => self.append(append),
+            Mutation::SoftDelete { .. } => Ok(()),
+            Mutation::Remove { id } => {
+                let removed = self
+                    .shared
+                    .streams
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(records) = removed {
+                    self.release_all(&records);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn release_all(&self, records: &RwLock<Records>) {
+        let records = records.read().unwrap_or_else(PoisonError::into_inner);
+        self.release(records.tail() - records.base);
+    }
+
+    fn append(&self, append: Append) -> Result<(), StorageError> {
+        let stream = self
+            .stream(append.id)
+            .ok_or(StorageError::UnknownStream(append.id))?;
+        let mut records = stream.write().unwrap_or_else(PoisonError::into_inner);
+        let tail = records.tail();
+        if append.start != tail {
+            return Err(StorageError::OutOfOrder {
+                id: append.id,
+                start: append.start,
+                tail,
+            });
+        }
+        if append.data.is_empty() {
+            return Ok(());
+        }
+        self.reserve(append.data.len() as u64)?;
+        records.ends.push(tail + append.data.len() as u64);
+        records.data.push(append.data);
+        Ok(())
+    }
+
+    fn read_now(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError> {
+        let stream = self.stream(id).ok_or(StorageError::UnknownStream(id))?;
+        let records = stream.read().unwrap_or_else(PoisonError::into_inner);
+        let from = from.max(records.base);
+        let until = until.min(records.tail());
+        let mut chunk = ReadChunk {
+            records: Vec::new(),
+            end: from,
+            starts_mid_record: false,
+        };
+        if from >= until {
+            return Ok(chunk);
+        }
+        let first = records.ends.partition_point(|&end| end <= from);
+        let mut taken = 0usize;
+        for index in first..records.ends.len() {
+            let start = records.start_of(index);
+            if start >= until {
+                break;
+            }
+            let record = &records.data[index];
+            let lo = usize::try_from(from.saturating_sub(start))
+                .unwrap_or(usize::MAX)
+                .min(record.len());
+            let hi = usize::try_from(until - start)
+                .unwrap_or(usize::MAX)
+                .min(record.len());
+            if index == first && lo > 0 {
+                chunk.starts_mid_record = true;
+            }
+            let piece = record.slice(lo..hi);
+            taken += piece.len();
+            chunk.end = start + hi as u64;
+            chunk.records.push(piece);
+            if taken >= max_bytes {
+                break;
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+impl Storage for InMemoryStorage {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
+        let outcome = self.apply(mutation);
+        Box::pin(std::future::ready(outcome))
+    }
+
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk> {
+        let outcome = self.read_now(id, from, until, max_bytes);
+        Box::pin(std::future::ready(outcome))
+    }
+
+    fn recover(&self) -> Result<Vec<RecoveredStream>, StorageError> {
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,224 @@
+//! The storage boundary: the [`Storage`] trait, its error type and the
+//! backends.
+//!
+//! # Division of labour
+//! The protocol engine ([`crate::engine`]) owns every rule of the protocol and
+//! keeps stream metadata in memory; a backend only persists what the engine
+//! decided and hands data back. Each mutation arrives as one [`Mutation`] that
+//! carries the data *and* the metadata it changes (producer state,
+//! `Stream-Seq`, the closed flag), so a durable backend can commit them
+//! atomically.
+//!
+//! # Guarantees every backend gives
+//! - **Order.** Mutations of one stream are applied in the order the calls to
+//!   [`Storage::submit`] were made; the engine serialises those calls per stream.
+//!   Calls return at once after queueing and never block on I/O.
+//! - **Atomicity.** A mutation is applied entirely or not at all.
+//! - **Acknowledgement.** The future returned by `submit` resolves `Ok` once
+//!   the mutation is as durable as the backend promises (memory: applied;
+//!   file-durable and acid: on disk). The engine exposes data to readers and
+//!   answers the client only after that.
+//! - **Consistency check.** Each append names the position it starts at; a
+//!   backend refuses an append that does not start at its tail, so a failed
+//!   commit can never leave later, already queued appends at wrong offsets.
+//! - **Reads** hand out [`Bytes`] slices of stored records without copying,
+//!   never wait behind a commit in progress, and never see data past the
+//!   position the engine asks for.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::protocol::producer::ProducerState;
+
+pub use memory::InMemoryStorage;
+
+/// A stream instance's identifier, unique for the life of a store (a stream
+/// deleted and re-created at the same path gets a new one).
+pub type StreamId = u64;
+
+/// A boxed future returned by storage operations.
+pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
+
+/// A fork's link to its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkLink {
+    /// The source stream instance.
+    pub source: StreamId,
+    /// The source's path, as given in `Stream-Forked-From`.
+    pub source_path: String,
+    /// The position in the source where the fork branches off.
+    pub offset: u64,
+    /// `Stream-Fork-Sub-Offset` as requested (0 when absent).
+    pub sub_offset: u64,
+}
+
+/// Everything fixed when a stream is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The stream instance.
+    pub id: StreamId,
+    /// Its URL path (the stream's identity).
+    pub path: String,
+    /// `Content-Type` as given at creation.
+    pub content_type: String,
+    /// Sliding TTL in seconds.
+    pub ttl_secs: Option<u64>,
+    /// Absolute expiry, Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Set for forks.
+    pub fork: Option<ForkLink>,
+    /// Where the stream's own data begins (the fork offset, or 0).
+    pub base: u64,
+}
+
+/// Who closed a stream, remembered so a producer's retry of the closing
+/// request is recognised as a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedBy {
+    /// `Producer-Id` of the closing request.
+    pub producer_id: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// One atomic change to a stream.
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Create a stream, with its initial data (possibly empty) and state.
+    Create {
+        /// The immutable description.
+        spec: StreamSpec,
+        /// Initial bytes, stored as the first record when non-empty.
+        data: Bytes,
+        /// Whether it is created closed.
+        closed: bool,
+    },
+    /// Append a record and/or update the stream's writer state.
+    Append(Append),
+    /// Mark a stream soft-deleted: gone for clients, kept for its forks.
+    SoftDelete {
+        /// The stream instance.
+        id: StreamId,
+    },
+    /// Remove a stream and its data for good.
+    Remove {
+        /// The stream instance.
+        id: StreamId,
+    },
+}
+
+/// An append, possibly empty (a close-only request), with the writer state
+/// that must be committed together with it.
+#[derive(Clone, Debug)]
+pub struct Append {
+    /// The stream instance.
+    pub id: StreamId,
+    /// Where the data starts: the stream's tail before this append.
+    pub start: u64,
+    /// The record to store; empty for a close without data.
+    pub data: Bytes,
+    /// New state of the producer that sent it.
+    pub producer: Option<(String, ProducerState)>,
+    /// New `Stream-Seq` watermark.
+    pub stream_seq: Option<String>,
+    /// Set when this append closes the stream.
+    pub close: Option<Option<ClosedBy>>,
+}
+
+/// Records handed back by a read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadChunk {
+    /// Stored records in order; the first may start mid-record when the read
+    /// began there, the last may end at `until`.
+    pub records: Vec<Bytes>,
+    /// The position just after the last byte returned.
+    pub end: u64,
+    /// Whether the read began in the middle of a record.
+    pub starts_mid_record: bool,
+}
+
+/// A stream as found when a store is opened.
+#[derive(Clone, Debug)]
+pub struct RecoveredStream {
+    /// Its immutable description.
+    pub spec: StreamSpec,
+    /// Its tail.
+    pub tail: u64,
+    /// Whether it is closed, and by whom.
+    pub closed: Option<Option<ClosedBy>>,
+    /// Producer states.
+    pub producers: Vec<(String, ProducerState)>,
+    /// The `Stream-Seq` watermark.
+    pub stream_seq: Option<String>,
+    /// Soft-deleted (kept only for forks).
+    pub soft_deleted: bool,
+}
+
+/// What can go wrong in a backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend's byte budget is exhausted (`507`).
+    #[error("storage is full: {0}")]
+    Full(String),
+    /// A temporary condition; the client may retry (`503`).
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// An append did not start at the stream's stored tail (an earlier
+    /// queued write failed).
+    #[error("append to stream {id} at {start} does not match the stored tail {tail}")]
+    OutOfOrder {
+        /// The stream instance.
+        id: StreamId,
+        /// Where the append claimed to start.
+        start: u64,
+        /// The stored tail.
+        tail: u64,
+    },
+    /// The stream is unknown to the backend.
+    #[error("stream {0} is not in storage")]
+    UnknownStream(StreamId),
+    /// An I/O failure.
+    #[error("storage I/O failed")]
+    Io(#[from] std::io::Error),
+    /// Stored data failed verification.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A persistence backend for streams. Object-safe; shared as `Arc<dyn Storage>`.
+///
+/// See the [module docs](self) for the guarantees each implementation gives.
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs and metrics (`memory`, `file-durable`, …).
+    fn backend_name(&self) -> &'static str;
+
+    /// Queues a mutation and returns a future that resolves when it is
+    /// acknowledged. Must not block; must apply mutations of a stream in call
+    /// order.
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()>;
+
+    /// Reads stored data of stream `id` in `[from, until)`, stopping after the
+    /// record that reaches `max_bytes`.
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk>;
+
+    /// The streams in the store, for rebuilding the engine's state at start.
+    ///
+    /// # Errors
+    /// When the store cannot be read or fails verification.
+    fn recover(&self) -> Result<Vec<RecoveredStream>, StorageError>;
+}
