@@ -5,12 +5,12 @@
 //! # Embedding
 //! ```no_run
 //! use std::sync::Arc;
-//! use durable_streams_server::{Config, Engine, InMemoryStorage, build_router};
+//! use durable_streams_server::{Config, InMemoryStorage, build_router};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config::default();
-//! let engine = Engine::open(Arc::new(InMemoryStorage::default()), Default::default())?;
-//! let app = axum::Router::new().nest("/streams", build_router(engine, &config));
+//! let storage = Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes));
+//! let app = axum::Router::new().nest("/streams", build_router(storage, &config));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }

@@ -71,7 +71,7 @@ async fn main() -> ExitCode {
     };
 
     let shutdown = ShutdownToken::new();
-    let (router, readiness) = build_router_with_ready(engine, &config, shutdown.clone());
+    let (router, readiness) = build_router_with_ready(storage, &config, shutdown.clone());
     tracing::info!(phase = "bind_listener", address = %config.server.bind_address, "binding");
     let listener = match tokio::net::TcpListener::bind(&config.server.bind_address).await {
         Ok(listener) => listener,

@@ -292,11 +292,8 @@ fn datetime_to_ms(at: OffsetDateTime) -> i64 {
 
 impl Engine {
     /// An engine over `storage`, with the streams the backend recovered.
-    ///
-    /// # Errors
-    /// When the backend cannot be read.
-    pub fn open(storage: Arc<dyn Storage>, limits: EngineLimits) -> Result<Self, StorageError> {
-        let recovered = storage.recover()?;
+    pub fn new(storage: Arc<dyn Storage>, limits: EngineLimits) -> Self {
+        let recovered = storage.recover();
         let engine = Self {
             shared: Arc::new(Shared {
                 storage,
@@ -306,7 +303,7 @@ impl Engine {
             }),
         };
         engine.restore(recovered);
-        Ok(engine)
+        engine
     }
 
     /// The backend in use.

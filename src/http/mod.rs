@@ -19,9 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineLimits};
 use crate::protocol::name::NameLimits;
 use crate::shutdown::{Readiness, ShutdownToken};
+use crate::storage::Storage;
 
 /// Settings the handlers need, derived once from [`Config`].
 #[derive(Debug)]
@@ -81,10 +82,10 @@ const EXPOSE_HEADERS: &str = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Da
     Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
     Producer-Received-Seq, ETag, Content-Type, Location, Stream-SSE-Data-Encoding";
 
-/// Builds the protocol router for `engine`, always ready, with a shutdown
+/// Builds the protocol router over `storage`, always ready, with a shutdown
 /// token nobody fires. For embedders that manage neither.
-pub fn build_router(engine: Engine, config: &Config) -> Router {
-    let (router, readiness) = build_router_with_ready(engine, config, ShutdownToken::new());
+pub fn build_router(storage: Arc<dyn Storage>, config: &Config) -> Router {
+    let (router, readiness) = build_router_with_ready(storage, config, ShutdownToken::new());
     readiness.set_ready(true);
     router
 }
@@ -94,10 +95,11 @@ pub fn build_router(engine: Engine, config: &Config) -> Router {
 /// `/readyz` answers `503` until the returned [`Readiness`] is set; live
 /// readers end when `shutdown` fires.
 pub fn build_router_with_ready(
-    engine: Engine,
+    storage: Arc<dyn Storage>,
     config: &Config,
     shutdown: ShutdownToken,
 ) -> (Router, Readiness) {
+    let engine = Engine::new(storage, EngineLimits::from_config(config));
     let readiness = Readiness::new(false);
     let connection = &config.transport.connection;
     let settings = HttpSettings {

@@ -119,11 +119,12 @@ mod tests {
             assert_eq!(parse_read_from(bad), Err(OffsetError::Malformed), "{bad:?}");
         }
         assert_eq!(
-            parse_read_from("99999999999999999999_0"),
+            parse_read_from("0000000000000001_0000000000000000"),
             Ok(ReadFrom::Beyond)
         );
+        assert_eq!(parse_read_from("0_99999999999999999"), Ok(ReadFrom::Beyond));
         assert_eq!(
-            parse_read_from("999999999999999999999_0"),
+            parse_read_from("99999999999999999999_0"),
             Err(OffsetError::Malformed)
         );
     }
