@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use durable_streams_server::server::{DrainTiming, serve, termination_signal};
 use durable_streams_server::{
-    Config, Engine, EngineLimits, InMemoryStorage, ShutdownToken, StorageMode,
-    build_router_with_ready,
+    Config, InMemoryStorage, ShutdownToken, StorageMode, build_router_with_ready,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -48,23 +47,13 @@ async fn main() -> ExitCode {
 
     tracing::info!(phase = "open_storage", mode = ?config.storage.mode, "opening storage");
     let storage = match config.storage.mode {
-        StorageMode::Memory => Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes)),
+        StorageMode::Memory => Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
+            as Arc<dyn durable_streams_server::Storage>,
         other => {
             return fail(
                 "open_storage",
                 format!("storage mode {other:?} is not available in this build"),
                 "set DS_STORAGE__MODE=memory",
-                exit::STORAGE,
-            );
-        }
-    };
-    let engine = match Engine::open(storage, EngineLimits::from_config(&config)) {
-        Ok(engine) => engine,
-        Err(error) => {
-            return fail(
-                "open_storage",
-                error,
-                "check the data directory",
                 exit::STORAGE,
             );
         }
