@@ -133,6 +133,13 @@ pub struct StorageConfig {
     pub data_dir: Option<PathBuf>,
     /// Seconds between sweeps that reclaim expired streams.
     pub expiry_sweep_interval_secs: u64,
+    /// File backends: size at which a new segment file starts.
+    pub segment_bytes: u64,
+    /// `file-fast`: longest time acknowledged data may stay unsynced.
+    pub fast_sync_interval_ms: u64,
+    /// File backends: discard the log from this `<segment>:<offset>` on, as
+    /// named by a corruption error at startup. Set it once, then remove it.
+    pub truncate_corrupt_at: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -141,6 +148,9 @@ impl Default for StorageConfig {
             mode: StorageMode::Memory,
             data_dir: None,
             expiry_sweep_interval_secs: 5,
+            segment_bytes: 64 << 20,
+            fast_sync_interval_ms: 100,
+            truncate_corrupt_at: None,
         }
     }
 }

@@ -2,13 +2,10 @@
 //! storage, bind, serve until SIGTERM/SIGINT, drain.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use durable_streams_server::server::{DrainTiming, serve, termination_signal};
-use durable_streams_server::{
-    Config, InMemoryStorage, ShutdownToken, StorageMode, build_router_with_ready,
-};
+use durable_streams_server::{Config, ShutdownToken, build_router_with_ready};
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes per startup phase, so a crash loop tells its phase.
@@ -46,14 +43,13 @@ async fn main() -> ExitCode {
         .init();
 
     tracing::info!(phase = "open_storage", mode = ?config.storage.mode, "opening storage");
-    let storage = match config.storage.mode {
-        StorageMode::Memory => Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
-            as Arc<dyn durable_streams_server::Storage>,
-        other => {
+    let storage = match durable_streams_server::storage::open(&config) {
+        Ok(storage) => storage,
+        Err(error) => {
             return fail(
                 "open_storage",
-                format!("storage mode {other:?} is not available in this build"),
-                "set DS_STORAGE__MODE=memory",
+                error,
+                "check storage.mode and storage.data_dir (DS_STORAGE__MODE, DS_STORAGE__DATA_DIR)",
                 exit::STORAGE,
             );
         }

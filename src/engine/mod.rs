@@ -125,10 +125,10 @@ impl StreamEntry {
     }
 
     fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
-        if let Some(at) = self.expires_at {
-            if OffsetDateTime::now_utc() >= at {
-                return true;
-            }
+        if let Some(at) = self.expires_at
+            && OffsetDateTime::now_utc() >= at
+        {
+            return true;
         }
         match self.spec.ttl_secs {
             Some(ttl) => {
@@ -519,12 +519,12 @@ impl Engine {
 
         let (op, ack) = {
             let mut map = self.map_write();
-            if let Some(current) = map.get(&request.path) {
-                if current.lock().status != Status::Removed {
-                    return Err(EngineError::ConfigMismatch(
-                        "the stream was created concurrently",
-                    ));
-                }
+            if let Some(current) = map.get(&request.path)
+                && current.lock().status != Status::Removed
+            {
+                return Err(EngineError::ConfigMismatch(
+                    "the stream was created concurrently",
+                ));
             }
             if let Some(source) = &source {
                 let mut source_inner = source.lock();
@@ -731,14 +731,13 @@ impl Engine {
                 };
                 return Ok(answered(outcome, ledger));
             }
-            if let Some(p) = &request.producer {
-                if ledger
+            if let Some(p) = &request.producer
+                && ledger
                     .producer(&p.id)
                     .is_some_and(|state| p.epoch < state.epoch)
-                {
-                    let current = ledger.producer(&p.id).map_or(0, |state| state.epoch);
-                    return Err(EngineError::StaleEpoch { current });
-                }
+            {
+                let current = ledger.producer(&p.id).map_or(0, |state| state.epoch);
+                return Err(EngineError::StaleEpoch { current });
             }
             return Err(EngineError::Closed {
                 tail: ledger.tail(),
@@ -748,10 +747,9 @@ impl Engine {
             .content_type
             .as_ref()
             .filter(|_| !request.body.is_empty())
+            && !requested.matches(&entry.content_type)
         {
-            if !requested.matches(&entry.content_type) {
-                return Err(EngineError::ContentTypeMismatch);
-            }
+            return Err(EngineError::ContentTypeMismatch);
         }
         let mut producer_next = None;
         if let Some(p) = &request.producer {
@@ -780,10 +778,10 @@ impl Engine {
                 }
             }
         }
-        if let Some(seq) = &request.stream_seq {
-            if ledger.stream_seq().is_some_and(|last| seq.as_str() <= last) {
-                return Err(EngineError::StreamSeqRegression);
-            }
+        if let Some(seq) = &request.stream_seq
+            && ledger.stream_seq().is_some_and(|last| seq.as_str() <= last)
+        {
+            return Err(EngineError::StreamSeqRegression);
         }
         let data = data_result?;
         let start = ledger.tail();
@@ -1021,14 +1019,14 @@ impl Engine {
             };
             let base = entry.spec.base;
             let mut taken = 0usize;
-            if let Some(source) = &entry.source {
-                if from < base {
-                    let upto = until.min(base);
-                    out = self.read_chain(source, from, upto, max_bytes).await?;
-                    taken = out.records.iter().map(Bytes::len).sum();
-                    if out.end < upto || taken >= max_bytes {
-                        return Ok(out);
-                    }
+            if let Some(source) = &entry.source
+                && from < base
+            {
+                let upto = until.min(base);
+                out = self.read_chain(source, from, upto, max_bytes).await?;
+                taken = out.records.iter().map(Bytes::len).sum();
+                if out.end < upto || taken >= max_bytes {
+                    return Ok(out);
                 }
             }
             let own_from = out.end.max(base);

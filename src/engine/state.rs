@@ -142,14 +142,13 @@ impl Ledger {
                 let slot = state.producers.entry(id).or_insert(producer);
                 *slot = (*slot).max(producer);
             }
-            if let Some(seq) = done.stream_seq {
-                if state
+            if let Some(seq) = done.stream_seq
+                && state
                     .stream_seq
                     .as_deref()
                     .is_none_or(|current| seq.as_str() > current)
-                {
-                    state.stream_seq = Some(seq);
-                }
+            {
+                state.stream_seq = Some(seq);
             }
         }
     }

@@ -192,10 +192,10 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
     if created.closed {
         out.insert(STREAM_CLOSED, TRUE);
     }
-    if created.new {
-        if let Some(location) = location(&headers, original.as_ref(), &path) {
-            out.insert(header::LOCATION, location);
-        }
+    if created.new
+        && let Some(location) = location(&headers, original.as_ref(), &path)
+    {
+        out.insert(header::LOCATION, location);
     }
     Ok(response)
 }
@@ -265,10 +265,10 @@ fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
     if let Some(ttl) = entry.ttl_secs() {
         out.insert(STREAM_TTL, HeaderValue::from(ttl));
     }
-    if let Some(at) = entry.expires_at() {
-        if let Ok(value) = HeaderValue::from_str(&wire::format_instant(at)) {
-            out.insert(STREAM_EXPIRES_AT, value);
-        }
+    if let Some(at) = entry.expires_at()
+        && let Ok(value) = HeaderValue::from_str(&wire::format_instant(at))
+    {
+        out.insert(STREAM_EXPIRES_AT, value);
     }
     Ok(response)
 }

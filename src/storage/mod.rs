@@ -25,7 +25,14 @@
 //!   never wait behind a commit in progress, and never see data past the
 //!   position the engine asks for.
 
+pub mod acid;
+pub mod codec;
+pub mod file;
+pub mod lock;
 pub mod memory;
+mod queue;
+#[cfg(test)]
+mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +41,8 @@ use bytes::Bytes;
 
 use crate::protocol::producer::ProducerState;
 
+pub use acid::AcidStorage;
+pub use file::{FileOptions, FileStorage};
 pub use memory::InMemoryStorage;
 
 /// A stream instance's identifier, unique for the life of a store (a stream
@@ -44,7 +53,7 @@ pub type StreamId = u64;
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
 /// A fork's link to its source.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForkLink {
     /// The source stream instance.
     pub source: StreamId,
@@ -57,7 +66,7 @@ pub struct ForkLink {
 }
 
 /// Everything fixed when a stream is created.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamSpec {
     /// The stream instance.
     pub id: StreamId,
@@ -79,7 +88,7 @@ pub struct StreamSpec {
 
 /// Who closed a stream, remembered so a producer's retry of the closing
 /// request is recognised as a duplicate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClosedBy {
     /// `Producer-Id` of the closing request.
     pub producer_id: String,
@@ -189,9 +198,83 @@ pub enum StorageError {
     /// An I/O failure.
     #[error("storage I/O failed")]
     Io(#[from] std::io::Error),
+    /// An I/O failure on a named file or directory.
+    #[error("cannot {action} {}", path.display())]
+    Path {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {} is locked by {holder}", dir.display())]
+    Locked {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Who holds it, as recorded in its lock file.
+        holder: String,
+    },
     /// Stored data failed verification.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Opens the backend `config` selects.
+///
+/// # Errors
+/// When a durable mode has no `storage.data_dir`, or the backend fails to
+/// open (locked directory, I/O failure, corruption).
+pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    use crate::config::StorageMode;
+    let storage = &config.storage;
+    let dir = || {
+        storage.data_dir.clone().ok_or_else(|| {
+            StorageError::Unavailable(
+                "storage.data_dir (DS_STORAGE__DATA_DIR) is required for durable modes".into(),
+            )
+        })
+    };
+    let file_options = |durable| FileOptions {
+        durable,
+        segment_bytes: storage.segment_bytes.max(1 << 20),
+        sync_interval: std::time::Duration::from_millis(storage.fast_sync_interval_ms.max(1)),
+        truncate_corrupt_at: storage.truncate_corrupt_at.clone(),
+    };
+    Ok(match storage.mode {
+        StorageMode::Memory => {
+            std::sync::Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
+        }
+        StorageMode::FileFast => {
+            std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
+        }
+        StorageMode::FileDurable => {
+            std::sync::Arc::new(FileStorage::open(&dir()?, file_options(true))?)
+        }
+        StorageMode::Acid => std::sync::Arc::new(AcidStorage::open(&dir()?)?),
+    })
+}
+
+impl StorageError {
+    /// An I/O failure on `path` while doing `action`.
+    pub fn path(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Path {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Classifies a write failure: a full disk is [`StorageError::Full`].
+    pub fn from_write(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::StorageFull || error.raw_os_error() == Some(28) {
+            Self::Full("the disk holding the data directory is full".into())
+        } else {
+            Self::Io(error)
+        }
+    }
 }
 
 /// A persistence backend for streams. Object-safe; shared as `Arc<dyn Storage>`.

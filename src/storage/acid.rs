@@ -1,0 +1,512 @@
+//! The `acid` backend: streams in one redb database. Each group commit is one
+//! redb write transaction, so a stream's data, producer state, `Stream-Seq`,
+//! closed flag, expiry settings and fork lineage change together or not at
+//! all, and an acknowledged append survives `kill -9` and power loss.
+//!
+//! Every stored record carries a CRC32C of its payload, verified on open and
+//! on every read, so corrupt data is never served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::lock::DirLock;
+use super::queue::{Ack, CommitQueue, Next, fail_all};
+use super::{
+    ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
+    StreamSpec,
+};
+use crate::protocol::producer::ProducerState;
+
+/// Immutable stream descriptions (JSON of [`StreamSpec`]).
+const SPECS: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_specs");
+/// Mutable stream state (JSON of [`StoredState`]).
+const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_states");
+/// Producer state by (stream, producer id): (epoch, last seq).
+const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("producers");
+/// Records by (stream, end position): CRC32C (4 bytes LE) then payload.
+const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
+/// Most payload bytes one transaction commits.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "streams.redb";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct StoredState {
+    tail: u64,
+    closed: bool,
+    closed_by: Option<ClosedBy>,
+    stream_seq: Option<String>,
+    soft_deleted: bool,
+}
+
+fn db_error(error: impl Into<redb::Error>) -> StorageError {
+    match error.into() {
+        redb::Error::Io(io) => StorageError::from_write(io),
+        redb::Error::Corrupted(detail) => StorageError::Corrupt(detail),
+        redb::Error::ValueTooLarge(len) => {
+            StorageError::Full(format!("a value of {len} bytes is too large"))
+        }
+        other => StorageError::Unavailable(other.to_string()),
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    db: Database,
+    queue: CommitQueue,
+    recovered: Mutex<Vec<RecoveredStream>>,
+    _lock: DirLock,
+}
+
+struct WriterHandle {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The redb backend. Cheap to clone.
+#[derive(Clone)]
+pub struct AcidStorage {
+    shared: Arc<Shared>,
+    _writer: Arc<WriterHandle>,
+}
+
+impl std::fmt::Debug for AcidStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcidStorage")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+impl AcidStorage {
+    /// Opens (or creates) `<dir>/streams.redb`, locks the directory, loads
+    /// and verifies every stream, and starts the writer thread.
+    ///
+    /// # Errors
+    /// When the directory is locked, the database cannot be opened, or a
+    /// record fails verification.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let lock = DirLock::acquire(dir)?;
+        let path = dir.join(DATABASE_FILE);
+        let db = Database::create(&path).map_err(|e| match db_error(e) {
+            StorageError::Corrupt(detail) => StorageError::Corrupt(format!(
+                "database file {} is corrupt: {detail}",
+                path.display()
+            )),
+            other => other,
+        })?;
+        let (recovered, tails) = load(&db, &path)?;
+        let shared = Arc::new(Shared {
+            path,
+            db,
+            queue: CommitQueue::default(),
+            recovered: Mutex::new(recovered),
+            _lock: lock,
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            tails,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ds-acid-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StorageError::Io)?;
+        Ok(Self {
+            _writer: Arc::new(WriterHandle {
+                shared: shared.clone(),
+                thread: Mutex::new(Some(thread)),
+            }),
+            shared,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn read_blocking(
+        shared: &Shared,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError> {
+        let mut chunk = ReadChunk {
+            records: Vec::new(),
+            end: from,
+            starts_mid_record: false,
+        };
+        if from >= until {
+            return Ok(chunk);
+        }
+        let txn = shared.db.begin_read().map_err(db_error)?;
+        let records = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut taken = 0usize;
+        for entry in records
+            .range((id, from + 1)..=(id, u64::MAX))
+            .map_err(db_error)?
+        {
+            let (key, value) = entry.map_err(db_error)?;
+            let (_, end) = key.value();
+            let payload = verified_payload(value.value(), id, end, &shared.path)?;
+            let start = end - payload.len() as u64;
+            if start >= until {
+                break;
+            }
+            let lo = usize::try_from(from.saturating_sub(start))
+                .unwrap_or(usize::MAX)
+                .min(payload.len());
+            let hi = usize::try_from(until.min(end) - start)
+                .unwrap_or(usize::MAX)
+                .min(payload.len());
+            if chunk.records.is_empty() && lo > 0 {
+                chunk.starts_mid_record = true;
+            }
+            let piece = Bytes::copy_from_slice(&payload[lo..hi]);
+            taken += piece.len();
+            chunk.end = start + hi as u64;
+            chunk.records.push(piece);
+            if taken >= max_bytes || chunk.end >= until {
+                break;
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+fn verified_payload<'a>(
+    value: &'a [u8],
+    id: StreamId,
+    end: u64,
+    path: &Path,
+) -> Result<&'a [u8], StorageError> {
+    let corrupt = || {
+        StorageError::Corrupt(format!(
+            "database file {}: record of stream {id} ending at position {end} fails its checksum",
+            path.display()
+        ))
+    };
+    let (crc, payload) = value.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    if u32::from_le_bytes(*crc) != crc32c::crc32c(payload) || (payload.len() as u64) > end {
+        return Err(corrupt());
+    }
+    Ok(payload)
+}
+
+/// Loads every stream and verifies every record.
+fn load(
+    db: &Database,
+    path: &Path,
+) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, u64>), StorageError> {
+    let txn = db.begin_write().map_err(db_error)?;
+    // Make sure the tables exist, so reads never meet a missing table.
+    {
+        txn.open_table(SPECS).map_err(db_error)?;
+        txn.open_table(STATES).map_err(db_error)?;
+        txn.open_table(PRODUCERS).map_err(db_error)?;
+        txn.open_table(RECORDS).map_err(db_error)?;
+    }
+    txn.commit().map_err(db_error)?;
+    let txn = db.begin_read().map_err(db_error)?;
+    let specs = txn.open_table(SPECS).map_err(db_error)?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let producers = txn.open_table(PRODUCERS).map_err(db_error)?;
+    let records = txn.open_table(RECORDS).map_err(db_error)?;
+    let mut by_id: BTreeMap<StreamId, RecoveredStream> = BTreeMap::new();
+    for entry in specs.iter().map_err(db_error)? {
+        let (id, raw) = entry.map_err(db_error)?;
+        let spec: StreamSpec = serde_json::from_slice(raw.value()).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "database file {}: spec of stream {} is invalid: {e}",
+                path.display(),
+                id.value()
+            ))
+        })?;
+        let state: StoredState = match states.get(id.value()).map_err(db_error)? {
+            Some(raw) => serde_json::from_slice(raw.value()).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "database file {}: state of stream {} is invalid: {e}",
+                    path.display(),
+                    id.value()
+                ))
+            })?,
+            None => StoredState {
+                tail: spec.base,
+                ..StoredState::default()
+            },
+        };
+        // Every record must verify and follow its predecessor exactly.
+        let mut expected = spec.base;
+        for record in records
+            .range((id.value(), 0)..=(id.value(), u64::MAX))
+            .map_err(db_error)?
+        {
+            let (key, value) = record.map_err(db_error)?;
+            let (_, end) = key.value();
+            let payload = verified_payload(value.value(), id.value(), end, path)?;
+            if end - payload.len() as u64 != expected {
+                return Err(StorageError::Corrupt(format!(
+                    "database file {}: stream {} has a gap before position {end}",
+                    path.display(),
+                    id.value()
+                )));
+            }
+            expected = end;
+        }
+        if expected != state.tail {
+            return Err(StorageError::Corrupt(format!(
+                "database file {}: stream {} records end at {expected} but its state says {}",
+                path.display(),
+                id.value(),
+                state.tail
+            )));
+        }
+        by_id.insert(
+            id.value(),
+            RecoveredStream {
+                spec,
+                tail: state.tail,
+                closed: state.closed.then_some(state.closed_by),
+                producers: Vec::new(),
+                stream_seq: state.stream_seq,
+                soft_deleted: state.soft_deleted,
+            },
+        );
+    }
+    for entry in producers.iter().map_err(db_error)? {
+        let (key, value) = entry.map_err(db_error)?;
+        let (id, producer) = key.value();
+        let (epoch, last_seq) = value.value();
+        if let Some(stream) = by_id.get_mut(&id) {
+            stream
+                .producers
+                .push((producer.to_owned(), ProducerState { epoch, last_seq }));
+        }
+    }
+    let tails = by_id.iter().map(|(&id, s)| (id, s.tail)).collect();
+    Ok((by_id.into_values().collect(), tails))
+}
+
+impl Storage for AcidStorage {
+    fn backend_name(&self) -> &'static str {
+        "acid"
+    }
+
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
+        self.shared.queue.submit(mutation)
+    }
+
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Self::read_blocking(&shared, id, from, until, max_bytes)
+            })
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Unavailable(format!("read task failed: {e}"))))
+        })
+    }
+
+    fn recover(&self) -> Vec<RecoveredStream> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    tails: HashMap<StreamId, u64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Next::Batch(batch) = self.shared.queue.next_batch(MAX_BATCH_BYTES, None) {
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<(Mutation, Ack)>) {
+        let before = self.tails.clone();
+        let mut accepted = Vec::with_capacity(batch.len());
+        let outcome = self.apply_batch(batch, &mut accepted);
+        match outcome {
+            Ok(()) => {
+                for ack in accepted {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                self.tails = before;
+                tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
+                fail_all(accepted, &error);
+            }
+        }
+    }
+
+    /// Applies a batch in one transaction. Mutations refused on their own
+    /// (out of order, unknown stream) are answered at once and left out.
+    fn apply_batch(
+        &mut self,
+        batch: Vec<(Mutation, Ack)>,
+        accepted: &mut Vec<Ack>,
+    ) -> Result<(), StorageError> {
+        let mut txn = self.shared.db.begin_write().map_err(db_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        {
+            let mut specs = txn.open_table(SPECS).map_err(db_error)?;
+            let mut states = txn.open_table(STATES).map_err(db_error)?;
+            let mut producers = txn.open_table(PRODUCERS).map_err(db_error)?;
+            let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+            let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
+            for (mutation, ack) in batch {
+                match mutation {
+                    Mutation::Create { spec, data, closed } => {
+                        let json = serde_json::to_vec(&spec)
+                            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                        specs.insert(spec.id, json.as_slice()).map_err(db_error)?;
+                        let tail = spec.base + data.len() as u64;
+                        if !data.is_empty() {
+                            records
+                                .insert((spec.id, tail), framed(&data).as_slice())
+                                .map_err(db_error)?;
+                        }
+                        dirty.insert(
+                            spec.id,
+                            StoredState {
+                                tail,
+                                closed,
+                                ..StoredState::default()
+                            },
+                        );
+                        self.tails.insert(spec.id, tail);
+                    }
+                    Mutation::Append(append) => {
+                        let tail = match self.tails.get(&append.id) {
+                            None => {
+                                let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
+                                continue;
+                            }
+                            Some(&tail) if tail != append.start => {
+                                let _ = ack.send(Err(StorageError::OutOfOrder {
+                                    id: append.id,
+                                    start: append.start,
+                                    tail,
+                                }));
+                                continue;
+                            }
+                            Some(&tail) => tail,
+                        };
+                        load_state(append.id, &states, &mut dirty)?;
+                        let state = dirty.entry(append.id).or_default();
+                        let end = tail + append.data.len() as u64;
+                        if !append.data.is_empty() {
+                            records
+                                .insert((append.id, end), framed(&append.data).as_slice())
+                                .map_err(db_error)?;
+                        }
+                        state.tail = end;
+                        if let Some((producer, next)) = &append.producer {
+                            producers
+                                .insert((append.id, producer.as_str()), (next.epoch, next.last_seq))
+                                .map_err(db_error)?;
+                        }
+                        if append.stream_seq.is_some() {
+                            state.stream_seq = append.stream_seq;
+                        }
+                        if let Some(by) = append.close
+                            && !state.closed
+                        {
+                            state.closed = true;
+                            state.closed_by = by;
+                        }
+                        self.tails.insert(append.id, end);
+                    }
+                    Mutation::SoftDelete { id } => {
+                        if self.tails.contains_key(&id) {
+                            load_state(id, &states, &mut dirty)?;
+                            dirty.entry(id).or_default().soft_deleted = true;
+                        }
+                    }
+                    Mutation::Remove { id } => {
+                        dirty.remove(&id);
+                        self.tails.remove(&id);
+                        specs.remove(id).map_err(db_error)?;
+                        states.remove(id).map_err(db_error)?;
+                        records
+                            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                            .map_err(db_error)?;
+                        producers
+                            .retain_in((id, "")..(id + 1, ""), |_, _| false)
+                            .map_err(db_error)?;
+                    }
+                }
+                accepted.push(ack);
+            }
+            for (id, state) in dirty {
+                let json = serde_json::to_vec(&state)
+                    .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                states.insert(id, json.as_slice()).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+}
+
+/// Puts a stream's stored state into `dirty` unless it is already there.
+fn load_state(
+    id: StreamId,
+    states: &redb::Table<u64, &[u8]>,
+    dirty: &mut HashMap<StreamId, StoredState>,
+) -> Result<(), StorageError> {
+    if let std::collections::hash_map::Entry::Vacant(slot) = dirty.entry(id) {
+        let state = match states.get(id).map_err(db_error)? {
+            Some(raw) => serde_json::from_slice(raw.value()).map_err(|e| {
+                StorageError::Corrupt(format!("state of stream {id} is invalid: {e}"))
+            })?,
+            None => StoredState::default(),
+        };
+        slot.insert(state);
+    }
+    Ok(())
+}
+
+/// A stored record: CRC32C of the payload, then the payload.
+fn framed(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 4);
+    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}

@@ -1,0 +1,356 @@
+//! The storage suite: one set of cases, run against every backend.
+//!
+//! Each case takes a [`Harness`] that opens the backend under test (and, for
+//! persistent ones, re-opens it on the same directory to check recovery).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage, Mutation, Storage,
+    StorageError, StreamSpec,
+};
+use crate::protocol::producer::ProducerState;
+
+/// Opens a backend, optionally on a directory it has used before.
+pub struct Harness {
+    dir: tempfile::TempDir,
+    open: fn(&std::path::Path) -> Arc<dyn Storage>,
+    persistent: bool,
+}
+
+impl Harness {
+    fn new(open: fn(&std::path::Path) -> Arc<dyn Storage>, persistent: bool) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            open,
+            persistent,
+        }
+    }
+
+    fn open(&self) -> Arc<dyn Storage> {
+        (self.open)(self.dir.path())
+    }
+}
+
+fn spec(id: u64, base: u64) -> StreamSpec {
+    StreamSpec {
+        id,
+        path: format!("/v1/stream/s{id}"),
+        content_type: "application/octet-stream".into(),
+        ttl_secs: None,
+        expires_at_ms: None,
+        created_at_ms: 0,
+        fork: None,
+        base,
+    }
+}
+
+fn append(id: u64, start: u64, data: &'static [u8]) -> Mutation {
+    Mutation::Append(Append {
+        id,
+        start,
+        data: Bytes::from_static(data),
+        producer: None,
+        stream_seq: None,
+        close: None,
+    })
+}
+
+async fn read_all(store: &dyn Storage, id: u64, from: u64, until: u64) -> Vec<u8> {
+    let chunk = store.read(id, from, until, usize::MAX).await.expect("read");
+    chunk.records.concat()
+}
+
+async fn create_append_read(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::from_static(b"ab"),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    store.submit(append(1, 2, b"cde")).await.expect("append");
+    store.submit(append(1, 5, b"f")).await.expect("append");
+    assert_eq!(read_all(&*store, 1, 0, 6).await, b"abcdef");
+    // Mid-record start, bounded end.
+    let chunk = store.read(1, 3, 5, usize::MAX).await.expect("read");
+    assert_eq!(chunk.records.concat(), b"de");
+    assert!(chunk.starts_mid_record);
+    assert_eq!(chunk.end, 5);
+    // The byte budget stops after the record that reaches it.
+    let chunk = store.read(1, 0, 6, 1).await.expect("read");
+    assert_eq!(chunk.records.concat(), b"ab");
+    assert_eq!(chunk.end, 2);
+    // Nothing past the tail, nothing for an empty range.
+    assert!(
+        store
+            .read(1, 6, 6, 10)
+            .await
+            .expect("read")
+            .records
+            .is_empty()
+    );
+}
+
+async fn refuses_out_of_order_and_unknown(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::new(),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    let error = store.submit(append(1, 3, b"x")).await.expect_err("gap");
+    assert!(
+        matches!(
+            error,
+            StorageError::OutOfOrder {
+                start: 3,
+                tail: 0,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let error = store.submit(append(9, 0, b"x")).await.expect_err("unknown");
+    assert!(matches!(error, StorageError::UnknownStream(9)), "{error:?}");
+    // A refused append leaves the stream untouched.
+    store.submit(append(1, 0, b"ok")).await.expect("append");
+    assert_eq!(read_all(&*store, 1, 0, 10).await, b"ok");
+}
+
+async fn pipelined_appends_keep_order(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::new(),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    // Queue many appends before awaiting any: a backend may commit them in
+    // groups but must apply them in submission order.
+    let mut acks = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..200u64 {
+        let byte = b'a' + (i % 26) as u8;
+        expected.push(byte);
+        let data = Bytes::from(vec![byte]);
+        acks.push(store.submit(Mutation::Append(Append {
+            id: 1,
+            start: i,
+            data,
+            producer: None,
+            stream_seq: None,
+            close: None,
+        })));
+    }
+    for ack in acks {
+        ack.await.expect("append");
+    }
+    assert_eq!(read_all(&*store, 1, 0, 200).await, expected);
+}
+
+async fn forks_start_at_their_base(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(2, 10),
+            data: Bytes::from_static(b"xy"),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    store.submit(append(2, 12, b"z")).await.expect("append");
+    assert_eq!(read_all(&*store, 2, 0, 13).await, b"xyz");
+    let chunk = store.read(2, 0, 13, usize::MAX).await.expect("read");
+    assert!(!chunk.starts_mid_record);
+    assert_eq!(chunk.end, 13);
+}
+
+async fn remove_forgets_the_stream(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::from_static(b"a"),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    store
+        .submit(Mutation::Remove { id: 1 })
+        .await
+        .expect("remove");
+    let error = store.submit(append(1, 1, b"b")).await.expect_err("removed");
+    assert!(matches!(error, StorageError::UnknownStream(1)), "{error:?}");
+}
+
+async fn recovers_everything_it_acknowledged(h: Harness) {
+    if !h.persistent {
+        return;
+    }
+    {
+        let store = h.open();
+        assert!(store.recover().is_empty());
+        store
+            .submit(Mutation::Create {
+                spec: spec(1, 0),
+                data: Bytes::from_static(b"ab"),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        store
+            .submit(Mutation::Append(Append {
+                id: 1,
+                start: 2,
+                data: Bytes::from_static(b"cd"),
+                producer: Some((
+                    "p".into(),
+                    ProducerState {
+                        epoch: 2,
+                        last_seq: 7,
+                    },
+                )),
+                stream_seq: Some("0009".into()),
+                close: Some(Some(ClosedBy {
+                    producer_id: "p".into(),
+                    epoch: 2,
+                    seq: 7,
+                })),
+            }))
+            .await
+            .expect("append");
+        store
+            .submit(Mutation::Create {
+                spec: spec(2, 0),
+                data: Bytes::new(),
+                closed: true,
+            })
+            .await
+            .expect("create");
+        store
+            .submit(Mutation::SoftDelete { id: 2 })
+            .await
+            .expect("soft delete");
+        store
+            .submit(Mutation::Create {
+                spec: spec(3, 0),
+                data: Bytes::from_static(b"gone"),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        store
+            .submit(Mutation::Remove { id: 3 })
+            .await
+            .expect("remove");
+    }
+    let store = h.open();
+    let mut recovered = store.recover();
+    recovered.sort_by_key(|s| s.spec.id);
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    let first = &recovered[0];
+    assert_eq!(first.spec, spec(1, 0));
+    assert_eq!(first.tail, 4);
+    assert_eq!(
+        first.closed,
+        Some(Some(ClosedBy {
+            producer_id: "p".into(),
+            epoch: 2,
+            seq: 7
+        }))
+    );
+    assert_eq!(
+        first.producers,
+        vec![(
+            "p".to_owned(),
+            ProducerState {
+                epoch: 2,
+                last_seq: 7
+            }
+        )]
+    );
+    assert_eq!(first.stream_seq.as_deref(), Some("0009"));
+    assert!(!first.soft_deleted);
+    assert_eq!(recovered[1].closed, Some(None));
+    assert!(recovered[1].soft_deleted);
+    assert_eq!(read_all(&*store, 1, 0, 4).await, b"abcd");
+    // And it keeps working after recovery.
+    store
+        .submit(append(1, 4, b"e"))
+        .await
+        .expect("append after reopen");
+    assert_eq!(read_all(&*store, 1, 0, 5).await, b"abcde");
+}
+
+macro_rules! storage_suite {
+    ($backend:ident, $open:expr, $persistent:expr) => {
+        mod $backend {
+            use super::*;
+
+            fn harness() -> Harness {
+                Harness::new($open, $persistent)
+            }
+
+            #[tokio::test]
+            async fn create_append_read() {
+                super::create_append_read(harness()).await;
+            }
+            #[tokio::test]
+            async fn refuses_out_of_order_and_unknown() {
+                super::refuses_out_of_order_and_unknown(harness()).await;
+            }
+            #[tokio::test]
+            async fn pipelined_appends_keep_order() {
+                super::pipelined_appends_keep_order(harness()).await;
+            }
+            #[tokio::test]
+            async fn forks_start_at_their_base() {
+                super::forks_start_at_their_base(harness()).await;
+            }
+            #[tokio::test]
+            async fn remove_forgets_the_stream() {
+                super::remove_forgets_the_stream(harness()).await;
+            }
+            #[tokio::test]
+            async fn recovers_everything_it_acknowledged() {
+                super::recovers_everything_it_acknowledged(harness()).await;
+            }
+        }
+    };
+}
+
+storage_suite!(memory, |_| Arc::new(InMemoryStorage::default()), false);
+storage_suite!(
+    file_durable,
+    |dir| Arc::new(FileStorage::open(dir, FileOptions::default()).expect("open")),
+    true
+);
+storage_suite!(
+    file_fast,
+    |dir| Arc::new(
+        FileStorage::open(
+            dir,
+            FileOptions {
+                durable: false,
+                ..FileOptions::default()
+            }
+        )
+        .expect("open")
+    ),
+    true
+);
+storage_suite!(
+    acid,
+    |dir| Arc::new(AcidStorage::open(dir).expect("open")),
+    true
+);
