@@ -3,7 +3,7 @@
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
 #   3. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default "memory")
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
 # Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed

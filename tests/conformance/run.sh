@@ -8,7 +8,7 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: "memory"); every mode
+#   CONFORMANCE_MODES        space-separated storage modes (default: all four: "memory file-fast file-durable acid"); every mode
 #                               other than memory also gets DS_STORAGE__DATA_DIR=<fresh temp dir>
 #   CONFORMANCE_MIN_PASSED   least number of passed tests per mode (default: 332)
 #   CONFORMANCE_TIMEOUT_SECS wall-clock limit for one mode's vitest run (default: 1200)
@@ -32,7 +32,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-MODES="${CONFORMANCE_MODES:-memory}"
+MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid}"
 MIN_PASSED="${CONFORMANCE_MIN_PASSED:-332}"
 VITEST_TIMEOUT_SECS="${CONFORMANCE_TIMEOUT_SECS:-1200}"
 HEALTH_PATH="${CONFORMANCE_HEALTH_PATH:-/healthz}"
