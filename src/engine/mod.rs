@@ -168,7 +168,12 @@ struct Shared {
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     next_id: AtomicU64,
     limits: EngineLimits,
+    /// Bytes of appends queued in storage and not yet acknowledged.
+    write_budget: tokio::sync::Semaphore,
 }
+
+/// Most bytes of appends that may wait for storage at once.
+const MAX_IN_FLIGHT_WRITE_BYTES: usize = 64 << 20;
 
 /// A fork request from `PUT` headers.
 #[derive(Clone, Debug)]
@@ -300,6 +305,7 @@ impl Engine {
                 streams: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 limits,
+                write_budget: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_WRITE_BYTES),
             }),
         };
         engine.restore(recovered);
@@ -670,6 +676,18 @@ impl Engine {
             Ok(Bytes::copy_from_slice(&request.body))
         };
 
+        // Back-pressure: writers wait here, not in memory, when storage is
+        // slower than the offered load.
+        let cost = data_result
+            .as_ref()
+            .map_or(0, Bytes::len)
+            .clamp(1, MAX_IN_FLIGHT_WRITE_BYTES);
+        let _permit = self
+            .shared
+            .write_budget
+            .acquire_many(u32::try_from(cost).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| StorageError::Unavailable("the server is shutting down".into()))?;
         let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
             AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
             AppendPlan::Answered { outcome, wait_for } => {

@@ -108,13 +108,7 @@ impl AcidStorage {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let lock = DirLock::acquire(dir)?;
         let path = dir.join(DATABASE_FILE);
-        let db = Database::create(&path).map_err(|e| match db_error(e) {
-            StorageError::Corrupt(detail) => StorageError::Corrupt(format!(
-                "database file {} is corrupt: {detail}",
-                path.display()
-            )),
-            other => other,
-        })?;
+        let db = open_database(&path)?;
         let (recovered, tails) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
@@ -212,6 +206,35 @@ fn verified_payload<'a>(
         return Err(corrupt());
     }
     Ok(payload)
+}
+
+/// Opens the database with redb's page checksums verified, allowing
+/// read-only handles in other processes (a live export) beside this writer.
+fn open_database(path: &Path) -> Result<Database, StorageError> {
+    let corrupt = |detail: String| {
+        StorageError::Corrupt(format!(
+            "database file {} is corrupt: {detail}",
+            path.display()
+        ))
+    };
+    let opened = std::panic::catch_unwind(|| {
+        redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(path)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StorageError::Locked {
+            dir: path.to_path_buf(),
+            holder: "another process (redb lock)".into(),
+        }),
+        Ok(Err(error)) => Err(match db_error(error) {
+            StorageError::Corrupt(detail) => corrupt(detail),
+            other => other,
+        }),
+        Err(_) => Err(corrupt("the database engine could not read it".into())),
+    }
 }
 
 /// Loads every stream and verifies every record.
