@@ -24,6 +24,7 @@
 //! - [`http`]: [`build_router`], the handlers, live reads, health and CORS.
 //! - [`server`]: serving a bound listener and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
+//! - [`transfer`]: export and import of streams (backup, migration).
 
 pub mod config;
 pub mod engine;
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod transfer;
 
 pub use config::{Config, DEFAULT_STREAM_BASE_PATH, StorageMode};
 pub use engine::{Engine, EngineLimits};

@@ -322,6 +322,118 @@ impl Engine {
         self.map_read().len()
     }
 
+    /// Whether a stream (live or kept for forks) occupies `path`.
+    pub fn contains(&self, path: &str) -> bool {
+        self.map_read().contains_key(path)
+    }
+
+    /// The committed state of every stream, sources before their forks
+    /// (for export).
+    pub fn snapshot_streams(&self) -> Vec<RecoveredStream> {
+        let mut entries: Vec<Arc<StreamEntry>> = self.map_read().values().cloned().collect();
+        entries.sort_by_key(|entry| entry.spec.id);
+        entries
+            .into_iter()
+            .filter_map(|entry| {
+                let inner = entry.lock();
+                if inner.status == Status::Removed {
+                    return None;
+                }
+                let state = &inner.ledger.committed;
+                let mut producers: Vec<(String, ProducerState)> = state
+                    .producers
+                    .iter()
+                    .map(|(id, s)| (id.clone(), *s))
+                    .collect();
+                producers.sort();
+                Some(RecoveredStream {
+                    spec: entry.spec.clone(),
+                    tail: state.tail,
+                    closed: state.closed.clone(),
+                    producers,
+                    stream_seq: state.stream_seq.clone(),
+                    soft_deleted: inner.status == Status::SoftDeleted,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads committed records of stream instance `id` in `[from, until)`
+    /// without fork resolution (for export).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn read_own(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, EngineError> {
+        Ok(self.shared.storage.read(id, from, until, max_bytes).await?)
+    }
+
+    /// Starts importing a stream with the given state: its records follow
+    /// through [`Import::append`], and [`Import::finish`] makes it visible.
+    /// Offsets, producer state and fork lineage are preserved; the fork source
+    /// must already be present (sources are exported before their forks).
+    ///
+    /// # Errors
+    /// When the path is taken, the fork source is missing, or storage fails.
+    pub async fn begin_import(&self, mut stream: RecoveredStream) -> Result<Import, EngineError> {
+        if self.map_read().contains_key(&stream.spec.path) {
+            return Err(EngineError::ConfigMismatch(
+                "a stream already exists at this path",
+            ));
+        }
+        let source = match &mut stream.spec.fork {
+            Some(link) => {
+                let source = self
+                    .map_read()
+                    .get(&link.source_path)
+                    .cloned()
+                    .ok_or(EngineError::ForkSourceNotFound)?;
+                link.source = source.spec.id;
+                Some(source)
+            }
+            None => None,
+        };
+        stream.spec.id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .storage
+            .submit(Mutation::Create {
+                spec: stream.spec.clone(),
+                data: Bytes::new(),
+                closed: false,
+            })
+            .await?;
+        let tail = stream.spec.base;
+        Ok(Import {
+            engine: self.clone(),
+            stream,
+            source,
+            tail,
+        })
+    }
+
+    /// Removes the stream at `path`, whatever its state (import `replace`).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn remove_for_import(&self, path: &str) -> Result<(), EngineError> {
+        let entry = self.map_read().get(path).cloned();
+        if let Some(entry) = entry {
+            let forks = entry.lock().forks;
+            if forks > 0 {
+                return Err(EngineError::ConfigMismatch(
+                    "the existing stream has forks and cannot be replaced",
+                ));
+            }
+            self.delete_entry(&entry)?;
+        }
+        Ok(())
+    }
+
     fn map_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<StreamEntry>>> {
         self.shared
             .streams
@@ -1062,6 +1174,130 @@ impl Engine {
             }
             Ok(out)
         })
+    }
+}
+
+/// A stream being imported; see [`Engine::begin_import`].
+pub struct Import {
+    engine: Engine,
+    stream: RecoveredStream,
+    source: Option<Arc<StreamEntry>>,
+    tail: u64,
+}
+
+impl Import {
+    fn append_mutation(&self, start: u64, data: Bytes) -> Mutation {
+        Mutation::Append(Append {
+            id: self.stream.spec.id,
+            start,
+            data,
+            producer: None,
+            stream_seq: None,
+            close: None,
+        })
+    }
+
+    /// Appends the next record.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn append(&mut self, record: Bytes) -> Result<(), EngineError> {
+        let len = record.len() as u64;
+        self.engine
+            .shared
+            .storage
+            .submit(self.append_mutation(self.tail, record))
+            .await?;
+        self.tail += len;
+        Ok(())
+    }
+
+    /// Where the next record starts.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Abandons the import, removing what was stored.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn abort(self) -> Result<(), EngineError> {
+        self.engine
+            .shared
+            .storage
+            .submit(Mutation::Remove {
+                id: self.stream.spec.id,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the writer state and makes the stream visible.
+    ///
+    /// # Errors
+    /// When the records do not end at the declared tail, or storage fails.
+    pub async fn finish(self) -> Result<(), EngineError> {
+        let storage = &self.engine.shared.storage;
+        let id = self.stream.spec.id;
+        if self.tail != self.stream.tail {
+            drop(storage.submit(Mutation::Remove { id }).await);
+            return Err(StorageError::Corrupt(format!(
+                "imported records of {} end at {} but the stream declares {}",
+                self.stream.spec.path, self.tail, self.stream.tail
+            ))
+            .into());
+        }
+        for (producer, state) in &self.stream.producers {
+            let mut append = Append {
+                id,
+                start: self.tail,
+                data: Bytes::new(),
+                producer: None,
+                stream_seq: None,
+                close: None,
+            };
+            append.producer = Some((producer.clone(), *state));
+            storage.submit(Mutation::Append(append)).await?;
+        }
+        if self.stream.stream_seq.is_some() || self.stream.closed.is_some() {
+            let append = Append {
+                id,
+                start: self.tail,
+                data: Bytes::new(),
+                producer: None,
+                stream_seq: self.stream.stream_seq.clone(),
+                close: self.stream.closed.clone(),
+            };
+            storage.submit(Mutation::Append(append)).await?;
+        }
+        if self.stream.soft_deleted {
+            storage.submit(Mutation::SoftDelete { id }).await?;
+        }
+        let state = WriterState {
+            tail: self.tail,
+            closed: self.stream.closed,
+            producers: self.stream.producers.into_iter().collect(),
+            stream_seq: self.stream.stream_seq,
+        };
+        let status = if self.stream.soft_deleted {
+            Status::SoftDeleted
+        } else {
+            Status::Live
+        };
+        let entry = new_entry(
+            self.stream.spec,
+            self.source.clone(),
+            state,
+            status,
+            Instant::now(),
+        );
+        if let Some(source) = &self.source {
+            source.lock().forks += 1;
+        }
+        self.engine
+            .map_write()
+            .insert(entry.spec.path.clone(), entry);
+        Ok(())
     }
 }
 

@@ -56,12 +56,36 @@ fn db_error(error: impl Into<redb::Error>) -> StorageError {
     }
 }
 
+/// The database, writable (the server) or read-only (a live export).
+enum Db {
+    Writable(Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        match self {
+            Db::Writable(db) => db.begin_read().map_err(db_error),
+            Db::ReadOnly(db) => db.begin_read().map_err(db_error),
+        }
+    }
+
+    fn writable(&self) -> Result<&Database, StorageError> {
+        match self {
+            Db::Writable(db) => Ok(db),
+            Db::ReadOnly(_) => Err(StorageError::Unavailable(
+                "the store is open read-only".into(),
+            )),
+        }
+    }
+}
+
 struct Shared {
     path: PathBuf,
-    db: Database,
+    db: Db,
     queue: CommitQueue,
     recovered: Mutex<Vec<RecoveredStream>>,
-    _lock: DirLock,
+    _lock: Option<DirLock>,
 }
 
 struct WriterHandle {
@@ -87,7 +111,7 @@ impl Drop for WriterHandle {
 #[derive(Clone)]
 pub struct AcidStorage {
     shared: Arc<Shared>,
-    _writer: Arc<WriterHandle>,
+    _writer: Option<Arc<WriterHandle>>,
 }
 
 impl std::fmt::Debug for AcidStorage {
@@ -109,13 +133,15 @@ impl AcidStorage {
         let lock = DirLock::acquire(dir)?;
         let path = dir.join(DATABASE_FILE);
         let db = open_database(&path)?;
+        prepare_tables(&db)?;
+        let db = Db::Writable(db);
         let (recovered, tails) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::default(),
             recovered: Mutex::new(recovered),
-            _lock: lock,
+            _lock: Some(lock),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -125,11 +151,46 @@ impl AcidStorage {
             .name("ds-acid-writer".into())
             .spawn(move || writer.run())
             .map_err(StorageError::Io)?;
+        let handle = WriterHandle {
+            shared: shared.clone(),
+            thread: Mutex::new(Some(thread)),
+        };
         Ok(Self {
-            _writer: Arc::new(WriterHandle {
-                shared: shared.clone(),
-                thread: Mutex::new(Some(thread)),
-            }),
+            _writer: Some(Arc::new(handle)),
+            shared,
+        })
+    }
+
+    /// Opens the database read-only beside a server that may be writing it
+    /// (a live export): redb's single-writer mode lets readers follow its
+    /// commits.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or fails verification.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
+        let path = dir.join(DATABASE_FILE);
+        let db = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| match db_error(e) {
+                StorageError::Corrupt(detail) => StorageError::Corrupt(format!(
+                    "database file {} is corrupt: {detail}",
+                    path.display()
+                )),
+                other => other,
+            })?;
+        let db = Db::ReadOnly(db);
+        let (recovered, _) = load(&db, &path)?;
+        let shared = Arc::new(Shared {
+            path,
+            db,
+            queue: CommitQueue::default(),
+            recovered: Mutex::new(recovered),
+            _lock: None,
+        });
+        shared.queue.close();
+        Ok(Self {
+            _writer: None,
             shared,
         })
     }
@@ -154,7 +215,7 @@ impl AcidStorage {
         if from >= until {
             return Ok(chunk);
         }
-        let txn = shared.db.begin_read().map_err(db_error)?;
+        let txn = shared.db.begin_read()?;
         let records = txn.open_table(RECORDS).map_err(db_error)?;
         let mut taken = 0usize;
         for entry in records
@@ -238,20 +299,23 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
 }
 
 /// Loads every stream and verifies every record.
-fn load(
-    db: &Database,
-    path: &Path,
-) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, u64>), StorageError> {
-    let txn = db.begin_write().map_err(db_error)?;
+fn prepare_tables(db: &Database) -> Result<(), StorageError> {
     // Make sure the tables exist, so reads never meet a missing table.
+    let txn = db.begin_write().map_err(db_error)?;
     {
         txn.open_table(SPECS).map_err(db_error)?;
         txn.open_table(STATES).map_err(db_error)?;
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
     }
-    txn.commit().map_err(db_error)?;
-    let txn = db.begin_read().map_err(db_error)?;
+    txn.commit().map_err(db_error)
+}
+
+fn load(
+    db: &Db,
+    path: &Path,
+) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, u64>), StorageError> {
+    let txn = db.begin_read()?;
     let specs = txn.open_table(SPECS).map_err(db_error)?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let producers = txn.open_table(PRODUCERS).map_err(db_error)?;
@@ -405,7 +469,7 @@ impl Writer {
         batch: Vec<(Mutation, Ack)>,
         accepted: &mut Vec<Ack>,
     ) -> Result<(), StorageError> {
-        let mut txn = self.shared.db.begin_write().map_err(db_error)?;
+        let mut txn = self.shared.db.writable()?.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         {

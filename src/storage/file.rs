@@ -112,7 +112,7 @@ struct Shared {
     index: RwLock<HashMap<StreamId, Arc<RwLock<StreamIndex>>>>,
     segments: RwLock<BTreeMap<u32, Arc<File>>>,
     recovered: Mutex<Vec<RecoveredStream>>,
-    _lock: DirLock,
+    _lock: Option<DirLock>,
 }
 
 impl Shared {
@@ -157,7 +157,7 @@ impl Drop for WriterHandle {
 #[derive(Clone)]
 pub struct FileStorage {
     shared: Arc<Shared>,
-    _writer: Arc<WriterHandle>,
+    _writer: Option<Arc<WriterHandle>>,
     durable: bool,
 }
 
@@ -182,6 +182,26 @@ impl FileStorage {
     /// When the directory is locked or unusable, or the log is corrupt.
     pub fn open(dir: &Path, options: FileOptions) -> Result<Self, StorageError> {
         let lock = DirLock::acquire(dir)?;
+        Self::open_with(dir, options, Some(lock))
+    }
+
+    /// Opens the store for reading only, beside a server that may be writing
+    /// it (a live export): no lock, no writer, and a frame that does not
+    /// verify at the end of the newest segment is taken as a write in
+    /// progress, not truncated.
+    ///
+    /// # Errors
+    /// When the log cannot be read or is corrupt before its tail.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, FileOptions::default(), None)
+    }
+
+    fn open_with(
+        dir: &Path,
+        options: FileOptions,
+        lock: Option<DirLock>,
+    ) -> Result<Self, StorageError> {
+        let read_only = lock.is_none();
         let mut replay = Replay::default();
         let numbers = list_segments(dir)?;
         let mut files = BTreeMap::new();
@@ -189,7 +209,7 @@ impl FileStorage {
         for (position, &number) in numbers.iter().enumerate() {
             let path = dir.join(segment_name(number));
             let is_last = position + 1 == numbers.len();
-            let end = replay_segment(&path, number, is_last, &options, &mut replay)?;
+            let end = replay_segment(&path, number, is_last, read_only, &options, &mut replay)?;
             if let SegmentEnd::Truncated = end
                 && !is_last
             {
@@ -209,6 +229,34 @@ impl FileStorage {
             }
         }
 
+        if read_only {
+            let mut read_files = BTreeMap::new();
+            for (&number, path) in &files {
+                let file =
+                    File::open(path).map_err(|e| StorageError::path("open segment", path, e))?;
+                read_files.insert(number, Arc::new(file));
+            }
+            let (recovered, index, _, _) = replay.finish();
+            let shared = Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                queue: CommitQueue::default(),
+                index: RwLock::new(
+                    index
+                        .into_iter()
+                        .map(|(id, idx)| (id, Arc::new(RwLock::new(idx))))
+                        .collect(),
+                ),
+                segments: RwLock::new(read_files),
+                recovered: Mutex::new(recovered),
+                _lock: None,
+            });
+            shared.queue.close();
+            return Ok(Self {
+                shared,
+                _writer: None,
+                durable: options.durable,
+            });
+        }
         let active_number = files.keys().next_back().copied().unwrap_or(1);
         let (active_file, active_len) = open_active(dir, active_number)?;
         let mut read_files = BTreeMap::new();
@@ -265,10 +313,10 @@ impl FileStorage {
             .map_err(StorageError::Io)?;
         let durable = options.durable;
         Ok(Self {
-            _writer: Arc::new(WriterHandle {
+            _writer: Some(Arc::new(WriterHandle {
                 shared: shared.clone(),
                 thread: Mutex::new(Some(thread)),
-            }),
+            })),
             shared,
             durable,
         })
@@ -471,6 +519,7 @@ fn replay_segment(
     path: &Path,
     number: u32,
     is_last: bool,
+    read_only: bool,
     options: &FileOptions,
     replay: &mut Replay,
 ) -> Result<SegmentEnd, StorageError> {
@@ -510,6 +559,15 @@ fn replay_segment(
         };
         let location = format!("{name}:{pos}");
         let tail_only = is_last && !valid_frame_follows(&data, pos);
+        if read_only {
+            if tail_only {
+                return Ok(SegmentEnd::Clean);
+            }
+            return Err(StorageError::Corrupt(format!(
+                "segment file {} has an invalid record at byte offset {pos} ({failure})",
+                path.display()
+            )));
+        }
         let operator_approved = options.truncate_corrupt_at.as_deref() == Some(location.as_str());
         if !tail_only && !operator_approved {
             return Err(StorageError::Corrupt(format!(
