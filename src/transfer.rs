@@ -302,10 +302,10 @@ pub async fn export(
         .map(|s| s.spec.path.clone())
         .collect();
     for stream in streams.iter().rev() {
-        if selected.contains(&stream.spec.path) {
-            if let Some(link) = &stream.spec.fork {
-                selected.insert(link.source_path.clone());
-            }
+        if selected.contains(&stream.spec.path)
+            && let Some(link) = &stream.spec.fork
+        {
+            selected.insert(link.source_path.clone());
         }
     }
     write_line(
