@@ -17,7 +17,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: the settings tree and its loading from `DS_*` variables.
+//! - [`config`]: the settings tree, its layered loading, profiles and validation.
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
@@ -33,7 +33,7 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 
-pub use config::{Config, DEFAULT_STREAM_BASE_PATH, StorageMode};
+pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
 pub use engine::{Engine, EngineLimits};
 pub use http::{build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};
