@@ -17,6 +17,7 @@
 //! ```
 //!
 //! # Layout
+//! - [`cli`]: the command line (`serve`, `check-config`, `print-config`).
 //! - [`startup`]: the startup phases, their diagnostics and exit codes.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
 //! - [`telemetry`]: the log subscriber (text or JSON).
@@ -28,6 +29,7 @@
 //! - [`server`]: serving a bound listener and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -1,17 +1,12 @@
-//! The `durable-streams-server` binary: runs the startup phases and exits
-//! with the failing phase's code.
+//! The `durable-streams-server` binary: parses the command line and hands
+//! over to [`durable_streams_server::cli`], which runs the startup phases.
 
 use std::process::ExitCode;
 
-use durable_streams_server::{LoadOptions, startup};
+use clap::Parser;
+use durable_streams_server::cli::{self, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match startup::serve(&LoadOptions::default()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("{error}");
-            ExitCode::from(error.exit_code())
-        }
-    }
+    cli::run(Cli::parse()).await
 }
