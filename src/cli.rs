@@ -143,17 +143,16 @@ fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
 
 fn print_config(options: &LoadOptions, sources: bool) -> Result<(), StartupError> {
     let loaded = config::load(options);
+    let validation = loaded.validate();
     if !loaded.problems().is_empty() {
-        return Err(StartupError::config(
-            Phase::LoadConfig,
-            loaded.problems().to_vec(),
-        ));
+        let mut problems = loaded.problems().to_vec();
+        problems.extend(validation.errors);
+        return Err(StartupError::config(Phase::LoadConfig, problems));
     }
+    // Printed even when invalid, since that is when one wants to see it.
     let _ = std::io::stdout()
         .lock()
         .write_all(config::render::render(&loaded, sources).as_bytes());
-    // Printed even when invalid, since that is when one wants to see it.
-    let validation = loaded.validate();
     if validation.errors.is_empty() {
         Ok(())
     } else {

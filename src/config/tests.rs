@@ -160,6 +160,35 @@ fn every_layer_in_order() {
 }
 
 #[test]
+fn built_in_profile_defaults_sit_between_built_in_defaults_and_files() {
+    Jail::expect_with(|jail| {
+        clean(jail)?;
+        jail.create_file(
+            "config/default.toml",
+            "[server]\nbind_address = \"127.0.0.1:3\"\n",
+        )?;
+        let loaded = load(&options("dev"));
+        assert!(
+            loaded.problems().is_empty(),
+            "{}",
+            messages(loaded.problems())
+        );
+        // dev sets both keys; default.toml overrides one of them.
+        assert_eq!(loaded.config().server.bind_address, "127.0.0.1:3");
+        assert_eq!(
+            loaded.source_of("server.bind_address"),
+            "config/default.toml:2"
+        );
+        assert_eq!(loaded.config().observability.rust_log, "debug");
+        assert_eq!(
+            loaded.source_of("observability.rust_log"),
+            "built-in profile dev"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn the_config_dir_can_move_and_must_then_exist() {
     Jail::expect_with(|jail| {
         clean(jail)?;
