@@ -47,15 +47,24 @@ fn parse_args() -> (String, Args) {
 }
 
 fn num(args: &Args, key: &str, default: u64) -> u64 {
-    args.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn url(args: &Args) -> String {
-    args.get("url").cloned().unwrap_or_else(|| "http://127.0.0.1:4437".into()).trim_end_matches('/').to_owned()
+    args.get("url")
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:4437".into())
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("http client")
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("http client")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -72,8 +81,17 @@ fn unique(prefix: &str) -> String {
 
 async fn create(client: &reqwest::Client, url: &str, content_type: &str) -> String {
     let stream = format!("{url}/v1/stream/{}", unique("load"));
-    let response = client.put(&stream).header("content-type", content_type).send().await.expect("create");
-    assert!(response.status().is_success(), "create failed: {}", response.status());
+    let response = client
+        .put(&stream)
+        .header("content-type", content_type)
+        .send()
+        .await
+        .expect("create");
+    assert!(
+        response.status().is_success(),
+        "create failed: {}",
+        response.status()
+    );
     stream
 }
 
@@ -85,14 +103,21 @@ async fn append_load(args: Args) -> serde_json::Value {
     let size = num(&args, "size", 64) as usize;
     let json = args.contains_key("json");
     let producer = args.contains_key("producer");
-    let content_type = if json { "application/json" } else { "application/octet-stream" };
+    let content_type = if json {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
     let client = client();
     let mut targets = Vec::new();
     for _ in 0..streams {
         targets.push(create(&client, &url, content_type).await);
     }
     let payload = if json {
-        Bytes::from(format!("{{\"v\":\"{}\"}}", "x".repeat(size.saturating_sub(8))))
+        Bytes::from(format!(
+            "{{\"v\":\"{}\"}}",
+            "x".repeat(size.saturating_sub(8))
+        ))
     } else {
         Bytes::from(vec![b'x'; size])
     };
@@ -102,14 +127,22 @@ async fn append_load(args: Args) -> serde_json::Value {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..connections {
-        let (client, target, payload, done, errors) =
-            (client.clone(), targets[worker as usize % targets.len()].clone(), payload.clone(), done.clone(), errors.clone());
+        let (client, target, payload, done, errors) = (
+            client.clone(),
+            targets[worker as usize % targets.len()].clone(),
+            payload.clone(),
+            done.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut seq = 0u64;
             let producer_id = format!("w{worker}");
             while Instant::now() < deadline {
-                let mut request = client.post(&target).header("content-type", content_type).body(payload.clone());
+                let mut request = client
+                    .post(&target)
+                    .header("content-type", content_type)
+                    .body(payload.clone());
                 if producer {
                     request = request
                         .header("producer-id", &producer_id)
@@ -167,8 +200,18 @@ async fn read_load(args: Args) -> serde_json::Value {
     let mut written = 0u64;
     while written < megabytes << 20 {
         let body = batch.slice(..per_request.min(batch.len()));
-        let response = client.post(&stream).header("content-type", "application/octet-stream").body(body).send().await.expect("fill");
-        assert!(response.status().is_success(), "fill failed: {}", response.status());
+        let response = client
+            .post(&stream)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("fill");
+        assert!(
+            response.status().is_success(),
+            "fill failed: {}",
+            response.status()
+        );
         written += per_request as u64;
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -177,8 +220,16 @@ async fn read_load(args: Args) -> serde_json::Value {
     while Instant::now() < deadline {
         let mut offset = "-1".to_owned();
         loop {
-            let response = client.get(format!("{stream}?offset={offset}")).send().await.expect("read");
-            let next = response.headers().get("stream-next-offset").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let response = client
+                .get(format!("{stream}?offset={offset}"))
+                .send()
+                .await
+                .expect("read");
+            let next = response
+                .headers()
+                .get("stream-next-offset")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let up_to_date = response.headers().contains_key("stream-up-to-date");
             bytes += response.bytes().await.expect("body").len() as u64;
             reads += 1;
@@ -211,7 +262,13 @@ async fn latency(args: Args) -> serde_json::Value {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers as usize);
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let (client, stream, samples, mode, ready) = (client.clone(), stream.clone(), samples.clone(), mode.clone(), ready_tx.clone());
+        let (client, stream, samples, mode, ready) = (
+            client.clone(),
+            stream.clone(),
+            samples.clone(),
+            mode.clone(),
+            ready_tx.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let record = |text: &str, samples: &std::sync::Mutex<Vec<f64>>| {
                 let now = origin.elapsed().as_secs_f64() * 1000.0;
@@ -222,16 +279,25 @@ async fn latency(args: Args) -> serde_json::Value {
             };
             let mut seen = 0u64;
             if mode == "sse" {
-                let mut response = client.get(format!("{stream}?offset=now&live=sse")).send().await.expect("sse");
+                let mut response = client
+                    .get(format!("{stream}?offset=now&live=sse"))
+                    .send()
+                    .await
+                    .expect("sse");
                 let _ = ready.send(()).await;
                 let mut buffer = String::new();
                 while seen < messages {
-                    let Ok(Some(chunk)) = response.chunk().await else { break };
+                    let Ok(Some(chunk)) = response.chunk().await else {
+                        break;
+                    };
                     buffer.push_str(&String::from_utf8_lossy(&chunk));
                     while let Some(end) = buffer.find("\n\n") {
                         let event: String = buffer.drain(..end + 2).collect();
                         if event.starts_with("event: data") {
-                            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).collect();
+                            let data: Vec<&str> = event
+                                .lines()
+                                .filter_map(|l| l.strip_prefix("data:"))
+                                .collect();
                             let text = data.join("\n");
                             seen += text.split(';').filter(|s| !s.is_empty()).count() as u64;
                             record(&text, &samples);
@@ -242,13 +308,19 @@ async fn latency(args: Args) -> serde_json::Value {
                 let mut offset = "now".to_owned();
                 let mut announced = false;
                 while seen < messages {
-                    let request = client.get(format!("{stream}?offset={offset}&live=long-poll")).send();
+                    let request = client
+                        .get(format!("{stream}?offset={offset}&live=long-poll"))
+                        .send();
                     if !announced {
                         announced = true;
                         let _ = ready.send(()).await;
                     }
                     let Ok(response) = request.await else { break };
-                    if let Some(next) = response.headers().get("stream-next-offset").and_then(|v| v.to_str().ok()) {
+                    if let Some(next) = response
+                        .headers()
+                        .get("stream-next-offset")
+                        .and_then(|v| v.to_str().ok())
+                    {
                         offset = next.to_owned();
                     }
                     let text = response.text().await.unwrap_or_default();
@@ -265,14 +337,31 @@ async fn latency(args: Args) -> serde_json::Value {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..messages {
         let stamp = format!("{:.3};", origin.elapsed().as_secs_f64() * 1000.0);
-        client.post(&stream).header("content-type", "text/plain").body(stamp).send().await.expect("append");
+        client
+            .post(&stream)
+            .header("content-type", "text/plain")
+            .body(stamp)
+            .send()
+            .await
+            .expect("append");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(readers)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(readers),
+    )
+    .await;
     let mut samples = samples.lock().expect("samples").clone();
     samples.sort_by(f64::total_cmp);
-    let (p50, p99, max) = (percentile(&samples, 0.5), percentile(&samples, 0.99), samples.last().copied().unwrap_or(0.0));
-    println!("latency[{mode}]: {} deliveries to {subscribers} subscribers, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms", samples.len());
+    let (p50, p99, max) = (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.last().copied().unwrap_or(0.0),
+    );
+    println!(
+        "latency[{mode}]: {} deliveries to {subscribers} subscribers, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        samples.len()
+    );
     serde_json::json!({"command": "latency", "mode": mode, "subscribers": subscribers, "messages": messages,
         "deliveries": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
 }
@@ -308,7 +397,10 @@ fn fsync_rate(args: Args) -> serde_json::Value {
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
-    println!("fsync: {rate:.0} write+fdatasync/s of {size} bytes in {}", dir.display());
+    println!(
+        "fsync: {rate:.0} write+fdatasync/s of {size} bytes in {}",
+        dir.display()
+    );
     serde_json::json!({"command": "fsync", "fsyncs_per_sec": rate, "size": size})
 }
 
@@ -322,7 +414,9 @@ async fn main() {
         "rss" => rss(args),
         "fsync" => fsync_rate(args),
         _ => {
-            eprintln!("usage: load <append|read|latency|rss|fsync> [--option value ...] (see benches/load.rs)");
+            eprintln!(
+                "usage: load <append|read|latency|rss|fsync> [--option value ...] (see benches/load.rs)"
+            );
             std::process::exit(2);
         }
     };

@@ -1,12 +1,42 @@
-//! The settings tree and its loading: built-in defaults overridden by `DS_*`
-//! environment variables (`__` separates levels, so
-//! `DS_SERVER__BIND_ADDRESS` sets `server.bind_address`).
+//! The settings tree, and its loading from layered sources.
+//!
+//! Sources, later ones winning: built-in defaults → built-in profile
+//! defaults → `config/default.toml` → `config/<profile>.toml` →
+//! `config/local.toml` → `--config <path>` → `DS_*` environment variables
+//! (`__` separates levels, so `DS_SERVER__BIND_ADDRESS` sets
+//! `server.bind_address`; lists are comma lists) → `RUST_LOG` (for
+//! `observability.rust_log` only). [`load`] does the layering and reports
+//! every unknown key and bad value at once; [`LoadedConfig::validate`] checks
+//! the rules that span several keys.
+//!
+//! `config/default.toml` at the repository root lists every key with its
+//! default and a comment; a unit test keeps it equal to [`Config::default`].
+//!
+//! # Layout
+//! - this file: the settings tree and its defaults.
+//! - [`profile`]: the built-in deployment profiles.
+//! - `source`: the layers (files with line numbers, environment variables).
+//! - `load`: layering, unknown-key and bad-value detection.
+//! - `validate`: the cross-field rules.
+//! - [`render`]: the effective configuration as TOML, with sources and redaction.
+//! - `problem`: [`ConfigProblem`] and [`ConfigError`].
 
+mod load;
+mod problem;
+pub mod profile;
+pub mod render;
+mod source;
+mod validate;
+
+use std::fmt;
 use std::path::PathBuf;
 
-use figment::Figment;
-use figment::providers::{Env, Serialized};
 use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigDir, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load};
+pub use problem::{ConfigError, ConfigProblem};
+pub use profile::DeploymentProfile;
+pub use validate::Validation;
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";
@@ -25,8 +55,42 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Transport settings.
     pub transport: TransportConfig,
-    /// Logging.
+    /// Trust in reverse proxies in front of the server.
+    pub proxy: ProxyConfig,
+    /// Logging, metrics and tracing.
     pub observability: ObservabilityConfig,
+}
+
+/// Declares a configuration keyword enum: its TOML spellings, `as_str` and
+/// `Display`, so messages name values exactly as operators write them.
+macro_rules! keyword_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// The spelling used in configuration files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
 /// `[server]`.
@@ -123,6 +187,29 @@ pub enum StorageMode {
     Acid,
 }
 
+impl StorageMode {
+    /// The canonical spelling used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Memory => "memory",
+            StorageMode::FileFast => "file-fast",
+            StorageMode::FileDurable => "file-durable",
+            StorageMode::Acid => "acid",
+        }
+    }
+
+    /// Whether the backend keeps its data in `storage.data_dir`.
+    pub fn uses_data_dir(self) -> bool {
+        !matches!(self, StorageMode::Memory)
+    }
+}
+
+impl fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[storage]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,12 +242,119 @@ impl Default for StorageConfig {
     }
 }
 
+keyword_enum! {
+    /// How clients reach the server (`transport.mode`).
+    pub enum TransportMode {
+        /// Plain HTTP; TLS, if any, ends in front of the server.
+        #[default]
+        Http = "http",
+        /// TLS terminated by the server.
+        Tls = "tls",
+        /// TLS with client certificates verified against `transport.tls.client_ca_path`.
+        Mtls = "mtls",
+    }
+}
+
+impl TransportMode {
+    /// Whether the server terminates TLS itself.
+    pub fn is_tls(self) -> bool {
+        !matches!(self, TransportMode::Http)
+    }
+}
+
+keyword_enum! {
+    /// An HTTP protocol version the listener speaks (`transport.http.versions`).
+    pub enum HttpVersion {
+        /// HTTP/1.1.
+        #[default]
+        Http1 = "http1",
+        /// HTTP/2, negotiated by ALPN; needs TLS.
+        Http2 = "http2",
+    }
+}
+
+keyword_enum! {
+    /// A TLS protocol version (`transport.tls.min_version`, `max_version`).
+    pub enum TlsVersion {
+        /// TLS 1.2.
+        #[default]
+        V1_2 = "1.2",
+        /// TLS 1.3.
+        V1_3 = "1.3",
+    }
+}
+
+keyword_enum! {
+    /// An ALPN protocol identifier (`transport.tls.alpn_protocols`).
+    pub enum AlpnProtocol {
+        /// HTTP/1.1.
+        #[default]
+        Http11 = "http/1.1",
+        /// HTTP/2.
+        H2 = "h2",
+    }
+}
+
 /// `[transport]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
+    /// `http`, `tls` or `mtls`.
+    pub mode: TransportMode,
+    /// HTTP protocol versions.
+    pub http: TransportHttpConfig,
+    /// Certificates and TLS parameters (`tls` and `mtls` modes).
+    pub tls: TlsConfig,
     /// Live-read connection behaviour.
     pub connection: ConnectionConfig,
+}
+
+/// `[transport.http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportHttpConfig {
+    /// Versions the listener speaks; `http2` needs TLS.
+    pub versions: Vec<HttpVersion>,
+}
+
+impl Default for TransportHttpConfig {
+    fn default() -> Self {
+        Self {
+            versions: vec![HttpVersion::Http1],
+        }
+    }
+}
+
+/// `[transport.tls]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain.
+    pub cert_path: Option<PathBuf>,
+    /// PEM file with the server's private key.
+    pub key_path: Option<PathBuf>,
+    /// PEM bundle of the CAs that sign client certificates (`mtls` only).
+    pub client_ca_path: Option<PathBuf>,
+    /// Oldest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// Newest TLS version accepted.
+    pub max_version: TlsVersion,
+    /// ALPN identifiers offered, in preference order; empty derives them
+    /// from `transport.http.versions` (`h2` first).
+    pub alpn_protocols: Vec<AlpnProtocol>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_path: None,
+            key_path: None,
+            client_ca_path: None,
+            min_version: TlsVersion::V1_2,
+            max_version: TlsVersion::V1_3,
+            alpn_protocols: Vec::new(),
+        }
+    }
 }
 
 /// `[transport.connection]`.
@@ -183,75 +377,209 @@ impl Default for ConnectionConfig {
     }
 }
 
+keyword_enum! {
+    /// Which forwarding headers a trusted proxy may set (`proxy.forwarded_headers`).
+    pub enum ForwardedHeaders {
+        /// None: the peer address is the client.
+        #[default]
+        None = "none",
+        /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+        XForwarded = "x-forwarded",
+        /// RFC 7239 `Forwarded`.
+        Forwarded = "forwarded",
+    }
+}
+
+keyword_enum! {
+    /// Where a request's client identity comes from (`proxy.identity.mode`).
+    pub enum IdentityMode {
+        /// No identity handoff.
+        #[default]
+        None = "none",
+        /// A header set by a trusted proxy.
+        Header = "header",
+    }
+}
+
+/// `[proxy]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Whether to trust proxies at all.
+    pub enabled: bool,
+    /// Forwarding headers honoured from trusted proxies.
+    pub forwarded_headers: ForwardedHeaders,
+    /// IPs and CIDRs of the trusted proxies.
+    pub trusted_proxies: Vec<String>,
+    /// Identity handoff from a trusted proxy.
+    pub identity: ProxyIdentityConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            forwarded_headers: ForwardedHeaders::None,
+            trusted_proxies: Vec::new(),
+            identity: ProxyIdentityConfig::default(),
+        }
+    }
+}
+
+/// `[proxy.identity]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyIdentityConfig {
+    /// `none` or `header`.
+    pub mode: IdentityMode,
+    /// The header carrying the identity (`header` mode).
+    pub header_name: String,
+    /// Honour the header only on connections that arrived over TLS.
+    pub require_tls: bool,
+}
+
+impl Default for ProxyIdentityConfig {
+    fn default() -> Self {
+        Self {
+            mode: IdentityMode::None,
+            header_name: "x-client-identity".into(),
+            require_tls: true,
+        }
+    }
+}
+
+keyword_enum! {
+    /// Log line format (`observability.log_format`).
+    pub enum LogFormat {
+        /// Human-readable lines.
+        #[default]
+        Text = "text",
+        /// One JSON object per line.
+        Json = "json",
+    }
+}
+
+keyword_enum! {
+    /// OTLP transport (`observability.otlp.protocol`).
+    pub enum OtlpProtocol {
+        /// gRPC.
+        #[default]
+        Grpc = "grpc",
+        /// HTTP with protobuf bodies.
+        HttpProtobuf = "http/protobuf",
+    }
+}
+
 /// `[observability]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObservabilityConfig {
     /// `tracing` filter directives; `RUST_LOG` overrides it.
     pub rust_log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Prometheus metrics (served once the observability work lands).
+    pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export (implemented by the observability work).
+    pub otlp: OtlpConfig,
 }
 
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         Self {
             rust_log: "info".into(),
+            log_format: LogFormat::Text,
+            metrics: MetricsConfig::default(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+/// `[observability.metrics]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Whether to expose Prometheus metrics.
+    pub enabled: bool,
+    /// Path of the metrics endpoint.
+    pub path: String,
+    /// A separate `host:port` for the metrics endpoint; unset serves it on
+    /// the main listener.
+    pub bind_address: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/metrics".into(),
+            bind_address: None,
+        }
+    }
+}
+
+/// `[observability.otlp]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Whether to export traces; disabled means no exporter work at all.
+    pub enabled: bool,
+    /// Collector URL.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: OtlpProtocol,
+    /// Fraction of traces sampled, 0.0 to 1.0.
+    pub sampling_ratio: f64,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+    /// Extra resource attributes as `key=value` items.
+    pub resource_attributes: Vec<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://localhost:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            sampling_ratio: 1.0,
+            service_name: "durable-streams-server".into(),
+            resource_attributes: Vec::new(),
+        }
+    }
+}
 
 impl Config {
-    /// Defaults overridden by `DS_*` environment variables.
+    /// Built-in defaults overridden by `DS_*` environment variables and
+    /// `RUST_LOG`; no profile, no files. Strict: unknown keys, bad values and
+    /// broken cross-field rules are all errors.
     ///
     /// # Errors
-    /// When a variable names an unknown key or holds a bad value.
+    /// Every problem found, together.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::figment()
-            .extract()
-            .map_err(|e| ConfigError(Box::new(e)))
+        Self::load(&LoadOptions {
+            config_dir: ConfigDir::None,
+            ..LoadOptions::default()
+        })
     }
 
-    /// The layered sources, for callers that add their own.
-    pub fn figment() -> Figment {
-        Figment::from(Serialized::defaults(Config::default())).merge(
-            Env::prefixed("DS_")
-                .split("__")
-                .ignore(&["profile", "config_dir"]),
-        )
+    /// Loads and validates the configuration the way the server does.
+    ///
+    /// # Errors
+    /// Every problem found (unknown keys, bad values, broken rules), together.
+    pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
+        let loaded = load(options);
+        let validation = loaded.validate();
+        let mut problems = loaded.problems().to_vec();
+        problems.extend(validation.errors);
+        if problems.is_empty() {
+            Ok(loaded.into_config())
+        } else {
+            Err(ConfigError::new(problems))
+        }
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::result_large_err)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_overrides_defaults() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("DS_SERVER__BIND_ADDRESS", "127.0.0.1:9");
-            jail.set_env("DS_STORAGE__MODE", "durable");
-            jail.set_env("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "1");
-            jail.set_env("DS_HTTP__STREAM_BASE_PATH", "/streams");
-            let config = Config::from_env().expect("valid");
-            assert_eq!(config.server.bind_address, "127.0.0.1:9");
-            assert_eq!(config.storage.mode, StorageMode::FileDurable);
-            assert_eq!(config.transport.connection.long_poll_timeout_secs, 1);
-            assert_eq!(config.http.stream_base_path, "/streams");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("DS_SERVER__BIND_ADRESS", "x");
-            assert!(Config::from_env().is_err());
-            Ok(())
-        });
-    }
-}
+mod tests;

@@ -17,7 +17,11 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: the settings tree and its loading from `DS_*` variables.
+//! - [`cli`]: the command line (`serve`, `check-config`, `print-config`).
+//! - [`startup`]: the startup phases, their diagnostics and exit codes.
+//! - [`config`]: the settings tree, its layered loading, profiles and validation.
+//! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`tls`]: TLS material (PEM file checks for now).
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
@@ -26,16 +30,33 @@
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - [`transfer`]: export and import of streams (backup, migration).
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;
+pub mod startup;
 pub mod storage;
+pub mod telemetry;
+pub mod tls;
 pub mod transfer;
 
-pub use config::{Config, DEFAULT_STREAM_BASE_PATH, StorageMode};
+pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
+pub use startup::{Phase, StartupError};
+
+/// The git commit the binary was built from (`unknown` outside a checkout).
+pub const BUILD_COMMIT: &str = env!("DS_BUILD_COMMIT");
+
+/// The version shown by `--version` and logged at start: the crate version
+/// and the git commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DS_BUILD_COMMIT"),
+    ")"
+);
 pub use engine::{Engine, EngineLimits};
 pub use http::{build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};

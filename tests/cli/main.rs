@@ -1,0 +1,8 @@
+//! The real binary, spawned as a child process in a temporary working
+//! directory with an empty environment: startup failures (exit code and the
+//! one-line diagnosis), the subcommands, and a clean serve-and-drain.
+
+mod commands;
+mod failures;
+mod helpers;
+mod serve;
