@@ -12,4 +12,5 @@ mod limits;
 mod live;
 mod producer;
 mod read;
+mod shutdown;
 mod ttl;
