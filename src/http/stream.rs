@@ -57,7 +57,14 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
         ));
     }
     name::validate(name, state.settings.name_limits)?;
-    Ok(path.to_owned())
+    // Identity is the full path the client used, including any prefix the
+    // router is nested under, so it agrees with `Location` and with the
+    // paths clients send in `Stream-Forked-From`.
+    let full = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(path, |original| original.0.path());
+    Ok(full.to_owned())
 }
 
 fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {

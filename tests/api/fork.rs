@@ -208,3 +208,24 @@ async fn live_readers_of_a_fork_wake_only_on_its_own_appends() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "own");
 }
+
+#[tokio::test]
+async fn fork_under_a_mounted_router_names_its_source_by_full_path() {
+    // The client only knows the full path, prefix included; `Location` and
+    // `Stream-Forked-From` must agree on it.
+    let app = spawn_app_mounted(test_config(), Some("/api")).await;
+    let created = app.create("origin", "text/plain").await;
+    let location = header(&created, "location");
+    app.append("origin", "text/plain", "abc").await;
+    let source_path = location.strip_prefix(&app.base_url).unwrap().to_owned();
+    assert_eq!(source_path, "/api/v1/stream/origin");
+    let forked = app
+        .client
+        .put(app.url("branch"))
+        .header("stream-forked-from", &source_path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forked.status(), 201);
+    assert_eq!(contents(&app, "branch").await, "abc");
+}
