@@ -31,11 +31,13 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             Method::DELETE => delete(&state, &path).await,
             Method::HEAD => head(&state, &path),
             Method::GET => read(&state, &path, request).await,
+            // RFC 9110 §15.5.6: a 405 must list the allowed methods.
             _ => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 "method not allowed",
-            )),
+            )
+            .with_header(header::ALLOW, super::ALLOW_METHODS)),
         },
         Err(error) => Err(error),
     };

@@ -95,6 +95,10 @@ async fn bad_appends_are_problems() {
     assert_eq!(expect_problem(missing, 404).await, "STREAM_NOT_FOUND");
 
     let method = app.client.patch(app.url("strict")).send().await.unwrap();
+    let allow = maybe_header(&method, "allow").expect("405 lists the allowed methods");
+    for name in ["GET", "HEAD", "POST", "PUT", "DELETE"] {
+        assert!(allow.split(',').any(|m| m.trim() == name), "{allow}");
+    }
     assert_eq!(expect_problem(method, 405).await, "METHOD_NOT_ALLOWED");
 
     // Nothing was written by any of them.
