@@ -36,7 +36,9 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
-    fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
+    /// Adds a header to the answer (dropped if the value is not a valid
+    /// header value).
+    pub(crate) fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
         if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
             self.headers.push((name, value));
         }

@@ -31,11 +31,13 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             Method::DELETE => delete(&state, &path).await,
             Method::HEAD => head(&state, &path),
             Method::GET => read(&state, &path, request).await,
+            // RFC 9110 §15.5.6: a 405 must list the allowed methods.
             _ => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 "method not allowed",
-            )),
+            )
+            .with_header(header::ALLOW, super::ALLOW_METHODS)),
         },
         Err(error) => Err(error),
     };
@@ -57,7 +59,14 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
         ));
     }
     name::validate(name, state.settings.name_limits)?;
-    Ok(path.to_owned())
+    // Identity is the full path the client used, including any prefix the
+    // router is nested under, so it agrees with `Location` and with the
+    // paths clients send in `Stream-Forked-From`.
+    let full = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(path, |original| original.0.path());
+    Ok(full.to_owned())
 }
 
 fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
