@@ -567,7 +567,11 @@ mod tests {
 
     #[tokio::test]
     async fn durable_modes_create_the_data_dir_and_lock_it() {
-        for mode in [StorageMode::FileFast, StorageMode::FileDurable, StorageMode::Acid] {
+        for mode in [
+            StorageMode::FileFast,
+            StorageMode::FileDurable,
+            StorageMode::Acid,
+        ] {
             let dir = tempfile::tempdir().expect("temp dir");
             let mut config = Config::default();
             config.storage.mode = mode;

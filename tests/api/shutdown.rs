@@ -42,25 +42,32 @@ impl Server {
             .env("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "30")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start the server binary");
         let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buffer).await {
-                if n == 0 {
-                    break;
+        // Logs go to stdout; startup failures to stderr. Keep both.
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for mut pipe in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let sink = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
+            });
+        }
         let server = Self {
             child,
             base_url: format!("http://{addr}"),
@@ -75,10 +82,10 @@ impl Server {
         let probe = client();
         let deadline = tokio::time::Instant::now() + HANG_GUARD;
         loop {
-            if let Ok(response) = probe.get(format!("{}/readyz", self.base_url)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = probe.get(format!("{}/readyz", self.base_url)).send().await
+                && response.status() == 200
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
