@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, LoadOptions};
+use crate::config::{self, ConfigDir, LoadOptions, StorageMode};
+use crate::engine::{Engine, EngineLimits};
 use crate::startup::{self, Phase, StartupError};
+use crate::storage::{AcidStorage, FileStorage, Storage};
+use crate::transfer::{self, OnConflict, StderrProgress, StreamFilter};
 
 const ABOUT: &str = "A server for the Durable Streams protocol";
 
@@ -22,7 +25,8 @@ Environment variables name keys with `__` between levels:
 Profiles: default, dev, prod, prod-tls, prod-mtls, or any <config-dir>/<name>.toml.
 
 Exit codes: 0 ok, 2 bad command line, 3 load_config, 4 validate_config,
-  5 init_telemetry, 6 open_storage, 7 load_tls, 8 bind_listener, 9 serve, 10 drain.
+  5 init_telemetry, 6 open_storage, 7 load_tls, 8 bind_listener, 9 serve, 10 drain,
+  11 transfer (export/import).
 A failed start prints one line: startup failed in <phase>: <cause>; hint: <fix>";
 
 /// The parsed command line.
@@ -95,7 +99,7 @@ impl ConfigArgs {
 }
 
 /// The subcommands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Run the server (the default)
     Serve,
@@ -107,6 +111,31 @@ pub enum Command {
         #[arg(long)]
         sources: bool,
     },
+    /// Write streams of the configured durable store as a JSON Lines export (works beside a running server)
+    Export {
+        /// Write to this file instead of standard output
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Only this stream path, or paths starting with a prefix ending in `*`; repeatable
+        #[arg(long = "stream", value_name = "PATH")]
+        streams: Vec<String>,
+    },
+    /// Load an export into the configured durable store (the server must be stopped)
+    Import {
+        /// The export file, or `-` for standard input
+        #[arg(value_name = "FILE")]
+        input: PathBuf,
+        /// Only this stream path, or paths starting with a prefix ending in `*`; repeatable
+        #[arg(long = "stream", value_name = "PATH")]
+        streams: Vec<String>,
+        /// What to do with a stream that already exists: skip, fail, or replace (validated first)
+        #[arg(long, value_name = "POLICY", default_value = "fail", value_parser = parse_on_conflict)]
+        on_conflict: OnConflict,
+    },
+}
+
+fn parse_on_conflict(value: &str) -> Result<OnConflict, String> {
+    value.parse()
 }
 
 /// Runs the command and returns the process exit code.
@@ -116,6 +145,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve => startup::serve(&options).await,
         Command::CheckConfig => check_config(&options),
         Command::PrintConfig { sources } => print_config(&options, sources),
+        Command::Export { output, streams } => export(&options, output, streams).await,
+        Command::Import {
+            input,
+            streams,
+            on_conflict,
+        } => import(&options, &input, streams, on_conflict).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +159,124 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The configured durable store's directory; memory mode has nothing to transfer.
+fn durable_dir(config: &config::Config) -> Result<PathBuf, StartupError> {
+    let hint =
+        "select the store with --profile/--config or DS_STORAGE__MODE and DS_STORAGE__DATA_DIR";
+    if config.storage.mode == StorageMode::Memory {
+        return Err(StartupError::new(
+            Phase::OpenStorage,
+            "storage.mode is memory, which keeps nothing on disk to export or import into",
+            hint,
+        ));
+    }
+    config
+        .storage
+        .data_dir
+        .clone()
+        .ok_or_else(|| StartupError::new(Phase::OpenStorage, "storage.data_dir is not set", hint))
+}
+
+fn storage_failure(error: crate::storage::StorageError) -> StartupError {
+    let hint = match &error {
+        crate::storage::StorageError::Locked { .. } => {
+            "stop the server using this directory before importing"
+        }
+        _ => "check storage.mode and storage.data_dir",
+    };
+    StartupError::new(Phase::OpenStorage, error.to_string(), hint)
+}
+
+fn transfer_failure(error: transfer::TransferError) -> StartupError {
+    let hint = match &error {
+        transfer::TransferError::Conflict(_) => "choose --on-conflict skip or replace",
+        transfer::TransferError::Format { .. } => {
+            "the export file is damaged or not an export; streams before it were imported"
+        }
+        _ => "streams before the failing one were transferred; fix the cause and run again",
+    };
+    StartupError::new(Phase::Transfer, error.to_string(), hint)
+}
+
+async fn export(
+    options: &LoadOptions,
+    output: Option<PathBuf>,
+    streams: Vec<String>,
+) -> Result<(), StartupError> {
+    let config = startup::load_valid(options)?.loaded.into_config();
+    let dir = durable_dir(&config)?;
+    // Read-only: no lock, so a running server keeps serving (a live backup).
+    let storage: std::sync::Arc<dyn Storage> = match config.storage.mode {
+        StorageMode::Acid => {
+            std::sync::Arc::new(AcidStorage::open_read_only(&dir).map_err(storage_failure)?)
+        }
+        _ => std::sync::Arc::new(FileStorage::open_read_only(&dir).map_err(storage_failure)?),
+    };
+    let engine = Engine::new(storage, EngineLimits::from_config(&config));
+    let mut out: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| {
+                StartupError::new(
+                    Phase::Transfer,
+                    format!("cannot create {}: {e}", path.display()),
+                    "choose a writable path",
+                )
+            })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut progress = StderrProgress::default();
+    let summary = transfer::export(
+        &engine,
+        &StreamFilter::new(streams),
+        &mut out,
+        &mut progress,
+    )
+    .await
+    .map_err(transfer_failure)?;
+    drop(progress);
+    eprintln!("exported {} streams", summary.streams);
+    Ok(())
+}
+
+async fn import(
+    options: &LoadOptions,
+    input: &std::path::Path,
+    streams: Vec<String>,
+    on_conflict: OnConflict,
+) -> Result<(), StartupError> {
+    let config = startup::load_valid(options)?.loaded.into_config();
+    durable_dir(&config)?;
+    let storage = startup::open_storage(&config)?;
+    let engine = Engine::new(storage, EngineLimits::from_config(&config));
+    let mut reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin().lock()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).map_err(|e| {
+                StartupError::new(
+                    Phase::Transfer,
+                    format!("cannot open {}: {e}", input.display()),
+                    "give an export file",
+                )
+            })?,
+        ))
+    };
+    let mut progress = StderrProgress::default();
+    let summary = transfer::import(
+        &engine,
+        &mut reader,
+        &StreamFilter::new(streams),
+        on_conflict,
+        &mut progress,
+    )
+    .await
+    .map_err(transfer_failure)?;
+    drop(progress);
+    eprintln!("imported {} streams", summary.streams);
+    Ok(())
 }
 
 fn check_config(options: &LoadOptions) -> Result<(), StartupError> {

@@ -22,6 +22,7 @@
 //! | 8 | `bind_listener`: address in use, not permitted, or not on this host |
 //! | 9 | `serve`: the accept loop failed |
 //! | 10 | `drain`: the server failed while draining |
+//! | 11 | `transfer`: `export` or `import` failed (bad input, conflict, write error) |
 //!
 //! `/readyz` answers `200` only once storage is open and the listener is
 //! bound (from the start of `serve`), and `503` again as soon as `drain`
@@ -66,6 +67,8 @@ pub enum Phase {
     Serve,
     /// Draining after a shutdown signal.
     Drain,
+    /// Copying streams in `export` or `import` (not a serving phase).
+    Transfer,
 }
 
 impl Phase {
@@ -92,6 +95,7 @@ impl Phase {
             Phase::BindListener => "bind_listener",
             Phase::Serve => "serve",
             Phase::Drain => "drain",
+            Phase::Transfer => "transfer",
         }
     }
 
@@ -107,6 +111,7 @@ impl Phase {
             Phase::BindListener => 8,
             Phase::Serve => 9,
             Phase::Drain => 10,
+            Phase::Transfer => 11,
         }
     }
 }
@@ -344,6 +349,17 @@ pub struct Checked {
 /// # Errors
 /// The first phase that fails.
 pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
+    let checked = load_valid(options)?;
+    load_tls(checked.loaded.config())?;
+    Ok(checked)
+}
+
+/// Runs `load_config` and `validate_config` only (for commands that do not
+/// serve, such as `export` and `import`).
+///
+/// # Errors
+/// The first phase that fails.
+pub fn load_valid(options: &LoadOptions) -> Result<Checked, StartupError> {
     let loaded = config::load(options);
     let validation = loaded.validate();
     if !loaded.problems().is_empty() {
@@ -357,7 +373,6 @@ pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
             validation.errors,
         ));
     }
-    load_tls(loaded.config())?;
     Ok(Checked {
         loaded,
         warnings: validation.warnings,
@@ -367,11 +382,12 @@ pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
 /// The `open_storage` phase: the backend `storage.mode` names.
 ///
 /// Memory opens at once. The durable modes get their `storage.data_dir`
-/// created and checked for writes; their backends are not in this build yet.
+/// created and checked for writes, then their backend opens it: takes the
+/// directory lock, replays and verifies what is stored.
 ///
 /// # Errors
-/// When the data directory cannot be created or written, or the backend is
-/// not available.
+/// When the data directory cannot be created or written, is locked by
+/// another process, or holds corrupt data.
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartupError> {
     match config.storage.mode {
         StorageMode::Memory => Ok(Arc::new(InMemoryStorage::new(

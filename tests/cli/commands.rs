@@ -55,8 +55,10 @@ fn usage_errors_exit_with_2() {
     let dir = temp();
     let run = run(dir.path(), &["--no-such-flag"], &[]);
     assert_eq!(run.code, Some(2));
-    let run = crate::helpers::run(dir.path(), &["export"], &[]);
-    assert_eq!(run.code, Some(2), "export belongs to the storage work");
+    let run = crate::helpers::run(dir.path(), &["import"], &[]);
+    assert_eq!(run.code, Some(2), "import needs a file");
+    let run = crate::helpers::run(dir.path(), &["import", "x", "--on-conflict", "maybe"], &[]);
+    assert_eq!(run.code, Some(2), "unknown conflict policy");
 }
 
 #[test]

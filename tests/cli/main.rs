@@ -6,3 +6,4 @@ mod commands;
 mod failures;
 mod helpers;
 mod serve;
+mod transfer;
