@@ -90,11 +90,91 @@ struct Location {
 struct StreamIndex {
     base: u64,
     records: Vec<Location>,
+    /// Payloads of the newest records, aligned with the end of `records`:
+    /// live readers at the tail are served from here without I/O.
+    recent: std::collections::VecDeque<Bytes>,
+    recent_bytes: usize,
 }
+
+/// Most bytes of recent records kept per stream.
+const RECENT_PER_STREAM: usize = 64 << 10;
+/// Records larger than this are not kept.
+const RECENT_MAX_RECORD: usize = 16 << 10;
+/// Most bytes of recent records kept across all streams.
+const RECENT_TOTAL: usize = 64 << 20;
 
 impl StreamIndex {
     fn tail(&self) -> u64 {
         self.records.last().map_or(self.base, |r| r.end)
+    }
+
+    /// Keeps `data`, the newest record, among the recent ones.
+    fn remember(&mut self, data: Bytes, budget: &std::sync::atomic::AtomicUsize) {
+        use std::sync::atomic::Ordering;
+        let fits = data.len() <= RECENT_MAX_RECORD
+            && budget
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(data.len())
+                        .filter(|&total| total <= RECENT_TOTAL)
+                })
+                .is_ok();
+        if !fits {
+            // The recent records must reach the tail without a gap.
+            self.forget(budget);
+            return;
+        }
+        self.recent_bytes += data.len();
+        self.recent.push_back(data);
+        while self.recent_bytes > RECENT_PER_STREAM {
+            let Some(old) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_bytes -= old.len();
+            budget.fetch_sub(old.len(), Ordering::AcqRel);
+        }
+    }
+
+    fn forget(&mut self, budget: &std::sync::atomic::AtomicUsize) {
+        budget.fetch_sub(self.recent_bytes, std::sync::atomic::Ordering::AcqRel);
+        self.recent.clear();
+        self.recent_bytes = 0;
+    }
+
+    /// Serves `[from, until)` from the recent records, if they cover it.
+    fn read_recent(&self, from: u64, until: u64, max_bytes: usize) -> Option<ReadChunk> {
+        let first_cached = self.records.len().checked_sub(self.recent.len())?;
+        if self.recent.is_empty() || from < self.start_of(first_cached) {
+            return None;
+        }
+        let mut chunk = ReadChunk {
+            records: Vec::new(),
+            end: from,
+            starts_mid_record: false,
+        };
+        let mut taken = 0usize;
+        for (k, data) in self.recent.iter().enumerate() {
+            let i = first_cached + k;
+            let (start, end) = (self.start_of(i), self.records[i].end);
+            if end <= from {
+                continue;
+            }
+            if start >= until {
+                break;
+            }
+            let lo = usize::try_from(from.saturating_sub(start)).ok()?;
+            let hi = usize::try_from(until.min(end) - start).ok()?;
+            if chunk.records.is_empty() && lo > 0 {
+                chunk.starts_mid_record = true;
+            }
+            let piece = data.slice(lo..hi);
+            taken += piece.len();
+            chunk.end = start + hi as u64;
+            chunk.records.push(piece);
+            if taken >= max_bytes {
+                break;
+            }
+        }
+        Some(chunk)
     }
 
     fn start_of(&self, index: usize) -> u64 {
@@ -112,6 +192,8 @@ struct Shared {
     index: RwLock<HashMap<StreamId, Arc<RwLock<StreamIndex>>>>,
     segments: RwLock<BTreeMap<u32, Arc<File>>>,
     recovered: Mutex<Vec<RecoveredStream>>,
+    /// Bytes held in all streams' recent-record caches.
+    recent_bytes: std::sync::atomic::AtomicUsize,
     _lock: Option<DirLock>,
 }
 
@@ -248,6 +330,7 @@ impl FileStorage {
                 ),
                 segments: RwLock::new(read_files),
                 recovered: Mutex::new(recovered),
+                recent_bytes: std::sync::atomic::AtomicUsize::new(0),
                 _lock: None,
             });
             shared.queue.close();
@@ -290,6 +373,7 @@ impl FileStorage {
             ),
             segments: RwLock::new(read_files),
             recovered: Mutex::new(recovered),
+            recent_bytes: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         });
         let mut writer = Writer {
@@ -431,6 +515,16 @@ impl Storage for FileStorage {
         until: u64,
         max_bytes: usize,
     ) -> StorageFuture<ReadChunk> {
+        // Live readers at the tail are served from memory, without a thread hop.
+        if let Some(stream) = self.shared.stream(id) {
+            let index = stream.read().unwrap_or_else(PoisonError::into_inner);
+            let (from, until) = (from.max(index.base), until.min(index.tail()));
+            if from < until
+                && let Some(chunk) = index.read_recent(from, until, max_bytes)
+            {
+                return Box::pin(std::future::ready(Ok(chunk)));
+            }
+        }
         let shared = self.shared.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
@@ -648,7 +742,7 @@ impl Replay {
             Mutation::Create { spec, data, closed } => {
                 let mut index = StreamIndex {
                     base: spec.base,
-                    records: Vec::new(),
+                    ..StreamIndex::default()
                 };
                 let tail = spec.base + data.len() as u64;
                 if !data.is_empty() {
@@ -742,9 +836,18 @@ struct Active {
 
 /// What one queued mutation does to the index once written.
 enum Effect {
-    Create { id: StreamId, base: u64, len: u64 },
-    Append { id: StreamId, len: u64 },
-    Remove { id: StreamId },
+    Create {
+        id: StreamId,
+        base: u64,
+        data: Bytes,
+    },
+    Append {
+        id: StreamId,
+        data: Bytes,
+    },
+    Remove {
+        id: StreamId,
+    },
     None,
 }
 
@@ -820,7 +923,7 @@ impl Writer {
                     Effect::Create {
                         id: spec.id,
                         base: spec.base,
-                        len: data.len() as u64,
+                        data: data.clone(),
                     }
                 }
                 Mutation::Append(append) => match self.tails.get(&append.id).copied() {
@@ -839,7 +942,10 @@ impl Writer {
                     Some(tail) => {
                         let len = append.data.len() as u64;
                         undo.push((append.id, self.tails.insert(append.id, tail + len)));
-                        Effect::Append { id: append.id, len }
+                        Effect::Append {
+                            id: append.id,
+                            data: append.data.clone(),
+                        }
                     }
                 },
                 Mutation::Remove { id } => {
@@ -918,17 +1024,18 @@ impl Writer {
 
     fn apply(&mut self, effect: Effect, segment: u32, payload_offset: u64) {
         match effect {
-            Effect::Create { id, base, len } => {
+            Effect::Create { id, base, data } => {
                 let mut index = StreamIndex {
                     base,
-                    records: Vec::new(),
+                    ..StreamIndex::default()
                 };
-                if len > 0 {
+                if !data.is_empty() {
                     index.records.push(Location {
-                        end: base + len,
+                        end: base + data.len() as u64,
                         segment,
                         offset: payload_offset,
                     });
+                    index.remember(data, &self.shared.recent_bytes);
                 }
                 self.shared
                     .index
@@ -937,26 +1044,34 @@ impl Writer {
                     .insert(id, Arc::new(RwLock::new(index)));
                 self.touch(id, segment);
             }
-            Effect::Append { id, len } => {
-                if len > 0
+            Effect::Append { id, data } => {
+                if !data.is_empty()
                     && let Some(stream) = self.shared.stream(id)
                 {
                     let mut index = stream.write().unwrap_or_else(PoisonError::into_inner);
-                    let end = index.tail() + len;
+                    let end = index.tail() + data.len() as u64;
                     index.records.push(Location {
                         end,
                         segment,
                         offset: payload_offset,
                     });
+                    index.remember(data, &self.shared.recent_bytes);
                 }
                 self.touch(id, segment);
             }
             Effect::Remove { id } => {
-                self.shared
+                let removed = self
+                    .shared
                     .index
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
+                if let Some(stream) = removed {
+                    stream
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .forget(&self.shared.recent_bytes);
+                }
                 for number in self.stream_segments.remove(&id).unwrap_or_default() {
                     if let Some(count) = self.segment_live.get_mut(&number) {
                         *count = count.saturating_sub(1);

@@ -158,6 +158,43 @@ async fn pipelined_appends_keep_order(h: Harness) {
     assert_eq!(read_all(&*store, 1, 0, 200).await, expected);
 }
 
+async fn mixed_record_sizes_read_back_from_any_offset(h: Harness) {
+    let store = h.open();
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::new(),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    let mut expected = Vec::new();
+    // Large records (not kept in a recent-record cache) between small ones.
+    for (i, len) in [5usize, 20_000, 3, 70_000, 1, 1, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+        store
+            .submit(Mutation::Append(Append {
+                id: 1,
+                start: expected.len() as u64,
+                data: Bytes::from(data.clone()),
+                producer: None,
+                stream_seq: None,
+                close: None,
+            }))
+            .await
+            .expect("append");
+        expected.extend(data);
+    }
+    let tail = expected.len() as u64;
+    for from in [0, 4, 5, 19_000, 20_005, 20_008, 90_008, 90_009, tail - 1] {
+        let got = read_all(&*store, 1, from, tail).await;
+        assert_eq!(got, &expected[from as usize..], "from {from}");
+    }
+}
+
 async fn forks_start_at_their_base(h: Harness) {
     let store = h.open();
     store
@@ -312,6 +349,10 @@ macro_rules! storage_suite {
             #[tokio::test]
             async fn pipelined_appends_keep_order() {
                 super::pipelined_appends_keep_order(harness()).await;
+            }
+            #[tokio::test]
+            async fn mixed_record_sizes_read_back_from_any_offset() {
+                super::mixed_record_sizes_read_back_from_any_offset(harness()).await;
             }
             #[tokio::test]
             async fn forks_start_at_their_base() {
