@@ -22,6 +22,14 @@ use bytes::Bytes;
 
 type Args = HashMap<String, String>;
 
+/// Prints a line, ignoring a closed pipe (`| head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn parse_args() -> (String, Args) {
     let mut raw = std::env::args().skip(1).filter(|a| a != "--bench");
     let command = raw.next().unwrap_or_default();
@@ -172,7 +180,7 @@ async fn append_load(args: Args) -> serde_json::Value {
     latencies.sort_by(f64::total_cmp);
     let count = done.load(Ordering::Relaxed);
     let rate = count as f64 / elapsed;
-    println!(
+    say!(
         "append: {count} appends in {elapsed:.2}s = {rate:.0}/s ({:.2} MB/s), p50 {:.2} ms, p99 {:.2} ms, errors {}",
         rate * size as f64 / 1e6,
         percentile(&latencies, 0.5),
@@ -241,7 +249,7 @@ async fn read_load(args: Args) -> serde_json::Value {
         passes += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    println!(
+    say!(
         "read: {passes} full passes of {megabytes} MiB, {:.1} MB/s, {:.0} reads/s",
         bytes as f64 / elapsed / 1e6,
         reads as f64 / elapsed
@@ -358,7 +366,7 @@ async fn latency(args: Args) -> serde_json::Value {
         percentile(&samples, 0.99),
         samples.last().copied().unwrap_or(0.0),
     );
-    println!(
+    say!(
         "latency[{mode}]: {} deliveries to {subscribers} subscribers, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         samples.len()
     );
@@ -375,7 +383,7 @@ fn rss(args: Args) -> serde_json::Value {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    println!("rss: pid {pid} {kib} KiB");
+    say!("rss: pid {pid} {kib} KiB");
     serde_json::json!({"command": "rss", "pid": pid, "rss_kib": kib})
 }
 
@@ -397,7 +405,7 @@ fn fsync_rate(args: Args) -> serde_json::Value {
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
-    println!(
+    say!(
         "fsync: {rate:.0} write+fdatasync/s of {size} bytes in {}",
         dir.display()
     );
@@ -414,11 +422,11 @@ async fn main() {
         "rss" => rss(args),
         "fsync" => fsync_rate(args),
         _ => {
-            eprintln!(
+            esay!(
                 "usage: load <append|read|latency|rss|fsync> [--option value ...] (see benches/load.rs)"
             );
             std::process::exit(2);
         }
     };
-    println!("{result}");
+    say!("{result}");
 }
