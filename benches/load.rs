@@ -422,7 +422,7 @@ async fn main() {
         "rss" => rss(args),
         "fsync" => fsync_rate(args),
         _ => {
-            esay!(
+            eprintln!(
                 "usage: load <append|read|latency|rss|fsync> [--option value ...] (see benches/load.rs)"
             );
             std::process::exit(2);
