@@ -32,6 +32,8 @@ pub mod lock;
 pub mod memory;
 mod queue;
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod suite;
 
 use std::future::Future;
