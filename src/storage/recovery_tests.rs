@@ -439,3 +439,55 @@ fn a_data_dir_admits_one_store_at_a_time() {
     drop(first);
     AcidStorage::open(dir.path()).expect("reopen after the holder left");
 }
+
+#[tokio::test]
+async fn a_damaged_length_on_a_large_frame_is_not_taken_for_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = FileOptions::default();
+    let store = open_file(dir.path(), &options);
+    let mut written = write_records(&store, 3).await;
+    // A record larger than any fixed search window, then small ones.
+    let large = Bytes::from(vec![b'L'; 3 << 20]);
+    store
+        .submit(append(1, written.len() as u64, large.clone()))
+        .await
+        .expect("large append");
+    written.extend_from_slice(&large);
+    for i in 3..6 {
+        store
+            .submit(append(1, written.len() as u64, payload(i)))
+            .await
+            .expect("append");
+        written.extend_from_slice(&payload(i));
+    }
+    drop(store);
+    // The large frame follows record 2's frame; damage its length field so
+    // it claims to run past the end of the file.
+    let segment = dir.path().join(FIRST_SEGMENT);
+    let bytes = std::fs::read(&segment).expect("read");
+    let (payload_at, _) = locate(&bytes, 2);
+    let large_frame_at = payload_at + 100;
+    assert_eq!(
+        codec::frame_len(&bytes[large_frame_at..]).map(|len| len > 3 << 20),
+        Some(true)
+    );
+    flip_byte(&segment, large_frame_at + 3);
+
+    match FileStorage::open(dir.path(), options) {
+        Err(StorageError::Corrupt(message)) => {
+            assert!(
+                message.contains(&format!("byte offset {large_frame_at}")),
+                "{message}"
+            );
+        }
+        Ok(store) => {
+            let (tail, _) = recovered_data(&store).await;
+            panic!(
+                "acknowledged data after the damaged frame was discarded as a torn tail: \
+                 recovered {tail} of {} bytes",
+                written.len()
+            );
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+    }
+}
