@@ -27,6 +27,8 @@
 
 pub mod acid;
 pub mod codec;
+#[cfg(test)]
+pub mod fault;
 pub mod file;
 pub mod lock;
 pub mod memory;
