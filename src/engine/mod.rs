@@ -690,9 +690,8 @@ impl Engine {
             .map_err(|_| StorageError::Unavailable("the server is shutting down".into()))?;
         let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
             AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
-            AppendPlan::Answered { outcome, wait_for } => {
-                self.wait_committed(&entry, wait_for, outcome.tail).await?;
-                return Ok(outcome);
+            AppendPlan::Answered(confirms) => {
+                return Self::confirm(&entry, &confirms).await;
             }
         };
         let result = ack.await;
@@ -723,10 +722,6 @@ impl Engine {
     ) -> Result<AppendPlan, EngineError> {
         let mut inner = entry.lock();
         let ledger = &mut inner.ledger;
-        let answered = |outcome: Appended, ledger: &Ledger| AppendPlan::Answered {
-            outcome,
-            wait_for: ledger.last_pending_op(),
-        };
         if let Some(closed_by) = ledger.closed() {
             let retry_of_close = match (&request.producer, closed_by) {
                 (Some(p), Some(by)) => {
@@ -737,17 +732,9 @@ impl Engine {
             if retry_of_close || (request.body.is_empty() && request.producer.is_none()) {
                 // A retry of the closing request, or a repeated plain close:
                 // both are idempotent (spec §4.3, §5.7).
-                let producer = request
-                    .producer
-                    .as_ref()
-                    .and_then(|p| ledger.producer(&p.id));
-                let outcome = Appended {
-                    tail: ledger.tail(),
-                    closed: true,
-                    wrote: false,
-                    producer,
-                };
-                return Ok(answered(outcome, ledger));
+                return Ok(AppendPlan::Answered(Confirms::Closed {
+                    producer: request.producer.as_ref().map(|p| p.id.clone()),
+                }));
             }
             if let Some(p) = &request.producer
                 && ledger
@@ -773,15 +760,14 @@ impl Engine {
         if let Some(p) = &request.producer {
             match producer::decide(ledger.producer(&p.id), p.epoch, p.seq) {
                 ProducerDecision::Accept { next } => producer_next = Some((p.id.clone(), next)),
-                ProducerDecision::Duplicate { current } => {
-                    let closed = ledger.closed().is_some();
-                    let outcome = Appended {
-                        tail: ledger.tail(),
-                        closed,
-                        wrote: false,
-                        producer: Some(current),
-                    };
-                    return Ok(answered(outcome, ledger));
+                ProducerDecision::Duplicate { .. } => {
+                    return Ok(AppendPlan::Answered(Confirms::Producer {
+                        id: p.id.clone(),
+                        accepted: ProducerState {
+                            epoch: p.epoch,
+                            last_seq: p.seq,
+                        },
+                    }));
                 }
                 ProducerDecision::StaleEpoch { current_epoch } => {
                     return Err(EngineError::StaleEpoch {
@@ -838,29 +824,51 @@ impl Engine {
         Ok(AppendPlan::Submitted { op, ack, outcome })
     }
 
-    /// Waits until operation `op` of the stream is settled, so a duplicate
-    /// is confirmed only once the original write is committed.
-    async fn wait_committed(
-        &self,
+    /// Answers a request that writes nothing (a duplicate) once the state
+    /// it confirms is committed, from the committed state. While that state
+    /// is only pending it waits; if the pending write fails, so does this,
+    /// and the client's next retry writes it. Checking the state itself,
+    /// not the tail, matters: a close moves no tail, and other writers'
+    /// appends may pass the position a failed write would have reached.
+    async fn confirm(
         entry: &Arc<StreamEntry>,
-        op: Option<u64>,
-        tail: u64,
-    ) -> Result<(), EngineError> {
-        let Some(op) = op else { return Ok(()) };
+        confirms: &Confirms,
+    ) -> Result<Appended, EngineError> {
         let mut signal = entry.subscribe();
         loop {
             {
                 let inner = entry.lock();
-                if !inner.ledger.is_pending(op) {
-                    if inner.ledger.committed.tail >= tail {
-                        return Ok(());
-                    }
+                let ledger = &inner.ledger;
+                let committed = &ledger.committed;
+                let (producer, done, pending) = match confirms {
+                    Confirms::Closed { producer } => (
+                        producer.as_deref(),
+                        committed.closed.is_some(),
+                        ledger.closed().is_some(),
+                    ),
+                    Confirms::Producer { id, accepted } => (
+                        Some(id.as_str()),
+                        committed.producers.get(id).is_some_and(|s| s >= accepted),
+                        ledger.producer(id).is_some_and(|s| s >= *accepted),
+                    ),
+                };
+                if done {
+                    return Ok(Appended {
+                        tail: committed.tail,
+                        closed: committed.closed.is_some(),
+                        wrote: false,
+                        producer: producer.and_then(|id| committed.producers.get(id).copied()),
+                    });
+                }
+                if !pending {
                     return Err(StorageError::Unavailable(
                         "the original write of this retry failed".into(),
                     )
                     .into());
                 }
             }
+            // Every acknowledgement of a write changes the tail or the
+            // closed flag, and every failure notifies: no wake-up is lost.
             if signal.changed().await.is_err() {
                 return Err(EngineError::NotFound);
             }
@@ -1081,11 +1089,16 @@ enum AppendPlan {
         ack: crate::storage::StorageFuture<()>,
         outcome: Appended,
     },
-    /// Nothing to write (a duplicate); answer once `wait_for` is committed.
-    Answered {
-        outcome: Appended,
-        wait_for: Option<u64>,
-    },
+    /// Nothing to write (a duplicate); answer once it is confirmed.
+    Answered(Confirms),
+}
+
+/// What a request that writes nothing confirms.
+enum Confirms {
+    /// The stream is closed; `producer` names the retrying producer.
+    Closed { producer: Option<String> },
+    /// The producer's `(epoch, seq)` was accepted.
+    Producer { id: String, accepted: ProducerState },
 }
 
 enum Deletion {

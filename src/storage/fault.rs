@@ -504,6 +504,128 @@ mod tests {
         }
     }
 
+    /// A repeated close (a producer's retry of its closing request, or a
+    /// plain close) while the first close is still being written must not
+    /// be confirmed if that write fails.
+    #[tokio::test]
+    async fn a_repeated_close_is_not_confirmed_when_the_close_fails() {
+        let plain: &[(&str, &str)] = &[("stream-closed", "true")];
+        let producer: &[(&str, &str)] = &[
+            ("stream-closed", "true"),
+            ("producer-id", "p"),
+            ("producer-epoch", "0"),
+            ("producer-seq", "0"),
+        ];
+        for close in [plain, producer] {
+            for backend in backends() {
+                let name = backend.name;
+                let app = Arc::new(App::new(&backend));
+                app.create().await;
+                assert_eq!(app.append(b"aa").await.0, StatusCode::NO_CONTENT);
+
+                let gate = app.faults.hold_failures();
+                app.faults.fail_next(Fault::Unavailable, 1);
+                let call = |app: Arc<App>| async move {
+                    let (status, headers, _) = app.call(Method::POST, close, b"").await;
+                    (status, headers)
+                };
+                let first = tokio::spawn(call(app.clone()));
+                injected(&app.faults, 1).await;
+                let repeated = tokio::spawn(call(app.clone()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                gate.release();
+
+                let (status, _) = first.await.expect("join");
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+                let (status, headers) = repeated.await.expect("join");
+                let still_open = header(&app.head().await, "stream-closed").is_none();
+                assert!(still_open, "{name}: the failed close closed the stream");
+                assert_ne!(
+                    (status, header(&headers, "stream-closed")),
+                    (StatusCode::NO_CONTENT, Some("true")),
+                    "{name} {close:?}: a repeated close was confirmed although the stream is open"
+                );
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+
+                // The client's next retry closes it for real.
+                let (status, headers) = call(app.clone()).await;
+                assert_eq!(status, StatusCode::NO_CONTENT, "{name}");
+                assert_eq!(header(&headers, "stream-closed"), Some("true"));
+                assert!(header(&app.head().await, "stream-closed").is_some());
+            }
+        }
+    }
+
+    /// A producer's retry that arrives while its original write is pending
+    /// must not be confirmed as a duplicate if that write fails, even when
+    /// another writer's append commits before the retry looks again.
+    #[tokio::test]
+    async fn a_retry_is_not_confirmed_when_the_original_failed_and_others_committed() {
+        use futures_util::FutureExt;
+
+        use crate::engine::{AppendRequest, CreateRequest, Engine, EngineError, EngineLimits};
+        use crate::protocol::header::{ContentType, ProducerHeaders};
+
+        let faults = FaultyStorage::new(Arc::new(InMemoryStorage::default()));
+        let engine = Engine::new(faults.clone(), EngineLimits::default());
+        let binary = || Some(ContentType::new("application/octet-stream"));
+        engine
+            .create(CreateRequest {
+                path: "/s".into(),
+                content_type: binary(),
+                ttl_secs: None,
+                expires_at: None,
+                closed: false,
+                fork: None,
+                body: Bytes::new(),
+            })
+            .await
+            .expect("create");
+        let request = move |body: &'static [u8], producer: bool| AppendRequest {
+            content_type: binary(),
+            body: Bytes::from_static(body),
+            close: false,
+            producer: producer.then(|| ProducerHeaders {
+                id: "p".into(),
+                epoch: 0,
+                seq: 0,
+            }),
+            stream_seq: None,
+        };
+
+        let gate = faults.hold_failures();
+        faults.fail_next(Fault::Full, 1);
+        let original = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.append("/s", request(b"xx", true)).await }
+        });
+        injected(&faults, 1).await;
+        let mut retry = Box::pin(engine.append("/s", request(b"xx", true)));
+        assert!(
+            (&mut retry).now_or_never().is_none(),
+            "the retry waits for the original"
+        );
+        gate.release();
+        assert!(matches!(
+            original.await.expect("join"),
+            Err(EngineError::Storage(StorageError::Full(_)))
+        ));
+        // Before the retry runs again, another append commits and moves the
+        // tail to where the failed write would have ended.
+        let other = engine.append("/s", request(b"yy", false)).await;
+        assert_eq!(other.expect("append").tail, 2);
+        match retry.await {
+            Ok(outcome) => panic!("confirmed a write that never happened: {outcome:?}"),
+            Err(error) => assert!(
+                matches!(error, EngineError::Storage(StorageError::Unavailable(_))),
+                "{error:?}"
+            ),
+        }
+        // The producer's next attempt writes it.
+        let written = engine.append("/s", request(b"xx", true)).await;
+        assert!(written.expect("append").wrote);
+    }
+
     #[tokio::test]
     async fn a_failed_create_or_close_leaves_nothing_behind() {
         for backend in backends() {
