@@ -63,6 +63,8 @@ struct Inner {
     last_access: Instant,
     forks: usize,
     status: Status,
+    /// The stream's creation is committed (always, for recovered streams).
+    created: bool,
 }
 
 /// One stream instance.
@@ -369,6 +371,7 @@ impl Engine {
                 Status::Live
             };
             let entry = new_entry(stream.spec, source, state, status, now);
+            entry.lock().created = true;
             by_id.insert(entry.spec.id, entry.clone());
             map.insert(entry.spec.path.clone(), entry);
         }
@@ -460,6 +463,7 @@ impl Engine {
         if let Some(existing) = existing {
             match self.lookup(&request.path, Access::Touch) {
                 Ok(entry) if Arc::ptr_eq(&entry, &existing) => {
+                    wait_created(&entry).await?;
                     return confirm_existing(
                         &entry,
                         &request,
@@ -552,7 +556,12 @@ impl Engine {
             Ok(()) => {
                 let mut inner = entry.lock();
                 inner.ledger.acknowledge(op);
+                inner.created = true;
                 entry.publish(&inner);
+                drop(inner);
+                // Wake requests waiting for the creation even when the
+                // published state did not change (an empty, open stream).
+                entry.signal.send_modify(|_| {});
                 Ok(Created {
                     entry: entry.clone(),
                     new: true,
@@ -704,9 +713,15 @@ impl Engine {
             }
             Err(error) => {
                 inner.ledger.fail(op);
+                let created = inner.created;
                 drop(inner);
                 // Wake duplicates waiting on the failed write.
                 entry.signal.send_modify(|_| {});
+                if !created && matches!(error, StorageError::UnknownStream(_)) {
+                    // Queued behind a creation the store refused: the stream
+                    // never existed.
+                    return Err(EngineError::NotFound);
+                }
                 Err(error.into())
             }
         }
@@ -1136,6 +1151,7 @@ fn new_entry(
             last_access: now,
             forks: 0,
             status,
+            created: false,
         }),
         signal: watch::Sender::new(signal),
         spec,
@@ -1149,6 +1165,33 @@ fn spawn_ack(ack: crate::storage::StorageFuture<()>) {
             tracing::error!(error = %error, "background storage operation failed");
         }
     });
+}
+
+/// Waits until the creation of `entry` is committed, so a `PUT` that finds
+/// the stream does not confirm it before it is durable.
+///
+/// # Errors
+/// [`StorageError::Unavailable`] when the creation failed or the stream went
+/// away meanwhile; the client may retry.
+async fn wait_created(entry: &Arc<StreamEntry>) -> Result<(), EngineError> {
+    let mut signal = entry.subscribe();
+    loop {
+        {
+            let inner = entry.lock();
+            if inner.status != Status::Live {
+                return Err(StorageError::Unavailable(
+                    "the concurrent creation of this stream did not complete".into(),
+                )
+                .into());
+            }
+            if inner.created {
+                return Ok(());
+            }
+        }
+        if signal.changed().await.is_err() {
+            return Err(EngineError::NotFound);
+        }
+    }
 }
 
 /// Compares a `PUT` against an existing stream (spec §4.1 idempotent create).

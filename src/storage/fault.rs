@@ -37,6 +37,9 @@ struct State {
     /// can queue more work behind a write that is about to fail.
     gate: Option<watch::Receiver<bool>>,
     injected: usize,
+    /// Submits still to delay until the gate opens; then they pass.
+    to_delay: usize,
+    delayed: usize,
 }
 
 /// Holds back the answers of failing submits until released (or dropped).
@@ -106,6 +109,21 @@ impl FaultyStorage {
     pub fn injected(&self) -> usize {
         self.lock().injected
     }
+
+    /// Holds the next `count` submits that are not failed until the
+    /// returned gate opens, then passes them on: a slow but successful
+    /// write. They reach the inner backend late, so nothing else may be
+    /// queued on their stream meanwhile.
+    pub fn delay_next(&self, count: usize) -> Gate {
+        let gate = self.hold_failures();
+        self.lock().to_delay = count;
+        gate
+    }
+
+    /// How many submits were delayed so far.
+    pub fn delayed(&self) -> usize {
+        self.lock().delayed
+    }
 }
 
 impl Storage for FaultyStorage {
@@ -116,6 +134,17 @@ impl Storage for FaultyStorage {
     fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
         let mut state = self.lock();
         let Some(fault) = state.fault else {
+            if state.to_delay > 0
+                && let Some(mut gate) = state.gate.clone()
+            {
+                state.to_delay -= 1;
+                state.delayed += 1;
+                let inner = self.inner.clone();
+                return Box::pin(async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    inner.submit(mutation).await
+                });
+            }
             drop(state);
             return self.inner.submit(mutation);
         };
@@ -624,6 +653,77 @@ mod tests {
         // The producer's next attempt writes it.
         let written = engine.append("/s", request(b"xx", true)).await;
         assert!(written.expect("append").wrote);
+    }
+
+    /// While a stream's creation is being written, a concurrent `PUT` of
+    /// the same stream is not confirmed (it would promise a stream that a
+    /// failure or crash may still take away), and an append queued behind
+    /// it answers `404` if the creation fails, not `500`.
+    #[tokio::test]
+    async fn requests_behind_a_failing_create_are_not_confirmed() {
+        for backend in backends() {
+            let name = backend.name;
+            let app = Arc::new(App::new(&backend));
+            let gate = app.faults.hold_failures();
+            app.faults.fail_next(Fault::Full, 1);
+            let put = |app: Arc<App>| async move {
+                app.call(
+                    Method::PUT,
+                    &[("content-type", "application/octet-stream")],
+                    b"",
+                )
+                .await
+                .0
+            };
+            let create = tokio::spawn(put(app.clone()));
+            injected(&app.faults, 1).await;
+            let again = tokio::spawn(put(app.clone()));
+            let append = tokio::spawn({
+                let app = app.clone();
+                async move { app.append(b"yy").await.0 }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gate.release();
+
+            assert_eq!(
+                create.await.expect("join"),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "{name}"
+            );
+            assert_eq!(
+                again.await.expect("join"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{name}: a PUT was confirmed for a creation that failed"
+            );
+            assert_eq!(append.await.expect("join"), StatusCode::NOT_FOUND, "{name}");
+            let (status, _, _) = app.call(Method::HEAD, &[], b"").await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{name}");
+
+            // A slow creation that succeeds: the concurrent PUT is
+            // confirmed, but only after it.
+            let gate = app.faults.delay_next(1);
+            let create = tokio::spawn(put(app.clone()));
+            for _ in 0..500 {
+                if app.faults.delayed() == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                app.faults.delayed(),
+                1,
+                "{name}: the create was not delayed"
+            );
+            let again = tokio::spawn(put(app.clone()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                !again.is_finished(),
+                "{name}: a PUT was confirmed before the creation was committed"
+            );
+            gate.release();
+            assert_eq!(create.await.expect("join"), StatusCode::CREATED, "{name}");
+            assert_eq!(again.await.expect("join"), StatusCode::OK, "{name}");
+        }
     }
 
     #[tokio::test]
