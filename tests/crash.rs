@@ -122,6 +122,9 @@ fn server_command(mode: &str, data: &Path, port: u16) -> Command {
         .env("DS_STORAGE__MODE", mode)
         .env("DS_STORAGE__DATA_DIR", data)
         .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
+        // The smallest segments, so the file backends roll over to new
+        // segment files while being killed.
+        .env("DS_STORAGE__SEGMENT_BYTES", "1048576")
         .env("RUST_LOG", "warn");
     command
 }
@@ -287,6 +290,114 @@ struct StreamModel {
     closed: bool,
 }
 
+/// How far a request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    NotSent,
+    /// Sent; the answer was lost.
+    Sent,
+    /// Acknowledged.
+    Acked,
+}
+
+/// A stream created and usually deleted again while the server may die.
+#[derive(Debug)]
+struct Life {
+    path: String,
+    created: Step,
+    deleted: Step,
+    /// Whether it existed after the first restart that followed.
+    exists: Option<bool>,
+}
+
+impl Life {
+    /// Checks existence after a restart: an acknowledged create or delete
+    /// holds, and whatever was found once stays so (no request follows).
+    async fn verify(&mut self, http: &reqwest::Client, base: &str) -> Result<(), String> {
+        let path = &self.path;
+        let response = http
+            .head(format!("{base}{path}"))
+            .send()
+            .await
+            .map_err(|e| format!("{path}: HEAD failed: {e}"))?;
+        let exists = match response.status() {
+            StatusCode::OK => true,
+            StatusCode::NOT_FOUND => false,
+            other => return Err(format!("{path}: HEAD answered {other}")),
+        };
+        let expected = match (self.exists, self.created, self.deleted) {
+            (Some(before), _, _) => Some(before),
+            (None, _, Step::Acked) => Some(false),
+            (None, Step::Acked, Step::NotSent) => Some(true),
+            _ => None,
+        };
+        if let Some(expected) = expected
+            && expected != exists
+        {
+            return Err(format!(
+                "{path}: exists = {exists}, expected {expected} (create {:?}, delete {:?}, found before: {:?})",
+                self.created, self.deleted, self.exists
+            ));
+        }
+        self.exists = Some(exists);
+        Ok(())
+    }
+}
+
+/// Creates streams (with initial data) and deletes most of them again, one
+/// at a time, until the server dies.
+async fn lifecycle(
+    http: reqwest::Client,
+    base: String,
+    cycle: usize,
+    deadline: Instant,
+    seed: u64,
+) -> Result<Vec<Life>, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut lives = Vec::new();
+    for n in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let path = format!("/v1/stream/crash/life-{cycle}-{n}");
+        let url = format!("{base}{path}");
+        let mut life = Life {
+            path,
+            created: Step::Sent,
+            deleted: Step::NotSent,
+            exists: None,
+        };
+        let created = http
+            .put(&url)
+            .header("content-type", "application/octet-stream")
+            .body(b"initial".to_vec())
+            .send()
+            .await;
+        match created {
+            Err(_) => {
+                lives.push(life);
+                break;
+            }
+            Ok(r) if r.status() == StatusCode::CREATED => life.created = Step::Acked,
+            Ok(r) => return Err(format!("PUT {}: {}", life.path, r.status())),
+        }
+        if rng.u8(..3) > 0 {
+            life.deleted = Step::Sent;
+            match http.delete(&url).send().await {
+                Err(_) => {
+                    lives.push(life);
+                    break;
+                }
+                Ok(r) if r.status() == StatusCode::NO_CONTENT => life.deleted = Step::Acked,
+                Ok(r) => return Err(format!("DELETE {}: {}", life.path, r.status())),
+            }
+        }
+        lives.push(life);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(lives)
+}
+
 #[derive(Default, Debug)]
 struct Stats {
     acknowledged: u64,
@@ -295,6 +406,8 @@ struct Stats {
     producer_duplicates: u64,
     closes_acknowledged: u64,
     closes_observed_after_kill: u64,
+    creates_acknowledged: u64,
+    deletes_acknowledged: u64,
 }
 
 impl StreamModel {
@@ -883,6 +996,8 @@ struct World {
     producers: Vec<(usize, Producer)>,
     /// Producers that closed (or tried to close) a per-cycle stream.
     close_producers: Vec<(usize, Producer)>,
+    /// Streams created and deleted along the way.
+    lives: Vec<Life>,
     stats: Stats,
 }
 
@@ -900,18 +1015,27 @@ impl World {
             streams: Vec::new(),
             producers: Vec::new(),
             close_producers: Vec::new(),
+            lives: Vec::new(),
             stats: Stats::default(),
         }
     }
 
+    /// Checks every stream; streams created and deleted earlier are all
+    /// checked the first time and at the end, a sample otherwise.
     async fn verify(
         &mut self,
         http: &reqwest::Client,
         base: &str,
         rng: &mut fastrand::Rng,
+        last: bool,
     ) -> Result<(), String> {
         for stream in &mut self.streams {
             stream.verify(http, base, rng, &mut self.stats).await?;
+        }
+        for life in &mut self.lives {
+            if last || life.exists.is_none() || rng.u8(..8) == 0 {
+                life.verify(http, base).await?;
+            }
         }
         Ok(())
     }
@@ -1039,7 +1163,7 @@ async fn run_cycles(mode: &str, seed: u64, cycles: usize) -> Result<Stats, Strin
         let server = Server::start(mode, &data, log).await?;
         let http = client();
         world
-            .verify(&http, &server.base, &mut rng)
+            .verify(&http, &server.base, &mut rng, cycle == cycles)
             .await
             .map_err(|e| {
                 format!(
@@ -1107,6 +1231,13 @@ async fn run_cycles(mode: &str, seed: u64, cycles: usize) -> Result<Stats, Strin
             close_producer,
             rng.u64(..),
         ));
+        let lives = tokio::spawn(lifecycle(
+            http.clone(),
+            base.clone(),
+            cycle,
+            deadline,
+            rng.u64(..),
+        ));
 
         tokio::time::sleep(kill_after).await;
         server.kill();
@@ -1123,6 +1254,16 @@ async fn run_cycles(mode: &str, seed: u64, cycles: usize) -> Result<Stats, Strin
         for out in joined {
             world.merge(out.map_err(|e| format!("cycle {cycle}: {e}"))?)?;
         }
+        let lives = tokio::time::timeout(JOIN_TIMEOUT, lives)
+            .await
+            .map_err(|_| format!("cycle {cycle}: the lifecycle job did not stop"))?
+            .map_err(|e| format!("lifecycle job panicked: {e}"))?
+            .map_err(|e| format!("cycle {cycle}: {e}"))?;
+        for life in &lives {
+            world.stats.creates_acknowledged += u64::from(life.created == Step::Acked);
+            world.stats.deletes_acknowledged += u64::from(life.deleted == Step::Acked);
+        }
+        world.lives.extend(lives);
     }
     Ok(world.stats)
 }
