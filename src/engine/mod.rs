@@ -407,9 +407,13 @@ impl Engine {
 
     /// Deletes an expired stream; tells the caller what the client sees.
     fn expire(&self, entry: &Arc<StreamEntry>) -> EngineError {
-        match self.delete_entry(entry) {
-            Ok(Deletion::Soft) => EngineError::Gone,
-            _ => EngineError::NotFound,
+        let (deletion, written) = self.delete_entry(entry);
+        if let Some(written) = written {
+            spawn_ack(written);
+        }
+        match deletion {
+            Deletion::Soft => EngineError::Gone,
+            Deletion::Removed | Deletion::AlreadyGone => EngineError::NotFound,
         }
     }
 
@@ -423,7 +427,10 @@ impl Engine {
                 let inner = entry.lock();
                 inner.status == Status::Live && entry.is_expired(&inner, now)
             };
-            if expired && self.delete_entry(&entry).is_ok() {
+            if expired {
+                if let (_, Some(written)) = self.delete_entry(&entry) {
+                    spawn_ack(written);
+                }
                 reclaimed += 1;
             }
         }
@@ -914,19 +921,32 @@ impl Engine {
     /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
         let entry = self.lookup(path, Access::Peek)?;
-        match self.delete_entry(&entry)? {
-            Deletion::Soft | Deletion::Removed => Ok(()),
-            Deletion::AlreadyGone => Err(EngineError::NotFound),
+        match self.delete_entry(&entry) {
+            (Deletion::Soft | Deletion::Removed, written) => {
+                // Answer only once the deletion is as durable as the backend
+                // promises: a crash must not bring back a stream whose
+                // DELETE was acknowledged. (If the write fails, the stream
+                // stays hidden until a restart shows it again.)
+                if let Some(written) = written {
+                    written.await?;
+                }
+                Ok(())
+            }
+            (Deletion::AlreadyGone, _) => Err(EngineError::NotFound),
         }
     }
 
-    /// Soft-deletes an entry with forks, removes it otherwise.
-    fn delete_entry(&self, entry: &Arc<StreamEntry>) -> Result<Deletion, EngineError> {
+    /// Soft-deletes an entry with forks, removes it otherwise. Returns the
+    /// storage write that persists it, if this call made the change.
+    fn delete_entry(
+        &self,
+        entry: &Arc<StreamEntry>,
+    ) -> (Deletion, Option<crate::storage::StorageFuture<()>>) {
         let mut map = self.map_write();
         let mut inner = entry.lock();
         match inner.status {
-            Status::Removed => return Ok(Deletion::AlreadyGone),
-            Status::SoftDeleted => return Ok(Deletion::Soft),
+            Status::Removed => return (Deletion::AlreadyGone, None),
+            Status::SoftDeleted => return (Deletion::Soft, None),
             Status::Live => {}
         }
         if inner.forks > 0 {
@@ -934,14 +954,11 @@ impl Engine {
             entry.publish(&inner);
             drop(inner);
             drop(map);
-            // A lost soft-delete mark only keeps the stream visible after a
-            // crash; the data itself stays either way.
-            drop(
-                self.shared
-                    .storage
-                    .submit(Mutation::SoftDelete { id: entry.spec.id }),
-            );
-            return Ok(Deletion::Soft);
+            let written = self
+                .shared
+                .storage
+                .submit(Mutation::SoftDelete { id: entry.spec.id });
+            return (Deletion::Soft, Some(written));
         }
         inner.status = Status::Removed;
         entry.publish(&inner);
@@ -953,15 +970,14 @@ impl Engine {
             map.remove(&entry.spec.path);
         }
         drop(map);
-        spawn_ack(
-            self.shared
-                .storage
-                .submit(Mutation::Remove { id: entry.spec.id }),
-        );
+        let written = self
+            .shared
+            .storage
+            .submit(Mutation::Remove { id: entry.spec.id });
         if let Some(source) = &entry.source {
             self.release_fork(source);
         }
-        Ok(Deletion::Removed)
+        (Deletion::Removed, Some(written))
     }
 
     /// Drops one fork reference; removes a soft-deleted source whose last

@@ -726,6 +726,30 @@ mod tests {
         }
     }
 
+    /// `DELETE` is acknowledged only once the removal is written; a removal
+    /// the store refused is reported, and the stream is still stored.
+    #[tokio::test]
+    async fn a_failed_delete_is_not_acknowledged() {
+        for backend in backends() {
+            let name = backend.name;
+            let app = App::new(&backend);
+            app.create().await;
+            assert_eq!(app.append(b"aa").await.0, StatusCode::NO_CONTENT);
+            app.faults.fail(Fault::Full);
+            let (status, _, _) = app.call(Method::DELETE, &[], b"").await;
+            assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{name}");
+            app.faults.clear();
+            if let Some(app) = app.reopened(&backend).await {
+                assert_eq!(app.contents().await, (Bytes::from("aa"), offset(2)));
+                let (status, _, _) = app.call(Method::DELETE, &[], b"").await;
+                assert_eq!(status, StatusCode::NO_CONTENT, "{name}");
+                let app = app.reopened(&backend).await.expect("persistent");
+                let (status, _, _) = app.call(Method::HEAD, &[], b"").await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{name}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_create_or_close_leaves_nothing_behind() {
         for backend in backends() {
