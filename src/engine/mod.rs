@@ -63,6 +63,8 @@ struct Inner {
     last_access: Instant,
     forks: usize,
     status: Status,
+    /// The stream's creation is committed (always, for recovered streams).
+    created: bool,
 }
 
 /// One stream instance.
@@ -481,6 +483,7 @@ impl Engine {
                 Status::Live
             };
             let entry = new_entry(stream.spec, source, state, status, now);
+            entry.lock().created = true;
             by_id.insert(entry.spec.id, entry.clone());
             map.insert(entry.spec.path.clone(), entry);
         }
@@ -516,9 +519,13 @@ impl Engine {
 
     /// Deletes an expired stream; tells the caller what the client sees.
     fn expire(&self, entry: &Arc<StreamEntry>) -> EngineError {
-        match self.delete_entry(entry) {
-            Ok(Deletion::Soft) => EngineError::Gone,
-            _ => EngineError::NotFound,
+        let (deletion, written) = self.delete_entry(entry);
+        if let Some(written) = written {
+            spawn_ack(written);
+        }
+        match deletion {
+            Deletion::Soft => EngineError::Gone,
+            Deletion::Removed | Deletion::AlreadyGone => EngineError::NotFound,
         }
     }
 
@@ -532,7 +539,10 @@ impl Engine {
                 let inner = entry.lock();
                 inner.status == Status::Live && entry.is_expired(&inner, now)
             };
-            if expired && self.delete_entry(&entry).is_ok() {
+            if expired {
+                if let (_, Some(written)) = self.delete_entry(&entry) {
+                    spawn_ack(written);
+                }
                 reclaimed += 1;
             }
         }
@@ -572,6 +582,7 @@ impl Engine {
         if let Some(existing) = existing {
             match self.lookup(&request.path, Access::Touch) {
                 Ok(entry) if Arc::ptr_eq(&entry, &existing) => {
+                    wait_created(&entry).await?;
                     return confirm_existing(
                         &entry,
                         &request,
@@ -664,7 +675,12 @@ impl Engine {
             Ok(()) => {
                 let mut inner = entry.lock();
                 inner.ledger.acknowledge(op);
+                inner.created = true;
                 entry.publish(&inner);
+                drop(inner);
+                // Wake requests waiting for the creation even when the
+                // published state did not change (an empty, open stream).
+                entry.signal.send_modify(|_| {});
                 Ok(Created {
                     entry: entry.clone(),
                     new: true,
@@ -802,9 +818,8 @@ impl Engine {
             .map_err(|_| StorageError::Unavailable("the server is shutting down".into()))?;
         let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
             AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
-            AppendPlan::Answered { outcome, wait_for } => {
-                self.wait_committed(&entry, wait_for, outcome.tail).await?;
-                return Ok(outcome);
+            AppendPlan::Answered(confirms) => {
+                return Self::confirm(&entry, &confirms).await;
             }
         };
         let result = ack.await;
@@ -817,9 +832,15 @@ impl Engine {
             }
             Err(error) => {
                 inner.ledger.fail(op);
+                let created = inner.created;
                 drop(inner);
                 // Wake duplicates waiting on the failed write.
                 entry.signal.send_modify(|_| {});
+                if !created && matches!(error, StorageError::UnknownStream(_)) {
+                    // Queued behind a creation the store refused: the stream
+                    // never existed.
+                    return Err(EngineError::NotFound);
+                }
                 Err(error.into())
             }
         }
@@ -835,10 +856,6 @@ impl Engine {
     ) -> Result<AppendPlan, EngineError> {
         let mut inner = entry.lock();
         let ledger = &mut inner.ledger;
-        let answered = |outcome: Appended, ledger: &Ledger| AppendPlan::Answered {
-            outcome,
-            wait_for: ledger.last_pending_op(),
-        };
         if let Some(closed_by) = ledger.closed() {
             let retry_of_close = match (&request.producer, closed_by) {
                 (Some(p), Some(by)) => {
@@ -849,17 +866,9 @@ impl Engine {
             if retry_of_close || (request.body.is_empty() && request.producer.is_none()) {
                 // A retry of the closing request, or a repeated plain close:
                 // both are idempotent (spec §4.3, §5.7).
-                let producer = request
-                    .producer
-                    .as_ref()
-                    .and_then(|p| ledger.producer(&p.id));
-                let outcome = Appended {
-                    tail: ledger.tail(),
-                    closed: true,
-                    wrote: false,
-                    producer,
-                };
-                return Ok(answered(outcome, ledger));
+                return Ok(AppendPlan::Answered(Confirms::Closed {
+                    producer: request.producer.as_ref().map(|p| p.id.clone()),
+                }));
             }
             if let Some(p) = &request.producer
                 && ledger
@@ -885,15 +894,14 @@ impl Engine {
         if let Some(p) = &request.producer {
             match producer::decide(ledger.producer(&p.id), p.epoch, p.seq) {
                 ProducerDecision::Accept { next } => producer_next = Some((p.id.clone(), next)),
-                ProducerDecision::Duplicate { current } => {
-                    let closed = ledger.closed().is_some();
-                    let outcome = Appended {
-                        tail: ledger.tail(),
-                        closed,
-                        wrote: false,
-                        producer: Some(current),
-                    };
-                    return Ok(answered(outcome, ledger));
+                ProducerDecision::Duplicate { .. } => {
+                    return Ok(AppendPlan::Answered(Confirms::Producer {
+                        id: p.id.clone(),
+                        accepted: ProducerState {
+                            epoch: p.epoch,
+                            last_seq: p.seq,
+                        },
+                    }));
                 }
                 ProducerDecision::StaleEpoch { current_epoch } => {
                     return Err(EngineError::StaleEpoch {
@@ -950,29 +958,51 @@ impl Engine {
         Ok(AppendPlan::Submitted { op, ack, outcome })
     }
 
-    /// Waits until operation `op` of the stream is settled, so a duplicate
-    /// is confirmed only once the original write is committed.
-    async fn wait_committed(
-        &self,
+    /// Answers a request that writes nothing (a duplicate) once the state
+    /// it confirms is committed, from the committed state. While that state
+    /// is only pending it waits; if the pending write fails, so does this,
+    /// and the client's next retry writes it. Checking the state itself,
+    /// not the tail, matters: a close moves no tail, and other writers'
+    /// appends may pass the position a failed write would have reached.
+    async fn confirm(
         entry: &Arc<StreamEntry>,
-        op: Option<u64>,
-        tail: u64,
-    ) -> Result<(), EngineError> {
-        let Some(op) = op else { return Ok(()) };
+        confirms: &Confirms,
+    ) -> Result<Appended, EngineError> {
         let mut signal = entry.subscribe();
         loop {
             {
                 let inner = entry.lock();
-                if !inner.ledger.is_pending(op) {
-                    if inner.ledger.committed.tail >= tail {
-                        return Ok(());
-                    }
+                let ledger = &inner.ledger;
+                let committed = &ledger.committed;
+                let (producer, done, pending) = match confirms {
+                    Confirms::Closed { producer } => (
+                        producer.as_deref(),
+                        committed.closed.is_some(),
+                        ledger.closed().is_some(),
+                    ),
+                    Confirms::Producer { id, accepted } => (
+                        Some(id.as_str()),
+                        committed.producers.get(id).is_some_and(|s| s >= accepted),
+                        ledger.producer(id).is_some_and(|s| s >= *accepted),
+                    ),
+                };
+                if done {
+                    return Ok(Appended {
+                        tail: committed.tail,
+                        closed: committed.closed.is_some(),
+                        wrote: false,
+                        producer: producer.and_then(|id| committed.producers.get(id).copied()),
+                    });
+                }
+                if !pending {
                     return Err(StorageError::Unavailable(
                         "the original write of this retry failed".into(),
                     )
                     .into());
                 }
             }
+            // Every acknowledgement of a write changes the tail or the
+            // closed flag, and every failure notifies: no wake-up is lost.
             if signal.changed().await.is_err() {
                 return Err(EngineError::NotFound);
             }
@@ -1003,19 +1033,32 @@ impl Engine {
     /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
         let entry = self.lookup(path, Access::Peek)?;
-        match self.delete_entry(&entry)? {
-            Deletion::Soft | Deletion::Removed => Ok(()),
-            Deletion::AlreadyGone => Err(EngineError::NotFound),
+        match self.delete_entry(&entry) {
+            (Deletion::Soft | Deletion::Removed, written) => {
+                // Answer only once the deletion is as durable as the backend
+                // promises: a crash must not bring back a stream whose
+                // DELETE was acknowledged. (If the write fails, the stream
+                // stays hidden until a restart shows it again.)
+                if let Some(written) = written {
+                    written.await?;
+                }
+                Ok(())
+            }
+            (Deletion::AlreadyGone, _) => Err(EngineError::NotFound),
         }
     }
 
-    /// Soft-deletes an entry with forks, removes it otherwise.
-    fn delete_entry(&self, entry: &Arc<StreamEntry>) -> Result<Deletion, EngineError> {
+    /// Soft-deletes an entry with forks, removes it otherwise. Returns the
+    /// storage write that persists it, if this call made the change.
+    fn delete_entry(
+        &self,
+        entry: &Arc<StreamEntry>,
+    ) -> (Deletion, Option<crate::storage::StorageFuture<()>>) {
         let mut map = self.map_write();
         let mut inner = entry.lock();
         match inner.status {
-            Status::Removed => return Ok(Deletion::AlreadyGone),
-            Status::SoftDeleted => return Ok(Deletion::Soft),
+            Status::Removed => return (Deletion::AlreadyGone, None),
+            Status::SoftDeleted => return (Deletion::Soft, None),
             Status::Live => {}
         }
         if inner.forks > 0 {
@@ -1023,14 +1066,11 @@ impl Engine {
             entry.publish(&inner);
             drop(inner);
             drop(map);
-            // A lost soft-delete mark only keeps the stream visible after a
-            // crash; the data itself stays either way.
-            drop(
-                self.shared
-                    .storage
-                    .submit(Mutation::SoftDelete { id: entry.spec.id }),
-            );
-            return Ok(Deletion::Soft);
+            let written = self
+                .shared
+                .storage
+                .submit(Mutation::SoftDelete { id: entry.spec.id });
+            return (Deletion::Soft, Some(written));
         }
         inner.status = Status::Removed;
         entry.publish(&inner);
@@ -1042,15 +1082,14 @@ impl Engine {
             map.remove(&entry.spec.path);
         }
         drop(map);
-        spawn_ack(
-            self.shared
-                .storage
-                .submit(Mutation::Remove { id: entry.spec.id }),
-        );
+        let written = self
+            .shared
+            .storage
+            .submit(Mutation::Remove { id: entry.spec.id });
         if let Some(source) = &entry.source {
             self.release_fork(source);
         }
-        Ok(Deletion::Removed)
+        (Deletion::Removed, Some(written))
     }
 
     /// Drops one fork reference; removes a soft-deleted source whose last
@@ -1317,11 +1356,16 @@ enum AppendPlan {
         ack: crate::storage::StorageFuture<()>,
         outcome: Appended,
     },
-    /// Nothing to write (a duplicate); answer once `wait_for` is committed.
-    Answered {
-        outcome: Appended,
-        wait_for: Option<u64>,
-    },
+    /// Nothing to write (a duplicate); answer once it is confirmed.
+    Answered(Confirms),
+}
+
+/// What a request that writes nothing confirms.
+enum Confirms {
+    /// The stream is closed; `producer` names the retrying producer.
+    Closed { producer: Option<String> },
+    /// The producer's `(epoch, seq)` was accepted.
+    Producer { id: String, accepted: ProducerState },
 }
 
 enum Deletion {
@@ -1359,6 +1403,7 @@ fn new_entry(
             last_access: now,
             forks: 0,
             status,
+            created: false,
         }),
         signal: watch::Sender::new(signal),
         spec,
@@ -1372,6 +1417,33 @@ fn spawn_ack(ack: crate::storage::StorageFuture<()>) {
             tracing::error!(error = %error, "background storage operation failed");
         }
     });
+}
+
+/// Waits until the creation of `entry` is committed, so a `PUT` that finds
+/// the stream does not confirm it before it is durable.
+///
+/// # Errors
+/// [`StorageError::Unavailable`] when the creation failed or the stream went
+/// away meanwhile; the client may retry.
+async fn wait_created(entry: &Arc<StreamEntry>) -> Result<(), EngineError> {
+    let mut signal = entry.subscribe();
+    loop {
+        {
+            let inner = entry.lock();
+            if inner.status != Status::Live {
+                return Err(StorageError::Unavailable(
+                    "the concurrent creation of this stream did not complete".into(),
+                )
+                .into());
+            }
+            if inner.created {
+                return Ok(());
+            }
+        }
+        if signal.changed().await.is_err() {
+            return Err(EngineError::NotFound);
+        }
+    }
 }
 
 /// Compares a `PUT` against an existing stream (spec §4.1 idempotent create).

@@ -101,11 +101,6 @@ impl Ledger {
         !self.pending.is_empty()
     }
 
-    /// The number of the newest pending operation.
-    pub fn last_pending_op(&self) -> Option<u64> {
-        self.pending.back().map(|op| op.op)
-    }
-
     /// Queues an operation; returns its number.
     pub fn push(
         &mut self,
@@ -157,11 +152,6 @@ impl Ledger {
     /// operation are dropped (storage refuses them, as they were built on it).
     pub fn fail(&mut self, op: u64) {
         self.pending.retain(|pending| pending.op < op);
-    }
-
-    /// Whether `op` is still pending.
-    pub fn is_pending(&self, op: u64) -> bool {
-        self.pending.iter().any(|pending| pending.op == op)
     }
 }
 

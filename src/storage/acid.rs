@@ -597,3 +597,171 @@ fn framed(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(data);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Append;
+
+    const RECORDS_WRITTEN: usize = 300;
+
+    fn spec(id: u64) -> StreamSpec {
+        StreamSpec {
+            id,
+            path: format!("/v1/stream/a{id}"),
+            content_type: "application/octet-stream".into(),
+            ttl_secs: None,
+            expires_at_ms: None,
+            created_at_ms: 0,
+            fork: None,
+            base: 0,
+        }
+    }
+
+    /// A recognisable payload of 200 bytes for record `i`.
+    fn payload(i: usize) -> Vec<u8> {
+        let mut out = format!("acid-record-{i:04}:").into_bytes();
+        out.resize(200, b'a' + (i % 26) as u8);
+        out
+    }
+
+    /// Stream 1 with `RECORDS_WRITTEN` records, one transaction each; the
+    /// store is closed when this returns.
+    async fn write_store(dir: &Path) -> Vec<u8> {
+        let store = AcidStorage::open(dir).expect("open");
+        store
+            .submit(Mutation::Create {
+                spec: spec(1),
+                data: Bytes::new(),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        let mut all = Vec::new();
+        for i in 0..RECORDS_WRITTEN {
+            let data = payload(i);
+            store
+                .submit(Mutation::Append(Append {
+                    id: 1,
+                    start: all.len() as u64,
+                    data: Bytes::from(data.clone()),
+                    producer: None,
+                    stream_seq: None,
+                    close: None,
+                }))
+                .await
+                .expect("append");
+            all.extend_from_slice(&data);
+        }
+        all
+    }
+
+    /// Opens the store; if that works, everything it serves must be a
+    /// prefix of what was written (an older commit at worst), never altered.
+    async fn open_and_check(dir: &Path, written: &[u8]) -> Result<(), StorageError> {
+        let store = AcidStorage::open(dir)?;
+        for stream in store.recover() {
+            assert_eq!(stream.spec.id, 1, "an unknown stream appeared");
+            assert!(stream.tail <= written.len() as u64);
+            let mut data = Vec::new();
+            let mut from = 0;
+            while from < stream.tail {
+                let chunk = store.read(1, from, stream.tail, 1 << 20).await?;
+                assert!(chunk.end > from, "a read made no progress");
+                data.extend(chunk.records.concat());
+                from = chunk.end;
+            }
+            assert_eq!(data, written[..data.len()], "served data differs");
+        }
+        Ok(())
+    }
+
+    fn occurrences(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+        haystack
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(at, _)| at)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_a_record_fails_the_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_store(dir.path()).await;
+        let path = dir.path().join(DATABASE_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // An early record: its page is shared by every later commit, so no
+        // older commit can stand in for it.
+        let found = occurrences(&bytes, &payload(5));
+        assert!(!found.is_empty(), "record 5 is in the file");
+        for at in found {
+            bytes[at + 100] ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).expect("write");
+        match AcidStorage::open(dir.path()) {
+            Err(StorageError::Corrupt(message)) => {
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn flipped_bytes_anywhere_never_panic_or_serve_altered_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let written = write_store(dir.path()).await;
+        let path = dir.path().join(DATABASE_FILE);
+        let pristine = std::fs::read(&path).expect("read");
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut refused = 0;
+        for round in 0..64 {
+            let mut bytes = pristine.clone();
+            let at = rng.usize(..bytes.len());
+            bytes[at] ^= 1 << rng.u8(..8);
+            std::fs::write(&path, &bytes).expect("write");
+            let outcome = open_and_check(dir.path(), &written).await;
+            if outcome.is_err() {
+                refused += 1;
+            }
+            eprintln!("round {round}: byte {at} of {}: {outcome:?}", bytes.len());
+        }
+        assert!(refused > 0, "no flipped byte was ever noticed");
+    }
+
+    #[tokio::test]
+    async fn a_record_failing_its_checksum_fails_the_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_store(dir.path()).await;
+        let path = dir.path().join(DATABASE_FILE);
+        // Alter a record through redb itself, so its page checksums hold and
+        // only the record's own CRC32C can tell.
+        let end = 8 * 200;
+        {
+            let db = Database::create(&path).expect("open with redb");
+            let txn = db.begin_write().expect("write txn");
+            {
+                let mut records = txn.open_table(RECORDS).expect("records");
+                let mut value = records
+                    .get((1, end))
+                    .expect("get")
+                    .expect("record 7")
+                    .value()
+                    .to_vec();
+                value[4 + 50] ^= 0x5a;
+                records.insert((1, end), value.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        match AcidStorage::open(dir.path()) {
+            Err(StorageError::Corrupt(message)) => {
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                assert!(
+                    message.contains(&format!("stream 1 ending at position {end}")),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}

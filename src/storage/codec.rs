@@ -116,6 +116,27 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     Some(u32::from_le_bytes(header) as usize)
 }
 
+/// A cheap structural test, without the checksum, of whether a frame could
+/// start at `buf`: its body fits in `buf` and opens like a mutation (known
+/// kind, known flags, the right size for bodies of fixed size). Lets a scan
+/// for frames skip almost every position before paying for a checksum.
+pub fn looks_like_frame(buf: &[u8]) -> bool {
+    let Some(body) =
+        frame_len(buf).and_then(|len| buf.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?))
+    else {
+        return false;
+    };
+    const KNOWN_FLAGS: u8 = FLAG_PRODUCER | FLAG_STREAM_SEQ | FLAG_CLOSE | FLAG_CLOSED_BY;
+    match body.first().copied() {
+        // kind, id, spec length, then at least the closed flag
+        Some(KIND_CREATE) => body.len() > 1 + 8 + 4,
+        // kind, id, start, flags
+        Some(KIND_APPEND) => body.get(17).is_some_and(|flags| flags & !KNOWN_FLAGS == 0),
+        Some(KIND_SOFT_DELETE | KIND_REMOVE) => body.len() == 1 + 8,
+        _ => false,
+    }
+}
+
 /// A decoded frame.
 #[derive(Debug)]
 pub struct Decoded {
@@ -265,6 +286,7 @@ mod tests {
     fn round_trip(mutation: &Mutation) -> Mutation {
         let mut out = Vec::new();
         encode(mutation, &mut out);
+        assert!(looks_like_frame(&out), "a real frame passes the pre-check");
         let decoded = decode(&Bytes::from(out.clone())).expect("decodes");
         assert_eq!(decoded.frame_len, out.len());
         decoded.mutation
@@ -303,6 +325,28 @@ mod tests {
             out[index] ^= 1 << bit;
             prop_assert!(decode(&Bytes::from(out)).is_err());
         }
+    }
+
+    #[test]
+    fn deletions_round_trip() {
+        assert!(matches!(
+            round_trip(&Mutation::SoftDelete { id: 4 }),
+            Mutation::SoftDelete { id: 4 }
+        ));
+        assert!(matches!(
+            round_trip(&Mutation::Remove { id: 5 }),
+            Mutation::Remove { id: 5 }
+        ));
+    }
+
+    #[test]
+    fn the_pre_check_refuses_what_cannot_be_a_frame() {
+        let mut out = Vec::new();
+        encode(&Mutation::Remove { id: 5 }, &mut out);
+        assert!(!looks_like_frame(&out[..out.len() - 1]), "body cut short");
+        assert!(!looks_like_frame(&[0; 64]), "zeros");
+        out[FRAME_HEADER] = 9;
+        assert!(!looks_like_frame(&out), "unknown kind");
     }
 
     #[test]

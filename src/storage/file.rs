@@ -698,13 +698,14 @@ fn valid_frame_follows(data: &Bytes, bad: usize) -> bool {
             return true;
         }
     }
-    // Otherwise search a bounded window byte by byte.
-    let limit = data.len().min(bad + (1 << 20));
-    ((bad + 1)..limit).any(|at| {
-        codec::frame_len(&data[at..])
-            .is_some_and(|len| len > 0 && at + FRAME_HEADER + len <= data.len())
-            && codec::decode(&data.slice(at..)).is_ok()
-    })
+    // Otherwise search the rest of the file byte by byte. The search must
+    // not stop early: when a frame's length field is damaged, the next valid
+    // frame lies as far away as that frame was long (a frame may be many
+    // MiB), and missing it would discard acknowledged records as a "torn
+    // tail". Positions that cannot start a frame are skipped before paying
+    // for a checksum, which keeps the scan linear on real data.
+    ((bad + 1)..data.len())
+        .any(|at| codec::looks_like_frame(&data[at..]) && codec::decode(&data.slice(at..)).is_ok())
 }
 
 /// Rebuilds stream state from replayed frames.

@@ -27,10 +27,14 @@
 
 pub mod acid;
 pub mod codec;
+#[cfg(test)]
+pub mod fault;
 pub mod file;
 pub mod lock;
 pub mod memory;
 mod queue;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod suite;
 
