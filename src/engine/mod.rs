@@ -431,7 +431,9 @@ impl Engine {
                     "the existing stream has forks and cannot be replaced",
                 ));
             }
-            self.delete_entry(&entry)?;
+            if let (_, Some(written)) = self.delete_entry(&entry) {
+                written.await?;
+            }
         }
         Ok(())
     }
