@@ -35,6 +35,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # context (see .dockerignore).
 ARG REVISION=unknown
 ENV DS_BUILD_COMMIT=${REVISION}
+# config/ too: the crate compiles the shipped profiles in (include_str!).
+COPY config ./config
 COPY src ./src
 # The copied sources may carry older timestamps than the placeholder build
 # above; touching the crate roots makes cargo rebuild this crate.
@@ -70,8 +72,10 @@ COPY --from=builder /durable-streams-server /usr/local/bin/durable-streams-serve
 
 USER 10001:10001
 WORKDIR /var/lib/durable-streams
-ENV DS_CONFIG_DIR=/etc/durable-streams/config \
-    DS_SERVER__BIND_ADDRESS=0.0.0.0:4437
+# Only DS_CONFIG_DIR: DS_* keys set here would beat a --config file (the
+# environment is a later layer), and the Helm chart passes its settings
+# that way. The listen address defaults to 0.0.0.0:4437 (config/default.toml).
+ENV DS_CONFIG_DIR=/etc/durable-streams/config
 # 4437: the API (server.bind_address). 9464: metrics, /healthz and /readyz
 # on a plain-HTTP listener when observability.metrics.bind_address is set
 # (the Helm chart does), so probes and Prometheus need no client certificate
