@@ -138,6 +138,12 @@ templates so `helm template` and `helm install` stop with a clear message.
 {{- if and (include "durable-streams.durable" .) (gt (int .Values.replicaCount) 1) (not .Values.allowMultipleReplicas) }}
 {{- fail "replicaCount > 1: every pod holds its own streams on its own volume, so a Service spreading requests over pods breaks the protocol; route each stream to one pod (see the chart README) and set allowMultipleReplicas=true" }}
 {{- end }}
+{{- if and (eq .Values.profile "prod-tls") (ne .Values.tls.mode "tls") }}
+{{- fail "profile=prod-tls expects tls.mode=tls (the profile turns on HTTP/2, which needs TLS); use values-prod-tls.yaml or another profile" }}
+{{- end }}
+{{- if and (eq .Values.profile "prod-mtls") (ne .Values.tls.mode "mtls") }}
+{{- fail "profile=prod-mtls expects tls.mode=mtls; use values-prod-mtls.yaml or another profile" }}
+{{- end }}
 {{- if and .Values.tls.certManager.enabled (not (include "durable-streams.tlsEnabled" .)) }}
 {{- fail "tls.certManager.enabled=true needs tls.mode=tls or tls.mode=mtls" }}
 {{- end }}
