@@ -99,6 +99,8 @@ CASES = [
          edit(RULES, "for: 10m\n", "for: 11m\n")),
     Case("YAML that yamllint rejects", "yamllint", "trailing spaces",
          edit(f"{CHART}/values-prod.yaml", "profile: prod\n", "profile: prod   \n")),
+    Case("Dockerfile build stage without the compiled-in profiles", "dockerfile", "does not COPY config",
+         edit("Dockerfile", "COPY config ./config\n", "")),
     Case("Dockerfile that hadolint rejects", "dockerfile", "DL",
          edit("Dockerfile", "WORKDIR /build\n", "WORKDIR /build\nRUN cd /build && apt-get update && apt-get install -y curl\n")),
 ]

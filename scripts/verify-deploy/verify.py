@@ -149,6 +149,7 @@ SCENARIOS = [
     Scenario("grace-not-above-drain", [], {"terminationGracePeriodSeconds": 20}, refused_with="terminationGracePeriodSeconds"),
     Scenario("mtls-probes-on-api", ["values-prod-mtls.yaml"], {"metrics": {"separatePort": False}}, refused_with="separatePort"),
     Scenario("two-replicas", [], {"replicaCount": 2}, refused_with="allowMultipleReplicas"),
+    Scenario("profile-tls-without-tls", [], {"profile": "prod-tls"}, refused_with="profile=prod-tls"),
     Scenario("cert-manager-without-issuer", ["values-prod-tls.yaml"], {"tls": {"certManager": {"enabled": True}}}, refused_with="issuerRef"),
 ]
 
@@ -837,9 +838,45 @@ class Verifier:
         ):
             if needle not in (final if needle.startswith(("USER", "ENTRYPOINT", "EXPOSE")) else text):
                 problems.append(f"Dockerfile: {why} ({needle!r} not found)")
+        problems += self.builder_stage_problems(text)
+        # The environment beats --config: a DS_* key baked into the image
+        # would override what the chart renders into the ConfigMap.
+        for key in sorted(set(re.findall(r"\b(DS_[A-Z0-9_]+)=", final)) - {"DS_CONFIG_DIR", "DS_BUILD_COMMIT"}):
+            problems.append(f"Dockerfile: the runtime image sets {key}, which would override the chart's --config file")
         if problems:
             raise CheckFailed(problems)
-        return "hadolint clean; non-root, config/, ports, ENTRYPOINT and labels in place"
+        return "hadolint clean; non-root, config/, ports, ENTRYPOINT, labels, no DS_* overrides"
+
+    def builder_stage_problems(self, text: str) -> list[str]:
+        """What the build stage needs but would not have: the files the crate
+        includes at compile time, the build script, stubs for explicitly
+        declared targets, and each of them let through by .dockerignore."""
+        problems = []
+        builder = text[: text.rfind("\nFROM ")]
+        copied = set()
+        for match in re.finditer(r"^COPY\s+(?!--from)(.+?)\s+\S+\s*$", builder, re.M):
+            copied |= {part.rstrip("/") for part in match.group(1).split() if not part.startswith("--")}
+        ignore = self.path(".dockerignore").read_text().splitlines()
+        allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+        needed = {"Cargo.toml", "Cargo.lock", "src"}
+        if self.path("build.rs").exists():
+            needed.add("build.rs")
+        for source in self.path("src").rglob("*.rs"):
+            for included in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', source.read_text()):
+                target = (source.parent / included).resolve().relative_to(self.repo)
+                needed.add(target.parts[0])
+        for path in sorted(needed):
+            if path not in copied:
+                problems.append(f"Dockerfile: the build stage does not COPY {path}, which the build reads")
+            if ignore[:1] and "*" in ignore and path not in allowed:
+                problems.append(f".dockerignore keeps {path} out of the build context")
+        manifest = tomllib.loads(self.path("Cargo.toml").read_text())
+        for kind, folder in (("bench", "benches"), ("example", "examples"), ("test", "tests")):
+            for target in manifest.get(kind, []):
+                stub = target.get("path", f"{folder}/{target['name']}.rs")
+                if stub not in builder and folder not in copied:
+                    problems.append(f"Dockerfile: Cargo.toml declares [[{kind}]] {target['name']}; the build stage needs {stub} (a stub will do)")
+        return problems
 
     def check_container_image(self) -> str:
         """Builds an image from the local binary and probes /healthz and /readyz in it."""
@@ -1100,7 +1137,7 @@ def container_image_from_binary(verifier: Verifier, podman: str, binary: Path) -
         "COPY rootfs/ /\n"
         "USER 10001:10001\n"
         "WORKDIR /var/lib/durable-streams\n"
-        "ENV DS_CONFIG_DIR=/etc/durable-streams/config DS_SERVER__BIND_ADDRESS=0.0.0.0:4437\n"
+        "ENV DS_CONFIG_DIR=/etc/durable-streams/config\n"
         "EXPOSE 4437 9464\n"
         'ENTRYPOINT ["/usr/local/bin/durable-streams-server"]\n'
         'CMD ["serve"]\n'
