@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-COPIED = ["helm", "deploy", "config", "scripts/verify-deploy", "Dockerfile"]
+COPIED = ["helm", "deploy", "config", "scripts/verify-deploy", "Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock", "build.rs", "src"]
 
 
 @dataclass
