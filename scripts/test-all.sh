@@ -2,7 +2,10 @@
 # The project's single test command:
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
-#   3. the official Durable Streams conformance suite against the release binary
+#   3. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
+#      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
+#      which breaks copies of the bundle and expects each break to be caught
+#   4. the official Durable Streams conformance suite against the release binary
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
 # Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
@@ -49,6 +52,12 @@ cargo build --release --locked
 failed_steps=()
 section "cargo test --release --locked"
 cargo test --release --locked || failed_steps+=("cargo test")
+
+# ---------------------------------------------------------- deploy bundle ---
+section "deploy bundle (scripts/verify-deploy.sh)"
+scripts/verify-deploy.sh || failed_steps+=("verify-deploy")
+section "deploy bundle self-test (scripts/verify-deploy.sh --self-test)"
+scripts/verify-deploy.sh --self-test || failed_steps+=("verify-deploy self-test")
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"
