@@ -1,6 +1,6 @@
 //! What the server knows about the client of a request: where it connects
 //! from, over which scheme, who it is. The server and the proxy-trust
-//! middleware put these into request extensions, so
+//! middleware ([`crate::proxy`]) put these into request extensions, so
 //! handlers and embedders' layers can read them with
 //! `Extension<ClientIdentity>` and friends.
 

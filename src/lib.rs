@@ -22,6 +22,7 @@
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
 //! - [`telemetry`]: the log subscriber (text or JSON).
 //! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
+//! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
 //! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod startup;
