@@ -21,20 +21,24 @@
 //! - [`startup`]: the startup phases, their diagnostics and exit codes.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
 //! - [`telemetry`]: the log subscriber (text or JSON).
-//! - [`tls`]: TLS material (PEM file checks for now).
+//! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
+//! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
+//! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
 //! - [`http`]: [`build_router`], the handlers, live reads, health and CORS.
-//! - [`server`]: serving a bound listener and draining on shutdown.
+//! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - [`transfer`]: export and import of streams (backup, migration).
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

@@ -18,7 +18,7 @@
 //! | 4 | `validate_config`: a rule across keys (TLS without cert, mTLS without CA, `*` CORS in prod, …) |
 //! | 5 | `init_telemetry`: the log subscriber could not be installed |
 //! | 6 | `open_storage`: data directory not creatable or writable, backend failed to open |
-//! | 7 | `load_tls`: certificate, key or CA file unreadable or not PEM of the right kind |
+//! | 7 | `load_tls`: certificate, key or CA file unreadable, not PEM of the right kind, not parseable, expired, or key and certificate do not match |
 //! | 8 | `bind_listener`: address in use, not permitted, or not on this host |
 //! | 9 | `serve`: the accept loop failed |
 //! | 10 | `drain`: the server failed while draining |
@@ -46,7 +46,7 @@ use crate::server::{self, DrainTiming, termination_signal};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{InMemoryStorage, Storage};
 use crate::telemetry;
-use crate::tls::{self, TlsFiles};
+use crate::tls::{self, Acceptor, ReloadTiming, TlsSettings};
 
 /// A startup phase, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -289,8 +289,16 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
     tracing::info!(backend = storage.backend_name(), "storage open");
 
     progress.enter(Phase::LoadTls);
-    if let Some(files) = load_tls(config)? {
-        return Err(tls_not_built(config, &files));
+    let tls = load_tls(config)?;
+    if let Some(acceptor) = &tls {
+        let certificate = acceptor.certificate();
+        tracing::info!(
+            mode = %config.transport.mode,
+            subject = %certificate.subject,
+            serial = %certificate.serial,
+            not_after = %certificate.not_after_rfc3339(),
+            "TLS material loaded"
+        );
     }
 
     progress.enter(Phase::BindListener);
@@ -302,7 +310,12 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
     let shutdown = ShutdownToken::new();
     let (router, readiness) = build_router_with_ready(storage, config, shutdown.clone());
     progress.enter(Phase::Serve);
-    tracing::info!(phase = Phase::Serve.as_str(), %address, "listening");
+    tracing::info!(
+        phase = Phase::Serve.as_str(),
+        %address,
+        transport = %config.transport.mode,
+        "listening"
+    );
     let draining = Arc::new(AtomicBool::new(false));
     let signal = {
         let draining = Arc::clone(&draining);
@@ -316,20 +329,29 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
         delay: Duration::from_secs(config.server.shutdown_delay_secs),
         timeout: Duration::from_secs(config.server.drain_timeout_secs),
     };
-    server::serve(listener, router, readiness, shutdown, signal, timing)
-        .await
-        .map_err(|error| {
-            let phase = if draining.load(Ordering::Acquire) {
-                Phase::Drain
-            } else {
-                Phase::Serve
-            };
-            StartupError::new(
-                phase,
-                format!("the server stopped: {error}"),
-                "see the log above; restarting the process is safe",
+    let served = match tls {
+        None => server::serve(listener, router, readiness, shutdown, signal, timing).await,
+        Some(acceptor) => {
+            // Installs the SIGHUP handler before the server reports ready.
+            let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
+            server::serve_tls(
+                listener, acceptor, router, readiness, shutdown, signal, timing,
             )
-        })?;
+            .await
+        }
+    };
+    served.map_err(|error| {
+        let phase = if draining.load(Ordering::Acquire) {
+            Phase::Drain
+        } else {
+            Phase::Serve
+        };
+        StartupError::new(
+            phase,
+            format!("the server stopped: {error}"),
+            "see the log above; restarting the process is safe",
+        )
+    })?;
     tracing::info!(phase = Phase::Drain.as_str(), "stopped");
     Ok(())
 }
@@ -344,7 +366,8 @@ pub struct Checked {
 }
 
 /// Runs the phases that have no side effects: `load_config`,
-/// `validate_config`, and the file checks of `load_tls`.
+/// `validate_config`, and the checks of `load_tls` (files readable, chain
+/// parses, key matches, not expired, client CA usable).
 ///
 /// # Errors
 /// The first phase that fails.
@@ -498,30 +521,22 @@ fn data_dir_hint(kind: std::io::ErrorKind) -> &'static str {
     }
 }
 
-/// The `load_tls` phase: reads and checks the certificate, key and client
-/// CA named by `transport.tls` (nothing in `http` mode).
+/// The `load_tls` phase: reads and validates the certificate, key and
+/// client CA named by `transport.tls` (nothing in `http` mode), and builds
+/// the TLS configuration.
 ///
 /// # Errors
-/// When a file is not configured, unreadable, or holds no PEM block of the
-/// right kind.
-pub fn load_tls(config: &Config) -> Result<Option<TlsFiles>, StartupError> {
-    tls::load_pem_files(&config.transport)
-        .map_err(|error| StartupError::new(Phase::LoadTls, error.to_string(), error.hint()))
-}
-
-fn tls_not_built(config: &Config, files: &TlsFiles) -> StartupError {
-    StartupError::new(
-        Phase::LoadTls,
-        format!(
-            "transport.mode = \"{}\": {} and {} are readable, but this build has no TLS listener \
-             yet",
-            config.transport.mode,
-            files.cert.path.display(),
-            files.key.path.display()
-        ),
-        "terminate TLS in front of the server and use transport.mode = \"http\" until TLS \
-         support lands",
-    )
+/// When a file is not configured, unreadable, holds no PEM block of the
+/// right kind or one that does not parse, a certificate is expired, the
+/// key does not belong to the certificate, or the client CA bundle is not
+/// usable.
+pub fn load_tls(config: &Config) -> Result<Option<Acceptor>, StartupError> {
+    let fail =
+        |error: tls::TlsError| StartupError::new(Phase::LoadTls, error.to_string(), error.hint());
+    match TlsSettings::from_config(&config.transport).map_err(fail)? {
+        Some(settings) => Acceptor::load(settings).map(Some).map_err(fail),
+        None => Ok(None),
+    }
 }
 
 /// The `bind_listener` phase.

@@ -1,17 +1,52 @@
-//! TLS material. For now this checks that the configured PEM files exist,
-//! are readable and hold a PEM block of the right kind, so a bad path fails
-//! at startup with the key and file named; the rustls listener (certificate
-//! parsing, key/certificate matching, hot reload) replaces it.
+//! TLS termination: the PEM material ([`TlsSettings`], [`TlsFiles`]), its
+//! validation and the rustls server configuration built from it
+//! (`material`), the handshake with its metrics ([`Acceptor`]), and hot
+//! reload of the material without dropping connections (`reload`).
+//!
+//! # Layout
+//! - this file: the settings, PEM file reading, [`TlsError`].
+//! - `material`: parsing and checking the certificate, key and client CA;
+//!   building the `rustls` [`ServerConfig`](rustls::ServerConfig).
+//! - `acceptor`: [`Acceptor`], the handle new connections take their
+//!   configuration from, and the handshake.
+//! - `reload`: watching the directories, polling, SIGHUP, and the swap.
+//!
+//! # Metrics
+//! Recorded through the `metrics` facade (a no-op until a recorder is
+//! installed): `durable_streams_tls_handshakes_total`,
+//! `durable_streams_tls_handshake_failures_total{reason}`,
+//! `durable_streams_tls_reloads_total{outcome="success"|"failure"}` and
+//! `durable_streams_tls_certificate_not_after_timestamp_seconds`.
+
+mod acceptor;
+mod material;
+mod reload;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::config::TransportConfig;
-use crate::config::TransportMode;
+pub use acceptor::{Acceptor, HandshakeError};
+pub use material::CertificateInfo;
+pub use reload::{ReloadOutcome, ReloadStats, ReloadTiming};
+
+use crate::config::{AlpnProtocol, HttpVersion, TlsVersion, TransportConfig, TransportMode};
 
 /// Larger files are refused: no certificate bundle is this big, and a path
 /// such as `/dev/zero` must not hang the start.
 const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Metric names, fixed here so the dashboards and alerts can rely on them.
+pub mod metric {
+    /// Counter: TLS handshakes completed.
+    pub const HANDSHAKES: &str = "durable_streams_tls_handshakes_total";
+    /// Counter with label `reason`: TLS handshakes that failed.
+    pub const HANDSHAKE_FAILURES: &str = "durable_streams_tls_handshake_failures_total";
+    /// Counter with label `outcome` (`success`, `failure`): material reloads.
+    pub const RELOADS: &str = "durable_streams_tls_reloads_total";
+    /// Gauge: the serving certificate's notAfter, in Unix seconds.
+    pub const CERTIFICATE_NOT_AFTER: &str =
+        "durable_streams_tls_certificate_not_after_timestamp_seconds";
+}
 
 /// The kind of PEM block a file must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +129,58 @@ pub enum TlsError {
         /// What was found instead, as ` (found: …)`, or empty.
         found: String,
     },
+    /// A PEM block of the right kind does not parse.
+    #[error("`{key}` = {path:?} {what} that does not parse: {reason}")]
+    Unparsable {
+        /// The dotted key.
+        key: &'static str,
+        /// The configured path.
+        path: PathBuf,
+        /// What does not parse (`holds a certificate`, `holds certificate 2`).
+        what: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The private key is of a kind the TLS library cannot sign with.
+    #[error("`transport.tls.key_path` = {path:?} holds a key that cannot be used: {reason}")]
+    UnsupportedKey {
+        /// The configured path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The private key does not belong to the certificate.
+    #[error(
+        "the private key in `transport.tls.key_path` = {key_path:?} does not match the \
+         certificate in `transport.tls.cert_path` = {cert_path:?}"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert_path: PathBuf,
+        /// The key file.
+        key_path: PathBuf,
+    },
+    /// A certificate of the chain is past its notAfter time.
+    #[error("`transport.tls.cert_path` = {path:?}: {which} expired at {not_after}")]
+    Expired {
+        /// The configured path.
+        path: PathBuf,
+        /// `the certificate` or `chain certificate N`.
+        which: String,
+        /// Its notAfter time (RFC 3339).
+        not_after: String,
+    },
+    /// The client CA bundle holds no usable CA.
+    #[error("`transport.tls.client_ca_path` = {path:?} cannot verify clients: {reason}")]
+    ClientCa {
+        /// The configured path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS library refused the settings.
+    #[error("the TLS configuration cannot be built: {0}")]
+    Config(String),
 }
 
 impl TlsError {
@@ -118,59 +205,162 @@ impl TlsError {
                     crate::config::env_var(key)
                 ),
             },
+            TlsError::Unparsable { key, .. } => format!(
+                "the file is damaged or not X.509/PKCS#8: regenerate it, or point {} at a good \
+                 one",
+                crate::config::env_var(key)
+            ),
+            TlsError::UnsupportedKey { .. } => {
+                "use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key".into()
+            }
+            TlsError::KeyMismatch { .. } => {
+                "install the key that belongs to this certificate (in a Kubernetes TLS secret, \
+                 tls.key next to tls.crt), or the certificate issued for this key"
+                    .into()
+            }
+            TlsError::Expired { .. } => {
+                "renew the certificate (the server reloads it without a restart)".into()
+            }
+            TlsError::ClientCa { .. } => {
+                "point DS_TRANSPORT__TLS__CLIENT_CA_PATH at a PEM bundle of the CA certificates \
+                 that sign client certificates"
+                    .into()
+            }
+            TlsError::Config(_) => {
+                "check transport.tls.min_version, max_version and alpn_protocols".into()
+            }
         }
     }
 }
 
-/// Reads and checks the PEM files that `transport` names; `None` in `http`
-/// mode.
-///
-/// # Errors
-/// The first file that is missing from the configuration, unreadable, or
-/// without a PEM block of the right kind.
-pub fn load_pem_files(transport: &TransportConfig) -> Result<Option<TlsFiles>, TlsError> {
-    let mode = transport.mode;
-    if !mode.is_tls() {
-        return Ok(None);
-    }
-    let tls = &transport.tls;
-    let cert = read_pem(
-        "transport.tls.cert_path",
-        tls.cert_path.as_deref(),
-        PemKind::Certificate,
-        mode,
-    )?;
-    let key = read_pem(
-        "transport.tls.key_path",
-        tls.key_path.as_deref(),
-        PemKind::PrivateKey,
-        mode,
-    )?;
-    let client_ca = match mode {
-        TransportMode::Mtls => Some(read_pem(
-            "transport.tls.client_ca_path",
-            tls.client_ca_path.as_deref(),
-            PemKind::Certificate,
-            mode,
-        )?),
-        _ => None,
-    };
-    Ok(Some(TlsFiles {
-        cert,
-        key,
-        client_ca,
-    }))
+/// What a TLS listener is configured with: `transport.tls` resolved for
+/// `tls` or `mtls` mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `tls` or `mtls`.
+    pub mode: TransportMode,
+    /// `transport.tls.cert_path`.
+    pub cert_path: PathBuf,
+    /// `transport.tls.key_path`.
+    pub key_path: PathBuf,
+    /// `transport.tls.client_ca_path` (`mtls` only).
+    pub client_ca_path: Option<PathBuf>,
+    /// Oldest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// Newest TLS version accepted.
+    pub max_version: TlsVersion,
+    /// ALPN identifiers offered, in preference order.
+    pub alpn: Vec<AlpnProtocol>,
+    /// HTTP versions served.
+    pub http_versions: Vec<HttpVersion>,
 }
 
-fn read_pem(
-    key: &'static str,
-    path: Option<&Path>,
-    kind: PemKind,
-    mode: TransportMode,
-) -> Result<PemFile, TlsError> {
-    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
-        return Err(TlsError::NotConfigured { key, mode });
-    };
+impl TlsSettings {
+    /// The settings `transport` describes; `None` in `http` mode.
+    ///
+    /// # Errors
+    /// When a path the mode needs is not set.
+    pub fn from_config(transport: &TransportConfig) -> Result<Option<Self>, TlsError> {
+        let mode = transport.mode;
+        if !mode.is_tls() {
+            return Ok(None);
+        }
+        let tls = &transport.tls;
+        let required = |key: &'static str, path: Option<&Path>| {
+            path.filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .ok_or(TlsError::NotConfigured { key, mode })
+        };
+        let cert_path = required("transport.tls.cert_path", tls.cert_path.as_deref())?;
+        let key_path = required("transport.tls.key_path", tls.key_path.as_deref())?;
+        let client_ca_path = match mode {
+            TransportMode::Mtls => Some(required(
+                "transport.tls.client_ca_path",
+                tls.client_ca_path.as_deref(),
+            )?),
+            _ => None,
+        };
+        let http_versions = transport.http.versions.clone();
+        let alpn = if tls.alpn_protocols.is_empty() {
+            // h2 first: clients that speak it get multiplexing.
+            let mut derived = Vec::new();
+            if http_versions.contains(&HttpVersion::Http2) {
+                derived.push(AlpnProtocol::H2);
+            }
+            if http_versions.contains(&HttpVersion::Http1) {
+                derived.push(AlpnProtocol::Http11);
+            }
+            derived
+        } else {
+            tls.alpn_protocols.clone()
+        };
+        Ok(Some(Self {
+            mode,
+            cert_path,
+            key_path,
+            client_ca_path,
+            min_version: tls.min_version,
+            max_version: tls.max_version,
+            alpn,
+            http_versions,
+        }))
+    }
+
+    /// Reads the certificate, key and client CA, checking that each holds
+    /// PEM blocks of the right kind.
+    ///
+    /// # Errors
+    /// The first file that is unreadable or without a PEM block of the right
+    /// kind.
+    pub fn read_files(&self) -> Result<TlsFiles, TlsError> {
+        let cert = read_pem(
+            "transport.tls.cert_path",
+            &self.cert_path,
+            PemKind::Certificate,
+        )?;
+        let key = read_pem(
+            "transport.tls.key_path",
+            &self.key_path,
+            PemKind::PrivateKey,
+        )?;
+        let client_ca = match &self.client_ca_path {
+            Some(path) => Some(read_pem(
+                "transport.tls.client_ca_path",
+                path,
+                PemKind::Certificate,
+            )?),
+            None => None,
+        };
+        Ok(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })
+    }
+
+    /// The directories holding the material. Reloads watch these rather
+    /// than the files: Kubernetes updates a mounted secret by swapping a
+    /// `..data` symlink inside the directory, which a watch on the old file
+    /// never sees.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let paths = [Some(&self.cert_path), Some(&self.key_path)]
+            .into_iter()
+            .chain([self.client_ca_path.as_ref()]);
+        for path in paths.flatten() {
+            let dir = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+}
+
+fn read_pem(key: &'static str, path: &Path, kind: PemKind) -> Result<PemFile, TlsError> {
     let unreadable = |reason: String| TlsError::Unreadable {
         key,
         path: path.to_path_buf(),

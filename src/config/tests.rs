@@ -680,6 +680,24 @@ fn proxy_rules() {
     assert!(errors[0].message.contains("nope"));
     let errors = validate_env(&[("DS_PROXY__IDENTITY__MODE", "header")], "default");
     assert_eq!(errors.len(), 2, "{}", messages(&errors));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key.as_deref() == Some("proxy.identity.require_tls")),
+        "{}",
+        messages(&errors)
+    );
+    // Over plain HTTP the header is believed only when require_tls is off.
+    let errors = validate_env(
+        &[
+            ("DS_PROXY__ENABLED", "true"),
+            ("DS_PROXY__TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("DS_PROXY__IDENTITY__MODE", "header"),
+            ("DS_PROXY__IDENTITY__REQUIRE_TLS", "false"),
+        ],
+        "default",
+    );
+    assert!(errors.is_empty(), "{}", messages(&errors));
 }
 
 #[test]

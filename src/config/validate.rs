@@ -403,16 +403,27 @@ impl Checker<'_> {
                         .into(),
                 );
             }
-            if self.config.transport.mode != TransportMode::Mtls {
+            let transport = self.config.transport.mode;
+            if identity.require_tls && !transport.is_tls() {
                 self.error(
+                    "proxy.identity.require_tls",
+                    "`proxy.identity.mode` = \"header\" with require_tls = true is never honoured: \
+                     transport.mode = \"http\" has no TLS connections"
+                        .into(),
+                    "serve TLS (transport.mode = \"mtls\" authenticates the proxy by its \
+                     certificate), or set proxy.identity.require_tls = false if the network path \
+                     from the proxy is trusted"
+                        .into(),
+                );
+            } else if transport != TransportMode::Mtls {
+                self.warn(
                     "proxy.identity.mode",
                     format!(
-                        "`proxy.identity.mode` = \"header\" needs transport.mode = \"mtls\" (so \
-                         the proxy itself is authenticated), but it is \"{}\"",
-                        self.config.transport.mode
+                        "`proxy.identity.mode` = \"header\" with transport.mode = \"{transport}\": \
+                         the proxy is recognised by its address only"
                     ),
-                    "use the prod-mtls profile (transport.mode = \"mtls\"), or \
-                     proxy.identity.mode = \"none\""
+                    "use transport.mode = \"mtls\" so the proxy also proves itself with a \
+                     client certificate"
                         .into(),
                 );
             }

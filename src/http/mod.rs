@@ -155,7 +155,10 @@ pub fn build_router_with_ready(
             common_headers,
         ))
         .with_state(state);
-    (router, readiness)
+    (
+        crate::proxy::with_client_context(router, &config.proxy),
+        readiness,
+    )
 }
 
 fn normalise_base_path(raw: &str) -> String {

@@ -13,6 +13,7 @@ use super::live;
 use super::names::*;
 use super::problem::ApiError;
 use super::query::{self, LiveMode};
+use crate::client::{ForwardedHost, Scheme};
 use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
 use crate::protocol::header::{self as wire, ContentType};
 use crate::protocol::json;
@@ -102,14 +103,41 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
     Ok((parts.headers, collected.to_bytes()))
 }
 
-fn location(
-    headers: &HeaderMap,
-    original: Option<&OriginalUri>,
-    path: &str,
-) -> Option<HeaderValue> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    let full_path = original.map_or(path, |uri| uri.0.path());
-    HeaderValue::from_str(&format!("http://{host}{full_path}")).ok()
+/// Where the client reaches a stream, for `Location`.
+struct PublicOrigin {
+    scheme: Scheme,
+    /// From a trusted proxy; else the request's `Host`, else (HTTP/2) its
+    /// `:authority`.
+    host: Option<String>,
+    original: Option<OriginalUri>,
+}
+
+impl PublicOrigin {
+    fn of(request: &Request) -> Self {
+        let extensions = request.extensions();
+        let host = extensions
+            .get::<ForwardedHost>()
+            .map(|host| host.0.clone())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|host| host.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+        Self {
+            scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
+            host,
+            original: extensions.get::<OriginalUri>().cloned(),
+        }
+    }
+
+    fn location(&self, path: &str) -> Option<HeaderValue> {
+        let host = self.host.as_deref()?;
+        let full_path = self.original.as_ref().map_or(path, |uri| uri.0.path());
+        HeaderValue::from_str(&format!("{}://{host}{full_path}", self.scheme)).ok()
+    }
 }
 
 pub(super) fn offset_value(position: u64) -> HeaderValue {
@@ -125,7 +153,7 @@ fn content_type_value(entry: &StreamEntry) -> HeaderValue {
 const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 async fn create(state: &AppState, path: String, request: Request) -> Result<Response, ApiError> {
-    let original = request.extensions().get::<OriginalUri>().cloned();
+    let origin = PublicOrigin::of(&request);
     let (headers, body) = read_body(state, request).await?;
     let ttl_secs = raw(&headers, &STREAM_TTL).map(wire::ttl).transpose()?;
     let expires_at = raw(&headers, &STREAM_EXPIRES_AT)
@@ -202,7 +230,7 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
         out.insert(STREAM_CLOSED, TRUE);
     }
     if created.new
-        && let Some(location) = location(&headers, original.as_ref(), &path)
+        && let Some(location) = origin.location(&path)
     {
         out.insert(header::LOCATION, location);
     }

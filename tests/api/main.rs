@@ -2,6 +2,8 @@
 //! socket (in-process, or the real binary for shutdown) and talks to it as
 //! a client would. One module per area of the protocol.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
 mod append;
@@ -11,6 +13,8 @@ mod fork;
 mod limits;
 mod live;
 mod producer;
+mod proxy;
 mod read;
 mod shutdown;
+mod tls;
 mod ttl;

@@ -223,7 +223,7 @@ fn mtls_without_a_client_ca_fails_validation() {
 }
 
 #[test]
-fn readable_tls_files_pass_the_checks_but_the_listener_is_not_built_yet() {
+fn pem_blocks_that_do_not_parse_fail_in_load_tls() {
     let dir = temp();
     write(dir.path(), "tls/tls.crt", &pem("CERTIFICATE"));
     write(dir.path(), "tls/tls.key", &pem("PRIVATE KEY"));
@@ -232,11 +232,15 @@ fn readable_tls_files_pass_the_checks_but_the_listener_is_not_built_yet() {
         ("DS_TRANSPORT__TLS__CERT_PATH", "tls/tls.crt"),
         ("DS_TRANSPORT__TLS__KEY_PATH", "tls/tls.key"),
     ];
-    let checked = run(dir.path(), &["check-config"], &env);
-    assert_eq!(checked.code, Some(0), "{checked:#?}");
-    let served = crate::helpers::run(dir.path(), &[], &env);
-    let line = served.failed("load_tls", 7);
-    assert!(line.contains("no TLS listener yet"), "{line}");
+    for args in [&["check-config"][..], &[][..]] {
+        let run = run(dir.path(), args, &env);
+        let line = run.failed("load_tls", 7);
+        assert!(
+            line.contains("`transport.tls.cert_path` = \"tls/tls.crt\" holds"),
+            "{line}"
+        );
+        assert!(line.contains("does not parse"), "{line}");
+    }
 }
 
 #[test]

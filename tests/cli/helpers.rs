@@ -100,8 +100,8 @@ pub fn write(dir: &Path, name: &str, contents: &str) {
     std::fs::write(path, contents).expect("write file");
 }
 
-/// A file in PEM form with one block of `label`. The TLS phase checks
-/// labels only for now; the rustls listener will need real material.
+/// A file in PEM form with one block of `label` whose content is junk: the
+/// right kind for the label checks, but not a parseable certificate or key.
 pub fn pem(label: &str) -> String {
     format!("-----BEGIN {label}-----\nMIIBszCCAVmgAwIBAgIU\n-----END {label}-----\n")
 }

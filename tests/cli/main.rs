@@ -3,7 +3,10 @@
 //! one-line diagnosis), the subcommands, and a clean serve-and-drain.
 
 mod commands;
+#[path = "../common/mod.rs"]
+mod common;
 mod failures;
 mod helpers;
 mod serve;
+mod tls;
 mod transfer;

@@ -1,0 +1,5 @@
+//! Test support shared by the test binaries.
+
+pub mod metrics_probe;
+pub mod pki;
+pub mod tls_client;
