@@ -581,10 +581,18 @@ class Verifier:
         if (out / "server.crt").exists():
             return out
         out.mkdir(parents=True, exist_ok=True)
+        # rustls/webpki accept only X.509 v3 leaf certificates: give the
+        # signed certificate extensions (older openssl makes v1 without).
+        (out / "server.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=DNS:durable-streams,DNS:localhost\n"
+        )
         steps = [
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=verify-deploy CA"],
             ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=durable-streams"],
-            ["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2"],
+            ["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext"],
         ]
         for step in steps:
             result = self.run(step, cwd=out)
