@@ -21,6 +21,7 @@
 //! - [`startup`]: the startup phases, their diagnostics and exit codes.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
 //! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`metrics`]: the metric names, the Prometheus recorder and `/metrics`.
 //! - [`tls`]: TLS material (PEM file checks for now).
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;
