@@ -26,6 +26,10 @@ use tokio::time::Instant;
 pub use error::EngineError;
 use state::{Ledger, WriterState};
 
+use ::metrics::{counter, gauge};
+
+use crate::metrics::{RejectReason, name as metric};
+
 use crate::protocol::header::{ContentType, ProducerHeaders};
 use crate::protocol::json;
 use crate::protocol::offset::ReadFrom;
@@ -165,6 +169,8 @@ pub struct Engine {
 
 struct Shared {
     storage: Arc<dyn Storage>,
+    /// The backend's name, the label of the stored-bytes gauge.
+    backend: &'static str,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     next_id: AtomicU64,
     limits: EngineLimits,
@@ -301,6 +307,7 @@ impl Engine {
         let recovered = storage.recover();
         let engine = Self {
             shared: Arc::new(Shared {
+                backend: storage.backend_name(),
                 storage,
                 streams: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -448,6 +455,24 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `durable_streams_streams` moves by `delta` (deltas, not absolute
+    /// values, so several engines in one process add up).
+    fn live_streams_changed(delta: f64) {
+        gauge!(metric::STREAMS).increment(delta);
+    }
+
+    /// `durable_streams_storage_bytes` moves by `delta`.
+    fn stored_bytes_changed(&self, delta: f64) {
+        if delta != 0.0 {
+            gauge!(metric::STORAGE_BYTES, "backend" => self.shared.backend).increment(delta);
+        }
+    }
+
+    /// Bytes of its own a stream holds in storage.
+    fn own_bytes(entry: &StreamEntry, inner: &Inner) -> f64 {
+        inner.ledger.committed.tail.saturating_sub(entry.spec.base) as f64
+    }
+
     /// Rebuilds entries from recovered streams; sources before forks.
     fn restore(&self, mut recovered: Vec<RecoveredStream>) {
         recovered.sort_by_key(|s| s.spec.id);
@@ -480,6 +505,11 @@ impl Engine {
             } else {
                 Status::Live
             };
+            let own = stream.tail.saturating_sub(stream.spec.base) as f64;
+            self.stored_bytes_changed(own);
+            if status == Status::Live {
+                Self::live_streams_changed(1.0);
+            }
             let entry = new_entry(stream.spec, source, state, status, now);
             by_id.insert(entry.spec.id, entry.clone());
             map.insert(entry.spec.path.clone(), entry);
@@ -517,7 +547,14 @@ impl Engine {
     /// Deletes an expired stream; tells the caller what the client sees.
     fn expire(&self, entry: &Arc<StreamEntry>) -> EngineError {
         match self.delete_entry(entry) {
-            Ok(Deletion::Soft) => EngineError::Gone,
+            Ok(Deletion::Soft) => {
+                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                EngineError::Gone
+            }
+            Ok(Deletion::Removed) => {
+                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                EngineError::NotFound
+            }
             _ => EngineError::NotFound,
         }
     }
@@ -532,9 +569,14 @@ impl Engine {
                 let inner = entry.lock();
                 inner.status == Status::Live && entry.is_expired(&inner, now)
             };
-            if expired && self.delete_entry(&entry).is_ok() {
+            if expired
+                && let Ok(Deletion::Soft | Deletion::Removed) = self.delete_entry(&entry)
+            {
                 reclaimed += 1;
             }
+        }
+        if reclaimed > 0 {
+            counter!(metric::STREAMS_EXPIRED_TOTAL).increment(reclaimed as u64);
         }
         reclaimed
     }
@@ -658,6 +700,7 @@ impl Engine {
                 closed: request.closed,
             });
             map.insert(request.path.clone(), entry.clone());
+            Self::live_streams_changed(1.0);
             (op, ack)
         };
         match ack.await {
@@ -665,6 +708,15 @@ impl Engine {
                 let mut inner = entry.lock();
                 inner.ledger.acknowledge(op);
                 entry.publish(&inner);
+                // Removed meanwhile: the removal already left these bytes out.
+                if inner.status != Status::Removed {
+                    self.stored_bytes_changed(Self::own_bytes(&entry, &inner));
+                }
+                drop(inner);
+                counter!(metric::STREAMS_CREATED_TOTAL).increment(1);
+                if request.closed {
+                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                }
                 Ok(Created {
                     entry: entry.clone(),
                     new: true,
@@ -682,6 +734,9 @@ impl Engine {
                 }
                 drop(map);
                 let mut inner = entry.lock();
+                if inner.status == Status::Live {
+                    Self::live_streams_changed(-1.0);
+                }
                 inner.status = Status::Removed;
                 inner.ledger.fail(op);
                 entry.publish(&inner);
@@ -800,9 +855,20 @@ impl Engine {
             .acquire_many(u32::try_from(cost).unwrap_or(u32::MAX))
             .await
             .map_err(|_| StorageError::Unavailable("the server is shutting down".into()))?;
-        let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
-            AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
+        let plan = self
+            .plan_append(&entry, &request, data_result)
+            .inspect_err(count_rejection)?;
+        let (op, ack, outcome, bytes) = match plan {
+            AppendPlan::Submitted {
+                op,
+                ack,
+                outcome,
+                bytes,
+            } => (op, ack, outcome, bytes),
             AppendPlan::Answered { outcome, wait_for } => {
+                if request.producer.is_some() {
+                    counter!(metric::PRODUCER_DUPLICATES_TOTAL).increment(1);
+                }
                 self.wait_committed(&entry, wait_for, outcome.tail).await?;
                 return Ok(outcome);
             }
@@ -813,6 +879,18 @@ impl Engine {
             Ok(()) => {
                 inner.ledger.acknowledge(op);
                 entry.publish(&inner);
+                // Removed meanwhile: the removal already left these bytes out.
+                if inner.status != Status::Removed {
+                    self.stored_bytes_changed(bytes as f64);
+                }
+                drop(inner);
+                counter!(metric::APPENDS_TOTAL).increment(1);
+                if bytes > 0 {
+                    counter!(metric::APPENDED_BYTES_TOTAL).increment(bytes);
+                }
+                if request.close {
+                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                }
                 Ok(outcome)
             }
             Err(error) => {
@@ -933,6 +1011,7 @@ impl Engine {
             producer_next.clone(),
             request.stream_seq.clone(),
         );
+        let bytes = data.len() as u64;
         let ack = self.shared.storage.submit(Mutation::Append(Append {
             id: entry.spec.id,
             start,
@@ -947,7 +1026,12 @@ impl Engine {
             wrote: true,
             producer: producer_next.map(|(_, state)| state),
         };
-        Ok(AppendPlan::Submitted { op, ack, outcome })
+        Ok(AppendPlan::Submitted {
+            op,
+            ack,
+            outcome,
+            bytes,
+        })
     }
 
     /// Waits until operation `op` of the stream is settled, so a duplicate
@@ -1004,7 +1088,10 @@ impl Engine {
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
         let entry = self.lookup(path, Access::Peek)?;
         match self.delete_entry(&entry)? {
-            Deletion::Soft | Deletion::Removed => Ok(()),
+            Deletion::Soft | Deletion::Removed => {
+                counter!(metric::STREAMS_DELETED_TOTAL).increment(1);
+                Ok(())
+            }
             Deletion::AlreadyGone => Err(EngineError::NotFound),
         }
     }
@@ -1018,6 +1105,7 @@ impl Engine {
             Status::SoftDeleted => return Ok(Deletion::Soft),
             Status::Live => {}
         }
+        Self::live_streams_changed(-1.0);
         if inner.forks > 0 {
             inner.status = Status::SoftDeleted;
             entry.publish(&inner);
@@ -1034,6 +1122,7 @@ impl Engine {
         }
         inner.status = Status::Removed;
         entry.publish(&inner);
+        self.stored_bytes_changed(-Self::own_bytes(entry, &inner));
         drop(inner);
         if map
             .get(&entry.spec.path)
@@ -1066,6 +1155,7 @@ impl Engine {
             }
             inner.status = Status::Removed;
             entry.publish(&inner);
+            self.stored_bytes_changed(-Self::own_bytes(&entry, &inner));
             drop(inner);
             if map
                 .get(&entry.spec.path)
@@ -1295,6 +1385,11 @@ impl Import {
             source.lock().forks += 1;
         }
         self.engine
+            .stored_bytes_changed(self.tail.saturating_sub(entry.spec.base) as f64);
+        if status == Status::Live {
+            Engine::live_streams_changed(1.0);
+        }
+        self.engine
             .map_write()
             .insert(entry.spec.path.clone(), entry);
         Ok(())
@@ -1316,6 +1411,8 @@ enum AppendPlan {
         op: u64,
         ack: crate::storage::StorageFuture<()>,
         outcome: Appended,
+        /// Payload bytes of the append.
+        bytes: u64,
     },
     /// Nothing to write (a duplicate); answer once `wait_for` is committed.
     Answered {
@@ -1363,6 +1460,17 @@ fn new_entry(
         signal: watch::Sender::new(signal),
         spec,
     })
+}
+
+/// Counts a producer request the rules refused.
+fn count_rejection(error: &EngineError) {
+    let reason = match error {
+        EngineError::StaleEpoch { .. } => RejectReason::StaleEpoch,
+        EngineError::SequenceGap { .. } => RejectReason::SequenceGap,
+        EngineError::EpochMustStartAtZero => RejectReason::EpochSeq,
+        _ => return,
+    };
+    counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => reason.as_str()).increment(1);
 }
 
 /// Drives a storage acknowledgement nobody waits for, logging a failure.

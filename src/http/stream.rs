@@ -14,6 +14,7 @@ use super::names::*;
 use super::problem::ApiError;
 use super::query::{self, LiveMode};
 use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
+use crate::metrics::{self, ReadMode};
 use crate::protocol::header::{self as wire, ContentType};
 use crate::protocol::json;
 use crate::protocol::name;
@@ -322,6 +323,7 @@ async fn catch_up(
     from: ReadFrom,
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    metrics::read(ReadMode::CatchUp);
     let result = state.engine.read(entry, from).await?;
     if from == ReadFrom::Now {
         // `offset=now` is a position probe, never cached and without ETag.
@@ -351,6 +353,7 @@ async fn catch_up(
         response.headers_mut().insert(header::ETAG, etag);
         return Ok(response);
     }
+    metrics::read_bytes(ReadMode::CatchUp, result.len());
     let mut response = read_response(entry, &result);
     let out = response.headers_mut();
     out.insert(header::ETAG, etag);
