@@ -20,7 +20,7 @@
 //! - [`cli`]: the command line (`serve`, `check-config`, `print-config`).
 //! - [`startup`]: the startup phases, their diagnostics and exit codes.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
-//! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`telemetry`]: the log subscriber (text or JSON) and OTLP trace export.
 //! - [`metrics`]: the metric names, the Prometheus recorder and `/metrics`.
 //! - [`tls`]: TLS material (PEM file checks for now).
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
@@ -60,7 +60,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 pub use engine::{Engine, EngineLimits};
-pub use http::{build_router, build_router_with_ready};
+pub use http::{ClientIdentity, build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};
 pub use storage::{InMemoryStorage, Storage};
 

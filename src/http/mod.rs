@@ -1,6 +1,8 @@
 //! The HTTP surface: [`build_router`], the stream handlers, live reads,
-//! health endpoints, and the headers every response carries.
+//! health endpoints, `/metrics`, the request log and metrics
+//! ([`access`]), and the headers every response carries.
 
+pub mod access;
 mod live;
 pub mod names;
 pub mod problem;
@@ -22,7 +24,13 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineLimits};
 use crate::protocol::name::NameLimits;
 use crate::shutdown::{Readiness, ShutdownToken};
-use crate::storage::Storage;
+use crate::storage::{InstrumentedStorage, Storage};
+
+/// The authenticated identity of a request's client (a client certificate
+/// subject, or a trusted proxy's identity header), set as a request
+/// extension by the transport before routing; the request log line shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity(pub String);
 
 /// Settings the handlers need, derived once from [`Config`].
 #[derive(Debug)]
@@ -90,7 +98,14 @@ pub fn build_router(storage: Arc<dyn Storage>, config: &Config) -> Router {
     router
 }
 
-/// Builds the protocol router plus `/healthz` and `/readyz`.
+/// Builds the protocol router plus `/healthz`, `/readyz` and, when
+/// `observability.metrics.enabled` without a separate `bind_address` and
+/// the Prometheus recorder is installed ([`crate::metrics::install`]), the
+/// metrics endpoint at `observability.metrics.path`.
+///
+/// Every request passes the [`access`] middleware (metrics, span, log
+/// line); storage calls are measured through [`InstrumentedStorage`] when
+/// metrics or OTLP tracing are enabled.
 ///
 /// `/readyz` answers `503` until the returned [`Readiness`] is set; live
 /// readers end when `shutdown` fires.
@@ -99,6 +114,13 @@ pub fn build_router_with_ready(
     config: &Config,
     shutdown: ShutdownToken,
 ) -> (Router, Readiness) {
+    let observability = &config.observability;
+    let storage: Arc<dyn Storage> = if observability.metrics.enabled || observability.otlp.enabled
+    {
+        Arc::new(InstrumentedStorage::new(storage))
+    } else {
+        storage
+    };
     let engine = Engine::new(storage, EngineLimits::from_config(config));
     let readiness = Readiness::new(false);
     let connection = &config.transport.connection;
@@ -131,7 +153,21 @@ pub fn build_router_with_ready(
         shutdown,
     };
     let ready = readiness.clone();
-    let router = Router::new()
+    let metrics_path = observability.metrics.path.clone();
+    let access = Arc::new(access::AccessSettings {
+        quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
+    });
+    let mut router = Router::new();
+    if observability.metrics.enabled
+        && observability.metrics.bind_address.is_none()
+        && let Some(handle) = crate::metrics::installed()
+    {
+        router = router.route(
+            &metrics_path,
+            get(move || async move { crate::metrics::scrape(handle) }),
+        );
+    }
+    let router = router
         .route(&route, any(stream::dispatch))
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -154,6 +190,7 @@ pub fn build_router_with_ready(
             state.clone(),
             common_headers,
         ))
+        .layer(middleware::from_fn_with_state(access, access::observe))
         .with_state(state);
     (router, readiness)
 }
