@@ -358,10 +358,7 @@ fn describe() {
         OTLP_SPANS_DROPPED_TOTAL,
         "Spans dropped because the OTLP export queue was full (collector slow or unreachable)."
     );
-    describe_counter!(
-        OTLP_EXPORT_FAILURES_TOTAL,
-        "OTLP export calls that failed."
-    );
+    describe_counter!(OTLP_EXPORT_FAILURES_TOTAL, "OTLP export calls that failed.");
 }
 
 /// Series that should exist from the start, so rates and alerts see zero
@@ -421,7 +418,10 @@ pub(crate) fn status_label(code: u16) -> &'static str {
     static LABELS: OnceLock<Vec<String>> = OnceLock::new();
     let labels = LABELS.get_or_init(|| (100..600).map(|c| c.to_string()).collect());
     // The table lives for the whole process, so its strings are 'static.
-    match code.checked_sub(100).and_then(|i| labels.get(usize::from(i))) {
+    match code
+        .checked_sub(100)
+        .and_then(|i| labels.get(usize::from(i)))
+    {
         Some(label) => label.as_str(),
         None => "other",
     }

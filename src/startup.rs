@@ -357,17 +357,17 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
         metrics_server.stop().await;
     }
     served.map_err(|error| {
-            let phase = if draining.load(Ordering::Acquire) {
-                Phase::Drain
-            } else {
-                Phase::Serve
-            };
-            StartupError::new(
-                phase,
-                format!("the server stopped: {error}"),
-                "see the log above; restarting the process is safe",
-            )
-        })?;
+        let phase = if draining.load(Ordering::Acquire) {
+            Phase::Drain
+        } else {
+            Phase::Serve
+        };
+        StartupError::new(
+            phase,
+            format!("the server stopped: {error}"),
+            "see the log above; restarting the process is safe",
+        )
+    })?;
     tracing::info!(phase = Phase::Drain.as_str(), "stopped");
     Ok(())
 }

@@ -569,9 +569,7 @@ impl Engine {
                 let inner = entry.lock();
                 inner.status == Status::Live && entry.is_expired(&inner, now)
             };
-            if expired
-                && let Ok(Deletion::Soft | Deletion::Removed) = self.delete_entry(&entry)
-            {
+            if expired && let Ok(Deletion::Soft | Deletion::Removed) = self.delete_entry(&entry) {
                 reclaimed += 1;
             }
         }

@@ -89,7 +89,9 @@ impl Line {
         let duration = self.started.elapsed();
         self.span.record("http.response.body.size", bytes_out);
         let stream = self.stream.as_deref().unwrap_or("-");
-        let client = self.client.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let client = self
+            .client
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
         let identity = self.identity.as_deref().unwrap_or("-");
         macro_rules! line {
             ($level:expr) => {
@@ -135,8 +137,7 @@ impl Drop for Pending {
             const CLIENT_CLOSED: u16 = 499;
             let latency = line.started.elapsed();
             metrics::http_request(line.method, line.route, CLIENT_CLOSED, latency);
-            line.span
-                .record("http.response.status_code", CLIENT_CLOSED);
+            line.span.record("http.response.status_code", CLIENT_CLOSED);
             let answer = Answer {
                 status: CLIENT_CLOSED,
                 latency,

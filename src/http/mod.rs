@@ -115,8 +115,7 @@ pub fn build_router_with_ready(
     shutdown: ShutdownToken,
 ) -> (Router, Readiness) {
     let observability = &config.observability;
-    let storage: Arc<dyn Storage> = if observability.metrics.enabled || observability.otlp.enabled
-    {
+    let storage: Arc<dyn Storage> = if observability.metrics.enabled || observability.otlp.enabled {
         Arc::new(InstrumentedStorage::new(storage))
     } else {
         storage

@@ -861,7 +861,11 @@ impl Writer {
             return;
         }
         let backend = backend_name(self.options.durable);
-        let spans = commit_spans(backend, written.iter().map(|(_, _, ack)| ack), written.len());
+        let spans = commit_spans(
+            backend,
+            written.iter().map(|(_, _, ack)| ack),
+            written.len(),
+        );
         let started = Instant::now();
         if self.active.len > SEGMENT_HEADER
             && self.active.len + buf.len() as u64 > self.options.segment_bytes

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage,
-    InstrumentedStorage, Mutation, Storage, StorageError, StreamSpec,
+    AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage, InstrumentedStorage,
+    Mutation, Storage, StorageError, StreamSpec,
 };
 use crate::protocol::producer::ProducerState;
 
@@ -357,7 +357,9 @@ storage_suite!(
 // The metrics wrapper must be invisible: the same suite through it.
 storage_suite!(
     instrumented_memory,
-    |_| Arc::new(InstrumentedStorage::new(Arc::new(InMemoryStorage::default()))),
+    |_| Arc::new(InstrumentedStorage::new(Arc::new(
+        InMemoryStorage::default()
+    ))),
     false
 );
 storage_suite!(
