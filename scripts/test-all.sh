@@ -2,9 +2,11 @@
 # The project's single test command:
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
-#   3. the official Durable Streams conformance suite against the release binary
+#   3. a real Prometheus scraping the release binary, and promtool's lint of
+#      the scrape (scripts/prometheus-check.sh)
+#   4. the official Durable Streams conformance suite against the release binary
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
-# Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -49,6 +51,10 @@ cargo build --release --locked
 failed_steps=()
 section "cargo test --release --locked"
 cargo test --release --locked || failed_steps+=("cargo test")
+
+# ------------------------------------------------------------- prometheus ---
+section "Prometheus scrape and promtool (scripts/prometheus-check.sh)"
+SERVER_BIN=target/release/durable-streams-server scripts/prometheus-check.sh || failed_steps+=("prometheus")
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"
