@@ -9,10 +9,15 @@
 //! prefixes (the request line already names the request); the OTLP layer
 //! sees this crate's spans at `info` and its events at `warn` and above
 //! (which become span events).
+//!
+//! Sampling is decided once per request, where it arrives ([`request_trace`]):
+//! a request that is not sampled builds no spans at all, so the ratio saves
+//! the span work, not only the export.
 
 mod otlp;
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tracing::Level;
 use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
@@ -111,7 +116,8 @@ pub fn init(config: &ObservabilityConfig) -> Result<Telemetry, TelemetryError> {
     }
     .with_filter(filter_fn(|metadata| metadata.is_event()).and(filter));
 
-    let (pipeline, traces) = if config.otlp.enabled {
+    let exporting = config.otlp.enabled;
+    let (pipeline, traces) = if exporting {
         let (pipeline, tracer) = otlp::Pipeline::start(&config.otlp)?;
         let spans = Targets::new().with_target(CRATE_TARGET, Level::INFO);
         let layer = tracing_opentelemetry::layer()
@@ -137,7 +143,57 @@ pub fn init(config: &ObservabilityConfig) -> Result<Telemetry, TelemetryError> {
         }
         return Err(TelemetryError::Install(error.to_string()));
     }
+    SAMPLING_RATIO.store(config.otlp.sampling_ratio.to_bits(), Ordering::Relaxed);
+    SAMPLING.store(
+        if exporting { SAMPLING_ON } else { SAMPLING_OFF },
+        Ordering::Release,
+    );
     Ok(Telemetry { otlp: pipeline })
+}
+
+/// Whether [`init`] decided how requests are traced.
+static SAMPLING: AtomicU8 = AtomicU8::new(SAMPLING_UNSET);
+const SAMPLING_UNSET: u8 = 0;
+const SAMPLING_OFF: u8 = 1;
+const SAMPLING_ON: u8 = 2;
+/// `observability.otlp.sampling_ratio`, as `f64` bits.
+static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// How to trace one request.
+pub(crate) enum RequestTrace {
+    /// Build no spans for it.
+    Skip,
+    /// Build its spans, continuing this context (a remote parent, or none).
+    Trace(opentelemetry::Context),
+    /// [`init`] did not run (an embedder's own subscriber): build the spans
+    /// and let the subscriber decide; continue the caller's trace if the
+    /// span is enabled.
+    Unmanaged,
+}
+
+/// Decides whether a request is traced (parent-based head sampling): a
+/// valid incoming `traceparent` decides by its sampled flag; otherwise
+/// `observability.otlp.sampling_ratio` does.
+pub(crate) fn request_trace(headers: &http::HeaderMap) -> RequestTrace {
+    match SAMPLING.load(Ordering::Acquire) {
+        SAMPLING_UNSET => RequestTrace::Unmanaged,
+        SAMPLING_OFF => RequestTrace::Skip,
+        _ => {
+            let context = otlp::remote_context(headers);
+            let sampled = match otlp::remote_sampled(&context) {
+                Some(sampled) => sampled,
+                None => {
+                    let ratio = f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed));
+                    ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio)
+                }
+            };
+            if sampled {
+                RequestTrace::Trace(context)
+            } else {
+                RequestTrace::Skip
+            }
+        }
+    }
 }
 
 /// A message with its whole cause chain, `a: b: c`.

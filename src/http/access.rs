@@ -44,6 +44,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::ClientIdentity;
 use super::problem::{ErrorCause, ErrorCode};
 use crate::metrics::{self, InFlight};
+use crate::telemetry::RequestTrace;
 
 /// The log target of request lines.
 pub const ACCESS_TARGET: &str = "durable_streams_server::access";
@@ -161,9 +162,15 @@ fn protocol_version(version: Version) -> &'static str {
     }
 }
 
-/// The `http.request` span with the HTTP semantic-convention attributes;
-/// disabled (free) unless OTLP export is on.
+/// The `http.request` span with the HTTP semantic-convention attributes,
+/// when this request is traced (OTLP on and sampled); else a disabled span,
+/// and none of the request's storage spans are built either.
 fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
+    let parent = match crate::telemetry::request_trace(request.headers()) {
+        RequestTrace::Skip => return tracing::Span::none(),
+        RequestTrace::Trace(parent) => Some(parent),
+        RequestTrace::Unmanaged => None,
+    };
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format_args!("{} {}", line.method, line.route),
@@ -188,7 +195,8 @@ fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
     );
     if !span.is_disabled() {
         // A missing or malformed traceparent starts a new trace.
-        let _ = span.set_parent(crate::telemetry::remote_context(request.headers()));
+        let parent = parent.unwrap_or_else(|| crate::telemetry::remote_context(request.headers()));
+        let _ = span.set_parent(parent);
     }
     span
 }

@@ -70,8 +70,12 @@ impl Operation {
         }
     }
 
-    /// A span per operation: span names must be literals.
+    /// A span per operation (span names must be literals), only inside a
+    /// traced request: an untraced or unsampled one builds none.
     fn span(self, backend: &'static str, id: StreamId, bytes: usize) -> tracing::Span {
+        if tracing::Span::current().is_disabled() {
+            return tracing::Span::none();
+        }
         macro_rules! span {
             ($name:literal, $otel:literal) => {
                 tracing::info_span!(

@@ -3,6 +3,8 @@
 //!
 //! - **Transport.** `grpc` (tonic) or `http/protobuf` (hyper), plain
 //!   `http://` collectors only in this build.
+//! - **Sampling** is decided per request before any span is built
+//!   ([`super::request_trace`]); the SDK only respects the parent's choice.
 //! - **Configuration.** `observability.otlp.*`, with the standard variables
 //!   winning when set: `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_PROTOCOL`,
 //!   `_HEADERS`, `_TIMEOUT`, `_COMPRESSION`, `OTEL_SERVICE_NAME`,
@@ -197,11 +199,11 @@ impl Pipeline {
             limit,
             dropped_once: std::sync::atomic::AtomicBool::new(false),
         };
+        // Requests are sampled where they arrive (super::request_trace);
+        // whatever reaches the SDK was chosen, unless a parent says no.
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sampling_ratio,
-            ))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource(config))
             .build();
         let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
@@ -397,6 +399,13 @@ impl Extractor for HeaderExtractor<'_> {
 
 pub(super) fn remote_context(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// The sampled flag of a valid remote parent, if there is one.
+pub(super) fn remote_sampled(context: &Context) -> Option<bool> {
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| span_context.is_sampled())
 }
 
 pub(super) fn trace_id(span: &tracing::Span) -> Option<String> {

@@ -490,3 +490,40 @@ async fn a_collector_that_never_answers_leaves_requests_unaffected() {
     assert!(server.exited(HANG_GUARD).await.success());
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_parent_and_the_ratio() {
+    let spans = Spans::default();
+    let endpoint = grpc_receiver(spans.clone()).await;
+    let mut server = ChildServer::start(&[
+        ("DS_OBSERVABILITY__OTLP__ENABLED", "true"),
+        ("DS_OBSERVABILITY__OTLP__ENDPOINT", endpoint.as_str()),
+        // New traces are never sampled; a caller's sampled trace still is.
+        ("DS_OBSERVABILITY__OTLP__SAMPLING_RATIO", "0"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let http = client();
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    for traceparent in [
+        None,
+        Some(format!("00-{unsampled_trace}-b7ad6b7169203331-00")),
+    ] {
+        let mut request = http.get(server.at("/healthz"));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        assert_eq!(request.send().await.expect("GET").status(), 200);
+    }
+    traced_append(&server, "traced").await;
+    assert_request_trace(&spans, &server, "memory").await;
+    // Shutdown flushes everything that was recorded.
+    server.terminate();
+    assert!(server.exited(HANG_GUARD).await.success());
+    let all = spans.all();
+    assert!(
+        all.iter()
+            .all(|s| s.trace_id == TRACE_ID && !s.name.contains("healthz")),
+        "only the sampled caller's trace is exported: {all:#?}"
+    );
+}
