@@ -5,22 +5,26 @@
 //! backends call.
 //!
 //! Recording goes through the [`metrics`](::metrics) facade. Without an
-//! installed recorder every call is a no-op costing a relaxed atomic load,
-//! so the library records unconditionally. The binary installs the
-//! Prometheus recorder with [`install`] in its `init_telemetry` phase; an
-//! embedder may install it too, or bring its own recorder and render the
-//! names below itself.
+//! installed recorder every call is a no-op, so the library records
+//! unconditionally. The binary installs the Prometheus recorder with
+//! [`install`] in its `init_telemetry` phase; an embedder may install it
+//! too, or bring its own recorder and render the names below itself.
+//! Either way the recorder must be installed before the storage is opened
+//! and the router built: hot paths resolve their metric handles once, there.
 //!
 //! Labels come from small fixed sets (method, route template, status,
 //! backend, operation, mode, reason); the stream path is never a label.
 
 mod process;
 
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use ::metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -499,13 +503,28 @@ impl RejectReason {
 
 /// One read request served in `mode`.
 pub(crate) fn read(mode: ReadMode) {
-    counter!(name::READS_TOTAL, "mode" => mode.as_str()).increment(1);
+    // Literal labels make static keys: no allocation per call.
+    match mode {
+        ReadMode::CatchUp => counter!(name::READS_TOTAL, "mode" => "catch_up").increment(1),
+        ReadMode::LongPoll => counter!(name::READS_TOTAL, "mode" => "long_poll").increment(1),
+        ReadMode::Sse => counter!(name::READS_TOTAL, "mode" => "sse").increment(1),
+    }
 }
 
 /// Payload bytes delivered to a reader in `mode`.
 pub(crate) fn read_bytes(mode: ReadMode, bytes: usize) {
-    if bytes > 0 {
-        counter!(name::READ_BYTES_TOTAL, "mode" => mode.as_str()).increment(bytes as u64);
+    if bytes == 0 {
+        return;
+    }
+    let bytes = bytes as u64;
+    match mode {
+        ReadMode::CatchUp => {
+            counter!(name::READ_BYTES_TOTAL, "mode" => "catch_up").increment(bytes);
+        }
+        ReadMode::LongPoll => {
+            counter!(name::READ_BYTES_TOTAL, "mode" => "long_poll").increment(bytes);
+        }
+        ReadMode::Sse => counter!(name::READ_BYTES_TOTAL, "mode" => "sse").increment(bytes),
     }
 }
 
@@ -531,14 +550,21 @@ pub(crate) struct LiveReader {
 
 impl LiveReader {
     pub(crate) fn start(mode: ReadMode) -> Self {
-        gauge!(name::LIVE_READERS, "mode" => mode.as_str()).increment(1.0);
+        Self::gauge(mode).increment(1.0);
         Self { mode }
+    }
+
+    fn gauge(mode: ReadMode) -> ::metrics::Gauge {
+        match mode {
+            ReadMode::Sse => gauge!(name::LIVE_READERS, "mode" => "sse"),
+            _ => gauge!(name::LIVE_READERS, "mode" => "long_poll"),
+        }
     }
 }
 
 impl Drop for LiveReader {
     fn drop(&mut self) {
-        gauge!(name::LIVE_READERS, "mode" => self.mode.as_str()).decrement(1.0);
+        Self::gauge(self.mode).decrement(1.0);
     }
 }
 
@@ -591,10 +617,36 @@ pub(crate) mod storage {
         histogram!(name::STORAGE_COMMIT_BATCH_SIZE, "backend" => backend).record(batch as f64);
     }
 
-    /// Mutations now waiting for the writer.
-    pub(crate) fn queue_depth(backend: &'static str, depth: usize) {
-        gauge!(name::STORAGE_WRITE_QUEUE_DEPTH, "backend" => backend).set(depth as f64);
+    /// The gauge of mutations waiting for the writer of `backend`.
+    pub(crate) fn queue_depth_gauge(backend: &'static str) -> ::metrics::Gauge {
+        gauge!(name::STORAGE_WRITE_QUEUE_DEPTH, "backend" => backend)
     }
+}
+
+/// The request counter and duration histogram of one method, route and status.
+type HttpHandles = (Counter, Histogram);
+/// Method, route, status.
+type HttpKey = (&'static str, &'static str, u16);
+
+/// Handles by (method, route, status), resolved once each while our
+/// recorder is installed, so a request does not build and hash its key.
+static HTTP_HANDLES: LazyLock<RwLock<HashMap<HttpKey, HttpHandles>>> =
+    LazyLock::new(RwLock::default);
+
+fn http_handles(method: &'static str, route: &'static str, status: u16) -> HttpHandles {
+    (
+        counter!(
+            name::HTTP_REQUESTS_TOTAL,
+            "method" => method,
+            "route" => route,
+            "status" => status_label(status)
+        ),
+        histogram!(
+            name::HTTP_REQUEST_DURATION_SECONDS,
+            "method" => method,
+            "route" => route
+        ),
+    )
 }
 
 /// `durable_streams_http_request_duration_seconds` and the request counter.
@@ -604,19 +656,28 @@ pub(crate) fn http_request(
     status: u16,
     elapsed: Duration,
 ) {
-    counter!(
-        name::HTTP_REQUESTS_TOTAL,
-        "method" => method,
-        "route" => route,
-        "status" => status_label(status)
-    )
-    .increment(1);
-    histogram!(
-        name::HTTP_REQUEST_DURATION_SECONDS,
-        "method" => method,
-        "route" => route
-    )
-    .record(elapsed);
+    let record = |(requests, duration): &HttpHandles| {
+        requests.increment(1);
+        duration.record(elapsed);
+    };
+    if installed().is_none() {
+        // Another recorder (or none): it may change, so never cache.
+        return record(&http_handles(method, route, status));
+    }
+    let key = (method, route, status);
+    if let Some(handles) = HTTP_HANDLES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
+        return record(handles);
+    }
+    let handles = http_handles(method, route, status);
+    record(&handles);
+    HTTP_HANDLES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, handles);
 }
 
 /// Requests in flight: one more on creation, one less on drop.

@@ -169,8 +169,8 @@ pub struct Engine {
 
 struct Shared {
     storage: Arc<dyn Storage>,
-    /// The backend's name, the label of the stored-bytes gauge.
-    backend: &'static str,
+    /// `durable_streams_storage_bytes{backend}`, resolved once.
+    stored_bytes: ::metrics::Gauge,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     next_id: AtomicU64,
     limits: EngineLimits,
@@ -307,7 +307,7 @@ impl Engine {
         let recovered = storage.recover();
         let engine = Self {
             shared: Arc::new(Shared {
-                backend: storage.backend_name(),
+                stored_bytes: gauge!(metric::STORAGE_BYTES, "backend" => storage.backend_name()),
                 storage,
                 streams: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -464,7 +464,7 @@ impl Engine {
     /// `durable_streams_storage_bytes` moves by `delta`.
     fn stored_bytes_changed(&self, delta: f64) {
         if delta != 0.0 {
-            gauge!(metric::STORAGE_BYTES, "backend" => self.shared.backend).increment(delta);
+            self.shared.stored_bytes.increment(delta);
         }
     }
 
@@ -1468,7 +1468,17 @@ fn count_rejection(error: &EngineError) {
         EngineError::EpochMustStartAtZero => RejectReason::EpochSeq,
         _ => return,
     };
-    counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => reason.as_str()).increment(1);
+    match reason {
+        RejectReason::StaleEpoch => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "stale_epoch").increment(1);
+        }
+        RejectReason::SequenceGap => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "sequence_gap").increment(1);
+        }
+        RejectReason::EpochSeq => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "epoch_seq").increment(1);
+        }
+    }
 }
 
 /// Drives a storage acknowledgement nobody waits for, logging a failure.

@@ -57,6 +57,19 @@ const UNMATCHED: &str = "unmatched";
 pub(crate) struct AccessSettings {
     /// Routes logged at `debug`: probes and scrapes.
     pub quiet_routes: Vec<String>,
+    /// Route labels of the router's own routes, found without a lock.
+    pub known_routes: Vec<&'static str>,
+}
+
+impl AccessSettings {
+    fn route_label(&self, template: &str) -> &'static str {
+        self.known_routes
+            .iter()
+            .copied()
+            .find(|known| *known == template)
+            // Nested under an embedder's prefix: interned once per template.
+            .unwrap_or_else(|| metrics::route_label(template))
+    }
 }
 
 /// What the log line and the metrics need, captured on arrival.
@@ -89,11 +102,10 @@ impl Line {
     fn log(&self, answer: &Answer, bytes_out: u64) {
         let duration = self.started.elapsed();
         self.span.record("http.response.body.size", bytes_out);
-        let stream = self.stream.as_deref().unwrap_or("-");
-        let client = self
-            .client
-            .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let identity = self.identity.as_deref().unwrap_or("-");
+        // Formatted only if the line is enabled.
+        let stream = OrDash(self.stream.as_deref());
+        let client = OrDash(self.client);
+        let identity = OrDash(self.identity.as_deref());
         macro_rules! line {
             ($level:expr) => {
                 tracing::event!(
@@ -122,6 +134,18 @@ impl Line {
             line!(tracing::Level::DEBUG);
         } else {
             line!(tracing::Level::INFO);
+        }
+    }
+}
+
+/// A log field that shows `-` when absent, so every line has every field.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
         }
     }
 }
@@ -211,7 +235,7 @@ pub(crate) async fn observe(
     let extensions = request.extensions();
     let route = extensions
         .get::<MatchedPath>()
-        .map_or(UNMATCHED, |matched| metrics::route_label(matched.as_str()));
+        .map_or(UNMATCHED, |matched| settings.route_label(matched.as_str()));
     let path = extensions
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());

@@ -155,6 +155,9 @@ pub fn build_router_with_ready(
     let metrics_path = observability.metrics.path.clone();
     let access = Arc::new(access::AccessSettings {
         quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
+        known_routes: [route.as_str(), "/healthz", "/readyz", metrics_path.as_str()]
+            .map(crate::metrics::route_label)
+            .to_vec(),
     });
     let mut router = Router::new();
     if observability.metrics.enabled

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::metrics::{counter, histogram};
+use ::metrics::{Counter, Histogram, counter, histogram};
 use tracing::Instrument;
 
 use super::{Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId};
@@ -21,6 +21,15 @@ use crate::metrics::name;
 pub struct InstrumentedStorage {
     inner: Arc<dyn Storage>,
     backend: &'static str,
+    /// Resolved once: the recorder is installed before storage is wrapped.
+    handles: Arc<Handles>,
+}
+
+struct Handles {
+    /// By [`Operation`] index.
+    durations: [Histogram; 4],
+    /// By [`ErrorKind`] index.
+    errors: [Counter; 4],
 }
 
 impl std::fmt::Debug for InstrumentedStorage {
@@ -35,11 +44,24 @@ impl InstrumentedStorage {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Storage>) -> Self {
         let backend = inner.backend_name();
-        for kind in ErrorKind::ALL {
-            counter!(name::STORAGE_ERRORS_TOTAL, "backend" => backend, "kind" => kind.as_str())
-                .increment(0);
+        let durations = Operation::ALL.map(|operation| {
+            histogram!(
+                name::STORAGE_OPERATION_DURATION_SECONDS,
+                "backend" => backend,
+                "operation" => operation.as_str()
+            )
+        });
+        let errors = ErrorKind::ALL.map(|kind| {
+            let errors =
+                counter!(name::STORAGE_ERRORS_TOTAL, "backend" => backend, "kind" => kind.as_str());
+            errors.increment(0);
+            errors
+        });
+        Self {
+            inner,
+            backend,
+            handles: Arc::new(Handles { durations, errors }),
         }
-        Self { inner, backend }
     }
 }
 
@@ -53,6 +75,13 @@ enum Operation {
 }
 
 impl Operation {
+    const ALL: [Operation; 4] = [
+        Operation::Create,
+        Operation::Append,
+        Operation::Read,
+        Operation::Delete,
+    ];
+
     fn of(mutation: &Mutation) -> Self {
         match mutation {
             Mutation::Create { .. } => Operation::Create,
@@ -147,29 +176,24 @@ fn mutation_target(mutation: &Mutation) -> (StreamId, usize) {
     }
 }
 
-/// Measures `future` as one `operation` of `backend`.
+/// Measures `future` as one `operation`.
 fn measured<T: Send + 'static>(
-    backend: &'static str,
+    handles: &Arc<Handles>,
     operation: Operation,
     span: tracing::Span,
     future: StorageFuture<T>,
 ) -> StorageFuture<T> {
     let started = Instant::now();
+    let handles = Arc::clone(handles);
     let record_span = span.clone();
     Box::pin(
         async move {
             let result = future.await;
-            histogram!(
-                name::STORAGE_OPERATION_DURATION_SECONDS,
-                "backend" => backend,
-                "operation" => operation.as_str()
-            )
-            .record(started.elapsed());
+            handles.durations[operation as usize].record(started.elapsed());
             if let Err(error) = &result {
-                let kind = ErrorKind::of(error).as_str();
-                counter!(name::STORAGE_ERRORS_TOTAL, "backend" => backend, "kind" => kind)
-                    .increment(1);
-                record_span.record("error.type", kind);
+                let kind = ErrorKind::of(error);
+                handles.errors[kind as usize].increment(1);
+                record_span.record("error.type", kind.as_str());
                 record_span.record("otel.status_code", "ERROR");
             }
             result
@@ -190,7 +214,7 @@ impl Storage for InstrumentedStorage {
         // Submitted inside the span, so a writer thread can parent its
         // group-commit span to it.
         let future = span.in_scope(|| self.inner.submit(mutation));
-        measured(self.backend, operation, span, future)
+        measured(&self.handles, operation, span, future)
     }
 
     fn read(
@@ -202,7 +226,7 @@ impl Storage for InstrumentedStorage {
     ) -> StorageFuture<ReadChunk> {
         let span = Operation::Read.span(self.backend, id, 0);
         let future = span.in_scope(|| self.inner.read(id, from, until, max_bytes));
-        measured(self.backend, Operation::Read, span, future)
+        measured(&self.handles, Operation::Read, span, future)
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {

@@ -84,7 +84,8 @@ struct Inner {
 pub struct CommitQueue {
     inner: Mutex<Inner>,
     wake: Condvar,
-    backend: &'static str,
+    /// `durable_streams_storage_write_queue_depth{backend}`, resolved once.
+    depth: ::metrics::Gauge,
 }
 
 /// Payload bytes of a mutation, for batch sizing.
@@ -102,7 +103,7 @@ impl CommitQueue {
         Self {
             inner: Mutex::default(),
             wake: Condvar::new(),
-            backend,
+            depth: metrics::storage::queue_depth_gauge(backend),
         }
     }
 
@@ -125,7 +126,7 @@ impl CommitQueue {
                 ))));
             }
             inner.items.push_back((mutation, ack));
-            metrics::storage::queue_depth(self.backend, inner.items.len());
+            self.depth.set(inner.items.len() as f64);
         }
         self.wake.notify_one();
         Box::pin(async move {
@@ -152,7 +153,7 @@ impl CommitQueue {
                         break;
                     }
                 }
-                metrics::storage::queue_depth(self.backend, inner.items.len());
+                self.depth.set(inner.items.len() as f64);
                 return Next::Batch(batch);
             }
             if inner.closed {
