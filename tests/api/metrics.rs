@@ -34,7 +34,7 @@ async fn counters_and_histograms_move_with_traffic() {
     let server = ChildServer::start(&[
         ("DS_STORAGE__MODE", "acid"),
         ("DS_STORAGE__DATA_DIR", data_dir),
-        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "1"),
+        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "3"),
     ])
     .await;
     let http = client();
@@ -54,11 +54,13 @@ async fn counters_and_histograms_move_with_traffic() {
     for process in [
         "durable_streams_process_resident_memory_bytes",
         "durable_streams_process_open_fds",
-        "durable_streams_process_cpu_seconds_total",
+        "durable_streams_process_max_fds",
         "durable_streams_process_start_time_seconds",
     ] {
         assert!(value(&before, process, &[]) > 0.0, "{process}");
     }
+    // In ticks of 10 ms: a fresh process may not have used one yet.
+    let cpu_before = value(&before, "durable_streams_process_cpu_seconds_total", &[]);
     assert_eq!(value(&before, "durable_streams_appends_total", &[]), 0.0);
 
     let created = http
@@ -110,16 +112,23 @@ async fn counters_and_histograms_move_with_traffic() {
         );
         async move { http.get(url).send().await.expect("long-poll").status() }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = scrape(&server).await;
-    assert_eq!(
-        value(
-            &waiting,
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let waiting = loop {
+        let now = scrape(&server).await;
+        let readers = value(
+            &now,
             "durable_streams_live_readers",
-            &[("mode", "long_poll")]
-        ),
-        1.0
-    );
+            &[("mode", "long_poll")],
+        );
+        if readers == 1.0 {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long-poll never showed as a live reader:\n{now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     // The long-poll and this scrape.
     assert_eq!(
         value(&waiting, "durable_streams_http_requests_in_flight", &[]),
@@ -257,6 +266,10 @@ async fn counters_and_histograms_move_with_traffic() {
             &[("backend", "acid")]
         )
         .is_some()
+    );
+    assert!(
+        value(&after, "durable_streams_process_cpu_seconds_total", &[]) >= cpu_before,
+        "CPU time never goes back"
     );
     // The stream path is never a label.
     assert!(!after.contains("metered-stream"), "{after}");
