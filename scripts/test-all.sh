@@ -5,9 +5,11 @@
 #   3. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
 #      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
 #      which breaks copies of the bundle and expects each break to be caught
-#   4. the official Durable Streams conformance suite against the release binary
+#   4. a real Prometheus scraping the release binary, and promtool's lint of
+#      the scrape (scripts/prometheus-check.sh)
+#   5. the official Durable Streams conformance suite against the release binary
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
-# Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -58,6 +60,10 @@ section "deploy bundle (scripts/verify-deploy.sh)"
 scripts/verify-deploy.sh || failed_steps+=("verify-deploy")
 section "deploy bundle self-test (scripts/verify-deploy.sh --self-test)"
 scripts/verify-deploy.sh --self-test || failed_steps+=("verify-deploy self-test")
+
+# ------------------------------------------------------------- prometheus ---
+section "Prometheus scrape and promtool (scripts/prometheus-check.sh)"
+SERVER_BIN=target/release/durable-streams-server scripts/prometheus-check.sh || failed_steps+=("prometheus")
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"

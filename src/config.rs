@@ -478,9 +478,9 @@ pub struct ObservabilityConfig {
     pub rust_log: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Prometheus metrics (served once the observability work lands).
+    /// Prometheus metrics.
     pub metrics: MetricsConfig,
-    /// OpenTelemetry trace export (implemented by the observability work).
+    /// OpenTelemetry trace export.
     pub otlp: OtlpConfig,
 }
 

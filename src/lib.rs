@@ -20,7 +20,8 @@
 //! - [`cli`]: the command line (`serve`, `check-config`, `print-config`).
 //! - [`startup`]: the startup phases, their diagnostics and exit codes.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
-//! - [`telemetry`]: the log subscriber (text or JSON).
+//! - [`telemetry`]: the log subscriber (text or JSON) and OTLP trace export.
+//! - [`metrics`]: the metric names, the Prometheus recorder and `/metrics`.
 //! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
 //! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
 //! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
@@ -37,6 +38,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
@@ -61,6 +63,7 @@ pub const VERSION: &str = concat!(
     env!("DS_BUILD_COMMIT"),
     ")"
 );
+pub use client::ClientIdentity;
 pub use engine::{Engine, EngineLimits};
 pub use http::{build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};

@@ -16,9 +16,9 @@
 //! - without a believed identity header, a verified client certificate
 //!   (`mtls`) is the identity.
 //!
-//! [`client_context`] applies the policy to every request, stores the result
-//! as request extensions, and records it on the request's span and its log
-//! line.
+//! [`client_context`] applies the policy to every request and stores the
+//! result as request extensions; the request middleware
+//! (`http::access`) puts them on the request's span and its one log line.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use tracing::Instrument;
 
 use crate::client::{ClientAddr, ClientIdentity, ForwardedHost, Scheme, TlsSession};
 use crate::config::{ForwardedHeaders, IdentityMode, ProxyConfig};
@@ -473,7 +472,7 @@ fn unquote(value: &str) -> String {
 
 /// Adds [`client_context`] for `proxy` to `router`: every request gets its
 /// [`ClientAddr`], [`Scheme`], [`ForwardedHost`] and [`ClientIdentity`]
-/// extensions, a `request` span and a log line.
+/// extensions before any other layer sees it.
 pub fn with_client_context(router: Router, proxy: &ProxyConfig) -> Router {
     router.layer(middleware::from_fn_with_state(
         Arc::new(ProxyPolicy::from_config(proxy)),
@@ -481,75 +480,34 @@ pub fn with_client_context(router: Router, proxy: &ProxyConfig) -> Router {
     ))
 }
 
-/// The middleware: resolves the client (see [`ProxyPolicy::resolve`]),
-/// stores it in the request's extensions, runs the request in a `request`
-/// span carrying it, and logs one line when the response head is ready.
+/// The middleware: resolves the client (see [`ProxyPolicy::resolve`]) and
+/// stores it in the request's extensions.
 pub async fn client_context(
     State(policy): State<Arc<ProxyPolicy>>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
+    // Split so the headers can be edited while the TLS session is borrowed.
+    let (mut parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
-    let tls = request.extensions().get::<TlsSession>().cloned();
-    let resolved = policy.resolve(request.headers_mut(), peer, tls.as_ref());
-    let extensions = request.extensions_mut();
+    let tls = parts.extensions.get::<TlsSession>();
+    let resolved = policy.resolve(&mut parts.headers, peer, tls);
+    let extensions = &mut parts.extensions;
     extensions.insert(resolved.scheme);
     if let Some(addr) = resolved.addr {
         extensions.insert(ClientAddr(addr));
     }
-    if let Some(host) = &resolved.host {
-        extensions.insert(ForwardedHost(host.clone()));
+    if let Some(host) = resolved.host {
+        extensions.insert(ForwardedHost(host));
     }
-    if let Some(identity) = &resolved.identity {
-        extensions.insert(identity.clone());
+    if let Some(identity) = resolved.identity {
+        extensions.insert(identity);
     }
-
-    let client_addr = resolved.addr.map(|ip| ip.to_string());
-    let peer_addr = resolved
-        .peer
-        .filter(|peer| Some(*peer) != resolved.addr)
-        .map(|ip| ip.to_string());
-    let identity = resolved.identity.as_ref().map(|id| id.name.as_str());
-    let identity_source = resolved.identity.as_ref().map(|id| id.source.as_str());
-    let tls_peer = tls
-        .as_ref()
-        .and_then(|session| session.peer.as_ref())
-        .filter(|peer| Some(*peer) != resolved.identity.as_ref())
-        .map(|peer| peer.name.as_str());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        path = %path,
-        client_addr,
-        peer_addr,
-        scheme = resolved.scheme.as_str(),
-        identity,
-        identity_source,
-        tls_peer,
-    );
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::info!(
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            client_addr,
-            peer_addr,
-            scheme = resolved.scheme.as_str(),
-            identity,
-            identity_source,
-            tls_peer,
-            "request"
-        );
-    });
-    response
+    let request = Request::from_parts(parts, body);
+    next.run(request).await
 }
 
 #[cfg(test)]

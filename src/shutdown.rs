@@ -60,9 +60,11 @@ impl Readiness {
         }
     }
 
-    /// Marks the server ready (or not) to take traffic.
+    /// Marks the server ready (or not) to take traffic; mirrored in the
+    /// `durable_streams_ready` gauge.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        crate::metrics::ready(ready);
     }
 
     /// Whether `/readyz` answers `200`.

@@ -16,10 +16,10 @@
 //! | 2 | bad command line (unknown flag, missing value) |
 //! | 3 | `load_config`: unreadable or missing file, TOML syntax error, unknown key, bad value, unknown profile |
 //! | 4 | `validate_config`: a rule across keys (TLS without cert, mTLS without CA, `*` CORS in prod, …) |
-//! | 5 | `init_telemetry`: the log subscriber could not be installed |
+//! | 5 | `init_telemetry`: the log subscriber, the metrics recorder or the OTLP exporter could not be set up |
 //! | 6 | `open_storage`: data directory not creatable or writable, backend failed to open |
 //! | 7 | `load_tls`: certificate, key or CA file unreadable, not PEM of the right kind, not parseable, expired, or key and certificate do not match |
-//! | 8 | `bind_listener`: address in use, not permitted, or not on this host |
+//! | 8 | `bind_listener`: address in use, not permitted, or not on this host (main or metrics listener) |
 //! | 9 | `serve`: the accept loop failed |
 //! | 10 | `drain`: the server failed while draining |
 //! | 11 | `transfer`: `export` or `import` failed (bad input, conflict, write error) |
@@ -42,10 +42,11 @@ use crate::config::{
     StorageMode,
 };
 use crate::http::build_router_with_ready;
+use crate::metrics;
 use crate::server::{self, DrainTiming, termination_signal};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{InMemoryStorage, Storage};
-use crate::telemetry;
+use crate::telemetry::{self, Telemetry};
 use crate::tls::{self, Acceptor, ReloadTiming, TlsSettings};
 
 /// A startup phase, in the order they run.
@@ -178,6 +179,8 @@ struct Progress {
     telemetry_ready: bool,
     pending: Vec<Phase>,
     observability: Option<ObservabilityConfig>,
+    /// Flushed when the server stops, whether it ran or failed.
+    telemetry: Option<Telemetry>,
 }
 
 impl Progress {
@@ -213,10 +216,13 @@ pub async fn serve(options: &LoadOptions) -> Result<(), StartupError> {
     let result = run(options, &mut progress).await;
     if let Err(error) = &result {
         if !progress.telemetry_ready {
-            let observability = progress.observability.take().unwrap_or_default();
+            // Logs only: a configuration that failed is no basis for export.
+            let mut observability = progress.observability.take().unwrap_or_default();
+            observability.otlp.enabled = false;
             let installed = telemetry::init(&observability)
                 .or_else(|_| telemetry::init(&ObservabilityConfig::default()));
-            if installed.is_ok() {
+            if let Ok(telemetry) = installed {
+                progress.telemetry = Some(telemetry);
                 progress.telemetry_ready();
             }
         }
@@ -227,6 +233,10 @@ pub async fn serve(options: &LoadOptions) -> Result<(), StartupError> {
             hint = %error.hint,
             "startup failed"
         );
+    }
+    if let Some(telemetry) = progress.telemetry.take() {
+        // Exports the spans still queued; blocking, bounded by seconds.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
     result
 }
@@ -252,14 +262,25 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
     let config = loaded.config();
 
     progress.enter(Phase::InitTelemetry);
-    telemetry::init(&config.observability).map_err(|error| {
+    let telemetry = telemetry::init(&config.observability).map_err(|error| {
         StartupError::new(Phase::InitTelemetry, error.to_string(), error.hint())
     })?;
+    let exports_traces = telemetry.exports_traces();
+    progress.telemetry = Some(telemetry);
     progress.telemetry_ready();
+    let metrics = if config.observability.metrics.enabled {
+        Some(metrics::install().map_err(|error| {
+            StartupError::new(Phase::InitTelemetry, error.to_string(), error.hint())
+        })?)
+    } else {
+        None
+    };
     tracing::info!(
         version = crate::VERSION,
         profile = %loaded.profile(),
         layers = %loaded.layers().join(", "),
+        metrics = metrics.is_some(),
+        otlp = exports_traces,
         "configuration loaded"
     );
     for warning in &validation.warnings {
@@ -306,6 +327,18 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
     let address = listener
         .local_addr()
         .map_or_else(|_| config.server.bind_address.clone(), |a| a.to_string());
+    let metrics_listener = match (metrics, &config.observability.metrics.bind_address) {
+        (Some(handle), Some(metrics_address)) => Some((
+            handle,
+            bind(
+                metrics_address,
+                "observability.metrics.bind_address",
+                "DS_OBSERVABILITY__METRICS__BIND_ADDRESS",
+            )
+            .await?,
+        )),
+        _ => None,
+    };
 
     let shutdown = ShutdownToken::new();
     let (router, readiness) = build_router_with_ready(storage, config, shutdown.clone());
@@ -316,6 +349,14 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
         transport = %config.transport.mode,
         "listening"
     );
+    let metrics_server = metrics_listener.map(|(handle, listener)| {
+        let metrics_address = listener
+            .local_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+        let path = &config.observability.metrics.path;
+        tracing::info!(phase = Phase::Serve.as_str(), address = %metrics_address, %path, "metrics listening");
+        serve_metrics(listener, metrics::router(handle, path, readiness.clone()))
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let signal = {
         let draining = Arc::clone(&draining);
@@ -340,6 +381,9 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
             .await
         }
     };
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
     served.map_err(|error| {
         let phase = if draining.load(Ordering::Acquire) {
             Phase::Drain
@@ -434,17 +478,7 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartupError> {
     }
 }
 
-/// A message with its whole cause chain, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+use crate::telemetry::error_chain;
 
 /// Creates `storage.data_dir` if needed and proves it writable by creating,
 /// syncing and removing a probe file.
@@ -544,31 +578,71 @@ pub fn load_tls(config: &Config) -> Result<Option<Acceptor>, StartupError> {
 /// # Errors
 /// When the address is in use, not permitted, or not on this host.
 pub async fn bind_listener(address: &str) -> Result<TcpListener, StartupError> {
+    bind(address, "server.bind_address", "DS_SERVER__BIND_ADDRESS").await
+}
+
+/// Binds `address`, set by configuration `key` (environment `var`).
+async fn bind(address: &str, key: &str, var: &str) -> Result<TcpListener, StartupError> {
     use std::io::ErrorKind;
     TcpListener::bind(address).await.map_err(|error| {
         let (cause, hint) = match error.kind() {
             ErrorKind::AddrInUse => (
                 format!("cannot listen on {address}: the address is already in use"),
-                "stop the process that listens there, or choose a free port with \
-                 server.bind_address (DS_SERVER__BIND_ADDRESS)",
+                format!(
+                    "stop the process that listens there, or choose a free port with {key} ({var})"
+                ),
             ),
             ErrorKind::PermissionDenied => (
                 format!("cannot listen on {address}: permission denied"),
                 "ports below 1024 need privileges: use a higher port such as 4437, or grant \
-                 CAP_NET_BIND_SERVICE",
+                 CAP_NET_BIND_SERVICE"
+                    .to_owned(),
             ),
             ErrorKind::AddrNotAvailable => (
                 format!("cannot listen on {address}: the address is not on this host"),
-                "use 0.0.0.0 (all interfaces) or one of this host's addresses in \
-                 server.bind_address (DS_SERVER__BIND_ADDRESS)",
+                format!(
+                    "use 0.0.0.0 (all interfaces) or one of this host's addresses in {key} ({var})"
+                ),
             ),
             _ => (
                 format!("cannot listen on {address}: {error}"),
-                "check server.bind_address (DS_SERVER__BIND_ADDRESS): host:port of this machine",
+                format!("check {key} ({var}): host:port of this machine"),
             ),
         };
         StartupError::new(Phase::BindListener, cause, hint)
     })
+}
+
+/// The separate metrics listener, stopped after the main server.
+struct MetricsServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn serve_metrics(listener: TcpListener, router: axum::Router) -> MetricsServer {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    MetricsServer { stop, task }
+}
+
+impl MetricsServer {
+    /// Stops accepting scrapes; a scrape in progress gets a second to finish.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(Duration::from_secs(1), &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the metrics listener failed"),
+            Ok(Err(_)) => {}
+            Err(_) => task.abort(),
+        }
+    }
 }
 
 #[cfg(test)]

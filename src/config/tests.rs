@@ -728,6 +728,27 @@ fn other_rules() {
 }
 
 #[test]
+fn the_metrics_listener_must_differ_from_the_main_one_unless_both_are_ephemeral() {
+    let same = [
+        ("DS_SERVER__BIND_ADDRESS", "127.0.0.1:4437"),
+        ("DS_OBSERVABILITY__METRICS__BIND_ADDRESS", "127.0.0.1:4437"),
+    ];
+    let errors = validate_env(&same, "default");
+    assert_eq!(errors.len(), 1, "{}", messages(&errors));
+    assert_eq!(
+        errors[0].key.as_deref(),
+        Some("observability.metrics.bind_address")
+    );
+    // Port 0 means "any free port" for each listener: no conflict.
+    let ephemeral = [
+        ("DS_SERVER__BIND_ADDRESS", "127.0.0.1:0"),
+        ("DS_OBSERVABILITY__METRICS__BIND_ADDRESS", "127.0.0.1:0"),
+    ];
+    let errors = validate_env(&ephemeral, "default");
+    assert!(errors.is_empty(), "{}", messages(&errors));
+}
+
+#[test]
 fn every_shipped_file_parses_without_unknown_keys() {
     for entry in std::fs::read_dir(shipped_dir()).expect("config dir") {
         let path = entry.expect("entry").path();

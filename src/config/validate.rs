@@ -474,7 +474,7 @@ impl Checker<'_> {
                      the main listener"
                         .into(),
                 );
-            } else if *address == self.config.server.bind_address {
+            } else if *address == self.config.server.bind_address && !address.ends_with(":0") {
                 self.error(
                     "observability.metrics.bind_address",
                     format!(

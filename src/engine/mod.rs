@@ -26,6 +26,10 @@ use tokio::time::Instant;
 pub use error::EngineError;
 use state::{Ledger, WriterState};
 
+use ::metrics::{counter, gauge};
+
+use crate::metrics::{RejectReason, name as metric};
+
 use crate::protocol::header::{ContentType, ProducerHeaders};
 use crate::protocol::json;
 use crate::protocol::offset::ReadFrom;
@@ -167,6 +171,8 @@ pub struct Engine {
 
 struct Shared {
     storage: Arc<dyn Storage>,
+    /// `durable_streams_storage_bytes{backend}`, resolved once.
+    stored_bytes: ::metrics::Gauge,
     streams: RwLock<HashMap<String, Arc<StreamEntry>>>,
     next_id: AtomicU64,
     limits: EngineLimits,
@@ -303,6 +309,7 @@ impl Engine {
         let recovered = storage.recover();
         let engine = Self {
             shared: Arc::new(Shared {
+                stored_bytes: gauge!(metric::STORAGE_BYTES, "backend" => storage.backend_name()),
                 storage,
                 streams: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -452,6 +459,24 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `durable_streams_streams` moves by `delta` (deltas, not absolute
+    /// values, so several engines in one process add up).
+    fn live_streams_changed(delta: f64) {
+        gauge!(metric::STREAMS).increment(delta);
+    }
+
+    /// `durable_streams_storage_bytes` moves by `delta`.
+    fn stored_bytes_changed(&self, delta: f64) {
+        if delta != 0.0 {
+            self.shared.stored_bytes.increment(delta);
+        }
+    }
+
+    /// Bytes of its own a stream holds in storage.
+    fn own_bytes(entry: &StreamEntry, inner: &Inner) -> f64 {
+        inner.ledger.committed.tail.saturating_sub(entry.spec.base) as f64
+    }
+
     /// Rebuilds entries from recovered streams; sources before forks.
     fn restore(&self, mut recovered: Vec<RecoveredStream>) {
         recovered.sort_by_key(|s| s.spec.id);
@@ -484,6 +509,11 @@ impl Engine {
             } else {
                 Status::Live
             };
+            let own = stream.tail.saturating_sub(stream.spec.base) as f64;
+            self.stored_bytes_changed(own);
+            if status == Status::Live {
+                Self::live_streams_changed(1.0);
+            }
             let entry = new_entry(stream.spec, source, state, status, now);
             entry.lock().created = true;
             by_id.insert(entry.spec.id, entry.clone());
@@ -526,8 +556,15 @@ impl Engine {
             spawn_ack(written);
         }
         match deletion {
-            Deletion::Soft => EngineError::Gone,
-            Deletion::Removed | Deletion::AlreadyGone => EngineError::NotFound,
+            Deletion::Soft => {
+                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                EngineError::Gone
+            }
+            Deletion::Removed => {
+                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                EngineError::NotFound
+            }
+            Deletion::AlreadyGone => EngineError::NotFound,
         }
     }
 
@@ -547,6 +584,9 @@ impl Engine {
                 }
                 reclaimed += 1;
             }
+        }
+        if reclaimed > 0 {
+            counter!(metric::STREAMS_EXPIRED_TOTAL).increment(reclaimed as u64);
         }
         reclaimed
     }
@@ -671,6 +711,7 @@ impl Engine {
                 closed: request.closed,
             });
             map.insert(request.path.clone(), entry.clone());
+            Self::live_streams_changed(1.0);
             (op, ack)
         };
         match ack.await {
@@ -679,10 +720,18 @@ impl Engine {
                 inner.ledger.acknowledge(op);
                 inner.created = true;
                 entry.publish(&inner);
+                // Removed meanwhile: the removal already left these bytes out.
+                if inner.status != Status::Removed {
+                    self.stored_bytes_changed(Self::own_bytes(&entry, &inner));
+                }
                 drop(inner);
                 // Wake requests waiting for the creation even when the
                 // published state did not change (an empty, open stream).
                 entry.signal.send_modify(|_| {});
+                counter!(metric::STREAMS_CREATED_TOTAL).increment(1);
+                if request.closed {
+                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                }
                 Ok(Created {
                     entry: entry.clone(),
                     new: true,
@@ -700,6 +749,9 @@ impl Engine {
                 }
                 drop(map);
                 let mut inner = entry.lock();
+                if inner.status == Status::Live {
+                    Self::live_streams_changed(-1.0);
+                }
                 inner.status = Status::Removed;
                 inner.ledger.fail(op);
                 entry.publish(&inner);
@@ -818,9 +870,20 @@ impl Engine {
             .acquire_many(u32::try_from(cost).unwrap_or(u32::MAX))
             .await
             .map_err(|_| StorageError::Unavailable("the server is shutting down".into()))?;
-        let (op, ack, outcome) = match self.plan_append(&entry, &request, data_result)? {
-            AppendPlan::Submitted { op, ack, outcome } => (op, ack, outcome),
+        let plan = self
+            .plan_append(&entry, &request, data_result)
+            .inspect_err(count_rejection)?;
+        let (op, ack, outcome, bytes) = match plan {
+            AppendPlan::Submitted {
+                op,
+                ack,
+                outcome,
+                bytes,
+            } => (op, ack, outcome, bytes),
             AppendPlan::Answered(confirms) => {
+                if request.producer.is_some() {
+                    counter!(metric::PRODUCER_DUPLICATES_TOTAL).increment(1);
+                }
                 return Self::confirm(&entry, &confirms).await;
             }
         };
@@ -830,6 +893,18 @@ impl Engine {
             Ok(()) => {
                 inner.ledger.acknowledge(op);
                 entry.publish(&inner);
+                // Removed meanwhile: the removal already left these bytes out.
+                if inner.status != Status::Removed {
+                    self.stored_bytes_changed(bytes as f64);
+                }
+                drop(inner);
+                counter!(metric::APPENDS_TOTAL).increment(1);
+                if bytes > 0 {
+                    counter!(metric::APPENDED_BYTES_TOTAL).increment(bytes);
+                }
+                if request.close {
+                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                }
                 Ok(outcome)
             }
             Err(error) => {
@@ -943,6 +1018,7 @@ impl Engine {
             producer_next.clone(),
             request.stream_seq.clone(),
         );
+        let bytes = data.len() as u64;
         let ack = self.shared.storage.submit(Mutation::Append(Append {
             id: entry.spec.id,
             start,
@@ -957,7 +1033,12 @@ impl Engine {
             wrote: true,
             producer: producer_next.map(|(_, state)| state),
         };
-        Ok(AppendPlan::Submitted { op, ack, outcome })
+        Ok(AppendPlan::Submitted {
+            op,
+            ack,
+            outcome,
+            bytes,
+        })
     }
 
     /// Answers a request that writes nothing (a duplicate) once the state
@@ -1044,6 +1125,7 @@ impl Engine {
                 if let Some(written) = written {
                     written.await?;
                 }
+                counter!(metric::STREAMS_DELETED_TOTAL).increment(1);
                 Ok(())
             }
             (Deletion::AlreadyGone, _) => Err(EngineError::NotFound),
@@ -1063,6 +1145,7 @@ impl Engine {
             Status::SoftDeleted => return (Deletion::Soft, None),
             Status::Live => {}
         }
+        Self::live_streams_changed(-1.0);
         if inner.forks > 0 {
             inner.status = Status::SoftDeleted;
             entry.publish(&inner);
@@ -1076,6 +1159,7 @@ impl Engine {
         }
         inner.status = Status::Removed;
         entry.publish(&inner);
+        self.stored_bytes_changed(-Self::own_bytes(entry, &inner));
         drop(inner);
         if map
             .get(&entry.spec.path)
@@ -1107,6 +1191,7 @@ impl Engine {
             }
             inner.status = Status::Removed;
             entry.publish(&inner);
+            self.stored_bytes_changed(-Self::own_bytes(&entry, &inner));
             drop(inner);
             if map
                 .get(&entry.spec.path)
@@ -1336,6 +1421,11 @@ impl Import {
             source.lock().forks += 1;
         }
         self.engine
+            .stored_bytes_changed(self.tail.saturating_sub(entry.spec.base) as f64);
+        if status == Status::Live {
+            Engine::live_streams_changed(1.0);
+        }
+        self.engine
             .map_write()
             .insert(entry.spec.path.clone(), entry);
         Ok(())
@@ -1357,6 +1447,8 @@ enum AppendPlan {
         op: u64,
         ack: crate::storage::StorageFuture<()>,
         outcome: Appended,
+        /// Payload bytes of the append.
+        bytes: u64,
     },
     /// Nothing to write (a duplicate); answer once it is confirmed.
     Answered(Confirms),
@@ -1410,6 +1502,27 @@ fn new_entry(
         signal: watch::Sender::new(signal),
         spec,
     })
+}
+
+/// Counts a producer request the rules refused.
+fn count_rejection(error: &EngineError) {
+    let reason = match error {
+        EngineError::StaleEpoch { .. } => RejectReason::StaleEpoch,
+        EngineError::SequenceGap { .. } => RejectReason::SequenceGap,
+        EngineError::EpochMustStartAtZero => RejectReason::EpochSeq,
+        _ => return,
+    };
+    match reason {
+        RejectReason::StaleEpoch => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "stale_epoch").increment(1);
+        }
+        RejectReason::SequenceGap => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "sequence_gap").increment(1);
+        }
+        RejectReason::EpochSeq => {
+            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "epoch_seq").increment(1);
+        }
+    }
 }
 
 /// Drives a storage acknowledgement nobody waits for, logging a failure.

@@ -13,12 +13,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
+use tracing::Instrument;
 
 use super::AppState;
 use super::names::*;
 use super::problem::ApiError;
 use super::stream::{CACHEABLE, etag, offset_header, read_response};
 use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
+use crate::metrics::{self, LiveReader, ReadMode};
 use crate::protocol::cursor;
 use crate::protocol::offset::{Offset, ReadFrom};
 use crate::protocol::sse::{self, Control};
@@ -42,6 +44,8 @@ pub(super) async fn long_poll(
     from: ReadFrom,
     client_cursor: Option<String>,
 ) -> Result<Response, ApiError> {
+    let _reader = LiveReader::start(ReadMode::LongPoll);
+    metrics::read(ReadMode::LongPoll);
     let mut signal = entry.subscribe();
     let mut snapshot = *signal.borrow_and_update();
     let start = resolve_start(from, snapshot.tail);
@@ -52,6 +56,7 @@ pub(super) async fn long_poll(
         }
         if start < snapshot.tail {
             let result = state.engine.read_at(&entry, start, snapshot).await?;
+            metrics::read_bytes(ReadMode::LongPoll, result.len());
             let mut response = read_response(&entry, &result);
             let out = response.headers_mut();
             out.insert(header::ETAG, etag(&entry, &result));
@@ -74,7 +79,10 @@ pub(super) async fn long_poll(
                 }
                 snapshot = *signal.borrow_and_update();
             }
-            () = sleep_until(deadline) => break,
+            () = sleep_until(deadline) => {
+                metrics::long_poll_timeout();
+                break;
+            }
             () = state.shutdown.cancelled() => break,
         }
     }
@@ -113,7 +121,9 @@ pub(super) async fn sse(
     let position = resolve_start(from, snapshot.tail);
     let base64 = !entry.content_type().is_text_like();
     let now = Instant::now();
+    metrics::read(ReadMode::Sse);
     let session = SseSession {
+        _reader: LiveReader::start(ReadMode::Sse),
         engine: state.engine.clone(),
         json: entry.content_type().is_json(),
         entry,
@@ -130,9 +140,15 @@ pub(super) async fn sse(
         announced: false,
         finished: false,
     };
-    let stream = futures_util::stream::unfold(session, |mut session| async move {
-        let chunk = session.next_chunk().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(chunk), session))
+    // The body outlives the handler: its storage reads still belong to
+    // this request's span.
+    let span = tracing::Span::current();
+    let stream = futures_util::stream::unfold(session, move |mut session| {
+        async move {
+            let chunk = session.next_chunk().await?;
+            Some((Ok::<Bytes, std::convert::Infallible>(chunk), session))
+        }
+        .instrument(span.clone())
     });
     let mut response = Response::new(Body::from_stream(stream));
     let out = response.headers_mut();
@@ -149,6 +165,8 @@ pub(super) async fn sse(
 
 /// The state of one SSE connection, advanced one chunk of output at a time.
 struct SseSession {
+    /// Counts the connection in `durable_streams_live_readers{mode="sse"}`.
+    _reader: LiveReader,
     engine: Engine,
     entry: Arc<StreamEntry>,
     signal: watch::Receiver<Signal>,
@@ -172,6 +190,7 @@ impl SseSession {
     }
 
     fn control(&mut self, out: &mut Vec<u8>, up_to_date: bool, closed: bool) {
+        metrics::sse_events(1);
         let cursor = if closed { None } else { Some(self.cursor()) };
         sse::push_control_event(
             out,
@@ -204,6 +223,8 @@ impl SseSession {
                 {
                     Ok(result) => {
                         let count = result.records.len();
+                        metrics::sse_events(count);
+                        metrics::read_bytes(ReadMode::Sse, result.len());
                         for (index, record) in result.records.iter().enumerate() {
                             self.push_data(&mut out, record);
                             self.position += record.len() as u64;

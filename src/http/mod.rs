@@ -1,6 +1,8 @@
 //! The HTTP surface: [`build_router`], the stream handlers, live reads,
-//! health endpoints, and the headers every response carries.
+//! health endpoints, `/metrics`, the request log and metrics
+//! ([`access`]), and the headers every response carries.
 
+pub mod access;
 mod live;
 pub mod names;
 pub mod problem;
@@ -22,7 +24,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineLimits};
 use crate::protocol::name::NameLimits;
 use crate::shutdown::{Readiness, ShutdownToken};
-use crate::storage::Storage;
+use crate::storage::{InstrumentedStorage, Storage};
 
 /// Settings the handlers need, derived once from [`Config`].
 #[derive(Debug)]
@@ -90,7 +92,14 @@ pub fn build_router(storage: Arc<dyn Storage>, config: &Config) -> Router {
     router
 }
 
-/// Builds the protocol router plus `/healthz` and `/readyz`.
+/// Builds the protocol router plus `/healthz`, `/readyz` and, when
+/// `observability.metrics.enabled` without a separate `bind_address` and
+/// the Prometheus recorder is installed ([`crate::metrics::install`]), the
+/// metrics endpoint at `observability.metrics.path`.
+///
+/// Every request passes the [`access`] middleware (metrics, span, log
+/// line); storage calls are measured through [`InstrumentedStorage`] when
+/// metrics or OTLP tracing are enabled.
 ///
 /// `/readyz` answers `503` until the returned [`Readiness`] is set; live
 /// readers end when `shutdown` fires.
@@ -99,6 +108,12 @@ pub fn build_router_with_ready(
     config: &Config,
     shutdown: ShutdownToken,
 ) -> (Router, Readiness) {
+    let observability = &config.observability;
+    let storage: Arc<dyn Storage> = if observability.metrics.enabled || observability.otlp.enabled {
+        Arc::new(InstrumentedStorage::new(storage))
+    } else {
+        storage
+    };
     let engine = Engine::new(storage, EngineLimits::from_config(config));
     let readiness = Readiness::new(false);
     let connection = &config.transport.connection;
@@ -131,13 +146,52 @@ pub fn build_router_with_ready(
         shutdown,
     };
     let ready = readiness.clone();
-    let router = Router::new()
+    let metrics_path = observability.metrics.path.clone();
+    let access = Arc::new(access::AccessSettings {
+        quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
+        known_routes: [route.as_str(), "/healthz", "/readyz", metrics_path.as_str()]
+            .map(crate::metrics::route_label)
+            .to_vec(),
+    });
+    let mut router = Router::new();
+    if observability.metrics.enabled
+        && observability.metrics.bind_address.is_none()
+        && let Some(handle) = crate::metrics::installed()
+    {
+        router = router.route(
+            &metrics_path,
+            get(move || async move { crate::metrics::scrape(handle) }),
+        );
+    }
+    let router = router
         .route(&route, any(stream::dispatch))
+        .merge(probe_routes(ready))
+        .fallback(|| async {
+            problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .layer(middleware::from_fn_with_state(access, access::observe))
+        .with_state(state);
+    (
+        crate::proxy::with_client_context(router, &config.proxy),
+        readiness,
+    )
+}
+
+/// `GET /healthz` (the process serves: always `200`) and `GET /readyz`
+/// (`200` while `readiness` says ready, `503` before and from the start of
+/// the drain): on the main router and on the separate metrics listener,
+/// where kubelet probes need no client certificate.
+pub fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
+                let ready = readiness.clone();
                 async move {
                     if ready.is_ready() {
                         (StatusCode::OK, "ready")
@@ -147,18 +201,6 @@ pub fn build_router_with_ready(
                 }
             }),
         )
-        .fallback(|| async {
-            problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
-        })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            common_headers,
-        ))
-        .with_state(state);
-    (
-        crate::proxy::with_client_context(router, &config.proxy),
-        readiness,
-    )
 }
 
 fn normalise_base_path(raw: &str) -> String {

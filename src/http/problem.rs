@@ -1,5 +1,9 @@
 //! `ApiError`: the one type that becomes an HTTP error response, as
 //! `application/problem+json` (RFC 9457) with a stable `code`.
+//!
+//! A `5xx` answer keeps its cause chain out of the body (clients get an
+//! opaque detail) and hands it to the request log through an [`ErrorCause`]
+//! response extension, so the failure is logged once, on the request's line.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +22,17 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    cause: Option<String>,
 }
+
+/// The cause chain of a `5xx` answer, for the request log line; never sent
+/// to the client.
+#[derive(Clone, Debug)]
+pub struct ErrorCause(pub String);
+
+/// The stable `code` of a problem answer, for the request log line.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
 
 impl ApiError {
     /// A problem with the given status, code and detail.
@@ -28,7 +42,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            cause: None,
         }
+    }
+
+    /// Records why a `5xx` happened (logged, never sent).
+    pub(crate) fn with_cause(mut self, error: &dyn std::error::Error) -> Self {
+        self.cause = Some(crate::telemetry::error_chain(error));
+        self
     }
 
     /// `400` for a malformed request.
@@ -120,23 +141,19 @@ impl From<StorageError> for ApiError {
             StorageError::Full(detail) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
             }
-            StorageError::Unavailable(_) | StorageError::OutOfOrder { .. } => {
-                tracing::warn!(error = %error, "storage temporarily unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "STORAGE_UNAVAILABLE",
-                    "storage is temporarily unavailable",
-                )
-                .with_header(header::RETRY_AFTER, 1)
-            }
-            other => {
-                tracing::error!(error = %other, cause = ?std::error::Error::source(&other), "storage failure");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "INTERNAL",
-                    "internal storage error",
-                )
-            }
+            StorageError::Unavailable(_) | StorageError::OutOfOrder { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORAGE_UNAVAILABLE",
+                "storage is temporarily unavailable",
+            )
+            .with_header(header::RETRY_AFTER, 1)
+            .with_cause(&error),
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal storage error",
+            )
+            .with_cause(&other),
         }
     }
 }
@@ -159,6 +176,14 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             headers.insert(name, value);
         }
-        (self.status, headers, body.to_string()).into_response()
+        let server_error = self.status.is_server_error();
+        let cause = self.cause.or_else(|| server_error.then_some(self.detail));
+        let mut response = (self.status, headers, body.to_string()).into_response();
+        let extensions = response.extensions_mut();
+        extensions.insert(ErrorCode(self.code));
+        if let Some(cause) = cause {
+            extensions.insert(ErrorCause(cause));
+        }
+        response
     }
 }

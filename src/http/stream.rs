@@ -15,6 +15,7 @@ use super::problem::ApiError;
 use super::query::{self, LiveMode};
 use crate::client::{ForwardedHost, Scheme};
 use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
+use crate::metrics::{self, ReadMode};
 use crate::protocol::header::{self as wire, ContentType};
 use crate::protocol::json;
 use crate::protocol::name;
@@ -350,6 +351,7 @@ async fn catch_up(
     from: ReadFrom,
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    metrics::read(ReadMode::CatchUp);
     let result = state.engine.read(entry, from).await?;
     if from == ReadFrom::Now {
         // `offset=now` is a position probe, never cached and without ETag.
@@ -379,6 +381,7 @@ async fn catch_up(
         response.headers_mut().insert(header::ETAG, etag);
         return Ok(response);
     }
+    metrics::read_bytes(ReadMode::CatchUp, result.len());
     let mut response = read_response(entry, &result);
     let out = response.headers_mut();
     out.insert(header::ETAG, etag);

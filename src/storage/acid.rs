@@ -16,11 +16,12 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use super::lock::DirLock;
-use super::queue::{Ack, CommitQueue, Next, fail_all};
+use super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all};
 use super::{
     ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
 };
+use crate::metrics;
 use crate::protocol::producer::ProducerState;
 
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
@@ -139,7 +140,7 @@ impl AcidStorage {
         let shared = Arc::new(Shared {
             path,
             db,
-            queue: CommitQueue::default(),
+            queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             _lock: Some(lock),
         });
@@ -184,7 +185,7 @@ impl AcidStorage {
         let shared = Arc::new(Shared {
             path,
             db,
-            queue: CommitQueue::default(),
+            queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             _lock: None,
         });
@@ -447,7 +448,13 @@ impl Writer {
     fn commit(&mut self, batch: Vec<(Mutation, Ack)>) {
         let before = self.tails.clone();
         let mut accepted = Vec::with_capacity(batch.len());
+        let spans = commit_spans("acid", batch.iter().map(|(_, ack)| ack), batch.len());
+        let started = std::time::Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted);
+        if !accepted.is_empty() {
+            metrics::storage::commit("acid", accepted.len(), started.elapsed());
+        }
+        drop(spans);
         match outcome {
             Ok(()) => {
                 for ack in accepted {

@@ -35,11 +35,12 @@ use bytes::Bytes;
 
 use super::codec::{self, FRAME_HEADER};
 use super::lock::DirLock;
-use super::queue::{Ack, CommitQueue, Next, fail_all, payload_len};
+use super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all, payload_len};
 use super::{
     Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
 };
+use crate::metrics;
 use crate::protocol::producer::ProducerState;
 use crate::storage::ClosedBy;
 
@@ -252,6 +253,10 @@ impl std::fmt::Debug for FileStorage {
     }
 }
 
+fn backend_name(durable: bool) -> &'static str {
+    if durable { "file-durable" } else { "file-fast" }
+}
+
 fn segment_name(number: u32) -> String {
     format!("{number:020}.seg")
 }
@@ -321,7 +326,7 @@ impl FileStorage {
             let (recovered, index, _, _) = replay.finish();
             let shared = Arc::new(Shared {
                 dir: dir.to_path_buf(),
-                queue: CommitQueue::default(),
+                queue: CommitQueue::new(backend_name(options.durable)),
                 index: RwLock::new(
                     index
                         .into_iter()
@@ -364,7 +369,7 @@ impl FileStorage {
         }
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            queue: CommitQueue::default(),
+            queue: CommitQueue::new(backend_name(options.durable)),
             index: RwLock::new(
                 index
                     .into_iter()
@@ -497,11 +502,7 @@ impl FileStorage {
 
 impl Storage for FileStorage {
     fn backend_name(&self) -> &'static str {
-        if self.durable {
-            "file-durable"
-        } else {
-            "file-fast"
-        }
+        backend_name(self.durable)
     }
 
     fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
@@ -966,6 +967,13 @@ impl Writer {
         if written.is_empty() {
             return;
         }
+        let backend = backend_name(self.options.durable);
+        let spans = commit_spans(
+            backend,
+            written.iter().map(|(_, _, ack)| ack),
+            written.len(),
+        );
+        let started = Instant::now();
         if self.active.len > SEGMENT_HEADER
             && self.active.len + buf.len() as u64 > self.options.segment_bytes
             && let Err(error) = self.roll()
@@ -989,6 +997,8 @@ impl Writer {
                 self.unsynced_since = Some(Instant::now());
             }
         }
+        metrics::storage::commit(backend, written.len(), started.elapsed());
+        drop(spans);
         if let Err(error) = result {
             // Cut off whatever part of the batch reached the file so the log
             // ends at the last acknowledged frame.

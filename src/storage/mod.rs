@@ -30,6 +30,7 @@ pub mod codec;
 #[cfg(test)]
 pub mod fault;
 pub mod file;
+pub mod instrumented;
 pub mod lock;
 pub mod memory;
 mod queue;
@@ -47,6 +48,7 @@ use crate::protocol::producer::ProducerState;
 
 pub use acid::AcidStorage;
 pub use file::{FileOptions, FileStorage};
+pub use instrumented::InstrumentedStorage;
 pub use memory::InMemoryStorage;
 
 /// A stream instance's identifier, unique for the life of a store (a stream

@@ -4,17 +4,65 @@
 //! `submit` only appends under a short lock and never blocks on I/O; the
 //! writer drains everything queued since its last commit as one batch, which
 //! is what makes group commit happen.
+//!
+//! Each queued mutation carries the tracing span it was submitted in, so
+//! the writer can show the group commit inside every request's trace
+//! ([`commit_spans`]); the queue depth is published as
+//! `durable_streams_storage_write_queue_depth`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::{Mutation, StorageError, StorageFuture};
+use crate::metrics;
 
 /// Sends the outcome of one mutation back to its caller.
-pub type Ack = oneshot::Sender<Result<(), StorageError>>;
+#[derive(Debug)]
+pub struct Ack {
+    sender: oneshot::Sender<Result<(), StorageError>>,
+    /// The span the mutation was submitted in (disabled when not tracing).
+    span: tracing::Span,
+}
+
+impl Ack {
+    /// Answers the caller; `Err` gives the outcome back if it has gone away.
+    pub fn send(self, outcome: Result<(), StorageError>) -> Result<(), Result<(), StorageError>> {
+        self.sender.send(outcome)
+    }
+}
+
+/// Spans of one group commit: one `storage.commit` child in the span of
+/// every mutation that joined it, all sharing the commit's number, so each
+/// request's trace shows the commit it waited for. Empty when not tracing.
+/// Drop them when the commit is durable.
+pub fn commit_spans<'a>(
+    backend: &'static str,
+    acks: impl Iterator<Item = &'a Ack>,
+    batch: usize,
+) -> Vec<tracing::Span> {
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    let mut spans = Vec::new();
+    let mut number = None;
+    for ack in acks {
+        if ack.span.is_disabled() {
+            continue;
+        }
+        let number = *number.get_or_insert_with(|| COMMITS.fetch_add(1, Ordering::Relaxed));
+        spans.push(tracing::info_span!(
+            parent: &ack.span,
+            "storage.commit",
+            otel.name = "storage commit",
+            ds.storage.backend = backend,
+            ds.storage.commit = number,
+            ds.storage.batch_size = batch,
+        ));
+    }
+    spans
+}
 
 /// What the writer gets from [`CommitQueue::next_batch`].
 pub enum Next {
@@ -33,10 +81,11 @@ struct Inner {
 }
 
 /// An ordered multi-producer queue drained by one writer thread.
-#[derive(Default)]
 pub struct CommitQueue {
     inner: Mutex<Inner>,
     wake: Condvar,
+    /// `durable_streams_storage_write_queue_depth{backend}`, resolved once.
+    depth: ::metrics::Gauge,
 }
 
 /// Payload bytes of a mutation, for batch sizing.
@@ -49,13 +98,26 @@ pub fn payload_len(mutation: &Mutation) -> usize {
 }
 
 impl CommitQueue {
+    /// An empty queue of `backend` (the label of its depth gauge).
+    pub fn new(backend: &'static str) -> Self {
+        Self {
+            inner: Mutex::default(),
+            wake: Condvar::new(),
+            depth: metrics::storage::queue_depth_gauge(backend),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a mutation; the future resolves with the writer's verdict.
     pub fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
-        let (ack, done) = oneshot::channel();
+        let (sender, done) = oneshot::channel();
+        let ack = Ack {
+            sender,
+            span: tracing::Span::current(),
+        };
         {
             let mut inner = self.lock();
             if inner.closed {
@@ -64,6 +126,7 @@ impl CommitQueue {
                 ))));
             }
             inner.items.push_back((mutation, ack));
+            self.depth.set(inner.items.len() as f64);
         }
         self.wake.notify_one();
         Box::pin(async move {
@@ -90,6 +153,7 @@ impl CommitQueue {
                         break;
                     }
                 }
+                self.depth.set(inner.items.len() as f64);
                 return Next::Batch(batch);
             }
             if inner.closed {

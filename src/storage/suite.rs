@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage, Mutation, Storage,
-    StorageError, StreamSpec,
+    AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage, InstrumentedStorage,
+    Mutation, Storage, StorageError, StreamSpec,
 };
 use crate::protocol::producer::ProducerState;
 
@@ -393,5 +393,27 @@ storage_suite!(
 storage_suite!(
     acid,
     |dir| Arc::new(AcidStorage::open(dir).expect("open")),
+    true
+);
+// The metrics wrapper must be invisible: the same suite through it.
+storage_suite!(
+    instrumented_memory,
+    |_| Arc::new(InstrumentedStorage::new(Arc::new(
+        InMemoryStorage::default()
+    ))),
+    false
+);
+storage_suite!(
+    instrumented_file_durable,
+    |dir| Arc::new(InstrumentedStorage::new(Arc::new(
+        FileStorage::open(dir, FileOptions::default()).expect("open")
+    ))),
+    true
+);
+storage_suite!(
+    instrumented_acid,
+    |dir| Arc::new(InstrumentedStorage::new(Arc::new(
+        AcidStorage::open(dir).expect("open")
+    ))),
     true
 );

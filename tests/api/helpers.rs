@@ -693,3 +693,176 @@ pub async fn open_sse(client: &reqwest::Client, url: &str) -> SseReader {
     assert_eq!(header(&response, "content-type"), "text/event-stream");
     SseReader::new(response)
 }
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// A free loopback port: bound, then released for the child to take. The
+/// tiny window in which another process could take it is acceptable here.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a probe port")
+        .local_addr()
+        .expect("probe address")
+        .port()
+}
+
+/// The binary as a child process on a free loopback port, for what is
+/// process-wide: signals, the metrics recorder, the tracing subscriber.
+pub struct ChildServer {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its main listener.
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildServer {
+    /// Starts the binary with only `env` (plus its own bind address) in its
+    /// environment, so no stray `OTEL_*` or `DS_*` variable changes the
+    /// test, and waits until `/readyz` answers `200`.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_durable-streams-server"))
+            .env_clear()
+            .env("DS_SERVER__BIND_ADDRESS", addr.to_string())
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the server binary");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        // Logs go to stdout; startup failures to stderr. Keep both.
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for mut pipe in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let sink = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .expect("log lock")
+                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        let server = Self {
+            child,
+            base_url: format!("http://{addr}"),
+            addr,
+            log,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let probe = client();
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        loop {
+            if let Ok(response) = probe.get(format!("{}/readyz", self.base_url)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never became ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The JSON log lines printed so far (start it with
+    /// `DS_OBSERVABILITY__LOG_FORMAT=json`).
+    pub fn json_log(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// The URL of stream `name` under the default base path.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/v1/stream/{name}", self.base_url)
+    }
+
+    /// Any URL on this server.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("child is running");
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit.
+    pub async fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the server"),
+            Err(_) => panic!("server did not exit within {limit:?}; log:\n{}", self.log()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus text format
+// ---------------------------------------------------------------------------
+
+/// The value of the sample `name{labels}` in a scrape, labels compared as a
+/// set (order and quoting as rendered do not matter).
+pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let mut found: Vec<(String, String)> = Vec::new();
+            let mut rest = series_labels;
+            while !rest.is_empty() {
+                let (key, after) = rest.split_once("=\"")?;
+                // Label values here never contain `"` or `\`.
+                let (value, after) = after.split_once('"')?;
+                found.push((key.to_owned(), value.to_owned()));
+                rest = after.strip_prefix(',').unwrap_or(after);
+            }
+            let wanted: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            (found.len() == wanted.len() && wanted.iter().all(|w| found.contains(w)))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+}

@@ -1,6 +1,7 @@
 //! The project's own HTTP API tests: each spawns the server on a real
-//! socket (in-process, or the real binary for shutdown) and talks to it as
-//! a client would. One module per area of the protocol.
+//! socket (in-process, or the real binary for what is process-wide:
+//! shutdown, metrics, tracing) and talks to it as a client would. One
+//! module per area.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +13,8 @@ mod create;
 mod fork;
 mod limits;
 mod live;
+mod metrics;
+mod otlp;
 mod producer;
 mod proxy;
 mod read;

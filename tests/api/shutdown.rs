@@ -4,116 +4,15 @@
 //! Every wait is bounded, so a server that never lets go fails the test
 //! instead of hanging it.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
 const READERS: usize = 100;
-
-/// The binary as a child process on a free loopback port.
-struct Server {
-    child: Child,
-    base_url: String,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    async fn start() -> Self {
-        // Reserve a free port, then hand it to the child. The tiny window in
-        // which another process could take it is acceptable for a test.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams-server"))
-            .env("DS_SERVER__BIND_ADDRESS", addr.to_string())
-            .env("DS_SERVER__SHUTDOWN_DELAY_SECS", "2")
-            .env("DS_SERVER__DRAIN_TIMEOUT_SECS", "10")
-            .env("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "30")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the server binary");
-        let log = Arc::new(Mutex::new(String::new()));
-        // Logs go to stdout; startup failures to stderr. Keep both.
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for mut pipe in [
-            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(stderr),
-        ] {
-            let sink = log.clone();
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buffer).await {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            });
-        }
-        let server = Self {
-            child,
-            base_url: format!("http://{addr}"),
-            addr,
-            log,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        let probe = client();
-        let deadline = tokio::time::Instant::now() + HANG_GUARD;
-        loop {
-            if let Ok(response) = probe.get(format!("{}/readyz", self.base_url)).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server never became ready; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("{}/v1/stream/{name}", self.base_url)
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().expect("child is running");
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-    }
-}
 
 /// Sends a long-poll on its own connection and returns the socket.
 async fn start_long_poll(addr: std::net::SocketAddr, target: &str) -> TcpStream {
@@ -125,7 +24,13 @@ async fn start_long_poll(addr: std::net::SocketAddr, target: &str) -> TcpStream 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_live_readers_and_exits_cleanly() {
-    let mut server = Server::start().await;
+    let mut server = ChildServer::start(&[
+        ("DS_SERVER__SHUTDOWN_DELAY_SECS", "2"),
+        ("DS_SERVER__DRAIN_TIMEOUT_SECS", "10"),
+        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "30"),
+        ("RUST_LOG", "info"),
+    ])
+    .await;
     let http = client();
     let created = http
         .put(server.url("drain"))
@@ -212,10 +117,7 @@ async fn sigterm_drains_live_readers_and_exits_cleanly() {
         assert!(control.get("streamClosed").is_none(), "{control}");
     }
 
-    let status = tokio::time::timeout(HANG_GUARD, server.child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("server did not exit; log:\n{}", server.log()))
-        .expect("wait for the server");
+    let status = server.exited(HANG_GUARD).await;
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",

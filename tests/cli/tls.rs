@@ -180,6 +180,11 @@ async fn prod_mtls_starts_with_only_the_paths_and_logs_the_client_identity() {
         ("DS_STORAGE__DATA_DIR", "data"),
         ("DS_SERVER__BIND_ADDRESS", bind.as_str()),
         ("DS_SERVER__SHUTDOWN_DELAY_SECS", "0"),
+        // Probes are logged at debug.
+        (
+            "DS_OBSERVABILITY__RUST_LOG",
+            "info,durable_streams_server::access=debug",
+        ),
     ];
     let server = Running::start(dir.path(), &["--profile", "prod-mtls"], &env, addr);
     let alice = ca.client("alice", &["spiffe://example.org/alice"]);
@@ -207,7 +212,7 @@ async fn prod_mtls_starts_with_only_the_paths_and_logs_the_client_identity() {
     let requests = server.wait_for_events("request", 2).await;
     let logged = requests
         .iter()
-        .find(|event| event["path"] == "/healthz")
+        .find(|event| event["route"] == "/healthz")
         .expect("the /healthz request line");
     assert_eq!(logged["identity"], "alice");
     assert_eq!(logged["identity_source"], "certificate");

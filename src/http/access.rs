@@ -1,0 +1,419 @@
+//! The request middleware: HTTP metrics, the request span, and one log line
+//! per request.
+//!
+//! # How live responses count
+//! A request is *in flight* from its arrival until its response head is
+//! sent, and its duration sample and request count are recorded at that
+//! moment:
+//! - a **long-poll** is in flight while it waits (up to the long-poll
+//!   timeout), so its duration reaches the timeout when no data comes;
+//! - an **SSE** request leaves the in-flight gauge as soon as its stream
+//!   starts (its duration is the time to the first byte); the open stream
+//!   is counted by `durable_streams_live_readers{mode="sse"}` instead, and
+//!   nothing is held across its body that would skew the HTTP metrics.
+//!
+//! The log line of a response with a body of known length is written when
+//! the head is sent. A streamed body (SSE) is logged when it ends, with the
+//! bytes actually sent and its whole duration; the request span stays open
+//! until then too. A client that leaves before the head is sent is counted
+//! and logged with status `499`.
+//!
+//! # Log levels
+//! `5xx` at `error`, with the cause chain (logged only here, once); other
+//! answers at `info`; health probes and scrapes (`/healthz`, `/readyz`, the
+//! metrics path) at `debug`. The target is `durable_streams_server::access`,
+//! so `RUST_LOG=info,durable_streams_server::access=warn` keeps only failures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
+use axum::http::{Version, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::problem::{ErrorCause, ErrorCode};
+use crate::client::{ClientAddr, ClientIdentity, Scheme};
+use crate::metrics::{self, InFlight};
+use crate::telemetry::RequestTrace;
+
+/// The log target of request lines.
+pub const ACCESS_TARGET: &str = "durable_streams_server::access";
+
+/// Route label of requests no route matched.
+const UNMATCHED: &str = "unmatched";
+
+/// What the middleware knows from the router.
+#[derive(Debug)]
+pub(crate) struct AccessSettings {
+    /// Routes logged at `debug`: probes and scrapes.
+    pub quiet_routes: Vec<String>,
+    /// Route labels of the router's own routes, found without a lock.
+    pub known_routes: Vec<&'static str>,
+}
+
+impl AccessSettings {
+    fn route_label(&self, template: &str) -> &'static str {
+        self.known_routes
+            .iter()
+            .copied()
+            .find(|known| *known == template)
+            // Nested under an embedder's prefix: interned once per template.
+            .unwrap_or_else(|| metrics::route_label(template))
+    }
+}
+
+/// What the log line and the metrics need, captured on arrival.
+struct Line {
+    started: Instant,
+    method: &'static str,
+    route: &'static str,
+    stream: Option<String>,
+    /// The client: the TCP peer, or the address a trusted proxy named.
+    client: Option<Client>,
+    /// The TCP peer, when a trusted proxy named another client address.
+    peer: Option<IpAddr>,
+    scheme: Scheme,
+    identity: Option<ClientIdentity>,
+    bytes_in: Option<u64>,
+    quiet: bool,
+    span: tracing::Span,
+}
+
+/// The answer, once the head is known.
+struct Answer {
+    status: u16,
+    latency: Duration,
+    code: Option<&'static str>,
+    cause: Option<String>,
+    trace_id: Option<String>,
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl Line {
+    fn log(&self, answer: &Answer, bytes_out: u64) {
+        let duration = self.started.elapsed();
+        self.span.record("http.response.body.size", bytes_out);
+        // Formatted only if the line is enabled.
+        let stream = OrDash(self.stream.as_deref());
+        let client = OrDash(self.client);
+        let identity = OrDash(self.identity.as_ref().map(|id| id.name.as_str()));
+        let identity_source = self.identity.as_ref().map(|id| id.source.as_str());
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: ACCESS_TARGET,
+                    $level,
+                    method = %self.method,
+                    route = %self.route,
+                    stream = %stream,
+                    status = answer.status,
+                    latency_ms = millis(answer.latency),
+                    duration_ms = millis(duration),
+                    bytes_in = self.bytes_in,
+                    bytes_out,
+                    client = %client,
+                    peer = self.peer.map(display),
+                    scheme = self.scheme.as_str(),
+                    identity = %identity,
+                    identity_source,
+                    code = answer.code.map(display),
+                    trace_id = answer.trace_id.as_deref().map(display),
+                    error = answer.cause.as_deref().map(display),
+                    "request"
+                )
+            };
+        }
+        if answer.status >= 500 && !self.quiet {
+            line!(tracing::Level::ERROR);
+        } else if self.quiet {
+            line!(tracing::Level::DEBUG);
+        } else {
+            line!(tracing::Level::INFO);
+        }
+    }
+}
+
+/// Where a request comes from: an address, and the port when the address
+/// is the TCP peer's own (a proxy-reported client has no port we know).
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+impl Client {
+    /// The resolved client of `extensions`, falling back to the TCP peer.
+    fn of(extensions: &axum::http::Extensions) -> (Option<Client>, Option<IpAddr>) {
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        match (extensions.get::<ClientAddr>(), peer) {
+            (Some(ClientAddr(ip)), Some(peer)) if *ip != peer.ip() => (
+                Some(Client {
+                    ip: *ip,
+                    port: None,
+                }),
+                Some(peer.ip()),
+            ),
+            (Some(ClientAddr(ip)), None) => (
+                Some(Client {
+                    ip: *ip,
+                    port: None,
+                }),
+                None,
+            ),
+            (_, Some(peer)) => (
+                Some(Client {
+                    ip: peer.ip(),
+                    port: Some(peer.port()),
+                }),
+                None,
+            ),
+            (None, None) => (None, None),
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
+        }
+    }
+}
+
+/// A log field that shows `-` when absent, so every line has every field.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Counts and logs a request whose client left before the answer.
+struct Pending {
+    line: Option<Line>,
+    _in_flight: InFlight,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            const CLIENT_CLOSED: u16 = 499;
+            let latency = line.started.elapsed();
+            metrics::http_request(line.method, line.route, CLIENT_CLOSED, latency);
+            line.span.record("http.response.status_code", CLIENT_CLOSED);
+            let answer = Answer {
+                status: CLIENT_CLOSED,
+                latency,
+                code: None,
+                cause: None,
+                trace_id: None,
+            };
+            line.log(&answer, 0);
+        }
+    }
+}
+
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "other",
+    }
+}
+
+/// The `http.request` span with the HTTP semantic-convention attributes,
+/// when this request is traced (OTLP on and sampled); else a disabled span,
+/// and none of the request's storage spans are built either.
+fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
+    let parent = match crate::telemetry::request_trace(request.headers()) {
+        RequestTrace::Skip => return tracing::Span::none(),
+        RequestTrace::Trace(parent) => Some(parent),
+        RequestTrace::Unmanaged => None,
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{} {}", line.method, line.route),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = line.method,
+        http.route = line.route,
+        url.path = path,
+        url.scheme = line.scheme.as_str(),
+        network.protocol.version = protocol_version(request.version()),
+        client.address = line.client.map(|c| display(c.ip)),
+        client.port = line.client.and_then(|c| c.port),
+        user_agent.original = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        http.request.body.size = line.bytes_in,
+        http.response.status_code = Empty,
+        http.response.body.size = Empty,
+        error.type = Empty,
+        ds.client.identity = line.identity.as_ref().map(|id| id.name.as_str()),
+    );
+    if !span.is_disabled() {
+        // A missing or malformed traceparent starts a new trace.
+        let parent = parent.unwrap_or_else(|| crate::telemetry::remote_context(request.headers()));
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The middleware: see the [module docs](self).
+pub(crate) async fn observe(
+    State(settings): State<Arc<AccessSettings>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let extensions = request.extensions();
+    let route = extensions
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |matched| settings.route_label(matched.as_str()));
+    let path = extensions
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |original| original.0.path());
+    let stream = route.ends_with("{*name}").then(|| path.to_owned());
+    let (client, peer) = Client::of(extensions);
+    let mut line = Line {
+        started,
+        method: metrics::method_label(request.method()),
+        route,
+        stream,
+        client,
+        peer,
+        scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
+        identity: extensions.get::<ClientIdentity>().cloned(),
+        bytes_in: request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
+        span: tracing::Span::none(),
+    };
+    let path = path.to_owned();
+    line.span = request_span(&request, &line, &path);
+    let span = line.span.clone();
+    let mut pending = Pending {
+        line: Some(line),
+        _in_flight: InFlight::start(),
+    };
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let Some(line) = pending.line.take() else {
+        return response;
+    };
+    drop(pending); // the head is ready: no longer in flight
+    let status = response.status().as_u16();
+    let latency = started.elapsed();
+    metrics::http_request(line.method, line.route, status, latency);
+    span.record("http.response.status_code", status);
+    let extensions = response.extensions_mut();
+    let code = extensions.get::<ErrorCode>().map(|code| code.0);
+    let cause = extensions.remove::<ErrorCause>().map(|cause| cause.0);
+    if status >= 500 {
+        span.record("error.type", status);
+        span.record("otel.status_code", "ERROR");
+    }
+    let answer = Answer {
+        status,
+        latency,
+        code,
+        cause,
+        trace_id: (!span.is_disabled())
+            .then(|| crate::telemetry::trace_id(&span))
+            .flatten(),
+    };
+    match response.body().size_hint().exact() {
+        Some(bytes_out) => {
+            line.log(&answer, bytes_out);
+            response
+        }
+        None => response.map(|body| {
+            Body::new(LoggedBody {
+                inner: body,
+                finish: Some((line, answer)),
+                bytes: 0,
+            })
+        }),
+    }
+}
+
+/// A streamed response body that writes the request's log line when it
+/// ends or is dropped (client gone, server draining).
+struct LoggedBody {
+    inner: Body,
+    finish: Option<(Line, Answer)>,
+    bytes: u64,
+}
+
+impl LoggedBody {
+    fn finish(&mut self) {
+        if let Some((line, answer)) = self.finish.take() {
+            line.log(&answer, self.bytes);
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
