@@ -8,7 +8,12 @@
 #   3. sends some traffic, then asserts through Prometheus's HTTP API that
 #      up == 1 and that durable_streams_http_requests_total and the storage
 #      commit histogram have samples;
-#   4. runs `promtool check metrics` on a scrape (must print nothing).
+#   4. runs `promtool check metrics` on a scrape (must print nothing);
+#   5. checks that every metric of scripts/verify-deploy/metrics-contract.txt
+#      (what the dashboards and alerts may use) is in the scrape with its
+#      type, and that the scrape has no durable_streams_* family the contract
+#      lacks. TLS families (plain HTTP here; tests/api/tls.rs covers them) and
+#      the series Prometheus/kubelet add are skipped.
 # Stops what it started, by PID, on any exit. Exits non-zero on failure.
 #
 # SERVER_BIN overrides the binary (default target/release/durable-streams-server,
@@ -192,5 +197,16 @@ if ! lint="$(promtool check metrics <"$WORK/scrape.txt" 2>&1)" || [[ -n "$lint" 
   fail "promtool check metrics is not clean"
 fi
 echo "ok: promtool check metrics is clean ($(grep -c '^# TYPE' "$WORK/scrape.txt") metric families)"
+
+# --------------------------------------------------------------- contract ---
+CONTRACT=scripts/verify-deploy/metrics-contract.txt
+grep '^# TYPE durable_streams_' "$WORK/scrape.txt" | awk '{print $3, $4}' | sort >"$WORK/exported.txt"
+grep -v '^#' "$CONTRACT" | awk 'NF && $1 ~ /^durable_streams_/ && $1 !~ /^durable_streams_tls_/ {print $1, $2}' \
+  | sort >"$WORK/contract.txt"
+missing="$(comm -13 "$WORK/exported.txt" "$WORK/contract.txt")"
+extra="$(comm -23 "$WORK/exported.txt" "$WORK/contract.txt")"
+[[ -z "$missing" ]] || fail "in $CONTRACT but not exported (or of another type): $missing"
+[[ -z "$extra" ]] || fail "exported but not in $CONTRACT (add it there): $extra"
+echo "ok: the scrape matches $CONTRACT ($(wc -l <"$WORK/contract.txt") families)"
 
 echo "prometheus-check: passed"

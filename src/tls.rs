@@ -13,7 +13,7 @@
 //!
 //! # Metrics
 //! Recorded through the `metrics` facade (a no-op until a recorder is
-//! installed): `durable_streams_tls_handshakes_total`,
+//! installed; names in [`crate::metrics::name`]): `durable_streams_tls_handshakes_total`,
 //! `durable_streams_tls_handshake_failures_total{reason}`,
 //! `durable_streams_tls_reloads_total{outcome="success"|"failure"}` and
 //! `durable_streams_tls_certificate_not_after_timestamp_seconds`.
@@ -34,19 +34,6 @@ use crate::config::{AlpnProtocol, HttpVersion, TlsVersion, TransportConfig, Tran
 /// Larger files are refused: no certificate bundle is this big, and a path
 /// such as `/dev/zero` must not hang the start.
 const MAX_PEM_BYTES: u64 = 1 << 20;
-
-/// Metric names, fixed here so the dashboards and alerts can rely on them.
-pub mod metric {
-    /// Counter: TLS handshakes completed.
-    pub const HANDSHAKES: &str = "durable_streams_tls_handshakes_total";
-    /// Counter with label `reason`: TLS handshakes that failed.
-    pub const HANDSHAKE_FAILURES: &str = "durable_streams_tls_handshake_failures_total";
-    /// Counter with label `outcome` (`success`, `failure`): material reloads.
-    pub const RELOADS: &str = "durable_streams_tls_reloads_total";
-    /// Gauge: the serving certificate's notAfter, in Unix seconds.
-    pub const CERTIFICATE_NOT_AFTER: &str =
-        "durable_streams_tls_certificate_not_after_timestamp_seconds";
-}
 
 /// The kind of PEM block a file must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::material::{self, CertificateInfo, Material};
-use super::{TlsError, TlsSettings, metric};
+use super::{TlsError, TlsSettings};
 use crate::client::TlsSession;
 use crate::config::HttpVersion;
+use crate::metrics::name as metric;
 
 /// How long a client may take to complete the handshake. Slow or silent
 /// clients must not hold a connection slot forever.
@@ -85,7 +86,8 @@ impl Acceptor {
             config,
             certificate,
         } = material::build(&settings, &files, unix_now())?;
-        metrics::gauge!(metric::CERTIFICATE_NOT_AFTER).set(certificate.not_after as f64);
+        metrics::gauge!(metric::TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS)
+            .set(certificate.not_after as f64);
         let fingerprint = super::reload::fingerprint(&files);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -175,12 +177,12 @@ impl Acceptor {
             };
         match result {
             Ok(stream) => {
-                metrics::counter!(metric::HANDSHAKES).increment(1);
+                metrics::counter!(metric::TLS_HANDSHAKES_TOTAL).increment(1);
                 let session = session(&stream);
                 Ok((stream, session))
             }
             Err(error) => {
-                metrics::counter!(metric::HANDSHAKE_FAILURES, "reason" => error.reason())
+                metrics::counter!(metric::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => error.reason())
                     .increment(1);
                 Err(error)
             }

@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 
 use super::acceptor::{Acceptor, unix_now};
 use super::material::{self, CertificateInfo};
-use super::{TlsError, TlsFiles, metric};
+use super::{TlsError, TlsFiles};
+use crate::metrics::name as metric;
 use crate::shutdown::ShutdownToken;
 
 /// How the reloader paces itself.
@@ -113,8 +114,9 @@ impl Acceptor {
                 let certificate = material.certificate.clone();
                 self.install(material);
                 self.shared.successes.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric::RELOADS, "outcome" => "success").increment(1);
-                metrics::gauge!(metric::CERTIFICATE_NOT_AFTER).set(certificate.not_after as f64);
+                metrics::counter!(metric::TLS_RELOADS_TOTAL, "outcome" => "success").increment(1);
+                metrics::gauge!(metric::TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS)
+                    .set(certificate.not_after as f64);
                 tracing::info!(
                     subject = %certificate.subject,
                     serial = %certificate.serial,
@@ -130,7 +132,7 @@ impl Acceptor {
                 }
                 state.last_seen = Some(seen);
                 self.shared.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric::RELOADS, "outcome" => "failure").increment(1);
+                metrics::counter!(metric::TLS_RELOADS_TOTAL, "outcome" => "failure").increment(1);
                 let serving = self.certificate();
                 tracing::error!(
                     error = %error,
