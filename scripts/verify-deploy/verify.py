@@ -1158,8 +1158,11 @@ def container_image_from_binary(verifier: Verifier, podman: str, binary: Path) -
 
 
 def run_image_probes(verifier: Verifier, podman: str, image: str) -> str:
-    """Runs the image read-only as in the chart and asks /healthz and /readyz."""
+    """Runs the image read-only as in the chart and asks /healthz and /readyz
+    on the API port and, as the chart's kubelet probes do, on the separate
+    plain metrics/probe port, which also serves /metrics."""
     port = free_port()
+    metrics_port = free_port()
     name = f"verify-deploy-{os.getpid()}"
     # Sandboxes often refuse to raise rlimits or to use crun's cgroup
     # setup; modest rlimits and runc (when installed) work in more places.
@@ -1169,6 +1172,7 @@ def run_image_probes(verifier: Verifier, podman: str, image: str) -> str:
         "--ulimit=nofile=4096:4096", "--ulimit=nproc=4096:4096", "--read-only", "--cap-drop=ALL",
         "--security-opt=no-new-privileges", "--user=10001:10001", "--tmpfs=/var/lib/durable-streams:rw,U",
         "-e", f"DS_SERVER__BIND_ADDRESS=127.0.0.1:{port}", "-e", "DS_PROFILE=prod",
+        "-e", f"DS_OBSERVABILITY__METRICS__BIND_ADDRESS=127.0.0.1:{metrics_port}",
         image,
     ]
     result = verifier.run(args)
@@ -1177,19 +1181,21 @@ def run_image_probes(verifier: Verifier, podman: str, image: str) -> str:
     try:
         answers = {}
         deadline = time.monotonic() + 30
-        for path in ("/healthz", "/readyz"):
+        probes = [(port, "/healthz"), (port, "/readyz"), (metrics_port, "/healthz"), (metrics_port, "/readyz"), (metrics_port, "/metrics")]
+        for probe_port, path in probes:
             while True:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-                        answers[path] = response.status
+                    with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}{path}", timeout=2) as response:
+                        answers[(probe_port, path)] = response.status
                         break
                 except Exception as error:  # noqa: BLE001
                     if time.monotonic() > deadline:
                         logs = verifier.run([podman, "logs", name])
-                        raise CheckFailed([f"{path} did not answer 200 from the container: {error}", *(logs.stdout + logs.stderr).strip().splitlines()[-5:]]) from None
+                        raise CheckFailed([f"{path} on port {probe_port} did not answer 200 from the container: {error}", *(logs.stdout + logs.stderr).strip().splitlines()[-5:]]) from None
                     time.sleep(0.3)
         inspect = verifier.run([podman, "inspect", "--format", "{{.Config.User}}", image])
-        return f"image from the local binary (scratch, read-only root, UID {inspect.stdout.strip()}, prod profile): /healthz {answers['/healthz']}, /readyz {answers['/readyz']}"
+        shown = ", ".join(f"{'api' if p == port else 'probe port'} {path} {status}" for (p, path), status in answers.items())
+        return f"image from the local binary (scratch, read-only root, UID {inspect.stdout.strip()}, prod profile): {shown}"
     finally:
         verifier.run([podman, "stop", "-t", "10", name])
         verifier.run([podman, "rm", "-f", "--ignore", name])
