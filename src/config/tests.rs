@@ -749,6 +749,37 @@ fn the_metrics_listener_must_differ_from_the_main_one_unless_both_are_ephemeral(
 }
 
 #[test]
+fn the_metrics_path_may_not_hide_a_probe_or_a_stream() {
+    for path in ["/healthz", "/readyz/", "/v1/stream", "/v1/stream/metrics"] {
+        let errors = validate_env(&[("DS_OBSERVABILITY__METRICS__PATH", path)], "default");
+        assert_eq!(errors.len(), 1, "{path}: {}", messages(&errors));
+        assert_eq!(errors[0].key.as_deref(), Some("observability.metrics.path"));
+    }
+    for path in ["/metrics", "/v1/streams-metrics", "/internal/metrics"] {
+        let errors = validate_env(&[("DS_OBSERVABILITY__METRICS__PATH", path)], "default");
+        assert!(errors.is_empty(), "{path}: {}", messages(&errors));
+    }
+}
+
+#[test]
+fn an_otlp_endpoint_must_be_an_http_url_with_a_host() {
+    for endpoint in ["http://", "http://a b:4317", "otel:4317", "ftp://otel:21"] {
+        let errors = validate_env(
+            &[
+                ("DS_OBSERVABILITY__OTLP__ENABLED", "true"),
+                ("DS_OBSERVABILITY__OTLP__ENDPOINT", endpoint),
+            ],
+            "default",
+        );
+        assert_eq!(errors.len(), 1, "{endpoint}: {}", messages(&errors));
+        assert_eq!(
+            errors[0].key.as_deref(),
+            Some("observability.otlp.endpoint")
+        );
+    }
+}
+
+#[test]
 fn every_shipped_file_parses_without_unknown_keys() {
     for entry in std::fs::read_dir(shipped_dir()).expect("config dir") {
         let path = entry.expect("entry").path();

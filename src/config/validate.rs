@@ -464,6 +464,33 @@ impl Checker<'_> {
                 ),
                 "use a path such as /metrics".into(),
             );
+        } else if ["/healthz", "/readyz"].contains(&metrics.path.trim_end_matches('/')) {
+            self.error(
+                "observability.metrics.path",
+                format!(
+                    "`observability.metrics.path` = {:?} is the path of a health probe",
+                    metrics.path
+                ),
+                "use a path such as /metrics".into(),
+            );
+        } else {
+            let base = self
+                .config
+                .http
+                .stream_base_path
+                .trim()
+                .trim_end_matches('/');
+            if metrics.path == base || metrics.path.starts_with(&format!("{base}/")) {
+                self.error(
+                    "observability.metrics.path",
+                    format!(
+                        "`observability.metrics.path` = {:?} is inside `http.stream_base_path` \
+                         = {:?}, where it would hide a stream",
+                        metrics.path, self.config.http.stream_base_path
+                    ),
+                    "use a path outside the stream base path, such as /metrics".into(),
+                );
+            }
         }
         if let Some(address) = &metrics.bind_address {
             if !is_host_port(address) {
@@ -497,9 +524,7 @@ impl Checker<'_> {
                 "use a fraction between 0.0 (no traces) and 1.0 (every trace)".into(),
             );
         }
-        if otlp.enabled
-            && !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://"))
-        {
+        if otlp.enabled && !crate::telemetry::is_http_url(&otlp.endpoint) {
             self.error(
                 "observability.otlp.endpoint",
                 format!(

@@ -82,6 +82,24 @@ fn protocol(config: &OtlpConfig) -> Result<OtlpProtocol, TelemetryError> {
     }
 }
 
+/// The exporter would panic or retry forever on an endpoint variable that
+/// is not a URL: refuse it at startup, naming the variable.
+fn check_endpoint_variables() -> Result<(), TelemetryError> {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(value) = env(variable)
+            && !super::is_http_url(&value)
+        {
+            return Err(TelemetryError::Otlp(format!(
+                "{variable} = {value:?} is not an http:// or https:// URL"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The endpoint to set, or `None` when an `OTEL_EXPORTER_OTLP_*ENDPOINT`
 /// variable is set (the exporter reads it, appending `/v1/traces` to the
 /// generic one for HTTP).
@@ -150,6 +168,7 @@ impl Pipeline {
     /// Builds the exporter, its runtime thread and the tracer provider.
     pub(super) fn start(config: &OtlpConfig) -> Result<(Self, SdkTracer), TelemetryError> {
         let protocol = protocol(config)?;
+        check_endpoint_variables()?;
         let endpoint = endpoint(config, protocol);
         let timeout = export_timeout();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -163,7 +182,15 @@ impl Pipeline {
             // The gRPC channel spawns its connection task on the runtime it
             // is built in: build it in the export runtime.
             let _entered = handle.enter();
-            build_exporter(protocol, endpoint, timeout)?
+            build_exporter(protocol, endpoint, timeout)
+        };
+        let exporter = match exporter {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                // Dropping a runtime inside the server's own runtime panics.
+                runtime.shutdown_background();
+                return Err(error);
+            }
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

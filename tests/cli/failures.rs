@@ -154,6 +154,26 @@ fn tls_mode_without_a_certificate_fails_validation() {
 }
 
 #[test]
+fn an_otlp_endpoint_variable_that_is_no_url_fails_in_init_telemetry() {
+    let dir = temp();
+    let run = run(
+        dir.path(),
+        &[],
+        &[
+            ("DS_OBSERVABILITY__OTLP__ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
+        ],
+    );
+    let line = run.failed("init_telemetry", 5);
+    assert!(
+        line.contains(
+            "OTEL_EXPORTER_OTLP_ENDPOINT = \"not-a-url\" is not an http:// or https:// URL"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
 fn an_unreadable_key_fails_in_load_tls() {
     let dir = temp();
     write(dir.path(), "tls/tls.crt", &pem("CERTIFICATE"));
