@@ -179,6 +179,129 @@ fn json_payload(size: usize) -> Bytes {
     ))
 }
 
+/// A keep-alive HTTP/1.1 connection driven by hand: one request in flight,
+/// no header maps or pools. Appends use it so that the load generator,
+/// which shares the machine with the server, costs as little as possible.
+struct RawConnection {
+    authority: String,
+    stream: Option<tokio::net::TcpStream>,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    fn new(url: &str) -> (Self, String) {
+        let rest = url
+            .strip_prefix("http://")
+            .unwrap_or_else(|| fail!("only http:// URLs: {url}"));
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        (
+            Self {
+                authority: authority.to_owned(),
+                stream: None,
+                buffer: Vec::with_capacity(4096),
+            },
+            path.to_owned(),
+        )
+    }
+
+    /// Head of a POST of `len` bytes to `path`, with extra header lines.
+    fn post_head(&self, path: &str, content_type: &str, len: usize, extra: &str) -> Vec<u8> {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n{extra}\r\n",
+            self.authority
+        )
+        .into_bytes()
+    }
+
+    /// Sends one request and returns the response status (the body is read
+    /// and dropped). Reconnects once if the server closed the connection.
+    async fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::AsyncWriteExt as _;
+        for attempt in 0..2 {
+            if self.stream.is_none() {
+                let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+                stream.set_nodelay(true)?;
+                self.stream = Some(stream);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            let written = async {
+                stream.write_all(head).await?;
+                stream.write_all(body).await
+            }
+            .await;
+            let outcome = match written {
+                Ok(()) => self.read_response().await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok((status, keep)) => {
+                    if !keep {
+                        self.stream = None;
+                    }
+                    return Ok(status);
+                }
+                Err(error) if attempt == 0 => {
+                    let _ = error;
+                    self.stream = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(std::io::Error::other("unreachable"))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("not connected"))?;
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads one response: (status, whether the connection stays open).
+    async fn read_response(&mut self) -> std::io::Result<(u16, bool)> {
+        self.buffer.clear();
+        let head_end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).to_ascii_lowercase();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| std::io::Error::other("bad status line"))?;
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let keep = header("connection:").is_none_or(|v| v != "close");
+        if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buffer.len() < head_end + len {
+                self.fill().await?;
+            }
+        } else if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+            while !self.buffer[head_end..].ends_with(b"0\r\n\r\n") {
+                self.fill().await?;
+            }
+        }
+        Ok((status, keep))
+    }
+}
+
 async fn append_load(args: &Args) -> Value {
     let root = stream_root(args);
     let streams = num(args, "streams", 1).max(1);
@@ -209,8 +332,7 @@ async fn append_load(args: &Args) -> Value {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..connections {
-        let (client, target, payload, done, errors, first_error) = (
-            client.clone(),
+        let (target, payload, done, errors, first_error) = (
             targets[worker as usize % targets.len()].clone(),
             payload.clone(),
             done.clone(),
@@ -221,25 +343,25 @@ async fn append_load(args: &Args) -> Value {
             let mut latencies = Vec::new();
             let mut seq = 0u64;
             let producer_id = format!("w{worker}");
+            let (mut connection, path) = RawConnection::new(&target);
+            let plain_head = connection.post_head(&path, content_type, payload.len(), "");
             while Instant::now() < deadline {
-                let mut request = client
-                    .post(&target)
-                    .header("content-type", content_type)
-                    .body(payload.clone());
-                if producer {
-                    request = request
-                        .header("producer-id", &producer_id)
-                        .header("producer-epoch", "0")
-                        .header("producer-seq", seq.to_string());
-                }
+                let head = if producer {
+                    connection.post_head(
+                        &path,
+                        content_type,
+                        payload.len(),
+                        &format!(
+                            "Producer-Id: {producer_id}\r\nProducer-Epoch: 0\r\nProducer-Seq: {seq}\r\n"
+                        ),
+                    )
+                } else {
+                    plain_head.clone()
+                };
                 let sent = Instant::now();
-                let outcome = match request.send().await {
-                    Ok(response) if response.status().is_success() => {
-                        // Drain the (empty) body so the connection is reused.
-                        let _ = response.bytes().await;
-                        Ok(())
-                    }
-                    Ok(response) => Err(format!("POST: {}", response.status())),
+                let outcome = match connection.send(&head, &payload).await {
+                    Ok(status) if (200..300).contains(&status) => Ok(()),
+                    Ok(status) => Err(format!("POST: {status}")),
                     Err(error) => Err(format!("POST: {error}")),
                 };
                 match outcome {
@@ -271,7 +393,10 @@ async fn append_load(args: &Args) -> Value {
     let count = done.load(Ordering::Relaxed);
     let rate = count as f64 / elapsed;
     let errors = errors.load(Ordering::Relaxed);
-    let first_error = first_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let first_error = first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     say!(
         "append: {count} appends in {elapsed:.2}s = {rate:.0}/s ({:.2} MB/s), p50 {:.2} ms, p99 {:.2} ms, errors {errors}{}",
         rate * size as f64 / 1e6,
@@ -359,7 +484,10 @@ async fn read_load(args: &Args) -> Value {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let up_to_date = response.headers().contains_key("stream-up-to-date");
-            let body = response.bytes().await.unwrap_or_else(|e| fail!("body: {e}"));
+            let body = response
+                .bytes()
+                .await
+                .unwrap_or_else(|e| fail!("body: {e}"));
             pass_bytes += body.len() as u64;
             reads += 1;
             match next {
@@ -603,8 +731,12 @@ async fn rss_streams(args: &Args) -> Value {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (client, targets, record, next) =
-            (client.clone(), targets.clone(), record.clone(), next.clone());
+        let (client, targets, record, next) = (
+            client.clone(),
+            targets.clone(),
+            record.clone(),
+            next.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);

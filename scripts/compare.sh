@@ -65,7 +65,7 @@ echo "== building this server and the load tool (release)"
 cargo build --release --locked --quiet --bin durable-streams-server
 OURS="$REPO_ROOT/target/release/durable-streams-server"
 LOAD="$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+  grep '"name":"load"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
 [[ -x "$LOAD" ]] || { echo "could not build the load tool" >&2; exit 1; }
 
 # -------------------------------------------------------------- installs ---

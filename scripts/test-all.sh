@@ -2,7 +2,8 @@
 # The project's single test command:
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
-#   3. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
+#   3. a tiny smoke run of the load tool against this server (scripts/compare.sh --smoke)
+#   3b. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
 #      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
 #      which breaks copies of the bundle and expects each break to be caught
 #   4. the official Durable Streams conformance suite against the release binary
@@ -52,6 +53,10 @@ cargo build --release --locked
 failed_steps=()
 section "cargo test --release --locked"
 cargo test --release --locked || failed_steps+=("cargo test")
+
+# ------------------------------------------------------------- load tool ---
+section "load tool smoke run (scripts/compare.sh --smoke)"
+scripts/compare.sh --smoke --out target/compare-smoke || failed_steps+=("load tool smoke")
 
 # ---------------------------------------------------------- deploy bundle ---
 section "deploy bundle (scripts/verify-deploy.sh)"
