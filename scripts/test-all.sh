@@ -2,12 +2,13 @@
 # The project's single test command:
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
-#   3. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
+#   3. a tiny smoke run of the load tool against this server (scripts/compare.sh --smoke)
+#   4. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
 #      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
 #      which breaks copies of the bundle and expects each break to be caught
-#   4. a real Prometheus scraping the release binary, and promtool's lint of
+#   5. a real Prometheus scraping the release binary, and promtool's lint of
 #      the scrape (scripts/prometheus-check.sh)
-#   5. the official Durable Streams conformance suite against the release binary
+#   6. the official Durable Streams conformance suite against the release binary
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
 # Installs missing tools (Node.js, npm, curl, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
@@ -54,6 +55,10 @@ cargo build --release --locked
 failed_steps=()
 section "cargo test --release --locked"
 cargo test --release --locked || failed_steps+=("cargo test")
+
+# ------------------------------------------------------------- load tool ---
+section "load tool smoke run (scripts/compare.sh --smoke)"
+scripts/compare.sh --smoke --out target/compare-smoke || failed_steps+=("load tool smoke")
 
 # ---------------------------------------------------------- deploy bundle ---
 section "deploy bundle (scripts/verify-deploy.sh)"

@@ -3,7 +3,8 @@
 //! Both wait on the stream's committed-state signal, never poll storage, and
 //! select on the shutdown token so a draining server releases them at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -124,6 +125,7 @@ pub(super) async fn sse(
     metrics::read(ReadMode::Sse);
     let session = SseSession {
         _reader: LiveReader::start(ReadMode::Sse),
+        fanout: Fanout::of(&entry),
         engine: state.engine.clone(),
         json: entry.content_type().is_json(),
         entry,
@@ -167,6 +169,7 @@ pub(super) async fn sse(
 struct SseSession {
     /// Counts the connection in `durable_streams_live_readers{mode="sse"}`.
     _reader: LiveReader,
+    fanout: Arc<Fanout>,
     engine: Engine,
     entry: Arc<StreamEntry>,
     signal: watch::Receiver<Signal>,
@@ -214,39 +217,10 @@ impl SseSession {
                 self.finished = true;
                 return None;
             }
-            let mut out = Vec::new();
             if self.position < snapshot.tail {
-                match self
-                    .engine
-                    .read_at(&self.entry, self.position, snapshot)
-                    .await
-                {
-                    Ok(result) => {
-                        let count = result.records.len();
-                        metrics::sse_events(count);
-                        metrics::read_bytes(ReadMode::Sse, result.len());
-                        for (index, record) in result.records.iter().enumerate() {
-                            self.push_data(&mut out, record);
-                            self.position += record.len() as u64;
-                            let last = index + 1 == count;
-                            let at_tail = last && result.up_to_date;
-                            let closed = at_tail && result.closed;
-                            self.control(&mut out, at_tail, closed);
-                            if closed {
-                                self.finished = true;
-                            }
-                        }
-                        self.position = self.position.max(result.next);
-                        self.announced = true;
-                        return Some(Bytes::from(out));
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "SSE read failed; ending the stream");
-                        self.finished = true;
-                        return None;
-                    }
-                }
+                return self.data_chunk(snapshot).await;
             }
+            let mut out = Vec::new();
             if snapshot.closed {
                 self.control(&mut out, true, true);
                 self.finished = true;
@@ -290,6 +264,85 @@ impl SseSession {
         }
     }
 
+    /// The data events (each followed by its control event) from the
+    /// session's position up to `snapshot`'s tail.
+    ///
+    /// Subscribers of a stream mostly wait at the same position and wake on
+    /// the same append: the first one to get there reads and encodes, and
+    /// the others send the same bytes ([`Fanout`]). Output is a function of
+    /// the key (position, committed tail, closed flag, cursor), so a shared
+    /// chunk is exactly what this session would have encoded.
+    async fn data_chunk(&mut self, snapshot: Signal) -> Option<Bytes> {
+        let key = ChunkKey {
+            start: self.position,
+            tail: snapshot.tail,
+            closed: snapshot.closed,
+            cursor: self.cursor(),
+        };
+        if let Some(shared) = self.fanout.get(&key) {
+            metrics::sse_events(shared.events);
+            metrics::read_bytes(ReadMode::Sse, shared.payload);
+            self.position = shared.next;
+            self.finished = shared.finished;
+            self.announced = true;
+            return Some(shared.bytes);
+        }
+        let result = match self
+            .engine
+            .read_at(&self.entry, self.position, snapshot)
+            .await
+        {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(error = %error, "SSE read failed; ending the stream");
+                self.finished = true;
+                return None;
+            }
+        };
+        let count = result.records.len();
+        metrics::sse_events(count);
+        metrics::read_bytes(ReadMode::Sse, result.len());
+        // Payload plus its framing, and about 100 bytes per control event.
+        let mut out = Vec::with_capacity(result.len() * 4 / 3 + count * 128 + 16);
+        for (index, record) in result.records.iter().enumerate() {
+            self.push_data(&mut out, record);
+            self.position += record.len() as u64;
+            let last = index + 1 == count;
+            let at_tail = last && result.up_to_date;
+            let closed = at_tail && result.closed;
+            self.control_with(&mut out, key.cursor, at_tail, closed);
+            if closed {
+                self.finished = true;
+            }
+        }
+        self.position = self.position.max(result.next);
+        self.announced = true;
+        let bytes = Bytes::from(out);
+        self.fanout.put(
+            key,
+            SharedChunk {
+                bytes: bytes.clone(),
+                next: self.position,
+                finished: self.finished,
+                events: count,
+                payload: result.len(),
+            },
+        );
+        Some(bytes)
+    }
+
+    fn control_with(&self, out: &mut Vec<u8>, cursor: u64, up_to_date: bool, closed: bool) {
+        sse::push_control_event(
+            out,
+            &Control {
+                next_offset: Offset(self.position),
+                cursor: (!closed).then_some(cursor),
+                up_to_date,
+                closed,
+            },
+        );
+    }
+
     fn push_data(&self, out: &mut Vec<u8>, record: &Bytes) {
         if self.json {
             let wrapped = crate::protocol::json::wrap_array([record.as_ref()], record.len());
@@ -300,5 +353,86 @@ impl SseSession {
         } else {
             sse::push_data_event(out, record);
         }
+    }
+}
+
+/// What determines an encoded chunk of SSE data events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChunkKey {
+    start: u64,
+    tail: u64,
+    closed: bool,
+    cursor: u64,
+}
+
+/// An encoded chunk and where it leaves the session.
+#[derive(Clone, Debug)]
+struct SharedChunk {
+    bytes: Bytes,
+    next: u64,
+    finished: bool,
+    /// Data events in `bytes` (each with its control event), for the metrics.
+    events: usize,
+    /// Payload bytes in `bytes`, for the metrics.
+    payload: usize,
+}
+
+/// The last encoded chunk of one stream instance, shared by its SSE
+/// sessions, so an append fanned out to N subscribers is read and encoded
+/// once and handed to all of them as the same [`Bytes`].
+#[derive(Debug)]
+struct Fanout {
+    /// The stream instance this belongs to (checked on lookup: addresses are
+    /// reused once an instance is gone).
+    entry: Weak<StreamEntry>,
+    last: Mutex<Option<(ChunkKey, SharedChunk)>>,
+}
+
+/// Live fan-outs by stream instance address. Weak, so a fan-out lives as
+/// long as one of its sessions; dead slots are swept as the map grows.
+static FANOUTS: LazyLock<Mutex<FanoutMap>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct FanoutMap {
+    slots: HashMap<usize, Weak<Fanout>>,
+    /// Sweep dead slots when the map reaches this size.
+    sweep_at: usize,
+}
+
+impl Fanout {
+    /// The fan-out of `entry`, created for its first SSE session.
+    fn of(entry: &Arc<StreamEntry>) -> Arc<Self> {
+        let key = Arc::as_ptr(entry) as usize;
+        let mut map = FANOUTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = map.slots.get(&key).and_then(Weak::upgrade)
+            && existing
+                .entry
+                .upgrade()
+                .is_some_and(|live| Arc::ptr_eq(&live, entry))
+        {
+            return existing;
+        }
+        let fanout = Arc::new(Fanout {
+            entry: Arc::downgrade(entry),
+            last: Mutex::new(None),
+        });
+        if map.slots.len() >= map.sweep_at {
+            map.slots.retain(|_, slot| slot.strong_count() > 0);
+            map.sweep_at = (map.slots.len() * 2).max(64);
+        }
+        map.slots.insert(key, Arc::downgrade(&fanout));
+        fanout
+    }
+
+    fn get(&self, key: &ChunkKey) -> Option<SharedChunk> {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((cached, chunk)) if cached == key => Some(chunk.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: ChunkKey, chunk: SharedChunk) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, chunk));
     }
 }
