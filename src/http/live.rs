@@ -300,7 +300,8 @@ impl SseSession {
             }
         };
         let count = result.records.len();
-        metrics::sse_events(count);
+        // Each data event is followed by its control event.
+        metrics::sse_events(2 * count);
         metrics::read_bytes(ReadMode::Sse, result.len());
         // Payload plus its framing, and about 100 bytes per control event.
         let mut out = Vec::with_capacity(result.len() * 4 / 3 + count * 128 + 16);
@@ -324,7 +325,7 @@ impl SseSession {
                 bytes: bytes.clone(),
                 next: self.position,
                 finished: self.finished,
-                events: count,
+                events: 2 * count,
                 payload: result.len(),
             },
         );
@@ -371,7 +372,7 @@ struct SharedChunk {
     bytes: Bytes,
     next: u64,
     finished: bool,
-    /// Data events in `bytes` (each with its control event), for the metrics.
+    /// SSE events in `bytes` (data and control), for the metrics.
     events: usize,
     /// Payload bytes in `bytes`, for the metrics.
     payload: usize,
