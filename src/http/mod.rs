@@ -7,6 +7,8 @@ pub mod problem;
 mod query;
 mod stream;
 
+pub(crate) use stream::PublicOrigin;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,13 +127,29 @@ pub fn build_router_with_ready(
             config.storage.expiry_sweep_interval_secs.max(1),
         ));
     }
+    let subscriptions = config.subscriptions.enabled.then(|| {
+        crate::subscriptions::Subscriptions::start(
+            engine.clone(),
+            crate::subscriptions::SubscriptionSettings::from_config(config),
+            shutdown.clone(),
+        )
+    });
     let state = AppState {
         engine,
         settings: Arc::new(settings),
         shutdown,
     };
     let ready = readiness.clone();
-    let router = Router::new()
+    let mut router = Router::new();
+    if let Some(subscriptions) = subscriptions {
+        // The reserved control space (spec §6–7), matched before streams.
+        let control = format!("{}/__ds/{{*rest}}", settings_base(&state));
+        router = router.route(
+            &control,
+            any(crate::subscriptions::http::dispatch).with_state(subscriptions),
+        );
+    }
+    let router = router
         .route(&route, any(stream::dispatch))
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -159,6 +177,10 @@ pub fn build_router_with_ready(
         crate::proxy::with_client_context(router, &config.proxy),
         readiness,
     )
+}
+
+fn settings_base(state: &AppState) -> &str {
+    &state.settings.base_path
 }
 
 fn normalise_base_path(raw: &str) -> String {

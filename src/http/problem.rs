@@ -18,6 +18,8 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// RFC 9457 extension members added to the body.
+    extensions: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -28,7 +30,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            extensions: Vec::new(),
         }
+    }
+
+    /// Adds an extension member (RFC 9457 §3.2) to the body.
+    pub(crate) fn with_extension(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.extensions.push((name, value));
+        self
     }
 
     /// `400` for a malformed request.
@@ -143,13 +152,16 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
             "status": self.status.as_u16(),
             "code": self.code,
             "detail": self.detail,
         });
+        for (name, value) in self.extensions {
+            body[name] = value;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,

@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 use super::codec::{self, FRAME_HEADER};
 use super::lock::DirLock;
+use super::metadata::MetadataDir;
 use super::queue::{Ack, CommitQueue, Next, fail_all, payload_len};
 use super::{
     Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
@@ -241,6 +242,7 @@ pub struct FileStorage {
     shared: Arc<Shared>,
     _writer: Option<Arc<WriterHandle>>,
     durable: bool,
+    metadata: Arc<MetadataDir>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -338,6 +340,7 @@ impl FileStorage {
                 shared,
                 _writer: None,
                 durable: options.durable,
+                metadata: MetadataDir::new(dir, options.durable, true),
             });
         }
         let active_number = files.keys().next_back().copied().unwrap_or(1);
@@ -403,6 +406,7 @@ impl FileStorage {
             })),
             shared,
             durable,
+            metadata: MetadataDir::new(dir, durable, false),
         })
     }
 
@@ -543,6 +547,14 @@ impl Storage for FileStorage {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        self.metadata.put(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        self.metadata.load()
     }
 }
 
