@@ -180,11 +180,11 @@ impl Storage for FaultyStorage {
         self.inner.recover()
     }
 
-    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+    fn put_metadata(&self, key: &str, value: Option<bytes::Bytes>) -> StorageFuture<()> {
         self.inner.put_metadata(key, value)
     }
 
-    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+    fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
         self.inner.metadata()
     }
 }

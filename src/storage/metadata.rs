@@ -3,9 +3,10 @@
 //! leases, the generated webhook signing key).
 //!
 //! Writes are rare (a subscription changes, a lease is claimed) and values
-//! small, so the file backends keep one file per key, replaced atomically
-//! (write a temporary file, `fdatasync` it in durable mode, rename it over
-//! the old one, fsync the directory). The memory backend keeps a map; the
+//! small, so the file backends keep one file per key, named by the SHA-256
+//! of the key and holding `CRC32C (4 bytes LE) | key length (4 bytes LE) |
+//! key | value`, replaced atomically (write a temporary file, `fdatasync` it
+//! in durable mode, rename it over the old one, fsync the directory). The memory backend keeps a map; the
 //! acid backend a redb table (see [`super::acid`]).
 
 use std::collections::BTreeMap;
@@ -135,8 +136,9 @@ impl MetadataDir {
     }
 
     fn path_of(&self, key: &str, suffix: &str) -> PathBuf {
-        let mut name = String::with_capacity(key.len() * 2 + suffix.len());
-        for byte in key.as_bytes() {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut name = String::with_capacity(64 + suffix.len());
+        for byte in digest.as_ref() {
             name.push_str(&format!("{byte:02x}"));
         }
         name.push_str(suffix);
@@ -165,9 +167,7 @@ impl MetadataDir {
             .truncate(true)
             .open(&temp)
             .map_err(|e| StorageError::path("create metadata file", &temp, e))?;
-        let mut framed = Vec::with_capacity(4 + value.len());
-        framed.extend_from_slice(&crc32c::crc32c(value).to_le_bytes());
-        framed.extend_from_slice(value);
+        let framed = frame(key, value);
         file.write_all(&framed).map_err(StorageError::from_write)?;
         if self.durable {
             file.sync_data().map_err(StorageError::from_write)?;
@@ -198,19 +198,13 @@ impl MetadataDir {
             let entry = entry.map_err(|e| StorageError::path("list metadata", &self.dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(hex) = name.strip_suffix(SUFFIX) else {
+            if !name.ends_with(SUFFIX) {
                 continue;
-            };
+            }
             let path = entry.path();
-            let key = decode_hex(hex).ok_or_else(|| {
-                StorageError::Corrupt(format!(
-                    "metadata file {} has a malformed name",
-                    path.display()
-                ))
-            })?;
             let raw = std::fs::read(&path)
                 .map_err(|e| StorageError::path("read metadata file", &path, e))?;
-            let value = verify(&raw).ok_or_else(|| {
+            let (key, value) = unframe(&raw).ok_or_else(|| {
                 StorageError::Corrupt(format!(
                     "metadata file {} fails its checksum",
                     path.display()
@@ -222,22 +216,27 @@ impl MetadataDir {
     }
 }
 
-/// The payload of a checksummed frame, if it verifies.
-fn verify(raw: &[u8]) -> Option<&[u8]> {
-    let (crc, value) = raw.split_at_checked(4)?;
-    let expected = u32::from_le_bytes(crc.try_into().ok()?);
-    (crc32c::crc32c(value) == expected).then_some(value)
+/// `CRC32C | key length | key | value`, the CRC over everything after it.
+fn frame(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + key.len() + value.len());
+    body.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+    body.extend_from_slice(key.as_bytes());
+    body.extend_from_slice(value);
+    let mut framed = crc32c::crc32c(&body).to_le_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    framed
 }
 
-fn decode_hex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 {
+/// The key and value of a frame, if it verifies.
+fn unframe(raw: &[u8]) -> Option<(String, &[u8])> {
+    let (crc, body) = raw.split_at_checked(4)?;
+    if crc32c::crc32c(body).to_le_bytes() != crc {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    let (len, rest) = body.split_at_checked(4)?;
+    let len = usize::try_from(u32::from_le_bytes(len.try_into().ok()?)).ok()?;
+    let (key, value) = rest.split_at_checked(len)?;
+    Some((String::from_utf8(key.to_vec()).ok()?, value))
 }
 
 #[cfg(test)]
@@ -245,24 +244,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_names_round_trip() {
+    fn file_names_stay_short_for_long_keys() {
         let dir = MetadataDir::new(Path::new("/x"), false, false);
-        let path = dir.path_of("sub/a b", SUFFIX);
+        let path = dir.path_of(&"k".repeat(MAX_KEY_BYTES), SUFFIX);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let hex = name.strip_suffix(SUFFIX).unwrap_or("");
-        assert_eq!(decode_hex(hex).as_deref(), Some("sub/a b"));
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(name.len(), 64 + SUFFIX.len());
     }
 
     #[test]
     fn frames_verify_only_intact() {
-        let mut framed = crc32c::crc32c(b"hello").to_le_bytes().to_vec();
-        framed.extend_from_slice(b"hello");
-        assert_eq!(verify(&framed), Some(&b"hello"[..]));
-        framed[5] ^= 1;
-        assert_eq!(verify(&framed), None);
-        assert_eq!(verify(b"ab"), None);
+        let mut framed = frame("sub/a b", b"hello");
+        assert_eq!(
+            unframe(&framed),
+            Some(("sub/a b".to_owned(), &b"hello"[..]))
+        );
+        framed[9] ^= 1;
+        assert_eq!(unframe(&framed), None);
+        assert_eq!(unframe(b"ab"), None);
     }
 
     #[tokio::test]
@@ -274,7 +272,8 @@ mod tests {
             .expect("put");
         let file = dir.path_of("k", SUFFIX);
         let mut raw = std::fs::read(&file).expect("read");
-        raw[6] ^= 0xff;
+        let last = raw.len() - 1;
+        raw[last] ^= 0xff;
         std::fs::write(&file, raw).expect("write");
         assert!(matches!(dir.load().await, Err(StorageError::Corrupt(_))));
     }

@@ -16,5 +16,6 @@ mod producer;
 mod proxy;
 mod read;
 mod shutdown;
+mod subscriptions;
 mod tls;
 mod ttl;
