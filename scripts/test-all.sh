@@ -6,7 +6,9 @@
 #      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
 #      which breaks copies of the bundle and expects each break to be caught
 #   4. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends),
+#      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
+#      SUBSCRIPTIONS=0 to run the 332 core tests only)
 # Installs missing tools (Node.js, npm, curl) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
@@ -61,7 +63,8 @@ scripts/verify-deploy.sh --self-test || failed_steps+=("verify-deploy self-test"
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"
-CONFORMANCE_SERVER_BIN=target/release/durable-streams-server tests/conformance/run.sh || failed_steps+=("conformance")
+SUBSCRIPTIONS="${SUBSCRIPTIONS:-1}" CONFORMANCE_SERVER_BIN=target/release/durable-streams-server \
+  tests/conformance/run.sh || failed_steps+=("conformance")
 
 if ((${#failed_steps[@]} > 0)); then
   echo "test-all FAILED: ${failed_steps[*]}" >&2
