@@ -414,19 +414,6 @@ impl Checker<'_> {
                 );
             }
         }
-        if subs.enabled && is_set(&subs.signing_key_path) {
-            let path = subs.signing_key_path.clone().unwrap_or_default();
-            if let Err(error) = crate::subscriptions::signing::SigningKey::from_pem_file(&path) {
-                self.error(
-                    "subscriptions.signing_key_path",
-                    format!("`subscriptions.signing_key_path` = {path:?}: {error}"),
-                    "mount an Ed25519 private key in PKCS#8 PEM, e.g. made by \
-                     `openssl genpkey -algorithm ed25519 -out signing-key.pem`, or unset the key \
-                     to have one generated"
-                        .into(),
-                );
-            }
-        }
         if subs.enabled
             && (subs.allow_loopback_http || subs.allow_private_targets)
             && self.loaded.profile().is_production()

@@ -719,6 +719,26 @@ impl Subscriptions {
             self.shared.settings.policy.check_url(url)?;
         }
         let key = Self::key(root, id);
+        // Streams the pattern already matches are linked at their tail: a
+        // subscription wakes for new data, not for history.
+        let matching: Vec<(String, u64)> = match &config.pattern {
+            Some(raw) if !self.lock().subs.contains_key(&key) => {
+                let pattern = Pattern::parse(raw)?;
+                self.shared
+                    .engine
+                    .snapshot_streams()
+                    .into_iter()
+                    .filter(|stream| !stream.soft_deleted)
+                    .filter_map(|stream| {
+                        let name = stream.spec.path.strip_prefix(root)?;
+                        let own_wake = config.wake_stream.as_deref() == Some(name);
+                        (!own_wake && pattern.matches(name)).then(|| (name.to_owned(), stream.tail))
+                    })
+                    .take(model::MAX_EXPLICIT_STREAMS)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         {
             let mut state = self.lock();
             if let Some(existing) = state.subs.get(&key) {
@@ -757,6 +777,14 @@ impl Subscriptions {
                 wake_event: None,
             };
             let mut sub = Sub::new(stored);
+            for (name, tail) in matching {
+                sub.tails.insert(name.clone(), tail);
+                sub.stored.links.entry(name).or_insert(Link {
+                    explicit: false,
+                    glob: true,
+                    acked: tail,
+                });
+            }
             // Existing explicit streams start acknowledged at their tail
             // (a subscription wakes for new data, not history).
             let names: Vec<String> = sub.stored.links.keys().cloned().collect();

@@ -806,6 +806,31 @@ async fn configurations_are_confirmed_or_conflict_and_streams_can_be_linked() {
 }
 
 #[tokio::test]
+async fn existing_streams_are_linked_at_their_tail() {
+    let server = Server::memory().await;
+    let old_tail = server.create_json("hist/old", "[1,2,3]").await;
+    let receiver = Receiver::start(vec![(200, r#"{"done": true}"#)]).await;
+    server
+        .put_sub(
+            "hist",
+            json!({"type": "webhook", "pattern": "hist/*", "webhook": {"url": receiver.url}}),
+        )
+        .await;
+    let view = server.get_sub("hist").await;
+    assert_eq!(view["streams"][0]["path"], "hist/old");
+    assert_eq!(view["streams"][0]["link_type"], "glob");
+    assert_eq!(view["streams"][0]["acked_offset"], old_tail.as_str());
+    assert_eq!(view["streams"][0]["has_pending"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 0, "history does not wake");
+    let new_tail = server.append_json("hist/old", "[4]").await;
+    let wake = receiver.wait_for(1).await[0].json();
+    assert_eq!(wake["streams"][0]["offset"], old_tail.as_str());
+    assert_eq!(wake["streams"][0]["tail_offset"], new_tail.as_str());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_control_space_is_absent_when_disabled() {
     let server = Server::start(&Config::default(), Arc::new(InMemoryStorage::default())).await;
     let response = client()
