@@ -453,6 +453,14 @@ impl Subscriptions {
             let known = sub.tails.entry(name.to_owned()).or_insert(0);
             if tail > *known {
                 *known = tail;
+            } else if tail < *known {
+                // Tails only grow: a smaller one is a new stream at the same
+                // path (deleted and re-created), whose data is all new.
+                *known = tail;
+                if let Some(link) = sub.stored.links.get_mut(name) {
+                    link.acked = 0;
+                }
+                to_persist.push(key.clone());
             }
             if sub.is_pending() {
                 to_kick.push(key.clone());

@@ -831,6 +831,36 @@ async fn existing_streams_are_linked_at_their_tail() {
 }
 
 #[tokio::test]
+async fn a_re_created_stream_wakes_from_its_start() {
+    let server = Server::memory().await;
+    let receiver =
+        Receiver::start(vec![(200, r#"{"done": true}"#), (200, r#"{"done": true}"#)]).await;
+    server
+        .put_sub(
+            "again",
+            json!({"type": "webhook", "pattern": "re/*", "webhook": {"url": receiver.url}}),
+        )
+        .await;
+    let long_tail = server.create_json("re/s", "[1,2,3,4,5,6,7,8,9]").await;
+    receiver.wait_for(1).await;
+    eventually("the first wake to be acknowledged", || async {
+        server.get_sub("again").await["streams"][0]["acked_offset"] == long_tail.as_str()
+    })
+    .await;
+    let deleted = client()
+        .delete(server.stream("re/s"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status(), 204);
+    let short_tail = server.create_json("re/s", "[1]").await;
+    let wake = receiver.wait_for(2).await[1].json();
+    assert_eq!(wake["streams"][0]["offset"], crate::helpers::ZERO_OFFSET);
+    assert_eq!(wake["streams"][0]["tail_offset"], short_tail.as_str());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_control_space_is_absent_when_disabled() {
     let server = Server::start(&Config::default(), Arc::new(InMemoryStorage::default())).await;
     let response = client()
