@@ -9,7 +9,9 @@
 #   5. a real Prometheus scraping the release binary, and promtool's lint of
 #      the scrape (scripts/prometheus-check.sh)
 #   6. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends)
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends),
+#      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
+#      SUBSCRIPTIONS=0 to run the 332 core tests only)
 # Installs missing tools (Node.js, npm, curl, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
@@ -72,7 +74,8 @@ SERVER_BIN=target/release/durable-streams-server scripts/prometheus-check.sh || 
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"
-CONFORMANCE_SERVER_BIN=target/release/durable-streams-server tests/conformance/run.sh || failed_steps+=("conformance")
+SUBSCRIPTIONS="${SUBSCRIPTIONS:-1}" CONFORMANCE_SERVER_BIN=target/release/durable-streams-server \
+  tests/conformance/run.sh || failed_steps+=("conformance")
 
 if ((${#failed_steps[@]} > 0)); then
   echo "test-all FAILED: ${failed_steps[*]}" >&2

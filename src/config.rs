@@ -57,6 +57,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Trust in reverse proxies in front of the server.
     pub proxy: ProxyConfig,
+    /// The reserved `__ds` subscription APIs (webhook and pull-wake).
+    pub subscriptions: SubscriptionsConfig,
     /// Logging, metrics and tracing.
     pub observability: ObservabilityConfig,
 }
@@ -444,6 +446,61 @@ impl Default for ProxyIdentityConfig {
             mode: IdentityMode::None,
             header_name: "x-client-identity".into(),
             require_tls: true,
+        }
+    }
+}
+
+/// `[subscriptions]`: the reserved `__ds` consumer subscription APIs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionsConfig {
+    /// Serve `{base}/__ds/…` (subscriptions, callbacks, leases, JWKS).
+    pub enabled: bool,
+    /// PEM file with the Ed25519 private key (PKCS#8) that signs webhooks.
+    /// Unset: a key is generated once and kept in the store's metadata.
+    pub signing_key_path: Option<PathBuf>,
+    /// Allow `http://` webhook targets on loopback hosts (development, tests).
+    pub allow_loopback_http: bool,
+    /// Allow webhook targets in private, link-local and shared address
+    /// ranges (and loopback over https).
+    pub allow_private_targets: bool,
+    /// Lease length when a subscription names none.
+    pub default_lease_ttl_ms: u64,
+    /// Shortest lease a subscription may ask for.
+    pub min_lease_ttl_ms: u64,
+    /// Longest lease a subscription may ask for.
+    pub max_lease_ttl_ms: u64,
+    /// First retry delay of a failed webhook delivery (doubles each time).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay of a failed webhook delivery.
+    pub retry_max_ms: u64,
+    /// Time limit of one webhook request.
+    pub delivery_timeout_ms: u64,
+    /// Most webhook deliveries waiting to be sent; beyond it, wakes wait
+    /// for the next scan instead of growing memory.
+    pub max_queued_deliveries: usize,
+    /// Most webhook requests in flight at once.
+    pub max_concurrent_deliveries: usize,
+    /// Most subscriptions the server keeps.
+    pub max_subscriptions: usize,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            signing_key_path: None,
+            allow_loopback_http: false,
+            allow_private_targets: false,
+            default_lease_ttl_ms: 30_000,
+            min_lease_ttl_ms: 1_000,
+            max_lease_ttl_ms: 600_000,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+            delivery_timeout_ms: 10_000,
+            max_queued_deliveries: 1024,
+            max_concurrent_deliveries: 16,
+            max_subscriptions: 4096,
         }
     }
 }

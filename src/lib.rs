@@ -29,6 +29,7 @@
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
 //! - [`http`]: [`build_router`], the handlers, live reads, health and CORS.
+//! - [`subscriptions`]: the reserved `__ds` webhook and pull-wake APIs.
 //! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - [`transfer`]: export and import of streams (backup, migration).
@@ -45,6 +46,7 @@ pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
 pub mod transfer;

@@ -96,6 +96,28 @@ pub mod name {
     pub const TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS: &str =
         "durable_streams_tls_certificate_not_after_timestamp_seconds";
 
+    /// Counter `{outcome}` (`success`, `failure`, `queue_full`): webhook
+    /// delivery attempts.
+    pub const WEBHOOK_DELIVERIES_TOTAL: &str = "durable_streams_webhook_deliveries_total";
+    /// Counter: webhook delivery retries scheduled.
+    pub const WEBHOOK_RETRIES_TOTAL: &str = "durable_streams_webhook_retries_total";
+    /// Histogram: duration of webhook requests.
+    pub const WEBHOOK_DELIVERY_DURATION_SECONDS: &str =
+        "durable_streams_webhook_delivery_duration_seconds";
+    /// Gauge: subscription leases held (webhook wakes awaiting callbacks,
+    /// pull-wake claims).
+    pub const SUBSCRIPTION_ACTIVE_LEASES: &str = "durable_streams_subscription_active_leases";
+    /// Counter: subscription leases that ran out.
+    pub const SUBSCRIPTION_LEASE_EXPIRIES_TOTAL: &str =
+        "durable_streams_subscription_lease_expiries_total";
+    /// Counter: pull-wake claims granted.
+    pub const SUBSCRIPTION_CLAIMS_TOTAL: &str = "durable_streams_subscription_claims_total";
+    /// Counter `{kind}`: accepted callbacks and acks.
+    pub const SUBSCRIPTION_ACKS_TOTAL: &str = "durable_streams_subscription_acks_total";
+    /// Counter `{outcome}` (`written`, `failed`): pull-wake events appended.
+    pub const SUBSCRIPTION_WAKE_EVENTS_TOTAL: &str =
+        "durable_streams_subscription_wake_events_total";
+
     /// Gauge `{version, commit}` = 1.
     pub const BUILD_INFO: &str = "durable_streams_build_info";
     /// Gauge: resident memory.
@@ -352,6 +374,33 @@ fn describe() {
         TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS,
         ::metrics::Unit::Seconds,
         "Unix time at which the serving certificate expires."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Webhook delivery attempts, by outcome (success, failure, queue_full)."
+    );
+    describe_counter!(WEBHOOK_RETRIES_TOTAL, "Webhook delivery retries scheduled.");
+    describe_histogram!(
+        WEBHOOK_DELIVERY_DURATION_SECONDS,
+        ::metrics::Unit::Seconds,
+        "Duration of webhook requests."
+    );
+    describe_gauge!(
+        SUBSCRIPTION_ACTIVE_LEASES,
+        "Subscription leases held: webhook wakes awaiting callbacks and pull-wake claims."
+    );
+    describe_counter!(
+        SUBSCRIPTION_LEASE_EXPIRIES_TOTAL,
+        "Subscription leases that ran out."
+    );
+    describe_counter!(SUBSCRIPTION_CLAIMS_TOTAL, "Pull-wake claims granted.");
+    describe_counter!(
+        SUBSCRIPTION_ACKS_TOTAL,
+        "Accepted subscription callbacks and acks, by kind."
+    );
+    describe_counter!(
+        SUBSCRIPTION_WAKE_EVENTS_TOTAL,
+        "Pull-wake events appended to wake streams, by outcome (written, failed)."
     );
     describe_gauge!(
         BUILD_INFO,

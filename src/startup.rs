@@ -18,7 +18,7 @@
 //! | 4 | `validate_config`: a rule across keys (TLS without cert, mTLS without CA, `*` CORS in prod, …) |
 //! | 5 | `init_telemetry`: the log subscriber, the metrics recorder or the OTLP exporter could not be set up |
 //! | 6 | `open_storage`: data directory not creatable or writable, backend failed to open |
-//! | 7 | `load_tls`: certificate, key or CA file unreadable, not PEM of the right kind, not parseable, expired, or key and certificate do not match |
+//! | 7 | `load_tls`: certificate, key or CA file unreadable, not PEM of the right kind, not parseable, expired, or key and certificate do not match; the webhook signing key (`subscriptions.signing_key_path`) unreadable or not Ed25519 PKCS#8 |
 //! | 8 | `bind_listener`: address in use, not permitted, or not on this host (main or metrics listener) |
 //! | 9 | `serve`: the accept loop failed |
 //! | 10 | `drain`: the server failed while draining |
@@ -311,6 +311,7 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
 
     progress.enter(Phase::LoadTls);
     let tls = load_tls(config)?;
+    check_signing_key(config)?;
     if let Some(acceptor) = &tls {
         let certificate = acceptor.certificate();
         tracing::info!(
@@ -571,6 +572,36 @@ pub fn load_tls(config: &Config) -> Result<Option<Acceptor>, StartupError> {
         Some(settings) => Acceptor::load(settings).map(Some).map_err(fail),
         None => Ok(None),
     }
+}
+
+/// Part of the `load_tls` phase (key material): with subscriptions enabled,
+/// the webhook signing key named by `subscriptions.signing_key_path` must
+/// be an Ed25519 PKCS#8 PEM key.
+///
+/// # Errors
+/// When the file is unreadable or holds no such key.
+pub fn check_signing_key(config: &Config) -> Result<(), StartupError> {
+    let subs = &config.subscriptions;
+    let Some(path) = subs
+        .signing_key_path
+        .as_ref()
+        .filter(|p| subs.enabled && !p.as_os_str().is_empty())
+    else {
+        return Ok(());
+    };
+    crate::subscriptions::signing::SigningKey::from_pem_file(path)
+        .map(|_| ())
+        .map_err(|error| {
+            StartupError::new(
+                Phase::LoadTls,
+                format!(
+                    "webhook signing key {} (subscriptions.signing_key_path): {error}",
+                    path.display()
+                ),
+                "mount an Ed25519 private key in PKCS#8 PEM (`openssl genpkey -algorithm ed25519`), \
+                 or unset subscriptions.signing_key_path to have one generated",
+            )
+        })
 }
 
 /// The `bind_listener` phase.

@@ -141,6 +141,14 @@ SCENARIOS = [
             "networkPolicy": {"extraEgress": [{"ports": [{"port": 4317, "protocol": "TCP"}]}]},
         },
     ),
+    Scenario(
+        "subscriptions-with-signing-key",
+        ["values-prod.yaml"],
+        {
+            "subscriptions": {"enabled": True, "signingKeySecret": "webhook-signing-key"},
+            "config": {"subscriptions": {"retry_max_ms": 30000, "max_subscriptions": 100}},
+        },
+    ),
     # Refused: the schema or the chart must stop these.
     Scenario("typo-top-level", [], {"replicas": 2}, refused_with="replicas"),
     Scenario("typo-config-key", [], {"config": {"server": {"drain_timeout_sec": 10}}}, refused_with="drain_timeout_sec"),
@@ -613,6 +621,7 @@ class Verifier:
             "server.bind_address", "storage.mode", "storage.data_dir", "transport.mode",
             "transport.tls.cert_path", "transport.tls.key_path", "transport.tls.client_ca_path",
             "observability.metrics.enabled", "observability.metrics.path", "observability.metrics.bind_address",
+            "subscriptions.enabled", "subscriptions.signing_key_path",
         }
         toml_keys = default_toml_keys(self.path("config/default.toml").read_text())
         for key in sorted(toml_keys - schema_keys - owned):

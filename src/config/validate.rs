@@ -30,6 +30,7 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Validation {
     checker.storage();
     checker.transport();
     checker.proxy();
+    checker.subscriptions();
     checker.observability();
     checker.found
 }
@@ -348,6 +349,84 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+    }
+
+    fn subscriptions(&mut self) {
+        let subs = &self.config.subscriptions;
+        if subs.min_lease_ttl_ms == 0 || subs.min_lease_ttl_ms > subs.max_lease_ttl_ms {
+            self.error(
+                "subscriptions.min_lease_ttl_ms",
+                format!(
+                    "`subscriptions.min_lease_ttl_ms` = {} must be at least 1 and at most \
+                     subscriptions.max_lease_ttl_ms ({})",
+                    subs.min_lease_ttl_ms, subs.max_lease_ttl_ms
+                ),
+                "e.g. min_lease_ttl_ms = 1000 and max_lease_ttl_ms = 600000".into(),
+            );
+        } else if !(subs.min_lease_ttl_ms..=subs.max_lease_ttl_ms)
+            .contains(&subs.default_lease_ttl_ms)
+        {
+            self.error(
+                "subscriptions.default_lease_ttl_ms",
+                format!(
+                    "`subscriptions.default_lease_ttl_ms` = {} is outside min_lease_ttl_ms..=\
+                     max_lease_ttl_ms ({}..={})",
+                    subs.default_lease_ttl_ms, subs.min_lease_ttl_ms, subs.max_lease_ttl_ms
+                ),
+                "pick a default between the two bounds, e.g. 30000".into(),
+            );
+        }
+        if subs.retry_initial_ms == 0 || subs.retry_initial_ms > subs.retry_max_ms {
+            self.error(
+                "subscriptions.retry_initial_ms",
+                format!(
+                    "`subscriptions.retry_initial_ms` = {} must be at least 1 and at most \
+                     subscriptions.retry_max_ms ({})",
+                    subs.retry_initial_ms, subs.retry_max_ms
+                ),
+                "e.g. retry_initial_ms = 1000 and retry_max_ms = 60000".into(),
+            );
+        }
+        for (key, value) in [
+            (
+                "subscriptions.delivery_timeout_ms",
+                subs.delivery_timeout_ms,
+            ),
+            (
+                "subscriptions.max_queued_deliveries",
+                subs.max_queued_deliveries as u64,
+            ),
+            (
+                "subscriptions.max_concurrent_deliveries",
+                subs.max_concurrent_deliveries as u64,
+            ),
+            (
+                "subscriptions.max_subscriptions",
+                subs.max_subscriptions as u64,
+            ),
+        ] {
+            if value == 0 {
+                self.error(
+                    key,
+                    format!("`{key}` = 0 must be at least 1"),
+                    format!("set {key} to a positive number ({})", env_var(key)),
+                );
+            }
+        }
+        if subs.enabled
+            && (subs.allow_loopback_http || subs.allow_private_targets)
+            && self.loaded.profile().is_production()
+        {
+            self.warn(
+                "subscriptions.allow_private_targets",
+                "webhook targets on loopback or private addresses are allowed in a production \
+                 profile; a subscriber could make the server call internal services"
+                    .into(),
+                "set subscriptions.allow_loopback_http and allow_private_targets to false \
+                 unless the receivers really live there"
+                    .into(),
+            );
         }
     }
 

@@ -11,11 +11,12 @@
 //! before a stream, a fork before its source.
 
 mod error;
+mod observer;
 mod state;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use error::EngineError;
+pub use observer::DataObserver;
 use state::{Ledger, WriterState};
 
 use ::metrics::{counter, gauge};
@@ -178,6 +180,8 @@ struct Shared {
     limits: EngineLimits,
     /// Bytes of appends queued in storage and not yet acknowledged.
     write_budget: tokio::sync::Semaphore,
+    /// Told about committed data (subscriptions); unset costs one load.
+    observer: OnceLock<Arc<dyn DataObserver>>,
 }
 
 /// Most bytes of appends that may wait for storage at once.
@@ -315,10 +319,23 @@ impl Engine {
                 next_id: AtomicU64::new(1),
                 limits,
                 write_budget: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_WRITE_BYTES),
+                observer: OnceLock::new(),
             }),
         };
         engine.restore(recovered);
         engine
+    }
+
+    /// Installs the observer told about committed data. Only the first
+    /// call takes effect; returns whether this one did.
+    pub fn set_observer(&self, observer: Arc<dyn DataObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
+    }
+
+    fn observe(&self, entry: &StreamEntry, tail: u64) {
+        if let Some(observer) = self.shared.observer.get() {
+            observer.stream_changed(&entry.spec.path, tail);
+        }
     }
 
     /// The backend in use.
@@ -732,6 +749,7 @@ impl Engine {
                 if request.closed {
                     counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
                 }
+                self.observe(&entry, tail);
                 Ok(Created {
                     entry: entry.clone(),
                     new: true,
@@ -897,7 +915,9 @@ impl Engine {
                 if inner.status != Status::Removed {
                     self.stored_bytes_changed(bytes as f64);
                 }
+                let tail = inner.ledger.committed.tail;
                 drop(inner);
+                self.observe(&entry, tail);
                 counter!(metric::APPENDS_TOTAL).increment(1);
                 if bytes > 0 {
                     counter!(metric::APPENDED_BYTES_TOTAL).increment(bytes);

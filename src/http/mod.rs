@@ -9,6 +9,8 @@ pub mod problem;
 mod query;
 mod stream;
 
+pub(crate) use stream::PublicOrigin;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +142,13 @@ pub fn build_router_with_ready(
             config.storage.expiry_sweep_interval_secs.max(1),
         ));
     }
+    let subscriptions = config.subscriptions.enabled.then(|| {
+        crate::subscriptions::Subscriptions::start(
+            engine.clone(),
+            crate::subscriptions::SubscriptionSettings::from_config(config),
+            shutdown.clone(),
+        )
+    });
     let state = AppState {
         engine,
         settings: Arc::new(settings),
@@ -147,11 +156,18 @@ pub fn build_router_with_ready(
     };
     let ready = readiness.clone();
     let metrics_path = observability.metrics.path.clone();
+    // The reserved control space (spec §6–7), matched before streams.
+    let control = format!("{}/__ds/{{*rest}}", settings_base(&state));
+    let mut known_routes = vec![route.as_str(), "/healthz", "/readyz", metrics_path.as_str()];
+    if subscriptions.is_some() {
+        known_routes.push(control.as_str());
+    }
     let access = Arc::new(access::AccessSettings {
         quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
-        known_routes: [route.as_str(), "/healthz", "/readyz", metrics_path.as_str()]
+        known_routes: known_routes
+            .into_iter()
             .map(crate::metrics::route_label)
-            .to_vec(),
+            .collect(),
     });
     let mut router = Router::new();
     if observability.metrics.enabled
@@ -161,6 +177,12 @@ pub fn build_router_with_ready(
         router = router.route(
             &metrics_path,
             get(move || async move { crate::metrics::scrape(handle) }),
+        );
+    }
+    if let Some(subscriptions) = subscriptions {
+        router = router.route(
+            &control,
+            any(crate::subscriptions::http::dispatch).with_state(subscriptions),
         );
     }
     let router = router
@@ -201,6 +223,10 @@ pub fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> R
                 }
             }),
         )
+}
+
+fn settings_base(state: &AppState) -> &str {
+    &state.settings.base_path
 }
 
 fn normalise_base_path(raw: &str) -> String {

@@ -23,6 +23,8 @@ pub struct ApiError {
     detail: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     cause: Option<String>,
+    /// RFC 9457 extension members added to the body.
+    extensions: Vec<(&'static str, serde_json::Value)>,
 }
 
 /// The cause chain of a `5xx` answer, for the request log line; never sent
@@ -43,12 +45,19 @@ impl ApiError {
             detail: detail.into(),
             headers: Vec::new(),
             cause: None,
+            extensions: Vec::new(),
         }
     }
 
     /// Records why a `5xx` happened (logged, never sent).
     pub(crate) fn with_cause(mut self, error: &dyn std::error::Error) -> Self {
         self.cause = Some(crate::telemetry::error_chain(error));
+        self
+    }
+
+    /// Adds an extension member (RFC 9457 §3.2) to the body.
+    pub(crate) fn with_extension(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.extensions.push((name, value));
         self
     }
 
@@ -160,13 +169,16 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
             "status": self.status.as_u16(),
             "code": self.code,
             "detail": self.detail,
         });
+        for (name, value) in self.extensions {
+            body[name] = value;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,

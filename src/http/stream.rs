@@ -57,7 +57,7 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            "subscriptions are not enabled on this server",
+            "no such control API (subscriptions are not enabled on this server)",
         ));
     }
     name::validate(name, state.settings.name_limits)?;
@@ -104,8 +104,9 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
     Ok((parts.headers, collected.to_bytes()))
 }
 
-/// Where the client reaches a stream, for `Location`.
-struct PublicOrigin {
+/// Where the client reaches a stream, for `Location` (and the absolute
+/// URLs of the subscription APIs).
+pub(crate) struct PublicOrigin {
     scheme: Scheme,
     /// From a trusted proxy; else the request's `Host`, else (HTTP/2) its
     /// `:authority`.
@@ -114,7 +115,8 @@ struct PublicOrigin {
 }
 
 impl PublicOrigin {
-    fn of(request: &Request) -> Self {
+    /// What `request` says about its public scheme and host.
+    pub(crate) fn of(request: &Request) -> Self {
         let extensions = request.extensions();
         let host = extensions
             .get::<ForwardedHost>()
@@ -132,6 +134,12 @@ impl PublicOrigin {
             host,
             original: extensions.get::<OriginalUri>().cloned(),
         }
+    }
+
+    /// `scheme://host`, when the host is known.
+    pub(crate) fn origin(&self) -> Option<String> {
+        let host = self.host.as_deref()?;
+        Some(format!("{}://{host}", self.scheme))
     }
 
     fn location(&self, path: &str) -> Option<HeaderValue> {

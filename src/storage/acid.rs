@@ -32,6 +32,8 @@ const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_states"
 const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("producers");
 /// Records by (stream, end position): CRC32C (4 bytes LE) then payload.
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
+/// The metadata area (see [`super::metadata`]): CRC32C (4 bytes LE) then value.
+const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// Most payload bytes one transaction commits.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 /// The database file inside the data directory.
@@ -308,6 +310,7 @@ fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(STATES).map_err(db_error)?;
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
+        txn.open_table(METADATA).map_err(db_error)?;
     }
     txn.commit().map_err(db_error)
 }
@@ -431,6 +434,89 @@ impl Storage for AcidStorage {
                 .unwrap_or_else(PoisonError::into_inner),
         )
     }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        let shared = self.shared.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            super::metadata::check_key(&key)?;
+            tokio::task::spawn_blocking(move || put_metadata_blocking(&shared, &key, value))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!(
+                        "metadata write task failed: {e}"
+                    )))
+                })
+        })
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || load_metadata_blocking(&shared))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!(
+                        "metadata read task failed: {e}"
+                    )))
+                })
+        })
+    }
+}
+
+/// One metadata change in its own transaction with immediate durability
+/// (redb lets it wait for the stream writer's transaction, never interleave).
+fn put_metadata_blocking(
+    shared: &Shared,
+    key: &str,
+    value: Option<Bytes>,
+) -> Result<(), StorageError> {
+    let db = shared.db.writable()?;
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    {
+        let mut table = txn.open_table(METADATA).map_err(db_error)?;
+        match value {
+            Some(value) => {
+                table
+                    .insert(key, framed(&value).as_slice())
+                    .map_err(db_error)?;
+            }
+            None => {
+                table.remove(key).map_err(db_error)?;
+            }
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+fn load_metadata_blocking(shared: &Shared) -> Result<Vec<(String, Bytes)>, StorageError> {
+    let txn = shared.db.begin_read()?;
+    let table = match txn.open_table(METADATA) {
+        Ok(table) => table,
+        // A database written before the metadata area existed (read-only).
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(db_error)? {
+        let (key, raw) = entry.map_err(db_error)?;
+        let raw = raw.value();
+        let value = raw
+            .split_at_checked(4)
+            .filter(|(crc, value)| crc32c::crc32c(value).to_le_bytes() == **crc)
+            .map(|(_, value)| Bytes::copy_from_slice(value))
+            .ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "database file {}: metadata entry {:?} fails its checksum",
+                    shared.path.display(),
+                    key.value()
+                ))
+            })?;
+        out.push((key.value().to_owned(), value));
+    }
+    Ok(out)
 }
 
 struct Writer {

@@ -179,6 +179,14 @@ impl Storage for FaultyStorage {
     fn recover(&self) -> Vec<RecoveredStream> {
         self.inner.recover()
     }
+
+    fn put_metadata(&self, key: &str, value: Option<bytes::Bytes>) -> StorageFuture<()> {
+        self.inner.put_metadata(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
+        self.inner.metadata()
+    }
 }
 
 #[cfg(test)]

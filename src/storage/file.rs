@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 use super::codec::{self, FRAME_HEADER};
 use super::lock::DirLock;
+use super::metadata::MetadataDir;
 use super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all, payload_len};
 use super::{
     Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
@@ -242,6 +243,7 @@ pub struct FileStorage {
     shared: Arc<Shared>,
     _writer: Option<Arc<WriterHandle>>,
     durable: bool,
+    metadata: Arc<MetadataDir>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -343,6 +345,7 @@ impl FileStorage {
                 shared,
                 _writer: None,
                 durable: options.durable,
+                metadata: MetadataDir::new(dir, options.durable, true),
             });
         }
         let active_number = files.keys().next_back().copied().unwrap_or(1);
@@ -408,6 +411,7 @@ impl FileStorage {
             })),
             shared,
             durable,
+            metadata: MetadataDir::new(dir, durable, false),
         })
     }
 
@@ -544,6 +548,14 @@ impl Storage for FileStorage {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        self.metadata.put(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        self.metadata.load()
     }
 }
 

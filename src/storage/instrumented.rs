@@ -232,4 +232,14 @@ impl Storage for InstrumentedStorage {
     fn recover(&self) -> Vec<RecoveredStream> {
         self.inner.recover()
     }
+
+    // Metadata writes are rare control-plane updates (subscriptions):
+    // passed through, outside the stream operation metrics.
+    fn put_metadata(&self, key: &str, value: Option<bytes::Bytes>) -> StorageFuture<()> {
+        self.inner.put_metadata(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
+        self.inner.metadata()
+    }
 }

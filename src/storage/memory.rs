@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
+use super::metadata::MemoryMetadata;
 use super::{
     Append, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
 };
@@ -20,6 +21,7 @@ pub struct InMemoryStorage {
 #[derive(Debug)]
 struct Shared {
     streams: RwLock<HashMap<StreamId, Arc<RwLock<Records>>>>,
+    metadata: MemoryMetadata,
     used_bytes: AtomicU64,
     max_bytes: u64,
 }
@@ -58,6 +60,7 @@ impl InMemoryStorage {
         Self {
             shared: Arc::new(Shared {
                 streams: RwLock::new(HashMap::new()),
+                metadata: MemoryMetadata::default(),
                 used_bytes: AtomicU64::new(0),
                 max_bytes,
             }),
@@ -237,5 +240,13 @@ impl Storage for InMemoryStorage {
 
     fn recover(&self) -> Vec<RecoveredStream> {
         Vec::new()
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        self.shared.metadata.put(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        self.shared.metadata.load()
     }
 }

@@ -33,6 +33,7 @@ pub mod file;
 pub mod instrumented;
 pub mod lock;
 pub mod memory;
+pub mod metadata;
 mod queue;
 #[cfg(test)]
 mod recovery_tests;
@@ -310,4 +311,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Backends read and verify their files when they are opened (their
     /// constructors report failures); this only hands over what was loaded.
     fn recover(&self) -> Vec<RecoveredStream>;
+
+    /// Sets (or, with `None`, removes) an entry of the metadata area: a small
+    /// key/value map beside the streams for state that is not stream data
+    /// (subscriptions, leases, a generated signing key). Resolves once the
+    /// change is as durable as the backend's appends are (see
+    /// [`metadata`]); changes of one key apply in call order.
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()>;
+
+    /// Every entry of the metadata area, ordered by key.
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>>;
 }

@@ -329,6 +329,45 @@ async fn recovers_everything_it_acknowledged(h: Harness) {
     assert_eq!(read_all(&*store, 1, 0, 5).await, b"abcde");
 }
 
+async fn metadata_round_trips_and_persists(h: Harness) {
+    let store = h.open();
+    assert!(store.metadata().await.expect("load").is_empty());
+    store
+        .put_metadata("sub/b", Some(Bytes::from_static(b"two")))
+        .await
+        .expect("put");
+    store
+        .put_metadata("sub/a", Some(Bytes::from_static(b"one")))
+        .await
+        .expect("put");
+    store
+        .put_metadata("sub/a", Some(Bytes::from_static(b"one, again")))
+        .await
+        .expect("overwrite");
+    store
+        .put_metadata("gone", Some(Bytes::from_static(b"x")))
+        .await
+        .expect("put");
+    store.put_metadata("gone", None).await.expect("remove");
+    store
+        .put_metadata("never-there", None)
+        .await
+        .expect("removing a missing key is fine");
+    assert!(store.put_metadata("", None).await.is_err());
+    let expected = vec![
+        ("sub/a".to_owned(), Bytes::from_static(b"one, again")),
+        ("sub/b".to_owned(), Bytes::from_static(b"two")),
+    ];
+    assert_eq!(store.metadata().await.expect("load"), expected);
+    if h.persistent {
+        drop(store);
+        let store = h.open();
+        assert_eq!(store.metadata().await.expect("load after reopen"), expected);
+        // Metadata never shows up as a stream.
+        assert!(store.recover().is_empty());
+    }
+}
+
 macro_rules! storage_suite {
     ($backend:ident, $open:expr, $persistent:expr) => {
         mod $backend {
@@ -365,6 +404,10 @@ macro_rules! storage_suite {
             #[tokio::test]
             async fn recovers_everything_it_acknowledged() {
                 super::recovers_everything_it_acknowledged(harness()).await;
+            }
+            #[tokio::test]
+            async fn metadata_round_trips_and_persists() {
+                super::metadata_round_trips_and_persists(harness()).await;
             }
         }
     };

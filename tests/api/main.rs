@@ -19,5 +19,6 @@ mod producer;
 mod proxy;
 mod read;
 mod shutdown;
+mod subscriptions;
 mod tls;
 mod ttl;

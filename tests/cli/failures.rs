@@ -291,3 +291,31 @@ fn an_unknown_profile_is_an_error() {
         "{line}"
     );
 }
+
+#[test]
+fn a_bad_webhook_signing_key_fails_in_load_tls() {
+    let dir = temp();
+    write(dir.path(), "webhook/signing-key.pem", &pem("CERTIFICATE"));
+    let env = [
+        ("DS_SUBSCRIPTIONS__ENABLED", "true"),
+        (
+            "DS_SUBSCRIPTIONS__SIGNING_KEY_PATH",
+            "webhook/signing-key.pem",
+        ),
+    ];
+    let run = run(dir.path(), &[], &env);
+    let line = run.failed("load_tls", 7);
+    assert!(
+        line.contains("webhook signing key webhook/signing-key.pem"),
+        "{line}"
+    );
+    assert!(line.contains("subscriptions.signing_key_path"), "{line}");
+
+    let env = [
+        env[0],
+        ("DS_SUBSCRIPTIONS__SIGNING_KEY_PATH", "webhook/missing.pem"),
+    ];
+    let run = crate::helpers::run(dir.path(), &[], &env);
+    let line = run.failed("load_tls", 7);
+    assert!(line.contains("cannot read the key file"), "{line}");
+}

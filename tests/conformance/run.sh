@@ -18,7 +18,10 @@
 #   CONFORMANCE_HEALTH_TIMEOUT_SECS      how long to wait for the server to come up (default: 30)
 #   CONFORMANCE_VITEST_ARGS  extra arguments for `vitest run`, split on spaces
 #                               (e.g. "-t Caching" to run a subset while debugging)
-#   SUBSCRIPTIONS=1             also run the opt-in subscription tests
+#   SUBSCRIPTIONS=1             also run the opt-in subscription tests; the server then runs with
+#                               subscriptions.enabled and subscriptions.allow_loopback_http (the suite's
+#                               webhook receivers listen on 127.0.0.1), and CONFORMANCE_MIN_PASSED
+#                               defaults to 338
 #
 # Output: the vitest console report per mode, one line per mode
 #   conformance[<mode>]: N passed, M failed, K skipped
@@ -33,7 +36,11 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
 MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid}"
-MIN_PASSED="${CONFORMANCE_MIN_PASSED:-332}"
+if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
+  MIN_PASSED="${CONFORMANCE_MIN_PASSED:-338}"
+else
+  MIN_PASSED="${CONFORMANCE_MIN_PASSED:-332}"
+fi
 VITEST_TIMEOUT_SECS="${CONFORMANCE_TIMEOUT_SECS:-1200}"
 HEALTH_PATH="${CONFORMANCE_HEALTH_PATH:-/healthz}"
 HEALTH_STATUS="${CONFORMANCE_HEALTH_STATUS:-200}"
@@ -212,6 +219,12 @@ run_mode() {
     "DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS=$((LONG_POLL_TIMEOUT_MS / 1000))"
     "RUST_LOG=${RUST_LOG:-warn}"
   )
+  if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
+    server_env+=(
+      "DS_SUBSCRIPTIONS__ENABLED=true"
+      "DS_SUBSCRIPTIONS__ALLOW_LOOPBACK_HTTP=true"
+    )
+  fi
   if [[ "$mode" != "memory" ]]; then
     data_dir="$(mktemp -d -t ds-conformance-XXXXXX)"
     TEMP_DIRS+=("$data_dir")

@@ -100,6 +100,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "durable-streams.clientCaDir" -}}/etc/durable-streams/client-ca{{- end }}
 
 {{/* Where the rendered server configuration is mounted. */}}
+{{- define "durable-streams.webhookKeyDir" -}}/etc/durable-streams/webhook{{- end }}
+
+{{/* Where the server configuration is mounted. */}}
 {{- define "durable-streams.configDir" -}}/etc/durable-streams/server{{- end }}
 
 {{/* The data directory (storage.data_dir), a volume mount. */}}
@@ -182,6 +185,13 @@ structured values, so the pod spec and the server always agree.
 {{- end }}
 {{- end }}
 {{- $_ := set $owned.transport "tls" $tls }}
+{{- end }}
+{{- if .Values.subscriptions.enabled }}
+{{- $subscriptions := dict "enabled" true }}
+{{- if .Values.subscriptions.signingKeySecret }}
+{{- $_ := set $subscriptions "signing_key_path" (printf "%s/%s" (include "durable-streams.webhookKeyDir" .) .Values.subscriptions.signingKeyKey) }}
+{{- end }}
+{{- $_ := set $owned "subscriptions" $subscriptions }}
 {{- end }}
 {{- toYaml (mergeOverwrite $config $owned) }}
 {{- end }}

@@ -114,6 +114,11 @@ spec:
           readOnly: true
         {{- end }}
         {{- end }}
+        {{- if and .Values.subscriptions.enabled .Values.subscriptions.signingKeySecret }}
+        - name: webhook-signing-key
+          mountPath: {{ include "durable-streams.webhookKeyDir" . }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -136,6 +141,12 @@ spec:
         secretName: {{ .Values.tls.clientCA.secretName }}
         defaultMode: 0440
     {{- end }}
+    {{- end }}
+    {{- if and .Values.subscriptions.enabled .Values.subscriptions.signingKeySecret }}
+    - name: webhook-signing-key
+      secret:
+        secretName: {{ .Values.subscriptions.signingKeySecret }}
+        defaultMode: 0440
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
