@@ -65,6 +65,9 @@ pub enum SubscriptionError {
     /// unusable.
     #[error("subscriptions are unavailable: {0}")]
     Unavailable(String),
+    /// The request body is larger than the control-body limit.
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(usize),
     /// Persisting the state failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -89,6 +92,7 @@ impl SubscriptionError {
             Self::AlreadyClaimed { .. } => "ALREADY_CLAIMED",
             Self::InvalidOffset(_) => "INVALID_OFFSET",
             Self::Unavailable(_) => "SUBSCRIPTIONS_UNAVAILABLE",
+            Self::BodyTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::Storage(_) => "STORAGE_UNAVAILABLE",
         }
     }
@@ -109,6 +113,7 @@ impl SubscriptionError {
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -14,6 +14,7 @@
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::LengthLimitError;
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -89,10 +90,13 @@ async fn body<T: DeserializeOwned>(subs: &Subscriptions, request: Request) -> Re
     let collected = Limited::new(request.into_body(), limit)
         .collect()
         .await
-        .map_err(|_| {
-            SubscriptionError::InvalidRequest(format!(
-                "the body could not be read or exceeds {limit} bytes"
-            ))
+        .map_err(|error| {
+            let error = if error.downcast_ref::<LengthLimitError>().is_some() {
+                SubscriptionError::BodyTooLarge(limit)
+            } else {
+                SubscriptionError::InvalidRequest("the body could not be read".into())
+            };
+            ApiError::from(error)
         })?
         .to_bytes();
     serde_json::from_slice(&collected)

@@ -739,6 +739,31 @@ async fn unsafe_webhook_targets_are_refused() {
 }
 
 #[tokio::test]
+async fn oversized_or_malformed_bodies_are_refused() {
+    let server = Server::memory().await;
+    // Over the 1 MiB control-body limit: 413, not read to the end.
+    let names: Vec<String> = (0..100_000).map(|i| format!("big/stream-{i}")).collect();
+    let response = server
+        .put_sub(
+            "big",
+            json!({"type": "pull-wake", "streams": names, "wake_stream": "w"}),
+        )
+        .await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_code(response).await, "PAYLOAD_TOO_LARGE");
+    let response = client()
+        .put(server.sub("bad"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(response).await, "INVALID_REQUEST");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn configurations_are_confirmed_or_conflict_and_streams_can_be_linked() {
     let server = Server::memory().await;
     let body = json!({"type": "pull-wake", "streams": ["m/b", "m/a"], "wake_stream": "w"});
