@@ -142,7 +142,7 @@ impl PublicOrigin {
 }
 
 pub(super) fn offset_value(position: u64) -> HeaderValue {
-    HeaderValue::from_str(&Offset(position).to_string())
+    HeaderValue::from_bytes(Offset(position).encode().as_bytes())
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
