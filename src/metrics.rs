@@ -22,8 +22,8 @@ use std::sync::{LazyLock, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{
-    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
@@ -684,20 +684,56 @@ pub(crate) fn http_request(
         .insert(key, handles);
 }
 
+/// Runs `record` on the handle `resolve` returns, resolved once per process
+/// while our recorder is installed: a `counter!`/`gauge!` lookup costs a
+/// hash and a registry probe, several times per request. With another
+/// recorder (or none) it resolves per call, since that recorder may change.
+fn with_cached<H>(cell: &'static OnceLock<H>, resolve: impl Fn() -> H, record: impl FnOnce(&H)) {
+    if installed().is_some() {
+        record(cell.get_or_init(resolve));
+    } else {
+        record(&resolve());
+    }
+}
+
+/// One append that wrote `bytes` of payload (`0` for a bare close).
+pub(crate) fn append_written(bytes: u64) {
+    static APPENDS: OnceLock<Counter> = OnceLock::new();
+    static BYTES: OnceLock<Counter> = OnceLock::new();
+    with_cached(
+        &APPENDS,
+        || counter!(name::APPENDS_TOTAL),
+        |c| c.increment(1),
+    );
+    if bytes > 0 {
+        with_cached(
+            &BYTES,
+            || counter!(name::APPENDED_BYTES_TOTAL),
+            |c| c.increment(bytes),
+        );
+    }
+}
+
+static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+
+fn in_flight_gauge() -> Gauge {
+    gauge!(name::HTTP_REQUESTS_IN_FLIGHT)
+}
+
 /// Requests in flight: one more on creation, one less on drop.
 #[derive(Debug)]
 pub(crate) struct InFlight(());
 
 impl InFlight {
     pub(crate) fn start() -> Self {
-        gauge!(name::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+        with_cached(&IN_FLIGHT, in_flight_gauge, |g| g.increment(1.0));
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(name::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+        with_cached(&IN_FLIGHT, in_flight_gauge, |g| g.decrement(1.0));
     }
 }
 

@@ -898,10 +898,7 @@ impl Engine {
                     self.stored_bytes_changed(bytes as f64);
                 }
                 drop(inner);
-                counter!(metric::APPENDS_TOTAL).increment(1);
-                if bytes > 0 {
-                    counter!(metric::APPENDED_BYTES_TOTAL).increment(bytes);
-                }
+                crate::metrics::append_written(bytes);
                 if request.close {
                     counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
                 }
