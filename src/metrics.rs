@@ -18,6 +18,7 @@
 mod process;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{LazyLock, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -629,13 +630,47 @@ pub(crate) mod storage {
 
 /// The request counter and duration histogram of one method, route and status.
 type HttpHandles = (Counter, Histogram);
-/// Method, route, status.
-type HttpKey = (&'static str, &'static str, u16);
+/// Method and route labels by address (both are `'static` and come from
+/// small fixed sets), and the status.
+type HttpKey = (usize, usize, u16);
 
 /// Handles by (method, route, status), resolved once each while our
 /// recorder is installed, so a request does not build and hash its key.
-static HTTP_HANDLES: LazyLock<RwLock<HashMap<HttpKey, HttpHandles>>> =
-    LazyLock::new(RwLock::default);
+/// Two equal labels at different addresses only resolve the same series
+/// twice, and the key hashes three integers instead of two strings.
+static HTTP_HANDLES: LazyLock<
+    RwLock<HashMap<HttpKey, HttpHandles, BuildHasherDefault<KeyHasher>>>,
+> = LazyLock::new(RwLock::default);
+
+/// A multiply-rotate hasher for [`HttpKey`]: its integers come from our
+/// own label tables, never from a client, so no flooding resistance is
+/// needed, and SipHash cost more than the rest of the recording.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
 
 fn http_handles(method: &'static str, route: &'static str, status: u16) -> HttpHandles {
     (
@@ -668,7 +703,7 @@ pub(crate) fn http_request(
         // Another recorder (or none): it may change, so never cache.
         return record(&http_handles(method, route, status));
     }
-    let key = (method, route, status);
+    let key = (method.as_ptr() as usize, route.as_ptr() as usize, status);
     if let Some(handles) = HTTP_HANDLES
         .read()
         .unwrap_or_else(PoisonError::into_inner)
