@@ -203,7 +203,8 @@ mod tests {
     proptest! {
         #[test]
         fn encode_matches_format_for_any_position(pos in any::<u64>()) {
-            prop_assert_eq!(Offset(pos).encode().as_str(), format!("{:016}_{:016}", 0, pos));
+            let text = Offset(pos).encode();
+            prop_assert_eq!(text.as_str(), format!("{:016}_{:016}", 0, pos));
         }
 
         #[test]
