@@ -18,12 +18,13 @@
 mod process;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{LazyLock, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{
-    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
@@ -678,13 +679,47 @@ pub(crate) mod storage {
 
 /// The request counter and duration histogram of one method, route and status.
 type HttpHandles = (Counter, Histogram);
-/// Method, route, status.
-type HttpKey = (&'static str, &'static str, u16);
+/// Method and route labels by address (both are `'static` and come from
+/// small fixed sets), and the status.
+type HttpKey = (usize, usize, u16);
 
 /// Handles by (method, route, status), resolved once each while our
 /// recorder is installed, so a request does not build and hash its key.
-static HTTP_HANDLES: LazyLock<RwLock<HashMap<HttpKey, HttpHandles>>> =
-    LazyLock::new(RwLock::default);
+/// Two equal labels at different addresses only resolve the same series
+/// twice, and the key hashes three integers instead of two strings.
+static HTTP_HANDLES: LazyLock<
+    RwLock<HashMap<HttpKey, HttpHandles, BuildHasherDefault<KeyHasher>>>,
+> = LazyLock::new(RwLock::default);
+
+/// A multiply-rotate hasher for [`HttpKey`]: its integers come from our
+/// own label tables, never from a client, so no flooding resistance is
+/// needed, and SipHash cost more than the rest of the recording.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
 
 fn http_handles(method: &'static str, route: &'static str, status: u16) -> HttpHandles {
     (
@@ -717,7 +752,7 @@ pub(crate) fn http_request(
         // Another recorder (or none): it may change, so never cache.
         return record(&http_handles(method, route, status));
     }
-    let key = (method, route, status);
+    let key = (method.as_ptr() as usize, route.as_ptr() as usize, status);
     if let Some(handles) = HTTP_HANDLES
         .read()
         .unwrap_or_else(PoisonError::into_inner)
@@ -733,20 +768,56 @@ pub(crate) fn http_request(
         .insert(key, handles);
 }
 
+/// Runs `record` on the handle `resolve` returns, resolved once per process
+/// while our recorder is installed: a `counter!`/`gauge!` lookup costs a
+/// hash and a registry probe, several times per request. With another
+/// recorder (or none) it resolves per call, since that recorder may change.
+fn with_cached<H>(cell: &'static OnceLock<H>, resolve: impl Fn() -> H, record: impl FnOnce(&H)) {
+    if installed().is_some() {
+        record(cell.get_or_init(resolve));
+    } else {
+        record(&resolve());
+    }
+}
+
+/// One append that wrote `bytes` of payload (`0` for a bare close).
+pub(crate) fn append_written(bytes: u64) {
+    static APPENDS: OnceLock<Counter> = OnceLock::new();
+    static BYTES: OnceLock<Counter> = OnceLock::new();
+    with_cached(
+        &APPENDS,
+        || counter!(name::APPENDS_TOTAL),
+        |c| c.increment(1),
+    );
+    if bytes > 0 {
+        with_cached(
+            &BYTES,
+            || counter!(name::APPENDED_BYTES_TOTAL),
+            |c| c.increment(bytes),
+        );
+    }
+}
+
+static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+
+fn in_flight_gauge() -> Gauge {
+    gauge!(name::HTTP_REQUESTS_IN_FLIGHT)
+}
+
 /// Requests in flight: one more on creation, one less on drop.
 #[derive(Debug)]
 pub(crate) struct InFlight(());
 
 impl InFlight {
     pub(crate) fn start() -> Self {
-        gauge!(name::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+        with_cached(&IN_FLIGHT, in_flight_gauge, |g| g.increment(1.0));
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(name::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+        with_cached(&IN_FLIGHT, in_flight_gauge, |g| g.decrement(1.0));
     }
 }
 

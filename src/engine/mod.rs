@@ -918,10 +918,7 @@ impl Engine {
                 let tail = inner.ledger.committed.tail;
                 drop(inner);
                 self.observe(&entry, tail);
-                counter!(metric::APPENDS_TOTAL).increment(1);
-                if bytes > 0 {
-                    counter!(metric::APPENDED_BYTES_TOTAL).increment(bytes);
-                }
+                crate::metrics::append_written(bytes);
                 if request.close {
                     counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
                 }

@@ -26,14 +26,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request};
 use axum::http::{Version, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -283,12 +281,18 @@ fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
     span
 }
 
-/// The middleware: see the [module docs](self).
-pub(crate) async fn observe(
-    State(settings): State<Arc<AccessSettings>>,
+/// The middleware (see the [module docs](self)) around `inner`, which
+/// answers the request: the rest of the server's request middleware and the
+/// route.
+pub(crate) async fn observe<F, Fut>(
+    settings: &AccessSettings,
     request: Request,
-    next: Next,
-) -> Response {
+    inner: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let extensions = request.extensions();
     let route = extensions
@@ -324,7 +328,7 @@ pub(crate) async fn observe(
         _in_flight: InFlight::start(),
     };
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = inner(request).instrument(span.clone()).await;
 
     let Some(line) = pending.line.take() else {
         return response;

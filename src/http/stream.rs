@@ -6,7 +6,7 @@ use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::AppState;
 use super::live;
@@ -93,15 +93,37 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let (parts, body) = request.into_parts();
-    let collected = Limited::new(body, limit).collect().await.map_err(|error| {
-        if error.downcast_ref::<LengthLimitError>().is_some() {
-            too_large()
-        } else {
+    let (parts, mut body) = request.into_parts();
+    // By hand rather than `Limited` + `collect`: an append's body is one
+    // frame, handed on as it is, without the collector's queue and copy.
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
             ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read")
+        })?;
+        // Trailers carry no payload.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(too_large());
         }
-    })?;
-    Ok((parts.headers, collected.to_bytes()))
+        if first.is_empty() && more.is_none() {
+            first = data;
+        } else {
+            more.get_or_insert_with(|| {
+                let mut joined = BytesMut::with_capacity(total);
+                joined.extend_from_slice(&first);
+                joined
+            })
+            .extend_from_slice(&data);
+        }
+    }
+    let bytes = more.map_or(first, BytesMut::freeze);
+    Ok((parts.headers, bytes))
 }
 
 /// Where the client reaches a stream, for `Location` (and the absolute
@@ -150,7 +172,7 @@ impl PublicOrigin {
 }
 
 pub(super) fn offset_value(position: u64) -> HeaderValue {
-    HeaderValue::from_str(&Offset(position).to_string())
+    HeaderValue::from_bytes(Offset(position).encode().as_bytes())
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 

@@ -47,9 +47,14 @@ pub fn validate(name: &str, limits: NameLimits) -> Result<(), NameError> {
         if segments > limits.max_segments {
             return Err(NameError::TooManySegments(limits.max_segments));
         }
-        let decoded = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .map_err(|_| NameError::BadCharacter)?;
+        // Most names have no escapes: check them as they are.
+        let decoded = if segment.contains('%') {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .map_err(|_| NameError::BadCharacter)?
+        } else {
+            std::borrow::Cow::Borrowed(segment)
+        };
         if decoded.is_empty() || decoded == "." || decoded == ".." {
             return Err(NameError::BadSegment);
         }

@@ -31,7 +31,59 @@ impl Offset {
 
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:0w$}_{:0w$}", 0, self.0, w = FIELD_WIDTH)
+        f.write_str(self.encode().as_str())
+    }
+}
+
+impl Offset {
+    /// The minted text of this offset in a stack buffer: every response
+    /// carries one, and `format!` with padding cost more than the rest of
+    /// the header work of an append.
+    pub fn encode(self) -> OffsetText {
+        // The generation field (always zero) and its separator.
+        let mut bytes = [b'0'; OffsetText::CAPACITY];
+        bytes[FIELD_WIDTH] = b'_';
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = self.0;
+        loop {
+            start -= 1;
+            // `rest % 10` is below 10, so the cast cannot truncate.
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let count = digits.len() - start;
+        // Zero-padded to FIELD_WIDTH digits, wider only past MAX_POSITION.
+        let width = count.max(FIELD_WIDTH);
+        let len = FIELD_WIDTH + 1 + width;
+        bytes[len - count..len].copy_from_slice(&digits[start..]);
+        OffsetText { bytes, len }
+    }
+}
+
+/// The text of an [`Offset`], formatted without allocating.
+#[derive(Clone, Copy, Debug)]
+pub struct OffsetText {
+    bytes: [u8; OffsetText::CAPACITY],
+    len: usize,
+}
+
+impl OffsetText {
+    /// The generation field, `_`, and up to 20 digits of a `u64`.
+    const CAPACITY: usize = FIELD_WIDTH + 1 + 20;
+
+    /// The offset as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and `_` are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The offset as bytes, for header values.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -101,6 +153,25 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn encode_matches_padded_formatting() {
+        for position in [
+            0,
+            1,
+            9,
+            10,
+            12_345,
+            MAX_POSITION,
+            MAX_POSITION + 1,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                Offset(position).encode().as_str(),
+                format!("{:016}_{:016}", 0, position)
+            );
+        }
+    }
+
+    #[test]
     fn zero_matches_the_suites_literal() {
         assert_eq!(
             Offset::ZERO.to_string(),
@@ -130,6 +201,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn encode_matches_format_for_any_position(pos in any::<u64>()) {
+            let text = Offset(pos).encode();
+            prop_assert_eq!(text.as_str(), format!("{:016}_{:016}", 0, pos));
+        }
+
         #[test]
         fn round_trips(pos in 0..=MAX_POSITION) {
             let text = Offset(pos).to_string();
