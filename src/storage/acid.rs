@@ -9,14 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::lock::DirLock;
-use super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all};
+use super::queue::{Ack, CommitQueue, Next, WriterThread, commit_spans, fail_all};
 use super::{
     ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
@@ -91,30 +90,11 @@ struct Shared {
     _lock: Option<DirLock>,
 }
 
-struct WriterHandle {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for WriterHandle {
-    fn drop(&mut self) {
-        self.shared.queue.close();
-        if let Some(thread) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The redb backend. Cheap to clone.
 #[derive(Clone)]
 pub struct AcidStorage {
     shared: Arc<Shared>,
-    _writer: Option<Arc<WriterHandle>>,
+    _writer: Option<Arc<WriterThread<Shared>>>,
 }
 
 impl std::fmt::Debug for AcidStorage {
@@ -154,10 +134,7 @@ impl AcidStorage {
             .name("ds-acid-writer".into())
             .spawn(move || writer.run())
             .map_err(StorageError::Io)?;
-        let handle = WriterHandle {
-            shared: shared.clone(),
-            thread: Mutex::new(Some(thread)),
-        };
+        let handle = WriterThread::new(shared.clone(), |shared| &shared.queue, thread);
         Ok(Self {
             _writer: Some(Arc::new(handle)),
             shared,

@@ -28,7 +28,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +35,7 @@ use bytes::Bytes;
 use super::codec::{self, FRAME_HEADER};
 use super::lock::DirLock;
 use super::metadata::MetadataDir;
-use super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all, payload_len};
+use super::queue::{Ack, CommitQueue, Next, WriterThread, commit_spans, fail_all, payload_len};
 use super::{
     Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
@@ -217,31 +216,11 @@ impl Shared {
     }
 }
 
-/// Stops the writer thread when the last handle goes away.
-struct WriterHandle {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for WriterHandle {
-    fn drop(&mut self) {
-        self.shared.queue.close();
-        if let Some(thread) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The segment-log backend. Cheap to clone.
 #[derive(Clone)]
 pub struct FileStorage {
     shared: Arc<Shared>,
-    _writer: Option<Arc<WriterHandle>>,
+    _writer: Option<Arc<WriterThread<Shared>>>,
     durable: bool,
     metadata: Arc<MetadataDir>,
 }
@@ -405,10 +384,11 @@ impl FileStorage {
             .map_err(StorageError::Io)?;
         let durable = options.durable;
         Ok(Self {
-            _writer: Some(Arc::new(WriterHandle {
-                shared: shared.clone(),
-                thread: Mutex::new(Some(thread)),
-            })),
+            _writer: Some(Arc::new(WriterThread::new(
+                shared.clone(),
+                |shared| &shared.queue,
+                thread,
+            ))),
             shared,
             durable,
             metadata: MetadataDir::new(dir, durable, false),

@@ -12,7 +12,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -196,5 +197,40 @@ pub fn fail_all(acks: impl IntoIterator<Item = Ack>, error: &StorageError) {
             StorageError::Unavailable(message.clone())
         };
         let _ = ack.send(Err(reply));
+    }
+}
+
+/// A backend's writer thread, stopped when the last handle to the backend
+/// goes away: the queue is closed (the thread commits what is queued, then
+/// exits) and the thread joined, so a dropped backend leaves no write
+/// behind.
+pub struct WriterThread<S: Send + Sync> {
+    owner: Arc<S>,
+    queue_of: fn(&S) -> &CommitQueue,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S: Send + Sync> WriterThread<S> {
+    /// Wraps `thread`, which drains the queue `queue_of(owner)`.
+    pub fn new(owner: Arc<S>, queue_of: fn(&S) -> &CommitQueue, thread: JoinHandle<()>) -> Self {
+        Self {
+            owner,
+            queue_of,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+}
+
+impl<S: Send + Sync> Drop for WriterThread<S> {
+    fn drop(&mut self) {
+        (self.queue_of)(&self.owner).close();
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = thread.join();
+        }
     }
 }
