@@ -295,13 +295,7 @@ fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
 }
 
 fn print_config(options: &LoadOptions, sources: bool) -> Result<(), StartupError> {
-    let loaded = config::load(options);
-    let validation = loaded.validate();
-    if !loaded.problems().is_empty() {
-        let mut problems = loaded.problems().to_vec();
-        problems.extend(validation.errors);
-        return Err(StartupError::config(Phase::LoadConfig, problems));
-    }
+    let (loaded, validation) = startup::load_parsed(options)?;
     // Printed even when invalid, since that is when one wants to see it.
     let _ = std::io::stdout()
         .lock()

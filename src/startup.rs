@@ -422,12 +422,15 @@ pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
     Ok(checked)
 }
 
-/// Runs `load_config` and `validate_config` only (for commands that do not
-/// serve, such as `export` and `import`).
+/// The `load_config` phase: fails when a layer could not be read or parsed
+/// (reporting the validation errors found meanwhile too, all at once);
+/// otherwise the configuration and what validating it found.
 ///
 /// # Errors
-/// The first phase that fails.
-pub fn load_valid(options: &LoadOptions) -> Result<Checked, StartupError> {
+/// The `load_config` problems.
+pub fn load_parsed(
+    options: &LoadOptions,
+) -> Result<(LoadedConfig, config::Validation), StartupError> {
     let loaded = config::load(options);
     let validation = loaded.validate();
     if !loaded.problems().is_empty() {
@@ -435,6 +438,16 @@ pub fn load_valid(options: &LoadOptions) -> Result<Checked, StartupError> {
         problems.extend(validation.errors);
         return Err(StartupError::config(Phase::LoadConfig, problems));
     }
+    Ok((loaded, validation))
+}
+
+/// Runs `load_config` and `validate_config` only (for commands that do not
+/// serve, such as `export` and `import`).
+///
+/// # Errors
+/// The first phase that fails.
+pub fn load_valid(options: &LoadOptions) -> Result<Checked, StartupError> {
+    let (loaded, validation) = load_parsed(options)?;
     if !validation.errors.is_empty() {
         return Err(StartupError::config(
             Phase::ValidateConfig,

@@ -199,6 +199,31 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a store just replayed, shared by its readers and writer.
+    fn opened(
+        dir: &Path,
+        durable: bool,
+        index: HashMap<StreamId, StreamIndex>,
+        segments: BTreeMap<u32, Arc<File>>,
+        recovered: Vec<RecoveredStream>,
+        lock: Option<DirLock>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            queue: CommitQueue::new(backend_name(durable)),
+            index: RwLock::new(
+                index
+                    .into_iter()
+                    .map(|(id, idx)| (id, Arc::new(RwLock::new(idx))))
+                    .collect(),
+            ),
+            segments: RwLock::new(segments),
+            recovered: Mutex::new(recovered),
+            recent_bytes: std::sync::atomic::AtomicUsize::new(0),
+            _lock: lock,
+        })
+    }
+
     fn stream(&self, id: StreamId) -> Option<Arc<RwLock<StreamIndex>>> {
         self.index
             .read()
@@ -305,20 +330,7 @@ impl FileStorage {
                 read_files.insert(number, Arc::new(file));
             }
             let (recovered, index, _, _) = replay.finish();
-            let shared = Arc::new(Shared {
-                dir: dir.to_path_buf(),
-                queue: CommitQueue::new(backend_name(options.durable)),
-                index: RwLock::new(
-                    index
-                        .into_iter()
-                        .map(|(id, idx)| (id, Arc::new(RwLock::new(idx))))
-                        .collect(),
-                ),
-                segments: RwLock::new(read_files),
-                recovered: Mutex::new(recovered),
-                recent_bytes: std::sync::atomic::AtomicUsize::new(0),
-                _lock: None,
-            });
+            let shared = Shared::opened(dir, options.durable, index, read_files, recovered, None);
             shared.queue.close();
             return Ok(Self {
                 shared,
@@ -349,20 +361,7 @@ impl FileStorage {
                 *segment_live.entry(*number).or_default() += 1;
             }
         }
-        let shared = Arc::new(Shared {
-            dir: dir.to_path_buf(),
-            queue: CommitQueue::new(backend_name(options.durable)),
-            index: RwLock::new(
-                index
-                    .into_iter()
-                    .map(|(id, idx)| (id, Arc::new(RwLock::new(idx))))
-                    .collect(),
-            ),
-            segments: RwLock::new(read_files),
-            recovered: Mutex::new(recovered),
-            recent_bytes: std::sync::atomic::AtomicUsize::new(0),
-            _lock: lock,
-        });
+        let shared = Shared::opened(dir, options.durable, index, read_files, recovered, lock);
         let mut writer = Writer {
             shared: shared.clone(),
             options: options.clone(),

@@ -148,6 +148,17 @@ pub(super) struct State {
     early: Vec<(String, u64)>,
 }
 
+impl State {
+    /// The subscription `key`, which must be of `kind`.
+    fn sub_of_kind(&mut self, key: &str, kind: Kind) -> Result<&mut Sub, SubscriptionError> {
+        let sub = self.subs.get_mut(key).ok_or(SubscriptionError::NotFound)?;
+        if sub.stored.config.kind != kind {
+            return Err(SubscriptionError::WrongType(kind.as_str()));
+        }
+        Ok(sub)
+    }
+}
+
 /// Shared by the handle, the tasks and the engine observer.
 pub(super) struct Shared {
     pub engine: Engine,
@@ -1005,13 +1016,7 @@ impl Subscriptions {
         let now = now_ms();
         let next_wake = {
             let mut state = self.lock();
-            let sub = state
-                .subs
-                .get_mut(&key)
-                .ok_or(SubscriptionError::NotFound)?;
-            if sub.stored.config.kind != kind {
-                return Err(SubscriptionError::WrongType(kind.as_str()));
-            }
+            let sub = state.sub_of_kind(&key, kind)?;
             Self::check_wake(sub, &body.wake_id, body.generation, bearer, now)?;
             Self::apply_acks(sub, &body.acks)?;
             if body.done {
@@ -1055,13 +1060,7 @@ impl Subscriptions {
         let now = now_ms();
         let claimed = {
             let mut state = self.lock();
-            let sub = state
-                .subs
-                .get_mut(&key)
-                .ok_or(SubscriptionError::NotFound)?;
-            if sub.stored.config.kind != Kind::PullWake {
-                return Err(SubscriptionError::WrongType("pull-wake"));
-            }
+            let sub = state.sub_of_kind(&key, Kind::PullWake)?;
             if sub.lease_active(now) {
                 let holder = sub
                     .stored
@@ -1131,13 +1130,7 @@ impl Subscriptions {
         let now = now_ms();
         {
             let mut state = self.lock();
-            let sub = state
-                .subs
-                .get_mut(&key)
-                .ok_or(SubscriptionError::NotFound)?;
-            if sub.stored.config.kind != Kind::PullWake {
-                return Err(SubscriptionError::WrongType("pull-wake"));
-            }
+            let sub = state.sub_of_kind(&key, Kind::PullWake)?;
             Self::check_wake(sub, &body.wake_id, body.generation, bearer, now)?;
             sub.stored.wake = None;
         }
