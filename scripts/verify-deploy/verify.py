@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -1109,7 +1110,10 @@ class Verifier:
                 for chunk in chunks:
                     http(f"{base_url}/{stream}", "POST", chunk, content_type)
             http(f"{base_url}/closed", "POST", b"", "text/plain", {"Stream-Closed": "true"})
+            before = tree_state(data)
             result = live.run_script(script, base, env)
+            if tree_state(data) != before:
+                raise CheckFailed(["the backup changed the data directory, which the Job mounts read-only"])
             for stream, _, _ in BACKUP_STREAMS:
                 bodies[stream] = http(f"{base_url}/{stream}?offset=-1", "GET")
         if result.returncode != 0:
@@ -1138,8 +1142,12 @@ class Verifier:
             raise CheckFailed(["an export of the restored store differs from the backup it was restored from"])
         with self.live_server(scenario, {}, restored, "restored") as server:
             for stream, _, _ in BACKUP_STREAMS:
-                if http(f"http://127.0.0.1:{server.port}/v1/stream/{stream}?offset=-1", "GET") != bodies[stream]:
-                    raise CheckFailed([f"stream {stream} reads differently after the restore"])
+                try:
+                    body = http(f"http://127.0.0.1:{server.port}/v1/stream/{stream}?offset=-1", "GET")
+                except urllib.error.HTTPError as error:
+                    body = f"HTTP {error.code}".encode()
+                if body != bodies[stream]:
+                    raise CheckFailed([f"stream {stream} reads differently from the restored store: {body[:80]!r}"])
         return f"{scenario.values['storage']['mode']}: {made[0].stat().st_size} bytes exported beside the live server, restored byte for byte, {keep} kept"
 
     def check_release(self) -> str:
@@ -1532,8 +1540,8 @@ class Verifier:
 # ------------------------------------------------------- operator checks ---
 RELEASE_WORKFLOW = Path(".github/workflows/release.yml")
 RELEASE_WORKFLOW_NEEDS = [
-    ("linux/amd64", "builds for amd64"),
-    ("linux/arm64", "builds for arm64"),
+    ("platform: linux/amd64", "builds for amd64"),
+    ("platform: linux/arm64", "builds for arm64"),
     ("docker/build-push-action", "builds with buildx"),
     ("provenance: mode=max", "attaches build provenance"),
     ("sbom: true", "attaches an SBOM"),
@@ -1602,6 +1610,11 @@ def permitted(target: Any, address: str) -> bool:
     network = ipaddress.ip_network(cidr)
     refused = any(ip in ipaddress.ip_network(r) for r in WEBHOOK_REFUSED_RANGES if ipaddress.ip_network(r).version == ip.version)
     return ip.version == network.version and ip in network and (private_ok or not refused)
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {str(f.relative_to(root)): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()}
 
 
 def go_duration_secs(text: str) -> float:
