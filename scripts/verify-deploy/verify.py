@@ -311,6 +311,18 @@ class Verifier:
         return [s for s in SCENARIOS if s.refused_with is None]
 
     # ------------------------------------------------------------ checks
+    def each_scenario(self, check: Callable[[Scenario], Any]) -> list[Any]:
+        """Runs check on every good scenario; fails with all their problems, each named by its scenario."""
+        results, problems = [], []
+        for scenario in self.good_scenarios():
+            try:
+                results.append(check(scenario))
+            except CheckFailed as failed:
+                problems += [f"{scenario.name}: {p}" for p in failed.problems]
+        if problems:
+            raise CheckFailed(problems)
+        return results
+
     def check_render(self) -> str:
         """Every scenario renders; every refused one is refused for its reason."""
         self.render_all()
@@ -444,16 +456,7 @@ class Verifier:
 
     def check_pod_policy(self) -> str:
         """What the issue promises about the pods, read off every rendered workload."""
-        problems = []
-        checked = 0
-        for scenario in self.good_scenarios():
-            try:
-                self._check_workload(scenario)
-                checked += 1
-            except CheckFailed as failed:
-                problems += [f"{scenario.name}: {p}" for p in failed.problems]
-        if problems:
-            raise CheckFailed(problems)
+        checked = len(self.each_scenario(self._check_workload))
         return f"{checked} workloads: probes, non-root, read-only root, TLS directory mounts, drain timing, config wiring"
 
     def _check_workload(self, scenario: Scenario) -> None:
@@ -603,15 +606,7 @@ class Verifier:
 
     def check_monitoring(self) -> str:
         """ServiceMonitor, PrometheusRule and dashboards as kube-prometheus-stack and Grafana read them."""
-        problems = []
-        scraped = 0
-        for scenario in self.good_scenarios():
-            try:
-                scraped += self._check_monitoring(scenario)
-            except CheckFailed as failed:
-                problems += [f"{scenario.name}: {p}" for p in failed.problems]
-        if problems:
-            raise CheckFailed(problems)
+        scraped = sum(self.each_scenario(self._check_monitoring))
         return (f"{scraped} pods scraped exactly once; objects only where the API is served or forced, "
                 "with their labels; NOTES warns when skipped; rules and release-scoped dashboards match their sources")
 
