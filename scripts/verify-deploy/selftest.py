@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -212,21 +213,28 @@ def main() -> int:
             failed += 1
             print("FAIL the unbroken copy fails, so the cases below prove nothing:", flush=True)
             print(result.stdout + result.stderr, flush=True)
-        for n, case in enumerate(CASES):
+        def attempt(numbered: tuple[int, Case]) -> tuple[Case, subprocess.CompletedProcess]:
+            n, case = numbered
             root = scratch / f"case-{n}"
             copy(root)
             case.break_it(root)
-            result = run(root, case.checks)
-            output = result.stdout + result.stderr
-            failed_check = f"FAIL {case.checks}:" in output
-            if result.returncode != 0 and failed_check and case.expect in output:
-                passed += 1
-                print(f"ok   {case.name}: {case.checks} fails", flush=True)
-            else:
-                failed += 1
-                print(f"FAIL {case.name}: expected {case.checks} to fail mentioning {case.expect!r}; exit {result.returncode}", flush=True)
-                print("     " + output.strip().replace("\n", "\n     "), flush=True)
-            shutil.rmtree(root, ignore_errors=True)
+            try:
+                return case, run(root, case.checks)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+
+        # Cases are independent copies on their own ports: run two at a time.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for case, result in pool.map(attempt, enumerate(CASES)):
+                output = result.stdout + result.stderr
+                failed_check = f"FAIL {case.checks}:" in output
+                if result.returncode != 0 and failed_check and case.expect in output:
+                    passed += 1
+                    print(f"ok   {case.name}: {case.checks} fails", flush=True)
+                else:
+                    failed += 1
+                    print(f"FAIL {case.name}: expected {case.checks} to fail mentioning {case.expect!r}; exit {result.returncode}", flush=True)
+                    print("     " + output.strip().replace("\n", "\n     "), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"verify-deploy self-test: {passed} passed, {failed} failed")

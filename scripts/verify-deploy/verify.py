@@ -1544,6 +1544,7 @@ RELEASE_WORKFLOW_NEEDS = [
     ("id-token: write", "gets the OIDC token keyless signing needs"),
     ("imagetools create", "publishes one multi-arch index"),
     ("Chart.yaml", "checks the tag against the crate and chart versions"),
+    (".image.repository = strenv(IMAGE)", "packages the chart with the published image repository"),
     ("image.digest", "packages the chart with the image digest"),
     ("--notes-file", "writes the digests into the release notes"),
 ]
