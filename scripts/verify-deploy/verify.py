@@ -1,6 +1,8 @@
 """Checks of the deployment bundle: Helm chart, plain manifests, alert rules,
-dashboards, runbook and Dockerfile. Run through scripts/verify-deploy.sh,
-which installs the tools first.
+dashboards, runbook, Dockerfile and release workflow. Run through
+scripts/verify-deploy.sh, which installs the tools first. cluster.py reads
+rendered objects as Kubernetes and its operators do; live.py runs what the
+chart renders against the server binary.
 
     python verify.py --repo DIR --tools DIR [--checks a,b] [--update]
 

@@ -180,11 +180,6 @@ the long-poll timeout and the SSE reconnect interval, plus 30.
 {{- add (max $longPoll $sse) 30 }}
 {{- end }}
 
-{{/* The Secret holding the PostgreSQL URL. */}}
-{{- define "durable-streams.postgresSecretName" -}}
-{{- default (printf "%s-postgres" (include "durable-streams.fullname" .)) .Values.postgres.existingSecret }}
-{{- end }}
-
 {{/* The helm test client certificate Secret for mTLS ("" when there is none). */}}
 {{- define "durable-streams.testClientSecretName" -}}
 {{- if .Values.tests.clientCertSecret }}
