@@ -927,7 +927,7 @@ class Verifier:
             pod = next((d for _, d in scenario.docs if d["kind"] == "Pod" and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"), None)
             if v["tests"]["enabled"] and pod is None:
                 notes = next((t for n, t in scenario.manifests.items() if n.endswith("NOTES.txt")), "")
-                if v["tls"]["mode"] == "mtls" and "helm test: not rendered" in notes:
+                if v["tls"]["mode"] != "http" and "helm test: not rendered" in notes:
                     continue
                 problems.append(f"{scenario.name}: tests.enabled but no helm test pod (and NOTES does not say why)")
                 continue

@@ -189,6 +189,28 @@ the long-poll timeout and the SSE reconnect interval, plus 30.
 {{- end }}
 {{- end }}
 
+{{/*
+The Secret whose ca.crt verifies the server certificate for helm test and
+the NOTES example ("" when there is none): tests.caSecret, else the one
+cert-manager writes.
+*/}}
+{{- define "durable-streams.testCaSecretName" -}}
+{{- if .Values.tests.caSecret }}
+{{- .Values.tests.caSecret }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- include "durable-streams.tlsSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{/* Why the helm test pod cannot be rendered ("" when it can). */}}
+{{- define "durable-streams.testMissing" -}}
+{{- if and (include "durable-streams.tlsEnabled" .) (not (include "durable-streams.testCaSecretName" .)) }}
+{{- print "TLS needs tests.caSecret (a Secret with the CA in ca.crt) or tls.certManager.enabled" }}
+{{- else if and (eq .Values.tls.mode "mtls") (not (include "durable-streams.testClientSecretName" .)) }}
+{{- print "mTLS needs tests.clientCertSecret or tls.certManager.enabled" }}
+{{- end }}
+{{- end }}
+
 {{/* A helper image reference; a digest wins over the tag. Argument: the image dict. */}}
 {{- define "durable-streams.helperImage" -}}
 {{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
