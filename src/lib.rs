@@ -33,6 +33,7 @@
 //! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - [`transfer`]: export and import of streams (backup, migration).
+//! - `watch`: when to reload files (directory events, polling, SIGHUP).
 
 pub mod cli;
 pub mod client;
@@ -50,6 +51,7 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
 pub mod transfer;
+mod watch;
 
 pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
 pub use startup::{Phase, StartupError};

@@ -365,11 +365,15 @@ mod tests {
     /// two segments, each `*` zero to two characters.
     fn instantiate(pattern: &str, mut seed: u64) -> String {
         let mut pick = |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
         let word = |pick: &mut dyn FnMut(u64) -> u64| -> String {
-            (0..pick(3)).map(|_| if pick(2) == 0 { 'a' } else { 'b' }).collect()
+            (0..pick(3))
+                .map(|_| if pick(2) == 0 { 'a' } else { 'b' })
+                .collect()
         };
         let mut parts: Vec<String> = Vec::new();
         for segment in pattern.split('/') {
@@ -378,7 +382,12 @@ mod tests {
                     parts.push(format!("s{}", word(&mut pick)));
                 }
             } else {
-                parts.push(segment.split('*').collect::<Vec<_>>().join(&word(&mut pick)));
+                parts.push(
+                    segment
+                        .split('*')
+                        .collect::<Vec<_>>()
+                        .join(&word(&mut pick)),
+                );
             }
         }
         parts.join("/")

@@ -64,9 +64,21 @@ mod tests {
         let long = "x/".repeat(100);
         let too_many = vec!["x"; MAX_PATTERN_SEGMENTS + 1].join("/");
         let too_long = "x".repeat(MAX_PATTERN_BYTES + 1);
-        for bad in ["", "/a", "a/", "a//b", "a**/b", long.as_str(), &too_many, &too_long] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a**/b",
+            long.as_str(),
+            &too_many,
+            &too_long,
+        ] {
             assert!(
-                matches!(Pattern::parse(bad), Err(SubscriptionError::InvalidPattern(_))),
+                matches!(
+                    Pattern::parse(bad),
+                    Err(SubscriptionError::InvalidPattern(_))
+                ),
                 "{bad:?}"
             );
         }
