@@ -139,12 +139,6 @@ impl AuthSettings {
         })
     }
 
-    /// Whether any credential source is configured (JWKS, API keys,
-    /// identities).
-    pub fn has_credential_source(&self) -> bool {
-        self.keys != KeySource::None || self.api_keys_path.is_some() || !self.identities.is_empty()
-    }
-
     /// The query parameter that may carry a token, if enabled.
     pub fn query_param(&self) -> Option<&str> {
         self.query_param.as_deref()
