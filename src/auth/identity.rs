@@ -95,11 +95,6 @@ impl IdentityMap {
             })
             .map(|entry| &entry.grants)
     }
-
-    /// Whether there are no entries.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {
