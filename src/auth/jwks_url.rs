@@ -167,11 +167,17 @@ impl JwksFetcher {
         KeySet::parse(&body).map_err(FetchError::Invalid)
     }
 
-    /// Fetches on schedule until `shutdown` fires: every refresh interval,
-    /// or every minimum refetch interval while no set was ever fetched.
+    /// Fetches at once, then on schedule until `shutdown` fires: every
+    /// refresh interval, or every minimum refetch interval while no set was
+    /// ever fetched.
     pub(crate) fn spawn_refresher(self: Arc<Self>, shutdown: ShutdownToken) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
+                // `refresh` logs its outcome.
+                let _ = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    result = self.refresh() => result,
+                };
                 let wait = if self.current().is_some() {
                     self.timing.refresh_interval
                 } else {
@@ -181,8 +187,6 @@ impl JwksFetcher {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
                 }
-                // `refresh` logs its outcome.
-                let _ = self.refresh().await;
             }
         })
     }
