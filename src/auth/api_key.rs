@@ -169,18 +169,20 @@ fn same_digest(stored: &[u8; 32], presented: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+/// The `sha256` value of `key` in the file.
+#[cfg(test)]
+pub(crate) fn sha256_hex(key: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::AccessOp;
-
-    fn sha256_hex(key: &str) -> String {
-        ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
 
     fn file(entries: &[(&str, &str)]) -> String {
         entries

@@ -14,6 +14,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::json;
 
+use super::api_key::sha256_hex;
 use super::*;
 use crate::config::{AccessOp, AuthConfig, AuthMode, GrantConfig, IdentityConfig};
 
@@ -440,14 +441,6 @@ async fn grants_come_from_the_configured_claim() {
         who.check(AccessOp::Read, "/v1/stream/a/x"),
         Err(Denial::NotGranted)
     );
-}
-
-fn sha256_hex(key: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn api_keys_file(entries: &[(&str, &str, &str)]) -> String {

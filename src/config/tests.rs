@@ -832,15 +832,15 @@ fn auth_rules() {
     assert_eq!(
         keys,
         [
-            "auth.jwks_url",
             "auth.jwks_fetch_timeout_secs",
+            "auth.jwks_url",
             "auth.claim",
             "auth.query_param"
         ],
         "{}",
         messages(&errors)
     );
-    assert!(errors[0].message.contains("plain http"), "{}", errors[0]);
+    assert!(errors[1].message.contains("plain http"), "{}", errors[1]);
     for (url, why) in [
         ("https://user:pw@idp.example.com/jwks", "credentials"),
         ("ftp://idp.example.com/jwks", "scheme"),

@@ -119,6 +119,18 @@ impl Checker<'_> {
                 "transport.connection.long_poll_timeout_secs",
                 self.config.transport.connection.long_poll_timeout_secs,
             ),
+            (
+                "auth.jwks_refresh_interval_secs",
+                self.config.auth.jwks_refresh_interval_secs,
+            ),
+            (
+                "auth.jwks_fetch_timeout_secs",
+                self.config.auth.jwks_fetch_timeout_secs,
+            ),
+            (
+                "auth.jwks_min_refetch_interval_secs",
+                self.config.auth.jwks_min_refetch_interval_secs,
+            ),
         ];
         for (key, value) in nonzero {
             if value == 0 {
@@ -568,26 +580,6 @@ impl Checker<'_> {
                     _ => "auth".to_owned(),
                 };
                 self.error(&key, error.to_string(), error.hint().into());
-            }
-        }
-        let nonzero = [
-            (
-                "auth.jwks_refresh_interval_secs",
-                auth.jwks_refresh_interval_secs,
-            ),
-            ("auth.jwks_fetch_timeout_secs", auth.jwks_fetch_timeout_secs),
-            (
-                "auth.jwks_min_refetch_interval_secs",
-                auth.jwks_min_refetch_interval_secs,
-            ),
-        ];
-        for (key, value) in nonzero {
-            if value == 0 {
-                self.error(
-                    key,
-                    format!("`{key}` = 0 is not allowed"),
-                    format!("set `{key}` to at least 1, or remove it to use the default"),
-                );
             }
         }
         if auth.claim.trim().is_empty() {
