@@ -71,8 +71,18 @@ impl ApiKeys {
     /// # Errors
     /// What is wrong, naming the entry (never a hash).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: FileFormat =
-            toml::from_str(text).map_err(|error| format!("not an API keys file: {error}"))?;
+        // The error's own text quotes the offending line, which may hold a
+        // hash: name the line only.
+        let file: FileFormat = toml::from_str(text).map_err(|error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            format!(
+                "not an API keys file{}: {}",
+                line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                error.message()
+            )
+        })?;
         let mut keys: Vec<ApiKey> = Vec::with_capacity(file.keys.len());
         for (index, entry) in file.keys.into_iter().enumerate() {
             let label = format!("key #{} ({:?})", index + 1, entry.name);
@@ -252,7 +262,21 @@ mod tests {
             "[[keys]]\nname = \"a\"\nsha256 = \"{}\"\nkey = \"k\"\n",
             sha256_hex("k")
         );
-        assert!(ApiKeys::parse(&unknown).is_err(), "plain keys are refused");
+        let error = ApiKeys::parse(&unknown).expect_err("plain keys are refused");
+        assert!(
+            error.contains("line 4") && !error.contains(&sha256_hex("k")),
+            "{error}"
+        );
+        // A syntax error next to a hash does not quote it either.
+        let broken = format!(
+            "[[keys]]\nname = \"a\"\nsha256 = \"{}\" x\n",
+            sha256_hex("k")
+        );
+        let error = ApiKeys::parse(&broken).expect_err("syntax");
+        assert!(
+            error.contains("line 3") && !error.contains(&sha256_hex("k")),
+            "{error}"
+        );
         assert!(ApiKeys::parse("[[keys]]\nname = \"\"\nsha256 = \"\"\n").is_err());
     }
 
