@@ -101,7 +101,7 @@ impl AuthSettings {
         let keys = match (set(&config.jwks_path), config.jwks_url.as_deref()) {
             (Some(path), _) => KeySource::File(path),
             (None, Some(url)) if !url.trim().is_empty() => KeySource::Url(
-                jwks_url(url).map_err(AuthSetupError::JwksUrl)?,
+                check_jwks_url(url).map_err(AuthSetupError::JwksUrl)?,
                 FetchTiming {
                     refresh_interval: Duration::from_secs(config.jwks_refresh_interval_secs.max(1)),
                     timeout: Duration::from_secs(config.jwks_fetch_timeout_secs.max(1)),
@@ -150,7 +150,7 @@ impl AuthSettings {
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn jwks_url(raw: &str) -> Result<url::Url, String> {
+pub fn check_jwks_url(raw: &str) -> Result<url::Url, String> {
     let url =
         url::Url::parse(raw.trim()).map_err(|error| format!("{raw:?} is not a URL: {error}"))?;
     let loopback = match url.host() {

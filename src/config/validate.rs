@@ -550,7 +550,7 @@ impl Checker<'_> {
             );
         }
         if let Some(url) = auth.jwks_url.as_deref().filter(|_| jwks_url_set)
-            && let Err(why) = crate::auth::jwks_url(url)
+            && let Err(why) = crate::auth::check_jwks_url(url)
         {
             self.error(
                 "auth.jwks_url",
