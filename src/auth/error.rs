@@ -88,7 +88,7 @@ pub enum Denial {
     #[error("the credentials do not allow this operation on this path")]
     NotGranted,
     /// Not a normalised absolute path (an empty, `.` or `..` segment,
-    /// encoded or not; a query or fragment): nothing is granted on it.
+    /// encoded or not): nothing is granted on it.
     #[error("the path is not a normalised absolute path")]
     InvalidPath,
 }
