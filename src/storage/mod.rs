@@ -34,6 +34,7 @@ pub mod instrumented;
 pub mod lock;
 pub mod memory;
 pub mod metadata;
+pub mod postgres;
 mod queue;
 #[cfg(test)]
 mod recovery_tests;
@@ -51,6 +52,7 @@ pub use acid::AcidStorage;
 pub use file::{FileOptions, FileStorage};
 pub use instrumented::InstrumentedStorage;
 pub use memory::InMemoryStorage;
+pub use postgres::PostgresStorage;
 
 /// A stream instance's identifier, unique for the life of a store (a stream
 /// deleted and re-created at the same path gets a new one).
@@ -233,7 +235,7 @@ pub enum StorageError {
 ///
 /// # Errors
 /// When a durable mode has no `storage.data_dir`, or the backend fails to
-/// open (locked directory, I/O failure, corruption).
+/// open (locked directory, I/O failure, corruption, unreachable database).
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
     use crate::config::StorageMode;
     let storage = &config.storage;
@@ -261,7 +263,36 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(true))?)
         }
         StorageMode::Acid => std::sync::Arc::new(AcidStorage::open(&dir()?)?),
+        StorageMode::Postgres => std::sync::Arc::new(open_postgres(&storage.postgres, false)?),
     })
+}
+
+/// Opens the `postgres` backend from synchronous code running on (or
+/// beside) a multi-threaded Tokio runtime, which then drives its
+/// connections; `read_only` opens it for a live export.
+///
+/// # Errors
+/// When `[storage.postgres]` is invalid, no runtime is running, or the
+/// backend fails to open.
+pub fn open_postgres(
+    config: &crate::config::PostgresConfig,
+    read_only: bool,
+) -> Result<PostgresStorage, StorageError> {
+    let options = postgres::PostgresOptions::from_config(config)
+        .map_err(|error| StorageError::Unavailable(error.message))?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        StorageError::Unavailable("the postgres backend needs a Tokio runtime".into())
+    })?;
+    let opening = async move {
+        if read_only {
+            PostgresStorage::open_read_only(options).await
+        } else {
+            PostgresStorage::open(options).await
+        }
+    };
+    // Blocking here is what the callers expect (startup opens storage on a
+    // blocking thread); `block_in_place` keeps it legal on a worker too.
+    tokio::task::block_in_place(|| runtime.block_on(opening))
 }
 
 impl StorageError {

@@ -1,0 +1,1 @@
+//! Tests against a real PostgreSQL: faults, migrations, TLS, notifications.
