@@ -7,6 +7,7 @@ mod commands;
 mod common;
 mod failures;
 mod helpers;
+mod postgres;
 mod serve;
 mod tls;
 mod transfer;

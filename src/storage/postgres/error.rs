@@ -12,7 +12,15 @@ use super::super::StorageError;
 /// clients may retry.
 pub fn storage_error(action: &str, error: &tokio_postgres::Error) -> StorageError {
     let Some(db) = error.as_db_error() else {
-        return StorageError::Unavailable(format!("{action}: {error}"));
+        // The cause (a TLS verification failure, a refused connection) is
+        // in the source chain, not in the client error's own text.
+        let mut message = format!("{action}: {error}");
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        return StorageError::Unavailable(message);
     };
     let code = db.code().code();
     let message = format!("{action}: {} (SQLSTATE {code})", db.message());

@@ -9,10 +9,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::config::PostgresConfig;
+use crate::storage::Storage;
 
 use super::PostgresOptions;
 
@@ -194,34 +195,29 @@ impl TestDb {
 }
 
 /// A storage-suite harness: a fresh database on the shared cluster, each
-/// open a new [`super::PostgresStorage`] on it.
-pub async fn suite_harness() -> crate::storage::suite::Harness {
+/// open a new [`super::PostgresStorage`] on it, handed out through `wrap`.
+async fn harness_wrapped(
+    wrap: fn(Arc<dyn Storage>) -> Arc<dyn Storage>,
+) -> crate::storage::suite::Harness {
     let db = Cluster::shared().database().await;
     crate::storage::suite::Harness::opened_by(
         move |_| {
             let options = db.options();
             Box::pin(async move {
                 let store = super::PostgresStorage::open(options).await.expect("open");
-                std::sync::Arc::new(store) as std::sync::Arc<dyn crate::storage::Storage>
+                wrap(Arc::new(store))
             })
         },
         true,
     )
 }
 
+/// The storage suite's harness for this backend.
+pub async fn suite_harness() -> crate::storage::suite::Harness {
+    harness_wrapped(|store| store).await
+}
+
 /// [`suite_harness`] through the metrics wrapper.
 pub async fn suite_harness_instrumented() -> crate::storage::suite::Harness {
-    let db = Cluster::shared().database().await;
-    crate::storage::suite::Harness::opened_by(
-        move |_| {
-            let options = db.options();
-            Box::pin(async move {
-                let store = super::PostgresStorage::open(options).await.expect("open");
-                std::sync::Arc::new(crate::storage::InstrumentedStorage::new(
-                    std::sync::Arc::new(store),
-                )) as std::sync::Arc<dyn crate::storage::Storage>
-            })
-        },
-        true,
-    )
+    harness_wrapped(|store| Arc::new(crate::storage::InstrumentedStorage::new(store))).await
 }
