@@ -118,8 +118,9 @@ impl OptionsError {
 /// URL parameters this module interprets itself; the rest go to the client.
 const TLS_PARAMETERS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
-/// Longest schema name PostgreSQL keeps (`NAMEDATALEN - 1`).
-const MAX_IDENTIFIER_BYTES: usize = 63;
+/// Longest schema name: PostgreSQL keeps 63 bytes of a name, and the
+/// notification channel is the schema's name plus `.tails`.
+const MAX_SCHEMA_BYTES: usize = 57;
 
 impl PostgresOptions {
     /// Reads `[storage.postgres]`.
@@ -190,7 +191,7 @@ impl PostgresOptions {
 
         let schema = config.schema.trim().to_owned();
         let valid_schema = !schema.is_empty()
-            && schema.len() <= MAX_IDENTIFIER_BYTES
+            && schema.len() <= MAX_SCHEMA_BYTES
             && schema
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -204,7 +205,7 @@ impl PostgresOptions {
                     config.schema
                 ),
                 "use lower-case letters, digits and underscores (not starting with a digit or \
-                 pg_), at most 63 bytes, e.g. durable_streams",
+                 pg_), at most 57 bytes, e.g. durable_streams",
             ));
         }
         if config.pool_size == 0 {
@@ -394,7 +395,7 @@ mod tests {
             };
             assert!(PostgresOptions::from_config(&config).is_ok(), "{schema}");
         }
-        for schema in ["", "Upper", "a-b", "1x", "pg_x", "a;drop", &"x".repeat(64)] {
+        for schema in ["", "Upper", "a-b", "1x", "pg_x", "a;drop", &"x".repeat(58)] {
             let config = PostgresConfig {
                 url: Some("postgres://h/db".into()),
                 schema: schema.into(),
