@@ -163,6 +163,41 @@ pub struct ReadChunk {
     pub starts_mid_record: bool,
 }
 
+impl ReadChunk {
+    /// Nothing read yet, for a read starting at `from`.
+    pub fn empty(from: u64) -> Self {
+        Self {
+            records: Vec::new(),
+            end: from,
+            starts_mid_record: false,
+        }
+    }
+
+    /// The bytes of a stored record (`len` bytes from position `start`)
+    /// that a read of `[from, until)` takes.
+    pub fn part(start: u64, len: usize, from: u64, until: u64) -> std::ops::Range<usize> {
+        let lo = usize::try_from(from.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        let hi = usize::try_from(until.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        lo..hi.max(lo)
+    }
+
+    /// Adds `piece`, the bytes `part` of the record starting at `start`;
+    /// returns how many bytes it holds.
+    pub fn push(&mut self, start: u64, part: std::ops::Range<usize>, piece: Bytes) -> usize {
+        if self.records.is_empty() && part.start > 0 {
+            self.starts_mid_record = true;
+        }
+        self.end = start + part.end as u64;
+        let taken = piece.len();
+        self.records.push(piece);
+        taken
+    }
+}
+
 /// A stream as found when a store is opened.
 #[derive(Clone, Debug)]
 pub struct RecoveredStream {
