@@ -14,6 +14,16 @@
 #   - yamllint; promtool check rules and test rules; every dashboard query
 #     parses (promtool) and every dashboard type-checks against
 #     @grafana/schema; rules and dashboards use only exported metrics;
+#   - as kube-prometheus-stack, cert-manager and ingress-nginx read them:
+#     monitoring objects only where their API is served (or forced), with
+#     their labels, each pod scraped once; two releases in one namespace
+#     share nothing; egress follows the features turned on; Ingress and
+#     HTTPRoute timeouts above the long-poll and SSE intervals; only a
+#     server.toml change rolls the pods;
+#   - against the release binary: the helm test script and the NOTES curl
+#     examples (plain, TLS, mTLS), the backup CronJob's script beside a live
+#     server and the runbook's restore into a fresh store, byte for byte;
+#   - actionlint on the release workflow; appVersion is the crate version;
 #   - runbook links; hadolint on the Dockerfile; deploy/kubernetes and the
 #     chart's copies of rules and dashboards match their sources;
 #   - where podman runs, an image built from the local binary answers

@@ -78,9 +78,142 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-headless" (include "durable-streams.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* "true" when storage.mode keeps data on disk (StatefulSet), else "". */}}
+{{/* "true" when storage.mode keeps data on the pod's disk (StatefulSet), else "". */}}
 {{- define "durable-streams.durable" -}}
-{{- if ne .Values.storage.mode "memory" }}true{{ end }}
+{{- if has .Values.storage.mode (list "file-fast" "file-durable" "acid") }}true{{ end }}
+{{- end }}
+
+{{/*
+The workload kind for storage.mode, chosen here only: a StatefulSet with a
+volume per pod for the modes that keep data on the pod's disk, a
+Deployment for memory. (The postgres mode is refused in validate until its
+workload exists.)
+*/}}
+{{- define "durable-streams.workloadKind" -}}
+{{- if include "durable-streams.durable" . }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/* The PersistentVolumeClaim of pod <ordinal>: "<template>-<fullname>-<ordinal>". */}}
+{{- define "durable-streams.dataClaimName" -}}
+{{- printf "%s-%s-%d" (include "durable-streams.dataVolumeName" .ctx) (include "durable-streams.fullname" .ctx) (int .ordinal) }}
+{{- end }}
+
+{{/* Labels of the chart's helper pods (backup Jobs, helm test): another
+app.kubernetes.io/name, so no Service, PodDisruptionBudget or
+NetworkPolicy of the server ever selects them. Argument: (dict "ctx" $ "component" "backup") */}}
+{{- define "durable-streams.helperSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "durable-streams.name" .ctx) .component | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of a helper resource. Argument: (dict "ctx" $ "component" "backup") */}}
+{{- define "durable-streams.helperLabels" -}}
+helm.sh/chart: {{ include "durable-streams.chart" .ctx }}
+{{ include "durable-streams.helperSelectorLabels" . }}
+app.kubernetes.io/version: {{ include "durable-streams.imageTag" .ctx | quote }}
+app.kubernetes.io/part-of: durable-streams
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+A security context without the fixed IDs when openshift.enabled, whose SCC
+assigns them. Argument: (dict "ctx" $ "context" <a securityContext dict>)
+*/}}
+{{- define "durable-streams.securityContext" -}}
+{{- $context := deepCopy .context }}
+{{- if .ctx.Values.openshift.enabled }}
+{{- $context = omit $context "runAsUser" "runAsGroup" "fsGroup" }}
+{{- end }}
+{{- toYaml $context }}
+{{- end }}
+
+{{/*
+"true" when a custom resource's API is served (or forced), else "".
+Argument: (dict "ctx" $ "api" "monitoring.coreos.com/v1/ServiceMonitor" "force" bool)
+*/}}
+{{- define "durable-streams.apiServed" -}}
+{{- if or .force (.ctx.Capabilities.APIVersions.Has .api) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the ServiceMonitor is rendered. */}}
+{{- define "durable-streams.serviceMonitorRendered" -}}
+{{- $sm := .Values.metrics.serviceMonitor }}
+{{- if and $sm.enabled (include "durable-streams.apiServed" (dict "ctx" . "api" "monitoring.coreos.com/v1/ServiceMonitor" "force" $sm.force)) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the PrometheusRule is rendered. */}}
+{{- define "durable-streams.prometheusRuleRendered" -}}
+{{- $pr := .Values.metrics.prometheusRule }}
+{{- if and $pr.enabled (include "durable-streams.apiServed" (dict "ctx" . "api" "monitoring.coreos.com/v1/PrometheusRule" "force" $pr.force)) }}true{{ end }}
+{{- end }}
+
+{{/* The stream base path (http.stream_base_path, default /v1/stream). */}}
+{{- define "durable-streams.streamBasePath" -}}
+{{- (.Values.config.http | default dict).stream_base_path | default "/v1/stream" }}
+{{- end }}
+
+{{/* The API's in-cluster URL through the Service: scheme://<svc>.<ns>.svc:<port>. */}}
+{{- define "durable-streams.serviceUrl" -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (ne .Values.tls.mode "http")) (include "durable-streams.fullname" .) .Release.Namespace (int .Values.service.ports.api) }}
+{{- end }}
+
+{{/* A server config key: (dict "ctx" $ "path" (list "transport" "connection") "key" "long_poll_timeout_secs" "default" 30) */}}
+{{- define "durable-streams.configValue" -}}
+{{- $table := .ctx.Values.config | default dict }}
+{{- range .path }}{{ $table = get $table . | default dict }}{{ end }}
+{{- get $table .key | default .default }}
+{{- end }}
+
+{{/*
+Seconds a proxy in front of the API must wait for a response: the longer of
+the long-poll timeout and the SSE reconnect interval, plus 30.
+*/}}
+{{- define "durable-streams.proxyTimeoutSecs" -}}
+{{- $connection := list "transport" "connection" }}
+{{- $longPoll := include "durable-streams.configValue" (dict "ctx" . "path" $connection "key" "long_poll_timeout_secs" "default" 30) | int }}
+{{- $sse := include "durable-streams.configValue" (dict "ctx" . "path" $connection "key" "sse_reconnect_interval_secs" "default" 60) | int }}
+{{- if eq $sse 0 }}{{ $sse = 3600 }}{{ end }}
+{{- add (max $longPoll $sse) 30 }}
+{{- end }}
+
+{{/* The helm test client certificate Secret for mTLS ("" when there is none). */}}
+{{- define "durable-streams.testClientSecretName" -}}
+{{- if .Values.tests.clientCertSecret }}
+{{- .Values.tests.clientCertSecret }}
+{{- else if and .Values.tls.certManager.enabled (not .Values.tls.clientCA.secretName) }}
+{{- printf "%s-test-client" (include "durable-streams.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret whose ca.crt verifies the server certificate for helm test and
+the NOTES example ("" when there is none): tests.caSecret, else the one
+cert-manager writes.
+*/}}
+{{- define "durable-streams.testCaSecretName" -}}
+{{- if .Values.tests.caSecret }}
+{{- .Values.tests.caSecret }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- include "durable-streams.tlsSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{/* Why the helm test pod cannot be rendered ("" when it can). */}}
+{{- define "durable-streams.testMissing" -}}
+{{- if and (include "durable-streams.tlsEnabled" .) (not (include "durable-streams.testCaSecretName" .)) }}
+{{- print "TLS needs tests.caSecret (a Secret with the CA in ca.crt) or tls.certManager.enabled" }}
+{{- else if and (eq .Values.tls.mode "mtls") (not (include "durable-streams.testClientSecretName" .)) }}
+{{- print "mTLS needs tests.clientCertSecret or tls.certManager.enabled" }}
+{{- end }}
+{{- end }}
+
+{{/* A helper image reference; a digest wins over the tag. Argument: the image dict. */}}
+{{- define "durable-streams.helperImage" -}}
+{{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
 {{- end }}
 
 {{/* "true" when the API port speaks TLS (tls or mtls), else "". */}}
@@ -150,6 +283,21 @@ templates so `helm template` and `helm install` stop with a clear message.
 {{- if and .Values.tls.certManager.enabled (not (include "durable-streams.tlsEnabled" .)) }}
 {{- fail "tls.certManager.enabled=true needs tls.mode=tls or tls.mode=mtls" }}
 {{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled=true needs httpRoute.parentRefs: the Gateway(s) to attach the route to" }}
+{{- end }}
+{{- if eq .Values.storage.mode "postgres" }}
+{{- fail "storage.mode=postgres: this chart version has no PostgreSQL workload yet; use file-durable or acid" }}
+{{- end }}
+{{- if and .Values.backup.enabled (not (include "durable-streams.durable" .)) }}
+{{- fail (printf "backup.enabled=true needs a storage.mode that keeps data on a volume (file-fast, file-durable, acid), not %s; with PostgreSQL use the database's own backups" .Values.storage.mode) }}
+{{- end }}
+{{- if and .Values.backup.enabled (not .Values.persistence.enabled) }}
+{{- fail "backup.enabled=true needs persistence.enabled=true: another pod cannot reach an emptyDir" }}
+{{- end }}
+{{- if and .Values.backup.enabled .Values.backup.persistence.existingClaims (ne (len .Values.backup.persistence.existingClaims) (int .Values.replicaCount)) }}
+{{- fail "backup.persistence.existingClaims needs one claim per pod (replicaCount)" }}
+{{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
 {{- fail "tls.certManager.enabled=true needs tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the server certificate" }}
 {{- end }}
@@ -196,6 +344,13 @@ structured values, so the pod spec and the server always agree.
 {{- toYaml (mergeOverwrite $config $owned) }}
 {{- end }}
 
+{{/* The server.toml text of the ConfigMap; the pods' checksum/config hashes exactly this. */}}
+{{- define "durable-streams.serverToml" -}}
+# Rendered by the durable-streams Helm chart from .Values.config and the
+# chart's listener, storage, TLS and metrics settings.
+{{ include "durable-streams.toml" (dict "prefix" "" "table" (include "durable-streams.serverConfig" . | fromYaml)) | trim }}
+{{- end }}
+
 {{/*
 Renders a dict as TOML: scalar keys first, then one [table] per nested dict.
 Helm reads numbers as floats, so whole numbers are written as integers
@@ -228,5 +383,37 @@ Argument: (dict "prefix" "section.sub" "table" $dict)
 {{- end }}
 {{- include "durable-streams.toml" (dict "prefix" $name "table" $value) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+An egress rule to the host and port of a URL: to the given peers, else to
+the host's address when it is an IP, else the port to anywhere (a
+NetworkPolicy cannot match host names). Nothing for loopback hosts.
+Argument: (dict "url" "https://host:port/..." "to" <peers> "what" "comment")
+*/}}
+{{- define "durable-streams.urlEgress" -}}
+{{- $url := urlParse .url }}
+{{- $hostPort := $url.host }}
+{{- $host := regexReplaceAll ":[0-9]+$" $hostPort "" | trimPrefix "[" | trimSuffix "]" }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $hostPort) }}
+{{- if not $port }}{{ $port = ternary "443" "80" (eq $url.scheme "https") }}{{ end }}
+{{- if not (or (eq $host "localhost") (hasPrefix "127." $host) (eq $host "::1")) }}
+# {{ .what }}: {{ $host }}:{{ $port }}
+- ports:
+    - port: {{ $port }}
+      protocol: TCP
+  {{- if .to }}
+  to:
+    {{- toYaml .to | nindent 4 }}
+  {{- else if regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host }}
+  to:
+    - ipBlock:
+        cidr: {{ $host }}/32
+  {{- else if contains ":" $host }}
+  to:
+    - ipBlock:
+        cidr: {{ $host }}/128
+  {{- end }}
 {{- end }}
 {{- end }}

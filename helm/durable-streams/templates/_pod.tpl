@@ -13,9 +13,10 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    # Pods roll when the rendered server configuration changes. Certificate
-    # rotations need no roll: the server reloads the mounted directory.
-    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    # Pods roll when the rendered server.toml changes, and only then (labels
+    # and the chart version are not hashed). Certificate rotations need no
+    # roll: the server reloads the mounted directory.
+    checksum/config: {{ printf "%s\n" (include "durable-streams.serverToml" .) | sha256sum }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -34,7 +35,7 @@ spec:
   # otherwise), so the drain finishes before the kubelet sends SIGKILL.
   terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
   securityContext:
-    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+    {{- include "durable-streams.securityContext" (dict "ctx" . "context" .Values.podSecurityContext) | nindent 4 }}
   containers:
     - name: server
       image: {{ include "durable-streams.image" . | quote }}
@@ -93,7 +94,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       securityContext:
-        {{- toYaml .Values.securityContext | nindent 8 }}
+        {{- include "durable-streams.securityContext" (dict "ctx" . "context" .Values.securityContext) | nindent 8 }}
       volumeMounts:
         - name: config
           mountPath: {{ include "durable-streams.configDir" . }}
