@@ -9,10 +9,10 @@
 #   5. a real Prometheus scraping the release binary, and promtool's lint of
 #      the scrape (scripts/prometheus-check.sh)
 #   6. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends),
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all five backends),
 #      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
 #      SUBSCRIPTIONS=0 to run the 332 core tests only)
-# Installs missing tools (Node.js, npm, curl, openssl, prometheus, jq) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, openssl, PostgreSQL, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -36,6 +36,9 @@ command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
 command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
 # The access-control unit tests make RSA keys with it (ring cannot).
 command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
+# PostgreSQL for the postgres backend's tests (they start their own clusters).
+{ command -v pg_ctl >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; } ||
+  missing_pkgs+=(postgresql)
 if ((${#missing_pkgs[@]} > 0)); then
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing tools: ${missing_pkgs[*]}"
@@ -50,6 +53,7 @@ fi
 echo "cargo: $(cargo --version)"
 echo "node:  $(node --version), npm: $(npm --version)"
 echo "curl:  $(curl --version | head -n 1)"
+echo "postgres: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || command -v pg_ctl)"
 
 # ------------------------------------------------------------------ build ---
 section "cargo build --release --locked"

@@ -189,6 +189,9 @@ pub enum StorageMode {
     /// redb transactions.
     #[serde(alias = "redb")]
     Acid,
+    /// A PostgreSQL database (`[storage.postgres]`).
+    #[serde(alias = "postgresql")]
+    Postgres,
 }
 
 impl StorageMode {
@@ -199,12 +202,13 @@ impl StorageMode {
             StorageMode::FileFast => "file-fast",
             StorageMode::FileDurable => "file-durable",
             StorageMode::Acid => "acid",
+            StorageMode::Postgres => "postgres",
         }
     }
 
     /// Whether the backend keeps its data in `storage.data_dir`.
     pub fn uses_data_dir(self) -> bool {
-        !matches!(self, StorageMode::Memory)
+        !matches!(self, StorageMode::Memory | StorageMode::Postgres)
     }
 }
 
@@ -231,6 +235,8 @@ pub struct StorageConfig {
     /// File backends: discard the log from this `<segment>:<offset>` on, as
     /// named by a corruption error at startup. Set it once, then remove it.
     pub truncate_corrupt_at: Option<String>,
+    /// `postgres` mode: the database.
+    pub postgres: PostgresConfig,
 }
 
 impl Default for StorageConfig {
@@ -242,7 +248,56 @@ impl Default for StorageConfig {
             segment_bytes: 64 << 20,
             fast_sync_interval_ms: 100,
             truncate_corrupt_at: None,
+            postgres: PostgresConfig::default(),
         }
+    }
+}
+
+/// `[storage.postgres]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database?sslmode=…`, libpq's
+    /// URI form; the TLS parameters `sslmode`, `sslrootcert`, `sslcert`
+    /// and `sslkey` are honoured. Holds the password: never shown.
+    pub url: Option<String>,
+    /// The schema holding the server's tables (created when missing).
+    pub schema: String,
+    /// Connections for reads and metadata; the writer and the listener
+    /// hold one each besides.
+    pub pool_size: usize,
+    /// Longest wait for a connection (connecting, or a free pooled one).
+    pub connect_timeout_ms: u64,
+    /// Server-side limit of one statement (`statement_timeout`); 0: none.
+    pub statement_timeout_ms: u64,
+    /// `application_name` shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: "durable_streams".into(),
+            pool_size: 16,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
+            application_name: "durable-streams-server".into(),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    /// The URL carries the password: shown redacted, as by `print-config`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(render::redact_url_password))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("application_name", &self.application_name)
+            .finish()
     }
 }
 

@@ -10,7 +10,7 @@ use figment::{Figment, Source};
 use super::Config;
 use super::problem::ConfigProblem;
 use super::profile::{DeploymentProfile, profile_hint};
-use super::render::is_secret;
+use super::render::{is_secret, shown_value};
 use super::source::{Layer, Origin, parse_toml};
 use super::validate::{self, Validation};
 
@@ -591,7 +591,13 @@ pub(super) fn show(path: &str, value: &Value) -> String {
     if is_secret(path) {
         return "<redacted>".into();
     }
-    show_value(value)
+    match value {
+        Value::String(_, text) => match shown_value(path, text) {
+            Some(text) => format!("{text:?}"),
+            None => "<redacted>".into(),
+        },
+        _ => show_value(value),
+    }
 }
 
 fn show_value(value: &Value) -> String {

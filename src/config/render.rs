@@ -15,9 +15,54 @@ pub const SECRET_KEYS: &[&str] = &[];
 /// What replaces a secret value.
 pub const REDACTED: &str = "<redacted>";
 
+/// Keys holding a URL whose password (`scheme://user:password@host`) is
+/// secret: shown with the password replaced by [`REDACTED`], so operators
+/// still see where the server connects.
+pub const PASSWORD_URL_KEYS: &[&str] = &["storage.postgres.url"];
+
 /// Whether the dotted `key` holds a secret.
 pub fn is_secret(key: &str) -> bool {
     SECRET_KEYS.contains(&key)
+}
+
+/// The value of `key` as it may be shown: `None` when nothing of it may
+/// be, the redacted URL for [`PASSWORD_URL_KEYS`], otherwise `raw`.
+pub fn shown_value(key: &str, raw: &str) -> Option<String> {
+    if is_secret(key) {
+        None
+    } else if PASSWORD_URL_KEYS.contains(&key) {
+        Some(redact_url_password(raw))
+    } else {
+        Some(raw.to_owned())
+    }
+}
+
+/// `url` with the password of its user-info part replaced by
+/// [`REDACTED`]; a `password=` query parameter is replaced too. Text that
+/// is not a URL is redacted whole, since it could be anything.
+pub fn redact_url_password(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return REDACTED.to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
+    }
+    if parsed.query_pairs().any(|(name, _)| name == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name == "password" {
+                    REDACTED.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    // `Url` percent-encodes the marker's angle brackets; show them plainly.
+    parsed.to_string().replace("%3Credacted%3E", REDACTED)
 }
 
 /// Renders the loaded configuration, with a `# <source>` comment after each
@@ -95,6 +140,10 @@ fn render_table(
         let key = join(name);
         let shown = if render.secret_keys.contains(&key.as_str()) {
             format!("{REDACTED:?}")
+        } else if let (true, Some(text)) =
+            (PASSWORD_URL_KEYS.contains(&key.as_str()), value.as_str())
+        {
+            format!("{:?}", redact_url_password(text))
         } else {
             let mut value = value;
             value.decor_mut().clear();
@@ -169,6 +218,30 @@ mod tests {
         let text = render_config(&config, &["observability.otlp.endpoint"], None);
         assert!(!text.contains("token"), "{text}");
         assert!(text.contains("endpoint = \"<redacted>\""), "{text}");
+    }
+
+    #[test]
+    fn url_passwords_are_redacted_and_the_rest_shown() {
+        let mut config = Config::default();
+        config.storage.postgres.url =
+            Some("postgres://ds:s3cr%40t@db.internal:5432/streams?sslmode=verify-full".into());
+        let text = render_config(&config, SECRET_KEYS, None);
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(
+            text.contains(
+                "url = \"postgres://ds:<redacted>@db.internal:5432/streams?sslmode=verify-full\""
+            ),
+            "{text}"
+        );
+        assert!(!format!("{config:?}").contains("s3cr"));
+        let query = redact_url_password("postgresql://db/x?user=ds&password=hunter2");
+        assert!(!query.contains("hunter2"), "{query}");
+        assert!(query.contains("user=ds"), "{query}");
+        assert_eq!(redact_url_password("not a url: pw"), REDACTED);
+        assert_eq!(
+            redact_url_password("postgres://db.internal/streams"),
+            "postgres://db.internal/streams"
+        );
     }
 
     #[test]

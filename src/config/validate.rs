@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use super::load::{LoadedConfig, env_var};
 use super::problem::ConfigProblem;
 use super::{
-    AlpnProtocol, AuthMode, Config, ForwardedHeaders, HttpVersion, IdentityMode, TransportMode,
+    AlpnProtocol, AuthMode, Config, ForwardedHeaders, HttpVersion, IdentityMode, StorageMode,
+    TransportMode,
 };
+use crate::storage::postgres::PostgresOptions;
 
 /// What validation found.
 #[derive(Clone, Debug, Default)]
@@ -219,12 +221,24 @@ impl Checker<'_> {
             );
         }
         if !storage.mode.uses_data_dir() && dir_set {
-            self.warn(
-                "storage.data_dir",
-                "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk"
-                    .into(),
-                "choose a durable storage.mode, or remove data_dir".into(),
-            );
+            let (message, hint) = if storage.mode == StorageMode::Postgres {
+                (
+                    "`storage.data_dir` is set but storage.mode = \"postgres\" keeps its data in \
+                     the database",
+                    "remove data_dir",
+                )
+            } else {
+                (
+                    "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk",
+                    "choose a durable storage.mode, or remove data_dir",
+                )
+            };
+            self.warn("storage.data_dir", message.into(), hint.into());
+        }
+        if storage.mode == StorageMode::Postgres
+            && let Err(error) = PostgresOptions::from_config(&storage.postgres)
+        {
+            self.error(error.key, error.message, error.hint);
         }
     }
 

@@ -8,6 +8,7 @@ mod commands;
 mod common;
 mod failures;
 mod helpers;
+mod postgres;
 mod serve;
 mod tls;
 mod transfer;
