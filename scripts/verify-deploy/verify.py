@@ -1105,7 +1105,8 @@ class Verifier:
                     problems.append(f"{RUNBOOK} '{section}' does not mention {needle}")
         if problems:
             raise CheckFailed(problems)
-        return "checksum/config ignores labels and the chart version, follows server.toml; the runbook covers stuck rollouts and immutable fields"
+        return ("checksum/config ignores labels and the chart version, follows server.toml; "
+                "the runbook covers stuck rollouts, immutable fields and the PostgreSQL mode's backups")
 
     # ------------------------------------------------------ live checks
     def secret_dirs(self, scenario: Scenario, pki: Path) -> dict[str, Path]:
@@ -1814,6 +1815,7 @@ BACKUP_STREAMS = [
 RUNBOOK_UPGRADE_SECTIONS = {
     "A rollout is stuck": ["OrderedReady", "kubectl -n $NS delete pod", "helm upgrade"],
     "Changing immutable StatefulSet fields": ["storageClassName", "persistence.size", "podManagementPolicy", "--cascade=orphan"],
+    "PostgreSQL mode": ["ScheduledBackup", "durable-streams-server export", "max_connections", "rollout restart"],
 }
 
 
