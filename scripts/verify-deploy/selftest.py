@@ -194,8 +194,8 @@ CASES = [
          edit(CACHE_CONF, "            proxy_buffering off;\n", "")),
     Case("cache config the chart changes beyond its chart: lines", "cache", "is not a chart: line",
          edit(f"{CHART}/templates/_helpers.tpl", "{{- $out = append $out $line }}", '{{- $out = append $out (replace "keepalive 64;" "keepalive 8;" $line) }}')),
-    Case("cache config nginx rejects", "cache", "nginx -t",
-         edit(CACHE_CONF, "proxy_cache_lock on;", "proxy_cache_lock maybe;")),
+    Case("cache config nginx rejects", "cache", "nginx -t: ",
+         edit(f"{CHART}/files/nginx/durable-streams-cache.conf", "server_tokens off;", "server_tokens of;")),
     Case("Ingress past the cache", "ingress", "is not durable-streams-cache port http",
          edit(f"{CHART}/templates/ingress.yaml", "{{- if $.Values.cache.enabled }}", "{{- if false }}")),
     # Release.
