@@ -12,7 +12,7 @@
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends),
 #      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
 #      SUBSCRIPTIONS=0 to run the 332 core tests only)
-# Installs missing tools (Node.js, npm, curl, nginx, prometheus, jq) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, openssl, nginx, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -34,6 +34,8 @@ missing_pkgs=()
 command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
 { command -v npm >/dev/null 2>&1 && command -v npx >/dev/null 2>&1; } || missing_pkgs+=(npm)
 command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
+# The access-control unit tests make RSA keys with it (ring cannot).
+command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
 if ((${#missing_pkgs[@]} > 0)); then
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing tools: ${missing_pkgs[*]}"

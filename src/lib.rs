@@ -25,6 +25,7 @@
 //! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
 //! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
 //! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
+//! - [`auth`]: access control: tokens, API keys and identities mapped to grants on paths.
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
@@ -33,7 +34,9 @@
 //! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - [`transfer`]: export and import of streams (backup, migration).
+//! - `watch`: when to reload files (directory events, polling, SIGHUP).
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -50,6 +53,7 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
 pub mod transfer;
+mod watch;
 
 pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
 pub use startup::{Phase, StartupError};

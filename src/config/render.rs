@@ -83,14 +83,20 @@ fn render_table(
         }
     };
     for (name, item) in table.iter() {
-        let Some(value) = item.as_value() else {
-            continue;
+        // Lists of tables (grants, identities) are shown inline, so they
+        // stay next to their siblings and under their own key.
+        let value = match item {
+            toml_edit::Item::Value(value) => value.clone(),
+            toml_edit::Item::ArrayOfTables(tables) => {
+                toml_edit::Value::Array(tables.clone().into_array())
+            }
+            _ => continue,
         };
         let key = join(name);
         let shown = if render.secret_keys.contains(&key.as_str()) {
             format!("{REDACTED:?}")
         } else {
-            let mut value = value.clone();
+            let mut value = value;
             value.decor_mut().clear();
             value.to_string()
         };
@@ -132,6 +138,28 @@ mod tests {
         assert!(text.contains("# cert_path is not set"), "{text}");
         assert!(text.contains("[transport.tls]"), "{text}");
         assert!(text.starts_with("\n[server]\nbind_address = "), "{text}");
+    }
+
+    #[test]
+    fn lists_of_tables_render_inline_and_parse_back() {
+        let mut config = Config::default();
+        let grant = crate::config::GrantConfig {
+            paths: vec!["/v1/stream/public/**".into()],
+            ops: vec![crate::config::AccessOp::Read],
+        };
+        config.auth.anonymous = vec![grant.clone()];
+        config.auth.identities = vec![crate::config::IdentityConfig {
+            name: Some("writer".into()),
+            grants: vec![grant.clone(), grant],
+            ..Default::default()
+        }];
+        let text = render_config(&config, &[], None);
+        let parsed: Config = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(parsed, config, "{text}");
+        assert!(
+            text.contains("anonymous = [{ paths = [\"/v1/stream/public/**\"], ops = [\"read\"] }]"),
+            "{text}"
+        );
     }
 
     #[test]
