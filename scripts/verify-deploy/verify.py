@@ -103,7 +103,6 @@ MONITORING_APIS = [
 # rules follow them); allowed in values.schema.json before
 # config/default.toml has them. Remove each once the server knows it.
 ANNOUNCED_SERVER_KEYS = {
-    "auth.jwks_url", "auth.query_param",
     "storage.postgres.schema", "storage.postgres.pool_size", "storage.postgres.connect_timeout_ms",
     "storage.postgres.statement_timeout_ms", "storage.postgres.application_name",
 }
