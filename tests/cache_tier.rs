@@ -267,7 +267,11 @@ async fn append(client: &reqwest::Client, url: &str, body: &str) -> String {
         .send()
         .await
         .expect("append");
-    assert!(appended.status().is_success(), "append: {}", appended.status());
+    assert!(
+        appended.status().is_success(),
+        "append: {}",
+        appended.status()
+    );
     header(&appended, "stream-next-offset")
 }
 
@@ -315,7 +319,11 @@ async fn a_repeated_catch_up_read_is_answered_by_the_cache() {
         assert_eq!(empty.text().await.expect("body"), "");
     }
     append(&client, &url, " world").await;
-    let fresh = client.get(&at_tail).send().await.expect("read after append");
+    let fresh = client
+        .get(&at_tail)
+        .send()
+        .await
+        .expect("read after append");
     assert_eq!(fresh.text().await.expect("body"), " world");
     assert_eq!(origin.answered("GET").await - before, 3);
 
@@ -361,7 +369,11 @@ async fn writes_always_reach_the_server() {
         tails.push(append(&client, &url, "same bytes").await);
     }
     tails.dedup();
-    assert_eq!(tails.len(), 3, "identical appends answered alike: {tails:?}");
+    assert_eq!(
+        tails.len(),
+        3,
+        "identical appends answered alike: {tails:?}"
+    );
     for _ in 0..2 {
         let deleted = client.delete(&url).send().await.expect("DELETE");
         assert_ne!(cache_status(&deleted), "HIT");
@@ -464,7 +476,7 @@ async fn wait_for_live_readers(origin: &Origin, count: u64) {
             .expect("metrics");
         let waiting = text
             .lines()
-            .find(|line| line.starts_with("durable_streams_live_readers{mode=\"long-poll\"}"))
+            .find(|line| line.starts_with("durable_streams_live_readers{mode=\"long_poll\"}"))
             .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0) as u64;
         if waiting >= count {
@@ -484,32 +496,37 @@ async fn server_sent_events_pass_through_unbuffered() {
     let cache = Cache::start(&origin);
     let client = client();
     let url = create_with(&client, &cache.url(), "events", "first").await;
-    let response = client
-        .get(format!("{url}?offset=-1&live=sse"))
-        .send()
-        .await
-        .expect("SSE");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header(&response, "content-type"), "text/event-stream");
-    assert_eq!(header(&response, "x-accel-buffering"), "no");
-    let mut body = response.bytes_stream();
-    let mut seen = String::new();
-    // The catch-up event, then an append made while the reader waits: each
-    // arrives while the response is still open (the server ends it only
-    // after 60 s), so nothing sat in a proxy buffer.
+    // Two readers of the same URL, both live at once.
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .get(format!("{url}?offset=-1&live=sse"))
+            .send()
+            .await
+            .expect("SSE");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "content-type"), "text/event-stream");
+        assert_eq!(header(&response, "x-accel-buffering"), "no");
+        readers.push((response.bytes_stream(), String::new()));
+    }
+    // The catch-up event, then an append made while they wait: each arrives
+    // while the responses are still open (the server ends them only after
+    // 60 s), so nothing waited in a proxy buffer for the response to end.
     for (expected, then_append) in [("first", Some("second")), ("second", None)] {
-        let arrived = tokio::time::timeout(HANG_GUARD, async {
-            while !seen.contains(&format!("data:{expected}")) {
-                let chunk = body
-                    .next()
-                    .await
-                    .expect("the SSE response ended")
-                    .expect("SSE chunk");
-                seen.push_str(&String::from_utf8_lossy(&chunk));
-            }
-        })
-        .await;
-        assert!(arrived.is_ok(), "{expected:?} did not arrive: {seen:?}");
+        for (body, seen) in &mut readers {
+            let arrived = tokio::time::timeout(HANG_GUARD, async {
+                while !seen.contains(&format!("data:{expected}")) {
+                    let chunk = body
+                        .next()
+                        .await
+                        .expect("the SSE response ended")
+                        .expect("SSE chunk");
+                    seen.push_str(&String::from_utf8_lossy(&chunk));
+                }
+            })
+            .await;
+            assert!(arrived.is_ok(), "{expected:?} did not arrive: {seen:?}");
+        }
         if let Some(next) = then_append {
             append(&client, &url, next).await;
         }
@@ -556,7 +573,11 @@ async fn the_server_sees_the_client_behind_the_cache() {
             assert_eq!(event["peer"], "127.0.0.1", "{event}");
             break;
         }
-        assert!(Instant::now() < deadline, "no access line: {}", origin.log());
+        assert!(
+            Instant::now() < deadline,
+            "no access line: {}",
+            origin.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -624,12 +645,9 @@ async fn follow(origin: &Origin, base: &str, name: &str, readers: usize, appends
         append(&writer, &origin_stream, &format!("message {n};")).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let finished = tokio::time::timeout(
-        HANG_GUARD * 2,
-        futures_util::future::join_all(tasks),
-    )
-    .await
-    .expect("the readers did not receive every message");
+    let finished = tokio::time::timeout(HANG_GUARD * 2, futures_util::future::join_all(tasks))
+        .await
+        .expect("the readers did not receive every message");
     for reader in finished {
         reader.expect("a reader failed");
     }
