@@ -37,18 +37,28 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+/// Starts `command` with standard output to `dir/stdout` and standard error
+/// to `dir/stderr`, and waits until it listens on `port`.
+fn start_listening(command: &mut Command, what: &str, port: u16, dir: &Path) -> Child {
+    let errors = dir.join("stderr");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("stdout")).expect("stdout file"))
+        .stderr(File::create(&errors).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|error| panic!("start {what}: {error}"));
     let deadline = Instant::now() + HANG_GUARD;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
                 "{what} exited ({status}) before listening: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
+                std::fs::read_to_string(&errors).unwrap_or_default()
             );
         }
         assert!(Instant::now() < deadline, "{what} never listened on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
 }
 
 /// The release binary on a free port, memory storage, JSON logs to a file,
@@ -63,21 +73,19 @@ impl Origin {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(SERVER_BIN)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("DS_OBSERVABILITY__LOG_FORMAT", "json")
-            .env("DS_PROXY__ENABLED", "true")
-            .env("DS_PROXY__FORWARDED_HEADERS", "x-forwarded")
-            .env("DS_PROXY__TRUSTED_PROXIES", "127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).expect("server log"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the server");
-        wait_for_port(port, &mut child, "the server", &log);
+        let child = start_listening(
+            Command::new(SERVER_BIN)
+                .current_dir(dir.path())
+                .env_clear()
+                .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
+                .env("DS_OBSERVABILITY__LOG_FORMAT", "json")
+                .env("DS_PROXY__ENABLED", "true")
+                .env("DS_PROXY__FORWARDED_HEADERS", "x-forwarded")
+                .env("DS_PROXY__TRUSTED_PROXIES", "127.0.0.1"),
+            "the server",
+            port,
+            dir.path(),
+        );
         Self { child, port, dir }
     }
 
@@ -85,8 +93,8 @@ impl Origin {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Requests the server answered, by method, on stream routes.
-    async fn answered(&self, method: &str) -> u64 {
+    /// The sum of the server's metric samples whose line starts with `prefix`.
+    async fn metric(&self, prefix: &str) -> u64 {
         let text = reqwest::get(format!("{}/metrics", self.url()))
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -94,17 +102,23 @@ impl Origin {
             .text()
             .await
             .expect("metrics text");
-        let wanted = format!(
-            "durable_streams_http_requests_total{{method=\"{method}\",route=\"{STREAM_ROUTE}\","
-        );
         text.lines()
-            .filter(|line| line.starts_with(&wanted))
+            .filter(|line| line.starts_with(prefix))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
 
+    /// Requests the server answered, by method, on stream routes.
+    async fn answered(&self, method: &str) -> u64 {
+        self.metric(&format!(
+            "durable_streams_http_requests_total{{method=\"{method}\",route=\"{STREAM_ROUTE}\","
+        ))
+        .await
+    }
+
+    /// The server's JSON log lines.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
 }
 
@@ -155,8 +169,8 @@ fn cache_conf(listen_port: u16, upstream_port: u16) -> String {
     )
 }
 
-/// nginx with the caching tier's config, in its own prefix directory; its
-/// access log (standard output) goes to `access.log` there.
+/// nginx with the caching tier's config, in its own prefix directory, which
+/// also holds its output.
 struct Cache {
     child: Child,
     port: u16,
@@ -177,18 +191,16 @@ impl Cache {
         let port = free_port();
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, cache_conf(port, origin.port)).expect("write nginx.conf");
-        let errors = dir.path().join("error.log");
-        let mut child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(format!("{}/", dir.path().display()))
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("access.log")).expect("access log"))
-            .stderr(File::create(&errors).expect("error log"))
-            .spawn()
-            .expect("start nginx");
-        wait_for_port(port, &mut child, "nginx", &errors);
+        let child = start_listening(
+            Command::new(nginx_binary())
+                .arg("-p")
+                .arg(format!("{}/", dir.path().display()))
+                .arg("-c")
+                .arg(&conf),
+            "nginx",
+            port,
+            dir.path(),
+        );
         Self { child, port, dir }
     }
 
@@ -196,8 +208,9 @@ impl Cache {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// nginx's access log (its standard output).
     fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
 }
 
@@ -468,17 +481,9 @@ async fn requests_with_credentials_always_reach_the_server() {
 async fn wait_for_live_readers(origin: &Origin, count: u64) {
     let deadline = Instant::now() + HANG_GUARD;
     loop {
-        let text = reqwest::get(format!("{}/metrics", origin.url()))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics");
-        let waiting = text
-            .lines()
-            .find(|line| line.starts_with("durable_streams_live_readers{mode=\"long_poll\"}"))
-            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
+        let waiting = origin
+            .metric("durable_streams_live_readers{mode=\"long_poll\"}")
+            .await;
         if waiting >= count {
             return;
         }

@@ -967,7 +967,7 @@ class Verifier:
             problems.append("no scenario renders an Ingress or HTTPRoute")
         if problems:
             raise CheckFailed(problems)
-        return f"{seen} Ingress/HTTPRoute objects: unbuffered, timeouts above the long-poll and SSE intervals, backend on the API port"
+        return f"{seen} Ingress/HTTPRoute objects: unbuffered, timeouts above the long-poll and SSE intervals, backend on the API port or the cache"
 
     def check_cache(self) -> str:
         """The caching tier: the chart serves deploy/nginx's config with only its chart: lines set, right for the server's timeouts and credentials; nginx -t accepts it."""
