@@ -52,6 +52,48 @@ def pod_templates(docs: Iterable[dict]) -> list[tuple[str, dict]]:
     return out
 
 
+def is_server(doc: dict) -> bool:
+    """Whether an object belongs to the server (not to the cache or a helper)."""
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "server"
+
+
+def server_workloads(docs: Iterable[dict]) -> list[dict]:
+    """The StatefulSet or Deployment of the server."""
+    return [d for d in docs if d["kind"] in ("StatefulSet", "Deployment") and is_server(d)]
+
+
+def server_owners(docs: Iterable[dict]) -> set[str]:
+    """pod_templates owners that are server pods."""
+    return {f"{d['kind']}/{d['metadata']['name']}" for d in server_workloads(docs)}
+
+
+def disruptions_allowed(budget: dict, replicas: int) -> int:
+    """How many of replicas pods a PodDisruptionBudget spec lets go at once
+    (percentages rounded as the disruption controller does: minAvailable
+    up, maxUnavailable up)."""
+    def count(value: Any, round_up: bool) -> int:
+        if isinstance(value, str) and value.endswith("%"):
+            share = replicas * int(value[:-1]) / 100
+            return int(-(-share // 1)) if round_up else int(share)
+        return int(value)
+
+    if budget.get("minAvailable") is not None:
+        return max(0, replicas - count(budget["minAvailable"], True))
+    return min(replicas, count(budget.get("maxUnavailable", 1), True))
+
+
+def env_secret_ref(container: dict, name: str) -> tuple[str, str] | None:
+    """(Secret, key) an environment variable reads, directly or as the one
+    $(VAR) its value expands; None when it reads no Secret."""
+    env = {e["name"]: e for e in container.get("env") or []}
+    entry = env.get(name) or {}
+    ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+    if not ref:
+        names = [n for n in env if f"$({n})" in (entry.get("value") or "")]
+        ref = (env[names[0]].get("valueFrom") or {}).get("secretKeyRef") if len(names) == 1 else None
+    return (ref["name"], ref["key"]) if ref else None
+
+
 def scrape_targets(docs: list[dict]) -> dict[str, list[str]]:
     """As the Prometheus Operator resolves each ServiceMonitor endpoint: the
     Services in the monitor's namespace (no namespaceSelector) matching its

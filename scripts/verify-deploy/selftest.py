@@ -61,6 +61,7 @@ def regex(rel: str, pattern: str, new: str) -> Callable[[Path], None]:
 CHART = "helm/durable-streams"
 RULES = "deploy/prometheus/durable-streams.rules.yaml"
 DASHBOARD = "deploy/grafana/durable-streams-overview.json"
+CACHE_CONF = "deploy/nginx/durable-streams-cache.conf"
 
 CASES = [
     Case("template that does not render", "render", "render",
@@ -161,6 +162,42 @@ CASES = [
     # OpenShift.
     Case("OpenShift switch that keeps the fixed UID", "pod-policy", "runAsUser must be left to the SCC",
          edit(f"{CHART}/templates/_helpers.tpl", 'omit $context "runAsUser" "runAsGroup" "fsGroup"', 'omit $context "runAsGroup" "fsGroup"')),
+    # PostgreSQL mode: interchangeable pods over one database.
+    Case("PodDisruptionBudget that lets a majority go", "pod-policy", "a majority must stay",
+         edit(f"{CHART}/templates/poddisruptionbudget.yaml", 'minAvailable: {{ add (div (include "durable-streams.replicas" . | int) 2) 1 }}', "minAvailable: 1")),
+    Case("rolling update that stops a pod first", "pod-policy", "maxUnavailable 0",
+         edit(f"{CHART}/templates/deployment.yaml", "maxUnavailable: 0", "maxUnavailable: 1")),
+    Case("HA profile without spreading over nodes", "pod-policy", "no topologySpreadConstraint over kubernetes.io/hostname",
+         edit(f"{CHART}/values-prod-ha.yaml", "topologyKey: kubernetes.io/hostname", "topologyKey: kubernetes.io/os")),
+    Case("database URL not from its Secret", "pod-policy", "must come from secretKeyRef durable-streams-postgres/url",
+         regex(f"{CHART}/templates/_pod.tpl", r"(# The URL holds the password.*\n\s+- name: DS_STORAGE__POSTGRES__URL\n)\s+valueFrom:\n.*\n.*\n.*\n",
+               "\\1          value: postgres://streams@db:5432/streams\n")),
+    Case("postgres mode on a StatefulSet with claims", "pod-policy", "must run a Deployment",
+         edit(f"{CHART}/templates/_helpers.tpl", '{{- if include "durable-streams.durable" . }}StatefulSet{{ else }}Deployment{{ end }}',
+              '{{- if or (include "durable-streams.durable" .) (eq .Values.storage.mode "postgres") }}StatefulSet{{ else }}Deployment{{ end }}')),
+    Case("CloudNativePG Cluster without synchronous replication", "pod-policy", "must replicate synchronously",
+         edit(f"{CHART}/templates/cnpg-cluster.yaml", "      number: {{ $cnpg.synchronous.number }}\n", "")),
+    Case("CloudNativePG Cluster with a misspelt field", "crd-and-dashboard-schemas", "podAntiAfinityType: unknown field",
+         edit(f"{CHART}/templates/cnpg-cluster.yaml", "podAntiAffinityType: {{", "podAntiAfinityType: {{")),
+    Case("PostgreSQL egress that misses the CloudNativePG pods", "egress", "PostgreSQL egress must reach",
+         edit(f"{CHART}/templates/networkpolicy.yaml", "cnpg.io/cluster: {{", "cnpg.io/instanceName: {{")),
+    Case("runbook without the PostgreSQL backups", "upgrade", "ScheduledBackup",
+         edit("deploy/RUNBOOK.md", "`ScheduledBackup`; with a managed", "scheduled backup; with a managed")),
+    # The caching tier.
+    Case("chart's nginx config drifted from deploy/nginx", "generated-files", "files/nginx/durable-streams-cache.conf",
+         edit(f"{CHART}/files/nginx/durable-streams-cache.conf", "proxy_cache_use_stale updating;", "proxy_cache_use_stale error;")),
+    Case("cache lock released before the long-poll ends", "cache", "proxy_cache_lock_age must exceed the long-poll timeout (90 s)",
+         edit(f"{CHART}/templates/_helpers.tpl", '(printf "proxy_cache_lock_age %ds;" (add $longPoll 10))', '(printf "proxy_cache_lock_age %ds;" 40)')),
+    Case("cache answering requests with an Authorization header", "cache", "proxy_cache_bypass must include $ds_credentials_header",
+         edit(CACHE_CONF, "proxy_cache_bypass $ds_credentials_header ", "proxy_cache_bypass ")),
+    Case("cache buffering SSE", "cache", "location @sse must turn proxy_buffering and proxy_cache off",
+         edit(CACHE_CONF, "            proxy_buffering off;\n", "")),
+    Case("cache config the chart changes beyond its chart: lines", "cache", "is not a chart: line",
+         edit(f"{CHART}/templates/_helpers.tpl", "{{- $out = append $out $line }}", '{{- $out = append $out (replace "keepalive 64;" "keepalive 8;" $line) }}')),
+    Case("cache config nginx rejects", "cache", "nginx -t: ",
+         edit(f"{CHART}/files/nginx/durable-streams-cache.conf", "server_tokens off;", "server_tokens of;")),
+    Case("Ingress past the cache", "ingress", "is not durable-streams-cache port http",
+         edit(f"{CHART}/templates/ingress.yaml", "{{- if $.Values.cache.enabled }}", "{{- if false }}")),
     # Release.
     Case("chart appVersion not the crate version", "release", "appVersion",
          edit(f"{CHART}/Chart.yaml", 'appVersion: "0.1.0"', 'appVersion: "0.2.0"')),

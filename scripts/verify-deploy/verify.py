@@ -53,7 +53,7 @@ NAMESPACE = "durable-streams"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the
 # newest kubernetes-validate knows.
 KUBE_VERSIONS = ["1.29.0", "1.37.0"]
-PROFILES = ["prod", "prod-tls", "prod-mtls"]
+PROFILES = ["prod", "prod-tls", "prod-mtls", "prod-ha"]
 # Alerts the deployment issue asks for.
 REQUIRED_ALERTS = {
     "DurableStreamsHigh5xxRatio",
@@ -81,7 +81,17 @@ REQUIRED_DASHBOARD_METRICS = {
     "durable_streams_process_resident_memory_bytes",
 }
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
-CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/", "gateway.networking.k8s.io/")
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/", "gateway.networking.k8s.io/", "postgresql.cnpg.io/")
+# CloudNativePG's Cluster CRD schema (descriptions removed) of the oldest
+# operator release the chart supports and of the newest, from
+# scripts/verify-deploy/crds (see the README there).
+CNPG_CRDS = ["postgresql.cnpg.io_clusters-v1.25.0.json", "postgresql.cnpg.io_clusters-v1.30.0.json"]
+CNPG_APIS = ["postgresql.cnpg.io/v1", "postgresql.cnpg.io/v1/Cluster"]
+# The caching tier's nginx config and the chart's copy of it.
+CACHE_CONF = Path("deploy/nginx/durable-streams-cache.conf")
+CHART_CACHE_CONF = CHART / "files/nginx/durable-streams-cache.conf"
+# The storage modes that keep data on the pod's volume (StatefulSet).
+VOLUME_MODES = ("file-fast", "file-durable", "acid")
 # What a cluster with kube-prometheus-stack serves; scenarios render with
 # these unless they say otherwise (Capabilities.APIVersions).
 MONITORING_APIS = [
@@ -92,7 +102,10 @@ MONITORING_APIS = [
 # Server keys other work announced and the chart already takes (egress
 # rules follow them); allowed in values.schema.json before
 # config/default.toml has them. Remove each once the server knows it.
-ANNOUNCED_SERVER_KEYS = {"auth.jwks_url"}
+ANNOUNCED_SERVER_KEYS = {
+    "storage.postgres.schema", "storage.postgres.pool_size", "storage.postgres.connect_timeout_ms",
+    "storage.postgres.statement_timeout_ms", "storage.postgres.application_name",
+}
 # A public and a private address, for reading egress rules.
 PUBLIC_IP = "203.0.113.10"
 PRIVATE_IP = "10.1.2.3"
@@ -228,6 +241,28 @@ SCENARIOS = [
              {"replicaCount": 2, "allowMultipleReplicas": True,
               "backup": {"enabled": True, "keep": 2, "schedule": "0 */6 * * *", "timeZone": "Etc/UTC"}}),
     Scenario("backup-acid-existing-claim", [], {"storage": {"mode": "acid"}, "backup": {"enabled": True, "persistence": {"existingClaims": ["nfs-backups"]}}}),
+    # Interchangeable pods over PostgreSQL, with and without a CloudNativePG
+    # Cluster and the caching tier.
+    Scenario("prod-ha", ["values-prod-ha.yaml"]),
+    Scenario("prod-ha-cnpg", ["values-prod-ha.yaml"], {"cnpg": {"enabled": True}}, api_versions=MONITORING_APIS + CNPG_APIS),
+    Scenario("prod-ha-cache", ["values-prod-ha.yaml"],
+             {"cache": {"enabled": True}, "ingress": {"enabled": True, "className": "nginx", "hosts": ["streams.example.com"]}}),
+    Scenario("prod-ha-cnpg-cache", ["values-prod-ha.yaml"],
+             {"cnpg": {"enabled": True, "name": "streams-db", "synchronous": {"method": "first", "number": 2}, "instances": 5,
+                       "parameters": {"max_connections": 200}},
+              "cache": {"enabled": True, "port": 8081, "maxSize": "512m"},
+              "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways"}]},
+              "networkPolicy": {"apiFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}]},
+              "config": {"transport": {"connection": {"long_poll_timeout_secs": 90}},
+                         "auth": {"query_param": "token"},
+                         "proxy": {"enabled": True, "forwarded_headers": "x-forwarded", "trusted_proxies": ["10.0.0.0/8"],
+                                   "identity": {"mode": "header", "header_name": "X-Forwarded-User", "require_tls": False}}}},
+             api_versions=MONITORING_APIS + CNPG_APIS),
+    Scenario("prod-ha-five-replicas", ["values-prod-ha.yaml"],
+             {"replicaCount": 5, "postgres": {"existingSecret": "streams-db", "existingSecretKey": "dsn", "caSecret": "streams-db-ca"},
+              "networkPolicy": {"egress": {"postgres": {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "port": 6432}}}}),
+    Scenario("prod-ha-cnpg-forced", ["values-prod-ha.yaml"], {"cnpg": {"enabled": True, "force": True}}, api_versions=[], release="streams-b"),
+    Scenario("prod-cache", ["values-prod.yaml"], {"cache": {"enabled": True}}),
     # Refused: the schema or the chart must stop these.
     Scenario("typo-top-level", [], {"replicas": 2}, refused_with="replicas"),
     Scenario("typo-config-key", [], {"config": {"server": {"drain_timeout_sec": 10}}}, refused_with="drain_timeout_sec"),
@@ -238,7 +273,12 @@ SCENARIOS = [
     Scenario("two-replicas", [], {"replicaCount": 2}, refused_with="allowMultipleReplicas"),
     Scenario("profile-tls-without-tls", [], {"profile": "prod-tls"}, refused_with="profile=prod-tls"),
     Scenario("cert-manager-without-issuer", ["values-prod-tls.yaml"], {"tls": {"certManager": {"enabled": True}}}, refused_with="issuerRef"),
-    Scenario("postgres-not-yet", [], {"storage": {"mode": "postgres"}}, refused_with="storage.mode=postgres"),
+    Scenario("cnpg-without-postgres", [], {"cnpg": {"enabled": True, "force": True}}, refused_with="needs storage.mode=postgres"),
+    Scenario("cnpg-without-operator", ["values-prod-ha.yaml"], {"cnpg": {"enabled": True}}, refused_with="serves no postgresql.cnpg.io/v1 Cluster"),
+    Scenario("cnpg-sync-all-instances", ["values-prod-ha.yaml"], {"cnpg": {"enabled": True, "instances": 2, "synchronous": {"number": 2}}},
+             refused_with="must be below cnpg.instances", api_versions=MONITORING_APIS + CNPG_APIS),
+    Scenario("cache-with-tls", ["values-prod-tls.yaml"], {"cache": {"enabled": True}}, refused_with="cache.enabled=true needs tls.mode=http"),
+    Scenario("backup-postgres", ["values-prod-ha.yaml"], {"backup": {"enabled": True}}, refused_with="use the database's own backups"),
     Scenario("backup-memory", [], {"storage": {"mode": "memory"}, "backup": {"enabled": True}}, refused_with="use the database's own backups"),
     Scenario("backup-emptydir", [], {"persistence": {"enabled": False}, "backup": {"enabled": True}}, refused_with="cannot reach an emptyDir"),
     Scenario("httproute-without-gateway", [], {"httpRoute": {"enabled": True}}, refused_with="parentRefs"),
@@ -246,6 +286,7 @@ SCENARIOS = [
 # Scenario pairs installed side by side in one namespace.
 NEIGHBOURS = [
     ("prod-tls-cert-manager", "prod-tls-cert-manager-second-release"),
+    ("prod-ha-cnpg", "prod-ha-cnpg-forced"),
     ("prod-mtls", "prod-mtls-second-release"),
 ]
 
@@ -441,9 +482,19 @@ class Verifier:
         for path in sorted(self.path(GRAFANA).glob("*.json")):
             dashboards.append({"source": str(path.relative_to(self.repo)), "doc": json.loads(path.read_text())})
         kinds = {c["doc"]["kind"] for c in crds}
-        missing = {"ServiceMonitor", "PrometheusRule", "Certificate", "HTTPRoute"} - kinds
+        missing = {"ServiceMonitor", "PrometheusRule", "Certificate", "HTTPRoute", "Cluster"} - kinds
         if missing:
             raise CheckFailed([f"no rendered {', '.join(sorted(missing))} to check: a toggle or scenario is broken"])
+        # CloudNativePG has no npm models: its CRD schemas, read here.
+        clusters = [c for c in crds if c["doc"]["apiVersion"].startswith("postgresql.cnpg.io/")]
+        crds = [c for c in crds if c not in clusters]
+        problems = []
+        for name in CNPG_CRDS:
+            schema = json.loads(self.path(TOOLING / "crds" / name).read_text())
+            for item in clusters:
+                problems += [f"{item['source']}: {name}: {problem}" for problem in crd_problems(item["doc"], schema)]
+        if problems:
+            raise CheckFailed(problems)
         node_dir = self.tools / "node"
         input_path = self.work / "schemas-input.json"
         input_path.write_text(json.dumps({"crds": crds, "dashboards": dashboards}))
@@ -454,7 +505,7 @@ class Verifier:
         output = (result.stdout + result.stderr).strip()
         if result.returncode != 0:
             raise CheckFailed([line.removeprefix("FAIL ") for line in output.splitlines() if line.strip()] or [f"exit {result.returncode}"])
-        return output.splitlines()[-1].removeprefix("ok: ")
+        return output.splitlines()[-1].removeprefix("ok: ") + f"; {len(clusters)} CloudNativePG Clusters match {len(CNPG_CRDS)} CRD versions"
 
     def check_pod_policy(self) -> str:
         """What the issue promises about the pods, read off every rendered workload."""
@@ -468,10 +519,10 @@ class Verifier:
         by_kind: dict[str, list[dict]] = {}
         for doc in docs:
             by_kind.setdefault(doc["kind"], []).append(doc)
-        durable = v["storage"]["mode"] != "memory"
-        workloads = by_kind.get("StatefulSet", []) + by_kind.get("Deployment", [])
+        durable = v["storage"]["mode"] in VOLUME_MODES
+        workloads = cluster.server_workloads(docs)
         if len(workloads) != 1:
-            raise CheckFailed([f"expected one workload, got {[w['kind'] for w in workloads]}"])
+            raise CheckFailed([f"expected one server workload, got {[w['kind'] for w in workloads]}"])
         workload = workloads[0]
         expected_kind = "StatefulSet" if durable else "Deployment"
         if workload["kind"] != expected_kind:
@@ -585,8 +636,10 @@ class Verifier:
         annotations = spec["template"]["metadata"].get("annotations", {})
         if annotations.get("checksum/config") != hashlib.sha256(cms[0]["data"]["server.toml"].encode()).hexdigest():
             p.append("checksum/config must be the sha256 of the ConfigMap's server.toml (and of nothing else)")
-        # Services route to named container ports.
+        # The server's Services route to named container ports.
         for svc in by_kind.get("Service", []):
+            if not cluster.selector_matches({"matchLabels": svc["spec"].get("selector") or {}}, spec["template"]["metadata"]["labels"]):
+                continue
             for port in svc["spec"]["ports"]:
                 if port["targetPort"] not in ports:
                     p.append(f"Service {svc['metadata']['name']} targets unknown port {port['targetPort']}")
@@ -598,13 +651,80 @@ class Verifier:
         for kind in ("ServiceAccount", "PodDisruptionBudget", "NetworkPolicy"):
             if not by_kind.get(kind):
                 p.append(f"a {kind} is expected with the default toggles")
-        labels = spec["template"]["metadata"]["labels"]
-        for constraint in pod.get("topologySpreadConstraints", []):
-            selector = constraint.get("labelSelector", {}).get("matchLabels", {})
-            if not selector or any(labels.get(k) != val for k, val in selector.items()):
-                p.append("topologySpreadConstraints must select the pod's own labels")
+        for owner, template in cluster.pod_templates(docs):
+            labels = template["metadata"]["labels"]
+            for constraint in template["spec"].get("topologySpreadConstraints", []):
+                selector = constraint.get("labelSelector", {}).get("matchLabels", {})
+                if not selector or any(labels.get(k) != val for k, val in selector.items()):
+                    p.append(f"{owner}: topologySpreadConstraints must select the pod's own labels")
+        if v["storage"]["mode"] == "postgres":
+            p += self._shared_workload_problems(scenario, workload, by_kind)
         if p:
             raise CheckFailed(p)
+
+    def _shared_workload_problems(self, scenario: Scenario, workload: dict, by_kind: dict[str, list[dict]]) -> list[str]:
+        """storage.mode=postgres: interchangeable pods that survive rollouts
+        and drains, reading the database URL from a Secret."""
+        p: list[str] = []
+        v = scenario.values
+        spec = workload["spec"]
+        pod = spec["template"]["spec"]
+        container = pod["containers"][0]
+        replicas = spec.get("replicas", 1)
+        if replicas != (v["replicaCount"] if v["replicaCount"] is not None else 3):
+            p.append(f"replicas {replicas}: expected replicaCount or 3 by default")
+        rolling = cluster.nested(spec, "strategy", "rollingUpdate", default={}) or {}
+        if cluster.nested(spec, "strategy", "type") != "RollingUpdate" or rolling.get("maxUnavailable") != 0:
+            p.append(f"rolling updates must keep every pod until its successor is ready (maxUnavailable 0), got {spec.get('strategy')}")
+        # Voluntary disruptions leave a majority running.
+        budgets = [b for b in by_kind.get("PodDisruptionBudget", []) if cluster.selector_matches(b["spec"]["selector"], spec["template"]["metadata"]["labels"])]
+        if len(budgets) != 1:
+            p.append(f"expected one PodDisruptionBudget for the server pods, got {len(budgets)}")
+        for budget in budgets:
+            down = cluster.disruptions_allowed(budget["spec"], replicas)
+            if down > (replicas - 1) // 2:
+                p.append(f"the PodDisruptionBudget lets {down} of {replicas} pods go: a majority must stay")
+        keys = {c["topologyKey"] for c in pod.get("topologySpreadConstraints") or []}
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+            if key not in keys:
+                p.append(f"no topologySpreadConstraint over {key}")
+        # No volume: the database holds everything; backups are its own.
+        if spec.get("volumeClaimTemplates") or by_kind.get("PersistentVolumeClaim") or by_kind.get("CronJob"):
+            p.append("postgres mode keeps no volume: no claim, no claim template, no backup CronJob")
+        for volume in pod.get("volumes") or []:
+            if "persistentVolumeClaim" in volume:
+                p.append(f"volume {volume['name']} is a claim: postgres mode keeps nothing on the pod")
+        if "data_dir" in tomllib.loads(next(cm for cm in by_kind["ConfigMap"] if "server.toml" in cm.get("data", {}))["data"]["server.toml"]).get("storage", {}):
+            p.append("postgres mode sets no storage.data_dir")
+        # The URL (with its password) from a Secret, never the ConfigMap.
+        want = (f"{cluster_name(scenario)}-app", "uri") if v["cnpg"]["enabled"] else \
+            (v["postgres"]["existingSecret"] or f"{cluster.fullname(scenario.release)}-postgres", v["postgres"]["existingSecretKey"])
+        ref = cluster.env_secret_ref(container, "DS_STORAGE__POSTGRES__URL")
+        if ref != want:
+            p.append(f"DS_STORAGE__POSTGRES__URL must come from secretKeyRef {want[0]}/{want[1]}, got {ref}")
+        ca_secret = f"{cluster_name(scenario)}-ca" if v["cnpg"]["enabled"] else v["postgres"]["caSecret"]
+        if ca_secret:
+            mounted = {vol["secret"]["secretName"]: vol for vol in pod.get("volumes") or [] if "secret" in vol}
+            items = [i["key"] for i in (mounted.get(ca_secret, {}).get("secret", {}).get("items") or [])]
+            if items != (["ca.crt"] if v["cnpg"]["enabled"] else [v["postgres"]["caSecretKey"]]):
+                p.append(f"the database CA Secret {ca_secret} must be mounted with its CA certificate only, got items {items}")
+        if v["cnpg"]["enabled"]:
+            value = next((e.get("value", "") for e in container.get("env", []) if e["name"] == "DS_STORAGE__POSTGRES__URL"), "")
+            if "sslmode=verify-full" not in value or "sslrootcert=/etc/durable-streams/postgres-ca/ca.crt" not in value:
+                p.append("with cnpg the URL must verify the server against the cluster's CA (sslmode=verify-full, sslrootcert)")
+            databases = [d for d in by_kind.get("Cluster", []) if d["metadata"]["name"] == cluster_name(scenario)]
+            if len(databases) != 1:
+                p.append(f"expected the CloudNativePG Cluster {cluster_name(scenario)}")
+            for database in databases:
+                dspec = database["spec"]
+                sync = cluster.nested(dspec, "postgresql", "synchronous", default={}) or {}
+                if dspec.get("instances") != v["cnpg"]["instances"] or dspec.get("instances", 0) < 3:
+                    p.append(f"the Cluster must run cnpg.instances ({v['cnpg']['instances']}) instances, at least 3")
+                if sync.get("method") not in ("any", "first") or not 1 <= sync.get("number", 0) < dspec.get("instances", 0):
+                    p.append(f"the Cluster must replicate synchronously to at least one standby, got {sync}")
+                if cluster.nested(dspec, "bootstrap", "initdb", "owner") != v["cnpg"]["owner"]:
+                    p.append("the Cluster's bootstrap owner must be cnpg.owner, the user of its -app Secret")
+        return p
 
     def check_monitoring(self) -> str:
         """ServiceMonitor, PrometheusRule and dashboards as kube-prometheus-stack and Grafana read them."""
@@ -651,7 +771,7 @@ class Verifier:
             targets = cluster.scrape_targets(docs)
             for owner, _ in cluster.pod_templates(docs):
                 through = targets.get(owner, [])
-                server = owner.startswith(("StatefulSet/", "Deployment/"))
+                server = owner in cluster.server_owners(docs)
                 if server and len(through) != 1:
                     p.append(f"{owner}: each pod must be scraped once, but it is scraped through {through or 'no Service'}")
                 if not server and through:
@@ -719,7 +839,7 @@ class Verifier:
         for scenario in self.good_scenarios():
             docs = [d for _, d in scenario.docs]
             pods = cluster.pod_templates(docs)
-            for doc in docs:
+            for doc in (d for d in docs if cluster.is_server(d)):
                 selector = None
                 if doc["kind"] == "Service":
                     selector = {"matchLabels": doc["spec"].get("selector") or {}}
@@ -730,7 +850,7 @@ class Verifier:
                 if selector is None:
                     continue
                 for owner, pod in pods:
-                    if not owner.startswith(("StatefulSet/", "Deployment/")) and cluster.selector_matches(selector, pod["metadata"].get("labels") or {}):
+                    if owner not in cluster.server_owners(docs) and cluster.selector_matches(selector, pod["metadata"].get("labels") or {}):
                         problems.append(f"{scenario.name}: {doc['kind']} {doc['metadata']['name']} selects {owner}, which is not a server pod")
         if problems:
             raise CheckFailed(problems)
@@ -742,7 +862,7 @@ class Verifier:
         count = 0
         for scenario in self.good_scenarios():
             v = scenario.values
-            policy = next((d for _, d in scenario.docs if d["kind"] == "NetworkPolicy"), None)
+            policy = next((d for _, d in scenario.docs if d["kind"] == "NetworkPolicy" and cluster.is_server(d)), None)
             if not policy or not v["networkPolicy"]["restrictEgress"]:
                 continue
             count += 1
@@ -770,6 +890,19 @@ class Verifier:
                 ip = host if re.fullmatch(r"[0-9.]+", host) else None
                 permits.append((what, port, ip))
                 probes |= {(ip or PUBLIC_IP, port), (PRIVATE_IP, port)}
+            if v["storage"]["mode"] == "postgres":
+                postgres = v["networkPolicy"]["egress"]["postgres"]
+                peers = postgres["to"] or ([{"podSelector": {"matchLabels": {"cnpg.io/cluster": cluster_name(scenario)}}}] if v["cnpg"]["enabled"] else [])
+                ips = [peer["ipBlock"]["cidr"].split("/")[0] for peer in peers if "ipBlock" in peer]
+                for ip in ips or ([] if peers else [None]):
+                    permits.append(("PostgreSQL", postgres["port"], ip))
+                probes |= {(PUBLIC_IP, postgres["port"]), (PRIVATE_IP, postgres["port"])} | {(ip, postgres["port"]) for ip in ips}
+                # Pod peers (the CloudNativePG instances) match no address:
+                # the rule must name them.
+                for peer in (p for p in peers if "ipBlock" not in p):
+                    if not any(peer in (rule.get("to") or []) and {"port": postgres["port"], "protocol": "TCP"} in (rule.get("ports") or [])
+                               for rule in policy["spec"].get("egress") or []):
+                        problems.append(f"{scenario.name}: PostgreSQL egress must reach {peer} on port {postgres['port']}")
             extra = {"spec": {"policyTypes": ["Egress"], "egress": v["networkPolicy"]["extraEgress"]}}
             wanted = []
             for address, port in sorted(probes):
@@ -782,7 +915,7 @@ class Verifier:
                     problems.append(f"{scenario.name}: {what} ({address}:{port}) must be {'allowed' if allowed else 'refused'}")
         if problems:
             raise CheckFailed(problems)
-        return f"{count} NetworkPolicies allow DNS, webhooks, OTLP and JWKS exactly when turned on"
+        return f"{count} NetworkPolicies allow DNS, webhooks, OTLP, JWKS and PostgreSQL exactly when turned on"
 
     def check_ingress(self) -> str:
         """Ingress and HTTPRoute keep SSE and long-poll working: no buffering, timeouts above the long-poll and SSE intervals."""
@@ -798,7 +931,11 @@ class Verifier:
             service = next((d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") != "None"), None)
             if service is None:
                 continue  # check_render reports it
+            if v["cache"]["enabled"]:
+                # Readers go through the caching tier.
+                service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == f"{cluster.fullname(scenario.release)}-cache")
             ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+            api_port = "http" if v["cache"]["enabled"] else "api"
             for ingress in (d for d in docs if d["kind"] == "Ingress"):
                 seen += 1
                 a = ingress["metadata"].get("annotations") or {}
@@ -814,8 +951,8 @@ class Verifier:
                 for rule in ingress["spec"]["rules"]:
                     for path in rule["http"]["paths"]:
                         backend = path["backend"]["service"]
-                        if backend["name"] != service["metadata"]["name"] or backend["port"].get("name") not in ports:
-                            problems.append(f"{scenario.name}: Ingress backend {backend} is not the API Service port")
+                        if backend["name"] != service["metadata"]["name"] or backend["port"].get("name") != api_port:
+                            problems.append(f"{scenario.name}: Ingress backend {backend} is not {service['metadata']['name']} port {api_port}")
             for route in (d for d in docs if d["kind"] == "HTTPRoute"):
                 seen += 1
                 for rule in route["spec"]["rules"]:
@@ -824,13 +961,112 @@ class Verifier:
                         if go_duration_secs(timeouts.get(key, "15s")) <= needed:
                             problems.append(f"{scenario.name}: HTTPRoute timeouts.{key} must exceed {needed} s")
                     for ref in rule["backendRefs"]:
-                        if ref["name"] != service["metadata"]["name"] or ref["port"] != ports["api"]:
-                            problems.append(f"{scenario.name}: HTTPRoute backend {ref} is not the API Service port")
+                        if ref["name"] != service["metadata"]["name"] or ref["port"] != ports[api_port]:
+                            problems.append(f"{scenario.name}: HTTPRoute backend {ref} is not {service['metadata']['name']} port {api_port}")
         if not seen:
             problems.append("no scenario renders an Ingress or HTTPRoute")
         if problems:
             raise CheckFailed(problems)
-        return f"{seen} Ingress/HTTPRoute objects: unbuffered, timeouts above the long-poll and SSE intervals, backend on the API port"
+        return f"{seen} Ingress/HTTPRoute objects: unbuffered, timeouts above the long-poll and SSE intervals, backend on the API port or the cache"
+
+    def check_cache(self) -> str:
+        """The caching tier: the chart serves deploy/nginx's config with only its chart: lines set, right for the server's timeouts and credentials; nginx -t accepts it."""
+        deploy = self.path(CACHE_CONF).read_text()
+        problems = [f"{CACHE_CONF}: {p}" for p in cache_conf_problems(deploy, {})]
+        seen = []
+        for scenario in self.good_scenarios():
+            docs = [d for _, d in scenario.docs]
+            name = f"{cluster.fullname(scenario.release)}-cache"
+            objects = [d for d in docs if d["metadata"]["name"] == name]
+            if not scenario.values["cache"]["enabled"]:
+                if objects:
+                    problems.append(f"{scenario.name}: cache objects rendered with cache.enabled=false")
+                continue
+            seen.append(scenario.name)
+            try:
+                problems += [f"{scenario.name}: {p}" for p in self._cache_problems(scenario, deploy)]
+            except (KeyError, StopIteration, ValueError) as error:
+                problems.append(f"{scenario.name}: the cache objects are incomplete: {error!r}")
+        if not seen:
+            problems.append("no scenario renders the cache")
+        if problems:
+            raise CheckFailed(problems)
+        return f"{len(seen)} caching tiers: nginx.conf as in {CACHE_CONF} with its chart: lines set, accepted by nginx -t, wired to the server's Service"
+
+    def _cache_problems(self, scenario: Scenario, deploy: str) -> list[str]:
+        p: list[str] = []
+        v = scenario.values
+        docs = [d for _, d in scenario.docs]
+        name = f"{cluster.fullname(scenario.release)}-cache"
+        by_kind = {d["kind"]: d for d in docs if d["metadata"]["name"] == name}
+        conf = by_kind["ConfigMap"]["data"]["nginx.conf"]
+        rendered, source = conf.splitlines(), deploy.splitlines()
+        if len(rendered) != len(source):
+            p.append(f"nginx.conf has {len(rendered)} lines, {CACHE_CONF} {len(source)}")
+        for number, (got, want) in enumerate(zip(rendered, source), 1):
+            if got != want and "# chart:" not in want:
+                p.append(f"nginx.conf line {number} differs from {CACHE_CONF} and is not a chart: line: {got!r}")
+        server = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == cluster.fullname(scenario.release))
+        api = next(port["port"] for port in server["spec"]["ports"] if port["name"] == "api")
+        p += cache_conf_problems(conf, {
+            "upstream": f"{server['metadata']['name']}.{NAMESPACE}.svc:{api}",
+            "listen": v["cache"]["port"],
+            "max_size": v["cache"]["maxSize"],
+            "connection": cluster.nested(v, "config", "transport", "connection", default={}) or {},
+            "query_param": cluster.nested(v, "config", "auth", "query_param") or "access_token",
+            "identity_header": cluster.nested(v, "config", "proxy", "identity", "header_name") or "x-client-identity",
+        })
+        deployment, service = by_kind["Deployment"], by_kind["Service"]
+        pod = deployment["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        command = container.get("command", []) + container.get("args", [])
+        mounts = {m["mountPath"].rstrip("/"): m for m in container.get("volumeMounts") or []}
+        volumes = {vol["name"]: vol for vol in pod["spec"].get("volumes") or []}
+        conf_path = Path(command[command.index("-c") + 1])
+        prefix = command[command.index("-p") + 1].rstrip("/")
+        config_volume = volumes.get(mounts.get(str(conf_path.parent), {}).get("name", ""), {})
+        if cluster.nested(config_volume, "configMap", "name") != name or conf_path.name != "nginx.conf":
+            p.append(f"nginx -c {conf_path} is not the ConfigMap's nginx.conf")
+        if "emptyDir" not in volumes.get(mounts.get(prefix, {}).get("name", ""), {}) or mounts.get(prefix, {}).get("readOnly"):
+            p.append(f"the nginx prefix {prefix} (cache, temporary files, pid) must be a writable emptyDir")
+        if pod["metadata"].get("annotations", {}).get("checksum/config") != hashlib.sha256(conf.encode()).hexdigest():
+            p.append("the cache pods' checksum/config must be the sha256 of nginx.conf, so they roll when it changes")
+        port = {c["name"]: c["containerPort"] for c in container.get("ports") or []}.get("http")
+        if port != v["cache"]["port"] or service["spec"]["ports"][0].get("targetPort") != "http":
+            p.append(f"the cache Service must reach nginx's listen port {v['cache']['port']} (container port {port})")
+        if not cluster.selector_matches({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"]):
+            p.append("the cache Service does not select the cache pods")
+        policy = by_kind.get("NetworkPolicy")
+        if v["networkPolicy"]["enabled"]:
+            server_labels = cluster.server_workloads(docs)[0]["spec"]["template"]["metadata"]["labels"]
+            to_server = [rule for rule in (policy or {}).get("spec", {}).get("egress") or []
+                         if any(cluster.selector_matches(peer.get("podSelector"), server_labels) for peer in rule.get("to") or [] if "podSelector" in peer)
+                         and {"port": v["ports"]["api"], "protocol": "TCP"} in (rule.get("ports") or [])]
+            if not to_server:
+                p.append("the cache's NetworkPolicy must let it reach the server pods' API port")
+            server_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == cluster.fullname(scenario.release))
+            api_rule = server_policy["spec"]["ingress"][0]
+            if api_rule.get("from") and not any(cluster.selector_matches(peer.get("podSelector"), pod["metadata"]["labels"])
+                                                for peer in api_rule["from"] if "podSelector" in peer):
+                p.append("the server's NetworkPolicy must admit the cache pods to the API port")
+        p += self._nginx_accepts(scenario, conf)
+        return p
+
+    def _nginx_accepts(self, scenario: Scenario, conf: str) -> list[str]:
+        """`nginx -t` on a rendered nginx.conf, its upstream host (a
+        Service name only the cluster resolves) replaced by loopback."""
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if not nginx:
+            return ["nginx is not installed (scripts/verify-deploy.sh installs nginx-light as root)"]
+        prefix = self.work / "nginx" / scenario.name
+        prefix.mkdir(parents=True, exist_ok=True)
+        prefix.chmod(0o755)
+        local = re.sub(r"(?m)^(\s*server )\S+:(\d+);", r"\g<1>127.0.0.1:\2;", conf)
+        (prefix / "nginx.conf").write_text(local)
+        result = self.run([nginx, "-t", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf")])
+        if result.returncode != 0:
+            return [f"nginx -t: {line}" for line in result.stderr.splitlines() if "[emerg]" in line or "failed" in line] or [f"nginx -t exited {result.returncode}"]
+        return []
 
     def check_upgrade(self) -> str:
         """Only a change of server.toml rolls the pods: labels and the chart version do not."""
@@ -841,7 +1077,7 @@ class Verifier:
                 manifests = render_chart(chart, values, RELEASE, MONITORING_APIS)
             for name, text in manifests.items():
                 for doc in (yaml.safe_load_all(text) if name.endswith(".yaml") else []):
-                    if doc and doc.get("kind") in ("StatefulSet", "Deployment"):
+                    if doc and doc.get("kind") in ("StatefulSet", "Deployment") and cluster.is_server(doc):
                         return doc["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
             raise CheckFailed(["no workload rendered"])
 
@@ -868,7 +1104,8 @@ class Verifier:
                     problems.append(f"{RUNBOOK} '{section}' does not mention {needle}")
         if problems:
             raise CheckFailed(problems)
-        return "checksum/config ignores labels and the chart version, follows server.toml; the runbook covers stuck rollouts and immutable fields"
+        return ("checksum/config ignores labels and the chart version, follows server.toml; "
+                "the runbook covers stuck rollouts, immutable fields and the PostgreSQL mode's backups")
 
     # ------------------------------------------------------ live checks
     def secret_dirs(self, scenario: Scenario, pki: Path) -> dict[str, Path]:
@@ -905,7 +1142,7 @@ class Verifier:
     def live_server(self, scenario: Scenario, secrets: dict[str, Path], data_dir: Path | None, tag: str) -> live.LiveServer:
         """The scenario's server.toml served by the binary, with the pod's mounts mapped."""
         docs = [d for _, d in scenario.docs]
-        workload = next(d for d in docs if d["kind"] in ("StatefulSet", "Deployment"))
+        workload = cluster.server_workloads(docs)[0]
         pod = workload["spec"]["template"]
         cm = next(d for d in docs if d["kind"] == "ConfigMap" and "server.toml" in d.get("data", {}))
         extra = {}
@@ -1026,8 +1263,8 @@ class Verifier:
         if sts is None:
             raise CheckFailed(["backup.enabled needs the StatefulSet"])
         cronjobs = sorted((d for d in docs if d["kind"] == "CronJob"), key=lambda d: d["metadata"]["name"])
-        if len(cronjobs) != v["replicaCount"]:
-            p.append(f"expected one CronJob per pod ({v['replicaCount']}), got {len(cronjobs)}")
+        if len(cronjobs) != sts["spec"]["replicas"]:
+            p.append(f"expected one CronJob per pod ({sts['spec']['replicas']}), got {len(cronjobs)}")
         config = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap" and "server.toml" in d.get("data", {}))["data"]["server.toml"])
         claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
         server_pod = sts["spec"]["template"]["spec"]
@@ -1195,6 +1432,16 @@ class Verifier:
                 if key in tls:
                     env[f"DS_TRANSPORT__TLS__{key.upper()}"] = str(certs / file)
             unknown = {k for k in ANNOUNCED_SERVER_KEYS if cluster.nested(tomllib.loads(path.read_text()), *k.split(".")) is not None} - known
+            if scenario.values["storage"]["mode"] == "postgres":
+                if "storage.postgres.pool_size" not in default_toml_keys(self.path("config/default.toml").read_text()):
+                    unknown.add("storage.mode=postgres")
+                # The URL the pod reads from its Secret, with the CA file
+                # of a test PKI where the pod mounts the database's CA.
+                container = cluster.server_workloads([d for _, d in scenario.docs])[0]["spec"]["template"]["spec"]["containers"][0]
+                url = next((e.get("value") for e in container.get("env", []) if e["name"] == "DS_STORAGE__POSTGRES__URL"), None)
+                app_uri = "postgresql://streams:secret@db.example.invalid:5432/streams"
+                env["DS_STORAGE__POSTGRES__URL"] = (url or app_uri).replace("$(CNPG_APP_URI)", app_uri).replace(
+                    "/etc/durable-streams/postgres-ca/ca.crt", str(certs / "ca.crt"))
             if unknown:
                 pending.append(f"{scenario.name} ({', '.join(sorted(unknown))})")
                 continue
@@ -1232,7 +1479,7 @@ class Verifier:
             "server.bind_address", "storage.mode", "storage.data_dir", "transport.mode",
             "transport.tls.cert_path", "transport.tls.key_path", "transport.tls.client_ca_path",
             "observability.metrics.enabled", "observability.metrics.path", "observability.metrics.bind_address",
-            "subscriptions.enabled", "subscriptions.signing_key_path",
+            "subscriptions.enabled", "subscriptions.signing_key_path", "storage.postgres.url",
         }
         toml_keys = default_toml_keys(self.path("config/default.toml").read_text())
         for key in sorted(toml_keys - schema_keys - owned):
@@ -1254,6 +1501,8 @@ class Verifier:
                 shutil.copy(src, self.path(CHART / "files/grafana" / src.name))
             (self.path(CHART / "files/prometheus")).mkdir(parents=True, exist_ok=True)
             shutil.copy(self.path(RULES), self.path(CHART / "files/prometheus" / RULES.name))
+            self.path(CHART_CACHE_CONF).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.path(CACHE_CONF), self.path(CHART_CACHE_CONF))
             self._rendered = False
         expected: dict[Path, str] = {}
         for profile in PROFILES:
@@ -1265,10 +1514,11 @@ class Verifier:
         for src in sorted(self.path(GRAFANA).glob("*.json")):
             expected[CHART / "files/grafana" / src.name] = src.read_text()
         expected[CHART / "files/prometheus" / RULES.name] = self.path(RULES).read_text()
+        expected[CHART_CACHE_CONF] = self.path(CACHE_CONF).read_text()
         readme = self.path(CHART / "README.md").read_text()
         rows, _ = values_table(self.path(CHART / "values.yaml").read_text())
         expected[CHART / "README.md"] = replace_between(readme, "<!-- values:start -->", "<!-- values:end -->", "\n" + rows + "\n")
-        generated_dirs = [MANIFESTS, CHART / "files/grafana", CHART / "files/prometheus"]
+        generated_dirs = [MANIFESTS, CHART / "files/grafana", CHART / "files/prometheus", CHART_CACHE_CONF.parent]
         existing = {p.relative_to(self.repo) for d in generated_dirs if self.path(d).exists() for p in self.path(d).rglob("*") if p.is_file()}
         stale = sorted(existing - set(expected))
         drifted = sorted(str(rel) for rel, text in expected.items() if not self.path(rel).exists() or self.path(rel).read_text() != text)
@@ -1564,6 +1814,7 @@ BACKUP_STREAMS = [
 RUNBOOK_UPGRADE_SECTIONS = {
     "A rollout is stuck": ["OrderedReady", "kubectl -n $NS delete pod", "helm upgrade"],
     "Changing immutable StatefulSet fields": ["storageClassName", "persistence.size", "podManagementPolicy", "--cascade=orphan"],
+    "PostgreSQL mode": ["ScheduledBackup", "durable-streams-server export", "max_connections", "rollout restart"],
 }
 
 
@@ -1608,6 +1859,145 @@ def permitted(target: Any, address: str) -> bool:
     network = ipaddress.ip_network(cidr)
     refused = any(ip in ipaddress.ip_network(r) for r in WEBHOOK_REFUSED_RANGES if ipaddress.ip_network(r).version == ip.version)
     return ip.version == network.version and ip in network and (private_ok or not refused)
+
+
+def nginx_directives(conf: str) -> list[tuple[str, list[str], list[str]]]:
+    """(name, arguments, enclosing blocks) of every directive of an nginx
+    config, comments removed; enough of nginx's grammar for this file."""
+    text = re.sub(r"#[^\n]*", "", conf)
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[{};]|[^\s{};]+', text)
+    out: list[tuple[str, list[str], list[str]]] = []
+    stack: list[str] = []
+    words: list[str] = []
+    for token in tokens:
+        if token == ";":
+            if words:
+                out.append((words[0], words[1:], list(stack)))
+            words = []
+        elif token == "{":
+            stack.append(" ".join(words))
+            words = []
+        elif token == "}":
+            stack.pop()
+        else:
+            words.append(token.strip('"'))
+    return out
+
+
+def cache_conf_problems(conf: str, want: dict[str, Any]) -> list[str]:
+    """What the caching tier's nginx.conf must say (deploy/nginx/README.md
+    gives the reasons). want: the values the chart sets; empty for the
+    deploy/ file, whose defaults fit the server's."""
+    p: list[str] = []
+    directives = nginx_directives(conf)
+
+    def values(name: str, block: str | None = None) -> list[list[str]]:
+        return [args for n, args, blocks in directives if n == name and (block is None or block in blocks)]
+
+    def one(name: str, block: str | None = None) -> list[str]:
+        found = values(name, block)
+        if len(found) != 1:
+            p.append(f"expected one {name}{f' in {block}' if block else ''}, found {len(found)}")
+            return [""]
+        return found[0]
+
+    def seconds(text: str) -> int:
+        match = re.fullmatch(r"(\d+)(s|m)?", text)
+        return int(match.group(1)) * (60 if match.group(2) == "m" else 1) if match else 0
+
+    connection = want.get("connection", {})
+    long_poll = connection.get("long_poll_timeout_secs", 30)
+    live = max(long_poll, connection.get("sse_reconnect_interval_secs", 60) or 3600)
+    if "upstream" in want and one("server", "upstream durable_streams") != [want["upstream"]]:
+        p.append(f"the upstream must be the server's Service {want['upstream']}")
+    if not values("keepalive", "upstream durable_streams"):
+        p.append("the upstream needs idle keep-alive connections (keepalive)")
+    if "listen" in want and one("listen") != [str(want["listen"])]:
+        p.append(f"nginx must listen on cache.port {want['listen']}")
+    cache_path = " ".join(one("proxy_cache_path"))
+    if "max_size" in want and f"max_size={want['max_size']}" not in cache_path:
+        p.append(f"proxy_cache_path must use max_size={want['max_size']}")
+    for name in ("proxy_read_timeout", "proxy_send_timeout"):
+        if seconds(one(name)[0]) <= live:
+            p.append(f"{name} must exceed the long-poll timeout and SSE reconnect interval ({live} s)")
+    if one("proxy_cache_lock") != ["on"]:
+        p.append("proxy_cache_lock must be on: identical requests wait for one answer")
+    for name in ("proxy_cache_lock_age", "proxy_cache_lock_timeout"):
+        if seconds(one(name)[0]) <= long_poll:
+            p.append(f"{name} must exceed the long-poll timeout ({long_poll} s), or a second request leaves while the first waits")
+    if "$request_uri" not in " ".join(one("proxy_cache_key")):
+        p.append("proxy_cache_key must include $request_uri (offset, live mode and cursor)")
+    if one("proxy_cache_methods") != ["GET"] or one("proxy_cache_convert_head") != ["off"]:
+        p.append("only GET may be cached, and HEAD must stay HEAD")
+    if values("proxy_cache_valid") or any(arg.lower() in ("cache-control", "expires") for args in values("proxy_ignore_headers") for arg in args):
+        p.append("the server's Cache-Control alone decides: no proxy_cache_valid, no proxy_ignore_headers Cache-Control/Expires")
+    if "updating" not in one("proxy_cache_use_stale"):
+        p.append("proxy_cache_use_stale must include updating")
+    maps: dict[str, str] = {}
+    for _, _, blocks in directives:
+        if blocks and blocks[-1].startswith("map "):
+            source, variable = blocks[-1].split()[1:3]
+            maps[variable] = source
+    credentials = {
+        "$ds_credentials_header": "$http_authorization",
+        "$ds_credentials_query": f"$arg_{want.get('query_param', 'access_token')}",
+        "$ds_identity_header": "$http_" + want.get("identity_header", "x-client-identity").lower().replace("-", "_"),
+        "$ds_not_get": "$request_method",
+    }
+    for variable, source in credentials.items():
+        if maps.get(variable) != source:
+            p.append(f"{variable} must be mapped from {source}, got {maps.get(variable)}")
+        for name in ("proxy_cache_bypass", "proxy_no_cache"):
+            if variable not in one(name):
+                p.append(f"{name} must include {variable} ({source}): such requests are never answered from nor stored in the cache")
+    if one("proxy_http_version") != ["1.1"] or ["Connection", ""] not in values("proxy_set_header"):
+        p.append("HTTP/1.1 with an empty Connection header keeps upstream connections alive")
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"):
+        if not any(args and args[0] == header for args in values("proxy_set_header")):
+            p.append(f"{header} must be forwarded (the server's proxy.* trust reads it)")
+    sse = [args for n, args, blocks in directives if blocks and blocks[-1] == "location @sse" and n in ("proxy_buffering", "proxy_cache")]
+    if ["off"] not in sse or len(sse) != 2 or any(args != ["off"] for args in sse):
+        p.append("location @sse must turn proxy_buffering and proxy_cache off")
+    if maps.get("$ds_sse") is None:
+        p.append("$ds_sse must be mapped from live=sse and Accept: text/event-stream")
+    return p
+
+
+def cluster_name(scenario: Scenario) -> str:
+    """The CloudNativePG Cluster's name: cnpg.name, else "<fullname>-db"."""
+    return scenario.values["cnpg"]["name"] or f"{cluster.fullname(scenario.release)[:47].rstrip('-')}-db"
+
+
+def crd_problems(doc: dict, schema: dict) -> list[str]:
+    """A custom resource against its CRD's openAPIV3Schema: types, enums,
+    required fields and patterns (JSON Schema), and unknown fields, which
+    the API server rejects under strict field validation (kubectl's
+    default) and prunes otherwise. CEL rules are not evaluated."""
+    import jsonschema  # noqa: PLC0415  (installed by the script)
+
+    problems = [f"{'/'.join(str(x) for x in error.absolute_path) or '(root)'}: {error.message}"
+                for error in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+    def unknown(value: Any, node: dict, at: str) -> None:
+        properties = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        if isinstance(value, dict):
+            # Free-form objects (metadata, preserve-unknown-fields) accept anything.
+            if node.get("x-kubernetes-preserve-unknown-fields") or not (properties or isinstance(extra, dict)):
+                return
+            for key, sub in value.items():
+                if key in properties:
+                    unknown(sub, properties[key], f"{at}/{key}")
+                elif isinstance(extra, dict):
+                    unknown(sub, extra, f"{at}/{key}")
+                else:
+                    problems.append(f"{at}/{key}: unknown field")
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for n, item in enumerate(value):
+                unknown(item, node["items"], f"{at}/{n}")
+
+    unknown(doc, schema, "")
+    return problems
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -1811,7 +2201,7 @@ BlockDumper.add_representer(str, _str_representer)
 
 def plain_manifests(profile: str, scenario: Scenario) -> dict[Path, str]:
     """deploy/kubernetes/<profile>/: built-in kinds, monitoring, certificate, kustomization."""
-    groups: dict[str, list[dict]] = {"durable-streams.yaml": [], "monitoring.yaml": [], "certificate.yaml": []}
+    groups: dict[str, list[dict]] = {"durable-streams.yaml": [], "monitoring.yaml": [], "certificate.yaml": [], "database.yaml": []}
     order = ["ServiceAccount", "ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget", "NetworkPolicy"]
     for template, doc in scenario.docs:
         # helm test and what only it uses have no place without Helm.
@@ -1822,6 +2212,8 @@ def plain_manifests(profile: str, scenario: Scenario) -> dict[Path, str]:
             groups["monitoring.yaml"].append(doc)
         elif doc["apiVersion"].startswith("cert-manager.io/"):
             groups["certificate.yaml"].append(doc)
+        elif doc["apiVersion"].startswith("postgresql.cnpg.io/"):
+            groups["database.yaml"].append(doc)
         else:
             groups["durable-streams.yaml"].append(doc)
     groups["durable-streams.yaml"].sort(key=lambda d: (order.index(d["kind"]) if d["kind"] in order else 99, d["metadata"]["name"]))
@@ -1949,6 +2341,7 @@ CHECKS: dict[str, Callable[[Verifier], str]] = {
     "monitoring": Verifier.check_monitoring,
     "names": Verifier.check_names,
     "egress": Verifier.check_egress,
+    "cache": Verifier.check_cache,
     "ingress": Verifier.check_ingress,
     "upgrade": Verifier.check_upgrade,
     "helm-test": Verifier.check_helm_test,

@@ -86,11 +86,90 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The workload kind for storage.mode, chosen here only: a StatefulSet with a
 volume per pod for the modes that keep data on the pod's disk, a
-Deployment for memory. (The postgres mode is refused in validate until its
-workload exists.)
+Deployment for memory and for postgres (stateless, interchangeable pods).
 */}}
 {{- define "durable-streams.workloadKind" -}}
 {{- if include "durable-streams.durable" . }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/* "true" when every pod serves every stream (storage.mode=postgres), else "". */}}
+{{- define "durable-streams.shared" -}}
+{{- if eq .Values.storage.mode "postgres" }}true{{ end }}
+{{- end }}
+
+{{/* The number of server pods: replicaCount, else 3 with postgres and 1 otherwise. */}}
+{{- define "durable-streams.replicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}{{ ternary 3 1 (eq .Values.storage.mode "postgres") }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* The CloudNativePG Cluster's name: cnpg.name, else "<fullname>-db". */}}
+{{- define "durable-streams.cnpgName" -}}
+{{- default (printf "%s-db" (include "durable-streams.fullname" . | trunc 47 | trimSuffix "-")) .Values.cnpg.name }}
+{{- end }}
+
+{{/* "true" when the CloudNativePG Cluster is rendered (its API served or forced). */}}
+{{- define "durable-streams.cnpgRendered" -}}
+{{- if and .Values.cnpg.enabled (include "durable-streams.apiServed" (dict "ctx" . "api" "postgresql.cnpg.io/v1/Cluster" "force" .Values.cnpg.force)) }}true{{ end }}
+{{- end }}
+
+{{/* Where the CA that signed the database's certificate is mounted, as a directory. */}}
+{{- define "durable-streams.postgresCaDir" -}}/etc/durable-streams/postgres-ca{{- end }}
+
+{{/*
+The Secret and key holding the PostgreSQL URL: the one CloudNativePG writes
+for its application user ("<cluster>-app", key uri) with cnpg.enabled,
+else postgres.existingSecret (default "<fullname>-postgres").
+*/}}
+{{- define "durable-streams.postgresSecretName" -}}
+{{- if .Values.cnpg.enabled }}{{ printf "%s-app" (include "durable-streams.cnpgName" .) }}{{ else }}{{ default (printf "%s-postgres" (include "durable-streams.fullname" .)) .Values.postgres.existingSecret }}{{ end }}
+{{- end }}
+{{- define "durable-streams.postgresSecretKey" -}}
+{{- if .Values.cnpg.enabled }}uri{{ else }}{{ .Values.postgres.existingSecretKey }}{{ end }}
+{{- end }}
+
+{{/* The Secret with the database's CA certificate ("" when none is mounted). */}}
+{{- define "durable-streams.postgresCaSecretName" -}}
+{{- if .Values.cnpg.enabled }}{{ printf "%s-ca" (include "durable-streams.cnpgName" .) }}{{ else }}{{ .Values.postgres.caSecret }}{{ end }}
+{{- end }}
+
+{{/* The caching tier's name: "<fullname>-cache". */}}
+{{- define "durable-streams.cacheName" -}}
+{{- printf "%s-cache" (include "durable-streams.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The caching tier's nginx.conf: files/nginx/durable-streams-cache.conf (a
+copy of deploy/nginx/durable-streams-cache.conf) with each line marked
+"chart:" set from the values; every other line stays as it is.
+*/}}
+{{- define "durable-streams.cacheConf" -}}
+{{- $conf := .Files.Get "files/nginx/durable-streams-cache.conf" }}
+{{- $connection := list "transport" "connection" }}
+{{- $longPoll := include "durable-streams.configValue" (dict "ctx" . "path" $connection "key" "long_poll_timeout_secs" "default" 30) | int }}
+{{- $timeout := include "durable-streams.proxyTimeoutSecs" . }}
+{{- $auth := (.Values.config | default dict).auth | default dict }}
+{{- $identity := include "durable-streams.configValue" (dict "ctx" . "path" (list "proxy" "identity") "key" "header_name" "default" "x-client-identity") }}
+{{- $upstream := printf "%s.%s.svc:%d" (include "durable-streams.fullname" .) .Release.Namespace (int .Values.service.ports.api) }}
+{{- $lines := dict
+  "server 127.0.0.1:4437;" (printf "server %s;" $upstream)
+  "max_size=1g " (printf "max_size=%s " .Values.cache.maxSize)
+  "$arg_access_token " (printf "$arg_%s " (get $auth "query_param" | default "access_token"))
+  "$http_x_client_identity " (printf "$http_%s " ($identity | lower | replace "-" "_"))
+  "listen 8080;" (printf "listen %d;" (int .Values.cache.port))
+  "proxy_read_timeout 90s;" (printf "proxy_read_timeout %ss;" $timeout)
+  "proxy_send_timeout 90s;" (printf "proxy_send_timeout %ss;" $timeout)
+  "proxy_cache_lock_age 40s;" (printf "proxy_cache_lock_age %ds;" (add $longPoll 10))
+  "proxy_cache_lock_timeout 40s;" (printf "proxy_cache_lock_timeout %ds;" (add $longPoll 10))
+}}
+{{- $out := list }}
+{{- range (splitList "\n" $conf) }}
+{{- $line := . }}
+{{- if contains "# chart:" $line }}
+{{- range $from, $to := $lines }}{{ $line = replace $from $to $line }}{{ end }}
+{{- end }}
+{{- $out = append $out $line }}
+{{- end }}
+{{- join "\n" $out }}
 {{- end }}
 
 {{/* The PersistentVolumeClaim of pod <ordinal>: "<template>-<fullname>-<ordinal>". */}}
@@ -268,10 +347,10 @@ templates so `helm template` and `helm install` stop with a clear message.
 {{- if and (eq .Values.tls.mode "mtls") (not .Values.metrics.separatePort) }}
 {{- fail "tls.mode=mtls needs metrics.separatePort=true: kubelet probes and Prometheus present no client certificate, so they need the plain-HTTP metrics/probe port" }}
 {{- end }}
-{{- if and (eq .Values.storage.mode "memory") (gt (int .Values.replicaCount) 1) (not .Values.allowMultipleReplicas) }}
+{{- if and (eq .Values.storage.mode "memory") (gt (include "durable-streams.replicas" . | int) 1) (not .Values.allowMultipleReplicas) }}
 {{- fail "replicaCount > 1: every pod holds its own streams, so a Service spreading requests over pods breaks the protocol; route each stream to one pod (see the chart README) and set allowMultipleReplicas=true" }}
 {{- end }}
-{{- if and (include "durable-streams.durable" .) (gt (int .Values.replicaCount) 1) (not .Values.allowMultipleReplicas) }}
+{{- if and (include "durable-streams.durable" .) (gt (include "durable-streams.replicas" . | int) 1) (not .Values.allowMultipleReplicas) }}
 {{- fail "replicaCount > 1: every pod holds its own streams on its own volume, so a Service spreading requests over pods breaks the protocol; route each stream to one pod (see the chart README) and set allowMultipleReplicas=true" }}
 {{- end }}
 {{- if and (eq .Values.profile "prod-tls") (ne .Values.tls.mode "tls") }}
@@ -286,8 +365,20 @@ templates so `helm template` and `helm install` stop with a clear message.
 {{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled=true needs httpRoute.parentRefs: the Gateway(s) to attach the route to" }}
 {{- end }}
-{{- if eq .Values.storage.mode "postgres" }}
-{{- fail "storage.mode=postgres: this chart version has no PostgreSQL workload yet; use file-durable or acid" }}
+{{- if and .Values.cnpg.enabled (not (include "durable-streams.shared" .)) }}
+{{- fail (printf "cnpg.enabled=true needs storage.mode=postgres, not %s" .Values.storage.mode) }}
+{{- end }}
+{{- if and .Values.cnpg.enabled (not (include "durable-streams.cnpgRendered" .)) }}
+{{- fail "cnpg.enabled=true: this cluster serves no postgresql.cnpg.io/v1 Cluster; install the CloudNativePG operator first, or set cnpg.force=true when rendering without a cluster (helm template)" }}
+{{- end }}
+{{- if and .Values.cnpg.enabled (or .Values.postgres.existingSecret .Values.postgres.caSecret) }}
+{{- fail "cnpg.enabled=true takes the URL and CA from the Secrets CloudNativePG writes: leave postgres.existingSecret and postgres.caSecret empty" }}
+{{- end }}
+{{- if and .Values.cnpg.enabled (ge (int .Values.cnpg.synchronous.number) (int .Values.cnpg.instances)) }}
+{{- fail (printf "cnpg.synchronous.number (%d) must be below cnpg.instances (%d): a commit waits for that many standbys" (int .Values.cnpg.synchronous.number) (int .Values.cnpg.instances)) }}
+{{- end }}
+{{- if and .Values.cache.enabled (include "durable-streams.tlsEnabled" .) }}
+{{- fail "cache.enabled=true needs tls.mode=http: the cache speaks plain HTTP to the server and a shared cache cannot carry client certificates; terminate TLS in front of the cache (ingress)" }}
 {{- end }}
 {{- if and .Values.backup.enabled (not (include "durable-streams.durable" .)) }}
 {{- fail (printf "backup.enabled=true needs a storage.mode that keeps data on a volume (file-fast, file-durable, acid), not %s; with PostgreSQL use the database's own backups" .Values.storage.mode) }}
@@ -295,7 +386,7 @@ templates so `helm template` and `helm install` stop with a clear message.
 {{- if and .Values.backup.enabled (not .Values.persistence.enabled) }}
 {{- fail "backup.enabled=true needs persistence.enabled=true: another pod cannot reach an emptyDir" }}
 {{- end }}
-{{- if and .Values.backup.enabled .Values.backup.persistence.existingClaims (ne (len .Values.backup.persistence.existingClaims) (int .Values.replicaCount)) }}
+{{- if and .Values.backup.enabled .Values.backup.persistence.existingClaims (ne (len .Values.backup.persistence.existingClaims) (include "durable-streams.replicas" . | int)) }}
 {{- fail "backup.persistence.existingClaims needs one claim per pod (replicaCount)" }}
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
