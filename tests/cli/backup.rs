@@ -56,14 +56,22 @@ fn export_beside_a_running_server_restores_byte_for_byte(mode: &str) {
         &dir.path().join("live"),
         &address,
     );
+    // The server logs a line per request; a pipe nobody reads would fill
+    // and stall it, so its output goes to a file read on failure.
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("create the server log");
     let server = command(dir.path(), &["serve", "--config", &live], &[])
+        .stdout(log.try_clone().expect("clone the log file"))
+        .stderr(log)
         .spawn()
         .expect("spawn the server");
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(20);
     while send(&address, "GET", "/readyz", "text/plain", b"") != Some(200) {
         assert!(
             Instant::now() < deadline,
-            "{mode}: the server never became ready"
+            "{mode}: the server never became ready\n{}",
+            server_log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -138,7 +146,12 @@ fn export_beside_a_running_server_restores_byte_for_byte(mode: &str) {
         appended > 0,
         "{mode}: nothing was appended during the export"
     );
-    assert_eq!(stopped.code, Some(0), "{mode}: {stopped:#?}");
+    assert_eq!(
+        stopped.code,
+        Some(0),
+        "{mode}: {stopped:#?}\n{}",
+        server_log()
+    );
 
     // Restore into a fresh store; its export is the backup, byte for byte.
     let restored = config(
