@@ -36,6 +36,7 @@
 
 pub mod cli;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod engine;
 pub mod http;

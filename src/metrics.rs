@@ -20,7 +20,7 @@ mod process;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{LazyLock, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ::metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
@@ -218,7 +218,7 @@ pub fn install() -> Result<&'static MetricsHandle, MetricsError> {
         .map_err(|error| MetricsError::Install(error.to_string()))?;
     let handle = MetricsHandle {
         prometheus,
-        start_time: process::start_time().unwrap_or_else(unix_now),
+        start_time: process::start_time().unwrap_or_else(crate::clock::unix_secs_f64),
     };
     let handle = HANDLE.get_or_init(|| handle);
     describe();
@@ -269,12 +269,6 @@ pub(crate) fn scrape(handle: &MetricsHandle) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn describe() {

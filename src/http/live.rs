@@ -3,9 +3,8 @@
 //! Both wait on the stream's committed-state signal, never poll storage, and
 //! select on the shutdown token so a draining server releases them at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,6 +19,7 @@ use super::AppState;
 use super::names::*;
 use super::problem::ApiError;
 use super::stream::{CACHEABLE, etag, offset_header, read_response};
+use crate::clock;
 use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
 use crate::metrics::{self, LiveReader, ReadMode};
 use crate::protocol::cursor;
@@ -27,15 +27,9 @@ use crate::protocol::offset::{Offset, ReadFrom};
 use crate::protocol::sse::{self, Control};
 use crate::shutdown::ShutdownToken;
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The cursor for a live response, given the client's echo.
 fn cursor_for(client: Option<&str>) -> u64 {
-    cursor::next_cursor(unix_now(), client, fastrand::u64(1..=3600))
+    cursor::next_cursor(clock::unix_secs(), client, fastrand::u64(1..=3600))
 }
 
 /// `GET ?live=long-poll`.
@@ -125,7 +119,7 @@ pub(super) async fn sse(
     metrics::read(ReadMode::Sse);
     let session = SseSession {
         _reader: LiveReader::start(ReadMode::Sse),
-        fanout: Fanout::of(&entry),
+        fanout: entry.attachment::<Fanout>(),
         engine: state.engine.clone(),
         json: entry.content_type().is_json(),
         entry,
@@ -188,7 +182,9 @@ struct SseSession {
 impl SseSession {
     /// The cursor for the next control event: never below one already sent.
     fn cursor(&mut self) -> u64 {
-        self.cursor = self.cursor.max(cursor::current_interval(unix_now()));
+        self.cursor = self
+            .cursor
+            .max(cursor::current_interval(clock::unix_secs()));
         self.cursor
     }
 
@@ -380,51 +376,15 @@ struct SharedChunk {
 
 /// The last encoded chunk of one stream instance, shared by its SSE
 /// sessions, so an append fanned out to N subscribers is read and encoded
-/// once and handed to all of them as the same [`Bytes`].
-#[derive(Debug)]
+/// once and handed to all of them as the same [`Bytes`]. Kept on the
+/// stream's entry ([`StreamEntry::attachment`]), so it lives exactly as
+/// long as the instance.
+#[derive(Debug, Default)]
 struct Fanout {
-    /// The stream instance this belongs to (checked on lookup: addresses are
-    /// reused once an instance is gone).
-    entry: Weak<StreamEntry>,
     last: Mutex<Option<(ChunkKey, SharedChunk)>>,
 }
 
-/// Live fan-outs by stream instance address. Weak, so a fan-out lives as
-/// long as one of its sessions; dead slots are swept as the map grows.
-static FANOUTS: LazyLock<Mutex<FanoutMap>> = LazyLock::new(Mutex::default);
-
-#[derive(Default)]
-struct FanoutMap {
-    slots: HashMap<usize, Weak<Fanout>>,
-    /// Sweep dead slots when the map reaches this size.
-    sweep_at: usize,
-}
-
 impl Fanout {
-    /// The fan-out of `entry`, created for its first SSE session.
-    fn of(entry: &Arc<StreamEntry>) -> Arc<Self> {
-        let key = Arc::as_ptr(entry) as usize;
-        let mut map = FANOUTS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = map.slots.get(&key).and_then(Weak::upgrade)
-            && existing
-                .entry
-                .upgrade()
-                .is_some_and(|live| Arc::ptr_eq(&live, entry))
-        {
-            return existing;
-        }
-        let fanout = Arc::new(Fanout {
-            entry: Arc::downgrade(entry),
-            last: Mutex::new(None),
-        });
-        if map.slots.len() >= map.sweep_at {
-            map.slots.retain(|_, slot| slot.strong_count() > 0);
-            map.sweep_at = (map.slots.len() * 2).max(64);
-        }
-        map.slots.insert(key, Arc::downgrade(&fanout));
-        fanout
-    }
-
     fn get(&self, key: &ChunkKey) -> Option<SharedChunk> {
         let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         match &*last {

@@ -285,9 +285,7 @@ pub fn offset(position: u64) -> String {
 
 /// RFC 3339 text of a Unix-ms instant.
 pub fn rfc3339(ms: i64) -> Option<String> {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    crate::clock::rfc3339_ms(ms)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -66,11 +66,7 @@ impl std::fmt::Debug for Acceptor {
 
 /// The time now, in Unix seconds.
 pub(super) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+    i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX)
 }
 
 impl Acceptor {
