@@ -37,6 +37,7 @@ pub use load::{ConfigDir, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load};
 pub use problem::{ConfigError, ConfigProblem};
 pub use profile::DeploymentProfile;
 pub use validate::Validation;
+pub(crate) use validate::is_http_url;
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";
@@ -626,13 +627,10 @@ impl Config {
     /// Every problem found (unknown keys, bad values, broken rules), together.
     pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
         let loaded = load(options);
-        let validation = loaded.validate();
-        let mut problems = loaded.problems().to_vec();
-        problems.extend(validation.errors);
-        if problems.is_empty() {
-            Ok(loaded.into_config())
-        } else {
-            Err(ConfigError::new(problems))
+        match loaded.check() {
+            Ok(validation) if validation.errors.is_empty() => Ok(loaded.into_config()),
+            Ok(validation) => Err(ConfigError::new(validation.errors)),
+            Err(problems) => Err(ConfigError::new(problems)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! small recording helpers the HTTP layer, the engine and the storage
 //! backends call.
 //!
-//! Recording goes through the [`metrics`](::metrics) facade. Without an
+//! Recording goes through the [`metrics`] facade. Without an
 //! installed recorder every call is a no-op, so the library records
 //! unconditionally. The binary installs the Prometheus recorder with
 //! [`install`] in its `init_telemetry` phase; an embedder may install it
@@ -26,13 +26,9 @@ use ::metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
 };
-use axum::Router;
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::shutdown::Readiness;
 
 /// Metric names. Renaming one breaks dashboards and alerts: add, never rename.
 pub mod name {
@@ -252,14 +248,6 @@ impl MetricsHandle {
         process::render(&mut out, self.start_time);
         out
     }
-}
-
-/// The router of the separate listener (`observability.metrics.bind_address`):
-/// `GET path` answers the metrics, and `/healthz` and `/readyz` answer as on
-/// the main listener, so probes work without the API's TLS client
-/// certificate. No stream is served there.
-pub fn router(handle: &'static MetricsHandle, path: &str, readiness: Readiness) -> Router {
-    crate::http::probe_routes(readiness).route(path, get(move || async move { scrape(handle) }))
 }
 
 /// The `/metrics` answer.

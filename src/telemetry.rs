@@ -91,15 +91,6 @@ impl Telemetry {
 /// The crate's target prefix, for the span filter.
 const CRATE_TARGET: &str = env!("CARGO_CRATE_NAME");
 
-/// Whether `value` is an absolute `http://` or `https://` URL with a host,
-/// as an OTLP collector endpoint must be.
-pub fn is_http_url(value: &str) -> bool {
-    value.trim().parse::<http::Uri>().is_ok_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.authority().is_some_and(|a| !a.host().is_empty())
-    })
-}
-
 /// Installs the global subscriber described by `config`.
 ///
 /// # Errors

@@ -168,10 +168,12 @@ impl Drop for StderrProgress {
     }
 }
 
+#[cfg(test)]
 /// No progress output.
 #[derive(Debug, Default)]
 pub struct Quiet;
 
+#[cfg(test)]
 impl Progress for Quiet {
     fn stream_done(&mut self, _: &str, _: u64) {}
 }

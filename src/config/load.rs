@@ -81,6 +81,23 @@ impl LoadedConfig {
         validate::validate(self)
     }
 
+    /// Checks the rules too, and merges what loading and checking found:
+    /// `Err` lists every problem when a layer could not be read or parsed
+    /// (the rules' problems as well, so one run shows everything);
+    /// otherwise the rules' verdict.
+    ///
+    /// # Errors
+    /// The problems of the layers, then those of the rules.
+    pub fn check(&self) -> Result<Validation, Vec<ConfigProblem>> {
+        let validation = self.validate();
+        if self.problems.is_empty() {
+            return Ok(validation);
+        }
+        let mut problems = self.problems.clone();
+        problems.extend(validation.errors);
+        Err(problems)
+    }
+
     /// The layers applied, in order, for logs: `built-in defaults`,
     /// `config/default.toml`, `env DS_STORAGE__MODE`, …
     pub fn layers(&self) -> Vec<String> {

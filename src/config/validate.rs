@@ -18,6 +18,15 @@ pub struct Validation {
     pub warnings: Vec<ConfigProblem>,
 }
 
+/// Whether `value` is an absolute `http://` or `https://` URL with a host,
+/// as an OTLP collector endpoint must be.
+pub(crate) fn is_http_url(value: &str) -> bool {
+    value.trim().parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.authority().is_some_and(|a| !a.host().is_empty())
+    })
+}
+
 pub(super) fn validate(loaded: &LoadedConfig) -> Validation {
     let mut checker = Checker {
         loaded,
@@ -603,7 +612,7 @@ impl Checker<'_> {
                 "use a fraction between 0.0 (no traces) and 1.0 (every trace)".into(),
             );
         }
-        if otlp.enabled && !crate::telemetry::is_http_url(&otlp.endpoint) {
+        if otlp.enabled && !is_http_url(&otlp.endpoint) {
             self.error(
                 "observability.otlp.endpoint",
                 format!(

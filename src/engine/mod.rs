@@ -8,7 +8,7 @@
 //! readers wake without polling.
 //!
 //! # Layout
-//! - `rules`: the write rules as pure functions over a [`WriterView`]
+//! - `rules`: the write rules as pure functions over a `WriterView`
 //!   (append validation, duplicates, idempotent create, fork positions).
 //! - `state`: the writer ledger, committed plus pending writes.
 //! - `entry`: [`StreamEntry`], one stream instance, and its [`Signal`].

@@ -2,7 +2,7 @@
 //! the same [`Storage`] trait, so every backend is measured the same way
 //! and none of them carries instrumentation code of its own (the group
 //! commit, which only a writer thread sees, is the exception: see
-//! [`super::queue::commit_spans`]).
+//! `queue::commit_spans`).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -229,14 +229,17 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// Opens the backend `config` selects.
+/// Opens the backend the `[storage]` section selects; memory holds at most
+/// `max_memory_bytes` of payload.
 ///
 /// # Errors
 /// When a durable mode has no `storage.data_dir`, or the backend fails to
 /// open (locked directory, I/O failure, corruption).
-pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+pub fn open(
+    storage: &crate::config::StorageConfig,
+    max_memory_bytes: u64,
+) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
     use crate::config::StorageMode;
-    let storage = &config.storage;
     let dir = || {
         storage.data_dir.clone().ok_or_else(|| {
             StorageError::Unavailable(
@@ -251,9 +254,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
         truncate_corrupt_at: storage.truncate_corrupt_at.clone(),
     };
     Ok(match storage.mode {
-        StorageMode::Memory => {
-            std::sync::Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
-        }
+        StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
         StorageMode::FileFast => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
         }

@@ -26,10 +26,8 @@ pub mod webhook;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use error::SubscriptionError;
 pub use manager::Subscriptions;
 
-use crate::config::Config;
 use crate::protocol::name::NameLimits;
 
 /// Settings of the subscription manager, from `[subscriptions]`.
@@ -66,36 +64,6 @@ pub struct SubscriptionSettings {
 }
 
 impl SubscriptionSettings {
-    /// The settings `config` selects.
-    pub fn from_config(config: &Config) -> Self {
-        let s = &config.subscriptions;
-        Self {
-            signing_key_path: s
-                .signing_key_path
-                .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
-            policy: ssrf::TargetPolicy {
-                allow_loopback_http: s.allow_loopback_http,
-                allow_private_targets: s.allow_private_targets,
-            },
-            default_lease_ttl_ms: s.default_lease_ttl_ms,
-            min_lease_ttl_ms: s.min_lease_ttl_ms,
-            max_lease_ttl_ms: s.max_lease_ttl_ms,
-            retry_initial: Duration::from_millis(s.retry_initial_ms.max(1)),
-            retry_max: Duration::from_millis(s.retry_max_ms.max(s.retry_initial_ms).max(1)),
-            delivery_timeout: Duration::from_millis(s.delivery_timeout_ms.max(1)),
-            max_queued_deliveries: s.max_queued_deliveries.max(1),
-            max_concurrent_deliveries: s.max_concurrent_deliveries.max(1),
-            max_subscriptions: s.max_subscriptions.max(1),
-            name_limits: NameLimits {
-                max_bytes: config.limits.max_stream_name_bytes,
-                max_segments: config.limits.max_stream_name_segments,
-            },
-            tick_interval: Duration::from_millis(100),
-            max_body_bytes: 1 << 20,
-        }
-    }
-
     /// The rules used to normalise a `PUT` body.
     pub fn rules(&self) -> model::Rules {
         model::Rules {

@@ -90,7 +90,7 @@ fn check_endpoint_variables() -> Result<(), TelemetryError> {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         if let Some(value) = env(variable)
-            && !super::is_http_url(&value)
+            && !crate::config::is_http_url(&value)
         {
             return Err(TelemetryError::Otlp(format!(
                 "{variable} = {value:?} is not an http:// or https:// URL"
