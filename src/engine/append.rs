@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use ::metrics::counter;
-
 use super::Engine;
 use super::entry::StreamEntry;
 use super::error::EngineError;
 use super::request::{Access, AppendRequest, Appended};
 use super::rules::{self, AppendPlan, Confirmation, Confirms, StreamFacts};
-use crate::metrics::{RejectReason, name as metric};
+use crate::metrics::event::{
+    AppendWritten, ProducerDuplicate, ProducerRejected, RejectReason, StreamClosed,
+};
 use crate::storage::{Mutation, StorageError, StorageFuture};
 
 /// Most bytes of appends that may wait for storage at once.
@@ -67,7 +67,7 @@ impl Engine {
             Planned::Queued(queued) => queued,
             Planned::Duplicate(confirms) => {
                 if request.producer.is_some() {
-                    counter!(metric::PRODUCER_DUPLICATES_TOTAL).increment(1);
+                    ProducerDuplicate.emit();
                 }
                 return confirm(&entry, &confirms).await;
             }
@@ -82,9 +82,12 @@ impl Engine {
                 let tail = inner.ledger.committed.tail;
                 drop(inner);
                 self.observe(&entry, tail);
-                crate::metrics::append_written(queued.bytes);
+                AppendWritten {
+                    bytes: queued.bytes,
+                }
+                .emit();
                 if request.close {
-                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                    StreamClosed.emit();
                 }
                 Ok(queued.outcome)
             }
@@ -180,17 +183,7 @@ fn count_rejection(error: &EngineError) {
         EngineError::EpochMustStartAtZero => RejectReason::EpochSeq,
         _ => return,
     };
-    match reason {
-        RejectReason::StaleEpoch => {
-            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "stale_epoch").increment(1);
-        }
-        RejectReason::SequenceGap => {
-            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "sequence_gap").increment(1);
-        }
-        RejectReason::EpochSeq => {
-            counter!(metric::PRODUCER_REJECTIONS_TOTAL, "reason" => "epoch_seq").increment(1);
-        }
-    }
+    ProducerRejected { reason }.emit();
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use ::metrics::counter;
 use bytes::Bytes;
 
 use super::Engine;
@@ -13,7 +12,7 @@ use super::request::{Access, CreateRequest, Created, ForkRequest};
 use super::rules::{self, CreateSettings, ForkIntent, SourceFacts, WriterView};
 use super::state::WriterState;
 use crate::clock;
-use crate::metrics::name as metric;
+use crate::metrics::event::StreamCreated;
 use crate::storage::{ForkLink, Mutation, StorageError, StreamSpec};
 
 /// A fork resolved against its source.
@@ -135,10 +134,10 @@ impl Engine {
                 // Wake requests waiting for the creation even when the
                 // published state did not change (an empty, open stream).
                 entry.nudge();
-                counter!(metric::STREAMS_CREATED_TOTAL).increment(1);
-                if request.closed {
-                    counter!(metric::STREAMS_CLOSED_TOTAL).increment(1);
+                StreamCreated {
+                    closed: request.closed,
                 }
+                .emit();
                 self.observe(&entry, tail);
                 Ok(Created {
                     entry,

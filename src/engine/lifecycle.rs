@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::counter;
 use tokio::time::Instant;
 
 use super::Engine;
@@ -13,7 +12,7 @@ use super::entry::{Status, StreamEntry};
 use super::error::EngineError;
 use super::registry::Retirement;
 use super::request::Access;
-use crate::metrics::name as metric;
+use crate::metrics::event::{StreamDeleted, StreamsExpired};
 use crate::storage::{Mutation, StorageFuture};
 
 /// What deleting an entry did, as the client sees it.
@@ -64,11 +63,11 @@ impl Engine {
         }
         match deletion {
             Deletion::Soft => {
-                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                StreamsExpired { count: 1 }.emit();
                 EngineError::Gone
             }
             Deletion::Removed => {
-                counter!(metric::STREAMS_EXPIRED_TOTAL).increment(1);
+                StreamsExpired { count: 1 }.emit();
                 EngineError::NotFound
             }
             Deletion::AlreadyGone => EngineError::NotFound,
@@ -91,9 +90,7 @@ impl Engine {
                 reclaimed += 1;
             }
         }
-        if reclaimed > 0 {
-            counter!(metric::STREAMS_EXPIRED_TOTAL).increment(reclaimed as u64);
-        }
+        StreamsExpired { count: reclaimed }.emit();
         reclaimed
     }
 
@@ -110,10 +107,7 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                let reclaimed = Engine { shared }.sweep_expired();
-                if reclaimed > 0 {
-                    tracing::debug!(reclaimed, "expired streams reclaimed");
-                }
+                Engine { shared }.sweep_expired();
             }
         });
     }
@@ -133,7 +127,7 @@ impl Engine {
                 if let Some(written) = written {
                     written.await?;
                 }
-                counter!(metric::STREAMS_DELETED_TOTAL).increment(1);
+                StreamDeleted.emit();
                 Ok(())
             }
             (Deletion::AlreadyGone, _) => Err(EngineError::NotFound),

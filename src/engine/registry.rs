@@ -9,11 +9,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use ::metrics::{Gauge, gauge};
-
 use super::entry::{Inner, Status, StreamEntry};
 use super::error::EngineError;
-use crate::metrics::name as metric;
+use crate::metrics::event::{LiveStreamsChanged, StoredBytes};
 use crate::storage::StreamId;
 
 type Map = HashMap<String, Arc<StreamEntry>>;
@@ -35,8 +33,8 @@ pub(super) enum Retirement {
 pub(super) struct Registry {
     streams: RwLock<Map>,
     next_id: AtomicU64,
-    /// `durable_streams_storage_bytes{backend}`, resolved once.
-    stored_bytes: Gauge,
+    /// `durable_streams_storage_bytes{backend}`.
+    stored_bytes: StoredBytes,
 }
 
 impl Registry {
@@ -45,7 +43,7 @@ impl Registry {
         Self {
             streams: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            stored_bytes: gauge!(metric::STORAGE_BYTES, "backend" => backend),
+            stored_bytes: StoredBytes::register(backend),
         }
     }
 
@@ -201,9 +199,7 @@ impl Registry {
 
     /// `durable_streams_storage_bytes` moves by `delta`.
     fn bytes_changed(&self, delta: f64) {
-        if delta != 0.0 {
-            self.stored_bytes.increment(delta);
-        }
+        self.stored_bytes.emit(delta);
     }
 }
 
@@ -217,10 +213,9 @@ fn remove_if_current(map: &mut Map, entry: &Arc<StreamEntry>) {
     }
 }
 
-/// `durable_streams_streams` moves by `delta` (deltas, not absolute
-/// values, so several engines in one process add up).
+/// `durable_streams_streams` moves by `delta`.
 fn live_streams_changed(delta: f64) {
-    gauge!(metric::STREAMS).increment(delta);
+    LiveStreamsChanged { delta }.emit();
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use super::problem::ApiError;
 use super::stream::{CACHEABLE, etag, offset_header, read_response};
 use crate::clock;
 use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
-use crate::metrics::{self, LiveReader, ReadMode};
+use crate::metrics::event::{
+    LiveReader, LongPollTimedOut, ReadBytesSent, ReadMode, ReadServed, SseEventsSent,
+};
 use crate::protocol::cursor;
 use crate::protocol::offset::{Offset, ReadFrom};
 use crate::protocol::sse::{self, Control};
@@ -40,7 +42,10 @@ pub(super) async fn long_poll(
     client_cursor: Option<String>,
 ) -> Result<Response, ApiError> {
     let _reader = LiveReader::start(ReadMode::LongPoll);
-    metrics::read(ReadMode::LongPoll);
+    ReadServed {
+        mode: ReadMode::LongPoll,
+    }
+    .emit();
     let mut signal = entry.subscribe();
     let mut snapshot = *signal.borrow_and_update();
     let start = resolve_start(from, snapshot.tail);
@@ -51,7 +56,11 @@ pub(super) async fn long_poll(
         }
         if start < snapshot.tail {
             let result = state.engine.read_at(&entry, start, snapshot).await?;
-            metrics::read_bytes(ReadMode::LongPoll, result.len());
+            ReadBytesSent {
+                mode: ReadMode::LongPoll,
+                bytes: result.len(),
+            }
+            .emit();
             let mut response = read_response(&entry, &result);
             let out = response.headers_mut();
             out.insert(header::ETAG, etag(&entry, &result));
@@ -75,7 +84,7 @@ pub(super) async fn long_poll(
                 snapshot = *signal.borrow_and_update();
             }
             () = sleep_until(deadline) => {
-                metrics::long_poll_timeout();
+                LongPollTimedOut.emit();
                 break;
             }
             () = state.shutdown.cancelled() => break,
@@ -116,7 +125,10 @@ pub(super) async fn sse(
     let position = resolve_start(from, snapshot.tail);
     let base64 = !entry.content_type().is_text_like();
     let now = Instant::now();
-    metrics::read(ReadMode::Sse);
+    ReadServed {
+        mode: ReadMode::Sse,
+    }
+    .emit();
     let session = SseSession {
         _reader: LiveReader::start(ReadMode::Sse),
         fanout: entry.attachment::<Fanout>(),
@@ -189,7 +201,7 @@ impl SseSession {
     }
 
     fn control(&mut self, out: &mut Vec<u8>, up_to_date: bool, closed: bool) {
-        metrics::sse_events(1);
+        SseEventsSent { count: 1 }.emit();
         let cursor = if closed { None } else { Some(self.cursor()) };
         sse::push_control_event(
             out,
@@ -276,8 +288,15 @@ impl SseSession {
             cursor: self.cursor(),
         };
         if let Some(shared) = self.fanout.get(&key) {
-            metrics::sse_events(shared.events);
-            metrics::read_bytes(ReadMode::Sse, shared.payload);
+            SseEventsSent {
+                count: shared.events,
+            }
+            .emit();
+            ReadBytesSent {
+                mode: ReadMode::Sse,
+                bytes: shared.payload,
+            }
+            .emit();
             self.position = shared.next;
             self.finished = shared.finished;
             self.announced = true;
@@ -297,8 +316,12 @@ impl SseSession {
         };
         let count = result.records.len();
         // Each data event is followed by its control event.
-        metrics::sse_events(2 * count);
-        metrics::read_bytes(ReadMode::Sse, result.len());
+        SseEventsSent { count: 2 * count }.emit();
+        ReadBytesSent {
+            mode: ReadMode::Sse,
+            bytes: result.len(),
+        }
+        .emit();
         // Payload plus its framing, and about 100 bytes per control event.
         let mut out = Vec::with_capacity(result.len() * 4 / 3 + count * 128 + 16);
         for (index, record) in result.records.iter().enumerate() {

@@ -25,6 +25,7 @@ use axum::routing::{any, get};
 
 use crate::engine::Engine;
 use crate::metrics::MetricsHandle;
+use crate::metrics::request::RouteTable;
 use crate::protocol::name::NameLimits;
 use crate::proxy::ProxyPolicy;
 use crate::shutdown::{Readiness, ShutdownToken};
@@ -119,16 +120,19 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
     // Matched before the streams.
     let control = format!("{}/__ds/{{*rest}}", settings.base_path);
     let metrics_path = settings.metrics_path.clone();
-    let mut known_routes = vec![route.as_str(), "/healthz", "/readyz", metrics_path.as_str()];
+    let mut known_routes = vec![
+        route.as_str(),
+        "/healthz",
+        "/readyz",
+        metrics_path.as_str(),
+        access::UNMATCHED,
+    ];
     if services.subscriptions.is_some() {
         known_routes.push(control.as_str());
     }
     let access = access::AccessSettings {
         quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
-        known_routes: known_routes
-            .into_iter()
-            .map(crate::metrics::route_label)
-            .collect(),
+        routes: RouteTable::new(known_routes),
     };
     let settings = Arc::new(settings);
     let edge = Arc::new(Edge {

@@ -15,7 +15,7 @@ use super::problem::ApiError;
 use super::query::{self, LiveMode};
 use crate::client::{ForwardedHost, Scheme};
 use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
-use crate::metrics::{self, ReadMode};
+use crate::metrics::event::{ReadBytesSent, ReadMode, ReadServed};
 use crate::protocol::header::{self as wire, ContentType};
 use crate::protocol::json;
 use crate::protocol::name;
@@ -381,7 +381,10 @@ async fn catch_up(
     from: ReadFrom,
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    metrics::read(ReadMode::CatchUp);
+    ReadServed {
+        mode: ReadMode::CatchUp,
+    }
+    .emit();
     let result = state.engine.read(entry, from).await?;
     if from == ReadFrom::Now {
         // `offset=now` is a position probe, never cached and without ETag.
@@ -411,7 +414,11 @@ async fn catch_up(
         response.headers_mut().insert(header::ETAG, etag);
         return Ok(response);
     }
-    metrics::read_bytes(ReadMode::CatchUp, result.len());
+    ReadBytesSent {
+        mode: ReadMode::CatchUp,
+        bytes: result.len(),
+    }
+    .emit();
     let mut response = read_response(entry, &result);
     let out = response.headers_mut();
     out.insert(header::ETAG, etag);

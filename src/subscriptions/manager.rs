@@ -41,7 +41,10 @@ use super::model::{
 use super::pattern::Pattern;
 use super::signing::SigningKey;
 use crate::engine::{Access, AppendRequest, DataObserver, Engine};
-use crate::metrics::name as metric;
+use crate::metrics::event::{
+    LeaseClaimed, LeasesExpired, LeasesHeld, SubscriptionAcked, WakeEventFailed, WakeEventWritten,
+    WebhookQueueFull,
+};
 use crate::protocol::header::ContentType;
 use crate::protocol::offset::{ReadFrom, parse_read_from};
 use crate::shutdown::ShutdownToken;
@@ -519,8 +522,7 @@ impl Subscriptions {
                         Ok(()) => sub.delivering = true,
                         Err(_) => {
                             // Queue full: the ticker offers it again.
-                            metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "queue_full")
-                                .increment(1);
+                            WebhookQueueFull.emit();
                         }
                     }
                 }
@@ -596,14 +598,15 @@ impl Subscriptions {
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!(metric::SUBSCRIPTION_WAKE_EVENTS_TOTAL, "outcome" => "written")
-                    .increment(1);
+                WakeEventWritten.emit();
                 self.finish_event_write(key, Some(&wake_id));
             }
             Err(error) => {
-                metrics::counter!(metric::SUBSCRIPTION_WAKE_EVENTS_TOTAL, "outcome" => "failed")
-                    .increment(1);
-                tracing::warn!(wake_stream = %wake_path, error = %error, "cannot append a wake event; retrying");
+                WakeEventFailed {
+                    wake_stream: &wake_path,
+                    error: &error,
+                }
+                .emit();
                 self.finish_event_write(key, None);
             }
         }
@@ -1030,7 +1033,10 @@ impl Subscriptions {
                 false
             }
         };
-        metrics::counter!(metric::SUBSCRIPTION_ACKS_TOTAL, "kind" => kind.as_str()).increment(1);
+        SubscriptionAcked {
+            kind: kind.as_str(),
+        }
+        .emit();
         self.persist(&key).await?;
         if body.done {
             self.update_lease_gauge();
@@ -1107,7 +1113,7 @@ impl Subscriptions {
         };
         self.persist(&key).await?;
         if claimed.is_some() {
-            metrics::counter!(metric::SUBSCRIPTION_CLAIMS_TOTAL).increment(1);
+            LeaseClaimed.emit();
             self.update_lease_gauge();
         }
         Ok(claimed)
@@ -1175,8 +1181,10 @@ impl Subscriptions {
             }
         }
         if !expired.is_empty() {
-            metrics::counter!(metric::SUBSCRIPTION_LEASE_EXPIRIES_TOTAL)
-                .increment(expired.len() as u64);
+            LeasesExpired {
+                count: expired.len(),
+            }
+            .emit();
             self.update_lease_gauge();
         }
         for key in expired.iter().chain(retry.iter()) {
@@ -1214,7 +1222,7 @@ impl Subscriptions {
             .values()
             .filter(|sub| sub.lease_active(now))
             .count();
-        metrics::gauge!(metric::SUBSCRIPTION_ACTIVE_LEASES).set(active as f64);
+        LeasesHeld { active }.emit();
     }
 
     /// Marks the delivery of `key` as finished (the task ends).

@@ -7,14 +7,14 @@
 //! superseded or the subscription deleted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
 use super::SubscriptionSettings;
 use super::manager::Subscriptions;
 use super::ssrf::GuardedResolver;
-use crate::metrics::name as metric;
+use crate::metrics::event::{WebhookDelivered, WebhookFailed};
 
 /// Most bytes of a receiver's answer that are read.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -105,9 +105,7 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            let sent_at = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let sent_at = crate::clock::unix_secs();
             let signature = key_pair.signature_header(sent_at, &body);
             let started = Instant::now();
             let result = subs
@@ -124,18 +122,15 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
                 Ok(response) => Err(format!("answered {}", response.status())),
                 Err(error) => Err(describe(&error)),
             };
-            metrics::histogram!(metric::WEBHOOK_DELIVERY_DURATION_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            outcome
+            (outcome, started.elapsed())
         };
         match outcome {
-            Ok(done) => {
-                metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "success")
-                    .increment(1);
+            (Ok(done), elapsed) => {
+                WebhookDelivered { elapsed }.emit();
                 subs.delivered(key, generation, done);
                 return;
             }
-            Err(why) => {
+            (Err(why), elapsed) => {
                 attempt = attempt.saturating_add(1);
                 let delay = backoff(
                     attempt,
@@ -143,16 +138,14 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
                     settings.retry_max,
                     jitter(),
                 );
-                metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "failure")
-                    .increment(1);
-                metrics::counter!(metric::WEBHOOK_RETRIES_TOTAL).increment(1);
-                tracing::warn!(
-                    subscription = %key,
+                WebhookFailed {
+                    subscription: key,
                     attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %why,
-                    "webhook delivery failed; retrying"
-                );
+                    elapsed,
+                    retry_in: delay,
+                    error: &why,
+                }
+                .emit();
                 if !subs.sleep(delay).await {
                     return;
                 }
