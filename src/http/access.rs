@@ -298,7 +298,9 @@ where
     let path = extensions
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());
-    let stream = route.ends_with("{*name}").then(|| path.to_owned());
+    // The stream routes end in the stream's name (the control routes of
+    // `__ds` are no streams, even the one ending in a stream name).
+    let stream = (route.ends_with("{*name}") && !route.contains("/__ds/")).then(|| path.to_owned());
     let (client, peer) = Client::of(extensions);
     let mut line = Line {
         started,

@@ -9,8 +9,7 @@ pub(crate) mod names;
 pub(crate) mod problem;
 mod query;
 mod stream;
-
-pub(crate) use stream::PublicOrigin;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,19 +116,14 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
     } else {
         format!("{}/{{*name}}", settings.base_path)
     };
-    // Matched before the streams.
-    let control = format!("{}/__ds/{{*rest}}", settings.base_path);
     let metrics_path = settings.metrics_path.clone();
-    let mut known_routes = vec![
+    let known_routes = [
         route.as_str(),
         "/healthz",
         "/readyz",
         metrics_path.as_str(),
         access::UNMATCHED,
     ];
-    if services.subscriptions.is_some() {
-        known_routes.push(control.as_str());
-    }
     let access = access::AccessSettings {
         quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
         routes: RouteTable::new(known_routes),
@@ -152,10 +146,10 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
         );
     }
     if let Some(subscriptions) = services.subscriptions {
-        router = router.route(
-            &control,
-            any(crate::subscriptions::http::dispatch).with_state(subscriptions),
-        );
+        router = router.merge(subscriptions::routes(
+            &state.settings.base_path,
+            subscriptions,
+        ));
     }
     router
         .route(&route, any(stream::dispatch))

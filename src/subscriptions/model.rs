@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::error::SubscriptionError;
 use super::pattern::Pattern;
 use crate::protocol::name::{self, NameLimits};
-use crate::protocol::offset::Offset;
 
 /// Version of the persisted subscription record.
 pub const STATE_VERSION: u32 = 1;
@@ -96,7 +95,7 @@ pub struct WebhookBody {
 
 /// Lease bounds and name rules used to normalise a body.
 #[derive(Clone, Copy, Debug)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// Default lease.
     pub default_lease_ttl_ms: u64,
     /// Shortest lease.
@@ -276,16 +275,6 @@ pub struct Stored {
     pub wake: Option<Wake>,
     /// Pull-wake: the unclaimed wake event.
     pub wake_event: Option<WakeEvent>,
-}
-
-/// Formats a position as a protocol offset.
-pub fn offset(position: u64) -> String {
-    Offset(position).to_string()
-}
-
-/// RFC 3339 text of a Unix-ms instant.
-pub fn rfc3339(ms: i64) -> Option<String> {
-    crate::clock::rfc3339_ms(ms)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::SubscriptionSettings;
-use super::manager::Subscriptions;
 use super::ssrf::GuardedResolver;
+use super::{SubscriptionSettings, Subscriptions};
+use crate::clock;
 use crate::metrics::event::{WebhookDelivered, WebhookFailed};
 
 /// Most bytes of a receiver's answer that are read.
@@ -87,6 +87,43 @@ pub(super) fn spawn_dispatcher(subs: Subscriptions, mut queue: mpsc::Receiver<St
             });
         }
     });
+}
+
+impl Subscriptions {
+    /// What a delivery of `key` needs, if its wake is still undelivered:
+    /// the target, the generation and the body.
+    fn delivery(&self, key: &str) -> Option<(String, u64, Vec<u8>)> {
+        let (url, generation, notification) = self.lock().subs.get(key)?.delivery()?;
+        let body = serde_json::to_vec(&notification).ok()?;
+        Some((url, generation, body))
+    }
+
+    /// Records a webhook's `2xx` answer for the wake of `generation`: `done`
+    /// acknowledges the snapshot and ends the wake, otherwise the lease
+    /// starts.
+    fn delivered(&self, key: &str, generation: u64, done: bool) {
+        let recorded = self
+            .lock()
+            .subs
+            .get_mut(key)
+            .is_some_and(|sub| sub.delivered(generation, done, clock::unix_ms()));
+        if !recorded {
+            return;
+        }
+        self.update_lease_gauge();
+        if done {
+            self.kick(key);
+        } else {
+            self.persist_later(key.to_owned());
+        }
+    }
+
+    /// Marks the delivery of `key` as finished (the task ends).
+    fn delivery_finished(&self, key: &str) {
+        if let Some(sub) = self.lock().subs.get_mut(key) {
+            sub.delivering = false;
+        }
+    }
 }
 
 /// Delivers the current wake of `key`, retrying until it is answered `2xx`
