@@ -33,7 +33,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigDir, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load};
+pub use load::{
+    ConfigDir, ConfigLoadOptions, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load,
+};
 pub use problem::{ConfigError, ConfigProblem};
 pub use profile::DeploymentProfile;
 pub use validate::Validation;
@@ -615,17 +617,26 @@ impl Config {
     /// # Errors
     /// Every problem found, together.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::load(&LoadOptions {
+        Self::load(&ConfigLoadOptions {
             config_dir: ConfigDir::None,
-            ..LoadOptions::default()
+            ..ConfigLoadOptions::default()
         })
+    }
+
+    /// Loads and validates the configuration the way the server does; the
+    /// name 0.3.0 gave [`Config::load`].
+    ///
+    /// # Errors
+    /// Every problem found (unknown keys, bad values, broken rules), together.
+    pub fn from_sources(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
+        Self::load(options)
     }
 
     /// Loads and validates the configuration the way the server does.
     ///
     /// # Errors
     /// Every problem found (unknown keys, bad values, broken rules), together.
-    pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
+    pub fn load(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
         let loaded = load(options);
         match loaded.check() {
             Ok(validation) if validation.errors.is_empty() => Ok(loaded.into_config()),

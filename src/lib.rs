@@ -56,7 +56,10 @@ mod telemetry;
 pub mod tls;
 mod transfer;
 
-pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
+pub use config::{
+    Config, ConfigError, ConfigLoadOptions, DEFAULT_STREAM_BASE_PATH, DeploymentProfile,
+    LoadOptions, StorageMode,
+};
 pub use startup::{App, Phase, StartupError};
 
 /// The git commit the binary was built from (`unknown` outside a checkout).
@@ -74,4 +77,10 @@ pub use client::ClientIdentity;
 pub use engine::{Engine, EngineLimits};
 pub use router::{build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};
-pub use storage::{InMemoryStorage, Storage};
+pub use storage::{AcidStorage, FileStorage, InMemoryStorage, Storage};
+
+/// The README's Rust blocks, compiled as doc tests: the "Moving from 0.3.0"
+/// section stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -32,9 +32,10 @@ pub enum ConfigDir {
     Path(PathBuf),
 }
 
-/// How to load the configuration.
+/// How to load the configuration: which profile, which directory of
+/// layer files, which extra file.
 #[derive(Clone, Debug, Default)]
-pub struct LoadOptions {
+pub struct ConfigLoadOptions {
     /// Profile name (`--profile`, `DS_PROFILE`); empty means `default`.
     pub profile: String,
     /// Where `default.toml`, `<profile>.toml` and `local.toml` are.
@@ -42,6 +43,9 @@ pub struct LoadOptions {
     /// An extra file applied after `local.toml` (`--config`); it must exist.
     pub config_file: Option<PathBuf>,
 }
+
+/// The name of [`ConfigLoadOptions`] before 0.3.0's was adopted.
+pub type LoadOptions = ConfigLoadOptions;
 
 /// The outcome of layering: the configuration (with every bad key left at
 /// its previous layer's value), the problems found, and where each value
@@ -132,7 +136,7 @@ impl LoadedConfig {
 
 /// Loads the configuration from every layer. Never fails: problems are
 /// collected in [`LoadedConfig::problems`] and the offending values skipped.
-pub fn load(options: &LoadOptions) -> LoadedConfig {
+pub fn load(options: &ConfigLoadOptions) -> LoadedConfig {
     let schema = schema();
     let mut loader = Loader {
         schema: &schema,

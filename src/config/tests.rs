@@ -17,10 +17,10 @@ fn shipped_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
-fn options(profile: &str) -> LoadOptions {
-    LoadOptions {
+fn options(profile: &str) -> ConfigLoadOptions {
+    ConfigLoadOptions {
         profile: profile.into(),
-        ..LoadOptions::default()
+        ..ConfigLoadOptions::default()
     }
 }
 
@@ -104,7 +104,7 @@ fn every_layer_in_order() {
         jail.set_env(env_var(keys[4]), 104);
         jail.set_env("DS_OBSERVABILITY__RUST_LOG", "warn");
         jail.set_env("RUST_LOG", "error");
-        let loaded = load(&LoadOptions {
+        let loaded = load(&ConfigLoadOptions {
             profile: "dev".into(),
             config_dir: ConfigDir::Default,
             config_file: Some("extra.toml".into()),
@@ -201,7 +201,7 @@ fn the_config_dir_can_move_and_must_then_exist() {
             "config/local.toml",
             "[server]\nbind_address = \"127.0.0.1:8\"\n",
         )?;
-        let loaded = load(&LoadOptions {
+        let loaded = load(&ConfigLoadOptions {
             config_dir: ConfigDir::Path("etc".into()),
             ..options("default")
         });
@@ -212,7 +212,7 @@ fn the_config_dir_can_move_and_must_then_exist() {
         );
         assert_eq!(loaded.config().server.bind_address, "127.0.0.1:9");
 
-        let loaded = load(&LoadOptions {
+        let loaded = load(&ConfigLoadOptions {
             config_dir: ConfigDir::Path("missing".into()),
             ..options("default")
         });
@@ -244,7 +244,7 @@ fn the_config_dir_can_move_and_must_then_exist() {
 fn the_config_file_must_exist() {
     Jail::expect_with(|jail| {
         clean(jail)?;
-        let loaded = load(&LoadOptions {
+        let loaded = load(&ConfigLoadOptions {
             config_file: Some("nope.toml".into()),
             ..options("default")
         });
@@ -303,7 +303,7 @@ fn shipped_profiles_equal_the_built_in_ones_and_validate_once_paths_are_given() 
             if profile == "prod-mtls" {
                 jail.set_env("DS_TRANSPORT__TLS__CLIENT_CA_PATH", "ca.crt");
             }
-            let shipped = load(&LoadOptions {
+            let shipped = load(&ConfigLoadOptions {
                 config_dir: ConfigDir::Path(shipped_dir()),
                 ..options(profile)
             });
@@ -314,7 +314,7 @@ fn shipped_profiles_equal_the_built_in_ones_and_validate_once_paths_are_given() 
             );
             let errors = shipped.validate().errors;
             assert!(errors.is_empty(), "{profile}: {}", messages(&errors));
-            let built_in = load(&LoadOptions {
+            let built_in = load(&ConfigLoadOptions {
                 config_dir: ConfigDir::None,
                 ..options(profile)
             });
@@ -526,7 +526,7 @@ fn validate_env(vars: &[(&str, &str)], profile: &str) -> Vec<ConfigProblem> {
         for (name, value) in vars {
             jail.set_env(name, value);
         }
-        let loaded = load(&LoadOptions {
+        let loaded = load(&ConfigLoadOptions {
             config_dir: ConfigDir::None,
             ..options(profile)
         });

@@ -4,7 +4,7 @@
 //! typed events through which the rest of the server records.
 //!
 //! # Recording
-//! One way: a struct per event ([`event`], [`request`]) built where it
+//! One way: a struct per event (`event`, `request`) built where it
 //! happens, whose `emit()` counts it and, when an operator wants to read
 //! about it, logs it. Labelled handles used on hot paths are resolved once
 //! (per process, per router or per backend) while our recorder is

@@ -45,7 +45,7 @@ pub use phase::{Phase, StartupError};
 pub use storage::{open_storage, prepare_data_dir};
 
 use crate::config::{
-    self, Config, ConfigProblem, LoadOptions, LoadedConfig, ObservabilityConfig, Validation,
+    self, Config, ConfigLoadOptions, ConfigProblem, LoadedConfig, ObservabilityConfig, Validation,
 };
 use crate::metrics;
 use crate::server::{self, termination_signal};
@@ -91,7 +91,7 @@ fn log_entered(phase: Phase) {
 ///
 /// # Errors
 /// The first phase that fails.
-pub async fn serve(options: &LoadOptions) -> Result<(), StartupError> {
+pub async fn serve(options: &ConfigLoadOptions) -> Result<(), StartupError> {
     let mut progress = Progress::default();
     let result = run(options, &mut progress).await;
     if let Err(error) = &result {
@@ -121,7 +121,7 @@ pub async fn serve(options: &LoadOptions) -> Result<(), StartupError> {
     result
 }
 
-async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), StartupError> {
+async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(), StartupError> {
     progress.enter(Phase::LoadConfig);
     let loaded = config::load(options);
     progress.observability = Some(loaded.config().observability.clone());
@@ -276,7 +276,7 @@ pub struct Checked {
 ///
 /// # Errors
 /// The first phase that fails.
-pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
+pub fn check(options: &ConfigLoadOptions) -> Result<Checked, StartupError> {
     let checked = load_valid(options)?;
     load_tls(checked.loaded.config())?;
     Ok(checked)
@@ -288,7 +288,9 @@ pub fn check(options: &LoadOptions) -> Result<Checked, StartupError> {
 ///
 /// # Errors
 /// The `load_config` problems.
-pub fn load_parsed(options: &LoadOptions) -> Result<(LoadedConfig, Validation), StartupError> {
+pub fn load_parsed(
+    options: &ConfigLoadOptions,
+) -> Result<(LoadedConfig, Validation), StartupError> {
     let loaded = config::load(options);
     let validation = parsed(&loaded)?;
     Ok((loaded, validation))
@@ -299,7 +301,7 @@ pub fn load_parsed(options: &LoadOptions) -> Result<(LoadedConfig, Validation), 
 ///
 /// # Errors
 /// The first phase that fails.
-pub fn load_valid(options: &LoadOptions) -> Result<Checked, StartupError> {
+pub fn load_valid(options: &ConfigLoadOptions) -> Result<Checked, StartupError> {
     let (loaded, validation) = load_parsed(options)?;
     let warnings = valid(validation)?;
     Ok(Checked { loaded, warnings })
