@@ -17,7 +17,7 @@
 //! - [`profile`]: the built-in deployment profiles.
 //! - `source`: the layers (files with line numbers, environment variables).
 //! - `load`: layering, unknown-key and bad-value detection.
-//! - `validate`: the cross-field rules.
+//! - `validate`: the cross-field rules; `syntax`: the syntax of single values.
 //! - [`render`]: the effective configuration as TOML, with sources and redaction.
 //! - `problem`: [`ConfigProblem`] and [`ConfigError`].
 
@@ -26,6 +26,7 @@ mod problem;
 pub mod profile;
 pub mod render;
 mod source;
+mod syntax;
 mod validate;
 
 use std::fmt;
@@ -38,8 +39,8 @@ pub use load::{
 };
 pub use problem::{ConfigError, ConfigProblem};
 pub use profile::DeploymentProfile;
+pub(crate) use syntax::is_http_url;
 pub use validate::Validation;
-pub(crate) use validate::is_http_url;
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";

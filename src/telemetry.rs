@@ -227,10 +227,13 @@ pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage I/O failed")]
+    struct Outer(#[source] std::io::Error);
+
     #[test]
     fn error_chains_join_causes_once() {
-        let io = std::io::Error::other("disk on fire");
-        let error = crate::storage::StorageError::Io(io);
+        let error = Outer(std::io::Error::other("disk on fire"));
         assert_eq!(error_chain(&error), "storage I/O failed: disk on fire");
     }
 }

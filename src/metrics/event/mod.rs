@@ -9,10 +9,20 @@
 //! with another recorder, or none, they are resolved at each use, since
 //! that recorder may still change.
 
+use ::metrics::{Counter, Gauge, counter, gauge};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use ::metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+mod storage;
+mod subscription;
+
+pub(crate) use storage::{
+    StorageCommitted, StorageFailure, StorageOperation, StorageOperations, StoredBytes,
+    WriteQueueDepth,
+};
+pub(crate) use subscription::{
+    LeaseClaimed, LeasesExpired, LeasesHeld, SubscriptionAcked, WakeEventFailed, WakeEventWritten,
+    WebhookDelivered, WebhookFailed, WebhookQueueFull,
+};
 
 use super::{installed, name};
 
@@ -184,24 +194,6 @@ impl ProducerRejected {
     }
 }
 
-/// `durable_streams_storage_bytes{backend}`: payload bytes a backend holds.
-#[derive(Debug)]
-pub(crate) struct StoredBytes(Gauge);
-
-impl StoredBytes {
-    /// The gauge of `backend`.
-    pub(crate) fn register(backend: &'static str) -> Self {
-        Self(gauge!(name::STORAGE_BYTES, "backend" => backend))
-    }
-
-    /// The backend's payload grew (or, negative, shrank) by `delta` bytes.
-    pub(crate) fn emit(&self, delta: f64) {
-        if delta != 0.0 {
-            self.0.increment(delta);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Reads
 // ---------------------------------------------------------------------------
@@ -330,141 +322,6 @@ impl ReadinessChanged {
 }
 
 // ---------------------------------------------------------------------------
-// Storage
-// ---------------------------------------------------------------------------
-
-/// A storage operation, the `operation` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StorageOperation {
-    Create,
-    Append,
-    Read,
-    Delete,
-}
-
-impl StorageOperation {
-    const ALL: [StorageOperation; 4] = [
-        StorageOperation::Create,
-        StorageOperation::Append,
-        StorageOperation::Read,
-        StorageOperation::Delete,
-    ];
-
-    /// The `operation` label.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            StorageOperation::Create => "create",
-            StorageOperation::Append => "append",
-            StorageOperation::Read => "read",
-            StorageOperation::Delete => "delete",
-        }
-    }
-}
-
-/// What kind of failure a storage operation had, the `kind` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StorageFailure {
-    Full,
-    Io,
-    Corrupt,
-    Unavailable,
-}
-
-impl StorageFailure {
-    const ALL: [StorageFailure; 4] = [
-        StorageFailure::Full,
-        StorageFailure::Io,
-        StorageFailure::Corrupt,
-        StorageFailure::Unavailable,
-    ];
-
-    /// The `kind` label.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            StorageFailure::Full => "full",
-            StorageFailure::Io => "io",
-            StorageFailure::Corrupt => "corrupt",
-            StorageFailure::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// The storage call metrics of one backend:
-/// `durable_streams_storage_operation_duration_seconds{backend, operation}`
-/// and `durable_streams_storage_errors_total{backend, kind}`, resolved once.
-#[derive(Debug)]
-pub(crate) struct StorageOperations {
-    durations: [Histogram; 4],
-    errors: [Counter; 4],
-}
-
-impl StorageOperations {
-    /// The handles of `backend`; its error counters start at zero.
-    pub(crate) fn register(backend: &'static str) -> Self {
-        let durations = StorageOperation::ALL.map(|operation| {
-            histogram!(
-                name::STORAGE_OPERATION_DURATION_SECONDS,
-                "backend" => backend,
-                "operation" => operation.as_str()
-            )
-        });
-        let errors = StorageFailure::ALL.map(|kind| {
-            let errors =
-                counter!(name::STORAGE_ERRORS_TOTAL, "backend" => backend, "kind" => kind.as_str());
-            errors.increment(0);
-            errors
-        });
-        Self { durations, errors }
-    }
-
-    /// An operation was acknowledged (or failed) after `elapsed`.
-    pub(crate) fn emit(
-        &self,
-        operation: StorageOperation,
-        elapsed: Duration,
-        failure: Option<StorageFailure>,
-    ) {
-        self.durations[operation as usize].record(elapsed);
-        if let Some(kind) = failure {
-            self.errors[kind as usize].increment(1);
-        }
-    }
-}
-
-/// A writer thread committed a group of `batch` mutations in `elapsed`.
-pub(crate) struct StorageCommitted {
-    pub backend: &'static str,
-    pub batch: usize,
-    pub elapsed: Duration,
-}
-
-impl StorageCommitted {
-    pub(crate) fn emit(self) {
-        let backend = self.backend;
-        histogram!(name::STORAGE_COMMIT_DURATION_SECONDS, "backend" => backend)
-            .record(self.elapsed);
-        histogram!(name::STORAGE_COMMIT_BATCH_SIZE, "backend" => backend).record(self.batch as f64);
-    }
-}
-
-/// `durable_streams_storage_write_queue_depth{backend}`: mutations waiting
-/// for a writer thread.
-#[derive(Debug)]
-pub(crate) struct WriteQueueDepth(Gauge);
-
-impl WriteQueueDepth {
-    /// The gauge of `backend`.
-    pub(crate) fn register(backend: &'static str) -> Self {
-        Self(gauge!(name::STORAGE_WRITE_QUEUE_DEPTH, "backend" => backend))
-    }
-
-    /// The queue now holds `depth` mutations.
-    pub(crate) fn emit(&self, depth: usize) {
-        self.0.set(depth as f64);
-    }
-}
-
-// ---------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------
 
@@ -548,128 +405,10 @@ impl OtlpExportFailed {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Subscriptions
-// ---------------------------------------------------------------------------
-
-/// A callback (`kind` `webhook`) or an ack (`pull-wake`) was accepted.
-pub(crate) struct SubscriptionAcked {
-    pub kind: &'static str,
-}
-
-impl SubscriptionAcked {
-    pub(crate) fn emit(self) {
-        counter!(name::SUBSCRIPTION_ACKS_TOTAL, "kind" => self.kind).increment(1);
-    }
-}
-
-/// A pull-wake worker claimed a lease.
-pub(crate) struct LeaseClaimed;
-
-impl LeaseClaimed {
-    pub(crate) fn emit(self) {
-        counter!(name::SUBSCRIPTION_CLAIMS_TOTAL).increment(1);
-    }
-}
-
-/// `count` leases ran out.
-pub(crate) struct LeasesExpired {
-    pub count: usize,
-}
-
-impl LeasesExpired {
-    pub(crate) fn emit(self) {
-        if self.count > 0 {
-            counter!(name::SUBSCRIPTION_LEASE_EXPIRIES_TOTAL).increment(self.count as u64);
-        }
-    }
-}
-
-/// `active` leases are held now.
-pub(crate) struct LeasesHeld {
-    pub active: usize,
-}
-
-impl LeasesHeld {
-    pub(crate) fn emit(self) {
-        gauge!(name::SUBSCRIPTION_ACTIVE_LEASES).set(self.active as f64);
-    }
-}
-
-/// A pull-wake event was appended to its wake stream.
-pub(crate) struct WakeEventWritten;
-
-impl WakeEventWritten {
-    pub(crate) fn emit(self) {
-        counter!(name::SUBSCRIPTION_WAKE_EVENTS_TOTAL, "outcome" => "written").increment(1);
-    }
-}
-
-/// A pull-wake event could not be appended; the ticker tries again.
-pub(crate) struct WakeEventFailed<'a> {
-    pub wake_stream: &'a str,
-    pub error: &'a str,
-}
-
-impl WakeEventFailed<'_> {
-    pub(crate) fn emit(self) {
-        counter!(name::SUBSCRIPTION_WAKE_EVENTS_TOTAL, "outcome" => "failed").increment(1);
-        tracing::warn!(
-            wake_stream = %self.wake_stream,
-            error = %self.error,
-            "cannot append a wake event; retrying"
-        );
-    }
-}
-
-/// A webhook receiver answered `2xx` after `elapsed`.
-pub(crate) struct WebhookDelivered {
-    pub elapsed: Duration,
-}
-
-impl WebhookDelivered {
-    pub(crate) fn emit(self) {
-        histogram!(name::WEBHOOK_DELIVERY_DURATION_SECONDS).record(self.elapsed.as_secs_f64());
-        counter!(name::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "success").increment(1);
-    }
-}
-
-/// A webhook delivery failed after `elapsed`; it is retried in `retry_in`.
-pub(crate) struct WebhookFailed<'a> {
-    pub subscription: &'a str,
-    pub attempt: u32,
-    pub elapsed: Duration,
-    pub retry_in: Duration,
-    pub error: &'a str,
-}
-
-impl WebhookFailed<'_> {
-    pub(crate) fn emit(self) {
-        histogram!(name::WEBHOOK_DELIVERY_DURATION_SECONDS).record(self.elapsed.as_secs_f64());
-        counter!(name::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "failure").increment(1);
-        counter!(name::WEBHOOK_RETRIES_TOTAL).increment(1);
-        tracing::warn!(
-            subscription = %self.subscription,
-            attempt = self.attempt,
-            retry_in_ms = self.retry_in.as_millis() as u64,
-            error = %self.error,
-            "webhook delivery failed; retrying"
-        );
-    }
-}
-
-/// A wake could not be queued for delivery: the queue is full, and the
-/// ticker offers it again.
-pub(crate) struct WebhookQueueFull;
-
-impl WebhookQueueFull {
-    pub(crate) fn emit(self) {
-        counter!(name::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "queue_full").increment(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
