@@ -205,16 +205,6 @@ mod tests {
         (faults, Engine::new(storage, EngineLimits::default()))
     }
 
-    async fn injected(faults: &FaultyStorage, count: usize) {
-        for _ in 0..500 {
-            if faults.injected() >= count {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("{count} failures were never injected");
-    }
-
     #[tokio::test]
     async fn appends_move_the_tail_and_a_close_ends_the_stream() {
         let engine = engine();
@@ -292,7 +282,7 @@ mod tests {
             let engine = engine.clone();
             async move { engine.append("/s", plain_append(b"aa")).await }
         });
-        injected(&faults, 1).await;
+        faults.until_injected(1).await;
         let second = tokio::spawn({
             let engine = engine.clone();
             async move { engine.append("/s", plain_append(b"bb")).await }
@@ -320,7 +310,7 @@ mod tests {
             let engine = engine.clone();
             async move { engine.append("/s", produced(b"xx", 0, 0)).await }
         });
-        injected(&faults, 1).await;
+        faults.until_injected(1).await;
         let mut retry = Box::pin(engine.append("/s", produced(b"xx", 0, 0)));
         assert!(
             (&mut retry).now_or_never().is_none(),

@@ -21,10 +21,11 @@ use std::future::Ready;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, Request, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, any, delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, any, delete, get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,7 +43,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
     subscriptions: Subscriptions,
 ) -> Router<S> {
     let control = format!("{base}/__ds");
-    let subscription = format!("{control}/subscriptions");
+    let at = |path: &str| format!("{control}/subscriptions{path}");
     // `GET` also answers `HEAD` in axum; here `HEAD` of a subscription is
     // refused like any other method it does not take.
     let one = || {
@@ -59,35 +60,29 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
         )
         // Without an id (or with a trailing `/`) the id is empty, and
         // refused as such.
-        .route(&format!("{subscription}/"), one())
-        .route(&format!("{subscription}/{{id}}"), one())
-        .route(&format!("{subscription}/{{id}}/"), one())
+        .route(&at("/"), one())
+        .route(&at("/{id}"), one())
+        .route(&at("/{id}/"), one())
+        .route(&at("/{id}/streams"), only_post(link))
         .route(
-            &format!("{subscription}/{{id}}/streams"),
-            post(link).fallback(refuse("POST")),
-        )
-        .route(
-            &format!("{subscription}/{{id}}/streams/{{*name}}"),
+            &at("/{id}/streams/{*name}"),
             delete(unlink).fallback(refuse("DELETE")),
         )
-        .route(
-            &format!("{subscription}/{{id}}/callback"),
-            post(callback).fallback(refuse("POST")),
-        )
-        .route(
-            &format!("{subscription}/{{id}}/ack"),
-            post(ack).fallback(refuse("POST")),
-        )
-        .route(
-            &format!("{subscription}/{{id}}/claim"),
-            post(claim).fallback(refuse("POST")),
-        )
-        .route(
-            &format!("{subscription}/{{id}}/release"),
-            post(release).fallback(refuse("POST")),
-        )
+        .route(&at("/{id}/callback"), only_post(acknowledge::<true>))
+        .route(&at("/{id}/ack"), only_post(acknowledge::<false>))
+        .route(&at("/{id}/claim"), only_post(claim))
+        .route(&at("/{id}/release"), only_post(release))
         .route(&format!("{control}/{{*rest}}"), any(no_such_api))
         .with_state(subscriptions)
+}
+
+/// A route that takes `POST` only.
+fn only_post<H, T>(handler: H) -> MethodRouter<Subscriptions>
+where
+    H: Handler<T, Subscriptions>,
+    T: 'static,
+{
+    post(handler).fallback(refuse("POST"))
 }
 
 // ---------------------------------------------------------------------------
@@ -257,14 +252,20 @@ async fn unlink(State(subs): State<Subscriptions>, at: ControlRoot, target: Targ
     Ok(no_content())
 }
 
-async fn acknowledge(
-    subs: &Subscriptions,
-    at: &ControlRoot,
-    target: &Target,
-    kind: Kind,
-    bearer: Option<String>,
-    body: AckBody,
+/// `POST …/callback` (`WEBHOOK`) and `POST …/ack` (pull-wake): the same
+/// protocol on the two kinds of subscription.
+async fn acknowledge<const WEBHOOK: bool>(
+    State(subs): State<Subscriptions>,
+    at: ControlRoot,
+    target: Target,
+    Bearer(bearer): Bearer,
+    ControlJson(body): ControlJson<AckBody>,
 ) -> Answer {
+    let kind = if WEBHOOK {
+        Kind::Webhook
+    } else {
+        Kind::PullWake
+    };
     let next_wake = subs
         .ack(&at.root, &target.id, kind, bearer.as_deref(), body)
         .await?;
@@ -275,26 +276,6 @@ async fn acknowledge(
             ok: true,
         },
     ))
-}
-
-async fn callback(
-    State(subs): State<Subscriptions>,
-    at: ControlRoot,
-    target: Target,
-    Bearer(bearer): Bearer,
-    ControlJson(body): ControlJson<AckBody>,
-) -> Answer {
-    acknowledge(&subs, &at, &target, Kind::Webhook, bearer, body).await
-}
-
-async fn ack(
-    State(subs): State<Subscriptions>,
-    at: ControlRoot,
-    target: Target,
-    Bearer(bearer): Bearer,
-    ControlJson(body): ControlJson<AckBody>,
-) -> Answer {
-    acknowledge(&subs, &at, &target, Kind::PullWake, bearer, body).await
 }
 
 async fn claim(

@@ -166,17 +166,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Waits (bounded) until `count` failures have been injected.
-async fn injected(faults: &FaultyStorage, count: usize) {
-    for _ in 0..500 {
-        if faults.injected() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{count} failures were never injected");
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_507_and_the_stream_stays_consistent() {
     for backend in backends() {
@@ -313,7 +302,7 @@ async fn writes_queued_behind_a_failing_one_fail_and_nothing_moves() {
             let app = app.clone();
             async move { app.produce("0", b"xx").await }
         });
-        injected(&app.faults, 1).await;
+        app.faults.until_injected(1).await;
         // Pipelined on the pending write: it starts where that one ends,
         // which the store refuses.
         let (status, headers) = app.append(b"yy").await;
@@ -378,7 +367,7 @@ async fn a_repeated_close_is_not_confirmed_when_the_close_fails() {
                 (status, headers)
             };
             let first = tokio::spawn(call(app.clone()));
-            injected(&app.faults, 1).await;
+            app.faults.until_injected(1).await;
             let repeated = tokio::spawn(call(app.clone()));
             tokio::time::sleep(Duration::from_millis(50)).await;
             gate.release();
@@ -425,7 +414,7 @@ async fn requests_behind_a_failing_create_are_not_confirmed() {
             .0
         };
         let create = tokio::spawn(put(app.clone()));
-        injected(&app.faults, 1).await;
+        app.faults.until_injected(1).await;
         let again = tokio::spawn(put(app.clone()));
         let append = tokio::spawn({
             let app = app.clone();

@@ -110,6 +110,20 @@ impl FaultyStorage {
         self.lock().injected
     }
 
+    /// Waits (bounded) until `count` failures have been injected.
+    ///
+    /// # Panics
+    /// When they never are: the test waited for something that cannot come.
+    pub async fn until_injected(&self, count: usize) {
+        for _ in 0..500 {
+            if self.injected() >= count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{count} failures were never injected");
+    }
+
     /// Holds the next `count` submits that are not failed until the
     /// returned gate opens, then passes them on: a slow but successful
     /// write. They reach the inner backend late, so nothing else may be

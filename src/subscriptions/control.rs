@@ -209,10 +209,7 @@ impl Subscriptions {
         let key = key(root, id);
         {
             let mut state = self.lock();
-            let sub = state
-                .subs
-                .get_mut(&key)
-                .ok_or(SubscriptionError::NotFound)?;
+            let sub = state.sub(&key)?;
             if sub.stored.links.len() + streams.len() > model::MAX_EXPLICIT_STREAMS {
                 return Err(SubscriptionError::InvalidRequest(
                     "too many linked streams".into(),
@@ -244,10 +241,7 @@ impl Subscriptions {
         let key = key(root, id);
         {
             let mut state = self.lock();
-            let sub = state
-                .subs
-                .get_mut(&key)
-                .ok_or(SubscriptionError::NotFound)?;
+            let sub = state.sub(&key)?;
             sub.stored.links.remove(name);
             sub.tails.remove(name);
         }

@@ -75,9 +75,14 @@ struct State {
 }
 
 impl State {
+    /// The subscription `key`.
+    fn sub(&mut self, key: &str) -> Result<&mut Sub, SubscriptionError> {
+        self.subs.get_mut(key).ok_or(SubscriptionError::NotFound)
+    }
+
     /// The subscription `key`, which must be of `kind`.
     fn sub_of_kind(&mut self, key: &str, kind: model::Kind) -> Result<&mut Sub, SubscriptionError> {
-        let sub = self.subs.get_mut(key).ok_or(SubscriptionError::NotFound)?;
+        let sub = self.sub(key)?;
         if sub.stored.config.kind != kind {
             return Err(SubscriptionError::WrongType(kind.as_str()));
         }

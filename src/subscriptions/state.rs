@@ -30,8 +30,8 @@ use super::error::SubscriptionError;
 use super::model::{Kind, Link, Stored, Wake, WakeEvent};
 use super::pattern::Pattern;
 use super::wire::{
-    self, AckBody, AckEntry, Claimed, LinkView, SigningView, SubscriptionView, WakeEventBody,
-    WakeNotification, WakeStream, WakeView, WebhookView,
+    self, AckBody, AckEntry, Claimed, LinkView, SigningView, SubscriptionView, WakeNotice,
+    WakeStream, WakeView, WebhookView,
 };
 use crate::clock;
 use crate::protocol::offset::{ReadFrom, parse_read_from};
@@ -265,11 +265,14 @@ impl Sub {
     }
 
     /// The pending wake event to append, and the wake stream's name.
-    pub fn wake_event(&self) -> Option<(String, WakeEventBody)> {
+    pub fn wake_event(&self) -> Option<(String, WakeNotice)> {
         let event = self.stored.wake_event.as_ref()?;
         let wake = self.stored.config.wake_stream.as_ref()?;
-        let body = WakeEventBody {
+        let body = WakeNotice {
+            callback_token: None,
+            callback_url: None,
             generation: self.stored.generation,
+            lease_ttl_ms: None,
             streams: self.wake_streams(&self.pending()),
             subscription_id: self.stored.id.clone(),
             kind: "wake",
@@ -290,21 +293,21 @@ impl Sub {
 
     /// The target, generation and notification of an undelivered webhook
     /// wake.
-    pub fn delivery(&self) -> Option<(String, u64, WakeNotification)> {
+    pub fn delivery(&self) -> Option<(String, u64, WakeNotice)> {
         let wake = self.stored.wake.as_ref()?;
         if wake.lease_expires_at_ms.is_some() {
             return None;
         }
         let url = self.stored.config.webhook_url.clone()?;
         let stored = &self.stored;
-        let notification = WakeNotification {
-            callback_token: wake.token.clone(),
-            callback_url: format!(
+        let notification = WakeNotice {
+            callback_token: Some(wake.token.clone()),
+            callback_url: Some(format!(
                 "{}__ds/subscriptions/{}/callback",
                 stored.public_root, stored.id
-            ),
+            )),
             generation: wake.generation,
-            lease_ttl_ms: stored.config.lease_ttl_ms,
+            lease_ttl_ms: Some(stored.config.lease_ttl_ms),
             streams: self.wake_streams(&wake.snapshot),
             subscription_id: stored.id.clone(),
             kind: "wake",

@@ -92,25 +92,18 @@ pub(crate) struct Claimed {
     pub worker: String,
 }
 
-/// What a webhook receives.
+/// A wake notification: the body of a webhook request, and the event a
+/// pull-wake subscription appends to its wake stream (which carries no
+/// callback and no lease).
 #[derive(Debug, Serialize)]
-pub(crate) struct WakeNotification {
-    pub callback_token: String,
-    pub callback_url: String,
+pub(crate) struct WakeNotice {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     pub generation: u64,
-    pub lease_ttl_ms: u64,
-    pub streams: Vec<WakeStream>,
-    pub subscription_id: String,
-    /// Always `wake`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub wake_id: String,
-}
-
-/// What a pull-wake subscription appends to its wake stream.
-#[derive(Debug, Serialize)]
-pub(crate) struct WakeEventBody {
-    pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
     pub streams: Vec<WakeStream>,
     pub subscription_id: String,
     /// Always `wake`.

@@ -108,8 +108,8 @@ fn a_webhook_wake_is_delivered_once_then_leased_and_acked() {
     assert_eq!(url, "https://hooks.example/x");
     assert_eq!(generation, 1);
     assert_eq!(
-        notification.callback_url,
-        "https://ds.example/v1/stream/__ds/subscriptions/s/callback"
+        notification.callback_url.as_deref(),
+        Some("https://ds.example/v1/stream/__ds/subscriptions/s/callback")
     );
     assert_eq!(notification.streams[0].tail_offset, wire::offset(5));
     // A 2xx without `done` starts the lease; a stale generation changes nothing.
