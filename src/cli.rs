@@ -184,7 +184,7 @@ fn storage_failure(error: crate::storage::StorageError) -> StartupError {
         crate::storage::StorageError::Locked { .. } => {
             "stop the server using this directory before importing"
         }
-        _ => "check storage.mode and storage.data_dir",
+        _ => "check storage.mode and storage.data_dir (or storage.postgres.url)",
     };
     StartupError::new(Phase::OpenStorage, error.to_string(), hint)
 }
@@ -206,13 +206,19 @@ async fn export(
     streams: Vec<String>,
 ) -> Result<(), StartupError> {
     let config = startup::load_valid(options)?.loaded.into_config();
-    let dir = durable_dir(&config)?;
-    // Read-only: no lock, so a running server keeps serving (a live backup).
+    // Read-only: no lock, so a running server keeps serving (a live backup);
+    // for postgres simply another connection.
     let storage: std::sync::Arc<dyn Storage> = match config.storage.mode {
-        StorageMode::Acid => {
-            std::sync::Arc::new(AcidStorage::open_read_only(&dir).map_err(storage_failure)?)
-        }
-        _ => std::sync::Arc::new(FileStorage::open_read_only(&dir).map_err(storage_failure)?),
+        StorageMode::Postgres => std::sync::Arc::new(
+            crate::storage::open_postgres(&config.storage.postgres, true)
+                .map_err(storage_failure)?,
+        ),
+        StorageMode::Acid => std::sync::Arc::new(
+            AcidStorage::open_read_only(&durable_dir(&config)?).map_err(storage_failure)?,
+        ),
+        _ => std::sync::Arc::new(
+            FileStorage::open_read_only(&durable_dir(&config)?).map_err(storage_failure)?,
+        ),
     };
     let engine = Engine::new(storage, EngineLimits::from_config(&config));
     let mut out: Box<dyn Write> = match &output {
@@ -248,7 +254,9 @@ async fn import(
     on_conflict: OnConflict,
 ) -> Result<(), StartupError> {
     let config = startup::load_valid(options)?.loaded.into_config();
-    durable_dir(&config)?;
+    if config.storage.mode != StorageMode::Postgres {
+        durable_dir(&config)?;
+    }
     let storage = startup::open_storage(&config)?;
     let engine = Engine::new(storage, EngineLimits::from_config(&config));
     let mut reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {

@@ -27,16 +27,23 @@
 //! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
 //! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
 //! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
+//! - [`auth`]: access control: tokens, API keys and identities mapped to grants on paths.
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
 //! - `http`: the routes, the handlers, live reads, health and CORS.
-//! - `subscriptions`: the reserved `__ds` webhook and pull-wake APIs.
+//! - [`subscriptions`]: the reserved `__ds` webhook and pull-wake APIs (public: the
+//!   configuration model, its errors and patterns, for fuzzing and access control).
 //! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
 //! - `transfer`: export and import of streams (backup, migration).
+//! - `watch`: when to reload files (directory events, polling, SIGHUP).
 //! - `clock`: the wall clock in the units the server stores and sends.
 
+#[macro_use]
+mod keyword;
+
+pub mod auth;
 pub mod cli;
 pub mod client;
 mod clock;
@@ -46,15 +53,17 @@ mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+mod redact;
 pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;
-mod subscriptions;
+pub mod subscriptions;
 mod telemetry;
 pub mod tls;
 mod transfer;
+mod watch;
 
 pub use config::{
     Config, ConfigError, ConfigLoadOptions, DEFAULT_STREAM_BASE_PATH, DeploymentProfile,

@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use super::load::{LoadedConfig, env_var};
 use super::problem::ConfigProblem;
 use super::syntax::{is_host_port, is_http_url, is_ip_or_cidr, is_origin};
-use super::{AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, TransportMode};
+use super::{
+    AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, StorageMode, TransportMode,
+};
+use crate::storage::postgres::PostgresOptions;
+
+mod auth;
 
 /// What validation found.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +36,7 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Validation {
     checker.transport();
     checker.proxy();
     checker.subscriptions();
+    checker.auth();
     checker.observability();
     checker.found
 }
@@ -115,6 +121,18 @@ impl Checker<'_> {
             (
                 "transport.connection.long_poll_timeout_secs",
                 self.config.transport.connection.long_poll_timeout_secs,
+            ),
+            (
+                "auth.jwks_refresh_interval_secs",
+                self.config.auth.jwks_refresh_interval_secs,
+            ),
+            (
+                "auth.jwks_fetch_timeout_secs",
+                self.config.auth.jwks_fetch_timeout_secs,
+            ),
+            (
+                "auth.jwks_min_refetch_interval_secs",
+                self.config.auth.jwks_min_refetch_interval_secs,
             ),
         ];
         for (key, value) in nonzero {
@@ -204,12 +222,24 @@ impl Checker<'_> {
             );
         }
         if !storage.mode.uses_data_dir() && dir_set {
-            self.warn(
-                "storage.data_dir",
-                "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk"
-                    .into(),
-                "choose a durable storage.mode, or remove data_dir".into(),
-            );
+            let (message, hint) = if storage.mode == StorageMode::Postgres {
+                (
+                    "`storage.data_dir` is set but storage.mode = \"postgres\" keeps its data in \
+                     the database",
+                    "remove data_dir",
+                )
+            } else {
+                (
+                    "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk",
+                    "choose a durable storage.mode, or remove data_dir",
+                )
+            };
+            self.warn("storage.data_dir", message.into(), hint.into());
+        }
+        if storage.mode == StorageMode::Postgres
+            && let Err(error) = PostgresOptions::from_config(&storage.postgres)
+        {
+            self.error(error.key, error.message, error.hint);
         }
     }
 

@@ -38,6 +38,17 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartupError> {
                 StartupError::new(Phase::OpenStorage, crate::telemetry::error_chain(&error), hint)
             })
         }
+        StorageMode::Postgres => {
+            crate::storage::open(&config.storage, config.limits.max_memory_bytes).map_err(|error| {
+                StartupError::new(
+                    Phase::OpenStorage,
+                    crate::telemetry::error_chain(&error),
+                    "check storage.postgres.url (DS_STORAGE__POSTGRES__URL): the database \
+                         must be reachable, accept the user and password, and allow creating \
+                         tables in storage.postgres.schema",
+                )
+            })
+        }
     }
 }
 

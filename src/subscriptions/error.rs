@@ -7,7 +7,7 @@ use crate::storage::StorageError;
 /// Why a subscription request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum SubscriptionError {
+pub enum SubscriptionError {
     /// The body is not the JSON the operation expects.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

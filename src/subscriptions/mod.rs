@@ -27,9 +27,9 @@
 //! latest state of a subscription, so writes never go backwards.
 
 mod control;
-pub(crate) mod error;
-pub(crate) mod model;
-pub(crate) mod pattern;
+pub mod error;
+pub mod model;
+pub mod pattern;
 pub(crate) mod signing;
 pub(crate) mod ssrf;
 mod state;

@@ -95,7 +95,7 @@ pub struct WebhookBody {
 
 /// Lease bounds and name rules used to normalise a body.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Rules {
+pub struct Rules {
     /// Default lease.
     pub default_lease_ttl_ms: u64,
     /// Shortest lease.

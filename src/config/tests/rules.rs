@@ -263,3 +263,229 @@ fn an_otlp_endpoint_must_be_an_http_url_with_a_host() {
         );
     }
 }
+
+#[test]
+fn auth_rules() {
+    let errors = validate_env(&[("DS_AUTH__MODE", "token")], "prod");
+    assert_eq!(errors.len(), 1, "{}", messages(&errors));
+    assert_eq!(errors[0].key.as_deref(), Some("auth.mode"));
+    assert!(
+        errors[0].hint.contains("auth.jwks_path"),
+        "{}",
+        errors[0].hint
+    );
+    let errors = validate_env(
+        &[
+            ("DS_AUTH__MODE", "token"),
+            ("DS_AUTH__JWKS_PATH", "/etc/jwks.json"),
+            ("DS_AUTH__QUERY_PARAM", "access_token"),
+        ],
+        "prod",
+    );
+    assert!(errors.is_empty(), "{}", messages(&errors));
+    let errors = validate_env(
+        &[
+            ("DS_AUTH__MODE", "token"),
+            ("DS_AUTH__JWKS_URL", "http://idp.example.com/jwks.json"),
+            ("DS_AUTH__QUERY_PARAM", "a b"),
+            ("DS_AUTH__CLAIM", ""),
+            ("DS_AUTH__JWKS_FETCH_TIMEOUT_SECS", "0"),
+        ],
+        "default",
+    );
+    let keys: Vec<&str> = errors.iter().filter_map(|e| e.key.as_deref()).collect();
+    assert_eq!(
+        keys,
+        [
+            "auth.jwks_fetch_timeout_secs",
+            "auth.jwks_url",
+            "auth.claim",
+            "auth.query_param"
+        ],
+        "{}",
+        messages(&errors)
+    );
+    assert!(errors[1].message.contains("plain http"), "{}", errors[1]);
+    for (url, why) in [
+        ("https://user:pw@idp.example.com/jwks", "credentials"),
+        ("ftp://idp.example.com/jwks", "scheme"),
+        ("not a url", "not a URL"),
+    ] {
+        let errors = validate_env(
+            &[("DS_AUTH__MODE", "token"), ("DS_AUTH__JWKS_URL", url)],
+            "default",
+        );
+        assert_eq!(errors.len(), 1, "{url}: {}", messages(&errors));
+        assert!(errors[0].message.contains(why), "{url}: {}", errors[0]);
+    }
+    let errors = validate_env(
+        &[
+            ("DS_AUTH__MODE", "token"),
+            ("DS_AUTH__JWKS_URL", "http://127.0.0.1:8080/jwks"),
+            ("DS_AUTH__JWKS_PATH", "/etc/jwks.json"),
+        ],
+        "default",
+    );
+    assert_eq!(errors.len(), 1, "{}", messages(&errors));
+    assert!(errors[0].message.contains("both set"), "{}", errors[0]);
+}
+
+#[test]
+fn auth_grants_and_identities_are_checked_where_they_are_written() {
+    Jail::expect_with(|jail| {
+        clean(jail)?;
+        jail.create_file(
+            "config/local.toml",
+            "[auth]\nmode = \"token\"\nanonymous = [{ paths = [\"/v1/stream/public/**\"], ops = \
+             [\"read\"] }]\n\n[[auth.identities]]\nname = \"writer\"\ngrants = [{ paths = \
+             [\"/v1/stream/t/**\"], ops = [\"append\", \"create\"] }]\n",
+        )?;
+        let loaded = load(&options("default"));
+        assert!(
+            loaded.problems().is_empty(),
+            "{}",
+            messages(loaded.problems())
+        );
+        let validation = loaded.validate();
+        assert!(
+            validation.errors.is_empty(),
+            "{}",
+            messages(&validation.errors)
+        );
+        // Identities without mtls or a proxy identity header never match.
+        assert_eq!(
+            validation.warnings[0].key.as_deref(),
+            Some("auth.identities"),
+            "{}",
+            messages(&validation.warnings)
+        );
+        assert_eq!(loaded.config().auth.identities[0].grants[0].ops.len(), 2);
+
+        jail.create_file(
+            "config/local.toml",
+            "[auth]\nmode = \"token\"\nanonymous = [{ paths = [\"v1/stream/public/**\"], ops = \
+             [\"read\"] }]\n",
+        )?;
+        let errors = load(&options("default")).validate().errors;
+        assert_eq!(errors.len(), 2, "{}", messages(&errors));
+        assert_eq!(errors[0].key.as_deref(), Some("auth.mode"));
+        assert_eq!(errors[1].key.as_deref(), Some("auth.anonymous"));
+        assert!(
+            errors[1].message.contains("start with `/`"),
+            "{}",
+            errors[1]
+        );
+        assert_eq!(errors[1].source.as_deref(), Some("config/local.toml:3"));
+
+        jail.create_file(
+            "config/local.toml",
+            "[[auth.identities]]\nname = \"a\"\nsan = \"DNS:a\"\n",
+        )?;
+        let validation = load(&options("default")).validate();
+        assert_eq!(
+            validation.errors[0].key.as_deref(),
+            Some("auth.identities"),
+            "{}",
+            messages(&validation.errors)
+        );
+        assert!(validation.errors[0].message.contains("exactly one"));
+
+        jail.create_file(
+            "config/local.toml",
+            "[auth]\nanonymous = [{ path = [\"/x\"], ops = [\"read\"] }]\n",
+        )?;
+        let loaded = load(&options("default"));
+        assert_eq!(
+            loaded.problems()[0].key.as_deref(),
+            Some("auth.anonymous"),
+            "{}",
+            messages(loaded.problems())
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn auth_settings_without_token_mode_are_flagged() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("DS_AUTH__API_KEYS_PATH", "/etc/keys.toml");
+        let validation = load(&LoadOptions {
+            config_dir: ConfigDir::None,
+            ..options("default")
+        })
+        .validate();
+        assert!(
+            validation.errors.is_empty(),
+            "{}",
+            messages(&validation.errors)
+        );
+        assert_eq!(
+            validation.warnings[0].key.as_deref(),
+            Some("auth.api_keys_path")
+        );
+        assert!(validation.warnings[0].hint.contains("DS_AUTH__MODE=token"));
+        Ok(())
+    });
+}
+
+#[test]
+fn postgres_mode_needs_a_usable_url_and_never_shows_its_password() {
+    Jail::expect_with(|jail| {
+        clean(jail)?;
+        jail.set_env("DS_STORAGE__MODE", "postgres");
+        let loaded = load(&options("default"));
+        let errors = loaded.validate().errors;
+        let url = errors
+            .iter()
+            .find(|p| p.key.as_deref() == Some("storage.postgres.url"))
+            .expect("a url problem");
+        assert!(url.message.contains("not set"), "{url}");
+        assert!(
+            url.hint.contains("DS_STORAGE__POSTGRES__URL"),
+            "{}",
+            url.hint
+        );
+
+        jail.set_env(
+            "DS_STORAGE__POSTGRES__URL",
+            "postgres://ds:hunter2@db:5432/streams?sslmode=maybe",
+        );
+        let loaded = load(&options("default"));
+        assert!(
+            loaded.problems().is_empty(),
+            "{}",
+            messages(loaded.problems())
+        );
+        let errors = loaded.validate().errors;
+        let text = messages(&errors);
+        assert!(text.contains("unknown sslmode \"maybe\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(
+            errors[0].source.as_deref(),
+            Some("env DS_STORAGE__POSTGRES__URL")
+        );
+        let printed = render::render(&loaded, true);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("postgres://ds:<redacted>@db:5432/streams"),
+            "{printed}"
+        );
+
+        jail.set_env(
+            "DS_STORAGE__POSTGRES__URL",
+            "postgres://ds:hunter2@db:5432/streams?sslmode=verify-full",
+        );
+        jail.set_env("DS_STORAGE__POSTGRES__POOL_SIZE", "4");
+        let loaded = load(&options("default"));
+        let validation = loaded.validate();
+        assert!(
+            validation.errors.is_empty(),
+            "{}",
+            messages(&validation.errors)
+        );
+        assert_eq!(loaded.config().storage.postgres.pool_size, 4);
+        assert_eq!(loaded.config().storage.mode, StorageMode::Postgres);
+        Ok(())
+    });
+}
