@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, LoadOptions, StorageMode};
+use crate::config::{self, ConfigDir, ConfigLoadOptions, StorageMode};
 use crate::engine::{Engine, EngineLimits};
 use crate::startup::{self, Phase, StartupError};
 use crate::storage::{AcidStorage, FileStorage, Storage};
@@ -86,8 +86,8 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     /// The loading options these arguments describe.
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
+    pub fn load_options(&self) -> ConfigLoadOptions {
+        ConfigLoadOptions {
             profile: self.profile.clone(),
             config_dir: self
                 .config_dir
@@ -201,7 +201,7 @@ fn transfer_failure(error: transfer::TransferError) -> StartupError {
 }
 
 async fn export(
-    options: &LoadOptions,
+    options: &ConfigLoadOptions,
     output: Option<PathBuf>,
     streams: Vec<String>,
 ) -> Result<(), StartupError> {
@@ -248,7 +248,7 @@ async fn export(
 }
 
 async fn import(
-    options: &LoadOptions,
+    options: &ConfigLoadOptions,
     input: &std::path::Path,
     streams: Vec<String>,
     on_conflict: OnConflict,
@@ -287,7 +287,7 @@ async fn import(
     Ok(())
 }
 
-fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
+fn check_config(options: &ConfigLoadOptions) -> Result<(), StartupError> {
     let checked = startup::check(options)?;
     let mut stderr = std::io::stderr().lock();
     for warning in &checked.warnings {
@@ -302,7 +302,7 @@ fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn print_config(options: &LoadOptions, sources: bool) -> Result<(), StartupError> {
+fn print_config(options: &ConfigLoadOptions, sources: bool) -> Result<(), StartupError> {
     let (loaded, validation) = startup::load_parsed(options)?;
     // Printed even when invalid, since that is when one wants to see it.
     let _ = std::io::stdout()

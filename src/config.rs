@@ -17,7 +17,10 @@
 //! - [`profile`]: the built-in deployment profiles.
 //! - `source`: the layers (files with line numbers, environment variables).
 //! - `load`: layering, unknown-key and bad-value detection.
-//! - `validate`: the cross-field rules.
+//! - `validate`: the cross-field rules; `syntax`: the syntax of single values;
+//!   `suggest`: the known key closest to an unknown one.
+//! - the `[storage]` and `[auth]` sections are declared by their layers
+//!   (`storage::config`, `auth::config`) and re-exported here.
 //! - [`render`]: the effective configuration as TOML, with sources and redaction.
 //! - `problem`: [`ConfigProblem`] and [`ConfigError`].
 
@@ -26,17 +29,26 @@ mod problem;
 pub mod profile;
 pub mod render;
 mod source;
+mod suggest;
+mod syntax;
 mod validate;
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigDir, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load};
+pub use load::{
+    ConfigDir, ConfigLoadOptions, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load,
+};
 pub use problem::{ConfigError, ConfigProblem};
 pub use profile::DeploymentProfile;
+pub(crate) use syntax::is_http_url;
 pub use validate::Validation;
+
+pub use crate::auth::config::{
+    AccessOp, AuthConfig, AuthMode, GrantConfig, IdentityConfig, IdentitySourceFilter,
+};
+pub use crate::storage::config::{PostgresConfig, StorageConfig, StorageMode};
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";
@@ -63,38 +75,6 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging, metrics and tracing.
     pub observability: ObservabilityConfig,
-}
-
-/// Declares a configuration keyword enum: its TOML spellings, `as_str` and
-/// `Display`, so messages name values exactly as operators write them.
-macro_rules! keyword_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        pub enum $name {
-            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
-        }
-
-        impl $name {
-            /// The spelling used in configuration files.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $( Self::$variant => $text, )+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
 }
 
 /// `[server]`.
@@ -170,134 +150,6 @@ impl Default for HttpConfig {
             allow_wildcard_cors: false,
             stream_base_path: DEFAULT_STREAM_BASE_PATH.into(),
         }
-    }
-}
-
-/// Storage backends by name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StorageMode {
-    /// Process memory; nothing survives a restart.
-    #[default]
-    Memory,
-    /// Segment files, not fsynced before acknowledgement.
-    #[serde(alias = "fast")]
-    FileFast,
-    /// Segment files, fsynced before acknowledgement.
-    #[serde(alias = "file", alias = "durable")]
-    FileDurable,
-    /// redb transactions.
-    #[serde(alias = "redb")]
-    Acid,
-    /// A PostgreSQL database (`[storage.postgres]`).
-    #[serde(alias = "postgresql")]
-    Postgres,
-}
-
-impl StorageMode {
-    /// The canonical spelling used in configuration files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StorageMode::Memory => "memory",
-            StorageMode::FileFast => "file-fast",
-            StorageMode::FileDurable => "file-durable",
-            StorageMode::Acid => "acid",
-            StorageMode::Postgres => "postgres",
-        }
-    }
-
-    /// Whether the backend keeps its data in `storage.data_dir`.
-    pub fn uses_data_dir(self) -> bool {
-        !matches!(self, StorageMode::Memory | StorageMode::Postgres)
-    }
-}
-
-impl fmt::Display for StorageMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `[storage]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Which backend.
-    pub mode: StorageMode,
-    /// Where durable backends keep their files.
-    pub data_dir: Option<PathBuf>,
-    /// Seconds between sweeps that reclaim expired streams.
-    pub expiry_sweep_interval_secs: u64,
-    /// File backends: size at which a new segment file starts.
-    pub segment_bytes: u64,
-    /// `file-fast`: longest time acknowledged data may stay unsynced.
-    pub fast_sync_interval_ms: u64,
-    /// File backends: discard the log from this `<segment>:<offset>` on, as
-    /// named by a corruption error at startup. Set it once, then remove it.
-    pub truncate_corrupt_at: Option<String>,
-    /// `postgres` mode: the database.
-    pub postgres: PostgresConfig,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            mode: StorageMode::Memory,
-            data_dir: None,
-            expiry_sweep_interval_secs: 5,
-            segment_bytes: 64 << 20,
-            fast_sync_interval_ms: 100,
-            truncate_corrupt_at: None,
-            postgres: PostgresConfig::default(),
-        }
-    }
-}
-
-/// `[storage.postgres]`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database?sslmode=…`, libpq's
-    /// URI form; the TLS parameters `sslmode`, `sslrootcert`, `sslcert`
-    /// and `sslkey` are honoured. Holds the password: never shown.
-    pub url: Option<String>,
-    /// The schema holding the server's tables (created when missing).
-    pub schema: String,
-    /// Connections for reads and metadata; the writer and the listener
-    /// hold one each besides.
-    pub pool_size: usize,
-    /// Longest wait for a connection (connecting, or a free pooled one).
-    pub connect_timeout_ms: u64,
-    /// Server-side limit of one statement (`statement_timeout`); 0: none.
-    pub statement_timeout_ms: u64,
-    /// `application_name` shown in `pg_stat_activity`.
-    pub application_name: String,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            schema: "durable_streams".into(),
-            pool_size: 16,
-            connect_timeout_ms: 5_000,
-            statement_timeout_ms: 10_000,
-            application_name: "durable-streams-server".into(),
-        }
-    }
-}
-
-impl fmt::Debug for PostgresConfig {
-    /// The URL carries the password: shown redacted, as by `print-config`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &self.url.as_deref().map(render::redact_url_password))
-            .field("schema", &self.schema)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("statement_timeout_ms", &self.statement_timeout_ms)
-            .field("application_name", &self.application_name)
-            .finish()
     }
 }
 
@@ -563,133 +415,6 @@ impl Default for SubscriptionsConfig {
 }
 
 keyword_enum! {
-    /// Whether requests are authenticated (`auth.mode`).
-    pub enum AuthMode {
-        /// Everyone may do everything; access is controlled in front of
-        /// the server, if at all.
-        #[default]
-        None = "none",
-        /// Bearer tokens (JWTs, API keys) and client identities, mapped to
-        /// grants; requests without credentials get `auth.anonymous`.
-        Token = "token",
-    }
-}
-
-keyword_enum! {
-    /// An operation a grant allows.
-    pub enum AccessOp {
-        /// `GET` and `HEAD`, catch-up and live reads; a fork's source.
-        #[default]
-        Read = "read",
-        /// `POST`: appends, and closing a stream.
-        Append = "append",
-        /// `PUT`: creating a stream (and forking one).
-        Create = "create",
-        /// `DELETE`.
-        Delete = "delete",
-        /// The `__ds` subscription APIs, on the streams they name.
-        Subscribe = "subscribe",
-    }
-}
-
-keyword_enum! {
-    /// Where an identity of `[[auth.identities]]` may come from.
-    pub enum IdentitySourceFilter {
-        /// A verified client certificate or a trusted proxy's header.
-        #[default]
-        Any = "any",
-        /// A verified client certificate only (`mtls`).
-        Certificate = "certificate",
-        /// A trusted proxy's identity header only.
-        ProxyHeader = "proxy-header",
-    }
-}
-
-/// A grant: the operations allowed on the paths matching any of the globs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrantConfig {
-    /// Absolute path globs, e.g. `/v1/stream/tenant-a/**` (`*` one
-    /// segment, `**` any number).
-    pub paths: Vec<String>,
-    /// The operations allowed there.
-    pub ops: Vec<AccessOp>,
-}
-
-/// One `[[auth.identities]]` entry: a client identity and its grants.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IdentityConfig {
-    /// Which identity sources the entry applies to.
-    pub source: IdentitySourceFilter,
-    /// The identity's name: the certificate's subject common name (else
-    /// its first subject alternative name), or the proxy header's value.
-    pub name: Option<String>,
-    /// One of the certificate's subject alternative names, as
-    /// `DNS:host`, `URI:spiffe://…`, `email:…` or `IP:…`.
-    pub san: Option<String>,
-    /// What the identity may do.
-    pub grants: Vec<GrantConfig>,
-}
-
-/// `[auth]`: authentication and authorization of requests.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// `none` or `token`.
-    pub mode: AuthMode,
-    /// JWKS file with the keys that sign bearer JWTs (reloaded on change).
-    pub jwks_path: Option<PathBuf>,
-    /// URL of the JWKS with the keys that sign bearer JWTs.
-    pub jwks_url: Option<String>,
-    /// Seconds between two fetches of `jwks_url`.
-    pub jwks_refresh_interval_secs: u64,
-    /// Time limit of one fetch of `jwks_url`, in seconds.
-    pub jwks_fetch_timeout_secs: u64,
-    /// Least time between two fetches of `jwks_url` caused by tokens
-    /// naming an unknown key id.
-    pub jwks_min_refetch_interval_secs: u64,
-    /// Required `iss` of JWTs, when set.
-    pub issuer: Option<String>,
-    /// Required `aud` of JWTs (one of them, when a list), when set.
-    pub audience: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    pub leeway_secs: u64,
-    /// The JWT claim holding the token's grants.
-    pub claim: String,
-    /// File of API keys: names, SHA-256 hashes and grants (reloaded on change).
-    pub api_keys_path: Option<PathBuf>,
-    /// Query parameter that may carry a bearer token, for `EventSource`;
-    /// unset accepts tokens in the `Authorization` header only.
-    pub query_param: Option<String>,
-    /// Grants of requests without credentials.
-    pub anonymous: Vec<GrantConfig>,
-    /// Client identities (certificates, trusted-proxy headers) and their grants.
-    pub identities: Vec<IdentityConfig>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            mode: AuthMode::None,
-            jwks_path: None,
-            jwks_url: None,
-            jwks_refresh_interval_secs: 300,
-            jwks_fetch_timeout_secs: 10,
-            jwks_min_refetch_interval_secs: 30,
-            issuer: None,
-            audience: None,
-            leeway_secs: 30,
-            claim: "ds".into(),
-            api_keys_path: None,
-            query_param: None,
-            anonymous: Vec::new(),
-            identities: Vec::new(),
-        }
-    }
-}
-
-keyword_enum! {
     /// Log line format (`observability.log_format`).
     pub enum LogFormat {
         /// Human-readable lines.
@@ -798,25 +523,31 @@ impl Config {
     /// # Errors
     /// Every problem found, together.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::load(&LoadOptions {
+        Self::load(&ConfigLoadOptions {
             config_dir: ConfigDir::None,
-            ..LoadOptions::default()
+            ..ConfigLoadOptions::default()
         })
+    }
+
+    /// Loads and validates the configuration the way the server does; the
+    /// name 0.3.0 gave [`Config::load`].
+    ///
+    /// # Errors
+    /// Every problem found (unknown keys, bad values, broken rules), together.
+    pub fn from_sources(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
+        Self::load(options)
     }
 
     /// Loads and validates the configuration the way the server does.
     ///
     /// # Errors
     /// Every problem found (unknown keys, bad values, broken rules), together.
-    pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
+    pub fn load(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
         let loaded = load(options);
-        let validation = loaded.validate();
-        let mut problems = loaded.problems().to_vec();
-        problems.extend(validation.errors);
-        if problems.is_empty() {
-            Ok(loaded.into_config())
-        } else {
-            Err(ConfigError::new(problems))
+        match loaded.check() {
+            Ok(validation) if validation.errors.is_empty() => Ok(loaded.into_config()),
+            Ok(validation) => Err(ConfigError::new(validation.errors)),
+            Err(problems) => Err(ConfigError::new(problems)),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::GrantConfig;
+use crate::auth::config::GrantConfig;
 
 use super::file::Material;
 use super::grant::Grant;
@@ -192,7 +192,7 @@ pub(crate) fn sha256_hex(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AccessOp;
+    use crate::auth::config::AccessOp;
 
     fn file(entries: &[(&str, &str)]) -> String {
         entries

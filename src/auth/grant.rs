@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{AccessOp, GrantConfig};
+use crate::auth::config::{AccessOp, GrantConfig};
 use crate::protocol::glob::PathGlob;
 
 use super::error::GrantError;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::auth::config::{IdentityConfig, IdentitySourceFilter};
 use crate::client::{ClientIdentity, IdentitySource};
-use crate::config::{IdentityConfig, IdentitySourceFilter};
 
 use super::error::{AuthSetupError, GrantError};
 use super::grant::Grant;
@@ -104,7 +104,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccessOp, GrantConfig};
+    use crate::auth::config::{AccessOp, GrantConfig};
 
     fn entry(
         source: IdentitySourceFilter,

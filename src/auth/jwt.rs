@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use crate::config::GrantConfig;
+use crate::auth::config::GrantConfig;
 
 use super::error::Rejection;
 use super::grant::Grant;

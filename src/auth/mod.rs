@@ -24,6 +24,7 @@
 //! - `error`: [`Rejection`], [`Denial`], [`AuthSetupError`].
 
 mod api_key;
+pub mod config;
 mod credentials;
 mod error;
 mod file;
@@ -48,9 +49,9 @@ pub use jwk::{Algorithm, KeySet};
 pub use principal::{Principal, PrincipalKind};
 
 use crate::client::ClientIdentity;
-use crate::config::{AuthConfig, AuthMode};
 use crate::shutdown::ShutdownToken;
 use crate::watch::ReloadTiming;
+use config::{AuthConfig, AuthMode};
 use file::FileBacked;
 use identity::IdentityMap;
 use jwks_url::{FetchTiming, JwksFetcher};

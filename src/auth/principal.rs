@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::auth::config::AccessOp;
 use crate::client::IdentitySource;
-use crate::config::AccessOp;
 
 use super::error::Denial;
 use super::grant::{self, Grant};
@@ -143,7 +143,7 @@ impl fmt::Display for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GrantConfig;
+    use crate::auth::config::GrantConfig;
 
     fn principal(kind: PrincipalKind, grants: &[(&str, &[AccessOp])]) -> Principal {
         let grants: Vec<Grant> = grants

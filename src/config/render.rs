@@ -12,8 +12,7 @@ use super::load::{LoadedConfig, schema};
 /// header carrying an API key, say) is listed here.
 pub const SECRET_KEYS: &[&str] = &[];
 
-/// What replaces a secret value.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::redact::{REDACTED, redact_url_password};
 
 /// Keys holding a URL whose password (`scheme://user:password@host`) is
 /// secret: shown with the password replaced by [`REDACTED`], so operators
@@ -35,34 +34,6 @@ pub fn shown_value(key: &str, raw: &str) -> Option<String> {
     } else {
         Some(raw.to_owned())
     }
-}
-
-/// `url` with the password of its user-info part replaced by
-/// [`REDACTED`]; a `password=` query parameter is replaced too. Text that
-/// is not a URL is redacted whole, since it could be anything.
-pub fn redact_url_password(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return REDACTED.to_owned();
-    };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some(REDACTED));
-    }
-    if parsed.query_pairs().any(|(name, _)| name == "password") {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if name == "password" {
-                    REDACTED.to_owned()
-                } else {
-                    value.into_owned()
-                };
-                (name.into_owned(), value)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    // `Url` percent-encodes the marker's angle brackets; show them plainly.
-    parsed.to_string().replace("%3Credacted%3E", REDACTED)
 }
 
 /// Renders the loaded configuration, with a `# <source>` comment after each

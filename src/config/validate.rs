@@ -2,16 +2,17 @@
 //! is wrong (addresses, CIDRs, header names, filter directives). Every
 //! problem names the key, its value, where it came from and how to fix it.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::load::{LoadedConfig, env_var};
 use super::problem::ConfigProblem;
+use super::syntax::{is_host_port, is_http_url, is_ip_or_cidr, is_origin};
 use super::{
-    AlpnProtocol, AuthMode, Config, ForwardedHeaders, HttpVersion, IdentityMode, StorageMode,
-    TransportMode,
+    AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, StorageMode, TransportMode,
 };
 use crate::storage::postgres::PostgresOptions;
+
+mod auth;
 
 /// What validation found.
 #[derive(Clone, Debug, Default)]
@@ -548,124 +549,6 @@ impl Checker<'_> {
         }
     }
 
-    fn auth(&mut self) {
-        let auth = &self.config.auth;
-        let token = auth.mode == AuthMode::Token;
-        let jwks_url_set = auth
-            .jwks_url
-            .as_deref()
-            .is_some_and(|u| !u.trim().is_empty());
-        let jwks = is_set(&auth.jwks_path) || jwks_url_set;
-        if is_set(&auth.jwks_path) && jwks_url_set {
-            self.error(
-                "auth.jwks_url",
-                "`auth.jwks_path` and `auth.jwks_url` are both set".into(),
-                "keep one source of token-signing keys: the file or the URL".into(),
-            );
-        }
-        if let Some(url) = auth.jwks_url.as_deref().filter(|_| jwks_url_set)
-            && let Err(why) = crate::auth::check_jwks_url(url)
-        {
-            self.error(
-                "auth.jwks_url",
-                format!("`auth.jwks_url`: {why}"),
-                "use the identity provider's https:// JWKS URL (http:// only on loopback)".into(),
-            );
-        }
-        let has_source = jwks || is_set(&auth.api_keys_path) || !auth.identities.is_empty();
-        if token && !has_source {
-            self.error(
-                "auth.mode",
-                "`auth.mode` = \"token\" needs a source of credentials, and none is set".into(),
-                "set auth.jwks_path or auth.jwks_url (bearer JWTs), auth.api_keys_path (API \
-                 keys) or [[auth.identities]] (client identities); or use auth.mode = \"none\""
-                    .into(),
-            );
-        }
-        // Grants and identities, parsed the way access control will.
-        match crate::auth::AuthSettings::parse(auth) {
-            Ok(_) | Err(crate::auth::AuthSetupError::JwksUrl(_)) => {}
-            Err(error) => {
-                let key = match &error {
-                    crate::auth::AuthSetupError::Grant { key, .. }
-                    | crate::auth::AuthSetupError::Identity { key, .. } => {
-                        key.split('[').next().unwrap_or(key).to_owned()
-                    }
-                    _ => "auth".to_owned(),
-                };
-                self.error(&key, error.to_string(), error.hint().into());
-            }
-        }
-        if auth.claim.trim().is_empty() {
-            self.error(
-                "auth.claim",
-                "`auth.claim` is empty".into(),
-                "name the JWT claim that holds the grants, e.g. ds".into(),
-            );
-        }
-        if let Some(param) = &auth.query_param
-            && (param.is_empty()
-                || !param
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
-        {
-            self.error(
-                "auth.query_param",
-                format!("`auth.query_param` = {param:?} is not a plain query parameter name"),
-                "use letters, digits, `-`, `_`, `.` or `~`, e.g. access_token; or leave it unset \
-                 to accept tokens in the Authorization header only"
-                    .into(),
-            );
-        }
-        if auth.leeway_secs > 300 {
-            self.warn(
-                "auth.leeway_secs",
-                format!(
-                    "`auth.leeway_secs` = {} accepts tokens more than five minutes past their \
-                     expiry",
-                    auth.leeway_secs
-                ),
-                "keep the leeway to the clock skew you expect, e.g. 30".into(),
-            );
-        }
-        let identity_sources = self.config.transport.mode == TransportMode::Mtls
-            || self.config.proxy.identity.mode == IdentityMode::Header;
-        if token && !auth.identities.is_empty() && !identity_sources {
-            self.warn(
-                "auth.identities",
-                "`[[auth.identities]]` is set but no request carries an identity: transport.mode \
-                 is not \"mtls\" and proxy.identity.mode is not \"header\""
-                    .into(),
-                "use transport.mode = \"mtls\" or a trusted proxy's identity header, or remove \
-                 the identities"
-                    .into(),
-            );
-        }
-        if token && !jwks && (auth.issuer.is_some() || auth.audience.is_some()) {
-            self.warn(
-                "auth.issuer",
-                "`auth.issuer` or `auth.audience` is set, but no JWKS is, so no JWT is accepted"
-                    .into(),
-                "set auth.jwks_path or auth.jwks_url".into(),
-            );
-        }
-        let token_only = [
-            ("auth.jwks_path", is_set(&auth.jwks_path)),
-            ("auth.jwks_url", jwks_url_set),
-            ("auth.api_keys_path", is_set(&auth.api_keys_path)),
-            ("auth.query_param", auth.query_param.is_some()),
-            ("auth.anonymous", !auth.anonymous.is_empty()),
-            ("auth.identities", !auth.identities.is_empty()),
-        ];
-        if !token && let Some((key, _)) = token_only.iter().find(|(_, set)| *set) {
-            self.warn(
-                key,
-                format!("`{key}` is set but auth.mode = \"none\" checks no credentials"),
-                "set auth.mode = \"token\" (DS_AUTH__MODE=token) to enforce access control".into(),
-            );
-        }
-    }
-
     fn observability(&mut self) {
         let observability = &self.config.observability;
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&observability.rust_log) {
@@ -750,7 +633,7 @@ impl Checker<'_> {
                 "use a fraction between 0.0 (no traces) and 1.0 (every trace)".into(),
             );
         }
-        if otlp.enabled && !crate::telemetry::is_http_url(&otlp.endpoint) {
+        if otlp.enabled && !is_http_url(&otlp.endpoint) {
             self.error(
                 "observability.otlp.endpoint",
                 format!(
@@ -786,77 +669,5 @@ impl Checker<'_> {
                 "write each attribute as key=value, e.g. deployment.environment=prod".into(),
             );
         }
-    }
-}
-
-/// `host:port` with a numeric port; IPv6 hosts in brackets.
-pub(crate) fn is_host_port(address: &str) -> bool {
-    if address.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok()
-        && !host.is_empty()
-        && !host.contains([':', '/', '[', ']'])
-        && !host.chars().any(char::is_whitespace)
-}
-
-fn is_ip_or_cidr(entry: &str) -> bool {
-    let entry = entry.trim();
-    match entry.split_once('/') {
-        None => entry.parse::<IpAddr>().is_ok(),
-        Some((ip, prefix)) => match (ip.parse::<IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(IpAddr::V4(_)), Ok(bits)) => bits <= 32,
-            (Ok(IpAddr::V6(_)), Ok(bits)) => bits <= 128,
-            _ => false,
-        },
-    }
-}
-
-fn is_origin(origin: &str) -> bool {
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    !scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        && !rest.is_empty()
-        && !rest.contains(['/', '?', '#'])
-        && http::HeaderValue::from_str(origin).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ports() {
-        for good in ["0.0.0.0:4437", "[::]:80", "localhost:1", "ds.internal:4437"] {
-            assert!(is_host_port(good), "{good}");
-        }
-        for bad in ["4437", ":4437", "host:", "host:99999", "a b:1", "::1:80"] {
-            assert!(!is_host_port(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ips_and_cidrs() {
-        for good in ["10.0.0.1", "10.0.0.0/8", "fd00::/8", "::1", "0.0.0.0/0"] {
-            assert!(is_ip_or_cidr(good), "{good}");
-        }
-        for bad in ["10.0.0.0/33", "fd00::/129", "example.com", "10.0.0/8", ""] {
-            assert!(!is_ip_or_cidr(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn origins() {
-        assert!(is_origin("https://app.example.com"));
-        assert!(is_origin("http://localhost:3000"));
-        assert!(!is_origin("https://app.example.com/"));
-        assert!(!is_origin("app.example.com"));
     }
 }

@@ -20,7 +20,7 @@ use super::{
     ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
 };
-use crate::metrics;
+use crate::metrics::event::StorageCommitted;
 use crate::protocol::producer::ProducerState;
 
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
@@ -501,7 +501,12 @@ impl Writer {
         let started = std::time::Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted);
         if !accepted.is_empty() {
-            metrics::storage::commit("acid", accepted.len(), started.elapsed());
+            StorageCommitted {
+                backend: "acid",
+                batch: accepted.len(),
+                elapsed: started.elapsed(),
+            }
+            .emit();
         }
         drop(spans);
         match outcome {

@@ -27,6 +27,7 @@
 
 pub mod acid;
 pub mod codec;
+pub mod config;
 #[cfg(test)]
 pub mod fault;
 pub mod file;
@@ -266,14 +267,17 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// Opens the backend `config` selects.
+/// Opens the backend the `[storage]` section selects; memory holds at most
+/// `max_memory_bytes` of payload.
 ///
 /// # Errors
 /// When a durable mode has no `storage.data_dir`, or the backend fails to
 /// open (locked directory, I/O failure, corruption, unreachable database).
-pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
-    use crate::config::StorageMode;
-    let storage = &config.storage;
+pub fn open(
+    storage: &config::StorageConfig,
+    max_memory_bytes: u64,
+) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    use config::StorageMode;
     let dir = || {
         storage.data_dir.clone().ok_or_else(|| {
             StorageError::Unavailable(
@@ -288,9 +292,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
         truncate_corrupt_at: storage.truncate_corrupt_at.clone(),
     };
     Ok(match storage.mode {
-        StorageMode::Memory => {
-            std::sync::Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
-        }
+        StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
         StorageMode::FileFast => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
         }
@@ -310,7 +312,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
 /// When `[storage.postgres]` is invalid, no runtime is running, or the
 /// backend fails to open.
 pub fn open_postgres(
-    config: &crate::config::PostgresConfig,
+    config: &config::PostgresConfig,
     read_only: bool,
 ) -> Result<PostgresStorage, StorageError> {
     let options = postgres::PostgresOptions::from_config(config)

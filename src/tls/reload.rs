@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::acceptor::{Acceptor, unix_now};
 use super::material::{self, CertificateInfo};
 use super::{TlsError, TlsFiles};
-use crate::metrics::name as metric;
+use crate::metrics::event::{TlsCertificateServed, TlsReloadFailed};
 use crate::shutdown::ShutdownToken;
 pub use crate::watch::ReloadTiming;
 
@@ -86,9 +86,11 @@ impl Acceptor {
                 let certificate = material.certificate.clone();
                 self.install(material);
                 self.shared.successes.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric::TLS_RELOADS_TOTAL, "outcome" => "success").increment(1);
-                metrics::gauge!(metric::TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS)
-                    .set(certificate.not_after as f64);
+                TlsCertificateServed {
+                    not_after: certificate.not_after,
+                    reloaded: true,
+                }
+                .emit();
                 tracing::info!(
                     subject = %certificate.subject,
                     serial = %certificate.serial,
@@ -104,7 +106,7 @@ impl Acceptor {
                 }
                 state.last_seen = Some(seen);
                 self.shared.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric::TLS_RELOADS_TOTAL, "outcome" => "failure").increment(1);
+                TlsReloadFailed.emit();
                 let serving = self.certificate();
                 tracing::error!(
                     error = %error,

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::PostgresConfig;
-use crate::config::render::redact_url_password;
+use crate::redact::redact_url_password;
+use crate::storage::config::PostgresConfig;
 
 /// libpq's `sslmode`, as far as it applies to a client without GSSAPI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

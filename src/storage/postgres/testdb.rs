@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::config::PostgresConfig;
 use crate::storage::Storage;
+use crate::storage::config::PostgresConfig;
 
 use super::PostgresOptions;
 

@@ -31,7 +31,7 @@ use tokio_postgres::types::ToSql;
 use super::Shared;
 use super::error::{is_aborted_transaction, is_connection_error, storage_error};
 use super::plan::{self, Known, Plan};
-use crate::metrics;
+use crate::metrics::event::StorageCommitted;
 use crate::storage::queue::{Ack, Next, commit_spans};
 use crate::storage::{Mutation, StorageError, StreamId};
 
@@ -162,7 +162,12 @@ impl Writer {
         let (mutations, acks): (Vec<Mutation>, Vec<Ack>) = batch.into_iter().unzip();
         let (verdicts, committed) = self.apply(&mutations).await;
         if committed > 0 {
-            metrics::storage::commit("postgres", committed, started.elapsed());
+            StorageCommitted {
+                backend: "postgres",
+                batch: committed,
+                elapsed: started.elapsed(),
+            }
+            .emit();
         }
         drop(spans);
         for (ack, verdict) in acks.into_iter().zip(verdicts) {
