@@ -593,3 +593,55 @@ async fn subscriptions_need_subscribe_on_what_they_name() {
         .expect("send");
     expect_refusal(response, 401, "credentials_required").await;
 }
+
+#[tokio::test]
+async fn a_listed_client_certificate_gets_its_grants() {
+    use crate::common::pki::{Ca, fresh_serial};
+    use crate::common::tls_client::https_client;
+    use crate::tls::{secret, spawn_tls, tls_config};
+    use durable_streams_server::config::{IdentityConfig, IdentitySourceFilter, TransportMode};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("clients");
+    let secret = secret(
+        &dir.path().join("tls"),
+        &server_ca.server(fresh_serial()),
+        Some(&clients.pem),
+    );
+    let mut config = tls_config(&secret, TransportMode::Mtls);
+    config.auth.mode = AuthMode::Token;
+    config.auth.identities = vec![IdentityConfig {
+        source: IdentitySourceFilter::Certificate,
+        name: Some("alice".into()),
+        grants: vec![grant(
+            &["/v1/stream/team/**"],
+            &[AccessOp::Create, AccessOp::Read],
+        )],
+        ..IdentityConfig::default()
+    }];
+    let app = spawn_tls(config).await;
+    let alice = https_client(&server_ca.pem, Some(&clients.client("alice", &[])));
+    let bob = https_client(&server_ca.pem, Some(&clients.client("bob", &[])));
+    let put = |client: &reqwest::Client, path: &str| client.put(app.at(path)).send();
+    assert_eq!(
+        put(&alice, "/v1/stream/team/x")
+            .await
+            .expect("send")
+            .status(),
+        201
+    );
+    expect_refusal(
+        put(&alice, "/v1/stream/other").await.expect("send"),
+        403,
+        "not_granted",
+    )
+    .await;
+    // Not listed: anonymous, and anonymous may do nothing here.
+    expect_refusal(
+        put(&bob, "/v1/stream/team/y").await.expect("send"),
+        401,
+        "credentials_required",
+    )
+    .await;
+}
