@@ -5,6 +5,7 @@
 
 pub(crate) mod access;
 pub(crate) mod gate;
+mod limits;
 mod live;
 pub(crate) mod names;
 pub(crate) mod problem;
@@ -22,6 +23,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+
+pub(crate) use limits::InputLimits;
 
 use crate::auth::AccessControl;
 use crate::engine::Engine;
@@ -42,6 +45,8 @@ pub(crate) struct HttpSettings {
     pub sse_reconnect_interval: Option<Duration>,
     pub sse_keepalive_interval: Duration,
     pub name_limits: NameLimits,
+    /// Hard limits on what a client sends, besides the body and the name.
+    pub input_limits: InputLimits,
     pub cors: Cors,
     /// Path of the metrics endpoint (logged quietly even when served
     /// elsewhere).
@@ -206,6 +211,11 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
     }
     access::observe(&edge.access, request, |request| {
         common_headers(&edge.settings.cors, request, |request| async {
+            let (parts, body) = request.into_parts();
+            if let Err(problem) = edge.settings.input_limits.check_head(&parts) {
+                return problem.into_response();
+            }
+            let request = Request::from_parts(parts, body);
             match &edge.gate {
                 None => next.run(request).await,
                 Some(gate) => gate::guard(gate, request, next).await,

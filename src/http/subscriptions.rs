@@ -245,6 +245,14 @@ impl<T: DeserializeOwned> FromRequest<Subscriptions> for ControlJson<T> {
                 }
             })?
             .to_bytes();
+        let depth = subs.settings().max_json_depth;
+        if crate::protocol::json::nests_deeper_than(&collected, depth) {
+            return Err(SubscriptionError::InvalidRequest(format!(
+                "the JSON body nests arrays and objects deeper than {depth} levels \
+                 (limits.max_json_depth)"
+            ))
+            .into());
+        }
         serde_json::from_slice(&collected)
             .map(Self)
             .map_err(|error| {
@@ -388,6 +396,14 @@ async fn claim(
     target: Target,
     ControlJson(body): ControlJson<ClaimBody>,
 ) -> Answer {
+    let max = subs.settings().max_identifier_bytes;
+    if body.worker.len() > max {
+        return Err(SubscriptionError::InvalidRequest(format!(
+            "worker has {} bytes, more than the {max} allowed (limits.max_identifier_bytes)",
+            body.worker.len()
+        ))
+        .into());
+    }
     caller.may_use_existing(&subs, &at.root, &target.id).await?;
     Ok(
         match subs.claim(&at.root, &target.id, &body.worker).await? {
