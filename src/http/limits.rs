@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(head("/a?offset=-1", 50), 200);
         assert_eq!(head("/a?offset=-1", 95), 200, "exactly at the limit");
         assert_eq!(head("/a?offset=-1", 96), 431);
-        assert_eq!(head("/a?offset=-12", 10), 414);
+        assert_eq!(head("/a?offset=-123", 10), 414);
         assert_eq!(status(LIMITS.check_identifier("Producer-Id", "abcd")), 200);
         assert_eq!(status(LIMITS.check_identifier("Producer-Id", "abcde")), 400);
         assert_eq!(status(LIMITS.check_json_depth(b"[{\"a\":1}]")), 200);
