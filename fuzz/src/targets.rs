@@ -81,7 +81,10 @@ pub fn json_bodies(data: &[u8]) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
         let depth = depth_of(&value);
         assert!(!json::nests_deeper_than(data, depth), "depth {depth}");
-        assert!(depth == 0 || json::nests_deeper_than(data, depth - 1), "depth {depth}");
+        assert!(
+            depth == 0 || json::nests_deeper_than(data, depth - 1),
+            "depth {depth}"
+        );
     }
     if let Ok(body) = serde_json::from_slice::<PutBody>(data) {
         let _ = body.normalise(Rules {

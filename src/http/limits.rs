@@ -3,8 +3,7 @@
 //! of the query string (`414`), of client-chosen identifiers (`400`) and
 //! the nesting depth of JSON bodies (`400`). Each comes from `[limits]`.
 
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 
 use super::problem::ApiError;
 use crate::protocol::json;
@@ -26,8 +25,8 @@ impl InputLimits {
     /// `431` for headers over `max_header_bytes` in all (names and values,
     /// as HTTP/2 counts them, less its per-field overhead), `414` for a
     /// query string over `max_query_bytes`.
-    pub(crate) fn check_head(&self, parts: &Parts) -> Result<(), ApiError> {
-        let header_bytes = header_bytes(&parts.headers);
+    pub(crate) fn check_head(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+        let header_bytes = header_bytes(headers);
         if header_bytes > self.max_header_bytes {
             return Err(ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -38,7 +37,7 @@ impl InputLimits {
                 ),
             ));
         }
-        let query_bytes = parts.uri.query().map_or(0, str::len);
+        let query_bytes = uri.query().map_or(0, str::len);
         if query_bytes > self.max_query_bytes {
             return Err(ApiError::new(
                 StatusCode::URI_TOO_LONG,
@@ -122,7 +121,7 @@ mod tests {
                 .expect("request")
                 .into_parts()
                 .0;
-            status(LIMITS.check_head(&parts))
+            status(LIMITS.check_head(&parts.headers, &parts.uri))
         };
         assert_eq!(head("/a?offset=-1", 50), 200);
         assert_eq!(head("/a?offset=-1", 95), 200, "exactly at the limit");

@@ -111,9 +111,10 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, HEAD, OPTIONS";
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, \
     Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, \
     Stream-Fork-Offset, Stream-Fork-Sub-Offset";
-const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
-    Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
-    Producer-Received-Seq, ETag, Content-Type, Location, Stream-SSE-Data-Encoding";
+const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
+    Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
+    Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
+    Stream-SSE-Data-Encoding";
 
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions
@@ -199,8 +200,9 @@ struct Edge {
 /// The one middleware every request passes, outermost first: the client
 /// context ([`crate::proxy::client_context`]), a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
-/// ([`access`]), security and CORS headers (preflights answered), then
-/// access control ([`gate::guard`], only with `auth.mode = "token"`). One
+/// ([`access`]), security and CORS headers (preflights answered), the
+/// limits on headers and query ([`InputLimits::check_head`]), then access
+/// control ([`gate::guard`], only with `auth.mode = "token"`). One
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
 /// append.
@@ -211,11 +213,10 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
     }
     access::observe(&edge.access, request, |request| {
         common_headers(&edge.settings.cors, request, |request| async {
-            let (parts, body) = request.into_parts();
-            if let Err(problem) = edge.settings.input_limits.check_head(&parts) {
+            let limits = &edge.settings.input_limits;
+            if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
                 return problem.into_response();
             }
-            let request = Request::from_parts(parts, body);
             match &edge.gate {
                 None => next.run(request).await,
                 Some(gate) => gate::guard(gate, request, next).await,

@@ -4,13 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use crate::common::jwt::{TestKey, jwks};
-use crate::helpers::{command, wait, write};
+use crate::helpers::{command, terminate, write};
 
 const API_KEY: &str = "svc-key-0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f";
 
@@ -107,12 +106,7 @@ fn no_token_or_key_reaches_the_log() {
         &format!("GET /v1/stream/a HTTP/1.1\r\nAuthorization: Bearer {token}x"),
     );
     assert_eq!(status, 401, "{answer}");
-    let signalled = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(signalled.success());
-    let run = wait(child, Duration::from_secs(30));
+    let run = terminate(child);
     assert_eq!(run.code, Some(0), "{run:#?}");
     let log = format!("{}{}", run.stdout, run.stderr);
     // The signature is the secret part of a JWT; the key is all secret.
