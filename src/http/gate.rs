@@ -295,7 +295,8 @@ const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-stor
 
 /// The axum side of [`authorize`]: refuses, or runs `next` with the
 /// principal in the request's extensions, then makes the answer private
-/// unless it went to an anonymous principal (whose grants are public), and
+/// (and `Vary: Authorization`) unless it went to an anonymous principal
+/// (whose grants are public), and
 /// ends a live read when the principal's token expires: a long-poll still
 /// waiting gets a `401`, an SSE stream ends. The principal goes into the
 /// response's extensions for the request log.
@@ -346,6 +347,10 @@ pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Resp
         if let Some(private) = private {
             headers.insert(header::CACHE_CONTROL, private);
         }
+        // A browser's own cache keys on the URL alone: without this, it
+        // answers a later request of the same URL without credentials
+        // (another user of the page) from the authenticated answer.
+        headers.append(header::VARY, HeaderValue::from_static("Authorization"));
     }
     response.extensions_mut().insert(principal);
     response

@@ -376,6 +376,8 @@ async fn anonymous_reads_keep_protocol_caching_and_authenticated_ones_are_privat
         cache.contains("private") && !cache.contains("public"),
         "{cache}"
     );
+    let vary = maybe_header(&authenticated, "vary").unwrap_or_default();
+    assert!(vary.contains("Authorization"), "{vary}");
     let private = read("private/feed", Some(admin)).await.expect("send");
     let cache = maybe_header(&private, "cache-control").unwrap_or_default();
     assert!(
