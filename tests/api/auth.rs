@@ -86,6 +86,14 @@ impl Secured {
         }))
     }
 
+    /// Creates stream `name` with a token allowed everything.
+    async fn admin_create(&self, name: &str) {
+        let response = self
+            .send(reqwest::Method::PUT, name, Some(&self.everything()))
+            .await;
+        assert_eq!(response.status(), 201, "{name}");
+    }
+
     fn everything(&self) -> String {
         self.token(
             &self.ed,
@@ -116,6 +124,11 @@ impl Secured {
         }
         request.send().await.expect("request")
     }
+}
+
+/// Grants reading every stream.
+fn read_all() -> serde_json::Value {
+    json!([{"paths": ["/v1/stream/**"], "ops": ["read"]}])
 }
 
 /// Writes `text` as a Secret update does: a new file renamed into place.
@@ -200,12 +213,7 @@ async fn every_operation_is_allowed_only_when_granted() {
 #[tokio::test]
 async fn a_fork_also_needs_read_on_its_source() {
     let s = Secured::start(|_| {}).await;
-    assert_eq!(
-        s.send(reqwest::Method::PUT, "src/a", Some(&s.everything()))
-            .await
-            .status(),
-        201
-    );
+    s.admin_create("src/a").await;
     let fork = |token: &str, name: &str| {
         s.app
             .client
@@ -242,13 +250,8 @@ async fn a_fork_also_needs_read_on_its_source() {
 #[tokio::test]
 async fn bad_tokens_are_refused_with_401_problems() {
     let s = Secured::start(|_| {}).await;
-    let read_all = json!([{"paths": ["/v1/stream/**"], "ops": ["read"]}]);
-    assert_eq!(
-        s.send(reqwest::Method::PUT, "a", Some(&s.everything()))
-            .await
-            .status(),
-        201
-    );
+    let read_all = read_all();
+    s.admin_create("a").await;
     // RS256 and EdDSA both verify.
     for key in [&s.ed, &s.rsa] {
         let token = s.token(key, &read_all, 600);
@@ -436,13 +439,8 @@ async fn a_live_read_ends_when_its_token_expires() {
         config.transport.connection.long_poll_timeout_secs = 30;
     })
     .await;
-    assert_eq!(
-        s.send(reqwest::Method::PUT, "live", Some(&s.everything()))
-            .await
-            .status(),
-        201
-    );
-    let read_all = json!([{"paths": ["/v1/stream/**"], "ops": ["read"]}]);
+    s.admin_create("live").await;
+    let read_all = read_all();
     // SSE: the stream ends (cleanly) at expiry, well before any timeout.
     let short = s.token(&s.ed, &read_all, 2);
     let response = s
@@ -484,13 +482,8 @@ async fn a_live_read_ends_when_its_token_expires() {
 #[tokio::test]
 async fn a_rotated_jwks_file_is_picked_up() {
     let s = Secured::start(|_| {}).await;
-    let read_all = json!([{"paths": ["/v1/stream/**"], "ops": ["read"]}]);
-    assert_eq!(
-        s.send(reqwest::Method::PUT, "r", Some(&s.everything()))
-            .await
-            .status(),
-        201
-    );
+    let read_all = read_all();
+    s.admin_create("r").await;
     let next = TestKey::ed25519("ed-2");
     let new_token = s.token(&next, &read_all, 600);
     let old_token = s.token(&s.ed, &read_all, 600);
