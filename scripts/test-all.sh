@@ -9,11 +9,13 @@
 #      which breaks copies of the bundle and expects each break to be caught
 #   5. a real Prometheus scraping the release binary, and promtool's lint of
 #      the scrape (scripts/prometheus-check.sh)
-#   6. the official Durable Streams conformance suite against the release binary
+#   6. a real browser (Debian chromium, puppeteer-core) on another origin reading a
+#      token-protected stream with fetch and EventSource (scripts/browser-test)
+#   7. the official Durable Streams conformance suite against the release binary
 #      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all five backends),
 #      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
 #      SUBSCRIPTIONS=0 to run the 332 core tests only)
-# Installs missing tools (Node.js, npm, curl, openssl, PostgreSQL, nginx, prometheus, jq) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, openssl, PostgreSQL, chromium, nginx, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -40,6 +42,8 @@ command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
 # PostgreSQL for the postgres backend's tests (they start their own clusters).
 { command -v pg_ctl >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; } ||
   missing_pkgs+=(postgresql)
+# A real browser for the cross-origin access-control test (scripts/browser-test).
+[[ -x /usr/bin/chromium ]] || missing_pkgs+=(chromium)
 if ((${#missing_pkgs[@]} > 0)); then
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing tools: ${missing_pkgs[*]}"
@@ -104,6 +108,12 @@ scripts/verify-deploy.sh --self-test || failed_steps+=("verify-deploy self-test"
 # ------------------------------------------------------------- prometheus ---
 section "Prometheus scrape and promtool (scripts/prometheus-check.sh)"
 SERVER_BIN=target/release/durable-streams-server scripts/prometheus-check.sh || failed_steps+=("prometheus")
+
+# ---------------------------------------------------------------- browser ---
+section "a real browser on another origin (scripts/browser-test)"
+(cd scripts/browser-test && npm ci --no-audit --no-fund &&
+  node browser-test.mjs "$REPO_ROOT/target/release/durable-streams-server") ||
+  failed_steps+=("browser")
 
 # ------------------------------------------------------------ conformance ---
 section "conformance suite (tests/conformance/run.sh)"

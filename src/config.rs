@@ -116,6 +116,16 @@ pub struct LimitsConfig {
     pub max_stream_name_segments: usize,
     /// Most payload bytes one read response carries.
     pub max_read_bytes: usize,
+    /// Total bytes of a request's header names and values; more get `431`.
+    pub max_header_bytes: usize,
+    /// Longest query string, in bytes; longer ones get `414`.
+    pub max_query_bytes: usize,
+    /// Longest client-chosen identifier (`Producer-Id`, a subscription's
+    /// worker name), in bytes; longer ones get `400`.
+    pub max_identifier_bytes: usize,
+    /// Deepest nesting of arrays and objects in a JSON body (appends to
+    /// JSON streams, `__ds` control bodies); deeper ones get `400`.
+    pub max_json_depth: usize,
 }
 
 impl Default for LimitsConfig {
@@ -127,6 +137,10 @@ impl Default for LimitsConfig {
             max_stream_name_bytes: 1024,
             max_stream_name_segments: 8,
             max_read_bytes: 4 << 20,
+            max_header_bytes: 16 << 10,
+            max_query_bytes: 4 << 10,
+            max_identifier_bytes: 256,
+            max_json_depth: 64,
         }
     }
 }

@@ -77,6 +77,15 @@ pub fn json_bodies(data: &[u8]) {
             assert_eq!(json::message_count(&flat.bytes), flat.messages);
         }
     }
+    // The depth limit's scan agrees with the parser on every valid body.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        let depth = depth_of(&value);
+        assert!(!json::nests_deeper_than(data, depth), "depth {depth}");
+        assert!(
+            depth == 0 || json::nests_deeper_than(data, depth - 1),
+            "depth {depth}"
+        );
+    }
     if let Ok(body) = serde_json::from_slice::<PutBody>(data) {
         let _ = body.normalise(Rules {
             default_lease_ttl_ms: 30_000,
@@ -84,6 +93,14 @@ pub fn json_bodies(data: &[u8]) {
             max_lease_ttl_ms: 600_000,
             name_limits: LIMITS,
         });
+    }
+}
+
+fn depth_of(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+        serde_json::Value::Object(members) => 1 + members.values().map(depth_of).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

@@ -114,6 +114,13 @@ impl Checker<'_> {
                 limits.max_stream_name_segments as u64,
             ),
             ("limits.max_read_bytes", limits.max_read_bytes as u64),
+            ("limits.max_header_bytes", limits.max_header_bytes as u64),
+            ("limits.max_query_bytes", limits.max_query_bytes as u64),
+            (
+                "limits.max_identifier_bytes",
+                limits.max_identifier_bytes as u64,
+            ),
+            ("limits.max_json_depth", limits.max_json_depth as u64),
             (
                 "storage.expiry_sweep_interval_secs",
                 self.config.storage.expiry_sweep_interval_secs,

@@ -40,6 +40,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::problem::{ErrorCause, ErrorCode};
+use crate::auth::Principal;
 use crate::client::{ClientAddr, ClientIdentity, Scheme};
 use std::sync::Arc;
 
@@ -85,6 +86,8 @@ struct Answer {
     code: Option<&'static str>,
     cause: Option<String>,
     trace_id: Option<String>,
+    /// Who the request acted as, with access control on.
+    principal: Option<Principal>,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -100,6 +103,8 @@ impl Line {
         let client = OrDash(self.client);
         let identity = OrDash(self.identity.as_ref().map(|id| id.name.as_str()));
         let identity_source = self.identity.as_ref().map(|id| id.source.as_str());
+        let principal = answer.principal.as_ref().map(Principal::name);
+        let principal_kind = answer.principal.as_ref().map(|p| p.kind().as_str());
         macro_rules! line {
             ($level:expr) => {
                 tracing::event!(
@@ -118,6 +123,8 @@ impl Line {
                     scheme = self.scheme.as_str(),
                     identity = %identity,
                     identity_source,
+                    principal,
+                    principal_kind,
                     code = answer.code.map(display),
                     trace_id = answer.trace_id.as_deref().map(display),
                     error = answer.cause.as_deref().map(display),
@@ -222,6 +229,7 @@ impl Drop for Pending {
                 code: None,
                 cause: None,
                 trace_id: None,
+                principal: None,
             };
             line.log(&answer, 0);
         }
@@ -346,6 +354,7 @@ where
     let extensions = response.extensions_mut();
     let code = extensions.get::<ErrorCode>().map(|code| code.0);
     let cause = extensions.remove::<ErrorCause>().map(|cause| cause.0);
+    let principal = extensions.remove::<Principal>();
     if status >= 500 {
         span.record("error.type", status);
         span.record("otel.status_code", "ERROR");
@@ -358,6 +367,7 @@ where
         trace_id: (!span.is_disabled())
             .then(|| crate::telemetry::trace_id(&span))
             .flatten(),
+        principal,
     };
     match response.body().size_hint().exact() {
         Some(bytes_out) => {

@@ -4,6 +4,8 @@
 //! every response carries.
 
 pub(crate) mod access;
+pub(crate) mod gate;
+mod limits;
 mod live;
 pub(crate) mod names;
 pub(crate) mod problem;
@@ -22,6 +24,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+pub(crate) use limits::InputLimits;
+
+use crate::auth::AccessControl;
 use crate::engine::Engine;
 use crate::metrics::MetricsHandle;
 use crate::metrics::request::RouteTable;
@@ -40,6 +45,8 @@ pub(crate) struct HttpSettings {
     pub sse_reconnect_interval: Option<Duration>,
     pub sse_keepalive_interval: Duration,
     pub name_limits: NameLimits,
+    /// Hard limits on what a client sends, besides the body and the name.
+    pub input_limits: InputLimits,
     pub cors: Cors,
     /// Path of the metrics endpoint (logged quietly even when served
     /// elsewhere).
@@ -57,6 +64,8 @@ pub(crate) struct Services {
     pub shutdown: ShutdownToken,
     /// The recorder whose metrics this router serves, if it does.
     pub metrics: Option<&'static MetricsHandle>,
+    /// Access control, with `auth.mode = "token"`.
+    pub access: Option<AccessControl>,
 }
 
 /// Shared state of every handler.
@@ -102,9 +111,10 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, HEAD, OPTIONS";
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, \
     Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, \
     Stream-Fork-Offset, Stream-Fork-Sub-Offset";
-const EXPOSE_HEADERS: &str = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
-    Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
-    Producer-Received-Seq, ETag, Content-Type, Location, Stream-SSE-Data-Encoding";
+const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
+    Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
+    Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
+    Stream-SSE-Data-Encoding";
 
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions
@@ -131,6 +141,9 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
     let settings = Arc::new(settings);
     let edge = Arc::new(Edge {
         access,
+        gate: services
+            .access
+            .map(|access| gate::AuthGate::new(access, settings.base_path.clone())),
         settings: settings.clone(),
     });
     let state = AppState {
@@ -179,18 +192,36 @@ pub(crate) fn metrics_listener(
 /// What the request middleware needs.
 struct Edge {
     access: access::AccessSettings,
+    /// With `auth.mode = "token"`.
+    gate: Option<gate::AuthGate>,
     settings: Arc<HttpSettings>,
 }
 
 /// The one middleware every request passes, outermost first: the client
-/// context ([`crate::proxy::client_context`]), metrics, span and log line
-/// ([`access`]), then security and CORS headers. One layer instead of
-/// three: each `from_fn` layer clones the route service and boxes a future
-/// per request, which was a tenth of the CPU of an append.
+/// context ([`crate::proxy::client_context`]), a query-string token moved
+/// out of the URI ([`gate::take_query_token`]), metrics, span and log line
+/// ([`access`]), security and CORS headers (preflights answered), the
+/// limits on headers and query ([`InputLimits::check_head`]), then access
+/// control ([`gate::guard`], only with `auth.mode = "token"`). One
+/// layer instead of several: each `from_fn` layer clones the route service
+/// and boxes a future per request, which was a tenth of the CPU of an
+/// append.
 async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
+    let mut request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
+    if let Some(gate) = &edge.gate {
+        gate::take_query_token(gate, &mut request);
+    }
     access::observe(&edge.access, request, |request| {
-        common_headers(&edge.settings.cors, request, next)
+        common_headers(&edge.settings.cors, request, |request| async {
+            let limits = &edge.settings.input_limits;
+            if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
+                return problem.into_response();
+            }
+            match &edge.gate {
+                None => next.run(request).await,
+                Some(gate) => gate::guard(gate, request, next).await,
+            }
+        })
     })
     .await
 }
@@ -230,13 +261,17 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
 }
 
 /// Security and CORS headers on every response; answers CORS preflights.
-async fn common_headers(cors: &Cors, request: Request, next: Next) -> Response {
+async fn common_headers<F, Fut>(cors: &Cors, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let origin = request.headers().get(header::ORIGIN).cloned();
     let preflight = request.method() == Method::OPTIONS;
     let mut response = if preflight {
         preflight_response()
     } else {
-        next.run(request).await
+        inner(request).await
     };
     let headers = response.headers_mut();
     headers.insert(

@@ -71,6 +71,14 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
     Ok(full.to_owned())
 }
 
+/// A JSON body (by its `Content-Type`) must not nest too deep.
+fn check_json_depth(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    if ContentType::from_header(raw(headers, &header::CONTENT_TYPE)).is_some_and(|t| t.is_json()) {
+        state.settings.input_limits.check_json_depth(body)?;
+    }
+    Ok(())
+}
+
 fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
     headers.get(name).map(HeaderValue::as_bytes)
 }
@@ -184,6 +192,7 @@ const TRUE: HeaderValue = HeaderValue::from_static("true");
 async fn create(state: &AppState, path: String, request: Request) -> Result<Response, ApiError> {
     let origin = PublicOrigin::of(request.extensions(), request.headers(), request.uri());
     let (headers, body) = read_body(state, request).await?;
+    check_json_depth(state, &headers, &body)?;
     let ttl_secs = raw(&headers, &STREAM_TTL).map(wire::ttl).transpose()?;
     let expires_at = raw(&headers, &STREAM_EXPIRES_AT)
         .map(wire::expires_at)
@@ -275,7 +284,11 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
             raw(h, &PRODUCER_SEQ),
         )?
     };
+    if let Some(producer) = &producer {
+        (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
+    }
     let (headers, body) = read_body(state, request).await?;
+    check_json_depth(state, &headers, &body)?;
     let stream_seq = raw(&headers, &STREAM_SEQ)
         .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
         .transpose()?;

@@ -30,10 +30,15 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::gate;
 use super::problem::ApiError;
 use super::stream::PublicOrigin;
+use crate::auth::Principal;
+use crate::auth::config::AccessOp;
 use crate::subscriptions::model::{Kind, PutBody};
-use crate::subscriptions::wire::{AckAnswer, AckBody, ClaimBody, ReleaseBody, StreamsBody};
+use crate::subscriptions::wire::{
+    AckAnswer, AckBody, ClaimBody, ReleaseBody, StreamsBody, SubscriptionView,
+};
 use crate::subscriptions::{PutOutcome, SubscriptionError, Subscriptions};
 
 /// The control routes under `base` (the streams' mount path), for a router
@@ -157,6 +162,69 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     }
 }
 
+/// The principal the edge authenticated; `None` with access control off.
+struct Caller(Option<Principal>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<Principal>().cloned()))
+    }
+}
+
+impl Caller {
+    /// Whether the caller may use a subscription naming `pattern` and
+    /// `streams` (`subscribe` on each) and writing wake events to
+    /// `wake_stream` (`append`); names are relative to `root`.
+    fn may_use<'a>(
+        &self,
+        root: &str,
+        pattern: Option<&str>,
+        streams: impl IntoIterator<Item = &'a str>,
+        wake_stream: Option<&str>,
+    ) -> Result<(), ApiError> {
+        gate::check_subscribe(self.0.as_ref(), |principal| {
+            if let Some(pattern) = pattern {
+                principal.check_pattern(&format!("{root}{pattern}"))?;
+            }
+            for stream in streams {
+                principal.check(AccessOp::Subscribe, &format!("{root}{stream}"))?;
+            }
+            if let Some(wake_stream) = wake_stream {
+                principal.check(AccessOp::Append, &format!("{root}{wake_stream}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the caller may use the existing subscription `view`.
+    fn may_use_view(&self, root: &str, view: &SubscriptionView) -> Result<(), ApiError> {
+        self.may_use(
+            root,
+            view.pattern.as_deref(),
+            view.streams
+                .iter()
+                .filter(|link| link.link_type == "explicit")
+                .map(|link| link.path.as_str()),
+            view.wake_stream.as_deref(),
+        )
+    }
+
+    /// Whether the caller may use the existing subscription `id`.
+    async fn may_use_existing(
+        &self,
+        subs: &Subscriptions,
+        root: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        if self.0.is_some() {
+            self.may_use_view(root, &subs.get(root, id).await?)?;
+        }
+        Ok(())
+    }
+}
+
 /// A JSON body of at most `max_body_bytes`, whatever its `Content-Type`
 /// says (the APIs never required one).
 struct ControlJson<T>(T);
@@ -177,6 +245,14 @@ impl<T: DeserializeOwned> FromRequest<Subscriptions> for ControlJson<T> {
                 }
             })?
             .to_bytes();
+        let depth = subs.settings().max_json_depth;
+        if crate::protocol::json::nests_deeper_than(&collected, depth) {
+            return Err(SubscriptionError::InvalidRequest(format!(
+                "the JSON body nests arrays and objects deeper than {depth} levels \
+                 (limits.max_json_depth)"
+            ))
+            .into());
+        }
         serde_json::from_slice(&collected)
             .map(Self)
             .map_err(|error| {
@@ -207,16 +283,30 @@ async fn jwks(State(subs): State<Subscriptions>) -> Answer {
     Ok(response)
 }
 
-async fn read(State(subs): State<Subscriptions>, at: ControlRoot, target: Target) -> Answer {
-    Ok(json(StatusCode::OK, &subs.get(&at.root, &target.id).await?))
+async fn read(
+    State(subs): State<Subscriptions>,
+    caller: Caller,
+    at: ControlRoot,
+    target: Target,
+) -> Answer {
+    let view = subs.get(&at.root, &target.id).await?;
+    caller.may_use_view(&at.root, &view)?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn put(
     State(subs): State<Subscriptions>,
+    caller: Caller,
     at: ControlRoot,
     target: Target,
     ControlJson(body): ControlJson<PutBody>,
 ) -> Answer {
+    caller.may_use(
+        &at.root,
+        body.pattern.as_deref(),
+        body.streams.iter().flatten().map(String::as_str),
+        body.wake_stream.as_deref(),
+    )?;
     Ok(
         match subs
             .put(&at.root, &at.public_root, &target.id, body)
@@ -228,25 +318,46 @@ async fn put(
     )
 }
 
-async fn remove(State(subs): State<Subscriptions>, at: ControlRoot, target: Target) -> Answer {
+async fn remove(
+    State(subs): State<Subscriptions>,
+    caller: Caller,
+    at: ControlRoot,
+    target: Target,
+) -> Answer {
+    caller.may_use_existing(&subs, &at.root, &target.id).await?;
     subs.delete(&at.root, &target.id).await?;
     Ok(no_content())
 }
 
 async fn link(
     State(subs): State<Subscriptions>,
+    caller: Caller,
     at: ControlRoot,
     target: Target,
     ControlJson(body): ControlJson<StreamsBody>,
 ) -> Answer {
+    caller.may_use(
+        &at.root,
+        None,
+        body.streams.iter().map(String::as_str),
+        None,
+    )?;
+    caller.may_use_existing(&subs, &at.root, &target.id).await?;
     subs.add_streams(&at.root, &target.id, body.streams).await?;
     Ok(no_content())
 }
 
-async fn unlink(State(subs): State<Subscriptions>, at: ControlRoot, target: Target) -> Answer {
+async fn unlink(
+    State(subs): State<Subscriptions>,
+    caller: Caller,
+    at: ControlRoot,
+    target: Target,
+) -> Answer {
     if target.name.is_empty() {
         return Err(not_found());
     }
+    caller.may_use(&at.root, None, [target.name.as_str()], None)?;
+    caller.may_use_existing(&subs, &at.root, &target.id).await?;
     subs.remove_stream(&at.root, &target.id, &target.name)
         .await?;
     Ok(no_content())
@@ -280,10 +391,20 @@ async fn acknowledge<const WEBHOOK: bool>(
 
 async fn claim(
     State(subs): State<Subscriptions>,
+    caller: Caller,
     at: ControlRoot,
     target: Target,
     ControlJson(body): ControlJson<ClaimBody>,
 ) -> Answer {
+    let max = subs.settings().max_identifier_bytes;
+    if body.worker.len() > max {
+        return Err(SubscriptionError::InvalidRequest(format!(
+            "worker has {} bytes, more than the {max} allowed (limits.max_identifier_bytes)",
+            body.worker.len()
+        ))
+        .into());
+    }
+    caller.may_use_existing(&subs, &at.root, &target.id).await?;
     Ok(
         match subs.claim(&at.root, &target.id, &body.worker).await? {
             Some(claimed) => json(StatusCode::OK, &claimed),

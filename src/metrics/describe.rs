@@ -41,6 +41,10 @@ pub(super) fn describe() {
         "Payload bytes delivered to readers, by mode."
     );
     describe_counter!(STREAMS_CREATED_TOTAL, "Streams created.");
+    describe_counter!(
+        AUTH_DENIED_TOTAL,
+        "Requests refused by access control (401 or 403), by reason."
+    );
     describe_counter!(STREAMS_DELETED_TOTAL, "Streams deleted by a client DELETE.");
     describe_counter!(STREAMS_CLOSED_TOTAL, "Streams closed.");
     describe_counter!(

@@ -82,6 +82,10 @@ pub const SUBSCRIPTION_ACKS_TOTAL: &str = "durable_streams_subscription_acks_tot
 /// Counter `{outcome}` (`written`, `failed`): pull-wake events appended.
 pub const SUBSCRIPTION_WAKE_EVENTS_TOTAL: &str = "durable_streams_subscription_wake_events_total";
 
+/// Counter `{reason}`: requests refused by access control (`401`/`403`),
+/// by the refusal's reason (`expired`, `not_granted`, …).
+pub const AUTH_DENIED_TOTAL: &str = "durable_streams_auth_denied_total";
+
 /// Gauge `{version, commit}` = 1.
 pub const BUILD_INFO: &str = "durable_streams_build_info";
 /// Gauge: resident memory.

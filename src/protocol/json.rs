@@ -26,6 +26,40 @@ pub struct Flattened {
     pub messages: usize,
 }
 
+/// Whether `body` nests arrays and objects deeper than `max_depth` (a
+/// scalar is depth 0, `[1]` depth 1), looking past brackets inside strings.
+/// Malformed JSON is left to the parser; this only bounds the work and the
+/// stack a hostile body can cost.
+pub fn nests_deeper_than(body: &[u8], max_depth: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Validates a body and flattens a top-level array by exactly one level.
 ///
 /// `allow_empty` admits `[]` (stream creation) as zero messages.
@@ -103,6 +137,19 @@ pub fn message_count(record: &[u8]) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn nesting_depth_skips_strings_and_escapes() {
+        assert!(!nests_deeper_than(b"1", 0));
+        assert!(nests_deeper_than(b"[1]", 0));
+        assert!(!nests_deeper_than(b"[{\"a\":[1]}]", 3));
+        assert!(nests_deeper_than(b"[{\"a\":[1]}]", 2));
+        // An escaped quote does not end the string; its brackets stay text.
+        assert!(!nests_deeper_than(br#"["\"[[[[", "]"]"#, 1));
+        assert!(!nests_deeper_than(br#"["\\", 1]"#, 1));
+        // Closing more than was opened never goes below zero.
+        assert!(nests_deeper_than(b"]]][[", 1));
+    }
 
     fn stored(body: &str) -> String {
         String::from_utf8(flatten(body.as_bytes(), false).unwrap().bytes).unwrap()

@@ -12,6 +12,7 @@ use axum::Router;
 
 use super::phase::{Phase, StartupError};
 use super::{settings, storage};
+use crate::auth::{AccessControl, AuthSettings};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{self, Services};
@@ -19,6 +20,7 @@ use crate::metrics;
 use crate::shutdown::{Readiness, ShutdownToken};
 use crate::storage::{InstrumentedStorage, Storage};
 use crate::subscriptions::Subscriptions;
+use crate::watch::ReloadTiming;
 
 /// A server's parts, assembled and running their background work, ready
 /// to serve: [`App::router`] on any listener, `/readyz` following
@@ -30,6 +32,7 @@ pub struct App {
     router: Router,
     readiness: Readiness,
     shutdown: ShutdownToken,
+    access: Option<AccessControl>,
 }
 
 impl App {
@@ -59,7 +62,24 @@ impl App {
                 })??
         };
         tracing::info!(backend = store.backend_name(), "storage open");
-        Ok(Self::with_storage(store, config, ShutdownToken::new()))
+        let access = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || load_access_control(&config))
+                .await
+                .map_err(|error| {
+                    StartupError::new(
+                        Phase::LoadTls,
+                        format!("loading access control panicked or was cancelled: {error}"),
+                        "see the log above; this is a bug worth reporting",
+                    )
+                })??
+        };
+        Ok(Self::with_access(
+            store,
+            config,
+            ShutdownToken::new(),
+            access,
+        ))
     }
 
     /// Assembles the parts around an open store: the engine with the
@@ -68,13 +88,39 @@ impl App {
     /// answers `503` until [`App::readiness`] is set; live readers end
     /// when `shutdown` fires.
     ///
+    /// With `auth.mode = "token"`, access control is loaded from `[auth]`
+    /// here (its files read, blocking) and kept current in the background.
+    ///
     /// # Panics
     /// Outside a Tokio runtime: the sweeper and the subscription tasks are
-    /// spawned here, and are never skipped.
+    /// spawned here, and are never skipped. With `auth.mode = "token"`,
+    /// when its JWKS or API-key file cannot be loaded: serving without the
+    /// access control asked for is never the fallback (load it yourself
+    /// with [`load_access_control`] and call [`App::with_access`] to
+    /// handle the error).
     pub fn with_storage(
         storage: Arc<dyn Storage>,
         config: &Config,
         shutdown: ShutdownToken,
+    ) -> Self {
+        let access = load_access_control(config).unwrap_or_else(|error| {
+            panic!("durable-streams-server: access control cannot start: {error}")
+        });
+        Self::with_access(storage, config, shutdown, access)
+    }
+
+    /// [`App::with_storage`] with access control loaded by the caller
+    /// (`None`: everyone may do everything, as `auth.mode = "none"`).
+    /// Its files are reloaded and its JWKS URL fetched in the background
+    /// until `shutdown`.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn with_access(
+        storage: Arc<dyn Storage>,
+        config: &Config,
+        shutdown: ShutdownToken,
+        access: Option<AccessControl>,
     ) -> Self {
         assert!(
             tokio::runtime::Handle::try_current().is_ok(),
@@ -98,6 +144,10 @@ impl App {
                 shutdown.clone(),
             )
         });
+        if let Some(access) = &access {
+            // The tasks end with `shutdown`; nothing needs their handles.
+            drop(access.spawn_background(ReloadTiming::default(), shutdown.clone()));
+        }
         let readiness = Readiness::new(false);
         let metrics = &observability.metrics;
         // Served here unless it has a listener of its own.
@@ -111,6 +161,7 @@ impl App {
                 readiness: readiness.clone(),
                 shutdown: shutdown.clone(),
                 metrics: scrape,
+                access: access.clone(),
             },
             settings::http(config),
         );
@@ -120,6 +171,7 @@ impl App {
             router,
             readiness,
             shutdown,
+            access,
         }
     }
 
@@ -151,10 +203,38 @@ impl App {
         (self.router, self.readiness)
     }
 
+    /// Access control, with `auth.mode = "token"`.
+    pub fn access_control(&self) -> Option<&AccessControl> {
+        self.access.as_ref()
+    }
+
     /// Whether the `__ds` subscription APIs are served.
     pub fn serves_subscriptions(&self) -> bool {
         self.subscriptions.is_some()
     }
+}
+
+/// Access control as `[auth]` asks: `None` with `auth.mode = "none"`,
+/// else loaded (JWKS and API-key files read, blocking; a JWKS URL is
+/// fetched by the background task [`App::with_access`] starts).
+///
+/// # Errors
+/// A bad setting or an unreadable or invalid file, as a `load_tls`
+/// (key material) failure.
+pub fn load_access_control(config: &Config) -> Result<Option<AccessControl>, StartupError> {
+    let failed = |error: crate::auth::AuthSetupError| {
+        StartupError::new(Phase::LoadTls, error.to_string(), error.hint())
+    };
+    let Some(settings) = AuthSettings::from_config(&config.auth).map_err(failed)? else {
+        return Ok(None);
+    };
+    let access = AccessControl::load(settings).map_err(failed)?;
+    tracing::info!(
+        token_keys = access.has_token_keys(),
+        query_param = access.settings().query_param().is_some(),
+        "access control on"
+    );
+    Ok(Some(access))
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ mod storage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use app::App;
+pub use app::{App, load_access_control};
 pub use listen::bind_listener;
 pub use phase::{Phase, StartupError};
 pub use storage::{open_storage, prepare_data_dir};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, LimitsConfig};
 use crate::engine::EngineLimits;
-use crate::http::{Cors, HttpSettings, normalise_base_path};
+use crate::http::{Cors, HttpSettings, InputLimits, normalise_base_path};
 use crate::protocol::name::NameLimits;
 use crate::proxy::ProxyPolicy;
 use crate::server::DrainTiming;
@@ -52,6 +52,12 @@ pub(crate) fn http(config: &Config) -> HttpSettings {
             .then(|| Duration::from_secs(connection.sse_reconnect_interval_secs)),
         sse_keepalive_interval: Duration::from_secs(15),
         name_limits: name_limits(&config.limits),
+        input_limits: InputLimits {
+            max_header_bytes: config.limits.max_header_bytes.max(1),
+            max_query_bytes: config.limits.max_query_bytes.max(1),
+            max_identifier_bytes: config.limits.max_identifier_bytes.max(1),
+            max_json_depth: config.limits.max_json_depth.max(1),
+        },
         cors: Cors::parse(&config.http.cors_origins),
         metrics_path: config.observability.metrics.path.clone(),
         proxy: ProxyPolicy::from_config(&config.proxy),
@@ -82,6 +88,8 @@ pub(crate) fn subscriptions(config: &Config) -> SubscriptionSettings {
         name_limits: name_limits(&config.limits),
         tick_interval: Duration::from_millis(100),
         max_body_bytes: 1 << 20,
+        max_json_depth: config.limits.max_json_depth.max(1),
+        max_identifier_bytes: config.limits.max_identifier_bytes.max(1),
     }
 }
 

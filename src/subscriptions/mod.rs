@@ -263,6 +263,10 @@ pub(crate) struct SubscriptionSettings {
     pub tick_interval: Duration,
     /// Longest request body of the `__ds` APIs.
     pub max_body_bytes: usize,
+    /// Deepest nesting of a `__ds` JSON body (`limits.max_json_depth`).
+    pub max_json_depth: usize,
+    /// Longest worker name (`limits.max_identifier_bytes`).
+    pub max_identifier_bytes: usize,
 }
 
 impl SubscriptionSettings {

@@ -1,5 +1,6 @@
-//! Size limits: request bodies, per-stream and total memory caps, and the
-//! catch-up chunk cap.
+//! Size limits: request bodies, per-stream and total memory caps, the
+//! catch-up chunk cap, and the hard limits on headers, query strings,
+//! identifiers and JSON nesting.
 
 use futures_util::stream;
 use tokio::io::AsyncWriteExt;
@@ -298,4 +299,99 @@ async fn json_pages_are_each_a_complete_array() {
         messages.extend(value.as_array().expect("page is an array").iter().cloned());
     }
     assert_eq!(messages, expected);
+}
+
+#[tokio::test]
+async fn oversized_headers_queries_identifiers_and_deep_json_get_clear_problems() {
+    let mut config = test_config();
+    config.limits.max_header_bytes = 2048;
+    config.limits.max_query_bytes = 256;
+    config.limits.max_identifier_bytes = 32;
+    config.limits.max_json_depth = 8;
+    config.subscriptions.enabled = true;
+    let app = spawn_app(config).await;
+    app.create("j", "application/json").await;
+
+    let response = app
+        .client
+        .get(app.url("j"))
+        .header("x-padding", "p".repeat(4096))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect_problem(response, 431).await, "HEADERS_TOO_LARGE");
+    // Probes too: the limit sits in front of every route.
+    let response = app
+        .client
+        .get(app.at("/healthz"))
+        .header("x-padding", "p".repeat(4096))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect_problem(response, 431).await, "HEADERS_TOO_LARGE");
+
+    let long_query = format!("{}?offset=-1&pad={}", app.url("j"), "q".repeat(300));
+    let response = app.client.get(long_query).send().await.unwrap();
+    assert_eq!(expect_problem(response, 414).await, "QUERY_TOO_LONG");
+
+    let append_as = |producer: String| {
+        app.client
+            .post(app.url("j"))
+            .header("content-type", "application/json")
+            .header("producer-id", producer)
+            .header("producer-epoch", "0")
+            .header("producer-seq", "0")
+            .body("{\"a\":1}")
+            .send()
+    };
+    let response = append_as("w".repeat(33)).await.unwrap();
+    assert_eq!(expect_problem(response, 400).await, "IDENTIFIER_TOO_LONG");
+    assert!(
+        append_as("w".repeat(32))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let append_json = |body: String| {
+        app.client
+            .post(app.url("j"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // The outer array is flattened by one level: 8 deep is allowed.
+    assert!(append_json(nested(8)).await.unwrap().status().is_success());
+    let response = append_json(nested(9)).await.unwrap();
+    assert_eq!(expect_problem(response, 400).await, "JSON_TOO_DEEP");
+    // Brackets inside strings do not count.
+    let in_string = format!("{{\"s\":\"{}\"}}", "[".repeat(100));
+    assert!(append_json(in_string).await.unwrap().status().is_success());
+    // A hostile depth far beyond any parser's own limit is refused the same way.
+    let response = append_json(nested(100_000)).await.unwrap();
+    assert_eq!(expect_problem(response, 400).await, "JSON_TOO_DEEP");
+
+    // Control bodies of the __ds APIs.
+    let response = app
+        .client
+        .post(app.at("/v1/stream/__ds/subscriptions/s1/claim"))
+        .body(format!("{{\"worker\":{}}}", nested(20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("deeper than 8"), "{body}");
+    let response = app
+        .client
+        .post(app.at("/v1/stream/__ds/subscriptions/s1/claim"))
+        .body(format!("{{\"worker\":\"{}\"}}", "w".repeat(33)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("max_identifier_bytes"), "{body}");
 }

@@ -8,6 +8,7 @@ mod common;
 mod helpers;
 
 mod append;
+mod auth;
 mod cors;
 mod create;
 mod fork;

@@ -28,7 +28,7 @@ use crate::common::tls_client::*;
 use crate::helpers::{HANG_GUARD, SseReader, test_config};
 
 /// A TLS server in this test's runtime, with its reloader running.
-struct TlsApp {
+pub(crate) struct TlsApp {
     addr: SocketAddr,
     acceptor: Acceptor,
     readiness: Readiness,
@@ -38,7 +38,7 @@ struct TlsApp {
 
 impl TlsApp {
     /// `https://127.0.0.1:<port><path>` (the test certificates name the IP).
-    fn at(&self, path: &str) -> String {
+    pub(crate) fn at(&self, path: &str) -> String {
         format!("https://{}{path}", self.addr)
     }
 
@@ -79,7 +79,7 @@ async fn whoami(request: Request) -> String {
     )
 }
 
-fn secret(dir: &Path, leaf: &Leaf, client_ca: Option<&str>) -> SecretDir {
+pub(crate) fn secret(dir: &Path, leaf: &Leaf, client_ca: Option<&str>) -> SecretDir {
     let mut files = vec![
         ("tls.crt", leaf.cert_pem.as_str()),
         ("tls.key", leaf.key_pem.as_str()),
@@ -90,7 +90,7 @@ fn secret(dir: &Path, leaf: &Leaf, client_ca: Option<&str>) -> SecretDir {
     SecretDir::new(dir, &files)
 }
 
-fn tls_config(secret: &SecretDir, mode: TransportMode) -> Config {
+pub(crate) fn tls_config(secret: &SecretDir, mode: TransportMode) -> Config {
     let mut config = test_config();
     config.transport.mode = mode;
     config.transport.http.versions = vec![HttpVersion::Http1, HttpVersion::Http2];
@@ -107,7 +107,7 @@ fn acceptor(config: &Config) -> Result<Acceptor, TlsError> {
     Acceptor::load(settings)
 }
 
-async fn spawn_tls(config: Config) -> TlsApp {
+pub(crate) async fn spawn_tls(config: Config) -> TlsApp {
     let drain = DrainTiming {
         delay: Duration::ZERO,
         timeout: Duration::from_secs(5),

@@ -5,12 +5,11 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{command, run, wait};
+use crate::helpers::{command, run, terminate};
 
 /// One HTTP/1.1 request on a fresh connection; the response status.
 fn send(address: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> Option<u16> {
@@ -131,12 +130,7 @@ fn export_beside_a_running_server_restores_byte_for_byte(mode: &str) {
     );
     stop.store(true, Ordering::Relaxed);
     let appended = writer.join().expect("writer");
-    let signalled = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(signalled.success());
-    let stopped = wait(server, Duration::from_secs(30));
+    let stopped = terminate(server);
     assert_eq!(exported.code, Some(0), "{mode}: {exported:#?}");
     assert!(
         exported.stderr.contains("exported 3 streams"),

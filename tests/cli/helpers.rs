@@ -91,6 +91,17 @@ pub fn wait(mut child: Child, limit: Duration) -> Run {
     }
 }
 
+/// Sends SIGTERM to `child` (the drain) and waits for it to exit (at most
+/// 30 s).
+pub fn terminate(child: Child) -> Run {
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(signalled.success());
+    wait(child, Duration::from_secs(30))
+}
+
 /// Writes `contents` to `dir/name`, creating parent directories.
 pub fn write(dir: &Path, name: &str, contents: &str) {
     let path = dir.join(name);

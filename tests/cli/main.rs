@@ -2,6 +2,7 @@
 //! directory with an empty environment: startup failures (exit code and the
 //! one-line diagnosis), the subcommands, and a clean serve-and-drain.
 
+mod auth;
 mod backup;
 mod commands;
 #[path = "../common/mod.rs"]

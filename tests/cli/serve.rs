@@ -2,10 +2,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{command, wait};
+use crate::helpers::{command, terminate, wait};
 
 fn status(address: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(address).ok()?;
@@ -39,12 +38,7 @@ fn serves_after_every_phase_and_drains_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(status(&address, "/healthz"), Some(200));
-    let signalled = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(signalled.success());
-    let run = wait(child, Duration::from_secs(30));
+    let run = terminate(child);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stderr.is_empty(), "{run:#?}");
 

@@ -1,5 +1,6 @@
 //! Test support shared by the test binaries.
 
+pub mod jwt;
 pub mod metrics_probe;
 pub mod pki;
 pub mod postgres;

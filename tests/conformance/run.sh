@@ -8,7 +8,11 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: all five: "memory file-fast file-durable acid postgres");
+#   CONFORMANCE_MODES        space-separated storage modes (default: all five and "memory+auth":
+#                               "memory file-fast file-durable acid postgres memory+auth");
+#                               a mode ending in "+auth" runs that storage mode with auth.mode = "token"
+#                               (an API-key file with no keys) and an anonymous grant of every operation
+#                               on every path, so access control sits in the path of every request;
 #                               the file and acid modes get DS_STORAGE__DATA_DIR=<fresh temp dir>; postgres gets a
 #                               throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh: initdb + pg_ctl on a free
 #                               port, as an unprivileged user when run as root) and DS_STORAGE__POSTGRES__URL
@@ -37,7 +41,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres}"
+MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres memory+auth}"
 if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
   MIN_PASSED="${CONFORMANCE_MIN_PASSED:-338}"
 else
@@ -220,9 +224,24 @@ run_mode() {
   rm -f -- "$report"
 
   port="$(free_port)"
+  local storage="${mode%+auth}"
+  local -a server_args=()
+  if [[ "$mode" == *+auth ]]; then
+    local auth_dir
+    auth_dir="$(mktemp -d -t ds-conformance-auth-XXXXXX)"
+    TEMP_DIRS+=("$auth_dir")
+    printf 'keys = []\n' >"$auth_dir/api-keys.toml"
+    cat >"$auth_dir/auth.toml" <<TOML
+[auth]
+mode = "token"
+api_keys_path = "$auth_dir/api-keys.toml"
+anonymous = [{ paths = ["/**"], ops = ["read", "append", "create", "delete", "subscribe"] }]
+TOML
+    server_args+=(--config "$auth_dir/auth.toml")
+  fi
   local -a server_env=(
     "DS_SERVER__BIND_ADDRESS=127.0.0.1:$port"
-    "DS_STORAGE__MODE=$mode"
+    "DS_STORAGE__MODE=$storage"
     "DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS=$((LONG_POLL_TIMEOUT_MS / 1000))"
     "RUST_LOG=${RUST_LOG:-warn}"
   )
@@ -232,7 +251,7 @@ run_mode() {
       "DS_SUBSCRIPTIONS__ALLOW_LOOPBACK_HTTP=true"
     )
   fi
-  if [[ "$mode" == "postgres" ]]; then
+  if [[ "$storage" == "postgres" ]]; then
     local pg_parent pg_url
     pg_parent="$(mktemp -d -t ds-conformance-pg-XXXXXX)"
     chmod 711 "$pg_parent"
@@ -246,7 +265,7 @@ run_mode() {
     fi
     log "PostgreSQL test cluster: $pg_url"
     server_env+=("DS_STORAGE__POSTGRES__URL=$pg_url?sslmode=disable")
-  elif [[ "$mode" != "memory" ]]; then
+  elif [[ "$storage" != "memory" ]]; then
     data_dir="$(mktemp -d -t ds-conformance-XXXXXX)"
     TEMP_DIRS+=("$data_dir")
     server_env+=("DS_STORAGE__DATA_DIR=$data_dir")
@@ -254,7 +273,7 @@ run_mode() {
 
   echo
   echo "==== conformance: storage mode '$mode' (127.0.0.1:$port) ===="
-  env "${server_env[@]}" "$CONFORMANCE_SERVER_BIN" >"$logfile" 2>&1 &
+  env "${server_env[@]}" "$CONFORMANCE_SERVER_BIN" "${server_args[@]+"${server_args[@]}"}" >"$logfile" 2>&1 &
   SERVER_PID=$!
   log "started server pid $SERVER_PID, log: $logfile"
 
@@ -324,7 +343,7 @@ run_mode() {
 read -r -a MODE_LIST <<<"$MODES"
 ((${#MODE_LIST[@]} > 0)) || die "CONFORMANCE_MODES is empty"
 for mode in "${MODE_LIST[@]}"; do
-  [[ "$mode" =~ ^[A-Za-z0-9_-]+$ ]] || die "invalid storage mode name: '$mode'"
+  [[ "$mode" =~ ^[A-Za-z0-9_-]+(\+auth)?$ ]] || die "invalid storage mode name: '$mode'"
   run_mode "$mode"
 done
 

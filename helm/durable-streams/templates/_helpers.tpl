@@ -314,6 +314,10 @@ cert-manager writes.
 {{/* Where the rendered server configuration is mounted. */}}
 {{- define "durable-streams.webhookKeyDir" -}}/etc/durable-streams/webhook{{- end }}
 
+{{/* Where the JWKS and API-key Secrets are mounted. */}}
+{{- define "durable-streams.authJwksDir" -}}/etc/durable-streams/auth/jwks{{- end }}
+{{- define "durable-streams.authApiKeysDir" -}}/etc/durable-streams/auth/api-keys{{- end }}
+
 {{/* Where the server configuration is mounted. */}}
 {{- define "durable-streams.configDir" -}}/etc/durable-streams/server{{- end }}
 
@@ -431,6 +435,16 @@ structured values, so the pod spec and the server always agree.
 {{- $_ := set $subscriptions "signing_key_path" (printf "%s/%s" (include "durable-streams.webhookKeyDir" .) .Values.subscriptions.signingKeyKey) }}
 {{- end }}
 {{- $_ := set $owned "subscriptions" $subscriptions }}
+{{- end }}
+{{- $auth := dict }}
+{{- if .Values.auth.jwksSecret }}
+{{- $_ := set $auth "jwks_path" (printf "%s/%s" (include "durable-streams.authJwksDir" .) .Values.auth.jwksKey) }}
+{{- end }}
+{{- if .Values.auth.apiKeysSecret }}
+{{- $_ := set $auth "api_keys_path" (printf "%s/%s" (include "durable-streams.authApiKeysDir" .) .Values.auth.apiKeysKey) }}
+{{- end }}
+{{- if $auth }}
+{{- $_ := set $owned "auth" $auth }}
 {{- end }}
 {{- toYaml (mergeOverwrite $config $owned) }}
 {{- end }}

@@ -140,6 +140,16 @@ spec:
           mountPath: {{ include "durable-streams.webhookKeyDir" . }}
           readOnly: true
         {{- end }}
+        {{- if .Values.auth.jwksSecret }}
+        - name: auth-jwks
+          mountPath: {{ include "durable-streams.authJwksDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if .Values.auth.apiKeysSecret }}
+        - name: auth-api-keys
+          mountPath: {{ include "durable-streams.authApiKeysDir" . }}
+          readOnly: true
+        {{- end }}
         {{- if and (include "durable-streams.shared" .) (include "durable-streams.postgresCaSecretName" .) }}
         - name: postgres-ca
           mountPath: {{ include "durable-streams.postgresCaDir" . }}
@@ -172,6 +182,18 @@ spec:
     - name: webhook-signing-key
       secret:
         secretName: {{ .Values.subscriptions.signingKeySecret }}
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.auth.jwksSecret }}
+    - name: auth-jwks
+      secret:
+        secretName: {{ .Values.auth.jwksSecret }}
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.auth.apiKeysSecret }}
+    - name: auth-api-keys
+      secret:
+        secretName: {{ .Values.auth.apiKeysSecret }}
         defaultMode: 0440
     {{- end }}
     {{- if and (include "durable-streams.shared" .) (include "durable-streams.postgresCaSecretName" .) }}

@@ -12,8 +12,11 @@
 use ::metrics::{Counter, Gauge, counter, gauge};
 use std::sync::OnceLock;
 
+mod auth;
 mod storage;
 mod subscription;
+
+pub(crate) use auth::AuthDenied;
 
 pub(crate) use storage::{
     StorageCommitted, StorageFailure, StorageOperation, StorageOperations, StoredBytes,
