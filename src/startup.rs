@@ -43,7 +43,7 @@ use crate::config::{
 };
 use crate::http::build_router_with_ready;
 use crate::metrics;
-use crate::server::{self, DrainTiming, termination_signal};
+use crate::server::{self, DrainTiming, ServeOptions, termination_signal};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{InMemoryStorage, Storage};
 use crate::telemetry::{self, Telemetry};
@@ -371,13 +371,17 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
         delay: Duration::from_secs(config.server.shutdown_delay_secs),
         timeout: Duration::from_secs(config.server.drain_timeout_secs),
     };
+    let options = ServeOptions {
+        engine: config.transport.http.engine,
+        ..ServeOptions::new(timing)
+    };
     let served = match tls {
-        None => server::serve(listener, router, readiness, shutdown, signal, timing).await,
+        None => server::serve_with(listener, router, readiness, shutdown, signal, options).await,
         Some(acceptor) => {
             // Installs the SIGHUP handler before the server reports ready.
             let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
-            server::serve_tls(
-                listener, acceptor, router, readiness, shutdown, signal, timing,
+            server::serve_tls_with(
+                listener, acceptor, router, readiness, shutdown, signal, options,
             )
             .await
         }

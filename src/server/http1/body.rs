@@ -299,7 +299,7 @@ impl http_body::Body for IncomingBody {
         if let Some(error) = state.error {
             return Poll::Ready(Some(Err(error)));
         }
-        if state.end {
+        if state.end || self.remaining == Some(0) {
             return Poll::Ready(None);
         }
         let newly_waiting = state.reader.is_none();

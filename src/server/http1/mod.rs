@@ -441,6 +441,9 @@ where
             match self.inbound.decoder.decode(&mut self.read_buf) {
                 Ok(Decoded::Data(data)) => {
                     tap.deliver(data, cx);
+                    if self.inbound.decoder.is_done() {
+                        tap.finish(cx);
+                    }
                     break;
                 }
                 Ok(Decoded::End) => {
