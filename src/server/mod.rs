@@ -259,9 +259,16 @@ async fn accept_loop(
                         graceful: needs_graceful.then(|| graceful.watcher()),
                         closing: closing.clone(),
                     };
-                    match &tls {
-                        None => connections.spawn(plain_connection(stream, peer, protocols.clone(), signals)),
-                        Some(acceptor) => connections.spawn(tls_connection(
+                    match (&tls, protocols.engine) {
+                        // The connection itself is the task: nothing else
+                        // is kept per connection.
+                        (None, Http1Engine::Lean) => connections.spawn(lean_connection(
+                            stream, peer, None, &protocols, signals.drain,
+                        )),
+                        (None, Http1Engine::Hyper) => connections.spawn(hyper_connection(
+                            stream, peer, None, protocols.clone(), signals.graceful,
+                        )),
+                        (Some(acceptor), _) => connections.spawn(tls_connection(
                             stream, peer, acceptor.clone(), protocols.clone(), signals,
                         )),
                     };
@@ -290,32 +297,48 @@ async fn accept_loop(
     Ok(())
 }
 
-/// One plain connection, served until the client leaves or the drain asks
-/// it to.
-async fn plain_connection(
-    stream: TcpStream,
+/// A lean HTTP/1.1 connection on `stream` (plain, or TLS after the
+/// handshake).
+fn lean_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
-    protocols: Protocols,
-    signals: Signals,
-) {
-    match protocols.engine {
-        Http1Engine::Lean => {
-            // Responses leave in one write each; an SSE event must not wait
-            // for the acknowledgement of the previous one.
-            let _ = stream.set_nodelay(true);
-            let info = ConnectionInfo { peer, tls: None };
-            http1::Connection::new(
-                stream,
-                protocols.router,
-                info,
-                protocols.http1,
-                signals.drain,
-            )
-            .await;
-        }
-        Http1Engine::Hyper => {
-            hyper_connection(stream, peer, None, &protocols, signals.graceful).await
-        }
+    tls: Option<TlsSession>,
+    protocols: &Protocols,
+    drain: DrainWatch,
+) -> http1::Connection<IO, Router>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + NoDelay,
+{
+    // Responses leave in one write each; an SSE event must not wait for
+    // the acknowledgement of the previous one.
+    stream.set_nodelay();
+    let info = ConnectionInfo {
+        peer,
+        tls: tls.map(Box::new),
+    };
+    http1::Connection::new(
+        stream,
+        protocols.router.clone(),
+        info,
+        protocols.http1,
+        drain,
+    )
+}
+
+/// Sockets whose small writes go out at once.
+trait NoDelay {
+    fn set_nodelay(&self);
+}
+
+impl NoDelay for TcpStream {
+    fn set_nodelay(&self) {
+        let _ = TcpStream::set_nodelay(self, true);
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<TcpStream> {
+    fn set_nodelay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
     }
 }
 
@@ -328,8 +351,10 @@ async fn tls_connection(
     protocols: Protocols,
     signals: Signals,
 ) {
+    // Both phases are boxed: the task keeps only the state of the phase it
+    // is in (a handshake's is large and short-lived).
     let handshake = tokio::select! {
-        result = acceptor.accept(stream) => result,
+        result = Box::pin(acceptor.accept(stream)) => result,
         () = signals.closing.cancelled() => return,
     };
     let (stream, session) = match handshake {
@@ -343,21 +368,17 @@ async fn tls_connection(
     };
     let h2 = session.alpn.as_deref() == Some("h2");
     if protocols.engine == Http1Engine::Lean && protocols.http1_allowed && !h2 {
-        let _ = stream.get_ref().0.set_nodelay(true);
-        let info = ConnectionInfo {
-            peer,
-            tls: Some(session),
-        };
-        http1::Connection::new(
+        Box::pin(lean_connection(
             stream,
-            protocols.router,
-            info,
-            protocols.http1,
+            peer,
+            Some(session),
+            &protocols,
             signals.drain,
-        )
+        ))
         .await;
     } else {
-        hyper_connection(stream, peer, Some(session), &protocols, signals.graceful).await;
+        let served = hyper_connection(stream, peer, Some(session), protocols, signals.graceful);
+        Box::pin(served).await;
     }
 }
 
@@ -367,7 +388,7 @@ async fn hyper_connection<IO>(
     io: IO,
     peer: SocketAddr,
     session: Option<TlsSession>,
-    protocols: &Protocols,
+    protocols: Protocols,
     graceful: Option<Watcher>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

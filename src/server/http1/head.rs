@@ -3,7 +3,7 @@
 //! smuggling): one `Content-Length` or one final `chunked` coding, never
 //! both; lines end in CRLF; `Host` present once.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
@@ -102,15 +102,60 @@ struct Layout {
     ranges: [(usize, usize, usize, usize); MAX_HEADERS],
 }
 
+/// Finds request heads in a read buffer as bytes arrive, parsing only
+/// when a line has ended: a head sent a byte at a time costs a parse per
+/// line, not per byte.
+#[derive(Debug, Default)]
+pub(super) struct HeadScanner {
+    /// Bytes at the start of the buffer already looked at.
+    scanned: usize,
+    /// The request line has ended.
+    line_done: bool,
+}
+
+impl HeadScanner {
+    /// The next complete head at the start of `buffer` (removed from
+    /// there), `Ok(None)` while it is incomplete and within the limits.
+    /// Empty lines before a request line are dropped (RFC 9112 §2.2).
+    ///
+    /// # Errors
+    /// When the head is malformed, ambiguous or too large.
+    pub(super) fn next(
+        &mut self,
+        buffer: &mut BytesMut,
+        limits: HeadLimits,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        while buffer.starts_with(b"\r\n") {
+            buffer.advance(2);
+            self.scanned = self.scanned.saturating_sub(2);
+        }
+        let fresh = &buffer[self.scanned.min(buffer.len())..];
+        let newline = fresh.contains(&b'\n');
+        self.scanned = buffer.len();
+        self.line_done |= newline;
+        if !newline {
+            if !self.line_done && buffer.len() > limits.max_uri_bytes + 32 {
+                return Err(HeadError::UriTooLong);
+            }
+            if buffer.len() > limits.max_head_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(None);
+        }
+        let parsed = parse(buffer, limits);
+        if !matches!(parsed, Ok(None)) {
+            *self = Self::default();
+        }
+        parsed
+    }
+}
+
 /// Parses the head at the start of `buffer`, removing it from there.
 /// `Ok(None)` while it is incomplete (and within the limits).
 ///
 /// # Errors
 /// When the head is malformed, ambiguous or too large.
-pub(super) fn parse(
-    buffer: &mut BytesMut,
-    limits: HeadLimits,
-) -> Result<Option<RequestHead>, HeadError> {
+fn parse(buffer: &mut BytesMut, limits: HeadLimits) -> Result<Option<RequestHead>, HeadError> {
     let Some(layout) = locate(buffer, limits)? else {
         return Ok(None);
     };
@@ -520,6 +565,29 @@ mod tests {
         assert!(
             !head(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
                 .expect_continue
+        );
+    }
+
+    #[test]
+    fn the_scanner_parses_once_a_line_ends_and_skips_empty_lines() {
+        let mut scanner = HeadScanner::default();
+        let mut buffer = BytesMut::new();
+        let limits = HeadLimits::default();
+        for byte in b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r" {
+            buffer.extend_from_slice(&[*byte]);
+            assert!(scanner.next(&mut buffer, limits).expect("valid").is_none());
+        }
+        buffer.extend_from_slice(b"\nrest");
+        let head = scanner
+            .next(&mut buffer, limits)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.headers["host"], "x");
+        assert_eq!(&buffer[..], b"rest");
+        let mut long = BytesMut::from(format!("GET /{}", "a".repeat(9000)).as_bytes());
+        assert_eq!(
+            HeadScanner::default().next(&mut long, limits).err(),
+            Some(HeadError::UriTooLong)
         );
     }
 

@@ -63,7 +63,7 @@ pub(crate) use head::HeadLimits;
 
 use self::body::{BodyTap, Decoded, Decoder, IncomingBody};
 use self::encode::{BodyLength, ChunkLine, Exchange, Framing};
-use self::head::{BodyFraming, RequestHead};
+use self::head::{BodyFraming, HeadScanner, RequestHead};
 use super::drain::DrainWatch;
 use crate::client::TlsSession;
 use crate::http::problem::ApiError;
@@ -102,8 +102,9 @@ impl Default for Http1Settings {
 pub(crate) struct ConnectionInfo {
     /// The TCP peer (`ConnectInfo<SocketAddr>`).
     pub peer: SocketAddr,
-    /// The TLS session, on TLS connections.
-    pub tls: Option<TlsSession>,
+    /// The TLS session, on TLS connections (boxed: most connections are
+    /// plain, and every byte here is kept per connection).
+    pub tls: Option<Box<TlsSession>>,
 }
 
 /// One HTTP/1.1 connection, served until the client leaves, the response
@@ -122,6 +123,7 @@ where
     read_buf: BytesMut,
     /// Runs while a request head is awaited (see the module docs).
     header_timer: Option<Pin<Box<Sleep>>>,
+    scanner: HeadScanner,
     requests: u64,
     exchange: Exchange,
     inbound: Inbound,
@@ -228,6 +230,7 @@ where
             drain,
             read_buf: BytesMut::new(),
             header_timer: None,
+            scanner: HeadScanner::default(),
             requests: 0,
             exchange: Exchange {
                 head_request: false,
@@ -262,7 +265,7 @@ where
         }
         loop {
             if !self.read_buf.is_empty() {
-                match head::parse(&mut self.read_buf, self.settings.limits) {
+                match self.scanner.next(&mut self.read_buf, self.settings.limits) {
                     Ok(Some(head)) => {
                         self.header_timer = None;
                         self.start(head);
@@ -287,6 +290,7 @@ where
                 Poll::Pending => break,
             }
         }
+        self.release_read_buf();
         if self.read_buf.is_empty() && self.drain.poll_started(cx).is_ready() {
             self.phase = Phase::Close(Closing::quiet());
             return Step::Again;
@@ -361,7 +365,7 @@ where
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.info.peer));
         if let Some(tls) = &self.info.tls {
-            extensions.insert(tls.clone());
+            extensions.insert(TlsSession::clone(tls));
         }
         self.requests += 1;
         self.phase = Phase::Service(self.service.call(request));
