@@ -123,6 +123,17 @@ pub(super) fn head(
     framing
 }
 
+/// Room for the head of a response with `headers`: the status line, the
+/// fields, and the lines added here.
+pub(super) fn capacity(headers: &HeaderMap) -> usize {
+    const STATUS_AND_ADDED: usize = 160;
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + STATUS_AND_ADDED
+}
+
 /// What to do with `Content-Length`.
 #[derive(Clone, Copy)]
 enum LengthLine {

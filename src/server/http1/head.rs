@@ -3,6 +3,8 @@
 //! smuggling): one `Content-Length` or one final `chunked` coding, never
 //! both; lines end in CRLF; `Host` present once.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
@@ -90,21 +92,9 @@ impl HeadError {
     }
 }
 
-/// Where the pieces of a head sit in the buffer, found while `httparse`
-/// borrows it.
-struct Layout {
-    len: usize,
-    method: Method,
-    version: Version,
-    target: (usize, usize),
-    fields: usize,
-    /// (name start, name end, value start, value end) per field.
-    ranges: [(usize, usize, usize, usize); MAX_HEADERS],
-}
-
-/// Finds request heads in a read buffer as bytes arrive, parsing only
-/// when a line has ended: a head sent a byte at a time costs a parse per
-/// line, not per byte.
+/// Finds request heads in a read buffer as bytes arrive: each byte is
+/// looked at once until the empty line that ends a head, which is then
+/// parsed once.
 #[derive(Debug, Default)]
 pub(super) struct HeadScanner {
     /// Bytes at the start of the buffer already looked at.
@@ -129,59 +119,61 @@ impl HeadScanner {
             buffer.advance(2);
             self.scanned = self.scanned.saturating_sub(2);
         }
-        let fresh = &buffer[self.scanned.min(buffer.len())..];
-        let newline = fresh.contains(&b'\n');
+        // A line end may straddle the previous look.
+        let from = self.scanned.saturating_sub(3).min(buffer.len());
+        let fresh = &buffer[from..];
         self.scanned = buffer.len();
-        self.line_done |= newline;
-        if !newline {
-            if !self.line_done && buffer.len() > limits.max_uri_bytes + 32 {
-                return Err(HeadError::UriTooLong);
+        match memchr::memmem::find(fresh, b"\r\n\r\n") {
+            Some(at) => {
+                let end = from + at + 4;
+                if end > limits.max_head_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                *self = Self::default();
+                let head = buffer.split_to(end).freeze();
+                parse(&head, limits).map(Some)
             }
-            if buffer.len() > limits.max_head_bytes {
-                return Err(HeadError::TooLarge);
+            None => {
+                // Bare line ends never make a head; say so at once. (A CR
+                // last in the buffer may still be followed by its LF.)
+                let checked = fresh.strip_suffix(b"\r").unwrap_or(fresh);
+                if from == 0 || buffer[from - 1] != b'\r' {
+                    check_line_endings(checked)?;
+                } else {
+                    check_line_endings(&buffer[from - 1..from + checked.len()])?;
+                }
+                self.line_done |= fresh.contains(&b'\n');
+                // Method and version around the target take a few bytes more.
+                if !self.line_done && buffer.len() > limits.max_uri_bytes + 32 {
+                    return Err(HeadError::UriTooLong);
+                }
+                if buffer.len() > limits.max_head_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                Ok(None)
             }
-            return Ok(None);
         }
-        let parsed = parse(buffer, limits);
-        if !matches!(parsed, Ok(None)) {
-            *self = Self::default();
-        }
-        parsed
     }
 }
 
-/// Parses the head at the start of `buffer`, removing it from there.
-/// `Ok(None)` while it is incomplete (and within the limits).
+/// Parses `head`, a request line and fields ending in an empty line.
 ///
 /// # Errors
 /// When the head is malformed, ambiguous or too large.
-fn parse(buffer: &mut BytesMut, limits: HeadLimits) -> Result<Option<RequestHead>, HeadError> {
-    let Some(layout) = locate(buffer, limits)? else {
-        return Ok(None);
-    };
-    let head = buffer.split_to(layout.len).freeze();
-    build(&head, &layout).map(Some)
-}
-
-fn locate(buffer: &[u8], limits: HeadLimits) -> Result<Option<Layout>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut slots);
-    let len = match request.parse(buffer) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            let line_done = buffer.contains(&b'\n');
-            // Method and version around the target take a few bytes more.
-            if !line_done && buffer.len() > limits.max_uri_bytes + 32 {
-                return Err(HeadError::UriTooLong);
-            }
-            if buffer.len() > limits.max_head_bytes {
-                return Err(HeadError::TooLarge);
-            }
-            return Ok(None);
-        }
+fn parse(head: &Bytes, limits: HeadLimits) -> Result<RequestHead, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        head,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        // An earlier end than the first empty line: bare line ends.
+        Ok(_) => return Err(HeadError::Malformed("a line ends in LF without CR")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(error) => return Err(HeadError::Malformed(describe(error))),
-    };
+    }
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
@@ -190,10 +182,7 @@ fn locate(buffer: &[u8], limits: HeadLimits) -> Result<Option<Layout>, HeadError
     if target.len() > limits.max_uri_bytes {
         return Err(HeadError::UriTooLong);
     }
-    if len > limits.max_head_bytes {
-        return Err(HeadError::TooLarge);
-    }
-    check_line_endings(&buffer[..len])?;
+    check_line_endings(head)?;
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
     let version = match version {
@@ -201,23 +190,20 @@ fn locate(buffer: &[u8], limits: HeadLimits) -> Result<Option<Layout>, HeadError
         0 => Version::HTTP_10,
         _ => return Err(HeadError::Malformed("unsupported HTTP version")),
     };
-    let base = buffer.as_ptr() as usize;
-    let offset = |piece: &[u8]| piece.as_ptr() as usize - base;
-    let span = |piece: &[u8]| (offset(piece), offset(piece) + piece.len());
-    let mut layout = Layout {
-        len,
-        method,
-        version,
-        target: span(target.as_bytes()),
-        fields: request.headers.len(),
-        ranges: [(0, 0, 0, 0); MAX_HEADERS],
-    };
-    for (slot, field) in layout.ranges.iter_mut().zip(request.headers.iter()) {
-        let (name_start, name_end) = span(field.name.as_bytes());
-        let (value_start, value_end) = span(field.value);
-        *slot = (name_start, name_end, value_start, value_end);
+    let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes()))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    let mut framing = Framing::default();
+    for field in request.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("invalid header field name"))?;
+        // Values share the head's allocation.
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| HeadError::Malformed("invalid header field value"))?;
+        framing.note(&name, &value)?;
+        headers.append(name, value);
     }
-    Ok(Some(layout))
+    build(method, uri, version, headers, &framing)
 }
 
 fn describe(error: httparse::Error) -> &'static str {
@@ -234,20 +220,18 @@ fn describe(error: httparse::Error) -> &'static str {
 }
 
 /// Every line of the head ends in CRLF: no bare LF (which `httparse`
-/// accepts) and no bare CR.
+/// accepts) and no bare CR. Jumps from line end to line end.
 fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
-    let mut previous = 0u8;
-    for (index, &byte) in head.iter().enumerate() {
-        match byte {
-            b'\n' if previous != b'\r' => {
-                return Err(HeadError::Malformed("a line ends in LF without CR"));
-            }
+    for index in memchr::memchr2_iter(b'\r', b'\n', head) {
+        match head[index] {
             b'\r' if head.get(index + 1) != Some(&b'\n') => {
                 return Err(HeadError::Malformed("a CR not followed by LF"));
             }
+            b'\n' if index == 0 || head[index - 1] != b'\r' => {
+                return Err(HeadError::Malformed("a line ends in LF without CR"));
+            }
             _ => {}
         }
-        previous = byte;
     }
     Ok(())
 }
@@ -264,41 +248,42 @@ struct Framing {
     expect_continue: bool,
 }
 
-fn build(head: &Bytes, layout: &Layout) -> Result<RequestHead, HeadError> {
-    let mut headers = HeaderMap::with_capacity(layout.fields);
-    let mut framing = Framing::default();
-    for &(name_start, name_end, value_start, value_end) in &layout.ranges[..layout.fields] {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
-            .map_err(|_| HeadError::Malformed("invalid header field name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| HeadError::Malformed("invalid header field value"))?;
-        match name {
+impl Framing {
+    /// Takes note of one field.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
+        match *name {
             header::CONTENT_LENGTH => {
-                if framing.content_length.is_some() {
+                if self.content_length.is_some() {
                     return Err(HeadError::Malformed("more than one Content-Length"));
                 }
-                framing.content_length = Some(content_length(value.as_bytes())?);
+                self.content_length = Some(content_length(value.as_bytes())?);
             }
-            header::TRANSFER_ENCODING => framing.transfer_encoding = true,
-            header::HOST => framing.hosts += 1,
+            header::TRANSFER_ENCODING => self.transfer_encoding = true,
+            header::HOST => self.hosts += 1,
             header::CONNECTION => {
                 for token in tokens(value.as_bytes()) {
-                    framing.close |= token.eq_ignore_ascii_case(b"close");
-                    framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             header::EXPECT => {
-                framing.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
             _ => {}
         }
-        headers.append(name, value);
+        Ok(())
     }
-    let version = layout.version;
-    let body = body_framing(&headers, &framing, version)?;
-    let method = layout.method.clone();
-    let uri = Uri::from_maybe_shared(head.slice(layout.target.0..layout.target.1))
-        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+}
+
+/// Checks what the fields say together and makes the request head.
+fn build(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    mut headers: HeaderMap,
+    framing: &Framing,
+) -> Result<RequestHead, HeadError> {
+    let body = body_framing(&headers, framing, version)?;
     let absolute = check_target(&method, &uri)?;
     if framing.hosts > 1 {
         return Err(HeadError::Malformed("more than one Host"));
@@ -437,17 +422,46 @@ fn check_target(method: &Method, uri: &Uri) -> Result<Option<HeaderValue>, HeadE
     }
 }
 
-/// `Host` is `host[:port]`, possibly empty, never with user information.
+/// `Host` is `host[:port]` (RFC 9110 §7.2: a registered name, an IPv4
+/// address or a bracketed IP literal, and digits after the last colon),
+/// possibly empty; never user information, a path or whitespace.
 fn check_host(host: &[u8]) -> Result<(), HeadError> {
-    if host.is_empty() {
-        return Ok(());
+    const INVALID: HeadError = HeadError::Malformed("invalid Host");
+    let (name, port) = match host.iter().rposition(|&byte| byte == b':') {
+        // A colon inside a bracketed literal is not a port separator.
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    };
+    if port.is_some_and(|port| !port.iter().all(u8::is_ascii_digit)) {
+        return Err(INVALID);
     }
-    if host.contains(&b'@') {
-        return Err(HeadError::Malformed("invalid Host"));
-    }
-    http::uri::Authority::try_from(host)
-        .map(|_| ())
-        .map_err(|_| HeadError::Malformed("invalid Host"))
+    let valid = match name {
+        [b'[', literal @ .., b']'] => literal
+            .iter()
+            .all(|&byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.')),
+        _ => name.iter().all(|&byte| {
+            byte.is_ascii_alphanumeric()
+                || matches!(
+                    byte,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    if valid { Ok(()) } else { Err(INVALID) }
 }
 
 #[cfg(test)]
@@ -456,7 +470,14 @@ mod tests {
 
     fn parse_all(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         let mut buffer = BytesMut::from(raw);
-        parse(&mut buffer, HeadLimits::default())
+        HeadScanner::default().next(&mut buffer, HeadLimits::default())
+    }
+
+    fn parse_with(
+        buffer: &mut BytesMut,
+        limits: HeadLimits,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        HeadScanner::default().next(buffer, limits)
     }
 
     fn malformed(raw: &[u8]) -> bool {
@@ -466,7 +487,7 @@ mod tests {
     #[test]
     fn a_simple_get_parses_and_leaves_the_rest() {
         let mut buffer = BytesMut::from(&b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\nNEXT"[..]);
-        let head = parse(&mut buffer, HeadLimits::default())
+        let head = parse_with(&mut buffer, HeadLimits::default())
             .expect("valid")
             .expect("complete");
         assert_eq!(head.method, Method::GET);
@@ -535,6 +556,14 @@ mod tests {
         assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
         assert!(malformed(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"));
         assert!(parse_all(b"GET / HTTP/1.0\r\n\r\n").expect("ok").is_some());
+        for host in ["[::1]:8080", "[::1]", "127.0.0.1:1", "a.example", "x_y-z.test:80", ""] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse_all(raw.as_bytes()).expect(host).is_some(), "{host}");
+        }
+        for host in ["a:b", "a/b", "a?b", "[::1", "[x]", "a:8080:", "a#b"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(malformed(raw.as_bytes()), "{host}");
+        }
         let absolute = parse_all(b"GET http://real:8/p?q HTTP/1.1\r\nHost: fake\r\n\r\n")
             .expect("ok")
             .expect("complete");
@@ -600,13 +629,13 @@ mod tests {
         let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100));
         let mut buffer = BytesMut::from(long_target.as_bytes());
         assert_eq!(
-            parse(&mut buffer, limits).err(),
+            parse_with(&mut buffer, limits).err(),
             Some(HeadError::UriTooLong)
         );
         // Still arriving, and already too long.
         let mut buffer = BytesMut::from(&long_target.as_bytes()[..100]);
         assert_eq!(
-            parse(&mut buffer, limits).err(),
+            parse_with(&mut buffer, limits).err(),
             Some(HeadError::UriTooLong)
         );
         let big = format!(
@@ -614,9 +643,15 @@ mod tests {
             "v".repeat(300)
         );
         let mut buffer = BytesMut::from(big.as_bytes());
-        assert_eq!(parse(&mut buffer, limits).err(), Some(HeadError::TooLarge));
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::TooLarge)
+        );
         let mut buffer = BytesMut::from(&big.as_bytes()[..280]);
-        assert_eq!(parse(&mut buffer, limits).err(), Some(HeadError::TooLarge));
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::TooLarge)
+        );
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("X{i}: v\r\n"))
             .collect();

@@ -514,7 +514,7 @@ where
                 .exact()
                 .map_or(BodyLength::Unknown, BodyLength::Exact)
         };
-        let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
+        let mut head = Vec::with_capacity(encode::capacity(&parts.headers));
         let framing = encode::head(
             &mut head,
             parts.status,
