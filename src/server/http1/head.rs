@@ -123,9 +123,11 @@ impl HeadScanner {
         let from = self.scanned.saturating_sub(3).min(buffer.len());
         let fresh = &buffer[from..];
         self.scanned = buffer.len();
-        match memchr::memmem::find(fresh, b"\r\n\r\n") {
+        // The head ends at the first empty line: an LF after CR LF CR.
+        let ends_head = |at: usize| at >= 3 && fresh[at - 3..at] == *b"\r\n\r";
+        match memchr::memchr_iter(b'\n', fresh).find(|&at| ends_head(at)) {
             Some(at) => {
-                let end = from + at + 4;
+                let end = from + at + 1;
                 if end > limits.max_head_bytes {
                     return Err(HeadError::TooLarge);
                 }
@@ -556,7 +558,14 @@ mod tests {
         assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
         assert!(malformed(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"));
         assert!(parse_all(b"GET / HTTP/1.0\r\n\r\n").expect("ok").is_some());
-        for host in ["[::1]:8080", "[::1]", "127.0.0.1:1", "a.example", "x_y-z.test:80", ""] {
+        for host in [
+            "[::1]:8080",
+            "[::1]",
+            "127.0.0.1:1",
+            "a.example",
+            "x_y-z.test:80",
+            "",
+        ] {
             let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert!(parse_all(raw.as_bytes()).expect(host).is_some(), "{host}");
         }
