@@ -540,6 +540,23 @@ async fn read_load(args: &Args) -> Value {
     })
 }
 
+/// The event type (`message` when unnamed) and the data (lines joined
+/// with `\n`) of one SSE event's text.
+fn sse_fields(event: &str) -> (String, String) {
+    let mut kind = "message";
+    let mut data = Vec::new();
+    for line in event.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => kind = value,
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    (kind.to_owned(), data.join("\n"))
+}
+
 /// Splits complete SSE events off the front of `buffer`; returns the data of
 /// each `data` event (lines joined with `\n`).
 fn take_sse_data_events(buffer: &mut String) -> Vec<String> {
@@ -555,19 +572,9 @@ fn take_sse_data_events(buffer: &mut String) -> Vec<String> {
             return out;
         };
         let event: String = buffer.drain(..end + skip).collect();
-        let mut kind = "message";
-        let mut data = Vec::new();
-        for line in event.lines() {
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => kind = value,
-                "data" => data.push(value),
-                _ => {}
-            }
-        }
+        let (kind, data) = sse_fields(&event);
         if kind == "data" {
-            out.push(data.join("\n"));
+            out.push(data);
         }
     }
 }
@@ -994,22 +1001,12 @@ impl LiveRead {
             let end = self.body.windows(2).position(|w| w == b"\n\n");
             if let Some(end) = end {
                 let block: Vec<u8> = self.body.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                let mut kind = "message";
-                let mut data = Vec::new();
-                for line in text.lines() {
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    match field {
-                        "event" => kind = value,
-                        "data" => data.push(value),
-                        _ => {}
-                    }
-                }
+                let (kind, data) = sse_fields(&String::from_utf8_lossy(&block));
                 if data.is_empty() && kind == "message" {
+                    // A comment or keep-alive: not an event.
                     continue;
                 }
-                return Ok((kind.to_owned(), data.join("\n")));
+                return Ok((kind, data));
             }
             self.fill().await?;
         }

@@ -376,11 +376,11 @@ async fn run(options: &LoadOptions, progress: &mut Progress) -> Result<(), Start
         ..ServeOptions::new(timing)
     };
     let served = match tls {
-        None => server::serve_with(listener, router, readiness, shutdown, signal, options).await,
+        None => server::serve(listener, router, readiness, shutdown, signal, options).await,
         Some(acceptor) => {
             // Installs the SIGHUP handler before the server reports ready.
             let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
-            server::serve_tls_with(
+            server::serve_tls(
                 listener, acceptor, router, readiness, shutdown, signal, options,
             )
             .await

@@ -49,7 +49,7 @@ pub struct DrainTiming {
     pub timeout: Duration,
 }
 
-/// How [`serve_with`] and [`serve_tls_with`] serve connections.
+/// How [`serve`] and [`serve_tls`] serve connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ServeOptions {
     /// The drain after the shutdown signal.
@@ -80,44 +80,34 @@ impl ServeOptions {
     }
 }
 
+impl From<DrainTiming> for ServeOptions {
+    fn from(drain: DrainTiming) -> Self {
+        Self::new(drain)
+    }
+}
+
 /// Serves `router` over plain HTTP/1.1 on `listener` until `signal`
-/// resolves, then drains (see [`serve_with`]), with the default
-/// [`ServeOptions`].
+/// resolves. Requests carry `ConnectInfo<SocketAddr>`. `options` is a
+/// [`ServeOptions`], or just the [`DrainTiming`] with the defaults.
+///
+/// The drain: on `signal`, `/readyz` turns `503` and live readers are
+/// released at once (through `shutdown`); new connections are still taken
+/// for the drain delay; then the listener closes, idle connections close,
+/// the response in flight on each connection finishes and closes it, and
+/// whatever is still open at the drain timeout is dropped.
 ///
 /// # Errors
-/// Never at present: accept errors are logged and retried.
+/// Never at present: accept errors (out of file descriptors, a connection
+/// reset before it was taken) are logged and retried.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     readiness: Readiness,
     shutdown: ShutdownToken,
     signal: impl Future<Output = ()> + Send,
-    timing: DrainTiming,
+    options: impl Into<ServeOptions>,
 ) -> std::io::Result<()> {
-    let options = ServeOptions::new(timing);
-    serve_with(listener, router, readiness, shutdown, signal, options).await
-}
-
-/// Serves `router` over plain HTTP/1.1 on `listener` until `signal`
-/// resolves. Requests carry `ConnectInfo<SocketAddr>`.
-///
-/// The drain: on `signal`, `/readyz` turns `503` and live readers are
-/// released at once (through `shutdown`); new connections are still taken
-/// for `options.drain.delay`; then the listener closes, idle connections
-/// close, the response in flight on each connection finishes and closes
-/// it, and whatever is still open at `options.drain.timeout` is dropped.
-///
-/// # Errors
-/// Never at present: accept errors (out of file descriptors, a connection
-/// reset before it was taken) are logged and retried.
-pub async fn serve_with(
-    listener: TcpListener,
-    router: Router,
-    readiness: Readiness,
-    shutdown: ShutdownToken,
-    signal: impl Future<Output = ()> + Send,
-    options: ServeOptions,
-) -> std::io::Result<()> {
+    let options = options.into();
     let protocols = Protocols {
         router,
         engine: options.engine,
@@ -137,8 +127,15 @@ pub async fn serve_with(
     .await
 }
 
-/// Serves `router` over TLS on `listener` with the default
-/// [`ServeOptions`] (see [`serve_tls_with`]).
+/// Serves `router` over TLS on `listener`: each connection's handshake
+/// uses the configuration `acceptor` holds at that moment (so a reload
+/// reaches new connections only), then HTTP/1.1 or HTTP/2 as ALPN and
+/// `transport.http.versions` allow (no ALPN: HTTP/1.1). Requests carry
+/// `ConnectInfo<SocketAddr>` and the connection's
+/// [`TlsSession`] as extensions.
+///
+/// The drain is the same as [`serve`]'s; handshakes in progress when the
+/// listener closes are abandoned, HTTP/2 connections get GOAWAY.
 ///
 /// # Errors
 /// Never at present: accept errors are logged and retried.
@@ -149,36 +146,9 @@ pub async fn serve_tls(
     readiness: Readiness,
     shutdown: ShutdownToken,
     signal: impl Future<Output = ()> + Send,
-    timing: DrainTiming,
+    options: impl Into<ServeOptions>,
 ) -> std::io::Result<()> {
-    let options = ServeOptions::new(timing);
-    serve_tls_with(
-        listener, acceptor, router, readiness, shutdown, signal, options,
-    )
-    .await
-}
-
-/// Serves `router` over TLS on `listener`: each connection's handshake
-/// uses the configuration `acceptor` holds at that moment (so a reload
-/// reaches new connections only), then HTTP/1.1 or HTTP/2 as ALPN and
-/// `transport.http.versions` allow (no ALPN: HTTP/1.1). Requests carry
-/// `ConnectInfo<SocketAddr>` and the connection's
-/// [`TlsSession`] as extensions.
-///
-/// The drain is the same as [`serve_with`]'s; handshakes in progress when
-/// the listener closes are abandoned, HTTP/2 connections get GOAWAY.
-///
-/// # Errors
-/// Never at present: accept errors are logged and retried.
-pub async fn serve_tls_with(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    router: Router,
-    readiness: Readiness,
-    shutdown: ShutdownToken,
-    signal: impl Future<Output = ()> + Send,
-    options: ServeOptions,
-) -> std::io::Result<()> {
+    let options = options.into();
     let versions = acceptor.http_versions();
     let protocols = Protocols {
         router,
@@ -222,7 +192,7 @@ struct Signals {
 }
 
 /// Accepts connections until `signal` and the drain delay, then drains
-/// them (see [`serve_with`]).
+/// them (see [`serve`]).
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Acceptor>,

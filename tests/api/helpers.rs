@@ -342,6 +342,17 @@ pub async fn read_one_response(socket: &mut TcpStream) -> RawResponse {
     }
 }
 
+/// Everything the server sends on `socket` until it closes the connection
+/// (bounded by [`HANG_GUARD`]).
+pub async fn read_until_closed(socket: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(HANG_GUARD, socket.read_to_end(&mut rest))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap_or_default();
+    rest
+}
+
 /// Reads `count` pipelined responses off `socket`, in order.
 pub async fn read_responses(socket: &mut TcpStream, count: usize) -> Vec<RawResponse> {
     let mut buffer = Vec::new();

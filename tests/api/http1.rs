@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use bytes::Bytes;
-use durable_streams_server::server::{DrainTiming, ServeOptions, serve_with};
+use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
 use durable_streams_server::{
     Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
 };
@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
-/// A router served by [`serve_with`] with `options`.
+/// A router served by [`serve`] with `options`.
 struct Served {
     addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -34,7 +34,7 @@ async fn serve_router(router: Router, options: ServeOptions) -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve_with(
+    let task = tokio::spawn(serve(
         listener,
         router,
         Readiness::new(false),
@@ -71,17 +71,6 @@ async fn connect(addr: std::net::SocketAddr) -> TcpStream {
 
 async fn send(socket: &mut TcpStream, bytes: &[u8]) {
     socket.write_all(bytes).await.expect("write");
-}
-
-/// Waits (bounded) for the server to close `socket`; returns what came
-/// before the end.
-async fn until_closed(socket: &mut TcpStream) -> Vec<u8> {
-    let mut rest = Vec::new();
-    tokio::time::timeout(HANG_GUARD, socket.read_to_end(&mut rest))
-        .await
-        .expect("the server did not close the connection")
-        .unwrap_or_default();
-    rest
 }
 
 /// Reads until `needle` has arrived; returns everything read.
@@ -182,7 +171,7 @@ async fn expect_100_continue_is_answered_when_the_body_is_read() {
     let refused = read_one_response(&mut socket).await;
     assert_eq!(refused.expect_problem(413), "PAYLOAD_TOO_LARGE");
     assert_eq!(refused.header("connection").as_deref(), Some("close"));
-    assert!(until_closed(&mut socket).await.is_empty());
+    assert!(read_until_closed(&mut socket).await.is_empty());
     let read = app.read("e", None).await;
     assert_eq!(read.text().await.expect("body"), "hello");
 }
@@ -243,7 +232,7 @@ async fn connection_close_is_honoured() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("connection").as_deref(), Some("close"));
     // The request after it is not answered.
-    assert!(until_closed(&mut socket).await.is_empty());
+    assert!(read_until_closed(&mut socket).await.is_empty());
 }
 
 #[tokio::test]
@@ -255,7 +244,7 @@ async fn head_204_and_304_answers_carry_no_body() {
         b"HEAD /healthz HTTP/1.1\r\nHost: h\r\n\r\nGET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let both = String::from_utf8(until_closed(&mut socket).await).expect("text");
+    let both = String::from_utf8(read_until_closed(&mut socket).await).expect("text");
     let (head, rest) = both.split_once("\r\n\r\n").expect("a head");
     assert!(
         head.to_ascii_lowercase().contains("content-length: 2"),
@@ -290,7 +279,7 @@ async fn head_204_and_304_answers_carry_no_body() {
         .as_bytes(),
     )
     .await;
-    let both = String::from_utf8(until_closed(&mut socket).await).expect("text");
+    let both = String::from_utf8(read_until_closed(&mut socket).await).expect("text");
     let (head, rest) = both.split_once("\r\n\r\n").expect("a head");
     assert!(head.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{head}");
     assert!(
@@ -350,7 +339,7 @@ async fn oversized_heads_get_414_and_431_and_a_close() {
         let answer = read_one_response(&mut socket).await;
         assert_eq!(answer.expect_problem(status), code);
         assert_eq!(answer.header("connection").as_deref(), Some("close"));
-        until_closed(&mut socket).await;
+        read_until_closed(&mut socket).await;
     }
 }
 
@@ -369,10 +358,10 @@ async fn slow_heads_time_out_but_idle_keep_alive_does_not() {
     send(&mut slow, b"GET /healthz HTTP/1.1\r\nHo").await;
     let answer = read_one_response(&mut slow).await;
     assert_eq!(answer.expect_problem(408), "REQUEST_TIMEOUT");
-    until_closed(&mut slow).await;
+    read_until_closed(&mut slow).await;
     // Connected, never a byte: closed.
     let mut silent = connect(served.addr).await;
-    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(read_until_closed(&mut silent).await.is_empty());
     // A kept-alive connection waits for its next request without a timer.
     let mut kept = connect(served.addr).await;
     send(&mut kept, b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n").await;
@@ -469,11 +458,11 @@ async fn the_drain_closes_idle_connections_and_finishes_the_answer_in_flight() {
         .expect("slow handler entered");
 
     let _ = served.stop.take().expect("stop").send(());
-    assert!(until_closed(&mut idle).await.is_empty());
+    assert!(read_until_closed(&mut idle).await.is_empty());
     let answer = read_one_response(&mut busy).await;
     assert_eq!((answer.status, answer.body.as_slice()), (200, &b"done"[..]));
     assert_eq!(answer.header("connection").as_deref(), Some("close"));
-    assert!(until_closed(&mut busy).await.is_empty());
+    assert!(read_until_closed(&mut busy).await.is_empty());
     // Well inside the 30 s drain timeout: nothing was left to wait for.
     tokio::time::timeout(HANG_GUARD, &mut served.task)
         .await

@@ -22,7 +22,7 @@ async fn refused(app: &TestApp, request: &str) -> RawResponse {
         Some("close"),
         "{request:?}: {answer:?}"
     );
-    let rest = read_raw_bytes_to_end(&mut socket).await;
+    let rest = read_until_closed(&mut socket).await;
     assert!(
         rest.is_empty(),
         "{request:?}: bytes after the refusal: {:?}",
@@ -31,15 +31,17 @@ async fn refused(app: &TestApp, request: &str) -> RawResponse {
     answer
 }
 
-/// Everything until the server closes (bounded by the hang guard).
-async fn read_raw_bytes_to_end(socket: &mut TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut rest = Vec::new();
-    tokio::time::timeout(HANG_GUARD, socket.read_to_end(&mut rest))
-        .await
-        .expect("the server did not close the connection")
-        .unwrap_or_default();
-    rest
+/// Each of `requests` is refused with `status` and problem `code`.
+async fn all_refused(
+    app: &TestApp,
+    requests: impl IntoIterator<Item = String>,
+    status: u16,
+    code: &str,
+) {
+    for request in requests {
+        let answer = refused(app, &request).await;
+        assert_eq!(answer.expect_problem(status), code, "{request:?}");
+    }
 }
 
 async fn app_with_stream() -> TestApp {
@@ -65,25 +67,20 @@ fn append_with(framing: &str, body: &str) -> String {
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
     let app = app_with_stream().await;
-    for framing in [
+    let framings = [
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
         "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
-    ] {
-        let answer = refused(&app, &append_with(framing, "0\r\n\r\n")).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{framing:?}"
-        );
-    }
+    ];
+    let requests = framings.map(|framing| append_with(framing, "0\r\n\r\n"));
+    all_refused(&app, requests, 400, "MALFORMED_REQUEST").await;
     assert_eq!(content(&app).await, "base");
 }
 
 #[tokio::test]
 async fn duplicate_or_malformed_content_lengths_are_refused() {
     let app = app_with_stream().await;
-    for framing in [
+    let framings = [
         "Content-Length: 3\r\nContent-Length: 3\r\n",
         "Content-Length: 3\r\nContent-Length: 4\r\n",
         "Content-Length: 3, 3\r\n",
@@ -94,21 +91,16 @@ async fn duplicate_or_malformed_content_lengths_are_refused() {
         "Content-Length: 1 2\r\n",
         "Content-Length: 99999999999999999999\r\n",
         "Content-Length: \r\n",
-    ] {
-        let answer = refused(&app, &append_with(framing, "abc")).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{framing:?}"
-        );
-    }
+    ];
+    let requests = framings.map(|framing| append_with(framing, "abc"));
+    all_refused(&app, requests, 400, "MALFORMED_REQUEST").await;
     assert_eq!(content(&app).await, "base");
 }
 
 #[tokio::test]
 async fn transfer_codings_other_than_a_final_chunked_are_refused() {
     let app = app_with_stream().await;
-    for framing in [
+    let framings = [
         "Transfer-Encoding: gzip\r\n",
         "Transfer-Encoding: identity\r\n",
         "Transfer-Encoding: chunked, gzip\r\n",
@@ -118,14 +110,9 @@ async fn transfer_codings_other_than_a_final_chunked_are_refused() {
         "Transfer-Encoding: chunked,\r\n",
         "Transfer-Encoding: ,chunked\r\n",
         "Transfer-Encoding: \"chunked\"\r\n",
-    ] {
-        let answer = refused(&app, &append_with(framing, "3\r\nabc\r\n0\r\n\r\n")).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{framing:?}"
-        );
-    }
+    ];
+    let requests = framings.map(|framing| append_with(framing, "3\r\nabc\r\n0\r\n\r\n"));
+    all_refused(&app, requests, 400, "MALFORMED_REQUEST").await;
     // A final chunked after another coding is well-formed, but not ours.
     let answer = refused(
         &app,
@@ -150,7 +137,7 @@ async fn transfer_codings_other_than_a_final_chunked_are_refused() {
 #[tokio::test]
 async fn malformed_chunked_bodies_are_refused_and_end_the_connection() {
     let app = app_with_stream().await;
-    for body in [
+    let bodies = [
         "g\r\nabc\r\n0\r\n\r\n",
         "0x3\r\nabc\r\n0\r\n\r\n",
         "+3\r\nabc\r\n0\r\n\r\n",
@@ -164,18 +151,16 @@ async fn malformed_chunked_bodies_are_refused_and_end_the_connection() {
         "3\r\nabc\r\n0\r\nTrailer: x\n\r\n",
         "3\r\nabc\r\n0\r\n folded\r\n\r\n",
         "3;\x01\r\nabc\r\n0\r\n\r\n",
-    ] {
-        let answer = refused(&app, &append_with("Transfer-Encoding: chunked\r\n", body)).await;
-        assert_eq!(answer.status, 400, "{body:?}: {answer:?}");
-        assert_eq!(answer.expect_problem(400), "BODY_READ_FAILED", "{body:?}");
-    }
+    ];
+    let requests = bodies.map(|body| append_with("Transfer-Encoding: chunked\r\n", body));
+    all_refused(&app, requests, 400, "BODY_READ_FAILED").await;
     assert_eq!(content(&app).await, "base");
 }
 
 #[tokio::test]
 async fn line_ending_and_field_oddities_are_refused() {
     let app = app_with_stream().await;
-    for request in [
+    let requests = [
         // Bare LF ending the request line, a field line, the head.
         "GET /v1/stream/s HTTP/1.1\nHost: h\r\n\r\n",
         "GET /v1/stream/s HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n",
@@ -198,33 +183,21 @@ async fn line_ending_and_field_oddities_are_refused() {
         "GET /v1/stream/s HTTP/2.0\r\nHost: h\r\n\r\n",
         "GET /v1/stream/\x7fs HTTP/1.1\r\nHost: h\r\n\r\n",
         "G@T /v1/stream/s HTTP/1.1\r\nHost: h\r\n\r\n",
-    ] {
-        let answer = refused(&app, request).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{request:?}"
-        );
-    }
+    ];
+    all_refused(&app, requests.map(str::to_owned), 400, "MALFORMED_REQUEST").await;
 }
 
 #[tokio::test]
 async fn host_must_be_present_once() {
     let app = app_with_stream().await;
-    for request in [
+    let requests = [
         "GET /v1/stream/s HTTP/1.1\r\n\r\n",
         "GET /v1/stream/s HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         "GET /v1/stream/s HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
         "GET /v1/stream/s HTTP/1.1\r\nHost: user@a\r\n\r\n",
         "GET /v1/stream/s HTTP/1.1\r\nHost: a b\r\n\r\n",
-    ] {
-        let answer = refused(&app, request).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{request:?}"
-        );
-    }
+    ];
+    all_refused(&app, requests.map(str::to_owned), 400, "MALFORMED_REQUEST").await;
     // HTTP/1.0 may leave Host out.
     let answer = raw_http(app.addr, b"GET /v1/stream/s HTTP/1.0\r\n\r\n").await;
     assert_eq!(answer.status, 200);
@@ -247,21 +220,15 @@ async fn absolute_form_targets_use_their_authority() {
     );
     let read = app.read("abs", None).await;
     assert_eq!(read.text().await.expect("body"), "hi");
-    for request in [
+    let requests = [
         "GET ftp://public.example/v1/stream/abs HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET http:///v1/stream/abs HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET http://user@public.example/v1/stream/abs HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET public.example:80 HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET * HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET v1/stream/abs HTTP/1.1\r\nHost: h\r\n\r\n",
-    ] {
-        let answer = refused(&app, request).await;
-        assert_eq!(
-            answer.expect_problem(400),
-            "MALFORMED_REQUEST",
-            "{request:?}"
-        );
-    }
+    ];
+    all_refused(&app, requests.map(str::to_owned), 400, "MALFORMED_REQUEST").await;
 }
 
 #[tokio::test]

@@ -810,12 +810,7 @@ fn poll_read_some<I: AsyncRead + Unpin>(
     buffer: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-    let mut read = ReadBuf::uninit(&mut stack);
-    ready!(Pin::new(io).poll_read(cx, &mut read))?;
-    let filled = read.filled();
-    buffer.extend_from_slice(filled);
-    Poll::Ready(Ok(filled.len()))
+    poll_read_chunk(io, cx, |bytes| buffer.extend_from_slice(bytes))
 }
 
 /// Reads and drops what is available.
@@ -823,10 +818,22 @@ fn poll_read_discard<I: AsyncRead + Unpin>(
     io: &mut I,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    poll_read_chunk(io, cx, |_| {})
+}
+
+/// Reads what is available into a stack buffer and hands it to `take`:
+/// nothing stays allocated for a read that finds no data.
+fn poll_read_chunk<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
     let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     let mut read = ReadBuf::uninit(&mut stack);
     ready!(Pin::new(io).poll_read(cx, &mut read))?;
-    Poll::Ready(Ok(read.filled().len()))
+    let filled = read.filled();
+    take(filled);
+    Poll::Ready(Ok(filled.len()))
 }
 
 #[cfg(test)]
