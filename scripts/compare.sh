@@ -89,9 +89,13 @@ case "$MODE" in
 esac
 
 # ------------------------------------------------------------------ build ---
-echo "== building this server and the load tool (release)"
-cargo build --release --locked --quiet --bin durable-streams-server
-OURS="$REPO_ROOT/target/release/durable-streams-server"
+# Ours as it ships (the dist profile: fat LTO, as Electric builds its
+# release); the smoke run takes the release build CI has already made.
+PROFILE=dist
+[[ "$MODE" == smoke ]] && PROFILE=release
+echo "== building this server ($PROFILE profile) and the load tool"
+cargo build --profile "$PROFILE" --locked --quiet --bin durable-streams-server
+OURS="$REPO_ROOT/target/$PROFILE/durable-streams-server"
 LOAD="$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
   grep '"name":"load"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
 [[ -x "$LOAD" ]] || { echo "could not build the load tool" >&2; exit 1; }
