@@ -40,7 +40,7 @@ use super::{
     Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
     StreamSpec,
 };
-use crate::metrics;
+use crate::metrics::event::StorageCommitted;
 use crate::protocol::producer::ProducerState;
 use crate::storage::ClosedBy;
 
@@ -988,7 +988,12 @@ impl Writer {
                 self.unsynced_since = Some(Instant::now());
             }
         }
-        metrics::storage::commit(backend, written.len(), started.elapsed());
+        StorageCommitted {
+            backend,
+            batch: written.len(),
+            elapsed: started.elapsed(),
+        }
+        .emit();
         drop(spans);
         if let Err(error) = result {
             // Cut off whatever part of the batch reached the file so the log

@@ -19,6 +19,8 @@
 //! - `body`: request body decoding (`Content-Length`, chunked) and the
 //!   body handed to handlers.
 //! - `encode`: response heads, body framing, `Date`.
+//! - `respond`: the response being written and its queued bytes.
+//! - `read`: socket reads through a stack buffer.
 //!
 //! # Behaviour
 //! - Keep-alive and pipelining: requests are answered in order, one at a
@@ -37,24 +39,24 @@
 mod body;
 mod encode;
 mod head;
+mod read;
+mod respond;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Sleep, sleep};
 use tower::Service;
 
@@ -64,12 +66,12 @@ pub(crate) use head::HeadLimits;
 use self::body::{BodyTap, Decoded, Decoder, IncomingBody};
 use self::encode::{BodyLength, ChunkLine, Exchange, Framing};
 use self::head::{BodyFraming, HeadScanner, RequestHead};
+use self::read::{poll_read_discard, poll_read_some};
+use self::respond::{Outgoing, Respond};
 use super::drain::DrainWatch;
 use crate::client::TlsSession;
 use crate::http::problem::ApiError;
 
-/// Bytes read from the socket at a time (into a stack buffer).
-const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing connection keeps reading what the client still
 /// sends, so that closing with unread input does not reset the connection
 /// before the client has read the answer.
@@ -158,28 +160,6 @@ enum Phase<F> {
     Close(Closing),
     /// Finished.
     Done,
-}
-
-/// A response on its way out.
-struct Respond {
-    body: Body,
-    framing: Framing,
-    /// Bytes still owed under `Content-Length`.
-    remaining: u64,
-    out: Outgoing,
-    /// The body has ended (or is not sent).
-    finished: bool,
-    /// Written bytes may sit in a buffer of the stream (TLS).
-    needs_flush: bool,
-}
-
-/// Bytes queued for the socket, in order: head, chunk line, data, tail.
-struct Outgoing {
-    head: Vec<u8>,
-    head_sent: usize,
-    line: ChunkLine,
-    data: Bytes,
-    tail: &'static [u8],
 }
 
 /// The last steps of a connection.
@@ -677,111 +657,6 @@ where
     }
 }
 
-impl Respond {
-    /// Queues a data frame of the body.
-    ///
-    /// # Errors
-    /// When it goes past the `Content-Length`.
-    fn stage(&mut self, data: Bytes, exchange: &mut Exchange) -> Result<(), ()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        match self.framing {
-            Framing::None => {}
-            Framing::Length(_) => {
-                let length = data.len() as u64;
-                if length > self.remaining {
-                    return Err(());
-                }
-                self.remaining -= length;
-                self.out.data = data;
-                self.finished = self.remaining == 0;
-            }
-            Framing::Chunked => {
-                self.out.line = ChunkLine::new(data.len());
-                self.out.data = data;
-                if self.body.is_end_stream() {
-                    self.out.tail = b"\r\n0\r\n\r\n";
-                    self.finished = true;
-                } else {
-                    self.out.tail = b"\r\n";
-                }
-            }
-            Framing::CloseDelimited => {
-                exchange.keep_alive = false;
-                self.out.data = data;
-            }
-        }
-        Ok(())
-    }
-
-    /// The body has ended.
-    ///
-    /// # Errors
-    /// When it ended short of its `Content-Length`.
-    fn end(&mut self) -> Result<(), ()> {
-        self.finished = true;
-        match self.framing {
-            Framing::Chunked => self.out.tail = b"0\r\n\r\n",
-            Framing::Length(_) if self.remaining > 0 => return Err(()),
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-impl Outgoing {
-    /// Whether the last body frame (line, data, tail) is written.
-    fn body_part_sent(&self) -> bool {
-        self.line.as_bytes().is_empty() && self.data.is_empty() && self.tail.is_empty()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.head_sent == self.head.len() && self.body_part_sent()
-    }
-
-    /// Writes everything queued, in as few calls as the stream allows.
-    fn poll_write<I: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut I,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            let slices = [
-                io::IoSlice::new(&self.head[self.head_sent..]),
-                io::IoSlice::new(self.line.as_bytes()),
-                io::IoSlice::new(&self.data),
-                io::IoSlice::new(self.tail),
-            ];
-            let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.advance(written);
-        }
-        if self.head.capacity() > 0 {
-            // The head is out: its buffer is not kept while the body streams.
-            self.head = Vec::new();
-            self.head_sent = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn advance(&mut self, mut count: usize) {
-        let head = (self.head.len() - self.head_sent).min(count);
-        self.head_sent += head;
-        count -= head;
-        let line = self.line.as_bytes().len().min(count);
-        self.line.advance(line);
-        count -= line;
-        let data = self.data.len().min(count);
-        self.data.advance(data);
-        count -= data;
-        let tail = self.tail.len().min(count);
-        self.tail = &self.tail[tail..];
-    }
-}
-
 impl Closing {
     /// Closing without an answer just sent (idle, drained).
     fn quiet() -> Self {
@@ -802,39 +677,3 @@ impl Closing {
         }
     }
 }
-
-/// Reads what is available into `buffer` (grown to fit exactly what
-/// arrived): the number of bytes, 0 at end of file.
-fn poll_read_some<I: AsyncRead + Unpin>(
-    io: &mut I,
-    buffer: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    poll_read_chunk(io, cx, |bytes| buffer.extend_from_slice(bytes))
-}
-
-/// Reads and drops what is available.
-fn poll_read_discard<I: AsyncRead + Unpin>(
-    io: &mut I,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    poll_read_chunk(io, cx, |_| {})
-}
-
-/// Reads what is available into a stack buffer and hands it to `take`:
-/// nothing stays allocated for a read that finds no data.
-fn poll_read_chunk<I: AsyncRead + Unpin>(
-    io: &mut I,
-    cx: &mut Context<'_>,
-    take: impl FnOnce(&[u8]),
-) -> Poll<io::Result<usize>> {
-    let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-    let mut read = ReadBuf::uninit(&mut stack);
-    ready!(Pin::new(io).poll_read(cx, &mut read))?;
-    let filled = read.filled();
-    take(filled);
-    Poll::Ready(Ok(filled.len()))
-}
-
-#[cfg(test)]
-mod tests;
