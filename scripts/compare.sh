@@ -3,7 +3,7 @@
 # on one machine (ratios count, absolute numbers on shared machines do not).
 #
 #   scripts/compare.sh [--quick | --smoke] [--only "label label ..."] [--out DIR]
-#                      [--electric-src DIR]
+#                      [--electric-src DIR] [--profile PROFILE]
 #
 # Servers (label: what it is; "peer" = our server it is compared against):
 #   ours-memory            this crate, storage.mode=memory
@@ -44,6 +44,8 @@
 #
 # Output: DIR/results.jsonl (one JSON object per server and workload),
 # DIR/table.md (the table printed at the end), DIR/<label>.log (server logs).
+# --profile PROFILE: the cargo profile this server is built with (default
+# dist, as it ships; release when a fat-LTO build takes too long).
 # --quick shortens every workload (about a third of the time); --smoke runs
 # only ours-memory with tiny workloads, to keep the load tool working in CI.
 set -euo pipefail
@@ -55,6 +57,7 @@ MODE=full
 ONLY=""
 OUT=""
 ELECTRIC_SRC=""
+PROFILE=""
 while (($# > 0)); do
   case "$1" in
     --quick) MODE=quick ;;
@@ -62,7 +65,8 @@ while (($# > 0)); do
     --only) ONLY="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --electric-src) ELECTRIC_SRC="$2"; shift ;;
-    -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
+    --profile) PROFILE="$2"; shift ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -91,8 +95,10 @@ esac
 # ------------------------------------------------------------------ build ---
 # Ours as it ships (the dist profile: fat LTO, as Electric builds its
 # release); the smoke run takes the release build CI has already made.
-PROFILE=dist
-[[ "$MODE" == smoke ]] && PROFILE=release
+if [[ -z "$PROFILE" ]]; then
+  PROFILE=dist
+  [[ "$MODE" == smoke ]] && PROFILE=release
+fi
 echo "== building this server ($PROFILE profile) and the load tool"
 cargo build --profile "$PROFILE" --locked --quiet --bin durable-streams-server
 OURS="$REPO_ROOT/target/$PROFILE/durable-streams-server"
