@@ -1,7 +1,7 @@
 //! Serving a router on a bound listener, plain ([`serve`]) or over TLS
 //! ([`serve_tls`]), and the graceful drain both share.
 //!
-//! HTTP/1.1 is served by this crate's own connection layer ([`http1`]:
+//! HTTP/1.1 is served by this crate's own connection layer (`http1`:
 //! no buffers held by idle and streaming connections) unless
 //! `transport.http.engine = "hyper"`; HTTP/2 (over TLS, by ALPN) is
 //! always hyper's. Embedders serving the router with `axum::serve` get
