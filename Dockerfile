@@ -33,7 +33,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/load.rs \
-    && cargo build --release --locked \
+    && cargo build --profile dist --locked \
     && rm -rf src
 
 # The commit shown by --version and in logs; there is no .git in the build
@@ -47,8 +47,8 @@ COPY src ./src
 # above; touching the crate roots makes cargo rebuild this crate.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
-    && install -m 0755 target/release/durable-streams-server /durable-streams-server
+    && cargo build --profile dist --locked \
+    && install -m 0755 target/dist/durable-streams-server /durable-streams-server
 
 # ---------------------------------------------------------------- runtime ---
 FROM debian:bookworm-slim

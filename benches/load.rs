@@ -29,6 +29,7 @@ common options (measuring commands):
   --peer NAME        label of our server this one is compared against (report ratios)
   --name NAME        workload name recorded in the JSON (default derived from options)
   --out FILE         also append the JSON result as one line to FILE
+  --ca FILE          PEM CA to trust for https:// URLs (rss-sse, rss-long-poll)
 
 commands:
   append    [--streams 1] [--connections 32] [--seconds 5] [--size 64] [--json] [--producer]
@@ -42,10 +43,23 @@ commands:
   rss-streams --pid PID [--streams 100] [--messages 100000] [--size 64] [--connections 8]
             server RSS before, after creating N streams, after M appends of SIZE bytes
             spread over them: bytes per stream and overhead bytes per message
-  rss-sse   --pid PID [--connections 1000]
-            server RSS before and with M idle SSE connections: bytes per connection
+  rss-sse   --pid PID [--connections 10000] [--parallel 200]
+            server RSS before and with M idle SSE connections (each past its first
+            event) on one stream: bytes per connection
+  rss-long-poll --pid PID [--connections 10000] [--parallel 200]
+            the same with M long-polls waiting at the tail (the server's long-poll
+            timeout must outlast the run); one append then answers them all, which
+            checks that every one was waiting
+  fanout    [--pid PID] [--streams 1] [--subscribers 10000] [--rate 50] [--seconds 10]
+            [--size 64] [--parallel 200]
+            SSE fan-out: SUBSCRIBERS per stream on STREAMS streams, one writer per
+            stream appending RATE times a second: append -> delivery p50/p99/max over
+            every delivery, deliveries missing at the end, and (with --pid) server RSS
+            while all subscribers are connected
   rss       --pid PID                 one RSS reading
   fsync     [--dir .] [--seconds 3] [--size 64]   write+fdatasync rate of a disk
+The tool raises its own open-file limit to the hard limit; the server needs
+as many descriptors as connections (ulimit -n in the shell that starts it).
   report    FILE [--format markdown|text]  table of a results file, with ratios vs --peer
   free-port                           prints a free TCP port on 127.0.0.1
   wait-ready --url URL [--seconds 60] waits until the server answers HTTP at all
@@ -131,6 +145,22 @@ fn client() -> reqwest::Client {
         .unwrap_or_else(|e| fail!("http client: {e}"))
 }
 
+/// [`client`], trusting `--ca FILE` for `https://` URLs.
+fn client_for(args: &Args) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(4096);
+    if let Some(ca) = args.get("ca") {
+        let pem = std::fs::read(ca).unwrap_or_else(|e| fail!("{ca}: {e}"));
+        let certificate =
+            reqwest::Certificate::from_pem(&pem).unwrap_or_else(|e| fail!("{ca}: {e}"));
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder
+        .build()
+        .unwrap_or_else(|e| fail!("http client: {e}"))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -190,18 +220,14 @@ struct RawConnection {
 
 impl RawConnection {
     fn new(url: &str) -> (Self, String) {
-        let rest = url
-            .strip_prefix("http://")
-            .unwrap_or_else(|| fail!("only http:// URLs: {url}"));
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let path = if path.is_empty() { "/" } else { path };
+        let (authority, path) = split_url(url);
         (
             Self {
-                authority: authority.to_owned(),
+                authority,
                 stream: None,
                 buffer: Vec::with_capacity(4096),
             },
-            path.to_owned(),
+            path,
         )
     }
 
@@ -514,6 +540,23 @@ async fn read_load(args: &Args) -> Value {
     })
 }
 
+/// The event type (`message` when unnamed) and the data (lines joined
+/// with `\n`) of one SSE event's text.
+fn sse_fields(event: &str) -> (String, String) {
+    let mut kind = "message";
+    let mut data = Vec::new();
+    for line in event.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => kind = value,
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    (kind.to_owned(), data.join("\n"))
+}
+
 /// Splits complete SSE events off the front of `buffer`; returns the data of
 /// each `data` event (lines joined with `\n`).
 fn take_sse_data_events(buffer: &mut String) -> Vec<String> {
@@ -529,19 +572,9 @@ fn take_sse_data_events(buffer: &mut String) -> Vec<String> {
             return out;
         };
         let event: String = buffer.drain(..end + skip).collect();
-        let mut kind = "message";
-        let mut data = Vec::new();
-        for line in event.lines() {
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => kind = value,
-                "data" => data.push(value),
-                _ => {}
-            }
-        }
+        let (kind, data) = sse_fields(&event);
         if kind == "data" {
-            out.push(data.join("\n"));
+            out.push(data);
         }
     }
 }
@@ -784,41 +817,494 @@ async fn rss_streams(args: &Args) -> Value {
     })
 }
 
-async fn rss_sse(args: &Args) -> Value {
+/// Raises the soft open-file limit to the hard one: thousands of
+/// connections need as many descriptors.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The `host:port` and path of an `http://` (or `https://`) URL.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or_else(|| fail!("only http:// and https:// URLs: {url}"));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    (authority.to_owned(), path.to_owned())
+}
+
+/// A byte stream to a server: TCP, or TLS over it.
+trait Wire: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Wire for T {}
+
+/// How live reads connect: plain, or TLS trusting `--ca FILE` (for
+/// `https://` URLs).
+#[derive(Clone)]
+struct Connector {
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Connector {
+    fn from_args(args: &Args) -> Self {
+        if !url(args).starts_with("https://") {
+            return Self { tls: None };
+        }
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let ca = args
+            .get("ca")
+            .unwrap_or_else(|| fail!("https:// needs --ca FILE (the PEM CA to trust)"));
+        let pem = std::fs::read(ca).unwrap_or_else(|e| fail!("{ca}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(&pem) {
+            let der = der.unwrap_or_else(|e| fail!("{ca}: {e}"));
+            roots.add(der).unwrap_or_else(|e| fail!("{ca}: {e}"));
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fail!("TLS: {e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> std::io::Result<Box<dyn Wire>> {
+        let stream = tokio::net::TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(stream));
+        };
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host);
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+        Ok(Box::new(tls.connect(name, stream).await?))
+    }
+}
+
+/// A live read on a raw connection: the request sent, the response head
+/// read (for SSE), and the body de-chunked and split into SSE events as it
+/// arrives.
+struct LiveRead {
+    stream: Box<dyn Wire>,
+    /// Raw bytes not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked body bytes not yet split into events.
+    body: Vec<u8>,
+    chunked: bool,
+    /// Body bytes left in the current chunk.
+    chunk_left: usize,
+}
+
+impl LiveRead {
+    /// Opens `GET target` on a new connection to `authority`.
+    async fn open(connector: &Connector, authority: &str, target: &str) -> std::io::Result<Self> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = connector.connect(authority).await?;
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        Ok(Self {
+            stream,
+            raw: Vec::new(),
+            body: Vec::new(),
+            chunked: false,
+            chunk_left: 0,
+        })
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.raw.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads the response head: its status; remembers chunked framing.
+    async fn head(&mut self) -> std::io::Result<u16> {
+        let end = loop {
+            if let Some(i) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+        self.raw.drain(..end);
+        self.chunked = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other("bad status line"))
+    }
+
+    /// Moves what can be de-chunked from `raw` to `body`.
+    fn dechunk(&mut self) -> std::io::Result<()> {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return Ok(());
+        }
+        loop {
+            if self.chunk_left > 0 {
+                let take = self.chunk_left.min(self.raw.len());
+                self.body.extend(self.raw.drain(..take));
+                self.chunk_left -= take;
+                if self.chunk_left > 0 {
+                    return Ok(());
+                }
+            }
+            // Each chunk's data ends in CRLF, then the next size line.
+            let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(());
+            };
+            let text = String::from_utf8_lossy(&self.raw[..line]).into_owned();
+            self.raw.drain(..line + 2);
+            if text.is_empty() {
+                continue;
+            }
+            let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {text:?}")))?;
+            if size == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.chunk_left = size;
+        }
+    }
+
+    /// The next SSE event: (event type, data).
+    async fn next_event(&mut self) -> std::io::Result<(String, String)> {
+        loop {
+            self.dechunk()?;
+            let end = self.body.windows(2).position(|w| w == b"\n\n");
+            if let Some(end) = end {
+                let block: Vec<u8> = self.body.drain(..end + 2).collect();
+                let (kind, data) = sse_fields(&String::from_utf8_lossy(&block));
+                if data.is_empty() && kind == "message" {
+                    // A comment or keep-alive: not an event.
+                    continue;
+                }
+                return Ok((kind, data));
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+/// Opens `count` live reads of `target` at most `parallel` at a time;
+/// `ready` decides when one is set up (given the open read).
+async fn open_many<F, Fut>(
+    connector: &Connector,
+    authority: &str,
+    target: &str,
+    count: u64,
+    parallel: u64,
+    ready: F,
+) -> Vec<LiveRead>
+where
+    F: Fn(LiveRead) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<LiveRead>> + Send,
+{
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1) as usize));
+    let mut tasks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (connector, authority, target, ready, semaphore) = (
+            connector.clone(),
+            authority.to_owned(),
+            target.to_owned(),
+            ready.clone(),
+            semaphore.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await.ok();
+            let read = LiveRead::open(&connector, &authority, &target).await?;
+            tokio::time::timeout(Duration::from_secs(30), ready(read))
+                .await
+                .map_err(|_| std::io::Error::other("not set up within 30 s"))?
+        }));
+    }
+    let mut open = Vec::with_capacity(count as usize);
+    for task in tasks {
+        match task.await {
+            Ok(Ok(read)) => open.push(read),
+            Ok(Err(error)) => fail!("opening a live read: {error}"),
+            Err(error) => fail!("opening a live read: {error}"),
+        }
+    }
+    open
+}
+
+/// An SSE read is set up once its head and first event have arrived.
+async fn sse_ready(mut read: LiveRead) -> std::io::Result<LiveRead> {
+    let status = read.head().await?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("SSE answered {status}")));
+    }
+    read.next_event().await?;
+    Ok(read)
+}
+
+async fn rss_idle(args: &Args, mode: &str) -> Value {
     let pid = pid(args);
     let root = stream_root(args);
-    let connections = num(args, "connections", 1000).max(1);
-    let client = client();
+    let connections = num(args, "connections", 10_000).max(1);
+    let parallel = num(args, "parallel", 200);
+    let connector = Connector::from_args(args);
+    let client = client_for(args);
     let stream = create(&client, &root, "text/plain").await;
     let offset = tail_of(&client, &stream).await;
+    let (authority, path) = split_url(&stream);
     let before = settled_rss_kib(&pid).await;
-    let mut open = Vec::new();
-    for _ in 0..connections {
-        let response = match client
-            .get(format!("{stream}?offset={offset}&live=sse"))
-            .send()
-            .await
-        {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => fail!("SSE: {}", response.status()),
-            Err(error) => fail!("SSE: {error}"),
-        };
-        open.push(response);
-    }
-    // Wait for each connection's first event: the server has set it up.
-    for response in &mut open {
-        let _ = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await;
-    }
+    let started = Instant::now();
+    let open = if mode == "sse" {
+        let target = format!("{path}?offset={offset}&live=sse");
+        open_many(
+            &connector,
+            &authority,
+            &target,
+            connections,
+            parallel,
+            sse_ready,
+        )
+        .await
+    } else {
+        // A long-poll waits without answering: nothing to read yet.
+        let target = format!("{path}?offset={offset}&live=long-poll");
+        open_many(
+            &connector,
+            &authority,
+            &target,
+            connections,
+            parallel,
+            |read| async move { Ok(read) },
+        )
+        .await
+    };
+    let opened_in = started.elapsed().as_secs_f64();
     let after = settled_rss_kib(&pid).await;
+    let elapsed = started.elapsed().as_secs_f64();
     let per_connection = after.saturating_sub(before) as f64 * 1024.0 / connections as f64;
+    if mode == "long-poll" {
+        // One append answers every waiting long-poll: all were waiting.
+        append_text(&client, &stream, "wake").await;
+        let answered =
+            futures_util::future::join_all(open.into_iter().map(|mut read| async move {
+                tokio::time::timeout(Duration::from_secs(30), read.head())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }))
+            .await;
+        let ok = answered.iter().filter(|s| **s == Some(200)).count() as u64;
+        if ok != connections {
+            fail!("only {ok} of {connections} long-polls answered the append with 200");
+        }
+    } else {
+        drop(open);
+    }
+    if elapsed > 50.0 {
+        eprintln!(
+            "load: the measurement took {elapsed:.0} s; servers that end live reads after 60 s may have closed some"
+        );
+    }
+    let label = if mode == "sse" { "SSE" } else { "long-poll" };
     say!(
-        "rss-sse: {before} KiB before, {after} KiB with {connections} idle SSE connections: {per_connection:.0} B/connection"
+        "rss-{mode}: {before} KiB before, {after} KiB with {connections} idle {label} connections \
+         (opened in {opened_in:.1} s): {per_connection:.0} B/connection"
     );
-    drop(open);
+    let metric = if mode == "sse" {
+        "bytes_per_sse_connection"
+    } else {
+        "bytes_per_long_poll_connection"
+    };
     json!({
-        "command": "rss-sse", "name": format!("rss {connections} idle SSE connections"),
+        "command": format!("rss-{mode}"), "name": format!("rss {connections} idle {label} connections"),
         "connections": connections, "rss_before_kib": before, "rss_after_kib": after,
-        "metrics": {"bytes_per_sse_connection": per_connection},
+        "open_seconds": opened_in,
+        "metrics": {metric: per_connection},
+    })
+}
+
+async fn append_text(client: &reqwest::Client, stream: &str, text: &str) {
+    match client
+        .post(stream)
+        .header("content-type", "text/plain")
+        .body(text.to_owned())
+        .send()
+        .await
+    {
+        Ok(response) if response.status().is_success() => {}
+        Ok(response) => fail!("append: {}", response.status()),
+        Err(error) => fail!("append: {error}"),
+    }
+}
+
+/// A stamped payload of `size` bytes: `<ms since origin>;` padded with `.`.
+fn stamp(origin: Instant, size: usize) -> Vec<u8> {
+    let mut payload = format!("{:.3};", origin.elapsed().as_secs_f64() * 1000.0).into_bytes();
+    payload.resize(size.max(payload.len()), b'.');
+    payload
+}
+
+async fn fanout(args: &Args) -> Value {
+    let root = stream_root(args);
+    let streams = num(args, "streams", 1).max(1);
+    let subscribers = num(args, "subscribers", 10_000).max(1);
+    let rate = num(args, "rate", 50).max(1);
+    let seconds = num(args, "seconds", 10).max(1);
+    let size = num(args, "size", 64).max(16) as usize;
+    let parallel = num(args, "parallel", 200);
+    let pid = args.get("pid").cloned();
+    let connector = Connector::from_args(args);
+    let client = client();
+    let mut targets = Vec::new();
+    for _ in 0..streams {
+        let stream = create(&client, &root, "text/plain").await;
+        let offset = tail_of(&client, &stream).await;
+        targets.push((stream, offset));
+    }
+    let before = match &pid {
+        Some(pid) => Some(settled_rss_kib(pid).await),
+        None => None,
+    };
+    let total = streams * subscribers;
+    let started = Instant::now();
+    let mut readers = Vec::new();
+    for (stream, offset) in &targets {
+        let (authority, path) = split_url(stream);
+        let target = format!("{path}?offset={offset}&live=sse");
+        readers.extend(
+            open_many(
+                &connector,
+                &authority,
+                &target,
+                subscribers,
+                parallel,
+                sse_ready,
+            )
+            .await,
+        );
+    }
+    let opened_in = started.elapsed().as_secs_f64();
+    let connected = match &pid {
+        Some(pid) => Some(settled_rss_kib(pid).await),
+        None => None,
+    };
+    let origin = Instant::now();
+    let messages = rate * seconds;
+    let deadline = origin + Duration::from_secs(seconds + 10);
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<f32>::with_capacity(
+        (total * messages) as usize,
+    )));
+    let mut tasks = Vec::new();
+    for mut read in readers {
+        let samples = samples.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(messages as usize);
+            while (mine.len() as u64) < messages {
+                let next = tokio::time::timeout_at(deadline.into(), read.next_event()).await;
+                let Ok(Ok((kind, data))) = next else { break };
+                if kind != "data" {
+                    continue;
+                }
+                let now = origin.elapsed().as_secs_f64() * 1000.0;
+                for stamp in data
+                    .split(';')
+                    .filter_map(|s| s.trim_matches('.').parse::<f64>().ok())
+                {
+                    mine.push((now - stamp) as f32);
+                }
+            }
+            samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(mine);
+        }));
+    }
+    // One writer per stream, on its own keep-alive connection.
+    let mut writers = Vec::new();
+    for (stream, _) in targets {
+        writers.push(tokio::spawn(async move {
+            let (mut connection, path) = RawConnection::new(&stream);
+            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for _ in 0..messages {
+                ticker.tick().await;
+                let body = stamp(origin, size);
+                let head = connection.post_head(&path, "text/plain", body.len(), "");
+                match connection.send(&head, &body).await {
+                    Ok(status) if (200..300).contains(&status) => {}
+                    Ok(status) => fail!("append: {status}"),
+                    Err(error) => fail!("append: {error}"),
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let during = pid.as_deref().map(rss_kib);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    samples.sort_by(f32::total_cmp);
+    let expected = total * messages;
+    let missing = expected.saturating_sub(samples.len() as u64);
+    let sorted: Vec<f64> = samples.iter().map(|&v| f64::from(v)).collect();
+    let (p50, p99, max) = (
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted.last().copied().unwrap_or(0.0),
+    );
+    let shape = if streams == 1 {
+        format!("{subscribers} subscribers")
+    } else {
+        format!("{streams} streams x {subscribers} subscribers")
+    };
+    let mut metrics =
+        json!({"p50_ms": p50, "p99_ms": p99, "max_ms": max, "missing_deliveries": missing});
+    let mut rss_text = String::new();
+    if let (Some(before), Some(connected), Some(during)) = (before, connected, during) {
+        let per_subscriber = connected.saturating_sub(before) as f64 * 1024.0 / total as f64;
+        metrics["rss_mib"] = json!(during.max(connected) as f64 / 1024.0);
+        metrics["bytes_per_subscriber"] = json!(per_subscriber);
+        rss_text = format!(
+            ", RSS {before} KiB before, {connected} KiB connected ({per_subscriber:.0} B/subscriber), {during} KiB at the end"
+        );
+    }
+    say!(
+        "fanout[{shape}, {rate}/s per stream, {seconds} s]: {}/{expected} deliveries (opened in {opened_in:.1} s), \
+         p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms{rss_text}",
+        samples.len()
+    );
+    json!({
+        "command": "fanout", "name": format!("fanout {shape}, {rate}/s per stream"),
+        "streams": streams, "subscribers": subscribers, "rate": rate, "seconds": seconds,
+        "deliveries": samples.len(), "expected_deliveries": expected, "open_seconds": opened_in,
+        "metrics": metrics,
     })
 }
 
@@ -995,12 +1481,15 @@ fn report(file: &str, args: &Args) {
 #[tokio::main]
 async fn main() {
     let (command, positional, args) = parse_args();
+    raise_fd_limit();
     let mut result = match command.as_str() {
         "append" => append_load(&args).await,
         "read" => read_load(&args).await,
         "latency" => latency(&args).await,
         "rss-streams" => rss_streams(&args).await,
-        "rss-sse" => rss_sse(&args).await,
+        "rss-sse" => rss_idle(&args, "sse").await,
+        "rss-long-poll" => rss_idle(&args, "long-poll").await,
+        "fanout" => fanout(&args).await,
         "rss" => rss(&args),
         "fsync" => fsync_rate(&args),
         "report" => {

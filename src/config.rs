@@ -199,6 +199,18 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// What serves HTTP/1.1 on the main listener (`transport.http.engine`).
+    pub enum Http1Engine {
+        /// The server's own HTTP/1.1 connection layer: no buffers held by
+        /// idle and streaming connections.
+        #[default]
+        Lean = "lean",
+        /// hyper's HTTP/1.1, as embedders get from `axum::serve`.
+        Hyper = "hyper",
+    }
+}
+
+keyword_enum! {
     /// A TLS protocol version (`transport.tls.min_version`, `max_version`).
     pub enum TlsVersion {
         /// TLS 1.2.
@@ -240,12 +252,15 @@ pub struct TransportConfig {
 pub struct TransportHttpConfig {
     /// Versions the listener speaks; `http2` needs TLS.
     pub versions: Vec<HttpVersion>,
+    /// What serves HTTP/1.1 (HTTP/2 is always hyper's).
+    pub engine: Http1Engine,
 }
 
 impl Default for TransportHttpConfig {
     fn default() -> Self {
         Self {
             versions: vec![HttpVersion::Http1],
+            engine: Http1Engine::Lean,
         }
     }
 }

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use durable_streams_server::cli::{self, Cli};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();

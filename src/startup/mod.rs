@@ -230,14 +230,20 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
             log_entered(Phase::Drain);
         }
     };
-    let timing = settings::drain_timing(config);
+    let serve_options = settings::serve_options(config);
     let served = match tls {
-        None => server::serve(listener, router, readiness, shutdown, signal, timing).await,
+        None => server::serve(listener, router, readiness, shutdown, signal, serve_options).await,
         Some(acceptor) => {
             // Installs the SIGHUP handler before the server reports ready.
             let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
             server::serve_tls(
-                listener, acceptor, router, readiness, shutdown, signal, timing,
+                listener,
+                acceptor,
+                router,
+                readiness,
+                shutdown,
+                signal,
+                serve_options,
             )
             .await
         }

@@ -10,7 +10,7 @@ use crate::engine::EngineLimits;
 use crate::http::{Cors, HttpSettings, InputLimits, normalise_base_path};
 use crate::protocol::name::NameLimits;
 use crate::proxy::ProxyPolicy;
-use crate::server::DrainTiming;
+use crate::server::{DrainTiming, ServeOptions};
 use crate::subscriptions::{SubscriptionSettings, ssrf};
 
 impl EngineLimits {
@@ -98,6 +98,14 @@ pub(crate) fn drain_timing(config: &Config) -> DrainTiming {
     DrainTiming {
         delay: Duration::from_secs(config.server.shutdown_delay_secs),
         timeout: Duration::from_secs(config.server.drain_timeout_secs),
+    }
+}
+
+/// How the HTTP listener serves: the drain and the HTTP/1.1 engine.
+pub(crate) fn serve_options(config: &Config) -> ServeOptions {
+    ServeOptions {
+        engine: config.transport.http.engine,
+        ..ServeOptions::new(drain_timing(config))
     }
 }
 

@@ -342,6 +342,43 @@ pub async fn read_one_response(socket: &mut TcpStream) -> RawResponse {
     }
 }
 
+/// Everything the server sends on `socket` until it closes the connection
+/// (bounded by [`HANG_GUARD`]).
+pub async fn read_until_closed(socket: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(HANG_GUARD, socket.read_to_end(&mut rest))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap_or_default();
+    rest
+}
+
+/// Reads `count` pipelined responses off `socket`, in order.
+pub async fn read_responses(socket: &mut TcpStream, count: usize) -> Vec<RawResponse> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        if let Some(complete) = complete_response(&buffer) {
+            responses.push(parse_raw_response(&buffer[..complete]));
+            buffer.drain(..complete);
+            continue;
+        }
+        let n = tokio::time::timeout(HANG_GUARD, socket.read(&mut chunk))
+            .await
+            .expect("response timed out")
+            .expect("read response");
+        assert!(
+            n > 0,
+            "closed after {} of {count} responses",
+            responses.len()
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(buffer.is_empty(), "more than {count} responses");
+    responses
+}
+
 fn head_end(buffer: &[u8]) -> Option<usize> {
     buffer
         .windows(4)

@@ -1,0 +1,670 @@
+//! Request heads: parsed with `httparse`, then held to the framing rules of
+//! RFC 9112 strictly enough that no request can be read two ways (request
+//! smuggling): one `Content-Length` or one final `chunked` coding, never
+//! both; lines end in CRLF; `Host` present once.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+/// Most header fields in one request head.
+pub(super) const MAX_HEADERS: usize = 100;
+
+/// Size limits of a request head.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadLimits {
+    /// Longest head, request line and fields together (else `431`).
+    pub max_head_bytes: usize,
+    /// Longest request target (else `414`).
+    pub max_uri_bytes: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed, checked request head.
+#[derive(Debug)]
+pub(super) struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: BodyFraming,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on HTTP/1.1.
+    pub expect_continue: bool,
+}
+
+/// Why a head was refused; the connection closes after the answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum HeadError {
+    /// Malformed or ambiguous: `400`.
+    Malformed(&'static str),
+    /// The request target is too long: `414`.
+    UriTooLong,
+    /// The head is too large or has too many fields: `431`.
+    TooLarge,
+    /// A transfer coding other than `chunked`: `501`.
+    UnsupportedCoding,
+}
+
+impl HeadError {
+    /// The answer's status, problem code and detail.
+    pub(super) fn answer(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            HeadError::Malformed(detail) => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", detail),
+            HeadError::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "URI_TOO_LONG",
+                "the request target is too long",
+            ),
+            HeadError::TooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+                "the request head is too large or has too many header fields",
+            ),
+            HeadError::UnsupportedCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                "UNSUPPORTED_TRANSFER_CODING",
+                "only the chunked transfer coding is supported",
+            ),
+        }
+    }
+}
+
+/// Finds request heads in a read buffer as bytes arrive: each byte is
+/// looked at once until the empty line that ends a head, which is then
+/// parsed once.
+#[derive(Debug, Default)]
+pub(super) struct HeadScanner {
+    /// Bytes at the start of the buffer already looked at.
+    scanned: usize,
+    /// The request line has ended.
+    line_done: bool,
+}
+
+impl HeadScanner {
+    /// The next complete head at the start of `buffer` (removed from
+    /// there), `Ok(None)` while it is incomplete and within the limits.
+    /// Empty lines before a request line are dropped (RFC 9112 §2.2).
+    ///
+    /// # Errors
+    /// When the head is malformed, ambiguous or too large.
+    pub(super) fn next(
+        &mut self,
+        buffer: &mut BytesMut,
+        limits: HeadLimits,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        while buffer.starts_with(b"\r\n") {
+            buffer.advance(2);
+            self.scanned = self.scanned.saturating_sub(2);
+        }
+        // A line end may straddle the previous look.
+        let from = self.scanned.saturating_sub(3).min(buffer.len());
+        let fresh = &buffer[from..];
+        self.scanned = buffer.len();
+        // The head ends at the first empty line: an LF after CR LF CR.
+        let ends_head = |at: usize| at >= 3 && fresh[at - 3..at] == *b"\r\n\r";
+        match memchr::memchr_iter(b'\n', fresh).find(|&at| ends_head(at)) {
+            Some(at) => {
+                let end = from + at + 1;
+                if end > limits.max_head_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                *self = Self::default();
+                let head = buffer.split_to(end).freeze();
+                parse(&head, limits).map(Some)
+            }
+            None => {
+                // Bare line ends never make a head; say so at once. (A CR
+                // last in the buffer may still be followed by its LF.)
+                let checked = fresh.strip_suffix(b"\r").unwrap_or(fresh);
+                if from == 0 || buffer[from - 1] != b'\r' {
+                    check_line_endings(checked)?;
+                } else {
+                    check_line_endings(&buffer[from - 1..from + checked.len()])?;
+                }
+                self.line_done |= fresh.contains(&b'\n');
+                // Method and version around the target take a few bytes more.
+                if !self.line_done && buffer.len() > limits.max_uri_bytes + 32 {
+                    return Err(HeadError::UriTooLong);
+                }
+                if buffer.len() > limits.max_head_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Parses `head`, a request line and fields ending in an empty line.
+///
+/// # Errors
+/// When the head is malformed, ambiguous or too large.
+fn parse(head: &Bytes, limits: HeadLimits) -> Result<RequestHead, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        head,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        // An earlier end than the first empty line: bare line ends.
+        Ok(_) => return Err(HeadError::Malformed("a line ends in LF without CR")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(error) => return Err(HeadError::Malformed(describe(error))),
+    }
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    if target.len() > limits.max_uri_bytes {
+        return Err(HeadError::UriTooLong);
+    }
+    check_line_endings(head)?;
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let version = match version {
+        1 => Version::HTTP_11,
+        0 => Version::HTTP_10,
+        _ => return Err(HeadError::Malformed("unsupported HTTP version")),
+    };
+    let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes()))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    let mut framing = Framing::default();
+    for field in request.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("invalid header field name"))?;
+        // Values share the head's allocation.
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| HeadError::Malformed("invalid header field value"))?;
+        framing.note(&name, &value)?;
+        headers.append(name, value);
+    }
+    build(method, uri, version, headers, &framing)
+}
+
+fn describe(error: httparse::Error) -> &'static str {
+    match error {
+        httparse::Error::HeaderName => {
+            "invalid header field name (or whitespace before the colon, or a folded line)"
+        }
+        httparse::Error::HeaderValue => "invalid header field value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status | httparse::Error::Token => "invalid request line",
+        httparse::Error::Version => "unsupported HTTP version",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    }
+}
+
+/// Every line of the head ends in CRLF: no bare LF (which `httparse`
+/// accepts) and no bare CR. Jumps from line end to line end.
+fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
+    for index in memchr::memchr2_iter(b'\r', b'\n', head) {
+        match head[index] {
+            b'\r' if head.get(index + 1) != Some(&b'\n') => {
+                return Err(HeadError::Malformed("a CR not followed by LF"));
+            }
+            b'\n' if index == 0 || head[index - 1] != b'\r' => {
+                return Err(HeadError::Malformed("a line ends in LF without CR"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What the head says about framing and the connection, gathered in one
+/// pass over the fields.
+#[derive(Default)]
+struct Framing {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    hosts: usize,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Framing {
+    /// Takes note of one field.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if self.content_length.is_some() {
+                    return Err(HeadError::Malformed("more than one Content-Length"));
+                }
+                self.content_length = Some(content_length(value.as_bytes())?);
+            }
+            header::TRANSFER_ENCODING => self.transfer_encoding = true,
+            header::HOST => self.hosts += 1,
+            header::CONNECTION => {
+                for token in tokens(value.as_bytes()) {
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            header::EXPECT => {
+                self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Checks what the fields say together and makes the request head.
+fn build(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    mut headers: HeaderMap,
+    framing: &Framing,
+) -> Result<RequestHead, HeadError> {
+    let body = body_framing(&headers, framing, version)?;
+    let absolute = check_target(&method, &uri)?;
+    if framing.hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host"));
+    }
+    if let Some(authority) = absolute {
+        // RFC 9112 §3.2.2: the target's authority wins over any `Host`.
+        headers.insert(header::HOST, authority);
+    } else if framing.hosts == 0 && version == Version::HTTP_11 {
+        return Err(HeadError::Malformed("an HTTP/1.1 request without Host"));
+    } else if let Some(host) = headers.get(header::HOST) {
+        check_host(host.as_bytes())?;
+    }
+    let keep_alive = if version == Version::HTTP_11 {
+        !framing.close
+    } else {
+        framing.keep_alive && !framing.close
+    };
+    Ok(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expect_continue: framing.expect_continue && version == Version::HTTP_11,
+    })
+}
+
+/// RFC 9112 §6: `Transfer-Encoding` (HTTP/1.1 only) must end in `chunked`
+/// and never comes with `Content-Length`; we know no other coding.
+fn body_framing(
+    headers: &HeaderMap,
+    framing: &Framing,
+    version: Version,
+) -> Result<BodyFraming, HeadError> {
+    if !framing.transfer_encoding {
+        return Ok(match framing.content_length {
+            None | Some(0) => BodyFraming::Empty,
+            Some(length) => BodyFraming::Length(length),
+        });
+    }
+    if version != Version::HTTP_11 {
+        return Err(HeadError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    if framing.content_length.is_some() {
+        return Err(HeadError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut codings = 0usize;
+    let mut chunked_at = None;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&byte| byte == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                return Err(HeadError::Malformed("an empty transfer coding"));
+            }
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                if chunked_at.is_some() {
+                    return Err(HeadError::Malformed("chunked applied more than once"));
+                }
+                chunked_at = Some(codings);
+            }
+            codings += 1;
+        }
+    }
+    match chunked_at {
+        Some(at) if at + 1 == codings && codings == 1 => Ok(BodyFraming::Chunked),
+        Some(at) if at + 1 == codings => Err(HeadError::UnsupportedCoding),
+        _ => Err(HeadError::Malformed(
+            "Transfer-Encoding does not end in chunked",
+        )),
+    }
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no list).
+fn content_length(value: &[u8]) -> Result<u64, HeadError> {
+    const INVALID: HeadError = HeadError::Malformed("invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(INVALID);
+    }
+    value.iter().try_fold(0u64, |total, &digit| {
+        total
+            .checked_mul(10)
+            .and_then(|total| total.checked_add(u64::from(digit - b'0')))
+            .ok_or(INVALID)
+    })
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+}
+
+/// Checks the form of the request target against the method; returns the
+/// authority of an absolute-form target, which replaces `Host`.
+fn check_target(method: &Method, uri: &Uri) -> Result<Option<HeaderValue>, HeadError> {
+    if let Some(scheme) = uri.scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(HeadError::Malformed("an absolute target of another scheme"));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(HeadError::Malformed("an absolute target without a host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(HeadError::Malformed("user information in the target"));
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| HeadError::Malformed("invalid target authority"));
+    }
+    if uri.authority().is_some() {
+        // Authority form: for CONNECT only, which is answered by the router.
+        return if method == Method::CONNECT {
+            Ok(None)
+        } else {
+            Err(HeadError::Malformed("an authority-form target"))
+        };
+    }
+    if uri.path() == "*" {
+        return if method == Method::OPTIONS {
+            Ok(None)
+        } else {
+            Err(HeadError::Malformed("an asterisk target outside OPTIONS"))
+        };
+    }
+    if uri.path().starts_with('/') {
+        Ok(None)
+    } else {
+        Err(HeadError::Malformed("invalid request target"))
+    }
+}
+
+/// `Host` is `host[:port]` (RFC 9110 §7.2: a registered name, an IPv4
+/// address or a bracketed IP literal, and digits after the last colon),
+/// possibly empty; never user information, a path or whitespace.
+fn check_host(host: &[u8]) -> Result<(), HeadError> {
+    const INVALID: HeadError = HeadError::Malformed("invalid Host");
+    let (name, port) = match host.iter().rposition(|&byte| byte == b':') {
+        // A colon inside a bracketed literal is not a port separator.
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    };
+    if port.is_some_and(|port| !port.iter().all(u8::is_ascii_digit)) {
+        return Err(INVALID);
+    }
+    let valid = match name {
+        [b'[', literal @ .., b']'] => literal
+            .iter()
+            .all(|&byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.')),
+        _ => name.iter().all(|&byte| {
+            byte.is_ascii_alphanumeric()
+                || matches!(
+                    byte,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    if valid { Ok(()) } else { Err(INVALID) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        let mut buffer = BytesMut::from(raw);
+        HeadScanner::default().next(&mut buffer, HeadLimits::default())
+    }
+
+    fn parse_with(
+        buffer: &mut BytesMut,
+        limits: HeadLimits,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        HeadScanner::default().next(buffer, limits)
+    }
+
+    fn malformed(raw: &[u8]) -> bool {
+        matches!(parse_all(raw), Err(HeadError::Malformed(_)))
+    }
+
+    #[test]
+    fn a_simple_get_parses_and_leaves_the_rest() {
+        let mut buffer = BytesMut::from(&b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\nNEXT"[..]);
+        let head = parse_with(&mut buffer, HeadLimits::default())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.method, Method::GET);
+        assert_eq!(head.uri.path(), "/a");
+        assert_eq!(head.uri.query(), Some("b=c"));
+        assert_eq!(head.headers["host"], "x");
+        assert_eq!(head.body, BodyFraming::Empty);
+        assert!(head.keep_alive);
+        assert_eq!(&buffer[..], b"NEXT");
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        assert!(
+            parse_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .expect("ok")
+                .is_none()
+        );
+        assert!(parse_all(b"GE").expect("ok").is_none());
+    }
+
+    #[test]
+    fn framing_is_unambiguous() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(malformed(cl_te));
+        let two_cl =
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert!(malformed(two_cl));
+        for bad in ["+3", "3 ,3", "3,3", "-1", "0x3", "", "99999999999999999999"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(malformed(raw.as_bytes()), "{bad:?}");
+        }
+        for bad in [
+            "chunked, gzip",
+            "identity",
+            "chunked, chunked",
+            "chunked,",
+            "xchunked",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {bad}\r\n\r\n");
+            assert!(malformed(raw.as_bytes()), "{bad:?}");
+        }
+        let gzip = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(parse_all(gzip).err(), Some(HeadError::UnsupportedCoding));
+        let chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(
+            parse_all(chunked).expect("ok").expect("complete").body,
+            BodyFraming::Chunked
+        );
+        let te10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(malformed(te10));
+    }
+
+    #[test]
+    fn line_ending_oddities_are_refused() {
+        assert!(malformed(b"GET / HTTP/1.1\nHost: x\r\n\r\n"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: x\n\r\n"));
+        assert!(parse_all(b"GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n").is_err());
+        assert!(parse_all(b"GET / HTTP/1.1\r\nHost: x\r\n fold\r\n\r\n").is_err());
+        assert!(parse_all(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn host_rules() {
+        assert!(malformed(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"));
+        assert!(parse_all(b"GET / HTTP/1.0\r\n\r\n").expect("ok").is_some());
+        for host in [
+            "[::1]:8080",
+            "[::1]",
+            "127.0.0.1:1",
+            "a.example",
+            "x_y-z.test:80",
+            "",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse_all(raw.as_bytes()).expect(host).is_some(), "{host}");
+        }
+        for host in ["a:b", "a/b", "a?b", "[::1", "[x]", "a:8080:", "a#b"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(malformed(raw.as_bytes()), "{host}");
+        }
+        let absolute = parse_all(b"GET http://real:8/p?q HTTP/1.1\r\nHost: fake\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(absolute.headers["host"], "real:8");
+        assert_eq!(absolute.uri.path(), "/p");
+        assert!(malformed(b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(malformed(b"GET x:80 HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(malformed(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(
+            parse_all(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("ok")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn connection_and_expect() {
+        let head = |raw: &[u8]| parse_all(raw).expect("ok").expect("complete");
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(
+            head(
+                b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n"
+            )
+            .expect_continue
+        );
+        assert!(
+            !head(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn the_scanner_parses_once_a_line_ends_and_skips_empty_lines() {
+        let mut scanner = HeadScanner::default();
+        let mut buffer = BytesMut::new();
+        let limits = HeadLimits::default();
+        for byte in b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r" {
+            buffer.extend_from_slice(&[*byte]);
+            assert!(scanner.next(&mut buffer, limits).expect("valid").is_none());
+        }
+        buffer.extend_from_slice(b"\nrest");
+        let head = scanner
+            .next(&mut buffer, limits)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.headers["host"], "x");
+        assert_eq!(&buffer[..], b"rest");
+        let mut long = BytesMut::from(format!("GET /{}", "a".repeat(9000)).as_bytes());
+        assert_eq!(
+            HeadScanner::default().next(&mut long, limits).err(),
+            Some(HeadError::UriTooLong)
+        );
+    }
+
+    #[test]
+    fn limits_give_414_and_431() {
+        let limits = HeadLimits {
+            max_head_bytes: 256,
+            max_uri_bytes: 64,
+        };
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100));
+        let mut buffer = BytesMut::from(long_target.as_bytes());
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::UriTooLong)
+        );
+        // Still arriving, and already too long.
+        let mut buffer = BytesMut::from(&long_target.as_bytes()[..100]);
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::UriTooLong)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "v".repeat(300)
+        );
+        let mut buffer = BytesMut::from(big.as_bytes());
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::TooLarge)
+        );
+        let mut buffer = BytesMut::from(&big.as_bytes()[..280]);
+        assert_eq!(
+            parse_with(&mut buffer, limits).err(),
+            Some(HeadError::TooLarge)
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X{i}: v\r\n"))
+            .collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(parse_all(raw.as_bytes()).err(), Some(HeadError::TooLarge));
+    }
+}
