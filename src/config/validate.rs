@@ -203,6 +203,56 @@ impl Checker<'_> {
                     .into(),
             );
         }
+        let minimums = [
+            ("storage.segment_bytes", storage.segment_bytes, 1 << 20),
+            ("storage.chunk_bytes", storage.chunk_bytes, 4 << 10),
+            ("storage.max_open_files", storage.max_open_files, 16),
+            (
+                "storage.checkpoint_interval_secs",
+                storage.checkpoint_interval_secs,
+                1,
+            ),
+            (
+                "storage.max_replay_bytes",
+                storage.max_replay_bytes,
+                1 << 20,
+            ),
+            (
+                "storage.acid.cache_bytes",
+                storage.acid.cache_bytes,
+                1 << 20,
+            ),
+        ];
+        for (key, value, minimum) in minimums {
+            if value < minimum {
+                self.error(
+                    key,
+                    format!("`{key}` = {value} is below its minimum of {minimum}"),
+                    format!("set `{key}` to at least {minimum}, or remove it to use the default"),
+                );
+            }
+        }
+        if storage.commit_shards > 256 {
+            self.error(
+                "storage.commit_shards",
+                format!(
+                    "`storage.commit_shards` = {} is more than 256",
+                    storage.commit_shards
+                ),
+                "use 0 (one per core) or a number up to 256".into(),
+            );
+        }
+        if storage.max_replay_bytes < storage.segment_bytes {
+            self.warn(
+                "storage.max_replay_bytes",
+                format!(
+                    "`storage.max_replay_bytes` = {} is below `storage.segment_bytes` = {}: \
+                     a replay after a crash can reach a whole segment",
+                    storage.max_replay_bytes, storage.segment_bytes
+                ),
+                "raise max_replay_bytes or lower segment_bytes".into(),
+            );
+        }
         if !storage.mode.uses_data_dir() && dir_set {
             self.warn(
                 "storage.data_dir",

@@ -379,6 +379,7 @@ impl Engine {
                     producers,
                     stream_seq: state.stream_seq.clone(),
                     soft_deleted: inner.status == Status::SoftDeleted,
+                    head: entry.spec.base,
                 })
             })
             .collect()

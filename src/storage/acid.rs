@@ -14,11 +14,12 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::chunk_list::{self, Chunk, ChunkList};
 use super::lock::DirLock;
 use super::queue::{Ack, CommitQueue, Next, WriterThread, commit_spans, fail_all};
 use super::{
-    ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
-    StreamSpec,
+    ChunkInfo, ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError,
+    StorageFuture, StreamId, StreamSpec,
 };
 use crate::metrics;
 use crate::protocol::producer::ProducerState;
@@ -33,6 +34,9 @@ const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 /// The metadata area (see [`super::metadata`]): CRC32C (4 bytes LE) then value.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+/// Sealed chunks by (stream, start): when their newest record was written
+/// (Unix ms). The chunk being written is in the stream's state.
+const CHUNKS: TableDefinition<(u64, u64), i64> = TableDefinition::new("chunks");
 /// Most payload bytes one transaction commits.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 /// The database file inside the data directory.
@@ -45,6 +49,41 @@ struct StoredState {
     closed_by: Option<ClosedBy>,
     stream_seq: Option<String>,
     soft_deleted: bool,
+    /// Where the retained data starts (absent: the spec's base).
+    #[serde(default)]
+    head: Option<u64>,
+    /// Start of the chunk being written (absent in databases written before
+    /// chunks: one chunk from the head).
+    #[serde(default)]
+    chunk_start: Option<u64>,
+    /// When its newest record was written, Unix ms.
+    #[serde(default)]
+    last_write_ms: i64,
+}
+
+/// Tuning of the acid backend.
+#[derive(Clone, Copy, Debug)]
+pub struct AcidOptions {
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// Payload bytes after which a stream's next record starts a new chunk.
+    pub chunk_bytes: u64,
+}
+
+impl Default for AcidOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            chunk_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The writer's view of a stream.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    tail: u64,
+    chunk_start: Option<u64>,
 }
 
 fn db_error(error: impl Into<redb::Error>) -> StorageError {
@@ -87,6 +126,8 @@ struct Shared {
     db: Db,
     queue: CommitQueue,
     recovered: Mutex<Vec<RecoveredStream>>,
+    /// Heads of the streams retention trimmed (reads before them refused).
+    trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
     _lock: Option<DirLock>,
 }
 
@@ -113,22 +154,33 @@ impl AcidStorage {
     /// When the directory is locked, the database cannot be opened, or a
     /// record fails verification.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, AcidOptions::default())
+    }
+
+    /// [`AcidStorage::open`] with `options`.
+    ///
+    /// # Errors
+    /// As [`AcidStorage::open`].
+    pub fn open_with(dir: &Path, options: AcidOptions) -> Result<Self, StorageError> {
         let lock = DirLock::acquire(dir)?;
         let path = dir.join(DATABASE_FILE);
-        let db = open_database(&path)?;
+        let db = open_database(&path, options.cache_bytes)?;
         prepare_tables(&db)?;
         let db = Db::Writable(db);
-        let (recovered, tails) = load(&db, &path)?;
+        let (recovered, heads) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
+            trimmed: std::sync::RwLock::new(trimmed),
             _lock: Some(lock),
         });
         let writer = Writer {
             shared: shared.clone(),
-            tails,
+            heads,
+            chunk_bytes: options.chunk_bytes,
         };
         let thread = std::thread::Builder::new()
             .name("ds-acid-writer".into())
@@ -161,11 +213,13 @@ impl AcidStorage {
             })?;
         let db = Db::ReadOnly(db);
         let (recovered, _) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
+            trimmed: std::sync::RwLock::new(trimmed),
             _lock: None,
         });
         shared.queue.close();
@@ -192,6 +246,15 @@ impl AcidStorage {
             end: from,
             starts_mid_record: false,
         };
+        if let Some(&head) = shared
+            .trimmed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            && from < head
+        {
+            return Err(StorageError::Trimmed { id, head });
+        }
         if from >= until {
             return Ok(chunk);
         }
@@ -251,7 +314,7 @@ fn verified_payload<'a>(
 
 /// Opens the database with redb's page checksums verified, allowing
 /// read-only handles in other processes (a live export) beside this writer.
-fn open_database(path: &Path) -> Result<Database, StorageError> {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
     let corrupt = |detail: String| {
         StorageError::Corrupt(format!(
             "database file {} is corrupt: {detail}",
@@ -261,6 +324,7 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
     let opened = std::panic::catch_unwind(|| {
         redb::Builder::new()
             .set_check_integrity_on_open(true)
+            .set_cache_size(cache_bytes)
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .create(path)
     });
@@ -288,20 +352,31 @@ fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
         txn.open_table(METADATA).map_err(db_error)?;
+        txn.open_table(CHUNKS).map_err(db_error)?;
     }
     txn.commit().map_err(db_error)
+}
+
+/// The heads of streams whose data retention trimmed.
+fn trimmed_heads(recovered: &[RecoveredStream]) -> HashMap<StreamId, u64> {
+    recovered
+        .iter()
+        .filter(|s| s.head > s.spec.base)
+        .map(|s| (s.spec.id, s.head))
+        .collect()
 }
 
 fn load(
     db: &Db,
     path: &Path,
-) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, u64>), StorageError> {
+) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, Head>), StorageError> {
     let txn = db.begin_read()?;
     let specs = txn.open_table(SPECS).map_err(db_error)?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let producers = txn.open_table(PRODUCERS).map_err(db_error)?;
     let records = txn.open_table(RECORDS).map_err(db_error)?;
     let mut by_id: BTreeMap<StreamId, RecoveredStream> = BTreeMap::new();
+    let mut chunk_starts: HashMap<StreamId, Option<u64>> = HashMap::new();
     for entry in specs.iter().map_err(db_error)? {
         let (id, raw) = entry.map_err(db_error)?;
         let spec: StreamSpec = serde_json::from_slice(raw.value()).map_err(|e| {
@@ -325,7 +400,8 @@ fn load(
             },
         };
         // Every record must verify and follow its predecessor exactly.
-        let mut expected = spec.base;
+        let head = state.head.unwrap_or(spec.base);
+        let mut expected = head;
         for record in records
             .range((id.value(), 0)..=(id.value(), u64::MAX))
             .map_err(db_error)?
@@ -359,7 +435,12 @@ fn load(
                 producers: Vec::new(),
                 stream_seq: state.stream_seq,
                 soft_deleted: state.soft_deleted,
+                head,
             },
+        );
+        chunk_starts.insert(
+            id.value(),
+            state.chunk_start.or((state.tail > head).then_some(head)),
         );
     }
     for entry in producers.iter().map_err(db_error)? {
@@ -372,8 +453,19 @@ fn load(
                 .push((producer.to_owned(), ProducerState { epoch, last_seq }));
         }
     }
-    let tails = by_id.iter().map(|(&id, s)| (id, s.tail)).collect();
-    Ok((by_id.into_values().collect(), tails))
+    let heads = by_id
+        .iter()
+        .map(|(&id, s)| {
+            (
+                id,
+                Head {
+                    tail: s.tail,
+                    chunk_start: chunk_starts.get(&id).copied().flatten(),
+                },
+            )
+        })
+        .collect();
+    Ok((by_id.into_values().collect(), heads))
 }
 
 impl Storage for AcidStorage {
@@ -427,6 +519,17 @@ impl Storage for AcidStorage {
         })
     }
 
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || chunks_blocking(&shared, id))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!("read task failed: {e}")))
+                })
+        })
+    }
+
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -468,6 +571,44 @@ fn put_metadata_blocking(
     txn.commit().map_err(db_error)
 }
 
+fn chunks_blocking(shared: &Shared, id: StreamId) -> Result<Vec<ChunkInfo>, StorageError> {
+    let txn = shared.db.begin_read()?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let state: StoredState = match states.get(id).map_err(db_error)? {
+        Some(raw) => serde_json::from_slice(raw.value())
+            .map_err(|e| StorageError::Corrupt(format!("state of stream {id} is invalid: {e}")))?,
+        None => return Err(StorageError::UnknownStream(id)),
+    };
+    let table = match txn.open_table(CHUNKS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut list = Vec::new();
+    if let Some(table) = table {
+        for entry in table.range((id, 0)..=(id, u64::MAX)).map_err(db_error)? {
+            let (key, ms) = entry.map_err(db_error)?;
+            list.push(Chunk {
+                start: key.value().1,
+                last_write_ms: ms.value(),
+            });
+        }
+    }
+    let head = state
+        .head
+        .unwrap_or(list.first().map_or(state.tail, |c| c.start));
+    if let Some(start) = state
+        .chunk_start
+        .or((state.tail > head && list.is_empty()).then_some(head))
+    {
+        list.push(Chunk {
+            start,
+            last_write_ms: state.last_write_ms,
+        });
+    }
+    Ok(ChunkList::from_chunks(list).infos(state.tail))
+}
+
 fn load_metadata_blocking(shared: &Shared) -> Result<Vec<(String, Bytes)>, StorageError> {
     let txn = shared.db.begin_read()?;
     let table = match txn.open_table(METADATA) {
@@ -498,7 +639,17 @@ fn load_metadata_blocking(shared: &Shared) -> Result<Vec<(String, Bytes)>, Stora
 
 struct Writer {
     shared: Arc<Shared>,
-    tails: HashMap<StreamId, u64>,
+    heads: HashMap<StreamId, Head>,
+    chunk_bytes: u64,
+}
+
+/// Tables of one write transaction.
+struct Tables<'t> {
+    specs: redb::Table<'t, u64, &'static [u8]>,
+    states: redb::Table<'t, u64, &'static [u8]>,
+    producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
+    records: redb::Table<'t, (u64, u64), &'static [u8]>,
+    chunks: redb::Table<'t, (u64, u64), i64>,
 }
 
 impl Writer {
@@ -509,27 +660,124 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<(Mutation, Ack)>) {
-        let before = self.tails.clone();
+        let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
+        let mut trimmed = Vec::new();
         let spans = commit_spans("acid", batch.iter().map(|(_, ack)| ack), batch.len());
         let started = std::time::Instant::now();
-        let outcome = self.apply_batch(batch, &mut accepted);
+        let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
             metrics::storage::commit("acid", accepted.len(), started.elapsed());
         }
         drop(spans);
         match outcome {
             Ok(()) => {
+                if !trimmed.is_empty() {
+                    let mut heads = self
+                        .shared
+                        .trimmed
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for (id, head) in trimmed {
+                        match head {
+                            Some(head) => heads.insert(id, head),
+                            None => heads.remove(&id),
+                        };
+                    }
+                }
                 for ack in accepted {
                     let _ = ack.send(Ok(()));
                 }
             }
             Err(error) => {
-                self.tails = before;
+                self.heads = before;
                 tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
                 fail_all(accepted, &error);
             }
         }
+    }
+
+    /// Stores a record ending at `end`, sealing the current chunk first
+    /// when the record does not fit in it.
+    fn put_record(
+        &mut self,
+        tables: &mut Tables<'_>,
+        id: StreamId,
+        state: &mut StoredState,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let Some(head) = self.heads.get_mut(&id) else {
+            return Ok(());
+        };
+        let now = chunk_list::now_ms();
+        let used = head.chunk_start.map(|start| head.tail - start);
+        if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
+            if let Some(start) = head.chunk_start {
+                tables
+                    .chunks
+                    .insert((id, start), state.last_write_ms)
+                    .map_err(db_error)?;
+            }
+            head.chunk_start = Some(head.tail);
+        }
+        let end = head.tail + data.len() as u64;
+        tables
+            .records
+            .insert((id, end), framed(data).as_slice())
+            .map_err(db_error)?;
+        head.tail = end;
+        state.tail = end;
+        state.chunk_start = head.chunk_start;
+        state.last_write_ms = now;
+        Ok(())
+    }
+
+    /// Drops the chunks of `id` that end at or before `before`; returns the
+    /// new head.
+    fn trim(
+        &mut self,
+        tables: &mut Tables<'_>,
+        id: StreamId,
+        state: &mut StoredState,
+        before: u64,
+    ) -> Result<u64, StorageError> {
+        let Some(head) = self.heads.get_mut(&id) else {
+            return Ok(state.tail);
+        };
+        let mut sealed = Vec::new();
+        for entry in tables
+            .chunks
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(db_error)?
+        {
+            let (key, _) = entry.map_err(db_error)?;
+            sealed.push(key.value().1);
+        }
+        let active = head.chunk_start;
+        let mut starts: Vec<u64> = sealed.clone();
+        starts.extend(active);
+        let end_of = |i: usize| starts.get(i + 1).copied().unwrap_or(head.tail);
+        let drop = (0..starts.len())
+            .find(|&i| end_of(i) > before)
+            .unwrap_or(starts.len());
+        let new_head = starts.get(drop).copied().unwrap_or(head.tail);
+        let current = state.head.unwrap_or(new_head);
+        if drop == 0 {
+            return Ok(current);
+        }
+        for &start in sealed.iter().take(drop) {
+            tables.chunks.remove((id, start)).map_err(db_error)?;
+        }
+        if drop == starts.len() {
+            head.chunk_start = None;
+            state.chunk_start = None;
+        }
+        tables
+            .records
+            .retain_in((id, 0)..=(id, new_head), |_, _| false)
+            .map_err(db_error)?;
+        state.head = Some(new_head);
+        Ok(new_head)
     }
 
     /// Applies a batch in one transaction. Mutations refused on their own
@@ -538,65 +786,70 @@ impl Writer {
         &mut self,
         batch: Vec<(Mutation, Ack)>,
         accepted: &mut Vec<Ack>,
+        trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<(), StorageError> {
         let mut txn = self.shared.db.writable()?.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         {
-            let mut specs = txn.open_table(SPECS).map_err(db_error)?;
-            let mut states = txn.open_table(STATES).map_err(db_error)?;
-            let mut producers = txn.open_table(PRODUCERS).map_err(db_error)?;
-            let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+            let mut tables = Tables {
+                specs: txn.open_table(SPECS).map_err(db_error)?,
+                states: txn.open_table(STATES).map_err(db_error)?,
+                producers: txn.open_table(PRODUCERS).map_err(db_error)?,
+                records: txn.open_table(RECORDS).map_err(db_error)?,
+                chunks: txn.open_table(CHUNKS).map_err(db_error)?,
+            };
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
             for (mutation, ack) in batch {
                 match mutation {
                     Mutation::Create { spec, data, closed } => {
                         let json = serde_json::to_vec(&spec)
                             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                        specs.insert(spec.id, json.as_slice()).map_err(db_error)?;
-                        let tail = spec.base + data.len() as u64;
-                        if !data.is_empty() {
-                            records
-                                .insert((spec.id, tail), framed(&data).as_slice())
-                                .map_err(db_error)?;
-                        }
-                        dirty.insert(
+                        tables
+                            .specs
+                            .insert(spec.id, json.as_slice())
+                            .map_err(db_error)?;
+                        let mut state = StoredState {
+                            tail: spec.base,
+                            closed,
+                            ..StoredState::default()
+                        };
+                        self.heads.insert(
                             spec.id,
-                            StoredState {
-                                tail,
-                                closed,
-                                ..StoredState::default()
+                            Head {
+                                tail: spec.base,
+                                chunk_start: None,
                             },
                         );
-                        self.tails.insert(spec.id, tail);
+                        if !data.is_empty() {
+                            self.put_record(&mut tables, spec.id, &mut state, &data)?;
+                        }
+                        dirty.insert(spec.id, state);
                     }
                     Mutation::Append(append) => {
-                        let tail = match self.tails.get(&append.id) {
+                        match self.heads.get(&append.id) {
                             None => {
                                 let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
                                 continue;
                             }
-                            Some(&tail) if tail != append.start => {
+                            Some(head) if head.tail != append.start => {
                                 let _ = ack.send(Err(StorageError::OutOfOrder {
                                     id: append.id,
                                     start: append.start,
-                                    tail,
+                                    tail: head.tail,
                                 }));
                                 continue;
                             }
-                            Some(&tail) => tail,
-                        };
-                        load_state(append.id, &states, &mut dirty)?;
-                        let state = dirty.entry(append.id).or_default();
-                        let end = tail + append.data.len() as u64;
-                        if !append.data.is_empty() {
-                            records
-                                .insert((append.id, end), framed(&append.data).as_slice())
-                                .map_err(db_error)?;
+                            Some(_) => {}
                         }
-                        state.tail = end;
+                        load_state(append.id, &tables.states, &mut dirty)?;
+                        let mut state = dirty.remove(&append.id).unwrap_or_default();
+                        if !append.data.is_empty() {
+                            self.put_record(&mut tables, append.id, &mut state, &append.data)?;
+                        }
                         if let Some((producer, next)) = &append.producer {
-                            producers
+                            tables
+                                .producers
                                 .insert((append.id, producer.as_str()), (next.epoch, next.last_seq))
                                 .map_err(db_error)?;
                         }
@@ -609,25 +862,43 @@ impl Writer {
                             state.closed = true;
                             state.closed_by = by;
                         }
-                        self.tails.insert(append.id, end);
+                        dirty.insert(append.id, state);
                     }
                     Mutation::SoftDelete { id } => {
-                        if self.tails.contains_key(&id) {
-                            load_state(id, &states, &mut dirty)?;
+                        if self.heads.contains_key(&id) {
+                            load_state(id, &tables.states, &mut dirty)?;
                             dirty.entry(id).or_default().soft_deleted = true;
                         }
                     }
                     Mutation::Remove { id } => {
                         dirty.remove(&id);
-                        self.tails.remove(&id);
-                        specs.remove(id).map_err(db_error)?;
-                        states.remove(id).map_err(db_error)?;
-                        records
+                        self.heads.remove(&id);
+                        trimmed.push((id, None));
+                        tables.specs.remove(id).map_err(db_error)?;
+                        tables.states.remove(id).map_err(db_error)?;
+                        tables
+                            .records
                             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
                             .map_err(db_error)?;
-                        producers
+                        tables
+                            .chunks
+                            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                            .map_err(db_error)?;
+                        tables
+                            .producers
                             .retain_in((id, "")..(id + 1, ""), |_, _| false)
                             .map_err(db_error)?;
+                    }
+                    Mutation::Trim { id, before } => {
+                        if self.heads.contains_key(&id) {
+                            load_state(id, &tables.states, &mut dirty)?;
+                            let mut state = dirty.remove(&id).unwrap_or_default();
+                            let head = self.trim(&mut tables, id, &mut state, before)?;
+                            if state.head.is_some() {
+                                trimmed.push((id, Some(head)));
+                            }
+                            dirty.insert(id, state);
+                        }
                     }
                 }
                 accepted.push(ack);
@@ -635,7 +906,10 @@ impl Writer {
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
                     .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                states.insert(id, json.as_slice()).map_err(db_error)?;
+                tables
+                    .states
+                    .insert(id, json.as_slice())
+                    .map_err(db_error)?;
             }
         }
         txn.commit().map_err(db_error)

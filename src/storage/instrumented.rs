@@ -86,7 +86,10 @@ impl Operation {
         match mutation {
             Mutation::Create { .. } => Operation::Create,
             Mutation::Append(_) => Operation::Append,
-            Mutation::SoftDelete { .. } | Mutation::Remove { .. } => Operation::Delete,
+            // Retention drops data: counted with deletions.
+            Mutation::SoftDelete { .. } | Mutation::Remove { .. } | Mutation::Trim { .. } => {
+                Operation::Delete
+            }
         }
     }
 
@@ -154,6 +157,7 @@ impl ErrorKind {
             StorageError::Unavailable(_)
             | StorageError::OutOfOrder { .. }
             | StorageError::UnknownStream(_)
+            | StorageError::Trimmed { .. }
             | StorageError::Locked { .. } => ErrorKind::Unavailable,
         }
     }
@@ -172,7 +176,9 @@ fn mutation_target(mutation: &Mutation) -> (StreamId, usize) {
     match mutation {
         Mutation::Create { spec, data, .. } => (spec.id, data.len()),
         Mutation::Append(append) => (append.id, append.data.len()),
-        Mutation::SoftDelete { id } | Mutation::Remove { id } => (*id, 0),
+        Mutation::SoftDelete { id } | Mutation::Remove { id } | Mutation::Trim { id, .. } => {
+            (*id, 0)
+        }
     }
 }
 
@@ -241,5 +247,9 @@ impl Storage for InstrumentedStorage {
 
     fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
         self.inner.metadata()
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<super::ChunkInfo>> {
+        self.inner.chunks(id)
     }
 }

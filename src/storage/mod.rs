@@ -26,6 +26,7 @@
 //!   position the engine asks for.
 
 pub mod acid;
+pub mod chunk_list;
 pub mod codec;
 #[cfg(test)]
 pub mod fault;
@@ -129,6 +130,17 @@ pub enum Mutation {
         /// The stream instance.
         id: StreamId,
     },
+    /// Drop the stream's oldest data (retention): every whole chunk that
+    /// ends at or before `before` (see [`Storage::chunks`]). The stream's
+    /// head becomes the start of the first chunk kept, or its tail when none
+    /// is; a chunk is never cut, so a `before` inside a chunk keeps that
+    /// chunk. Trimming nothing, or an unknown stream, is not an error.
+    Trim {
+        /// The stream instance.
+        id: StreamId,
+        /// Drop the chunks that end at or before this position.
+        before: u64,
+    },
 }
 
 /// An append, possibly empty (a close-only request), with the writer state
@@ -176,6 +188,25 @@ pub struct RecoveredStream {
     pub stream_seq: Option<String>,
     /// Soft-deleted (kept only for forks).
     pub soft_deleted: bool,
+    /// Where the stream's retained data starts: `spec.base` until
+    /// [`Mutation::Trim`] drops chunks from its head.
+    pub head: u64,
+}
+
+/// A run of whole records at the head or tail of a stream: the unit that
+/// retention drops ([`Mutation::Trim`]). Backends start a new chunk once the
+/// current one holds about their configured chunk size; a record is never
+/// split between two chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Stream position of its first byte.
+    pub start: u64,
+    /// Stream position just after its last byte.
+    pub end: u64,
+    /// When its newest record was written, Unix milliseconds (for a chunk
+    /// restored from a store written before chunk times were kept: when it
+    /// was opened).
+    pub last_write_ms: i64,
 }
 
 /// What can go wrong in a backend.
@@ -227,6 +258,14 @@ pub enum StorageError {
     /// Stored data failed verification.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A read began before the stream's head: retention dropped that data.
+    #[error("stream {id} starts at {head} now; earlier data was trimmed")]
+    Trimmed {
+        /// The stream instance.
+        id: StreamId,
+        /// Its head, where its retained data starts.
+        head: u64,
+    },
 }
 
 /// Opens the backend `config` selects.
@@ -249,6 +288,16 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
         segment_bytes: storage.segment_bytes.max(1 << 20),
         sync_interval: std::time::Duration::from_millis(storage.fast_sync_interval_ms.max(1)),
         truncate_corrupt_at: storage.truncate_corrupt_at.clone(),
+        commit_shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
+        chunk_bytes: storage.chunk_bytes.max(4 << 10),
+        tail_cache_bytes: usize::try_from(storage.tail_cache_bytes).unwrap_or(usize::MAX),
+        max_open_files: usize::try_from(storage.max_open_files)
+            .unwrap_or(usize::MAX)
+            .max(16),
+        checkpoint_interval: std::time::Duration::from_secs(
+            storage.checkpoint_interval_secs.max(1),
+        ),
+        max_replay_bytes: storage.max_replay_bytes.max(1 << 20),
     };
     Ok(match storage.mode {
         StorageMode::Memory => {
@@ -260,7 +309,13 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
         StorageMode::FileDurable => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(true))?)
         }
-        StorageMode::Acid => std::sync::Arc::new(AcidStorage::open(&dir()?)?),
+        StorageMode::Acid => std::sync::Arc::new(AcidStorage::open_with(
+            &dir()?,
+            acid::AcidOptions {
+                cache_bytes: usize::try_from(storage.acid.cache_bytes).unwrap_or(usize::MAX),
+                chunk_bytes: storage.chunk_bytes.max(4 << 10),
+            },
+        )?),
     })
 }
 
@@ -321,4 +376,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every entry of the metadata area, ordered by key.
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>>;
+
+    /// The chunks of stream `id`'s retained data, oldest first, for a
+    /// retention policy to choose what [`Mutation::Trim`] drops. An empty
+    /// stream (or one trimmed to its tail) has none.
+    ///
+    /// # Errors
+    /// [`StorageError::UnknownStream`], or a failure reading the store.
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>>;
 }
