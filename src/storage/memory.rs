@@ -30,6 +30,7 @@ struct Shared {
     metadata: MemoryMetadata,
     used_bytes: AtomicU64,
     max_bytes: u64,
+    chunk_bytes: u64,
 }
 
 /// One stream's records: `ends[i]` is the position just after `data[i]`;
@@ -50,11 +51,11 @@ impl Records {
     }
 
     /// Adds a record, starting a new chunk when the current one is full.
-    fn push(&mut self, data: Bytes) {
+    fn push(&mut self, data: Bytes, chunk_bytes: u64) {
         let tail = self.tail();
         let used = self.chunks.active().map(|c| tail - c.start);
         let now = chunk_list::now_ms();
-        if chunk_list::starts_new_chunk(used, data.len() as u64, CHUNK_BYTES) {
+        if chunk_list::starts_new_chunk(used, data.len() as u64, chunk_bytes) {
             self.chunks.start_chunk(tail, now);
         } else {
             self.chunks.touch(now);
@@ -97,12 +98,18 @@ impl Default for InMemoryStorage {
 impl InMemoryStorage {
     /// A store that refuses appends once `max_bytes` of payload are held.
     pub fn new(max_bytes: u64) -> Self {
+        Self::with_chunk_bytes(max_bytes, CHUNK_BYTES)
+    }
+
+    /// [`InMemoryStorage::new`] with chunks of `chunk_bytes`.
+    pub fn with_chunk_bytes(max_bytes: u64, chunk_bytes: u64) -> Self {
         Self {
             shared: Arc::new(Shared {
                 streams: RwLock::new(HashMap::new()),
                 metadata: MemoryMetadata::default(),
                 used_bytes: AtomicU64::new(0),
                 max_bytes,
+                chunk_bytes,
             }),
         }
     }
@@ -151,7 +158,7 @@ impl InMemoryStorage {
                     ..Records::default()
                 };
                 if !data.is_empty() {
-                    records.push(data);
+                    records.push(data, self.shared.chunk_bytes);
                 }
                 let previous = self
                     .shared
@@ -213,7 +220,7 @@ impl InMemoryStorage {
             return Ok(());
         }
         self.reserve(append.data.len() as u64)?;
-        records.push(append.data);
+        records.push(append.data, self.shared.chunk_bytes);
         Ok(())
     }
 
