@@ -64,10 +64,14 @@ struct StoredState {
 /// Tuning of the acid backend.
 #[derive(Clone, Copy, Debug)]
 pub struct AcidOptions {
-    /// redb's page cache, in bytes.
+    /// redb's page cache, in bytes, shared out over the databases.
     pub cache_bytes: usize,
     /// Payload bytes after which a stream's next record starts a new chunk.
     pub chunk_bytes: u64,
+    /// Databases (each with its own writer and commits); 0 means one per
+    /// core. A directory keeps the databases it has: streams stay where
+    /// they were written.
+    pub shards: usize,
 }
 
 impl Default for AcidOptions {
@@ -75,7 +79,227 @@ impl Default for AcidOptions {
         Self {
             cache_bytes: 64 << 20,
             chunk_bytes: 8 << 20,
+            shards: 0,
         }
+    }
+}
+
+/// The database file of shard `index` (the first keeps the name of the
+/// single database of earlier versions).
+fn database_file(index: usize) -> String {
+    if index == 0 {
+        DATABASE_FILE.to_owned()
+    } else {
+        format!("streams-{index}.redb")
+    }
+}
+
+/// How many databases `dir` holds (the highest shard present, plus one).
+fn databases_in(dir: &Path) -> Result<usize, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::path("list the data directory", dir, e)),
+    };
+    let mut count = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::path("list the data directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = if name == DATABASE_FILE {
+            Some(0)
+        } else {
+            name.strip_prefix("streams-")
+                .and_then(|n| n.strip_suffix(".redb"))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        if let Some(index) = index {
+            count = count.max(index + 1);
+        }
+    }
+    Ok(count)
+}
+
+/// The redb backend: one or more databases, each stream in one of them (a
+/// fork in its source's), each database with its own writer thread, so
+/// their commits and syncs overlap. Cheap to clone.
+#[derive(Clone)]
+pub struct AcidStorage {
+    shards: Arc<Vec<DbShard>>,
+    /// Streams not in the database their id hashes to.
+    routes: Arc<std::sync::RwLock<HashMap<StreamId, usize>>>,
+    recovered: Arc<Mutex<Vec<RecoveredStream>>>,
+    dir: PathBuf,
+    _lock: Option<Arc<DirLock>>,
+}
+
+impl std::fmt::Debug for AcidStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcidStorage")
+            .field("dir", &self.dir)
+            .field("databases", &self.shards.len())
+            .finish()
+    }
+}
+
+impl AcidStorage {
+    /// Opens (or creates) the store in `dir` with default options: locks
+    /// the directory, loads and verifies every stream, and starts the
+    /// writer threads.
+    ///
+    /// # Errors
+    /// When the directory is locked, a database cannot be opened, or a
+    /// record fails verification.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, AcidOptions::default())
+    }
+
+    /// [`AcidStorage::open`] with `options`.
+    ///
+    /// # Errors
+    /// As [`AcidStorage::open`].
+    pub fn open_with(dir: &Path, options: AcidOptions) -> Result<Self, StorageError> {
+        let lock = DirLock::acquire(dir)?;
+        let wanted = match options.shards {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+        .clamp(1, 64);
+        let count = wanted.max(databases_in(dir)?);
+        let cache = (options.cache_bytes / count).max(1 << 20);
+        let shards = (0..count)
+            .map(|i| DbShard::open(dir.join(database_file(i)), &options, cache))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::assemble(dir, shards, Some(lock)))
+    }
+
+    /// Opens the databases read-only beside a server that may be writing
+    /// them (a live export).
+    ///
+    /// # Errors
+    /// When a database cannot be opened or fails verification.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
+        let count = databases_in(dir)?.max(1);
+        let shards = (0..count)
+            .map(|i| DbShard::open_read_only(dir.join(database_file(i))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::assemble(dir, shards, None))
+    }
+
+    fn assemble(dir: &Path, shards: Vec<DbShard>, lock: Option<DirLock>) -> Self {
+        let mut recovered = Vec::new();
+        let mut routes = HashMap::new();
+        for (index, shard) in shards.iter().enumerate() {
+            for stream in shard.recover() {
+                if hashed(stream.spec.id, shards.len()) != index {
+                    routes.insert(stream.spec.id, index);
+                }
+                recovered.push(stream);
+            }
+        }
+        Self {
+            shards: Arc::new(shards),
+            routes: Arc::new(std::sync::RwLock::new(routes)),
+            recovered: Arc::new(Mutex::new(recovered)),
+            dir: dir.to_path_buf(),
+            _lock: lock.map(Arc::new),
+        }
+    }
+
+    /// The first database file (the only one of earlier versions).
+    pub fn path(&self) -> &Path {
+        &self.shards[0].shared.path
+    }
+
+    fn shard_of(&self, id: StreamId) -> &DbShard {
+        let index = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| hashed(id, self.shards.len()));
+        &self.shards[index]
+    }
+}
+
+/// The database a stream id hashes to.
+fn hashed(id: StreamId, count: usize) -> usize {
+    let mut x = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((x ^ (x >> 31)) % count as u64) as usize
+}
+
+impl Storage for AcidStorage {
+    fn backend_name(&self) -> &'static str {
+        "acid"
+    }
+
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
+        let shard = match &mutation {
+            Mutation::Create { spec, .. } => {
+                let index = match &spec.fork {
+                    Some(link) => {
+                        let source = self.shard_of(link.source);
+                        self.shards
+                            .iter()
+                            .position(|s| Arc::ptr_eq(&s.shared, &source.shared))
+                            .unwrap_or(0)
+                    }
+                    None => hashed(spec.id, self.shards.len()),
+                };
+                if index != hashed(spec.id, self.shards.len()) {
+                    self.routes
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(spec.id, index);
+                }
+                &self.shards[index]
+            }
+            Mutation::Append(append) => self.shard_of(append.id),
+            Mutation::SoftDelete { id } | Mutation::Trim { id, .. } => self.shard_of(*id),
+            Mutation::Remove { id } => {
+                let shard = self.shard_of(*id);
+                self.routes
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id);
+                shard
+            }
+        };
+        shard.submit(mutation)
+    }
+
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk> {
+        self.shard_of(id).read(id, from, until, max_bytes)
+    }
+
+    fn recover(&self) -> Vec<RecoveredStream> {
+        std::mem::take(
+            &mut *self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        self.shards[0].put_metadata(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        self.shards[0].metadata()
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        self.shard_of(id).chunks(id)
     }
 }
 
@@ -128,43 +352,24 @@ struct Shared {
     recovered: Mutex<Vec<RecoveredStream>>,
     /// Heads of the streams retention trimmed (reads before them refused).
     trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
-    _lock: Option<DirLock>,
 }
 
-/// The redb backend. Cheap to clone.
+/// One redb database of the store, with its writer thread.
 #[derive(Clone)]
-pub struct AcidStorage {
+struct DbShard {
     shared: Arc<Shared>,
     _writer: Option<Arc<WriterThread<Shared>>>,
 }
 
-impl std::fmt::Debug for AcidStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AcidStorage")
-            .field("path", &self.shared.path)
-            .finish()
-    }
-}
-
-impl AcidStorage {
-    /// Opens (or creates) `<dir>/streams.redb`, locks the directory, loads
-    /// and verifies every stream, and starts the writer thread.
-    ///
-    /// # Errors
-    /// When the directory is locked, the database cannot be opened, or a
-    /// record fails verification.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        Self::open_with(dir, AcidOptions::default())
-    }
-
-    /// [`AcidStorage::open`] with `options`.
-    ///
-    /// # Errors
-    /// As [`AcidStorage::open`].
-    pub fn open_with(dir: &Path, options: AcidOptions) -> Result<Self, StorageError> {
-        let lock = DirLock::acquire(dir)?;
-        let path = dir.join(DATABASE_FILE);
-        let db = open_database(&path, options.cache_bytes)?;
+impl DbShard {
+    /// Opens (or creates) the database at `path`, loads and verifies every
+    /// stream in it, and starts its writer thread.
+    fn open(
+        path: PathBuf,
+        options: &AcidOptions,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let db = open_database(&path, cache_bytes)?;
         prepare_tables(&db)?;
         let db = Db::Writable(db);
         let (recovered, heads) = load(&db, &path)?;
@@ -175,7 +380,6 @@ impl AcidStorage {
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             trimmed: std::sync::RwLock::new(trimmed),
-            _lock: Some(lock),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -193,14 +397,10 @@ impl AcidStorage {
         })
     }
 
-    /// Opens the database read-only beside a server that may be writing it
-    /// (a live export): redb's single-writer mode lets readers follow its
+    /// Opens the database at `path` read-only beside a server that may be
+    /// writing it: redb's single-writer mode lets readers follow its
     /// commits.
-    ///
-    /// # Errors
-    /// When the database cannot be opened or fails verification.
-    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
-        let path = dir.join(DATABASE_FILE);
+    fn open_read_only(path: PathBuf) -> Result<Self, StorageError> {
         let db = redb::Builder::new()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .open_read_only(&path)
@@ -220,18 +420,12 @@ impl AcidStorage {
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             trimmed: std::sync::RwLock::new(trimmed),
-            _lock: None,
         });
         shared.queue.close();
         Ok(Self {
             _writer: None,
             shared,
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.shared.path
     }
 
     fn read_blocking(
@@ -468,7 +662,7 @@ fn load(
     Ok((by_id.into_values().collect(), heads))
 }
 
-impl Storage for AcidStorage {
+impl Storage for DbShard {
     fn backend_name(&self) -> &'static str {
         "acid"
     }
@@ -949,6 +1143,17 @@ mod tests {
 
     const RECORDS_WRITTEN: usize = 300;
 
+    /// One database, so that every record is in `streams.redb`.
+    fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
+        AcidStorage::open_with(
+            dir,
+            AcidOptions {
+                shards: 1,
+                ..AcidOptions::default()
+            },
+        )
+    }
+
     fn spec(id: u64) -> StreamSpec {
         StreamSpec {
             id,
@@ -972,7 +1177,7 @@ mod tests {
     /// Stream 1 with `RECORDS_WRITTEN` records, one transaction each; the
     /// store is closed when this returns.
     async fn write_store(dir: &Path) -> Vec<u8> {
-        let store = AcidStorage::open(dir).expect("open");
+        let store = open_one(dir).expect("open");
         store
             .submit(Mutation::Create {
                 spec: spec(1),
@@ -1003,7 +1208,7 @@ mod tests {
     /// Opens the store; if that works, everything it serves must be a
     /// prefix of what was written (an older commit at worst), never altered.
     async fn open_and_check(dir: &Path, written: &[u8]) -> Result<(), StorageError> {
-        let store = AcidStorage::open(dir)?;
+        let store = open_one(dir)?;
         for stream in store.recover() {
             assert_eq!(stream.spec.id, 1, "an unknown stream appeared");
             assert!(stream.tail <= written.len() as u64);
@@ -1043,7 +1248,7 @@ mod tests {
             bytes[at + 100] ^= 0x5a;
         }
         std::fs::write(&path, bytes).expect("write");
-        match AcidStorage::open(dir.path()) {
+        match open_one(dir.path()) {
             Err(StorageError::Corrupt(message)) => {
                 assert!(message.contains(&path.display().to_string()), "{message}");
             }
@@ -1097,7 +1302,7 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        match AcidStorage::open(dir.path()) {
+        match open_one(dir.path()) {
             Err(StorageError::Corrupt(message)) => {
                 assert!(message.contains(&path.display().to_string()), "{message}");
                 assert!(
@@ -1106,6 +1311,110 @@ mod tests {
                 );
             }
             other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_stay_in_their_database_when_the_count_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = |shards| {
+            AcidStorage::open_with(
+                dir.path(),
+                AcidOptions {
+                    shards,
+                    ..AcidOptions::default()
+                },
+            )
+            .expect("open")
+        };
+        {
+            let store = open(3);
+            for id in 1..=12 {
+                store
+                    .submit(Mutation::Create {
+                        spec: spec(id),
+                        data: Bytes::from(payload(id as usize)),
+                        closed: false,
+                    })
+                    .await
+                    .expect("create");
+            }
+            let mut fork = spec(13);
+            fork.fork = Some(crate::storage::ForkLink {
+                source: 5,
+                source_path: spec(5).path,
+                offset: 200,
+                sub_offset: 0,
+            });
+            fork.base = 200;
+            store
+                .submit(Mutation::Create {
+                    spec: fork,
+                    data: Bytes::from_static(b"own"),
+                    closed: false,
+                })
+                .await
+                .expect("fork");
+            let used = (0..3)
+                .filter(|&i| dir.path().join(database_file(i)).exists())
+                .count();
+            assert_eq!(used, 3);
+        }
+        for shards in [1, 5] {
+            let store = open(shards);
+            let mut streams = store.recover();
+            streams.sort_by_key(|s| s.spec.id);
+            let ours = streams.iter().filter(|s| s.spec.id <= 13).count();
+            assert_eq!(ours, 13, "{shards} databases asked");
+            for id in 1..=12u64 {
+                let chunk = store.read(id, 0, 200, usize::MAX).await.expect("read");
+                assert_eq!(chunk.records.concat(), payload(id as usize));
+                store
+                    .submit(Mutation::Append(Append {
+                        id,
+                        start: 200,
+                        data: Bytes::from_static(b"+"),
+                        producer: None,
+                        stream_seq: None,
+                        close: None,
+                    }))
+                    .await
+                    .expect("append");
+            }
+            let id = 100 + shards as u64;
+            store
+                .submit(Mutation::Create {
+                    spec: spec(id),
+                    data: Bytes::from_static(b"new"),
+                    closed: false,
+                })
+                .await
+                .expect("create");
+            drop(store);
+            let store = open(shards);
+            assert!(store.recover().iter().any(|s| s.spec.id == id));
+            for id in 1..=12u64 {
+                let appended = store.read(id, 200, 201, 10).await.expect("read");
+                assert_eq!(appended.records.concat(), b"+");
+                store
+                    .submit(Mutation::Trim { id, before: 0 })
+                    .await
+                    .expect("trim nothing");
+            }
+            // Undo the appends for the next round.
+            drop(store);
+            let store = open(shards);
+            for id in 1..=12u64 {
+                store.submit(Mutation::Remove { id }).await.expect("remove");
+                store
+                    .submit(Mutation::Create {
+                        spec: spec(id),
+                        data: Bytes::from(payload(id as usize)),
+                        closed: false,
+                    })
+                    .await
+                    .expect("re-create");
+            }
         }
     }
 }

@@ -23,7 +23,26 @@
 //!   commit can never leave later, already queued appends at wrong offsets.
 //! - **Reads** hand out [`Bytes`] slices of stored records without copying,
 //!   never wait behind a commit in progress, and never see data past the
-//!   position the engine asks for.
+//!   position the engine asks for. A record is never split by a read's byte
+//!   budget: a read stops after the record that reaches it.
+//!
+//! # Retention (storage side)
+//! A backend groups each stream's records into chunks of about its chunk
+//! size (a record is never split), and reports them with
+//! [`Storage::chunks`]: where each starts and ends and when it was last
+//! written. [`Mutation::Trim`] drops whole chunks from a stream's head; the
+//! head is kept across restarts ([`RecoveredStream::head`]) and a read that
+//! begins before it fails with [`StorageError::Trimmed`]. A read before a
+//! fork's base (never trimmed) still starts at the base. The engine decides
+//! what to trim; nothing in the store trims on its own.
+//!
+//! # Changes to this contract
+//! - `Mutation::Trim`, `Storage::chunks`, `ChunkInfo`,
+//!   `RecoveredStream::head` and `StorageError::Trimmed` are new (retention).
+//! - The file modes keep a write-ahead log per commit shard, chunk files per
+//!   stream and checkpoints (`docs/storage.md`); `FileOptions` grew the
+//!   matching settings and `segment_bytes` is now the size of a log segment.
+//!   `AcidStorage::open_with` takes `AcidOptions` (page cache, chunk size).
 
 pub mod acid;
 pub mod chunk_list;
@@ -314,6 +333,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
             acid::AcidOptions {
                 cache_bytes: usize::try_from(storage.acid.cache_bytes).unwrap_or(usize::MAX),
                 chunk_bytes: storage.chunk_bytes.max(4 << 10),
+                shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
             },
         )?),
     })
