@@ -178,12 +178,17 @@ impl Shared {
     fn logged(&self, bytes: u64) {
         let total = self.logged.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if total >= self.options.max_replay_bytes / 2 {
-            self.signal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .wanted = true;
-            self.wake.notify_one();
+            self.want_checkpoint();
         }
+    }
+
+    /// Wakes the checkpoint thread for a checkpoint now.
+    fn want_checkpoint(&self) {
+        self.signal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wanted = true;
+        self.wake.notify_one();
     }
 
     fn hashed_shard(&self, id: StreamId) -> usize {

@@ -167,6 +167,10 @@ impl Writer {
         }
         self.segment =
             wal::create_segment(&self.shared.dir, self.shard as u32, self.segment.seq + 1)?;
+        // A checkpoint now lets the segment just finished go: the log holds
+        // about one segment per shard, so the space of deleted streams
+        // comes back within a segment.
+        self.shared.want_checkpoint();
         Ok(())
     }
 

@@ -248,11 +248,16 @@ async fn a_crash_at_any_step_of_a_checkpoint_loses_and_duplicates_nothing() {
                 assert!(restored > 0, "the checkpoint deleted log segments");
             }
             CrashPoint::ChunksBehindTheLog => {
+                // What the last checkpoint synced survives, nothing after.
+                let synced = super::checkpoint::read(dir.path())
+                    .expect("checkpoint")
+                    .and_then(|c| c.streams.first().and_then(|s| s.active))
+                    .map_or(checkpointed_len, |active| active.len);
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&chunk)
                     .expect("chunk");
-                file.set_len(checkpointed_len).expect("cut");
+                file.set_len(synced).expect("cut");
             }
             CrashPoint::ChunksAheadOfTheLog => {
                 let mut bytes = std::fs::read(&chunk).expect("chunk");
@@ -448,4 +453,41 @@ async fn a_read_only_open_sees_what_the_server_committed() {
         .submit(append(1, 3500, payload(3, 1)))
         .await
         .expect("the server still writes");
+}
+
+/// A full log segment is checkpointed away: the log holds about one
+/// segment per shard, however much goes through it.
+#[tokio::test]
+async fn a_full_log_segment_is_checkpointed_away() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = FileOptions {
+        segment_bytes: 1 << 20,
+        commit_shards: 1,
+        ..FileOptions::default()
+    };
+    let store = FileStorage::open(dir.path(), options).expect("open");
+    create(&store, 1, Bytes::new()).await;
+    let mut tail = 0;
+    for i in 0..40u64 {
+        let data = payload(i, 133_000);
+        store
+            .submit(append(1, tail, data.clone()))
+            .await
+            .expect("append");
+        tail += data.len() as u64;
+    }
+    let mut segments = usize::MAX;
+    for _ in 0..200 {
+        segments = std::fs::read_dir(dir.path().join(layout::WAL_DIR))
+            .expect("log dir")
+            .count();
+        if segments <= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        segments <= 2,
+        "{segments} log segments after 5 MB went through"
+    );
 }
