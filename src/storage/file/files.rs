@@ -25,6 +25,9 @@ pub struct FileCache {
     cap: usize,
     writable: bool,
     lru: Mutex<Lru>,
+    /// Held while directories are created or removed, so that a removal
+    /// of an empty fan-out directory never races a creation inside it.
+    dirs: Mutex<()>,
 }
 
 impl FileCache {
@@ -36,6 +39,7 @@ impl FileCache {
             cap: cap.max(1),
             writable,
             lru: Mutex::new(Lru::default()),
+            dirs: Mutex::new(()),
         }
     }
 
@@ -88,6 +92,7 @@ impl FileCache {
     pub fn create(&self, id: StreamId, start: u64) -> Result<Arc<File>, StorageError> {
         let path = layout::chunk_path(&self.root, id, start);
         let dir = layout::stream_dir(&self.root, id);
+        let _dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
         std::fs::create_dir_all(&dir).map_err(|e| match StorageError::from_write(e) {
             StorageError::Io(e) => StorageError::path("create stream directory", &dir, e),
             full => full,
@@ -106,6 +111,11 @@ impl FileCache {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         self.insert(&mut lru, (id, start), file.clone());
         Ok(file)
+    }
+
+    /// Holds off directory creation while the caller removes directories.
+    pub fn lock_dirs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Closes the cached files of stream `id` (removed), or only those

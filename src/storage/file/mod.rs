@@ -611,7 +611,7 @@ fn replay(
         .unwrap_or_else(PoisonError::into_inner);
     if !read_only {
         for &id in &touched {
-            finish_stream(dir, id, streams.get(&id), dirty)?;
+            finish_stream(dir, id, streams.get(&id), files, dirty)?;
         }
     }
     Ok(Replayed {
@@ -629,10 +629,11 @@ fn finish_stream(
     dir: &Path,
     id: StreamId,
     stream: Option<&Arc<Stream>>,
+    files: &FileCache,
     dirty: &Mutex<Dirty>,
 ) -> Result<(), StorageError> {
     let Some(stream) = stream else {
-        return state::remove_stream_files(dir, id, dirty);
+        return state::remove_stream_files(dir, id, files, dirty);
     };
     let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
     if let Some(active) = state.active {

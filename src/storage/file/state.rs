@@ -592,7 +592,7 @@ impl Target<'_> {
                 }
                 self.files.forget(stream.id, None);
                 if self.delete_files {
-                    remove_stream_files(self.root, stream.id, self.dirty)?;
+                    remove_stream_files(self.root, stream.id, self.files, self.dirty)?;
                 }
             }
             Effect::Trim { stream, before } => {
@@ -659,27 +659,40 @@ pub fn remove_chunk_files(root: &Path, id: StreamId, start: u64) -> Result<(), S
     remove_file(&layout::index_path(root, id, start))
 }
 
-/// Deletes a stream's directory and everything in it.
+/// Deletes a stream's directory and everything in it, and the fan-out
+/// directories above it once they are empty.
 ///
 /// # Errors
 /// When it exists but cannot be deleted.
 pub fn remove_stream_files(
     root: &Path,
     id: StreamId,
+    files: &FileCache,
     dirty: &Mutex<Dirty>,
 ) -> Result<(), StorageError> {
     let dir = layout::stream_dir(root, id);
+    let _dirs = files.lock_dirs();
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StorageError::path("delete stream directory", &dir, e)),
     }
     // Its chunks may still be listed as dirty: the checkpoint skips files
-    // that are gone.
+    // that are gone. Removing a directory that is not empty fails: kept.
     let mut dirty = dirty.lock().unwrap_or_else(PoisonError::into_inner);
     dirty.dirs.remove(&dir);
-    if let Some(parent) = dir.parent() {
-        dirty.dirs.insert(parent.to_path_buf());
+    let mut parent = dir.parent();
+    while let Some(up) = parent.filter(|p| {
+        p.starts_with(root.join(layout::STREAMS_DIR)) && *p != root.join(layout::STREAMS_DIR)
+    }) {
+        dirty.dirs.insert(up.to_path_buf());
+        if std::fs::remove_dir(up).is_err() {
+            break;
+        }
+        parent = up.parent();
+    }
+    if let Some(up) = parent {
+        dirty.dirs.insert(up.to_path_buf());
     }
     Ok(())
 }

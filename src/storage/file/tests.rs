@@ -132,6 +132,10 @@ async fn deleted_streams_give_their_space_back_whatever_else_lives() {
     assert_eq!(store.recover().len(), 1);
     let after = disk_usage(dir.path());
     assert!(after < bound, "{after} bytes on disk after a restart");
+    let fan_out: usize = std::fs::read_dir(dir.path().join(layout::STREAMS_DIR))
+        .expect("streams")
+        .count();
+    assert_eq!(fan_out, 1, "empty fan-out directories are removed");
 }
 
 /// After a crash the log to replay stays near `max_replay_bytes`, however
