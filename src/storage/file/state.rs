@@ -23,8 +23,13 @@ use super::files::FileCache;
 use super::layout;
 use crate::protocol::producer::ProducerState;
 
-/// Most bytes of recent records kept per stream.
-const RECENT_PER_STREAM: usize = 64 << 10;
+/// Most bytes of recent records kept per stream, counting
+/// [`RECENT_ENTRY_COST`] per record besides its payload.
+const RECENT_PER_STREAM: usize = 32 << 10;
+/// What keeping a record costs besides its payload: the allocator's header
+/// and rounding, the `Bytes` and the queue slot. Counted so that the cache's
+/// real memory, not just its payload, stays within its budget.
+const RECENT_ENTRY_COST: usize = 64;
 /// Records larger than this are not kept among the recent ones.
 const RECENT_MAX_RECORD: usize = 16 << 10;
 
@@ -58,7 +63,7 @@ pub struct State {
     pub soft_deleted: bool,
     /// The newest records, reaching the tail without a gap: `(end, data)`.
     pub recent: VecDeque<(u64, Bytes)>,
-    /// Bytes in `recent`.
+    /// What `recent` costs: its payload plus a fixed cost per record.
     pub recent_bytes: usize,
 }
 
@@ -451,15 +456,16 @@ impl TailCache {
             state.recent_bytes = 0;
             return;
         }
-        state.recent_bytes += data.len();
-        self.used += data.len();
+        let cost = data.len() + RECENT_ENTRY_COST;
+        state.recent_bytes += cost;
+        self.used += cost;
         state.recent.push_back((end, data));
         while state.recent_bytes > RECENT_PER_STREAM {
             let Some((_, old)) = state.recent.pop_front() else {
                 break;
             };
-            state.recent_bytes -= old.len();
-            self.used -= old.len();
+            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
+            self.used -= old.len() + RECENT_ENTRY_COST;
         }
         self.tick += 1;
         let tick = self.tick;
@@ -606,9 +612,9 @@ impl Target<'_> {
                     let head = state.head();
                     while state.recent.front().is_some_and(|(end, _)| *end <= head) {
                         if let Some((_, old)) = state.recent.pop_front() {
-                            state.recent_bytes -= old.len();
+                            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
                             if let Some(cache) = self.cache.as_deref_mut() {
-                                cache.used -= old.len();
+                                cache.used -= old.len() + RECENT_ENTRY_COST;
                             }
                         }
                     }
