@@ -152,6 +152,8 @@ pub struct Shared {
     logged: AtomicU64,
     signal: Mutex<Signal>,
     wake: Condvar,
+    /// Told when a checkpoint made room in the replay budget.
+    room: Condvar,
     checkpointing: Mutex<()>,
     recovered: Mutex<Vec<RecoveredStream>>,
     read_only: bool,
@@ -179,6 +181,26 @@ impl Shared {
         let total = self.logged.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if total >= self.options.max_replay_bytes / 2 {
             self.want_checkpoint();
+        }
+    }
+
+    /// Holds a writer while the log since the last checkpoint is at
+    /// `max_replay_bytes`, until a checkpoint makes room: the replay after
+    /// a crash stays within it however fast data arrives.
+    fn wait_for_replay_room(&self) {
+        let full = || self.logged.load(Ordering::Acquire) >= self.options.max_replay_bytes;
+        if !full() {
+            return;
+        }
+        let mut signal = self.signal.lock().unwrap_or_else(PoisonError::into_inner);
+        while full() && !signal.stop && self.poisoned().is_none() {
+            signal.wanted = true;
+            self.wake.notify_one();
+            signal = self
+                .room
+                .wait_timeout(signal, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -277,6 +299,7 @@ impl Shared {
         }
         checkpoint::write(&self.dir, body)?;
         self.logged.fetch_sub(logged, Ordering::AcqRel);
+        self.room.notify_all();
         for (shard, seq) in layout::list_wal(&self.dir)? {
             if positions
                 .get(shard as usize)
@@ -809,6 +832,7 @@ impl FileStorage {
             logged: AtomicU64::new(0),
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
+            room: Condvar::new(),
             checkpointing: Mutex::new(()),
             recovered: Mutex::new(recovered),
             read_only,

@@ -81,6 +81,7 @@ impl Writer {
                 fail_all(batch.into_iter().map(|(_, ack)| ack), &error);
                 continue;
             }
+            self.shared.wait_for_replay_room();
             if let Some(pending) = self.commit(batch)
                 && self.tx.send(pending).is_err()
             {
