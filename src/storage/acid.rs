@@ -225,10 +225,7 @@ impl AcidStorage {
 
 /// The database a stream id hashes to.
 fn hashed(id: StreamId, count: usize) -> usize {
-    let mut x = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((x ^ (x >> 31)) % count as u64) as usize
+    (super::spread(id) % count as u64) as usize
 }
 
 impl Storage for AcidStorage {

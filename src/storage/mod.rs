@@ -76,6 +76,15 @@ pub use memory::InMemoryStorage;
 /// deleted and re-created at the same path gets a new one).
 pub type StreamId = u64;
 
+/// Spreads stream ids evenly over a range (splitmix64's finaliser): picks a
+/// stream's commit shard, database and fan-out directory.
+pub(crate) fn spread(id: StreamId) -> u64 {
+    let mut x = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// A boxed future returned by storage operations.
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
@@ -317,6 +326,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
             storage.checkpoint_interval_secs.max(1),
         ),
         max_replay_bytes: storage.max_replay_bytes.max(1 << 20),
+        checkpoint_on_full_segment: true,
     };
     Ok(match storage.mode {
         StorageMode::Memory => {

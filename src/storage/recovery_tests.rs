@@ -49,10 +49,12 @@ fn append(id: u64, start: u64, data: Bytes) -> Mutation {
     })
 }
 
-/// One commit shard, so that every record is in one log.
+/// One commit shard, so that every record is in one log, and no
+/// checkpoint when a segment is full, so that earlier segments stay.
 fn options() -> FileOptions {
     FileOptions {
         commit_shards: 1,
+        checkpoint_on_full_segment: false,
         ..FileOptions::default()
     }
 }

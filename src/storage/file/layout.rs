@@ -30,13 +30,7 @@ pub const CHUNK_SUFFIX: &str = ".dat";
 /// Suffix of a chunk's sparse index.
 pub const INDEX_SUFFIX: &str = ".idx";
 
-/// Spreads ids over the fan-out directories and the commit shards.
-pub fn mix(id: StreamId) -> u64 {
-    let mut x = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub(crate) use super::super::spread as mix;
 
 /// The fan-out directory holding stream `id`'s directory.
 pub fn fan_out_dir(root: &Path, id: StreamId) -> PathBuf {

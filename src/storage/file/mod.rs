@@ -97,6 +97,10 @@ pub struct FileOptions {
     /// Log bytes after which a checkpoint is taken, bounding the replay
     /// after a crash (a checkpoint starts at half of it).
     pub max_replay_bytes: u64,
+    /// Take a checkpoint whenever a log segment is full, which keeps the
+    /// log to about one segment per shard (on by default; tests of damaged
+    /// logs turn it off to keep several segments).
+    pub checkpoint_on_full_segment: bool,
 }
 
 impl Default for FileOptions {
@@ -112,6 +116,7 @@ impl Default for FileOptions {
             max_open_files: 512,
             checkpoint_interval: Duration::from_secs(60),
             max_replay_bytes: 256 << 20,
+            checkpoint_on_full_segment: true,
         }
     }
 }

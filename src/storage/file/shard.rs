@@ -171,7 +171,9 @@ impl Writer {
         // A checkpoint now lets the segment just finished go: the log holds
         // about one segment per shard, so the space of deleted streams
         // comes back within a segment.
-        self.shared.want_checkpoint();
+        if self.shared.options.checkpoint_on_full_segment {
+            self.shared.want_checkpoint();
+        }
         Ok(())
     }
 
