@@ -642,11 +642,23 @@ fn replay(
             finish_stream(dir, id, streams.get(&id), files, dirty)?;
         }
     }
+    if found.is_some() && !legacy.is_empty() {
+        // Either a conversion stopped while deleting its segments, or an
+        // older version wrote them after the conversion: never read, never
+        // deleted here.
+        tracing::warn!(
+            dir = %dir.display(),
+            segments = legacy.len(),
+            "first-layout segments (*.seg) lie beside a checkpoint and are ignored: if a conversion \
+             stopped while deleting them they hold nothing new (delete them); if an older version \
+             wrote them after the conversion, export them with that version and import them here"
+        );
+    }
     Ok(Replayed {
         streams,
         heads: planner.heads,
         old_segments,
-        legacy,
+        legacy: if found.is_none() { legacy } else { Vec::new() },
     })
 }
 
