@@ -13,7 +13,12 @@
 # filesystem (the server writes only to storage.data_dir: mount a volume at
 # /var/lib/durable-streams for the prod profiles), listens on 4437
 # (API) and 9464 (metrics and probes, when
-# observability.metrics.bind_address is set), and drains on SIGTERM.
+# observability.metrics.bind_address is set), and drains on SIGTERM. It
+# carries Debian's CA bundle, so https webhooks, JWKS URLs and OTLP
+# collectors with public certificates verify, and /bin/sh for the Helm
+# chart's backup Jobs. Release images are built for linux/amd64 and
+# linux/arm64 by .github/workflows/release.yml, signed, with their digests
+# in the release notes.
 
 # ---------------------------------------------------------------- builder ---
 FROM rust:1-slim-bookworm AS builder
@@ -58,13 +63,20 @@ LABEL org.opencontainers.image.title="durable-streams-server" \
 
 # A fixed, unprivileged identity, so volume ownership and Kubernetes
 # securityContext (runAsUser: 10001, fsGroup: 10001) can rely on it. The data
-# directory is the only place the server writes.
+# directory is the only place the server writes; it belongs to group 0 too,
+# because OpenShift runs the container as an arbitrary UID in group 0.
 RUN groupadd --system --gid 10001 durable-streams \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin durable-streams \
     && mkdir -p /var/lib/durable-streams \
-    && chown 10001:10001 /var/lib/durable-streams \
-    && chmod 0750 /var/lib/durable-streams
+    && chown 10001:0 /var/lib/durable-streams \
+    && chmod 0770 /var/lib/durable-streams
+
+# The CA bundle of the build stage (Debian's ca-certificates): the runtime
+# base has none, and outbound https (webhooks, JWKS, OTLP) verifies against
+# it. SSL_CERT_FILE names it for every TLS library in the binary.
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 
 # Profiles and the commented list of every key, read-only, owned by root.
 COPY config/ /etc/durable-streams/config/

@@ -9,10 +9,10 @@
 #   5. a real Prometheus scraping the release binary, and promtool's lint of
 #      the scrape (scripts/prometheus-check.sh)
 #   6. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all four backends),
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all five backends),
 #      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
 #      SUBSCRIPTIONS=0 to run the 332 core tests only)
-# Installs missing tools (Node.js, npm, curl, prometheus, jq) with apt-get when run as root.
+# Installs missing tools (Node.js, npm, curl, openssl, PostgreSQL, nginx, prometheus, jq) with apt-get when run as root.
 # Exits non-zero if any step fails. On success the last line printed is
 #   conformance: N passed, M failed
 set -euo pipefail
@@ -34,6 +34,11 @@ missing_pkgs=()
 command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
 { command -v npm >/dev/null 2>&1 && command -v npx >/dev/null 2>&1; } || missing_pkgs+=(npm)
 command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
+# The access-control unit tests make RSA keys with it (ring cannot).
+command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
+# PostgreSQL for the postgres backend's tests (they start their own clusters).
+{ command -v pg_ctl >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; } ||
+  missing_pkgs+=(postgresql)
 if ((${#missing_pkgs[@]} > 0)); then
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing tools: ${missing_pkgs[*]}"
@@ -45,9 +50,32 @@ if ((${#missing_pkgs[@]} > 0)); then
     exit 1
   fi
 fi
+# nginx for the caching tier's tests (tests/cache_tier.rs starts its own);
+# policy-rc.d keeps the package from starting a server on port 80.
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing missing tools: nginx-light"
+    export DEBIAN_FRONTEND=noninteractive
+    placed_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && placed_policy=1
+    fi
+    nginx_status=0
+    apt-get install -y --no-install-recommends nginx-light ||
+      { apt-get update && apt-get install -y --no-install-recommends nginx-light; } || nginx_status=$?
+    ((placed_policy)) && rm -f /usr/sbin/policy-rc.d
+    ((nginx_status == 0)) || { echo "ERROR: could not install nginx-light" >&2; exit 1; }
+  else
+    echo "ERROR: nginx is missing and not root: apt-get install nginx-light first" >&2
+    exit 1
+  fi
+fi
 echo "cargo: $(cargo --version)"
 echo "node:  $(node --version), npm: $(npm --version)"
 echo "curl:  $(curl --version | head -n 1)"
+echo "postgres: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || command -v pg_ctl)"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+echo "nginx: $("$nginx_bin" -v 2>&1)"
 
 # ------------------------------------------------------------------ build ---
 section "cargo build --release --locked"

@@ -11,9 +11,23 @@
 #     client certificates, TLS Secrets mounted as directories, non-root,
 #     read-only root filesystem, drain shorter than the grace period;
 #   - the server's own `check-config` accepts every rendered server.toml;
+#   - the caching tier: the chart's nginx.conf is deploy/nginx's with only
+#     its chart: lines set, right for the server's timeouts and credentials,
+#     and `nginx -t` accepts it; CloudNativePG Clusters against the
+#     operator's CRD schemas (scripts/verify-deploy/crds);
 #   - yamllint; promtool check rules and test rules; every dashboard query
 #     parses (promtool) and every dashboard type-checks against
 #     @grafana/schema; rules and dashboards use only exported metrics;
+#   - as kube-prometheus-stack, cert-manager and ingress-nginx read them:
+#     monitoring objects only where their API is served (or forced), with
+#     their labels, each pod scraped once; two releases in one namespace
+#     share nothing; egress follows the features turned on; Ingress and
+#     HTTPRoute timeouts above the long-poll and SSE intervals; only a
+#     server.toml change rolls the pods;
+#   - against the release binary: the helm test script and the NOTES curl
+#     examples (plain, TLS, mTLS), the backup CronJob's script beside a live
+#     server and the runbook's restore into a fresh store, byte for byte;
+#   - actionlint on the release workflow; appVersion is the crate version;
 #   - runbook links; hadolint on the Dockerfile; deploy/kubernetes and the
 #     chart's copies of rules and dashboards match their sources;
 #   - where podman runs, an image built from the local binary answers
@@ -27,9 +41,9 @@
 #
 # Tools are installed into .cache/verify-deploy (git-ignored) from
 # scripts/verify-deploy/requirements.txt and package-lock.json, and reused
-# while those files are unchanged; promtool (Debian `prometheus`) and podman
-# with apt-get when run as root. VERIFY_DEPLOY_IMAGE=0 skips the image check
-# and the podman install.
+# while those files are unchanged; promtool (Debian `prometheus`), nginx
+# (`nginx-light`) and podman with apt-get when run as root.
+# VERIFY_DEPLOY_IMAGE=0 skips the image check and the podman install.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,19 +104,25 @@ if [[ "$(cat "$node_dir/.stamp" 2>/dev/null)" != "$want" ]]; then
 fi
 
 # ------------------------------------------------------ system tools, binary ---
+# Packages that ship a service: policy-rc.d keeps the package from starting
+# it where an init system would; only their tools are used.
+apt_install_without_service() {
+  local placed=0 status=0
+  if is_root && [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && placed=1
+  fi
+  apt_install "$@" || status=$?
+  ((placed)) && rm -f /usr/sbin/policy-rc.d
+  return "$status"
+}
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing promtool (Debian package prometheus)"
-  # Only promtool is used; policy-rc.d keeps the package from starting a
-  # Prometheus server where an init system would.
-  if is_root && [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  fi
-  apt_install prometheus || { echo "ERROR: promtool is required: apt-get install prometheus" >&2; exit 1; }
-  if [[ -x /usr/sbin/policy-rc.d ]] && grep -q 'exit 101' /usr/sbin/policy-rc.d; then
-    rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-  fi
+  apt_install_without_service prometheus || { echo "ERROR: promtool is required: apt-get install prometheus" >&2; exit 1; }
+fi
+# nginx -t checks the caching tier's config as the chart renders it.
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+  log "installing nginx (Debian package nginx-light)"
+  apt_install_without_service nginx-light || { echo "ERROR: nginx is required: apt-get install nginx-light" >&2; exit 1; }
 fi
 command -v openssl >/dev/null 2>&1 || apt_install openssl || { echo "ERROR: openssl is required" >&2; exit 1; }
 if [[ "${VERIFY_DEPLOY_IMAGE:-auto}" != "0" && "$mode" == verify ]] && ! command -v podman >/dev/null 2>&1; then

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, LoadOptions, StorageMode};
+use crate::config::{self, ConfigDir, ConfigLoadOptions, StorageMode};
 use crate::engine::{Engine, EngineLimits};
 use crate::startup::{self, Phase, StartupError};
 use crate::storage::{AcidStorage, FileStorage, Storage};
@@ -86,8 +86,8 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     /// The loading options these arguments describe.
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
+    pub fn load_options(&self) -> ConfigLoadOptions {
+        ConfigLoadOptions {
             profile: self.profile.clone(),
             config_dir: self
                 .config_dir
@@ -184,7 +184,7 @@ fn storage_failure(error: crate::storage::StorageError) -> StartupError {
         crate::storage::StorageError::Locked { .. } => {
             "stop the server using this directory before importing"
         }
-        _ => "check storage.mode and storage.data_dir",
+        _ => "check storage.mode and storage.data_dir (or storage.postgres.url)",
     };
     StartupError::new(Phase::OpenStorage, error.to_string(), hint)
 }
@@ -201,18 +201,28 @@ fn transfer_failure(error: transfer::TransferError) -> StartupError {
 }
 
 async fn export(
-    options: &LoadOptions,
+    options: &ConfigLoadOptions,
     output: Option<PathBuf>,
     streams: Vec<String>,
 ) -> Result<(), StartupError> {
     let config = startup::load_valid(options)?.loaded.into_config();
-    let dir = durable_dir(&config)?;
-    // Read-only: no lock, so a running server keeps serving (a live backup).
+    // Read-only: no lock, so a running server keeps serving (a live backup);
+    // for postgres simply another connection.
     let storage: std::sync::Arc<dyn Storage> = match config.storage.mode {
-        StorageMode::Acid => {
-            std::sync::Arc::new(AcidStorage::open_read_only(&dir).map_err(storage_failure)?)
-        }
-        _ => std::sync::Arc::new(FileStorage::open_read_only(&dir).map_err(storage_failure)?),
+        StorageMode::Postgres => std::sync::Arc::new(
+            crate::storage::open_postgres(
+                &config.storage.postgres,
+                config.storage.chunk_bytes,
+                true,
+            )
+            .map_err(storage_failure)?,
+        ),
+        StorageMode::Acid => std::sync::Arc::new(
+            AcidStorage::open_read_only(&durable_dir(&config)?).map_err(storage_failure)?,
+        ),
+        _ => std::sync::Arc::new(
+            FileStorage::open_read_only(&durable_dir(&config)?).map_err(storage_failure)?,
+        ),
     };
     let engine = Engine::new(storage, EngineLimits::from_config(&config));
     let mut out: Box<dyn Write> = match &output {
@@ -242,13 +252,15 @@ async fn export(
 }
 
 async fn import(
-    options: &LoadOptions,
+    options: &ConfigLoadOptions,
     input: &std::path::Path,
     streams: Vec<String>,
     on_conflict: OnConflict,
 ) -> Result<(), StartupError> {
     let config = startup::load_valid(options)?.loaded.into_config();
-    durable_dir(&config)?;
+    if config.storage.mode != StorageMode::Postgres {
+        durable_dir(&config)?;
+    }
     let storage = startup::open_storage(&config)?;
     let engine = Engine::new(storage, EngineLimits::from_config(&config));
     let mut reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
@@ -279,7 +291,7 @@ async fn import(
     Ok(())
 }
 
-fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
+fn check_config(options: &ConfigLoadOptions) -> Result<(), StartupError> {
     let checked = startup::check(options)?;
     let mut stderr = std::io::stderr().lock();
     for warning in &checked.warnings {
@@ -294,7 +306,7 @@ fn check_config(options: &LoadOptions) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn print_config(options: &LoadOptions, sources: bool) -> Result<(), StartupError> {
+fn print_config(options: &ConfigLoadOptions, sources: bool) -> Result<(), StartupError> {
     let (loaded, validation) = startup::load_parsed(options)?;
     // Printed even when invalid, since that is when one wants to see it.
     let _ = std::io::stdout()

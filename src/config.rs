@@ -17,7 +17,10 @@
 //! - [`profile`]: the built-in deployment profiles.
 //! - `source`: the layers (files with line numbers, environment variables).
 //! - `load`: layering, unknown-key and bad-value detection.
-//! - `validate`: the cross-field rules.
+//! - `validate`: the cross-field rules; `syntax`: the syntax of single values;
+//!   `suggest`: the known key closest to an unknown one.
+//! - the `[storage]` and `[auth]` sections are declared by their layers
+//!   (`storage::config`, `auth::config`) and re-exported here.
 //! - [`render`]: the effective configuration as TOML, with sources and redaction.
 //! - `problem`: [`ConfigProblem`] and [`ConfigError`].
 
@@ -26,17 +29,26 @@ mod problem;
 pub mod profile;
 pub mod render;
 mod source;
+mod suggest;
+mod syntax;
 mod validate;
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigDir, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load};
+pub use load::{
+    ConfigDir, ConfigLoadOptions, ENV_PREFIX, LoadOptions, LoadedConfig, env_var, load,
+};
 pub use problem::{ConfigError, ConfigProblem};
 pub use profile::DeploymentProfile;
+pub(crate) use syntax::is_http_url;
 pub use validate::Validation;
+
+pub use crate::auth::config::{
+    AccessOp, AuthConfig, AuthMode, GrantConfig, IdentityConfig, IdentitySourceFilter,
+};
+pub use crate::storage::config::{AcidConfig, PostgresConfig, StorageConfig, StorageMode};
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";
@@ -59,40 +71,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The reserved `__ds` subscription APIs (webhook and pull-wake).
     pub subscriptions: SubscriptionsConfig,
+    /// Access control: who may do what on which streams.
+    pub auth: AuthConfig,
     /// Logging, metrics and tracing.
     pub observability: ObservabilityConfig,
-}
-
-/// Declares a configuration keyword enum: its TOML spellings, `as_str` and
-/// `Display`, so messages name values exactly as operators write them.
-macro_rules! keyword_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        pub enum $name {
-            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
-        }
-
-        impl $name {
-            /// The spelling used in configuration files.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $( Self::$variant => $text, )+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
 }
 
 /// `[server]`.
@@ -167,122 +149,6 @@ impl Default for HttpConfig {
             cors_origins: "*".into(),
             allow_wildcard_cors: false,
             stream_base_path: DEFAULT_STREAM_BASE_PATH.into(),
-        }
-    }
-}
-
-/// Storage backends by name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StorageMode {
-    /// Process memory; nothing survives a restart.
-    #[default]
-    Memory,
-    /// Segment files, not fsynced before acknowledgement.
-    #[serde(alias = "fast")]
-    FileFast,
-    /// Segment files, fsynced before acknowledgement.
-    #[serde(alias = "file", alias = "durable")]
-    FileDurable,
-    /// redb transactions.
-    #[serde(alias = "redb")]
-    Acid,
-}
-
-impl StorageMode {
-    /// The canonical spelling used in configuration files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StorageMode::Memory => "memory",
-            StorageMode::FileFast => "file-fast",
-            StorageMode::FileDurable => "file-durable",
-            StorageMode::Acid => "acid",
-        }
-    }
-
-    /// Whether the backend keeps its data in `storage.data_dir`.
-    pub fn uses_data_dir(self) -> bool {
-        !matches!(self, StorageMode::Memory)
-    }
-}
-
-impl fmt::Display for StorageMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `[storage]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Which backend.
-    pub mode: StorageMode,
-    /// Where durable backends keep their files.
-    pub data_dir: Option<PathBuf>,
-    /// Seconds between sweeps that reclaim expired streams.
-    pub expiry_sweep_interval_secs: u64,
-    /// File backends: size at which a commit shard's write-ahead log starts
-    /// a new segment file.
-    pub segment_bytes: u64,
-    /// `file-fast`: longest time acknowledged data may stay unsynced.
-    pub fast_sync_interval_ms: u64,
-    /// File backends: discard the log from this `<segment>:<offset>` on, as
-    /// named by a corruption error at startup. Set it once, then remove it.
-    pub truncate_corrupt_at: Option<String>,
-    /// File backends: commit shards, each with its own log and writer; 0
-    /// means one per core.
-    pub commit_shards: u64,
-    /// File backends: size at which a stream's next record starts a new
-    /// chunk file (the unit retention trims).
-    pub chunk_bytes: u64,
-    /// File backends: most bytes of recent records kept in memory for
-    /// readers at the tail, over all streams.
-    pub tail_cache_bytes: u64,
-    /// File backends: most chunk files held open at once.
-    pub max_open_files: u64,
-    /// File backends: longest time between checkpoints while anything is
-    /// written.
-    pub checkpoint_interval_secs: u64,
-    /// File backends: log bytes a restart after a crash replays at most
-    /// (about); a checkpoint is taken at half of it.
-    pub max_replay_bytes: u64,
-    /// `acid` tuning.
-    pub acid: AcidConfig,
-}
-
-/// `[storage.acid]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AcidConfig {
-    /// redb's page cache, in bytes, over all of the store's databases.
-    pub cache_bytes: u64,
-}
-
-impl Default for AcidConfig {
-    fn default() -> Self {
-        Self {
-            cache_bytes: 64 << 20,
-        }
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            mode: StorageMode::Memory,
-            data_dir: None,
-            expiry_sweep_interval_secs: 5,
-            segment_bytes: 64 << 20,
-            fast_sync_interval_ms: 100,
-            truncate_corrupt_at: None,
-            commit_shards: 0,
-            chunk_bytes: 8 << 20,
-            tail_cache_bytes: 64 << 20,
-            max_open_files: 512,
-            checkpoint_interval_secs: 60,
-            max_replay_bytes: 256 << 20,
-            acid: AcidConfig::default(),
         }
     }
 }
@@ -657,25 +523,31 @@ impl Config {
     /// # Errors
     /// Every problem found, together.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::load(&LoadOptions {
+        Self::load(&ConfigLoadOptions {
             config_dir: ConfigDir::None,
-            ..LoadOptions::default()
+            ..ConfigLoadOptions::default()
         })
+    }
+
+    /// Loads and validates the configuration the way the server does; the
+    /// name 0.3.0 gave [`Config::load`].
+    ///
+    /// # Errors
+    /// Every problem found (unknown keys, bad values, broken rules), together.
+    pub fn from_sources(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
+        Self::load(options)
     }
 
     /// Loads and validates the configuration the way the server does.
     ///
     /// # Errors
     /// Every problem found (unknown keys, bad values, broken rules), together.
-    pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
+    pub fn load(options: &ConfigLoadOptions) -> Result<Self, ConfigError> {
         let loaded = load(options);
-        let validation = loaded.validate();
-        let mut problems = loaded.problems().to_vec();
-        problems.extend(validation.errors);
-        if problems.is_empty() {
-            Ok(loaded.into_config())
-        } else {
-            Err(ConfigError::new(problems))
+        match loaded.check() {
+            Ok(validation) if validation.errors.is_empty() => Ok(loaded.into_config()),
+            Ok(validation) => Err(ConfigError::new(validation.errors)),
+            Err(problems) => Err(ConfigError::new(problems)),
         }
     }
 }

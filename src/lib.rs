@@ -17,42 +17,59 @@
 //! ```
 //!
 //! # Layout
-//! - [`cli`]: the command line (`serve`, `check-config`, `print-config`).
-//! - [`startup`]: the startup phases, their diagnostics and exit codes.
+//! - [`cli`]: the command line (`serve`, `check-config`, `print-config`, `export`, `import`).
+//! - [`startup`]: the startup phases, their diagnostics and exit codes, and
+//!   [`App`], the composition root that builds every part of a server.
+//! - [`router`]: [`build_router`] and [`build_router_with_ready`] for embedders.
 //! - [`config`]: the settings tree, its layered loading, profiles and validation.
-//! - [`telemetry`]: the log subscriber (text or JSON) and OTLP trace export.
+//! - `telemetry`: the log subscriber (text or JSON) and OTLP trace export.
 //! - [`metrics`]: the metric names, the Prometheus recorder and `/metrics`.
 //! - [`tls`]: TLS termination: PEM material, validation, handshakes, hot reload.
 //! - [`proxy`]: trust in reverse proxies, identity handoff, the per-request client context.
 //! - [`client`]: what a request's extensions say about its client (address, scheme, identity).
+//! - [`auth`]: access control: tokens, API keys and identities mapped to grants on paths.
 //! - [`protocol`]: pure protocol logic (offsets, headers, producers, JSON, SSE, cursors).
 //! - [`engine`]: the stream rules over any backend, and the live-read signals.
 //! - [`storage`]: the [`Storage`] trait and its backends.
-//! - [`http`]: [`build_router`], the handlers, live reads, health and CORS.
-//! - [`subscriptions`]: the reserved `__ds` webhook and pull-wake APIs.
+//! - `http`: the routes, the handlers, live reads, health and CORS.
+//! - [`subscriptions`]: the reserved `__ds` webhook and pull-wake APIs (public: the
+//!   configuration model, its errors and patterns, for fuzzing and access control).
 //! - [`server`]: serving a bound listener (plain or TLS) and draining on shutdown.
 //! - [`shutdown`]: [`ShutdownToken`] and [`Readiness`].
-//! - [`transfer`]: export and import of streams (backup, migration).
+//! - `transfer`: export and import of streams (backup, migration).
+//! - `watch`: when to reload files (directory events, polling, SIGHUP).
+//! - `clock`: the wall clock in the units the server stores and sends.
 
+#[macro_use]
+mod keyword;
+
+pub mod auth;
 pub mod cli;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod engine;
-pub mod http;
+mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+mod redact;
+pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;
 pub mod subscriptions;
-pub mod telemetry;
+mod telemetry;
 pub mod tls;
-pub mod transfer;
+mod transfer;
+mod watch;
 
-pub use config::{Config, ConfigError, DEFAULT_STREAM_BASE_PATH, LoadOptions, StorageMode};
-pub use startup::{Phase, StartupError};
+pub use config::{
+    Config, ConfigError, ConfigLoadOptions, DEFAULT_STREAM_BASE_PATH, DeploymentProfile,
+    LoadOptions, StorageMode,
+};
+pub use startup::{App, Phase, StartupError};
 
 /// The git commit the binary was built from (`unknown` outside a checkout).
 pub const BUILD_COMMIT: &str = env!("DS_BUILD_COMMIT");
@@ -67,16 +84,12 @@ pub const VERSION: &str = concat!(
 );
 pub use client::ClientIdentity;
 pub use engine::{Engine, EngineLimits};
-pub use http::{build_router, build_router_with_ready};
+pub use router::{build_router, build_router_with_ready};
 pub use shutdown::{Readiness, ShutdownToken};
-pub use storage::{InMemoryStorage, Storage};
+pub use storage::{AcidStorage, FileStorage, InMemoryStorage, Storage};
 
-impl EngineLimits {
-    /// The limits a [`Config`] sets.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            max_stream_bytes: config.limits.max_stream_bytes,
-            max_read_bytes: config.limits.max_read_bytes.max(1),
-        }
-    }
-}
+/// The README's Rust blocks, compiled as doc tests: the "Moving from 0.3.0"
+/// section stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

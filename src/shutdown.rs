@@ -64,7 +64,7 @@ impl Readiness {
     /// `durable_streams_ready` gauge.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
-        crate::metrics::ready(ready);
+        crate::metrics::event::ReadinessChanged { ready }.emit();
     }
 
     /// Whether `/readyz` answers `200`.

@@ -9,7 +9,7 @@
 //!   building the `rustls` [`ServerConfig`](rustls::ServerConfig).
 //! - `acceptor`: [`Acceptor`], the handle new connections take their
 //!   configuration from, and the handshake.
-//! - `reload`: watching the directories, polling, SIGHUP, and the swap.
+//! - `reload`: the validated swap, triggered by `crate::watch`.
 //!
 //! # Metrics
 //! Recorded through the `metrics` facade (a no-op until a recorder is
@@ -330,20 +330,10 @@ impl TlsSettings {
     /// `..data` symlink inside the directory, which a watch on the old file
     /// never sees.
     pub fn watched_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let paths = [Some(&self.cert_path), Some(&self.key_path)]
+        let files = [Some(&self.cert_path), Some(&self.key_path)]
             .into_iter()
             .chain([self.client_ca_path.as_ref()]);
-        for path in paths.flatten() {
-            let dir = match path.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-        }
-        dirs
+        crate::watch::parent_dirs(files.flatten().map(PathBuf::as_path))
     }
 }
 

@@ -6,7 +6,8 @@
 //                "dashboards": [{"source": "...", "doc": {...}}]}
 // <work-dir> must lie below the directory holding node_modules.
 //
-// 1. Each custom resource (ServiceMonitor, PrometheusRule, Certificate) is
+// 1. Each custom resource (ServiceMonitor, PrometheusRule, Certificate,
+//    HTTPRoute) is
 //    validated against its CRD's JSON schema by @kubernetes-models (types,
 //    enums, patterns, required fields).
 // 2. The CRD schemas accept unknown fields (the API server prunes them), so
@@ -24,6 +25,7 @@ import { fileURLToPath } from "node:url";
 
 import { ServiceMonitor, PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { Certificate } from "@kubernetes-models/cert-manager/cert-manager.io/v1";
+import { HTTPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 
 const [workDir, inputPath] = process.argv.slice(2);
 if (!workDir || !inputPath) {
@@ -37,6 +39,7 @@ const models = {
   "monitoring.coreos.com/v1/ServiceMonitor": { model: ServiceMonitor, type: "IServiceMonitor", from: "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1" },
   "monitoring.coreos.com/v1/PrometheusRule": { model: PrometheusRule, type: "IPrometheusRule", from: "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1" },
   "cert-manager.io/v1/Certificate": { model: Certificate, type: "ICertificate", from: "@kubernetes-models/cert-manager/cert-manager.io/v1" },
+  "gateway.networking.k8s.io/v1/HTTPRoute": { model: HTTPRoute, type: "IHTTPRoute", from: "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1" },
 };
 
 // ------------------------------------------------- 1. CRD JSON schemas ---

@@ -10,8 +10,9 @@ use figment::{Figment, Source};
 use super::Config;
 use super::problem::ConfigProblem;
 use super::profile::{DeploymentProfile, profile_hint};
-use super::render::is_secret;
+use super::render::{is_secret, shown_value};
 use super::source::{Layer, Origin, parse_toml};
+use super::suggest::suggest;
 use super::validate::{self, Validation};
 
 /// Prefix of the environment variables that set keys.
@@ -32,9 +33,10 @@ pub enum ConfigDir {
     Path(PathBuf),
 }
 
-/// How to load the configuration.
+/// How to load the configuration: which profile, which directory of
+/// layer files, which extra file.
 #[derive(Clone, Debug, Default)]
-pub struct LoadOptions {
+pub struct ConfigLoadOptions {
     /// Profile name (`--profile`, `DS_PROFILE`); empty means `default`.
     pub profile: String,
     /// Where `default.toml`, `<profile>.toml` and `local.toml` are.
@@ -42,6 +44,9 @@ pub struct LoadOptions {
     /// An extra file applied after `local.toml` (`--config`); it must exist.
     pub config_file: Option<PathBuf>,
 }
+
+/// The name of [`ConfigLoadOptions`] before 0.3.0's was adopted.
+pub type LoadOptions = ConfigLoadOptions;
 
 /// The outcome of layering: the configuration (with every bad key left at
 /// its previous layer's value), the problems found, and where each value
@@ -81,6 +86,23 @@ impl LoadedConfig {
         validate::validate(self)
     }
 
+    /// Checks the rules too, and merges what loading and checking found:
+    /// `Err` lists every problem when a layer could not be read or parsed
+    /// (the rules' problems as well, so one run shows everything);
+    /// otherwise the rules' verdict.
+    ///
+    /// # Errors
+    /// The problems of the layers, then those of the rules.
+    pub fn check(&self) -> Result<Validation, Vec<ConfigProblem>> {
+        let validation = self.validate();
+        if self.problems.is_empty() {
+            return Ok(validation);
+        }
+        let mut problems = self.problems.clone();
+        problems.extend(validation.errors);
+        Err(problems)
+    }
+
     /// The layers applied, in order, for logs: `built-in defaults`,
     /// `config/default.toml`, `env DS_STORAGE__MODE`, …
     pub fn layers(&self) -> Vec<String> {
@@ -115,7 +137,7 @@ impl LoadedConfig {
 
 /// Loads the configuration from every layer. Never fails: problems are
 /// collected in [`LoadedConfig::problems`] and the offending values skipped.
-pub fn load(options: &LoadOptions) -> LoadedConfig {
+pub fn load(options: &ConfigLoadOptions) -> LoadedConfig {
     let schema = schema();
     let mut loader = Loader {
         schema: &schema,
@@ -481,44 +503,6 @@ pub fn env_var(key: &str) -> String {
     )
 }
 
-/// A known key close to an unknown one: a sibling within a small edit
-/// distance, or the only key anywhere with the same last segment.
-fn suggest(schema: &Dict, path: &str) -> Option<String> {
-    let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
-    let mut leaves = Vec::new();
-    collect_leaves(schema, "", &mut leaves);
-    let siblings: Vec<&String> = leaves
-        .iter()
-        .filter(|leaf| leaf.rsplit_once('.').map_or("", |(p, _)| p) == parent)
-        .collect();
-    let limit = (name.len() / 3).max(2);
-    let close = siblings
-        .iter()
-        .map(|leaf| {
-            let leaf_name = leaf.rsplit('.').next().unwrap_or(leaf);
-            (edit_distance(leaf_name, name), *leaf)
-        })
-        .filter(|(distance, _)| *distance <= limit)
-        .min_by_key(|(distance, _)| *distance);
-    if let Some((_, leaf)) = close {
-        return Some(leaf.clone());
-    }
-    let mut prefixed = siblings.iter().filter(|leaf| {
-        let leaf_name = leaf.rsplit('.').next().unwrap_or(leaf);
-        leaf_name.starts_with(name) || name.starts_with(leaf_name)
-    });
-    if let (Some(only), None) = (prefixed.next(), prefixed.next()) {
-        return Some((*only).clone());
-    }
-    let mut same_name = leaves
-        .iter()
-        .filter(|leaf| leaf.rsplit('.').next() == Some(name));
-    match (same_name.next(), same_name.next()) {
-        (Some(only), None) => Some(only.clone()),
-        _ => None,
-    }
-}
-
 pub(super) fn collect_leaves(dict: &Dict, prefix: &str, out: &mut Vec<String>) {
     for (name, value) in dict {
         let path = join(prefix, name);
@@ -527,21 +511,6 @@ pub(super) fn collect_leaves(dict: &Dict, prefix: &str, out: &mut Vec<String>) {
             _ => out.push(path),
         }
     }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }
 
 fn lookup<'a>(dict: &'a Dict, segments: &[String]) -> Option<&'a Value> {
@@ -591,7 +560,13 @@ pub(super) fn show(path: &str, value: &Value) -> String {
     if is_secret(path) {
         return "<redacted>".into();
     }
-    show_value(value)
+    match value {
+        Value::String(_, text) => match shown_value(path, text) {
+            Some(text) => format!("{text:?}"),
+            None => "<redacted>".into(),
+        },
+        _ => show_value(value),
+    }
 }
 
 fn show_value(value: &Value) -> String {
@@ -650,30 +625,5 @@ mod tests {
             Value::from("inf".to_owned())
         );
         assert_eq!(env_value(&Value::from(true), "false"), Value::from(false));
-    }
-
-    #[test]
-    fn suggestions() {
-        let schema = schema();
-        assert_eq!(
-            suggest(&schema, "server.bind_adress").as_deref(),
-            Some("server.bind_address")
-        );
-        assert_eq!(
-            suggest(&schema, "server.long_poll_timeout_secs").as_deref(),
-            Some("transport.connection.long_poll_timeout_secs")
-        );
-        assert_eq!(suggest(&schema, "server.zzzzzzzz"), None);
-        assert_eq!(
-            env_var("transport.tls.cert_path"),
-            "DS_TRANSPORT__TLS__CERT_PATH"
-        );
-    }
-
-    #[test]
-    fn edit_distances() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
     }
 }

@@ -12,12 +12,28 @@ use super::load::{LoadedConfig, schema};
 /// header carrying an API key, say) is listed here.
 pub const SECRET_KEYS: &[&str] = &[];
 
-/// What replaces a secret value.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::redact::{REDACTED, redact_url_password};
+
+/// Keys holding a URL whose password (`scheme://user:password@host`) is
+/// secret: shown with the password replaced by [`REDACTED`], so operators
+/// still see where the server connects.
+pub const PASSWORD_URL_KEYS: &[&str] = &["storage.postgres.url"];
 
 /// Whether the dotted `key` holds a secret.
 pub fn is_secret(key: &str) -> bool {
     SECRET_KEYS.contains(&key)
+}
+
+/// The value of `key` as it may be shown: `None` when nothing of it may
+/// be, the redacted URL for [`PASSWORD_URL_KEYS`], otherwise `raw`.
+pub fn shown_value(key: &str, raw: &str) -> Option<String> {
+    if is_secret(key) {
+        None
+    } else if PASSWORD_URL_KEYS.contains(&key) {
+        Some(redact_url_password(raw))
+    } else {
+        Some(raw.to_owned())
+    }
 }
 
 /// Renders the loaded configuration, with a `# <source>` comment after each
@@ -83,14 +99,24 @@ fn render_table(
         }
     };
     for (name, item) in table.iter() {
-        let Some(value) = item.as_value() else {
-            continue;
+        // Lists of tables (grants, identities) are shown inline, so they
+        // stay next to their siblings and under their own key.
+        let value = match item {
+            toml_edit::Item::Value(value) => value.clone(),
+            toml_edit::Item::ArrayOfTables(tables) => {
+                toml_edit::Value::Array(tables.clone().into_array())
+            }
+            _ => continue,
         };
         let key = join(name);
         let shown = if render.secret_keys.contains(&key.as_str()) {
             format!("{REDACTED:?}")
+        } else if let (true, Some(text)) =
+            (PASSWORD_URL_KEYS.contains(&key.as_str()), value.as_str())
+        {
+            format!("{:?}", redact_url_password(text))
         } else {
-            let mut value = value.clone();
+            let mut value = value;
             value.decor_mut().clear();
             value.to_string()
         };
@@ -135,12 +161,58 @@ mod tests {
     }
 
     #[test]
+    fn lists_of_tables_render_inline_and_parse_back() {
+        let mut config = Config::default();
+        let grant = crate::config::GrantConfig {
+            paths: vec!["/v1/stream/public/**".into()],
+            ops: vec![crate::config::AccessOp::Read],
+        };
+        config.auth.anonymous = vec![grant.clone()];
+        config.auth.identities = vec![crate::config::IdentityConfig {
+            name: Some("writer".into()),
+            grants: vec![grant.clone(), grant],
+            ..Default::default()
+        }];
+        let text = render_config(&config, &[], None);
+        let parsed: Config = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(parsed, config, "{text}");
+        assert!(
+            text.contains("anonymous = [{ paths = [\"/v1/stream/public/**\"], ops = [\"read\"] }]"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn secret_keys_are_redacted() {
         let mut config = Config::default();
         config.observability.otlp.endpoint = "https://user:token@collector:4317".into();
         let text = render_config(&config, &["observability.otlp.endpoint"], None);
         assert!(!text.contains("token"), "{text}");
         assert!(text.contains("endpoint = \"<redacted>\""), "{text}");
+    }
+
+    #[test]
+    fn url_passwords_are_redacted_and_the_rest_shown() {
+        let mut config = Config::default();
+        config.storage.postgres.url =
+            Some("postgres://ds:s3cr%40t@db.internal:5432/streams?sslmode=verify-full".into());
+        let text = render_config(&config, SECRET_KEYS, None);
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(
+            text.contains(
+                "url = \"postgres://ds:<redacted>@db.internal:5432/streams?sslmode=verify-full\""
+            ),
+            "{text}"
+        );
+        assert!(!format!("{config:?}").contains("s3cr"));
+        let query = redact_url_password("postgresql://db/x?user=ds&password=hunter2");
+        assert!(!query.contains("hunter2"), "{query}");
+        assert!(query.contains("user=ds"), "{query}");
+        assert_eq!(redact_url_password("not a url: pw"), REDACTED);
+        assert_eq!(
+            redact_url_password("postgres://db.internal/streams"),
+            "postgres://db.internal/streams"
+        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! is wrong (addresses, CIDRs, header names, filter directives). Every
 //! problem names the key, its value, where it came from and how to fix it.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::load::{LoadedConfig, env_var};
 use super::problem::ConfigProblem;
+use super::syntax::{is_host_port, is_http_url, is_ip_or_cidr, is_origin};
 use super::{AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, TransportMode};
+
+mod auth;
+mod storage;
 
 /// What validation found.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +34,7 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Validation {
     checker.transport();
     checker.proxy();
     checker.subscriptions();
+    checker.auth();
     checker.observability();
     checker.found
 }
@@ -116,6 +120,18 @@ impl Checker<'_> {
                 "transport.connection.long_poll_timeout_secs",
                 self.config.transport.connection.long_poll_timeout_secs,
             ),
+            (
+                "auth.jwks_refresh_interval_secs",
+                self.config.auth.jwks_refresh_interval_secs,
+            ),
+            (
+                "auth.jwks_fetch_timeout_secs",
+                self.config.auth.jwks_fetch_timeout_secs,
+            ),
+            (
+                "auth.jwks_min_refetch_interval_secs",
+                self.config.auth.jwks_min_refetch_interval_secs,
+            ),
         ];
         for (key, value) in nonzero {
             if value == 0 {
@@ -184,81 +200,6 @@ impl Checker<'_> {
                 "write origins as scheme://host[:port], without a path or trailing slash, \
                  e.g. https://app.example.com"
                     .into(),
-            );
-        }
-    }
-
-    fn storage(&mut self) {
-        let storage = &self.config.storage;
-        let dir_set = is_set(&storage.data_dir);
-        if storage.mode.uses_data_dir() && !dir_set {
-            self.error(
-                "storage.mode",
-                format!(
-                    "`storage.mode` = \"{}\" keeps its files in `storage.data_dir`, which is not set",
-                    storage.mode
-                ),
-                "set DS_STORAGE__DATA_DIR (or data_dir under [storage]) to a writable directory, \
-                 or use storage.mode = \"memory\""
-                    .into(),
-            );
-        }
-        let minimums = [
-            ("storage.segment_bytes", storage.segment_bytes, 1 << 20),
-            ("storage.chunk_bytes", storage.chunk_bytes, 4 << 10),
-            ("storage.max_open_files", storage.max_open_files, 16),
-            (
-                "storage.checkpoint_interval_secs",
-                storage.checkpoint_interval_secs,
-                1,
-            ),
-            (
-                "storage.max_replay_bytes",
-                storage.max_replay_bytes,
-                1 << 20,
-            ),
-            (
-                "storage.acid.cache_bytes",
-                storage.acid.cache_bytes,
-                1 << 20,
-            ),
-        ];
-        for (key, value, minimum) in minimums {
-            if value < minimum {
-                self.error(
-                    key,
-                    format!("`{key}` = {value} is below its minimum of {minimum}"),
-                    format!("set `{key}` to at least {minimum}, or remove it to use the default"),
-                );
-            }
-        }
-        if storage.commit_shards > 256 {
-            self.error(
-                "storage.commit_shards",
-                format!(
-                    "`storage.commit_shards` = {} is more than 256",
-                    storage.commit_shards
-                ),
-                "use 0 (one per core) or a number up to 256".into(),
-            );
-        }
-        if storage.max_replay_bytes < storage.segment_bytes {
-            self.warn(
-                "storage.max_replay_bytes",
-                format!(
-                    "`storage.max_replay_bytes` = {} is below `storage.segment_bytes` = {}: \
-                     a replay after a crash can reach a whole segment",
-                    storage.max_replay_bytes, storage.segment_bytes
-                ),
-                "raise max_replay_bytes or lower segment_bytes".into(),
-            );
-        }
-        if !storage.mode.uses_data_dir() && dir_set {
-            self.warn(
-                "storage.data_dir",
-                "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk"
-                    .into(),
-                "choose a durable storage.mode, or remove data_dir".into(),
             );
         }
     }
@@ -653,7 +594,7 @@ impl Checker<'_> {
                 "use a fraction between 0.0 (no traces) and 1.0 (every trace)".into(),
             );
         }
-        if otlp.enabled && !crate::telemetry::is_http_url(&otlp.endpoint) {
+        if otlp.enabled && !is_http_url(&otlp.endpoint) {
             self.error(
                 "observability.otlp.endpoint",
                 format!(
@@ -689,77 +630,5 @@ impl Checker<'_> {
                 "write each attribute as key=value, e.g. deployment.environment=prod".into(),
             );
         }
-    }
-}
-
-/// `host:port` with a numeric port; IPv6 hosts in brackets.
-pub(crate) fn is_host_port(address: &str) -> bool {
-    if address.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok()
-        && !host.is_empty()
-        && !host.contains([':', '/', '[', ']'])
-        && !host.chars().any(char::is_whitespace)
-}
-
-fn is_ip_or_cidr(entry: &str) -> bool {
-    let entry = entry.trim();
-    match entry.split_once('/') {
-        None => entry.parse::<IpAddr>().is_ok(),
-        Some((ip, prefix)) => match (ip.parse::<IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(IpAddr::V4(_)), Ok(bits)) => bits <= 32,
-            (Ok(IpAddr::V6(_)), Ok(bits)) => bits <= 128,
-            _ => false,
-        },
-    }
-}
-
-fn is_origin(origin: &str) -> bool {
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    !scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        && !rest.is_empty()
-        && !rest.contains(['/', '?', '#'])
-        && http::HeaderValue::from_str(origin).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ports() {
-        for good in ["0.0.0.0:4437", "[::]:80", "localhost:1", "ds.internal:4437"] {
-            assert!(is_host_port(good), "{good}");
-        }
-        for bad in ["4437", ":4437", "host:", "host:99999", "a b:1", "::1:80"] {
-            assert!(!is_host_port(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ips_and_cidrs() {
-        for good in ["10.0.0.1", "10.0.0.0/8", "fd00::/8", "::1", "0.0.0.0/0"] {
-            assert!(is_ip_or_cidr(good), "{good}");
-        }
-        for bad in ["10.0.0.0/33", "fd00::/129", "example.com", "10.0.0/8", ""] {
-            assert!(!is_ip_or_cidr(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn origins() {
-        assert!(is_origin("https://app.example.com"));
-        assert!(is_origin("http://localhost:3000"));
-        assert!(!is_origin("https://app.example.com/"));
-        assert!(!is_origin("app.example.com"));
     }
 }

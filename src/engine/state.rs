@@ -1,13 +1,14 @@
 //! Per-stream writer state: what is committed, and what is queued in storage
 //! but not yet acknowledged.
 //!
-//! Validation (producer rules, `Stream-Seq`, closed checks) runs against the
-//! *effective* state — committed plus pending — so appends to one stream can
-//! be pipelined into a backend's group commit. Readers only ever see the
-//! committed state.
+//! Validation ([`super::rules`]: producer rules, `Stream-Seq`, closed
+//! checks) runs against the *effective* state — committed plus pending — so
+//! appends to one stream can be pipelined into a backend's group commit.
+//! Readers only ever see the committed state. Both are a [`WriterView`].
 
 use std::collections::{HashMap, VecDeque};
 
+use super::rules::WriterView;
 use crate::protocol::producer::ProducerState;
 use crate::storage::ClosedBy;
 
@@ -56,43 +57,6 @@ impl Ledger {
             pending: VecDeque::new(),
             next_op: 0,
         }
-    }
-
-    /// The tail including pending appends: where the next append starts.
-    pub fn tail(&self) -> u64 {
-        self.pending.back().map_or(self.committed.tail, |op| op.end)
-    }
-
-    /// The closed marker including pending closes.
-    pub fn closed(&self) -> Option<&Option<ClosedBy>> {
-        self.pending
-            .iter()
-            .rev()
-            .find_map(|op| op.close.as_ref())
-            .or(self.committed.closed.as_ref())
-    }
-
-    /// The producer's state including pending appends.
-    pub fn producer(&self, id: &str) -> Option<ProducerState> {
-        self.pending
-            .iter()
-            .rev()
-            .find_map(|op| {
-                op.producer
-                    .as_ref()
-                    .filter(|(pid, _)| pid == id)
-                    .map(|(_, s)| *s)
-            })
-            .or_else(|| self.committed.producers.get(id).copied())
-    }
-
-    /// The `Stream-Seq` watermark including pending appends.
-    pub fn stream_seq(&self) -> Option<&str> {
-        self.pending
-            .iter()
-            .rev()
-            .find_map(|op| op.stream_seq.as_deref())
-            .or(self.committed.stream_seq.as_deref())
     }
 
     /// Whether anything is queued and unacknowledged.
@@ -152,6 +116,61 @@ impl Ledger {
     /// operation are dropped (storage refuses them, as they were built on it).
     pub fn fail(&mut self, op: u64) {
         self.pending.retain(|pending| pending.op < op);
+    }
+}
+
+/// The committed state.
+impl WriterView for WriterState {
+    fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    fn closed(&self) -> Option<&Option<ClosedBy>> {
+        self.closed.as_ref()
+    }
+
+    fn producer(&self, id: &str) -> Option<ProducerState> {
+        self.producers.get(id).copied()
+    }
+
+    fn stream_seq(&self) -> Option<&str> {
+        self.stream_seq.as_deref()
+    }
+}
+
+/// The effective state: committed plus pending.
+impl WriterView for Ledger {
+    fn tail(&self) -> u64 {
+        self.pending.back().map_or(self.committed.tail, |op| op.end)
+    }
+
+    fn closed(&self) -> Option<&Option<ClosedBy>> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| op.close.as_ref())
+            .or(self.committed.closed.as_ref())
+    }
+
+    fn producer(&self, id: &str) -> Option<ProducerState> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| {
+                op.producer
+                    .as_ref()
+                    .filter(|(pid, _)| pid == id)
+                    .map(|(_, s)| *s)
+            })
+            .or_else(|| self.committed.producers.get(id).copied())
+    }
+
+    fn stream_seq(&self) -> Option<&str> {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|op| op.stream_seq.as_deref())
+            .or(self.committed.stream_seq.as_deref())
     }
 }
 

@@ -41,40 +41,31 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::problem::{ErrorCause, ErrorCode};
 use crate::client::{ClientAddr, ClientIdentity, Scheme};
-use crate::metrics::{self, InFlight};
+use std::sync::Arc;
+
+use crate::metrics::request::{InFlight, MethodLabel, RequestAnswered, RouteMetrics, RouteTable};
 use crate::telemetry::RequestTrace;
 
 /// The log target of request lines.
 pub const ACCESS_TARGET: &str = "durable_streams_server::access";
 
 /// Route label of requests no route matched.
-const UNMATCHED: &str = "unmatched";
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 /// What the middleware knows from the router.
 #[derive(Debug)]
 pub(crate) struct AccessSettings {
     /// Routes logged at `debug`: probes and scrapes.
     pub quiet_routes: Vec<String>,
-    /// Route labels of the router's own routes, found without a lock.
-    pub known_routes: Vec<&'static str>,
-}
-
-impl AccessSettings {
-    fn route_label(&self, template: &str) -> &'static str {
-        self.known_routes
-            .iter()
-            .copied()
-            .find(|known| *known == template)
-            // Nested under an embedder's prefix: interned once per template.
-            .unwrap_or_else(|| metrics::route_label(template))
-    }
+    /// The router's routes (and [`UNMATCHED`]) and their metrics.
+    pub routes: RouteTable,
 }
 
 /// What the log line and the metrics need, captured on arrival.
 struct Line {
     started: Instant,
-    method: &'static str,
-    route: &'static str,
+    method: MethodLabel,
+    route: Arc<RouteMetrics>,
     stream: Option<String>,
     /// The client: the TCP peer, or the address a trusted proxy named.
     client: Option<Client>,
@@ -114,8 +105,8 @@ impl Line {
                 tracing::event!(
                     target: ACCESS_TARGET,
                     $level,
-                    method = %self.method,
-                    route = %self.route,
+                    method = %self.method.as_str(),
+                    route = %self.route.route(),
                     stream = %stream,
                     status = answer.status,
                     latency_ms = millis(answer.latency),
@@ -217,7 +208,13 @@ impl Drop for Pending {
         if let Some(line) = self.line.take() {
             const CLIENT_CLOSED: u16 = 499;
             let latency = line.started.elapsed();
-            metrics::http_request(line.method, line.route, CLIENT_CLOSED, latency);
+            RequestAnswered {
+                route: &line.route,
+                method: line.method,
+                status: CLIENT_CLOSED,
+                elapsed: latency,
+            }
+            .emit();
             line.span.record("http.response.status_code", CLIENT_CLOSED);
             let answer = Answer {
                 status: CLIENT_CLOSED,
@@ -253,11 +250,11 @@ fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
     };
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %format_args!("{} {}", line.method, line.route),
+        otel.name = %format_args!("{} {}", line.method.as_str(), line.route.route()),
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = line.method,
-        http.route = line.route,
+        http.request.method = line.method.as_str(),
+        http.route = line.route.route(),
         url.path = path,
         url.scheme = line.scheme.as_str(),
         network.protocol.version = protocol_version(request.version()),
@@ -297,16 +294,18 @@ where
     let extensions = request.extensions();
     let route = extensions
         .get::<MatchedPath>()
-        .map_or(UNMATCHED, |matched| settings.route_label(matched.as_str()));
+        .map_or(UNMATCHED, MatchedPath::as_str);
     let path = extensions
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());
-    let stream = route.ends_with("{*name}").then(|| path.to_owned());
+    // The stream routes end in the stream's name (the control routes of
+    // `__ds` are no streams, even the one ending in a stream name).
+    let stream = (route.ends_with("{*name}") && !route.contains("/__ds/")).then(|| path.to_owned());
     let (client, peer) = Client::of(extensions);
     let mut line = Line {
         started,
-        method: metrics::method_label(request.method()),
-        route,
+        method: MethodLabel::of(request.method()),
+        route: settings.routes.get(route),
         stream,
         client,
         peer,
@@ -336,7 +335,13 @@ where
     drop(pending); // the head is ready: no longer in flight
     let status = response.status().as_u16();
     let latency = started.elapsed();
-    metrics::http_request(line.method, line.route, status, latency);
+    RequestAnswered {
+        route: &line.route,
+        method: line.method,
+        status,
+        elapsed: latency,
+    }
+    .emit();
     span.record("http.response.status_code", status);
     let extensions = response.extensions_mut();
     let code = extensions.get::<ErrorCode>().map(|code| code.0);

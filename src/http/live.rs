@@ -3,9 +3,8 @@
 //! Both wait on the stream's committed-state signal, never poll storage, and
 //! select on the shutdown token so a draining server releases them at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,22 +19,19 @@ use super::AppState;
 use super::names::*;
 use super::problem::ApiError;
 use super::stream::{CACHEABLE, etag, offset_header, read_response};
+use crate::clock;
 use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
-use crate::metrics::{self, LiveReader, ReadMode};
+use crate::metrics::event::{
+    LiveReader, LongPollTimedOut, ReadBytesSent, ReadMode, ReadServed, SseEventsSent,
+};
 use crate::protocol::cursor;
 use crate::protocol::offset::{Offset, ReadFrom};
 use crate::protocol::sse::{self, Control};
 use crate::shutdown::ShutdownToken;
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The cursor for a live response, given the client's echo.
 fn cursor_for(client: Option<&str>) -> u64 {
-    cursor::next_cursor(unix_now(), client, fastrand::u64(1..=3600))
+    cursor::next_cursor(clock::unix_secs(), client, fastrand::u64(1..=3600))
 }
 
 /// `GET ?live=long-poll`.
@@ -46,7 +42,10 @@ pub(super) async fn long_poll(
     client_cursor: Option<String>,
 ) -> Result<Response, ApiError> {
     let _reader = LiveReader::start(ReadMode::LongPoll);
-    metrics::read(ReadMode::LongPoll);
+    ReadServed {
+        mode: ReadMode::LongPoll,
+    }
+    .emit();
     let mut signal = entry.subscribe();
     let mut snapshot = *signal.borrow_and_update();
     let start = resolve_start(from, snapshot.tail);
@@ -57,7 +56,11 @@ pub(super) async fn long_poll(
         }
         if start < snapshot.tail {
             let result = state.engine.read_at(&entry, start, snapshot).await?;
-            metrics::read_bytes(ReadMode::LongPoll, result.len());
+            ReadBytesSent {
+                mode: ReadMode::LongPoll,
+                bytes: result.len(),
+            }
+            .emit();
             let mut response = read_response(&entry, &result);
             let out = response.headers_mut();
             out.insert(header::ETAG, etag(&entry, &result));
@@ -81,7 +84,7 @@ pub(super) async fn long_poll(
                 snapshot = *signal.borrow_and_update();
             }
             () = sleep_until(deadline) => {
-                metrics::long_poll_timeout();
+                LongPollTimedOut.emit();
                 break;
             }
             () = state.shutdown.cancelled() => break,
@@ -122,10 +125,13 @@ pub(super) async fn sse(
     let position = resolve_start(from, snapshot.tail);
     let base64 = !entry.content_type().is_text_like();
     let now = Instant::now();
-    metrics::read(ReadMode::Sse);
+    ReadServed {
+        mode: ReadMode::Sse,
+    }
+    .emit();
     let session = SseSession {
         _reader: LiveReader::start(ReadMode::Sse),
-        fanout: Fanout::of(&entry),
+        fanout: entry.attachment::<Fanout>(),
         engine: state.engine.clone(),
         json: entry.content_type().is_json(),
         entry,
@@ -188,12 +194,14 @@ struct SseSession {
 impl SseSession {
     /// The cursor for the next control event: never below one already sent.
     fn cursor(&mut self) -> u64 {
-        self.cursor = self.cursor.max(cursor::current_interval(unix_now()));
+        self.cursor = self
+            .cursor
+            .max(cursor::current_interval(clock::unix_secs()));
         self.cursor
     }
 
     fn control(&mut self, out: &mut Vec<u8>, up_to_date: bool, closed: bool) {
-        metrics::sse_events(1);
+        SseEventsSent { count: 1 }.emit();
         let cursor = if closed { None } else { Some(self.cursor()) };
         sse::push_control_event(
             out,
@@ -280,8 +288,15 @@ impl SseSession {
             cursor: self.cursor(),
         };
         if let Some(shared) = self.fanout.get(&key) {
-            metrics::sse_events(shared.events);
-            metrics::read_bytes(ReadMode::Sse, shared.payload);
+            SseEventsSent {
+                count: shared.events,
+            }
+            .emit();
+            ReadBytesSent {
+                mode: ReadMode::Sse,
+                bytes: shared.payload,
+            }
+            .emit();
             self.position = shared.next;
             self.finished = shared.finished;
             self.announced = true;
@@ -301,8 +316,12 @@ impl SseSession {
         };
         let count = result.records.len();
         // Each data event is followed by its control event.
-        metrics::sse_events(2 * count);
-        metrics::read_bytes(ReadMode::Sse, result.len());
+        SseEventsSent { count: 2 * count }.emit();
+        ReadBytesSent {
+            mode: ReadMode::Sse,
+            bytes: result.len(),
+        }
+        .emit();
         // Payload plus its framing, and about 100 bytes per control event.
         let mut out = Vec::with_capacity(result.len() * 4 / 3 + count * 128 + 16);
         for (index, record) in result.records.iter().enumerate() {
@@ -380,51 +399,15 @@ struct SharedChunk {
 
 /// The last encoded chunk of one stream instance, shared by its SSE
 /// sessions, so an append fanned out to N subscribers is read and encoded
-/// once and handed to all of them as the same [`Bytes`].
-#[derive(Debug)]
+/// once and handed to all of them as the same [`Bytes`]. Kept on the
+/// stream's entry ([`StreamEntry::attachment`]), so it lives exactly as
+/// long as the instance.
+#[derive(Debug, Default)]
 struct Fanout {
-    /// The stream instance this belongs to (checked on lookup: addresses are
-    /// reused once an instance is gone).
-    entry: Weak<StreamEntry>,
     last: Mutex<Option<(ChunkKey, SharedChunk)>>,
 }
 
-/// Live fan-outs by stream instance address. Weak, so a fan-out lives as
-/// long as one of its sessions; dead slots are swept as the map grows.
-static FANOUTS: LazyLock<Mutex<FanoutMap>> = LazyLock::new(Mutex::default);
-
-#[derive(Default)]
-struct FanoutMap {
-    slots: HashMap<usize, Weak<Fanout>>,
-    /// Sweep dead slots when the map reaches this size.
-    sweep_at: usize,
-}
-
 impl Fanout {
-    /// The fan-out of `entry`, created for its first SSE session.
-    fn of(entry: &Arc<StreamEntry>) -> Arc<Self> {
-        let key = Arc::as_ptr(entry) as usize;
-        let mut map = FANOUTS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = map.slots.get(&key).and_then(Weak::upgrade)
-            && existing
-                .entry
-                .upgrade()
-                .is_some_and(|live| Arc::ptr_eq(&live, entry))
-        {
-            return existing;
-        }
-        let fanout = Arc::new(Fanout {
-            entry: Arc::downgrade(entry),
-            last: Mutex::new(None),
-        });
-        if map.slots.len() >= map.sweep_at {
-            map.slots.retain(|_, slot| slot.strong_count() > 0);
-            map.sweep_at = (map.slots.len() * 2).max(64);
-        }
-        map.slots.insert(key, Arc::downgrade(&fanout));
-        fanout
-    }
-
     fn get(&self, key: &ChunkKey) -> Option<SharedChunk> {
         let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         match &*last {

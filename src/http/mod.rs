@@ -1,15 +1,15 @@
-//! The HTTP surface: [`build_router`], the stream handlers, live reads,
-//! health endpoints, `/metrics`, the request log and metrics
-//! ([`access`]), and the headers every response carries.
+//! The HTTP surface: the routes wired around what the composition root
+//! built ([`routes`]), the stream handlers, live reads, health endpoints,
+//! `/metrics`, the request log and metrics ([`access`]), and the headers
+//! every response carries.
 
-pub mod access;
+pub(crate) mod access;
 mod live;
-pub mod names;
-pub mod problem;
+pub(crate) mod names;
+pub(crate) mod problem;
 mod query;
 mod stream;
-
-pub(crate) use stream::PublicOrigin;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +22,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::config::Config;
-use crate::engine::{Engine, EngineLimits};
+use crate::engine::Engine;
+use crate::metrics::MetricsHandle;
+use crate::metrics::request::RouteTable;
 use crate::protocol::name::NameLimits;
+use crate::proxy::ProxyPolicy;
 use crate::shutdown::{Readiness, ShutdownToken};
-use crate::storage::{InstrumentedStorage, Storage};
+use crate::subscriptions::Subscriptions;
 
-/// Settings the handlers need, derived once from [`Config`].
+/// The HTTP surface's settings.
 #[derive(Debug)]
 pub(crate) struct HttpSettings {
+    /// Mount path of the stream routes, without a trailing `/` (empty: `/`).
     pub base_path: String,
     pub max_body_bytes: usize,
     pub long_poll_timeout: Duration,
@@ -38,6 +41,22 @@ pub(crate) struct HttpSettings {
     pub sse_keepalive_interval: Duration,
     pub name_limits: NameLimits,
     pub cors: Cors,
+    /// Path of the metrics endpoint (logged quietly even when served
+    /// elsewhere).
+    pub metrics_path: String,
+    /// Trust in reverse proxies.
+    pub proxy: ProxyPolicy,
+}
+
+/// What the routes serve, built by the composition root.
+pub(crate) struct Services {
+    pub engine: Engine,
+    /// The `__ds` APIs, when enabled.
+    pub subscriptions: Option<Subscriptions>,
+    pub readiness: Readiness,
+    pub shutdown: ShutdownToken,
+    /// The recorder whose metrics this router serves, if it does.
+    pub metrics: Option<&'static MetricsHandle>,
 }
 
 /// Shared state of every handler.
@@ -56,7 +75,8 @@ pub(crate) enum Cors {
 }
 
 impl Cors {
-    fn from_config(origins: &str) -> Self {
+    /// `*`, or a comma-separated list of origins.
+    pub(crate) fn parse(origins: &str) -> Self {
         if origins.trim() == "*" {
             return Cors::Any;
         }
@@ -86,123 +106,78 @@ const EXPOSE_HEADERS: &str = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Da
     Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
     Producer-Received-Seq, ETag, Content-Type, Location, Stream-SSE-Data-Encoding";
 
-/// Builds the protocol router over `storage`, always ready, with a shutdown
-/// token nobody fires. For embedders that manage neither.
-pub fn build_router(storage: Arc<dyn Storage>, config: &Config) -> Router {
-    let (router, readiness) = build_router_with_ready(storage, config, ShutdownToken::new());
-    readiness.set_ready(true);
-    router
-}
-
-/// Builds the protocol router plus `/healthz`, `/readyz` and, when
-/// `observability.metrics.enabled` without a separate `bind_address` and
-/// the Prometheus recorder is installed ([`crate::metrics::install`]), the
-/// metrics endpoint at `observability.metrics.path`.
-///
-/// Every request passes the [`access`] middleware (metrics, span, log
-/// line); storage calls are measured through [`InstrumentedStorage`] when
-/// metrics or OTLP tracing are enabled.
-///
-/// `/readyz` answers `503` until the returned [`Readiness`] is set; live
-/// readers end when `shutdown` fires.
-pub fn build_router_with_ready(
-    storage: Arc<dyn Storage>,
-    config: &Config,
-    shutdown: ShutdownToken,
-) -> (Router, Readiness) {
-    let observability = &config.observability;
-    let storage: Arc<dyn Storage> = if observability.metrics.enabled || observability.otlp.enabled {
-        Arc::new(InstrumentedStorage::new(storage))
-    } else {
-        storage
-    };
-    let engine = Engine::new(storage, EngineLimits::from_config(config));
-    let readiness = Readiness::new(false);
-    let connection = &config.transport.connection;
-    let settings = HttpSettings {
-        base_path: normalise_base_path(&config.http.stream_base_path),
-        max_body_bytes: usize::try_from(config.limits.max_request_body_bytes).unwrap_or(usize::MAX),
-        long_poll_timeout: Duration::from_secs(connection.long_poll_timeout_secs),
-        sse_reconnect_interval: (connection.sse_reconnect_interval_secs > 0)
-            .then(|| Duration::from_secs(connection.sse_reconnect_interval_secs)),
-        sse_keepalive_interval: Duration::from_secs(15),
-        name_limits: NameLimits {
-            max_bytes: config.limits.max_stream_name_bytes,
-            max_segments: config.limits.max_stream_name_segments,
-        },
-        cors: Cors::from_config(&config.http.cors_origins),
-    };
+/// Wires the routes around `services`: the stream routes under the base
+/// path, the reserved `__ds` control space (spec §6–7) when subscriptions
+/// are on, `/healthz`, `/readyz`, and the metrics endpoint when this router
+/// serves it; every request passes [`edge_middleware`].
+pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
     let route = if settings.base_path.is_empty() {
         "/{*name}".to_owned()
     } else {
         format!("{}/{{*name}}", settings.base_path)
     };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        engine.spawn_sweeper(Duration::from_secs(
-            config.storage.expiry_sweep_interval_secs.max(1),
-        ));
-    }
-    let subscriptions = config.subscriptions.enabled.then(|| {
-        crate::subscriptions::Subscriptions::start(
-            engine.clone(),
-            crate::subscriptions::SubscriptionSettings::from_config(config),
-            shutdown.clone(),
-        )
+    let metrics_path = settings.metrics_path.clone();
+    let known_routes = [
+        route.as_str(),
+        "/healthz",
+        "/readyz",
+        metrics_path.as_str(),
+        access::UNMATCHED,
+    ];
+    let access = access::AccessSettings {
+        quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
+        routes: RouteTable::new(known_routes),
+    };
+    let settings = Arc::new(settings);
+    let edge = Arc::new(Edge {
+        access,
+        settings: settings.clone(),
     });
     let state = AppState {
-        engine,
-        settings: Arc::new(settings),
-        shutdown,
+        engine: services.engine,
+        settings,
+        shutdown: services.shutdown,
     };
-    let ready = readiness.clone();
-    let metrics_path = observability.metrics.path.clone();
-    // The reserved control space (spec §6–7), matched before streams.
-    let control = format!("{}/__ds/{{*rest}}", settings_base(&state));
-    let mut known_routes = vec![route.as_str(), "/healthz", "/readyz", metrics_path.as_str()];
-    if subscriptions.is_some() {
-        known_routes.push(control.as_str());
-    }
-    let edge = Arc::new(Edge {
-        proxy: crate::proxy::ProxyPolicy::from_config(&config.proxy),
-        access: access::AccessSettings {
-            quiet_routes: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
-            known_routes: known_routes
-                .into_iter()
-                .map(crate::metrics::route_label)
-                .collect(),
-        },
-        settings: state.settings.clone(),
-    });
     let mut router = Router::new();
-    if observability.metrics.enabled
-        && observability.metrics.bind_address.is_none()
-        && let Some(handle) = crate::metrics::installed()
-    {
+    if let Some(handle) = services.metrics {
         router = router.route(
             &metrics_path,
             get(move || async move { crate::metrics::scrape(handle) }),
         );
     }
-    if let Some(subscriptions) = subscriptions {
-        router = router.route(
-            &control,
-            any(crate::subscriptions::http::dispatch).with_state(subscriptions),
-        );
+    if let Some(subscriptions) = services.subscriptions {
+        router = router.merge(subscriptions::routes(
+            &state.settings.base_path,
+            subscriptions,
+        ));
     }
-    let router = router
+    router
         .route(&route, any(stream::dispatch))
-        .merge(probe_routes(ready))
+        .merge(probe_routes(services.readiness))
         .fallback(|| async {
             problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
         })
         .with_state(state)
-        .layer(middleware::from_fn_with_state(edge, edge_middleware));
-    (router, readiness)
+        .layer(middleware::from_fn_with_state(edge, edge_middleware))
+}
+
+/// The router of the separate metrics listener
+/// (`observability.metrics.bind_address`): `GET path` answers the metrics,
+/// and `/healthz` and `/readyz` answer as on the main listener, so probes
+/// work without the API's TLS client certificate. No stream is served there.
+pub(crate) fn metrics_listener(
+    handle: &'static MetricsHandle,
+    path: &str,
+    readiness: Readiness,
+) -> Router {
+    probe_routes(readiness).route(
+        path,
+        get(move || async move { crate::metrics::scrape(handle) }),
+    )
 }
 
 /// What the request middleware needs.
 struct Edge {
-    proxy: crate::proxy::ProxyPolicy,
     access: access::AccessSettings,
     settings: Arc<HttpSettings>,
 }
@@ -213,7 +188,7 @@ struct Edge {
 /// three: each `from_fn` layer clones the route service and boxes a future
 /// per request, which was a tenth of the CPU of an append.
 async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let request = crate::proxy::attach_client_context(&edge.proxy, request);
+    let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
     access::observe(&edge.access, request, |request| {
         common_headers(&edge.settings.cors, request, next)
     })
@@ -224,7 +199,7 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
 /// (`200` while `readiness` says ready, `503` before and from the start of
 /// the drain): on the main router and on the separate metrics listener,
 /// where kubelet probes need no client certificate.
-pub fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+pub(crate) fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -242,11 +217,8 @@ pub fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> R
         )
 }
 
-fn settings_base(state: &AppState) -> &str {
-    &state.settings.base_path
-}
-
-fn normalise_base_path(raw: &str) -> String {
+/// A mount path without a trailing `/`, starting with one (empty for `/`).
+pub(crate) fn normalise_base_path(raw: &str) -> String {
     let trimmed = raw.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         String::new()

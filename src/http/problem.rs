@@ -74,11 +74,6 @@ impl ApiError {
         }
         self
     }
-
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl From<HeaderError> for ApiError {

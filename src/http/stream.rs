@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -15,7 +15,7 @@ use super::problem::ApiError;
 use super::query::{self, LiveMode};
 use crate::client::{ForwardedHost, Scheme};
 use crate::engine::{Access, AppendRequest, CreateRequest, ForkRequest, ReadResult, StreamEntry};
-use crate::metrics::{self, ReadMode};
+use crate::metrics::event::{ReadBytesSent, ReadMode, ReadServed};
 use crate::protocol::header::{self as wire, ContentType};
 use crate::protocol::json;
 use crate::protocol::name;
@@ -137,20 +137,18 @@ pub(crate) struct PublicOrigin {
 }
 
 impl PublicOrigin {
-    /// What `request` says about its public scheme and host.
-    pub(crate) fn of(request: &Request) -> Self {
-        let extensions = request.extensions();
+    /// What a request's parts say about its public scheme and host.
+    pub(crate) fn of(extensions: &Extensions, headers: &HeaderMap, uri: &Uri) -> Self {
         let host = extensions
             .get::<ForwardedHost>()
             .map(|host| host.0.clone())
             .or_else(|| {
-                request
-                    .headers()
+                headers
                     .get(header::HOST)
                     .and_then(|host| host.to_str().ok())
                     .map(str::to_owned)
             })
-            .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+            .or_else(|| uri.authority().map(|a| a.as_str().to_owned()));
         Self {
             scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
             host,
@@ -184,7 +182,7 @@ fn content_type_value(entry: &StreamEntry) -> HeaderValue {
 const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 async fn create(state: &AppState, path: String, request: Request) -> Result<Response, ApiError> {
-    let origin = PublicOrigin::of(&request);
+    let origin = PublicOrigin::of(request.extensions(), request.headers(), request.uri());
     let (headers, body) = read_body(state, request).await?;
     let ttl_secs = raw(&headers, &STREAM_TTL).map(wire::ttl).transpose()?;
     let expires_at = raw(&headers, &STREAM_EXPIRES_AT)
@@ -381,7 +379,10 @@ async fn catch_up(
     from: ReadFrom,
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    metrics::read(ReadMode::CatchUp);
+    ReadServed {
+        mode: ReadMode::CatchUp,
+    }
+    .emit();
     let result = state.engine.read(entry, from).await?;
     if from == ReadFrom::Now {
         // `offset=now` is a position probe, never cached and without ETag.
@@ -411,7 +412,11 @@ async fn catch_up(
         response.headers_mut().insert(header::ETAG, etag);
         return Ok(response);
     }
-    metrics::read_bytes(ReadMode::CatchUp, result.len());
+    ReadBytesSent {
+        mode: ReadMode::CatchUp,
+        bytes: result.len(),
+    }
+    .emit();
     let mut response = read_response(entry, &result);
     let out = response.headers_mut();
     out.insert(header::ETAG, etag);

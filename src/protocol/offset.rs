@@ -11,7 +11,7 @@ use std::fmt;
 /// The width of each zero-padded decimal field of a minted offset.
 const FIELD_WIDTH: usize = 16;
 
-/// The largest position that still formats within [`FIELD_WIDTH`] digits, so
+/// The largest position that still formats within `FIELD_WIDTH` digits, so
 /// that byte-wise comparison of minted offsets equals numeric comparison.
 pub const MAX_POSITION: u64 = 9_999_999_999_999_999;
 

@@ -21,7 +21,7 @@ use super::{
     ChunkInfo, ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError,
     StorageFuture, StreamId, StreamSpec,
 };
-use crate::metrics;
+use crate::metrics::event::StorageCommitted;
 use crate::protocol::producer::ProducerState;
 
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
@@ -432,11 +432,7 @@ impl DbShard {
         until: u64,
         max_bytes: usize,
     ) -> Result<ReadChunk, StorageError> {
-        let mut chunk = ReadChunk {
-            records: Vec::new(),
-            end: from,
-            starts_mid_record: false,
-        };
+        let mut chunk = ReadChunk::empty(from);
         if let Some(&head) = shared
             .trimmed
             .read()
@@ -463,19 +459,9 @@ impl DbShard {
             if start >= until {
                 break;
             }
-            let lo = usize::try_from(from.saturating_sub(start))
-                .unwrap_or(usize::MAX)
-                .min(payload.len());
-            let hi = usize::try_from(until.min(end) - start)
-                .unwrap_or(usize::MAX)
-                .min(payload.len());
-            if chunk.records.is_empty() && lo > 0 {
-                chunk.starts_mid_record = true;
-            }
-            let piece = Bytes::copy_from_slice(&payload[lo..hi]);
-            taken += piece.len();
-            chunk.end = start + hi as u64;
-            chunk.records.push(piece);
+            let part = ReadChunk::part(start, payload.len(), from, until);
+            let piece = Bytes::copy_from_slice(&payload[part.clone()]);
+            taken += chunk.push(start, part, piece);
             if taken >= max_bytes || chunk.end >= until {
                 break;
             }
@@ -858,7 +844,12 @@ impl Writer {
         let started = std::time::Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
-            metrics::storage::commit("acid", accepted.len(), started.elapsed());
+            StorageCommitted {
+                backend: "acid",
+                batch: accepted.len(),
+                elapsed: started.elapsed(),
+            }
+            .emit();
         }
         drop(spans);
         match outcome {

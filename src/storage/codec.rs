@@ -1,5 +1,6 @@
-//! Binary encoding of [`Mutation`]s as checksummed frames, shared by the
-//! file backend's log and the acid backend's records.
+//! Binary encoding of [`Mutation`]s as checksummed frames: the records of
+//! the file backends' segment log (the acid backend keeps its own redb
+//! tables).
 //!
 //! A frame is `len: u32 LE | crc32c(body): u32 LE | body`. The body starts
 //! with a kind byte and the stream id; an append's payload comes last so a

@@ -241,11 +241,7 @@ impl InMemoryStorage {
         }
         let from = from.max(records.base);
         let until = until.min(records.tail());
-        let mut chunk = ReadChunk {
-            records: Vec::new(),
-            end: from,
-            starts_mid_record: false,
-        };
+        let mut chunk = ReadChunk::empty(from);
         if from >= until {
             return Ok(chunk);
         }
@@ -257,19 +253,8 @@ impl InMemoryStorage {
                 break;
             }
             let record = &records.data[index];
-            let lo = usize::try_from(from.saturating_sub(start))
-                .unwrap_or(usize::MAX)
-                .min(record.len());
-            let hi = usize::try_from(until - start)
-                .unwrap_or(usize::MAX)
-                .min(record.len());
-            if index == first && lo > 0 {
-                chunk.starts_mid_record = true;
-            }
-            let piece = record.slice(lo..hi);
-            taken += piece.len();
-            chunk.end = start + hi as u64;
-            chunk.records.push(piece);
+            let part = ReadChunk::part(start, record.len(), from, until);
+            taken += chunk.push(start, part.clone(), record.slice(part));
             if taken >= max_bytes {
                 break;
             }

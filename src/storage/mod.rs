@@ -47,6 +47,7 @@
 pub mod acid;
 pub mod chunk_list;
 pub mod codec;
+pub mod config;
 #[cfg(test)]
 pub mod fault;
 pub mod file;
@@ -54,6 +55,7 @@ pub mod instrumented;
 pub mod lock;
 pub mod memory;
 pub mod metadata;
+pub mod postgres;
 mod queue;
 #[cfg(test)]
 mod recovery_tests;
@@ -71,6 +73,7 @@ pub use acid::AcidStorage;
 pub use file::{FileOptions, FileStorage};
 pub use instrumented::InstrumentedStorage;
 pub use memory::InMemoryStorage;
+pub use postgres::PostgresStorage;
 
 /// A stream instance's identifier, unique for the life of a store (a stream
 /// deleted and re-created at the same path gets a new one).
@@ -201,6 +204,41 @@ pub struct ReadChunk {
     pub starts_mid_record: bool,
 }
 
+impl ReadChunk {
+    /// Nothing read yet, for a read starting at `from`.
+    pub fn empty(from: u64) -> Self {
+        Self {
+            records: Vec::new(),
+            end: from,
+            starts_mid_record: false,
+        }
+    }
+
+    /// The bytes of a stored record (`len` bytes from position `start`)
+    /// that a read of `[from, until)` takes.
+    pub fn part(start: u64, len: usize, from: u64, until: u64) -> std::ops::Range<usize> {
+        let lo = usize::try_from(from.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        let hi = usize::try_from(until.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        lo..hi.max(lo)
+    }
+
+    /// Adds `piece`, the bytes `part` of the record starting at `start`;
+    /// returns how many bytes it holds.
+    pub fn push(&mut self, start: u64, part: std::ops::Range<usize>, piece: Bytes) -> usize {
+        if self.records.is_empty() && part.start > 0 {
+            self.starts_mid_record = true;
+        }
+        self.end = start + part.end as u64;
+        let taken = piece.len();
+        self.records.push(piece);
+        taken
+    }
+}
+
 /// A stream as found when a store is opened.
 #[derive(Clone, Debug)]
 pub struct RecoveredStream {
@@ -296,14 +334,17 @@ pub enum StorageError {
     },
 }
 
-/// Opens the backend `config` selects.
+/// Opens the backend the `[storage]` section selects; memory holds at most
+/// `max_memory_bytes` of payload.
 ///
 /// # Errors
 /// When a durable mode has no `storage.data_dir`, or the backend fails to
-/// open (locked directory, I/O failure, corruption).
-pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
-    use crate::config::StorageMode;
-    let storage = &config.storage;
+/// open (locked directory, I/O failure, corruption, unreachable database).
+pub fn open(
+    storage: &config::StorageConfig,
+    max_memory_bytes: u64,
+) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    use config::StorageMode;
     let dir = || {
         storage.data_dir.clone().ok_or_else(|| {
             StorageError::Unavailable(
@@ -329,9 +370,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
         checkpoint_on_full_segment: true,
     };
     Ok(match storage.mode {
-        StorageMode::Memory => {
-            std::sync::Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes))
-        }
+        StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
         StorageMode::FileFast => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
         }
@@ -346,7 +385,42 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Storage
                 shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
             },
         )?),
+        StorageMode::Postgres => std::sync::Arc::new(open_postgres(
+            &storage.postgres,
+            storage.chunk_bytes,
+            false,
+        )?),
     })
+}
+
+/// Opens the `postgres` backend from synchronous code running on (or
+/// beside) a multi-threaded Tokio runtime, which then drives its
+/// connections; `read_only` opens it for a live export.
+///
+/// # Errors
+/// When `[storage.postgres]` is invalid, no runtime is running, or the
+/// backend fails to open.
+pub fn open_postgres(
+    config: &config::PostgresConfig,
+    chunk_bytes: u64,
+    read_only: bool,
+) -> Result<PostgresStorage, StorageError> {
+    let mut options = postgres::PostgresOptions::from_config(config)
+        .map_err(|error| StorageError::Unavailable(error.message))?;
+    options.chunk_bytes = chunk_bytes.max(4 << 10);
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        StorageError::Unavailable("the postgres backend needs a Tokio runtime".into())
+    })?;
+    let opening = async move {
+        if read_only {
+            PostgresStorage::open_read_only(options).await
+        } else {
+            PostgresStorage::open(options).await
+        }
+    };
+    // Blocking here is what the callers expect (startup opens storage on a
+    // blocking thread); `block_in_place` keeps it legal on a worker too.
+    tokio::task::block_in_place(|| runtime.block_on(opening))
 }
 
 impl StorageError {

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{Mutation, StorageError, StorageFuture};
-use crate::metrics;
+use crate::metrics::event::WriteQueueDepth;
 
 /// Sends the outcome of one mutation back to its caller.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ pub struct CommitQueue {
     inner: Mutex<Inner>,
     wake: Condvar,
     /// `durable_streams_storage_write_queue_depth{backend}`, resolved once.
-    depth: ::metrics::Gauge,
+    depth: WriteQueueDepth,
 }
 
 /// Payload bytes of a mutation, for batch sizing.
@@ -104,7 +104,7 @@ impl CommitQueue {
         Self {
             inner: Mutex::default(),
             wake: Condvar::new(),
-            depth: metrics::storage::queue_depth_gauge(backend),
+            depth: WriteQueueDepth::register(backend),
         }
     }
 
@@ -127,7 +127,7 @@ impl CommitQueue {
                 ))));
             }
             inner.items.push_back((mutation, ack));
-            self.depth.set(inner.items.len() as f64);
+            self.depth.emit(inner.items.len());
         }
         self.wake.notify_one();
         Box::pin(async move {
@@ -154,7 +154,7 @@ impl CommitQueue {
                         break;
                     }
                 }
-                self.depth.set(inner.items.len() as f64);
+                self.depth.emit(inner.items.len());
                 return Next::Batch(batch);
             }
             if inner.closed {

@@ -14,24 +14,42 @@ use super::{
 };
 use crate::protocol::producer::ProducerState;
 
-/// Opens a backend, optionally on a directory it has used before.
+/// A backend being opened.
+pub type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Storage>> + Send>>;
+
+/// Opens a backend, optionally on a directory (or database) it has used
+/// before.
 pub struct Harness {
     dir: tempfile::TempDir,
-    open: fn(&std::path::Path) -> Arc<dyn Storage>,
+    open: Box<dyn Fn(&std::path::Path) -> Opening + Send + Sync>,
     persistent: bool,
 }
 
 impl Harness {
     fn new(open: fn(&std::path::Path) -> Arc<dyn Storage>, persistent: bool) -> Self {
+        Self::opened_by(
+            move |dir| {
+                let store = open(dir);
+                Box::pin(std::future::ready(store))
+            },
+            persistent,
+        )
+    }
+
+    /// A harness whose backend opens asynchronously (a database).
+    pub fn opened_by(
+        open: impl Fn(&std::path::Path) -> Opening + Send + Sync + 'static,
+        persistent: bool,
+    ) -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
-            open,
+            open: Box::new(open),
             persistent,
         }
     }
 
-    fn open(&self) -> Arc<dyn Storage> {
-        (self.open)(self.dir.path())
+    async fn open(&self) -> Arc<dyn Storage> {
+        (self.open)(self.dir.path()).await
     }
 }
 
@@ -65,7 +83,7 @@ async fn read_all(store: &dyn Storage, id: u64, from: u64, until: u64) -> Vec<u8
 }
 
 async fn create_append_read(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -98,7 +116,7 @@ async fn create_append_read(h: Harness) {
 }
 
 async fn refuses_out_of_order_and_unknown(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -127,7 +145,7 @@ async fn refuses_out_of_order_and_unknown(h: Harness) {
 }
 
 async fn pipelined_appends_keep_order(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -160,7 +178,7 @@ async fn pipelined_appends_keep_order(h: Harness) {
 }
 
 async fn mixed_record_sizes_read_back_from_any_offset(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -197,7 +215,7 @@ async fn mixed_record_sizes_read_back_from_any_offset(h: Harness) {
 }
 
 async fn forks_start_at_their_base(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(2, 10),
@@ -214,7 +232,7 @@ async fn forks_start_at_their_base(h: Harness) {
 }
 
 async fn remove_forgets_the_stream(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -236,7 +254,7 @@ async fn recovers_everything_it_acknowledged(h: Harness) {
         return;
     }
     {
-        let store = h.open();
+        let store = h.open().await;
         assert!(store.recover().is_empty());
         store
             .submit(Mutation::Create {
@@ -292,7 +310,7 @@ async fn recovers_everything_it_acknowledged(h: Harness) {
             .await
             .expect("remove");
     }
-    let store = h.open();
+    let store = h.open().await;
     let mut recovered = store.recover();
     recovered.sort_by_key(|s| s.spec.id);
     assert_eq!(recovered.len(), 2, "{recovered:?}");
@@ -331,7 +349,7 @@ async fn recovers_everything_it_acknowledged(h: Harness) {
 }
 
 async fn chunks_trim_from_the_head(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     store
         .submit(Mutation::Create {
             spec: spec(1, 0),
@@ -398,7 +416,7 @@ async fn chunks_trim_from_the_head(h: Harness) {
 
     let store = if h.persistent {
         drop(store);
-        let store = h.open();
+        let store = h.open().await;
         let recovered = store.recover();
         assert_eq!(recovered[0].head, head);
         assert_eq!(recovered[0].tail, tail);
@@ -433,14 +451,14 @@ async fn chunks_trim_from_the_head(h: Harness) {
     assert_eq!(read_all(&*store, 1, tail, tail + 4).await, b"next");
     if h.persistent {
         drop(store);
-        let store = h.open();
+        let store = h.open().await;
         assert_eq!(store.recover()[0].head, tail);
         assert_eq!(read_all(&*store, 1, tail, tail + 4).await, b"next");
     }
 }
 
 async fn metadata_round_trips_and_persists(h: Harness) {
-    let store = h.open();
+    let store = h.open().await;
     assert!(store.metadata().await.expect("load").is_empty());
     store
         .put_metadata("sub/b", Some(Bytes::from_static(b"two")))
@@ -471,7 +489,7 @@ async fn metadata_round_trips_and_persists(h: Harness) {
     assert_eq!(store.metadata().await.expect("load"), expected);
     if h.persistent {
         drop(store);
-        let store = h.open();
+        let store = h.open().await;
         assert_eq!(store.metadata().await.expect("load after reopen"), expected);
         // Metadata never shows up as a stream.
         assert!(store.recover().is_empty());
@@ -480,55 +498,62 @@ async fn metadata_round_trips_and_persists(h: Harness) {
 
 macro_rules! storage_suite {
     ($backend:ident, $open:expr, $persistent:expr) => {
+        storage_suite!(@cases $backend, async { Harness::new($open, $persistent) });
+    };
+    // A backend whose harness is made asynchronously (a database per test).
+    (async $backend:ident, $harness:expr) => {
+        storage_suite!(@cases $backend, $harness);
+    };
+    (@cases $backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
 
-            fn harness() -> Harness {
-                Harness::new($open, $persistent)
+            async fn harness() -> Harness {
+                $harness.await
             }
 
             #[tokio::test]
             async fn create_append_read() {
-                super::create_append_read(harness()).await;
+                super::create_append_read(harness().await).await;
             }
             #[tokio::test]
             async fn refuses_out_of_order_and_unknown() {
-                super::refuses_out_of_order_and_unknown(harness()).await;
+                super::refuses_out_of_order_and_unknown(harness().await).await;
             }
             #[tokio::test]
             async fn pipelined_appends_keep_order() {
-                super::pipelined_appends_keep_order(harness()).await;
+                super::pipelined_appends_keep_order(harness().await).await;
             }
             #[tokio::test]
             async fn mixed_record_sizes_read_back_from_any_offset() {
-                super::mixed_record_sizes_read_back_from_any_offset(harness()).await;
+                super::mixed_record_sizes_read_back_from_any_offset(harness().await).await;
             }
             #[tokio::test]
             async fn forks_start_at_their_base() {
-                super::forks_start_at_their_base(harness()).await;
+                super::forks_start_at_their_base(harness().await).await;
             }
             #[tokio::test]
             async fn remove_forgets_the_stream() {
-                super::remove_forgets_the_stream(harness()).await;
+                super::remove_forgets_the_stream(harness().await).await;
             }
             #[tokio::test]
             async fn recovers_everything_it_acknowledged() {
-                super::recovers_everything_it_acknowledged(harness()).await;
+                super::recovers_everything_it_acknowledged(harness().await).await;
             }
             #[tokio::test]
             async fn chunks_trim_from_the_head() {
-                super::chunks_trim_from_the_head(harness()).await;
+                super::chunks_trim_from_the_head(harness().await).await;
             }
             #[tokio::test]
             async fn metadata_round_trips_and_persists() {
-                super::metadata_round_trips_and_persists(harness()).await;
+                super::metadata_round_trips_and_persists(harness().await).await;
             }
         }
     };
 }
 
 /// Chunks small enough for the suite to fill several.
-const SUITE_CHUNK_BYTES: u64 = 4096;
+pub const SUITE_CHUNK_BYTES: u64 = 4096;
 
 fn memory() -> InMemoryStorage {
     InMemoryStorage::with_chunk_bytes(u64::MAX, SUITE_CHUNK_BYTES)
@@ -576,4 +601,13 @@ storage_suite!(
     instrumented_acid,
     |dir| Arc::new(InstrumentedStorage::new(Arc::new(acid(dir)))),
     true
+);
+// PostgreSQL: a fresh database per test, re-opened on the same database.
+storage_suite!(
+    async postgres,
+    crate::storage::postgres::testdb::suite_harness()
+);
+storage_suite!(
+    async instrumented_postgres,
+    crate::storage::postgres::testdb::suite_harness_instrumented()
 );

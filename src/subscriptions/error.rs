@@ -1,10 +1,7 @@
-//! [`SubscriptionError`]: what the subscription APIs refuse, mapped once to
-//! an HTTP problem (`application/problem+json` whose `error` member carries
-//! the `code` the subscription protocol defines).
+//! [`SubscriptionError`]: what the subscription APIs refuse, with the stable
+//! `code` the subscription protocol defines. The HTTP layer maps it, once,
+//! to a problem answer.
 
-use axum::http::StatusCode;
-
-use crate::http::problem::ApiError;
 use crate::storage::StorageError;
 
 /// Why a subscription request failed.
@@ -95,49 +92,5 @@ impl SubscriptionError {
             Self::BodyTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::Storage(_) => "STORAGE_UNAVAILABLE",
         }
-    }
-
-    fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidRequest(_)
-            | Self::InvalidId(_)
-            | Self::InvalidPattern(_)
-            | Self::InvalidStream(_)
-            | Self::InvalidLease { .. }
-            | Self::WebhookUrlRejected(_)
-            | Self::InvalidOffset(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Exists | Self::Fenced | Self::AlreadyClaimed { .. } | Self::WrongType(_) => {
-                StatusCode::CONFLICT
-            }
-            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-impl From<SubscriptionError> for ApiError {
-    fn from(error: SubscriptionError) -> Self {
-        if let SubscriptionError::Storage(storage) = error {
-            // Storage failures answer like everywhere else (503/507/500).
-            return ApiError::from(storage);
-        }
-        let code = error.code();
-        let message = error.to_string();
-        let mut detail = serde_json::json!({ "code": code, "message": message });
-        if let SubscriptionError::AlreadyClaimed { holder } = &error {
-            detail["current_holder"] = serde_json::Value::from(holder.clone());
-        }
-        let mut api = ApiError::new(error.status(), code, message).with_extension("error", detail);
-        if matches!(error, SubscriptionError::Unauthorized) {
-            api = api.with_header(axum::http::header::WWW_AUTHENTICATE, "Bearer");
-        }
-        if matches!(error, SubscriptionError::Unavailable(_)) {
-            api = api.with_header(axum::http::header::RETRY_AFTER, 1);
-        }
-        api
     }
 }

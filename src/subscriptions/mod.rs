@@ -1,40 +1,240 @@
 //! Consumer subscriptions: the reserved `{base}/__ds/` APIs (spec §6–7)
 //! through which workers are woken when streams matching a pattern get data.
+//! The HTTP routes live in the HTTP layer; this module is everything
+//! behind them.
 //!
 //! # Layout
-//! - [`pattern`]: glob patterns (`*` one segment, `**` many).
-//! - [`model`]: the normalised configuration, the persisted state, views.
-//! - [`manager`]: the state machine (links, wakes, generations, leases) and
-//!   its persistence in the store's metadata area.
+//! - this file: [`Subscriptions`], the manager's handle, its settings and
+//!   its start.
+//! - [`state`]: the state machine of one subscription (links, wakes,
+//!   generations, leases), synchronous and without I/O.
+//! - [`control`]: the operations the APIs call (create, read, delete,
+//!   link, ack, claim, release).
+//! - [`store`]: persistence in the store's metadata area, and loading at
+//!   start (with the signing key).
+//! - [`wake`]: starting wakes, appending pull-wake events, the lease ticker.
 //! - [`webhook`]: signed delivery off the request path, with retries.
-//! - [`signing`]: the Ed25519 key, the JWKS and `Webhook-Signature`.
-//! - [`ssrf`]: which webhook targets are allowed.
-//! - [`http`]: the handlers of the `__ds` routes.
-//! - [`error`]: [`SubscriptionError`] and its mapping to problem responses.
+//! - [`model`]: the normalised configuration and the persisted state;
+//!   [`wire`]: the JSON of the APIs as serde types.
+//! - [`pattern`]: glob patterns; [`signing`]: the Ed25519 key, the JWKS and
+//!   `Webhook-Signature`; [`ssrf`]: which webhook targets are allowed.
+//! - [`error`]: [`SubscriptionError`], what the APIs refuse.
 //!
 //! Enabled by `subscriptions.enabled`; without it `__ds` paths answer `404`.
+//!
+//! Locks: one `std` mutex over all subscriptions, held only for in-memory
+//! work; persistence is ordered by an async mutex and always writes the
+//! latest state of a subscription, so writes never go backwards.
 
+mod control;
 pub mod error;
-pub mod http;
-pub mod manager;
 pub mod model;
 pub mod pattern;
-pub mod signing;
-pub mod ssrf;
-pub mod webhook;
+pub(crate) mod signing;
+pub(crate) mod ssrf;
+mod state;
+mod store;
+mod wake;
+mod webhook;
+pub(crate) mod wire;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-pub use error::SubscriptionError;
-pub use manager::Subscriptions;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+pub(crate) use control::PutOutcome;
+pub(crate) use error::SubscriptionError;
+
+use crate::engine::{DataObserver, Engine};
 use crate::protocol::name::NameLimits;
+use crate::shutdown::ShutdownToken;
+use signing::SigningKey;
+use state::Sub;
+
+/// Loading state of the subscription store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Loading {
+    /// Still reading the metadata.
+    Pending,
+    /// Ready.
+    Ready,
+    /// Failed; the APIs answer `503`.
+    Failed(String),
+}
+
+/// Every subscription, by key (`<root><id>`).
+#[derive(Default)]
+struct State {
+    subs: std::collections::HashMap<String, Sub>,
+    loaded: bool,
+    /// Engine notifications that arrived while loading, replayed after.
+    early: Vec<(String, u64)>,
+}
+
+impl State {
+    /// The subscription `key`.
+    fn sub(&mut self, key: &str) -> Result<&mut Sub, SubscriptionError> {
+        self.subs.get_mut(key).ok_or(SubscriptionError::NotFound)
+    }
+
+    /// The subscription `key`, which must be of `kind`.
+    fn sub_of_kind(&mut self, key: &str, kind: model::Kind) -> Result<&mut Sub, SubscriptionError> {
+        let sub = self.sub(key)?;
+        if sub.stored.config.kind != kind {
+            return Err(SubscriptionError::WrongType(kind.as_str()));
+        }
+        Ok(sub)
+    }
+}
+
+/// Shared by the handle, the tasks and the engine observer.
+struct Shared {
+    engine: Engine,
+    settings: SubscriptionSettings,
+    state: Mutex<State>,
+    loading: watch::Sender<Loading>,
+    persist_lock: tokio::sync::Mutex<()>,
+    deliveries: mpsc::Sender<String>,
+    key: OnceLock<Arc<SigningKey>>,
+    client: reqwest::Client,
+    /// Number of subscriptions, read without the lock on the append path.
+    count: AtomicUsize,
+    shutdown: ShutdownToken,
+}
+
+/// The subscription manager: a cheap, cloneable handle.
+#[derive(Clone)]
+pub(crate) struct Subscriptions {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("count", &self.shared.count.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine observer: a weak link, so the engine never keeps the manager
+/// alive.
+struct Observer(std::sync::Weak<Shared>);
+
+impl DataObserver for Observer {
+    fn stream_changed(&self, path: &str, tail: u64) {
+        if let Some(shared) = self.0.upgrade() {
+            Subscriptions { shared }.stream_changed(path, tail);
+        }
+    }
+}
+
+impl Subscriptions {
+    /// Creates the manager, hooks it into `engine`, and starts loading the
+    /// persisted state and the background tasks (delivery, lease expiry),
+    /// which stop when `shutdown` fires.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub(crate) fn start(
+        engine: Engine,
+        settings: SubscriptionSettings,
+        shutdown: ShutdownToken,
+    ) -> Self {
+        let (deliveries, queue) = mpsc::channel(settings.max_queued_deliveries.max(1));
+        let client = webhook::client(&settings);
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            settings,
+            state: Mutex::new(State::default()),
+            loading: watch::Sender::new(Loading::Pending),
+            persist_lock: tokio::sync::Mutex::new(()),
+            deliveries,
+            key: OnceLock::new(),
+            client,
+            count: AtomicUsize::new(0),
+            shutdown,
+        });
+        engine.set_observer(Arc::new(Observer(Arc::downgrade(&shared))));
+        let this = Self { shared };
+        let loader = this.clone();
+        tokio::spawn(async move {
+            let state = match loader.load().await {
+                Ok(()) => Loading::Ready,
+                Err(error) => {
+                    tracing::error!(error = %error, "subscriptions could not be loaded; the __ds APIs answer 503");
+                    Loading::Failed(error.to_string())
+                }
+            };
+            loader.shared.loading.send_replace(state);
+        });
+        webhook::spawn_dispatcher(this.clone(), queue);
+        this.spawn_ticker();
+        this
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The settings in force.
+    pub(crate) fn settings(&self) -> &SubscriptionSettings {
+        &self.shared.settings
+    }
+
+    /// Waits until the persisted state is loaded.
+    ///
+    /// # Errors
+    /// [`SubscriptionError::Unavailable`] when loading failed or the server
+    /// shuts down first.
+    pub(crate) async fn ready(&self) -> Result<(), SubscriptionError> {
+        let mut loading = self.shared.loading.subscribe();
+        let state = loading
+            .wait_for(|state| *state != Loading::Pending)
+            .await
+            .map_err(|_| SubscriptionError::Unavailable("shutting down".into()))?
+            .clone();
+        match state {
+            Loading::Failed(why) => Err(SubscriptionError::Unavailable(why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The webhook signing key (after [`Self::ready`]).
+    ///
+    /// # Errors
+    /// [`SubscriptionError::Unavailable`] before the key is loaded.
+    pub(crate) fn signing_key(&self) -> Result<Arc<SigningKey>, SubscriptionError> {
+        self.shared
+            .key
+            .get()
+            .cloned()
+            .ok_or_else(|| SubscriptionError::Unavailable("the signing key is not loaded".into()))
+    }
+
+    /// Updates the count read on the append path.
+    fn recount(&self, state: &State) {
+        self.shared.count.store(state.subs.len(), Ordering::Relaxed);
+    }
+
+    /// Waits `delay` unless the server shuts down first; returns whether
+    /// the full delay passed.
+    async fn sleep(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.shared.shutdown.cancelled() => false,
+        }
+    }
+}
 
 /// Settings of the subscription manager, from `[subscriptions]`.
 #[derive(Clone, Debug)]
-pub struct SubscriptionSettings {
+pub(crate) struct SubscriptionSettings {
     /// Where the signing key comes from (unset: generated and stored).
     pub signing_key_path: Option<PathBuf>,
     /// SSRF rules.
@@ -66,38 +266,8 @@ pub struct SubscriptionSettings {
 }
 
 impl SubscriptionSettings {
-    /// The settings `config` selects.
-    pub fn from_config(config: &Config) -> Self {
-        let s = &config.subscriptions;
-        Self {
-            signing_key_path: s
-                .signing_key_path
-                .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
-            policy: ssrf::TargetPolicy {
-                allow_loopback_http: s.allow_loopback_http,
-                allow_private_targets: s.allow_private_targets,
-            },
-            default_lease_ttl_ms: s.default_lease_ttl_ms,
-            min_lease_ttl_ms: s.min_lease_ttl_ms,
-            max_lease_ttl_ms: s.max_lease_ttl_ms,
-            retry_initial: Duration::from_millis(s.retry_initial_ms.max(1)),
-            retry_max: Duration::from_millis(s.retry_max_ms.max(s.retry_initial_ms).max(1)),
-            delivery_timeout: Duration::from_millis(s.delivery_timeout_ms.max(1)),
-            max_queued_deliveries: s.max_queued_deliveries.max(1),
-            max_concurrent_deliveries: s.max_concurrent_deliveries.max(1),
-            max_subscriptions: s.max_subscriptions.max(1),
-            name_limits: NameLimits {
-                max_bytes: config.limits.max_stream_name_bytes,
-                max_segments: config.limits.max_stream_name_segments,
-            },
-            tick_interval: Duration::from_millis(100),
-            max_body_bytes: 1 << 20,
-        }
-    }
-
     /// The rules used to normalise a `PUT` body.
-    pub fn rules(&self) -> model::Rules {
+    pub(crate) fn rules(&self) -> model::Rules {
         model::Rules {
             default_lease_ttl_ms: self.default_lease_ttl_ms,
             min_lease_ttl_ms: self.min_lease_ttl_ms,

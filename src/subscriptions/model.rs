@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::error::SubscriptionError;
 use super::pattern::Pattern;
 use crate::protocol::name::{self, NameLimits};
-use crate::protocol::offset::Offset;
 
 /// Version of the persisted subscription record.
 pub const STATE_VERSION: u32 = 1;
@@ -276,18 +275,6 @@ pub struct Stored {
     pub wake: Option<Wake>,
     /// Pull-wake: the unclaimed wake event.
     pub wake_event: Option<WakeEvent>,
-}
-
-/// Formats a position as a protocol offset.
-pub fn offset(position: u64) -> String {
-    Offset(position).to_string()
-}
-
-/// RFC 3339 text of a Unix-ms instant.
-pub fn rfc3339(ms: i64) -> Option<String> {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 #[cfg(test)]

@@ -136,6 +136,7 @@ impl SigningKey {
     }
 }
 
+#[cfg(test)]
 /// Checks a `Webhook-Signature` value against a JWKS document, as a
 /// receiver does: the key named by `kid`, the signature over `"<t>.<body>"`.
 /// Returns the signing time when it verifies.

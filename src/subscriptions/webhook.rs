@@ -7,14 +7,14 @@
 //! superseded or the subscription deleted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::SubscriptionSettings;
-use super::manager::Subscriptions;
 use super::ssrf::GuardedResolver;
-use crate::metrics::name as metric;
+use super::{SubscriptionSettings, Subscriptions};
+use crate::clock;
+use crate::metrics::event::{WebhookDelivered, WebhookFailed};
 
 /// Most bytes of a receiver's answer that are read.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -89,6 +89,43 @@ pub(super) fn spawn_dispatcher(subs: Subscriptions, mut queue: mpsc::Receiver<St
     });
 }
 
+impl Subscriptions {
+    /// What a delivery of `key` needs, if its wake is still undelivered:
+    /// the target, the generation and the body.
+    fn delivery(&self, key: &str) -> Option<(String, u64, Vec<u8>)> {
+        let (url, generation, notification) = self.lock().subs.get(key)?.delivery()?;
+        let body = serde_json::to_vec(&notification).ok()?;
+        Some((url, generation, body))
+    }
+
+    /// Records a webhook's `2xx` answer for the wake of `generation`: `done`
+    /// acknowledges the snapshot and ends the wake, otherwise the lease
+    /// starts.
+    fn delivered(&self, key: &str, generation: u64, done: bool) {
+        let recorded = self
+            .lock()
+            .subs
+            .get_mut(key)
+            .is_some_and(|sub| sub.delivered(generation, done, clock::unix_ms()));
+        if !recorded {
+            return;
+        }
+        self.update_lease_gauge();
+        if done {
+            self.kick(key);
+        } else {
+            self.persist_later(key.to_owned());
+        }
+    }
+
+    /// Marks the delivery of `key` as finished (the task ends).
+    fn delivery_finished(&self, key: &str) {
+        if let Some(sub) = self.lock().subs.get_mut(key) {
+            sub.delivering = false;
+        }
+    }
+}
+
 /// Delivers the current wake of `key`, retrying until it is answered `2xx`
 /// or no longer current.
 async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
@@ -105,9 +142,7 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            let sent_at = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let sent_at = crate::clock::unix_secs();
             let signature = key_pair.signature_header(sent_at, &body);
             let started = Instant::now();
             let result = subs
@@ -124,18 +159,15 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
                 Ok(response) => Err(format!("answered {}", response.status())),
                 Err(error) => Err(describe(&error)),
             };
-            metrics::histogram!(metric::WEBHOOK_DELIVERY_DURATION_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            outcome
+            (outcome, started.elapsed())
         };
         match outcome {
-            Ok(done) => {
-                metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "success")
-                    .increment(1);
+            (Ok(done), elapsed) => {
+                WebhookDelivered { elapsed }.emit();
                 subs.delivered(key, generation, done);
                 return;
             }
-            Err(why) => {
+            (Err(why), elapsed) => {
                 attempt = attempt.saturating_add(1);
                 let delay = backoff(
                     attempt,
@@ -143,16 +175,14 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
                     settings.retry_max,
                     jitter(),
                 );
-                metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "failure")
-                    .increment(1);
-                metrics::counter!(metric::WEBHOOK_RETRIES_TOTAL).increment(1);
-                tracing::warn!(
-                    subscription = %key,
+                WebhookFailed {
+                    subscription: key,
                     attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %why,
-                    "webhook delivery failed; retrying"
-                );
+                    elapsed,
+                    retry_in: delay,
+                    error: &why,
+                }
+                .emit();
                 if !subs.sleep(delay).await {
                     return;
                 }

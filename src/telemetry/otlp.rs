@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::metrics::counter;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -41,7 +40,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::TelemetryError;
 use crate::config::{OtlpConfig, OtlpProtocol};
-use crate::metrics::name;
+use crate::metrics::event::{OtlpExportFailed, OtlpSpanDropped, OtlpSpansExported};
 
 /// Spans waiting for export, unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise.
 const DEFAULT_QUEUE: usize = 2048;
@@ -90,7 +89,7 @@ fn check_endpoint_variables() -> Result<(), TelemetryError> {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         if let Some(value) = env(variable)
-            && !super::is_http_url(&value)
+            && !crate::config::is_http_url(&value)
         {
             return Err(TelemetryError::Otlp(format!(
                 "{variable} = {value:?} is not an http:// or https:// URL"
@@ -292,7 +291,7 @@ struct FailureLog {
 
 impl FailureLog {
     fn failed(&self, error: &OTelSdkError) {
-        counter!(name::OTLP_EXPORT_FAILURES_TOTAL).increment(1);
+        OtlpExportFailed.emit();
         let failures = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if last.is_some_and(|at| at.elapsed() < FAILURE_LOG_INTERVAL) {
@@ -345,7 +344,7 @@ impl SpanExporter for OnRuntime {
             ))),
         };
         match &result {
-            Ok(()) => counter!(name::OTLP_SPANS_EXPORTED_TOTAL).increment(count as u64),
+            Ok(()) => OtlpSpansExported { count }.emit(),
             Err(error) => self.failures.failed(error),
         }
         result
@@ -385,7 +384,7 @@ impl SpanProcessor for Bounded {
     fn on_end(&self, span: SpanData) {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            counter!(name::OTLP_SPANS_DROPPED_TOTAL).increment(1);
+            OtlpSpanDropped.emit();
             if !self.dropped_once.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     queue = self.limit,

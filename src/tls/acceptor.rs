@@ -8,7 +8,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -18,7 +18,7 @@ use super::material::{self, CertificateInfo, Material};
 use super::{TlsError, TlsSettings};
 use crate::client::TlsSession;
 use crate::config::HttpVersion;
-use crate::metrics::name as metric;
+use crate::metrics::event::{TlsCertificateServed, TlsHandshakeCompleted, TlsHandshakeFailed};
 
 /// How long a client may take to complete the handshake. Slow or silent
 /// clients must not hold a connection slot forever.
@@ -66,11 +66,7 @@ impl std::fmt::Debug for Acceptor {
 
 /// The time now, in Unix seconds.
 pub(super) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+    i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX)
 }
 
 impl Acceptor {
@@ -86,8 +82,11 @@ impl Acceptor {
             config,
             certificate,
         } = material::build(&settings, &files, unix_now())?;
-        metrics::gauge!(metric::TLS_CERTIFICATE_NOT_AFTER_TIMESTAMP_SECONDS)
-            .set(certificate.not_after as f64);
+        TlsCertificateServed {
+            not_after: certificate.not_after,
+            reloaded: false,
+        }
+        .emit();
         let fingerprint = super::reload::fingerprint(&files);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -177,13 +176,15 @@ impl Acceptor {
             };
         match result {
             Ok(stream) => {
-                metrics::counter!(metric::TLS_HANDSHAKES_TOTAL).increment(1);
+                TlsHandshakeCompleted.emit();
                 let session = session(&stream);
                 Ok((stream, session))
             }
             Err(error) => {
-                metrics::counter!(metric::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => error.reason())
-                    .increment(1);
+                TlsHandshakeFailed {
+                    reason: error.reason(),
+                }
+                .emit();
                 Err(error)
             }
         }

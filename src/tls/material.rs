@@ -41,13 +41,7 @@ impl CertificateInfo {
 }
 
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("@{unix}"))
+    crate::clock::rfc3339_secs(unix).unwrap_or_else(|| format!("@{unix}"))
 }
 
 /// A validated configuration, ready to take handshakes.

@@ -2,11 +2,13 @@
 //! directory with an empty environment: startup failures (exit code and the
 //! one-line diagnosis), the subcommands, and a clean serve-and-drain.
 
+mod backup;
 mod commands;
 #[path = "../common/mod.rs"]
 mod common;
 mod failures;
 mod helpers;
+mod postgres;
 mod serve;
 mod tls;
 mod transfer;

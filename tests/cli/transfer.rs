@@ -1,7 +1,8 @@
 //! `export` and `import` through the binary: a file store exported and
-//! imported into an acid store reads back the same; conflicts and damaged
-//! input fail with the `transfer` exit code.
+//! imported into an acid store, and into and out of PostgreSQL, reads back
+//! the same; conflicts and damaged input fail with the `transfer` exit code.
 
+use crate::common::postgres;
 use crate::helpers::run;
 
 const EXPORT: &str = r#"{"header":{"format":"durable-streams-export","version":1}}
@@ -124,4 +125,63 @@ fn damaged_exports_and_memory_mode_are_refused() {
     let memory = run(dir.path(), &["export"], &[]);
     let line = memory.failed("open_storage", 6);
     assert!(line.contains("memory"), "{line}");
+}
+
+#[test]
+fn export_and_import_move_streams_into_and_out_of_postgres() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, EXPORT).expect("write export");
+    let normalise = |text: &str| {
+        text.lines()
+            .filter(|l| !l.contains("\"header\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let url = postgres::database();
+    let pg: Vec<(&str, &str)> = vec![
+        ("DS_STORAGE__MODE", "postgres"),
+        ("DS_STORAGE__POSTGRES__URL", &url),
+    ];
+    let imported = run(dir.path(), &["import", input.to_str().expect("utf8")], &pg);
+    assert_eq!(imported.code, Some(0), "{imported:#?}");
+    assert!(
+        imported.stderr.contains("imported 1 streams"),
+        "{imported:#?}"
+    );
+    let exported = run(dir.path(), &["export"], &pg);
+    assert_eq!(exported.code, Some(0), "{exported:#?}");
+    assert_eq!(normalise(&exported.stdout), normalise(EXPORT));
+
+    // From postgres into a single-node store, and back out the same.
+    let copy = dir.path().join("copy.jsonl");
+    std::fs::write(&copy, &exported.stdout).expect("write copy");
+    let acid_store = store("acid", &dir.path().join("acid"));
+    let into_acid = run(
+        dir.path(),
+        &["import", copy.to_str().expect("utf8")],
+        &env(&acid_store),
+    );
+    assert_eq!(into_acid.code, Some(0), "{into_acid:#?}");
+    let again = run(dir.path(), &["export"], &env(&acid_store));
+    assert_eq!(normalise(&again.stdout), normalise(EXPORT));
+
+    // A second import into postgres conflicts, as with the other stores.
+    let conflict = run(dir.path(), &["import", copy.to_str().expect("utf8")], &pg);
+    let line = conflict.failed("transfer", 11);
+    assert!(line.contains("/v1/stream/a already exists"), "{line}");
+
+    // An unreachable database fails in open_storage, without the password.
+    let unreachable = [
+        ("DS_STORAGE__MODE", "postgres"),
+        (
+            "DS_STORAGE__POSTGRES__URL",
+            "postgres://ds:hunter2@127.0.0.1:1/none?sslmode=disable",
+        ),
+        ("DS_STORAGE__POSTGRES__CONNECT_TIMEOUT_MS", "500"),
+    ];
+    let failed = run(dir.path(), &["export"], &unreachable);
+    let line = failed.failed("open_storage", 6);
+    assert!(!line.contains("hunter2"), "{line}");
+    assert!(line.contains("127.0.0.1:1"), "{line}");
 }

@@ -2,4 +2,5 @@
 
 pub mod metrics_probe;
 pub mod pki;
+pub mod postgres;
 pub mod tls_client;

@@ -8,8 +8,10 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: all four: "memory file-fast file-durable acid"); every mode
-#                               other than memory also gets DS_STORAGE__DATA_DIR=<fresh temp dir>
+#   CONFORMANCE_MODES        space-separated storage modes (default: all five: "memory file-fast file-durable acid postgres");
+#                               the file and acid modes get DS_STORAGE__DATA_DIR=<fresh temp dir>; postgres gets a
+#                               throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh: initdb + pg_ctl on a free
+#                               port, as an unprivileged user when run as root) and DS_STORAGE__POSTGRES__URL
 #   CONFORMANCE_MIN_PASSED   least number of passed tests per mode (default: 332)
 #   CONFORMANCE_TIMEOUT_SECS wall-clock limit for one mode's vitest run (default: 1200)
 #   CONFORMANCE_HEALTH_PATH              path probed until the server is up (default: /healthz)
@@ -35,7 +37,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid}"
+MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres}"
 if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
   MIN_PASSED="${CONFORMANCE_MIN_PASSED:-338}"
 else
@@ -76,8 +78,13 @@ stop_server() {
   fi
 }
 
+PG_CLUSTER_DIR=""
+
 cleanup() {
   stop_server
+  if [[ -n "$PG_CLUSTER_DIR" ]]; then
+    "$REPO_ROOT/scripts/pg-test-cluster.sh" stop "$PG_CLUSTER_DIR" || true
+  fi
   local d
   for d in "${TEMP_DIRS[@]+"${TEMP_DIRS[@]}"}"; do
     rm -rf -- "$d"
@@ -225,7 +232,21 @@ run_mode() {
       "DS_SUBSCRIPTIONS__ALLOW_LOOPBACK_HTTP=true"
     )
   fi
-  if [[ "$mode" != "memory" ]]; then
+  if [[ "$mode" == "postgres" ]]; then
+    local pg_parent pg_url
+    pg_parent="$(mktemp -d -t ds-conformance-pg-XXXXXX)"
+    chmod 711 "$pg_parent"
+    TEMP_DIRS+=("$pg_parent")
+    PG_CLUSTER_DIR="$pg_parent/cluster"
+    if ! pg_url="$(PG_TEST_WATCH_PID=$$ "$REPO_ROOT/scripts/pg-test-cluster.sh" start "$PG_CLUSTER_DIR" | tail -n 1)"; then
+      SUMMARY_LINES+=("conformance[$mode]: 0 passed, 0 failed, 0 skipped (PostgreSQL did not start)")
+      echo "${SUMMARY_LINES[-1]}"
+      FAILED_MODES+=("$mode")
+      return 0
+    fi
+    log "PostgreSQL test cluster: $pg_url"
+    server_env+=("DS_STORAGE__POSTGRES__URL=$pg_url?sslmode=disable")
+  elif [[ "$mode" != "memory" ]]; then
     data_dir="$(mktemp -d -t ds-conformance-XXXXXX)"
     TEMP_DIRS+=("$data_dir")
     server_env+=("DS_STORAGE__DATA_DIR=$data_dir")

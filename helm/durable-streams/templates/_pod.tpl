@@ -1,6 +1,6 @@
 {{/*
 The pod template shared by the StatefulSet (durable storage modes) and the
-Deployment (memory mode).
+Deployment (memory and postgres modes).
 */}}
 {{- define "durable-streams.podTemplate" -}}
 {{- $tlsEnabled := include "durable-streams.tlsEnabled" . }}
@@ -13,9 +13,10 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    # Pods roll when the rendered server configuration changes. Certificate
-    # rotations need no roll: the server reloads the mounted directory.
-    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    # Pods roll when the rendered server.toml changes, and only then (labels
+    # and the chart version are not hashed). Certificate rotations need no
+    # roll: the server reloads the mounted directory.
+    checksum/config: {{ printf "%s\n" (include "durable-streams.serverToml" .) | sha256sum }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -34,7 +35,7 @@ spec:
   # otherwise), so the drain finishes before the kubelet sends SIGKILL.
   terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
   securityContext:
-    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+    {{- include "durable-streams.securityContext" (dict "ctx" . "context" .Values.podSecurityContext) | nindent 4 }}
   containers:
     - name: server
       image: {{ include "durable-streams.image" . | quote }}
@@ -49,6 +50,26 @@ spec:
       env:
         - name: DS_PROFILE
           value: {{ .Values.profile | quote }}
+        {{- if include "durable-streams.shared" . }}
+        {{- if .Values.cnpg.enabled }}
+        # CloudNativePG's URL (postgresql://<owner>:<password>@<cluster>-rw.<ns>:5432/<database>),
+        # with TLS verified against the cluster's own CA.
+        - name: CNPG_APP_URI
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "durable-streams.postgresSecretName" . }}
+              key: {{ include "durable-streams.postgresSecretKey" . }}
+        - name: DS_STORAGE__POSTGRES__URL
+          value: "$(CNPG_APP_URI)?sslmode=verify-full&sslrootcert={{ include "durable-streams.postgresCaDir" . }}/ca.crt"
+        {{- else }}
+        # The URL holds the password: it stays in the Secret, never in the ConfigMap.
+        - name: DS_STORAGE__POSTGRES__URL
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "durable-streams.postgresSecretName" . }}
+              key: {{ include "durable-streams.postgresSecretKey" . }}
+        {{- end }}
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -93,7 +114,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       securityContext:
-        {{- toYaml .Values.securityContext | nindent 8 }}
+        {{- include "durable-streams.securityContext" (dict "ctx" . "context" .Values.securityContext) | nindent 8 }}
       volumeMounts:
         - name: config
           mountPath: {{ include "durable-streams.configDir" . }}
@@ -117,6 +138,11 @@ spec:
         {{- if and .Values.subscriptions.enabled .Values.subscriptions.signingKeySecret }}
         - name: webhook-signing-key
           mountPath: {{ include "durable-streams.webhookKeyDir" . }}
+          readOnly: true
+        {{- end }}
+        {{- if and (include "durable-streams.shared" .) (include "durable-streams.postgresCaSecretName" .) }}
+        - name: postgres-ca
+          mountPath: {{ include "durable-streams.postgresCaDir" . }}
           readOnly: true
         {{- end }}
         {{- with .Values.extraVolumeMounts }}
@@ -147,6 +173,16 @@ spec:
       secret:
         secretName: {{ .Values.subscriptions.signingKeySecret }}
         defaultMode: 0440
+    {{- end }}
+    {{- if and (include "durable-streams.shared" .) (include "durable-streams.postgresCaSecretName" .) }}
+    # Only the CA certificate (CloudNativePG's CA Secret also holds its key).
+    - name: postgres-ca
+      secret:
+        secretName: {{ include "durable-streams.postgresCaSecretName" . }}
+        defaultMode: 0440
+        items:
+          - key: {{ ternary "ca.crt" .Values.postgres.caSecretKey .Values.cnpg.enabled }}
+            path: ca.crt
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}

@@ -22,7 +22,7 @@ use super::Shared;
 use super::checkpoint::LogPosition;
 use super::state::{ChunkWrites, Effect, Head, Planner, TailCache, Target};
 use super::wal::{self, Segment};
-use crate::metrics;
+use crate::metrics::event::StorageCommitted;
 
 /// Most payload bytes one batch carries.
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -308,7 +308,12 @@ pub fn run_syncer(shared: Arc<Shared>, shard: usize, rx: Receiver<Pending>) {
                     let _ = ack.send(Ok(()));
                 }
                 *published = pending.end;
-                metrics::storage::commit(shared.backend, count, pending.started.elapsed());
+                StorageCommitted {
+                    backend: shared.backend,
+                    batch: count,
+                    elapsed: pending.started.elapsed(),
+                }
+                .emit();
                 drop(pending.spans);
             }
         }

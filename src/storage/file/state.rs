@@ -117,11 +117,7 @@ impl State {
         if from < first_end - first.len() as u64 {
             return None;
         }
-        let mut chunk = ReadChunk {
-            records: Vec::new(),
-            end: from,
-            starts_mid_record: false,
-        };
+        let mut chunk = ReadChunk::empty(from);
         let mut taken = 0usize;
         for (end, data) in &self.recent {
             let start = end - data.len() as u64;
@@ -131,15 +127,8 @@ impl State {
             if start >= until {
                 break;
             }
-            let lo = usize::try_from(from.saturating_sub(start)).ok()?;
-            let hi = usize::try_from(until.min(*end) - start).ok()?;
-            if chunk.records.is_empty() && lo > 0 {
-                chunk.starts_mid_record = true;
-            }
-            let piece = data.slice(lo..hi);
-            taken += piece.len();
-            chunk.end = start + hi as u64;
-            chunk.records.push(piece);
+            let part = ReadChunk::part(start, data.len(), from, until);
+            taken += chunk.push(start, part.clone(), data.slice(part));
             if taken >= max_bytes {
                 break;
             }

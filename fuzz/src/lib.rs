@@ -1,0 +1,3 @@
+//! The fuzz targets' bodies, shared with the corpus regression test.
+
+pub mod targets;

@@ -1,0 +1,337 @@
+//! One stream instance in memory: its immutable spec, its writer ledger,
+//! its lifecycle, and the [`Signal`] live readers follow.
+//!
+//! An entry is what every replica of a stream keeps locally: with a
+//! single-node backend it is the stream's authoritative state; with a
+//! backend shared by several servers it is a cache of the stored row that
+//! still carries the wake-ups of the local readers.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::state::{Ledger, WriterState};
+use crate::clock;
+use crate::protocol::header::ContentType;
+use crate::storage::{RecoveredStream, StreamId, StreamSpec};
+
+/// The committed view of a stream that live readers follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Signal {
+    /// Position after the last committed byte.
+    pub tail: u64,
+    /// The stream is closed.
+    pub closed: bool,
+    /// The stream was deleted or expired.
+    pub gone: bool,
+}
+
+/// Lifecycle of a stream instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    Live,
+    /// Deleted or expired while forks still read through it.
+    SoftDeleted,
+    /// Removed for good.
+    Removed,
+}
+
+/// Mutable per-stream bookkeeping, behind the entry's lock.
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub ledger: Ledger,
+    pub last_access: Instant,
+    /// Forks reading through this stream.
+    pub forks: usize,
+    pub status: Status,
+    /// The stream's creation is committed (always, for recovered streams).
+    pub created: bool,
+}
+
+/// One stream instance.
+pub struct StreamEntry {
+    pub(super) spec: StreamSpec,
+    content_type: ContentType,
+    expires_at: Option<OffsetDateTime>,
+    pub(super) source: Option<Arc<StreamEntry>>,
+    inner: Mutex<Inner>,
+    signal: watch::Sender<Signal>,
+    /// State that layers above keep per instance (see [`Self::attachment`]).
+    attachments: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for StreamEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamEntry")
+            .field("spec", &self.spec)
+            .field("signal", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamEntry {
+    /// A new entry in `status` whose committed writer state is `state`.
+    pub(super) fn new(
+        spec: StreamSpec,
+        source: Option<Arc<StreamEntry>>,
+        state: WriterState,
+        status: Status,
+    ) -> Arc<Self> {
+        let signal = Signal {
+            tail: state.tail,
+            closed: state.closed.is_some(),
+            gone: status != Status::Live,
+        };
+        Arc::new(Self {
+            content_type: ContentType::new(&spec.content_type),
+            expires_at: spec.expires_at_ms.and_then(clock::from_unix_ms),
+            source,
+            inner: Mutex::new(Inner {
+                ledger: Ledger::new(state),
+                last_access: Instant::now(),
+                forks: 0,
+                status,
+                created: false,
+            }),
+            signal: watch::Sender::new(signal),
+            attachments: Mutex::new(Vec::new()),
+            spec,
+        })
+    }
+
+    /// The entry of a stream that is committed already: one a backend
+    /// recovered, or one an import finished. `source` is its fork source's
+    /// entry.
+    pub(super) fn committed(
+        stream: RecoveredStream,
+        source: Option<Arc<StreamEntry>>,
+    ) -> Arc<Self> {
+        let status = if stream.soft_deleted {
+            Status::SoftDeleted
+        } else {
+            Status::Live
+        };
+        let state = WriterState {
+            tail: stream.tail,
+            closed: stream.closed,
+            producers: stream.producers.into_iter().collect(),
+            stream_seq: stream.stream_seq,
+        };
+        let entry = Self::new(stream.spec, source, state, status);
+        entry.lock().created = true;
+        entry
+    }
+
+    /// The stream's content type.
+    pub fn content_type(&self) -> &ContentType {
+        &self.content_type
+    }
+
+    /// A stable identifier that differs across delete and re-create.
+    pub fn id(&self) -> StreamId {
+        self.spec.id
+    }
+
+    /// The stream's path (its identity).
+    pub fn path(&self) -> &str {
+        &self.spec.path
+    }
+
+    /// The configured sliding TTL.
+    pub fn ttl_secs(&self) -> Option<u64> {
+        self.spec.ttl_secs
+    }
+
+    /// The configured absolute expiry.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+
+    /// The committed state readers see.
+    pub fn snapshot(&self) -> Signal {
+        *self.signal.borrow()
+    }
+
+    /// Subscribes to committed changes (the notification hub).
+    pub fn subscribe(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
+    }
+
+    /// The `T` the layers above keep for this stream instance, created on
+    /// first use and dropped with the entry. The HTTP layer keeps its SSE
+    /// fan-out here: one encoded chunk shared by every reader of the
+    /// instance, gone when the instance is.
+    pub fn attachment<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut attachments = self
+            .attachments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = attachments
+            .iter()
+            .find_map(|any| Arc::clone(any).downcast::<T>().ok())
+        {
+            return found;
+        }
+        let created = Arc::new(T::default());
+        attachments.push(created.clone());
+        created
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the committed state in `inner` to live readers (only when
+    /// it changed).
+    pub(super) fn publish(&self, inner: &Inner) {
+        let next = Signal {
+            tail: inner.ledger.committed.tail,
+            closed: inner.ledger.committed.closed.is_some(),
+            gone: inner.status != Status::Live,
+        };
+        self.signal.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
+    /// Wakes every subscriber even though the published state did not
+    /// change: requests waiting for a creation or for a write that failed
+    /// re-check the ledger.
+    pub(super) fn nudge(&self) {
+        self.signal.send_modify(|_| {});
+    }
+
+    /// Bytes of its own the stream holds in storage (its committed data
+    /// past its fork point).
+    pub(super) fn own_bytes(&self, inner: &Inner) -> u64 {
+        inner.ledger.committed.tail.saturating_sub(self.spec.base)
+    }
+
+    /// Whether the stream's absolute expiry or sliding TTL has passed.
+    pub(super) fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
+        if let Some(at) = self.expires_at
+            && OffsetDateTime::now_utc() >= at
+        {
+            return true;
+        }
+        match self.spec.ttl_secs {
+            Some(ttl) => {
+                now.saturating_duration_since(inner.last_access) >= Duration::from_secs(ttl)
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rules::WriterView;
+
+    fn spec(ttl_secs: Option<u64>, expires_at_ms: Option<i64>) -> StreamSpec {
+        StreamSpec {
+            id: 7,
+            path: "/v1/stream/a".into(),
+            content_type: "application/json".into(),
+            ttl_secs,
+            expires_at_ms,
+            created_at_ms: 0,
+            fork: None,
+            base: 4,
+        }
+    }
+
+    #[test]
+    fn publishing_notifies_only_on_change_and_nudging_always() {
+        let entry = StreamEntry::new(spec(None, None), None, WriterState::default(), Status::Live);
+        let mut signal = entry.subscribe();
+        signal.borrow_and_update();
+        entry.publish(&entry.lock());
+        assert!(!signal.has_changed().expect("open"));
+        entry.nudge();
+        assert!(signal.has_changed().expect("open"));
+        signal.borrow_and_update();
+        {
+            let mut inner = entry.lock();
+            inner.ledger.committed.tail = 10;
+            inner.status = Status::SoftDeleted;
+            entry.publish(&inner);
+            assert_eq!(entry.own_bytes(&inner), 6);
+        }
+        assert_eq!(
+            *signal.borrow_and_update(),
+            Signal {
+                tail: 10,
+                closed: false,
+                gone: true
+            }
+        );
+    }
+
+    #[test]
+    fn committed_entries_are_created_and_keep_their_state() {
+        let stream = RecoveredStream {
+            spec: spec(None, None),
+            head: 0,
+            tail: 9,
+            closed: Some(None),
+            producers: Vec::new(),
+            stream_seq: Some("b".into()),
+            soft_deleted: true,
+        };
+        let entry = StreamEntry::committed(stream, None);
+        let inner = entry.lock();
+        assert!(inner.created);
+        assert_eq!(inner.status, Status::SoftDeleted);
+        assert_eq!(inner.ledger.stream_seq(), Some("b"));
+        assert!(entry.content_type().is_json());
+        drop(inner);
+        assert_eq!(
+            entry.snapshot(),
+            Signal {
+                tail: 9,
+                closed: true,
+                gone: true
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sliding_ttl_runs_from_the_last_access() {
+        let entry = StreamEntry::new(
+            spec(Some(2), None),
+            None,
+            WriterState::default(),
+            Status::Live,
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!entry.is_expired(&entry.lock(), Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(entry.is_expired(&entry.lock(), Instant::now()));
+        let past = StreamEntry::new(
+            spec(None, Some(clock::unix_ms() - 1)),
+            None,
+            WriterState::default(),
+            Status::Live,
+        );
+        assert!(past.is_expired(&past.lock(), Instant::now()));
+    }
+
+    #[test]
+    fn attachments_are_one_per_type() {
+        #[derive(Default)]
+        struct Counter(std::sync::atomic::AtomicUsize);
+        let entry = StreamEntry::new(spec(None, None), None, WriterState::default(), Status::Live);
+        let a = entry.attachment::<Counter>();
+        a.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = entry.attachment::<Counter>();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*entry.attachment::<String>(), "");
+    }
+}

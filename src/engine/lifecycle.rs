@@ -1,0 +1,267 @@
+//! A stream's life after creation: lookup (which expires a stream whose
+//! time is up), `DELETE`, the expiry sweeper, and the release of fork
+//! sources whose last fork went away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Engine;
+use super::entry::{Status, StreamEntry};
+use super::error::EngineError;
+use super::registry::Retirement;
+use super::request::Access;
+use crate::metrics::event::{StreamDeleted, StreamsExpired};
+use crate::storage::{Mutation, StorageFuture};
+
+/// What deleting an entry did, as the client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Deletion {
+    /// Kept for its forks: answers `410` from now on.
+    Soft,
+    /// Gone.
+    Removed,
+    /// Someone else deleted it first.
+    AlreadyGone,
+}
+
+impl Engine {
+    /// Finds the live stream at `path`, expiring it if its time is up.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or [`EngineError::Gone`].
+    pub fn lookup(&self, path: &str, access: Access) -> Result<Arc<StreamEntry>, EngineError> {
+        let entry = self
+            .shared
+            .registry
+            .get(path)
+            .ok_or(EngineError::NotFound)?;
+        let now = Instant::now();
+        let mut inner = entry.lock();
+        match inner.status {
+            Status::SoftDeleted => return Err(EngineError::Gone),
+            Status::Removed => return Err(EngineError::NotFound),
+            Status::Live => {}
+        }
+        if entry.is_expired(&inner, now) {
+            drop(inner);
+            return Err(self.expire(&entry));
+        }
+        if access == Access::Touch {
+            inner.last_access = now;
+        }
+        drop(inner);
+        Ok(entry)
+    }
+
+    /// Deletes an expired stream; tells the caller what the client sees.
+    fn expire(&self, entry: &Arc<StreamEntry>) -> EngineError {
+        let (deletion, written) = self.delete_entry(entry);
+        if let Some(written) = written {
+            spawn_ack(written);
+        }
+        match deletion {
+            Deletion::Soft => {
+                StreamsExpired { count: 1 }.emit();
+                EngineError::Gone
+            }
+            Deletion::Removed => {
+                StreamsExpired { count: 1 }.emit();
+                EngineError::NotFound
+            }
+            Deletion::AlreadyGone => EngineError::NotFound,
+        }
+    }
+
+    /// Sweeps expired streams; returns how many were reclaimed.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut reclaimed = 0;
+        for entry in self.shared.registry.entries() {
+            let expired = {
+                let inner = entry.lock();
+                inner.status == Status::Live && entry.is_expired(&inner, now)
+            };
+            if expired {
+                if let (_, Some(written)) = self.delete_entry(&entry) {
+                    spawn_ack(written);
+                }
+                reclaimed += 1;
+            }
+        }
+        StreamsExpired { count: reclaimed }.emit();
+        reclaimed
+    }
+
+    /// Starts a background task that reclaims expired streams every
+    /// `interval` (at least 100 ms); it ends when the engine is dropped.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn_sweeper(&self, interval: Duration) {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                Engine { shared }.sweep_expired();
+            }
+        });
+    }
+
+    /// `DELETE`.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
+    pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
+        let entry = self.lookup(path, Access::Peek)?;
+        match self.delete_entry(&entry) {
+            (Deletion::Soft | Deletion::Removed, written) => {
+                // Answer only once the deletion is as durable as the backend
+                // promises: a crash must not bring back a stream whose
+                // DELETE was acknowledged. (If the write fails, the stream
+                // stays hidden until a restart shows it again.)
+                if let Some(written) = written {
+                    written.await?;
+                }
+                StreamDeleted.emit();
+                Ok(())
+            }
+            (Deletion::AlreadyGone, _) => Err(EngineError::NotFound),
+        }
+    }
+
+    /// Soft-deletes an entry with forks, removes it otherwise. Returns the
+    /// storage write that persists it, if this call made the change.
+    pub(super) fn delete_entry(
+        &self,
+        entry: &Arc<StreamEntry>,
+    ) -> (Deletion, Option<StorageFuture<()>>) {
+        let storage = &self.shared.storage;
+        let id = entry.spec.id;
+        match self.shared.registry.retire(entry) {
+            Retirement::AlreadyRemoved => (Deletion::AlreadyGone, None),
+            Retirement::AlreadySoftDeleted => (Deletion::Soft, None),
+            Retirement::SoftDeleted => (
+                Deletion::Soft,
+                Some(storage.submit(Mutation::SoftDelete { id })),
+            ),
+            Retirement::Removed => {
+                let written = storage.submit(Mutation::Remove { id });
+                if let Some(source) = &entry.source {
+                    self.release_fork(source);
+                }
+                (Deletion::Removed, Some(written))
+            }
+        }
+    }
+
+    /// Drops one fork reference; removes a soft-deleted source whose last
+    /// fork went away, cascading up the chain.
+    pub(super) fn release_fork(&self, source: &Arc<StreamEntry>) {
+        let mut next = Some(source.clone());
+        while let Some(entry) = next.take() {
+            if !self.shared.registry.release_fork(&entry) {
+                return;
+            }
+            spawn_ack(
+                self.shared
+                    .storage
+                    .submit(Mutation::Remove { id: entry.spec.id }),
+            );
+            next = entry.source.clone();
+        }
+    }
+}
+
+/// Drives a storage acknowledgement nobody waits for, logging a failure.
+pub(super) fn spawn_ack(ack: StorageFuture<()>) {
+    tokio::spawn(async move {
+        if let Err(error) = ack.await {
+            tracing::error!(error = %error, "background storage operation failed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::{create, engine, fork, plain};
+
+    #[tokio::test]
+    async fn delete_removes_and_a_second_delete_finds_nothing() {
+        let engine = engine();
+        create(&engine, plain("/s")).await;
+        engine.delete("/s").await.expect("deleted");
+        assert!(matches!(
+            engine.lookup("/s", Access::Peek),
+            Err(EngineError::NotFound)
+        ));
+        assert!(matches!(
+            engine.delete("/s").await,
+            Err(EngineError::NotFound)
+        ));
+        assert_eq!(engine.stream_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_source_is_gone_while_forks_read_through_it() {
+        let engine = engine();
+        create(&engine, plain("/src")).await;
+        create(&engine, fork("/a", "/src")).await;
+        create(&engine, fork("/b", "/a")).await;
+        engine.delete("/src").await.expect("soft");
+        engine.delete("/a").await.expect("soft");
+        assert!(matches!(
+            engine.lookup("/src", Access::Peek),
+            Err(EngineError::Gone)
+        ));
+        assert!(matches!(engine.delete("/a").await, Err(EngineError::Gone)));
+        assert_eq!(engine.stream_count(), 3);
+        // The last fork going releases the whole chain.
+        engine.delete("/b").await.expect("removed");
+        assert_eq!(engine.stream_count(), 0);
+        assert!(!engine.contains("/src"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_expire_on_lookup_and_in_the_sweep() {
+        let engine = engine();
+        let mut ttl = plain("/ttl");
+        ttl.ttl_secs = Some(10);
+        create(&engine, ttl.clone()).await;
+        ttl.path = "/other".into();
+        create(&engine, ttl).await;
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // Reads keep a sliding TTL alive, HEAD does not (spec §4.5).
+        engine.lookup("/ttl", Access::Touch).expect("alive");
+        engine.lookup("/other", Access::Peek).expect("alive");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(matches!(
+            engine.lookup("/other", Access::Peek),
+            Err(EngineError::NotFound)
+        ));
+        assert_eq!(engine.sweep_expired(), 0);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(engine.sweep_expired(), 1);
+        assert_eq!(engine.stream_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_runs_until_the_engine_is_dropped() {
+        let engine = engine();
+        let mut ttl = plain("/ttl");
+        ttl.ttl_secs = Some(1);
+        create(&engine, ttl).await;
+        engine.spawn_sweeper(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(engine.stream_count(), 0);
+        let weak = Arc::downgrade(&engine.shared);
+        drop(engine);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(weak.upgrade().is_none());
+    }
+}

@@ -1,0 +1,75 @@
+//! Helpers of the engine's unit tests: an engine on the memory backend and
+//! requests in their plainest form.
+
+use bytes::Bytes;
+
+use super::{AppendRequest, Appended, CreateRequest, Created, Engine, EngineLimits, ForkRequest};
+use crate::protocol::header::{ContentType, ProducerHeaders};
+use crate::storage::InMemoryStorage;
+
+/// An engine over a fresh memory backend.
+pub fn engine() -> Engine {
+    engine_with(EngineLimits::default())
+}
+
+/// An engine over a fresh memory backend with `limits`.
+pub fn engine_with(limits: EngineLimits) -> Engine {
+    Engine::new(std::sync::Arc::new(InMemoryStorage::default()), limits)
+}
+
+/// A `PUT` of an empty `text/plain` stream at `path`.
+pub fn plain(path: &str) -> CreateRequest {
+    CreateRequest {
+        path: path.into(),
+        content_type: Some(ContentType::new("text/plain")),
+        ttl_secs: None,
+        expires_at: None,
+        closed: false,
+        fork: None,
+        body: Bytes::new(),
+    }
+}
+
+/// A `PUT` forking `source` at its tail.
+pub fn fork(path: &str, source: &str) -> CreateRequest {
+    CreateRequest {
+        content_type: None,
+        fork: Some(ForkRequest {
+            source_path: source.into(),
+            offset: None,
+            sub_offset: 0,
+        }),
+        ..plain(path)
+    }
+}
+
+/// An append of `body` by producer `p`.
+pub fn produced(body: &'static [u8], epoch: u64, seq: u64) -> AppendRequest {
+    AppendRequest {
+        content_type: Some(ContentType::new("text/plain")),
+        body: Bytes::from_static(body),
+        close: false,
+        producer: Some(ProducerHeaders {
+            id: "p".into(),
+            epoch,
+            seq,
+        }),
+        stream_seq: None,
+    }
+}
+
+/// Creates a stream, which must be new.
+pub async fn create(engine: &Engine, request: CreateRequest) -> Created {
+    let created = engine.create(request).await.expect("created");
+    assert!(created.new);
+    created
+}
+
+/// Appends `body` as plain text, which must succeed.
+pub async fn append(engine: &Engine, path: &str, body: &'static [u8]) -> Appended {
+    let request = AppendRequest {
+        producer: None,
+        ..produced(body, 0, 0)
+    };
+    engine.append(path, request).await.expect("appended")
+}

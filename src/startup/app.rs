@@ -1,0 +1,233 @@
+//! [`App`]: the composition root. It creates every long-lived part of a
+//! serving process from the configuration — storage (measured when metrics
+//! or tracing are on), the engine, the expiry sweeper, the subscription
+//! manager, the readiness flag and the shutdown token — and hands the HTTP
+//! layer what it needs to wire its routes. The binary's startup uses it;
+//! embedders may too, or call [`crate::router::build_router_with_ready`],
+//! which builds one around a store they opened.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::phase::{Phase, StartupError};
+use super::{settings, storage};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::{self, Services};
+use crate::metrics;
+use crate::shutdown::{Readiness, ShutdownToken};
+use crate::storage::{InstrumentedStorage, Storage};
+use crate::subscriptions::Subscriptions;
+
+/// A server's parts, assembled and running their background work, ready
+/// to serve: [`App::router`] on any listener, `/readyz` following
+/// [`App::readiness`], live readers released by [`App::shutdown_token`].
+#[derive(Clone, Debug)]
+pub struct App {
+    engine: Engine,
+    subscriptions: Option<Subscriptions>,
+    router: Router,
+    readiness: Readiness,
+    shutdown: ShutdownToken,
+}
+
+impl App {
+    /// The `open_storage` phase and the assembly: opens the store
+    /// `storage.mode` names (off the async workers: a durable backend
+    /// replays its files), then [`App::with_storage`].
+    ///
+    /// Install the metrics recorder first ([`metrics::install`]), if at
+    /// all: the parts resolve their metric handles as they are built.
+    ///
+    /// # Errors
+    /// An `open_storage` failure (see [`storage::open_storage`]).
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, as [`App::with_storage`].
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let store = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || storage::open_storage(&config))
+                .await
+                .map_err(|error| {
+                    StartupError::new(
+                        Phase::OpenStorage,
+                        format!("opening storage panicked or was cancelled: {error}"),
+                        "see the log above; this is a bug worth reporting",
+                    )
+                })??
+        };
+        tracing::info!(backend = store.backend_name(), "storage open");
+        Ok(Self::with_storage(store, config, ShutdownToken::new()))
+    }
+
+    /// Assembles the parts around an open store: the engine with the
+    /// streams the store recovered, its expiry sweeper, the subscription
+    /// manager when `subscriptions.enabled`, and the router. `/readyz`
+    /// answers `503` until [`App::readiness`] is set; live readers end
+    /// when `shutdown` fires.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime: the sweeper and the subscription tasks are
+    /// spawned here, and are never skipped.
+    pub fn with_storage(
+        storage: Arc<dyn Storage>,
+        config: &Config,
+        shutdown: ShutdownToken,
+    ) -> Self {
+        assert!(
+            tokio::runtime::Handle::try_current().is_ok(),
+            "durable-streams-server: the server is assembled (App::with_storage, build_router, \
+             build_router_with_ready) inside a Tokio runtime, which runs its expiry sweeper and \
+             subscription tasks; call it from async code or within Runtime::enter"
+        );
+        let observability = &config.observability;
+        let storage: Arc<dyn Storage> =
+            if observability.metrics.enabled || observability.otlp.enabled {
+                Arc::new(InstrumentedStorage::new(storage))
+            } else {
+                storage
+            };
+        let engine = Engine::new(storage, settings::engine_limits(&config.limits));
+        engine.spawn_sweeper(settings::sweep_interval(config));
+        let subscriptions = config.subscriptions.enabled.then(|| {
+            Subscriptions::start(
+                engine.clone(),
+                settings::subscriptions(config),
+                shutdown.clone(),
+            )
+        });
+        let readiness = Readiness::new(false);
+        let metrics = &observability.metrics;
+        // Served here unless it has a listener of its own.
+        let scrape = (metrics.enabled && metrics.bind_address.is_none())
+            .then(metrics::installed)
+            .flatten();
+        let router = http::routes(
+            Services {
+                engine: engine.clone(),
+                subscriptions: subscriptions.clone(),
+                readiness: readiness.clone(),
+                shutdown: shutdown.clone(),
+                metrics: scrape,
+            },
+            settings::http(config),
+        );
+        Self {
+            engine,
+            subscriptions,
+            router,
+            readiness,
+            shutdown,
+        }
+    }
+
+    /// The router: the protocol routes, `/healthz`, `/readyz`, the `__ds`
+    /// APIs when enabled, and the metrics endpoint when it has no listener
+    /// of its own. Cheap to clone.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The flag behind `/readyz`.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The token that releases live readers when the server drains.
+    pub fn shutdown_token(&self) -> &ShutdownToken {
+        &self.shutdown
+    }
+
+    /// The engine serving the streams.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The router and the readiness flag, for callers that serve the
+    /// router themselves.
+    pub fn into_router(self) -> (Router, Readiness) {
+        (self.router, self.readiness)
+    }
+
+    /// Whether the `__ds` subscription APIs are served.
+    pub fn serves_subscriptions(&self) -> bool {
+        self.subscriptions.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::storage::InMemoryStorage;
+
+    async fn status(router: &Router, method: &str, uri: &str) -> StatusCode {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible")
+            .status()
+    }
+
+    #[tokio::test]
+    async fn the_app_serves_streams_and_turns_ready_when_told() {
+        let config = Config::default();
+        let app = App::build(&config).await.expect("memory opens");
+        let router = app.router();
+        assert_eq!(
+            status(&router, "GET", "/readyz").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        app.readiness().set_ready(true);
+        assert_eq!(status(&router, "GET", "/readyz").await, StatusCode::OK);
+        assert_eq!(
+            status(&router, "PUT", "/v1/stream/a").await,
+            StatusCode::CREATED
+        );
+        assert_eq!(app.engine().stream_count(), 1);
+        assert!(!app.serves_subscriptions());
+        // The control space answers 404 unless subscriptions are enabled.
+        assert_eq!(
+            status(&router, "GET", "/v1/stream/__ds/jwks.json").await,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_started_when_enabled() {
+        let mut config = Config::default();
+        config.subscriptions.enabled = true;
+        let app = App::with_storage(
+            Arc::new(InMemoryStorage::default()),
+            &config,
+            ShutdownToken::new(),
+        );
+        assert!(app.serves_subscriptions());
+        let router = app.router();
+        assert_eq!(
+            status(&router, "GET", "/v1/stream/__ds/jwks.json").await,
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "inside a Tokio runtime")]
+    fn outside_a_runtime_the_assembly_refuses_loudly() {
+        let _ = App::with_storage(
+            Arc::new(InMemoryStorage::default()),
+            &Config::default(),
+            ShutdownToken::new(),
+        );
+    }
+}

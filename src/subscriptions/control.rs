@@ -1,0 +1,340 @@
+//! The operations the `__ds` APIs call: create or confirm, read, delete,
+//! link and unlink streams, and the wake protocol's callback, ack, claim
+//! and release. Each waits for the persisted state to be loaded, changes
+//! memory under the lock ([`super::state`]), then persists.
+//!
+//! Subscriptions are keyed by `<root><id>`: `root` is the full path prefix
+//! of the streams they watch (`/v1/stream/`, or a nested router's), so the
+//! same id under two mounts names two subscriptions.
+
+use std::collections::BTreeMap;
+
+use super::Subscriptions;
+use super::error::SubscriptionError;
+use super::model::{self, Kind, Link, PutBody, STATE_VERSION, Stored, SubscriptionConfig};
+use super::pattern::Pattern;
+use super::state::Sub;
+use super::wire::{AckBody, Claimed, SubscriptionView};
+use crate::clock;
+use crate::engine::Access;
+use crate::metrics::event::{LeaseClaimed, SubscriptionAcked};
+
+/// What a `PUT` did.
+#[derive(Debug)]
+pub(crate) enum PutOutcome {
+    /// Created (`201`).
+    Created(SubscriptionView),
+    /// Existed with the same configuration (`200`).
+    Confirmed(SubscriptionView),
+}
+
+fn key(root: &str, id: &str) -> String {
+    format!("{root}{id}")
+}
+
+impl Subscriptions {
+    fn view(&self, sub: &Sub) -> SubscriptionView {
+        sub.view(self.shared.key.get().map(|key| key.kid()))
+    }
+
+    /// The tail of stream `name` under `root`, if it exists.
+    fn tail_of(&self, root: &str, name: &str) -> Option<u64> {
+        self.shared
+            .engine
+            .lookup(&format!("{root}{name}"), Access::Peek)
+            .ok()
+            .map(|entry| entry.snapshot().tail)
+    }
+
+    /// `PUT __ds/subscriptions/{id}`: creates, or confirms an identical
+    /// configuration.
+    ///
+    /// # Errors
+    /// Invalid body or URL, a different existing configuration (`Exists`),
+    /// too many subscriptions, or a storage failure.
+    pub(crate) async fn put(
+        &self,
+        root: &str,
+        public_root: &str,
+        id: &str,
+        body: PutBody,
+    ) -> Result<PutOutcome, SubscriptionError> {
+        self.ready().await?;
+        model::check_id(id)?;
+        let settings = &self.shared.settings;
+        let config: SubscriptionConfig = body.normalise(settings.rules())?;
+        if let Some(url) = &config.webhook_url {
+            settings.policy.check_url(url)?;
+        }
+        let key = key(root, id);
+        // Streams the pattern already matches are linked at their tail: a
+        // subscription wakes for new data, not for history.
+        let matching: Vec<(String, u64)> = match &config.pattern {
+            Some(raw) if !self.lock().subs.contains_key(&key) => {
+                let pattern = Pattern::parse(raw)?;
+                self.shared
+                    .engine
+                    .snapshot_streams()
+                    .into_iter()
+                    .filter(|stream| !stream.soft_deleted)
+                    .filter_map(|stream| {
+                        let name = stream.spec.path.strip_prefix(root)?;
+                        let own_wake = config.wake_stream.as_deref() == Some(name);
+                        (!own_wake && pattern.matches(name)).then(|| (name.to_owned(), stream.tail))
+                    })
+                    .take(model::MAX_EXPLICIT_STREAMS)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        {
+            let mut state = self.lock();
+            if let Some(existing) = state.subs.get(&key) {
+                return if existing.stored.config == config {
+                    Ok(PutOutcome::Confirmed(self.view(existing)))
+                } else {
+                    Err(SubscriptionError::Exists)
+                };
+            }
+            if state.subs.len() >= settings.max_subscriptions {
+                return Err(SubscriptionError::TooMany(settings.max_subscriptions));
+            }
+            let links: BTreeMap<String, Link> = config
+                .streams
+                .iter()
+                .map(|name| {
+                    let link = Link {
+                        explicit: true,
+                        glob: false,
+                        acked: 0,
+                    };
+                    (name.clone(), link)
+                })
+                .collect();
+            let mut sub = Sub::new(Stored {
+                version: STATE_VERSION,
+                id: id.to_owned(),
+                root: root.to_owned(),
+                public_root: public_root.to_owned(),
+                config,
+                created_at_ms: clock::unix_ms(),
+                generation: 0,
+                links,
+                wake: None,
+                wake_event: None,
+            });
+            for (name, tail) in matching {
+                sub.link_at(name, tail, false);
+            }
+            // Existing explicit streams start acknowledged at their tail
+            // (a subscription wakes for new data, not history).
+            let names: Vec<String> = sub.stored.links.keys().cloned().collect();
+            for name in names {
+                if let Some(tail) = self.tail_of(root, &name) {
+                    sub.tails.insert(name.clone(), tail);
+                    if let Some(link) = sub.stored.links.get_mut(&name) {
+                        link.acked = tail;
+                    }
+                }
+            }
+            state.subs.insert(key.clone(), sub);
+            self.recount(&state);
+        }
+        if let Err(error) = self.persist(&key).await {
+            let mut state = self.lock();
+            state.subs.remove(&key);
+            self.recount(&state);
+            return Err(error);
+        }
+        let state = self.lock();
+        let view = state
+            .subs
+            .get(&key)
+            .map(|sub| self.view(sub))
+            .ok_or(SubscriptionError::NotFound)?;
+        Ok(PutOutcome::Created(view))
+    }
+
+    /// `GET __ds/subscriptions/{id}`.
+    ///
+    /// # Errors
+    /// `NotFound`, or the store is unavailable.
+    pub(crate) async fn get(
+        &self,
+        root: &str,
+        id: &str,
+    ) -> Result<SubscriptionView, SubscriptionError> {
+        self.ready().await?;
+        let state = self.lock();
+        state
+            .subs
+            .get(&key(root, id))
+            .map(|sub| self.view(sub))
+            .ok_or(SubscriptionError::NotFound)
+    }
+
+    /// `DELETE __ds/subscriptions/{id}`.
+    ///
+    /// # Errors
+    /// `NotFound`, or a storage failure.
+    pub(crate) async fn delete(&self, root: &str, id: &str) -> Result<(), SubscriptionError> {
+        self.ready().await?;
+        let key = key(root, id);
+        {
+            let mut state = self.lock();
+            if state.subs.remove(&key).is_none() {
+                return Err(SubscriptionError::NotFound);
+            }
+            self.recount(&state);
+        }
+        self.update_lease_gauge();
+        self.persist(&key).await
+    }
+
+    /// `POST __ds/subscriptions/{id}/streams`: links explicit streams.
+    ///
+    /// # Errors
+    /// `NotFound`, an invalid name, or a storage failure.
+    pub(crate) async fn add_streams(
+        &self,
+        root: &str,
+        id: &str,
+        streams: Vec<String>,
+    ) -> Result<(), SubscriptionError> {
+        self.ready().await?;
+        let limits = self.shared.settings.name_limits;
+        for name in &streams {
+            model::check_stream_name(name, limits)?;
+        }
+        let key = key(root, id);
+        {
+            let mut state = self.lock();
+            let sub = state.sub(&key)?;
+            if sub.stored.links.len() + streams.len() > model::MAX_EXPLICIT_STREAMS {
+                return Err(SubscriptionError::InvalidRequest(
+                    "too many linked streams".into(),
+                ));
+            }
+            for name in streams {
+                if let Some(link) = sub.stored.links.get_mut(&name) {
+                    link.explicit = true;
+                    continue;
+                }
+                let tail = self.tail_of(root, &name).unwrap_or(0);
+                sub.link_at(name, tail, true);
+            }
+        }
+        self.persist(&key).await
+    }
+
+    /// `DELETE __ds/subscriptions/{id}/streams/{name}`: unlinks a stream.
+    ///
+    /// # Errors
+    /// `NotFound` (subscription), or a storage failure.
+    pub(crate) async fn remove_stream(
+        &self,
+        root: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<(), SubscriptionError> {
+        self.ready().await?;
+        let key = key(root, id);
+        {
+            let mut state = self.lock();
+            let sub = state.sub(&key)?;
+            sub.stored.links.remove(name);
+            sub.tails.remove(name);
+        }
+        self.persist(&key).await
+    }
+
+    /// `POST …/callback` (webhook) and `POST …/ack` (pull-wake): moves
+    /// acknowledged offsets; with `done`, ends the wake. Answers whether
+    /// another wake follows.
+    ///
+    /// # Errors
+    /// `NotFound`, `WrongType`, `Unauthorized`, `Fenced`, a bad ack, or a
+    /// storage failure.
+    pub(crate) async fn ack(
+        &self,
+        root: &str,
+        id: &str,
+        kind: Kind,
+        bearer: Option<&str>,
+        body: AckBody,
+    ) -> Result<bool, SubscriptionError> {
+        self.ready().await?;
+        let key = key(root, id);
+        let next_wake =
+            self.lock()
+                .sub_of_kind(&key, kind)?
+                .ack(&body, bearer, clock::unix_ms())?;
+        SubscriptionAcked {
+            kind: kind.as_str(),
+        }
+        .emit();
+        self.persist(&key).await?;
+        if body.done {
+            self.update_lease_gauge();
+            self.kick(&key);
+        }
+        Ok(next_wake)
+    }
+
+    /// `POST …/claim` (pull-wake): takes the lease for `worker`. `None`
+    /// when there is nothing to do.
+    ///
+    /// # Errors
+    /// `NotFound`, `WrongType`, `AlreadyClaimed`, or a storage failure.
+    pub(crate) async fn claim(
+        &self,
+        root: &str,
+        id: &str,
+        worker: &str,
+    ) -> Result<Option<Claimed>, SubscriptionError> {
+        self.ready().await?;
+        if worker.is_empty() || worker.len() > 256 {
+            return Err(SubscriptionError::InvalidRequest(
+                "worker must be 1 to 256 bytes".into(),
+            ));
+        }
+        let key = key(root, id);
+        let claimed = self
+            .lock()
+            .sub_of_kind(&key, Kind::PullWake)?
+            .claim(worker, clock::unix_ms())?;
+        self.persist(&key).await?;
+        if claimed.is_some() {
+            LeaseClaimed.emit();
+            self.update_lease_gauge();
+        }
+        Ok(claimed)
+    }
+
+    /// `POST …/release` (pull-wake): gives the lease back without acking.
+    ///
+    /// # Errors
+    /// `NotFound`, `WrongType`, `Unauthorized`, `Fenced`, or a storage
+    /// failure.
+    pub(crate) async fn release(
+        &self,
+        root: &str,
+        id: &str,
+        bearer: Option<&str>,
+        wake_id: &str,
+        generation: u64,
+    ) -> Result<(), SubscriptionError> {
+        self.ready().await?;
+        let key = key(root, id);
+        self.lock().sub_of_kind(&key, Kind::PullWake)?.release(
+            wake_id,
+            generation,
+            bearer,
+            clock::unix_ms(),
+        )?;
+        self.persist(&key).await?;
+        self.update_lease_gauge();
+        self.kick(&key);
+        Ok(())
+    }
+}
