@@ -88,9 +88,12 @@ fn span_of(
     }
 }
 
-/// The `kind` label of `durable_streams_storage_errors_total`.
-fn failure_of(error: &StorageError) -> StorageFailure {
-    match error {
+/// The `kind` label of `durable_streams_storage_errors_total`; `None` for
+/// an answer that is no failure of the store (a read before a head that
+/// retention moved on).
+fn failure_of(error: &StorageError) -> Option<StorageFailure> {
+    Some(match error {
+        StorageError::Trimmed { .. } => return None,
         StorageError::Full(_) => StorageFailure::Full,
         StorageError::Io(_) | StorageError::Path { .. } => StorageFailure::Io,
         StorageError::Corrupt(_) => StorageFailure::Corrupt,
@@ -99,9 +102,8 @@ fn failure_of(error: &StorageError) -> StorageFailure {
         StorageError::Unavailable(_)
         | StorageError::OutOfOrder { .. }
         | StorageError::UnknownStream(_)
-        | StorageError::Trimmed { .. }
         | StorageError::Locked { .. } => StorageFailure::Unavailable,
-    }
+    })
 }
 
 fn mutation_target(mutation: &Mutation) -> (StreamId, usize) {
@@ -127,7 +129,7 @@ fn measured<T: Send + 'static>(
     Box::pin(
         async move {
             let result = future.await;
-            let failure = result.as_ref().err().map(failure_of);
+            let failure = result.as_ref().err().and_then(failure_of);
             metrics.emit(operation, started.elapsed(), failure);
             if let Some(kind) = failure {
                 record_span.record("error.type", kind.as_str());
