@@ -12,41 +12,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 
 use super::codec;
-use super::{
-    AcidStorage, Append, FileOptions, FileStorage, Mutation, Storage, StorageError, StreamSpec,
-};
+use super::suite::{append, spec};
+use super::{AcidStorage, FileOptions, FileStorage, Mutation, Storage, StorageError};
 
 const FIRST_SEGMENT: &str = "000-00000000000000000001.wal";
-
-fn spec(id: u64) -> StreamSpec {
-    StreamSpec {
-        id,
-        path: format!("/v1/stream/r{id}"),
-        content_type: "application/octet-stream".into(),
-        ttl_secs: None,
-        expires_at_ms: None,
-        created_at_ms: 0,
-        fork: None,
-        base: 0,
-    }
-}
 
 /// A recognisable payload of 100 bytes for record `i`.
 fn payload(i: usize) -> Bytes {
     let mut out = format!("record-{i:04}:").into_bytes();
     out.resize(100, b'a' + (i % 26) as u8);
     Bytes::from(out)
-}
-
-fn append(id: u64, start: u64, data: Bytes) -> Mutation {
-    Mutation::Append(Append {
-        id,
-        start,
-        data,
-        producer: None,
-        stream_seq: None,
-        close: None,
-    })
 }
 
 /// One commit shard, so that every record is in one log, and no
@@ -79,7 +54,7 @@ fn log_dir(dir: &Path) -> PathBuf {
 async fn write_records(store: &dyn Storage, count: usize) -> Vec<u8> {
     store
         .submit(Mutation::Create {
-            spec: spec(1),
+            spec: spec(1, 0),
             data: Bytes::new(),
             closed: false,
         })

@@ -53,7 +53,8 @@ impl Harness {
     }
 }
 
-fn spec(id: u64, base: u64) -> StreamSpec {
+/// A plain octet-stream spec for stream `id` starting at `base`.
+pub fn spec(id: u64, base: u64) -> StreamSpec {
     StreamSpec {
         id,
         path: format!("/v1/stream/s{id}"),
@@ -66,11 +67,12 @@ fn spec(id: u64, base: u64) -> StreamSpec {
     }
 }
 
-fn append(id: u64, start: u64, data: &'static [u8]) -> Mutation {
+/// An append of `data` at `start` without writer state.
+pub fn append(id: u64, start: u64, data: impl AsRef<[u8]>) -> Mutation {
     Mutation::Append(Append {
         id,
         start,
-        data: Bytes::from_static(data),
+        data: Bytes::copy_from_slice(data.as_ref()),
         producer: None,
         stream_seq: None,
         close: None,
@@ -195,14 +197,7 @@ async fn mixed_record_sizes_read_back_from_any_offset(h: Harness) {
     {
         let data: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
         store
-            .submit(Mutation::Append(Append {
-                id: 1,
-                start: expected.len() as u64,
-                data: Bytes::from(data.clone()),
-                producer: None,
-                stream_seq: None,
-                close: None,
-            }))
+            .submit(append(1, expected.len() as u64, &data))
             .await
             .expect("append");
         expected.extend(data);
@@ -363,14 +358,7 @@ async fn chunks_trim_from_the_head(h: Harness) {
     for i in 0..40u64 {
         let data = vec![b'a' + (i % 26) as u8; 1000];
         store
-            .submit(Mutation::Append(Append {
-                id: 1,
-                start: expected.len() as u64,
-                data: Bytes::from(data.clone()),
-                producer: None,
-                stream_seq: None,
-                close: None,
-            }))
+            .submit(append(1, expected.len() as u64, &data))
             .await
             .expect("append");
         expected.extend(data);

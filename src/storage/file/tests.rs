@@ -8,31 +8,8 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{FileOptions, FileStorage, layout};
-use crate::storage::{Append, Mutation, Storage, StorageError, StreamSpec};
-
-fn spec(id: u64) -> StreamSpec {
-    StreamSpec {
-        id,
-        path: format!("/v1/stream/f{id}"),
-        content_type: "application/octet-stream".into(),
-        ttl_secs: None,
-        expires_at_ms: None,
-        created_at_ms: 0,
-        fork: None,
-        base: 0,
-    }
-}
-
-fn append(id: u64, start: u64, data: Bytes) -> Mutation {
-    Mutation::Append(Append {
-        id,
-        start,
-        data,
-        producer: None,
-        stream_seq: None,
-        close: None,
-    })
-}
+use crate::storage::suite::{append, spec};
+use crate::storage::{Mutation, Storage, StorageError};
 
 fn small() -> FileOptions {
     FileOptions {
@@ -73,7 +50,7 @@ fn payload(seed: u64, len: usize) -> Bytes {
 async fn create(store: &FileStorage, id: u64, data: Bytes) {
     store
         .submit(Mutation::Create {
-            spec: spec(id),
+            spec: spec(id, 0),
             data,
             closed: false,
         })
