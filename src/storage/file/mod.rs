@@ -20,7 +20,7 @@
 //! Streams are spread over `commit_shards` shards by id (a fork goes to its
 //! source's shard, so a family keeps the order of today's single log). Each
 //! shard groups what is queued into one batch, and overlaps the sync of one
-//! batch with the writing of the next (see [`shard`]).
+//! batch with the writing of the next (see the `shard` module).
 //!
 //! # Reads
 //! Readers see only what is committed, never wait for a writer, take the
