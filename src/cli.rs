@@ -210,8 +210,12 @@ async fn export(
     // for postgres simply another connection.
     let storage: std::sync::Arc<dyn Storage> = match config.storage.mode {
         StorageMode::Postgres => std::sync::Arc::new(
-            crate::storage::open_postgres(&config.storage.postgres, true)
-                .map_err(storage_failure)?,
+            crate::storage::open_postgres(
+                &config.storage.postgres,
+                config.storage.chunk_bytes,
+                true,
+            )
+            .map_err(storage_failure)?,
         ),
         StorageMode::Acid => std::sync::Arc::new(
             AcidStorage::open_read_only(&durable_dir(&config)?).map_err(storage_failure)?,

@@ -478,6 +478,7 @@ fn to_recovered(header: &StreamHeader) -> Result<RecoveredStream, String> {
             fork,
             base,
         },
+        head: base,
         tail,
         closed: header.closed.then(|| header.closed_by.clone()),
         producers: header

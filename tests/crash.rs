@@ -122,9 +122,15 @@ fn server_command(mode: &str, data: &Path, port: u16) -> Command {
         .env("DS_STORAGE__MODE", mode)
         .env("DS_STORAGE__DATA_DIR", data)
         .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
-        // The smallest segments, so the file backends roll over to new
-        // segment files while being killed.
+        // The smallest log segments, small chunks and frequent checkpoints,
+        // so the file backends roll segments and chunks over, checkpoint and
+        // delete log segments while being killed; expired streams are swept
+        // every second.
         .env("DS_STORAGE__SEGMENT_BYTES", "1048576")
+        .env("DS_STORAGE__CHUNK_BYTES", "65536")
+        .env("DS_STORAGE__MAX_REPLAY_BYTES", "2097152")
+        .env("DS_STORAGE__CHECKPOINT_INTERVAL_SECS", "1")
+        .env("DS_STORAGE__EXPIRY_SWEEP_INTERVAL_SECS", "1")
         .env("RUST_LOG", "warn");
     command
 }
@@ -300,12 +306,16 @@ enum Step {
     Acked,
 }
 
-/// A stream created and usually deleted again while the server may die.
+/// A stream created and usually deleted again (or left to expire) while
+/// the server may die.
 #[derive(Debug)]
 struct Life {
     path: String,
     created: Step,
     deleted: Step,
+    /// Created with `Stream-TTL: 1` and never touched again: it may vanish
+    /// at any time, but once gone it stays gone.
+    expires: bool,
     /// Whether it existed after the first restart that followed.
     exists: Option<bool>,
 }
@@ -325,6 +335,19 @@ impl Life {
             StatusCode::NOT_FOUND => false,
             other => return Err(format!("{path}: HEAD answered {other}")),
         };
+        if self.expires {
+            if exists && self.exists == Some(false) {
+                return Err(format!("{path}: an expired stream came back"));
+            }
+            if exists {
+                // Reads refresh the TTL, so only HEAD looks at it; its data
+                // is checked on the streams that never expire.
+                self.exists = Some(true);
+            } else {
+                self.exists = Some(false);
+            }
+            return Ok(());
+        }
         let expected = match (self.exists, self.created, self.deleted) {
             (Some(before), _, _) => Some(before),
             (None, _, Step::Acked) => Some(false),
@@ -361,18 +384,22 @@ async fn lifecycle(
         }
         let path = format!("/v1/stream/crash/life-{cycle}-{n}");
         let url = format!("{base}{path}");
+        let expires = rng.u8(..4) == 0;
         let mut life = Life {
             path,
             created: Step::Sent,
             deleted: Step::NotSent,
+            expires,
             exists: None,
         };
-        let created = http
+        let mut request = http
             .put(&url)
             .header("content-type", "application/octet-stream")
-            .body(b"initial".to_vec())
-            .send()
-            .await;
+            .body(b"initial".to_vec());
+        if expires {
+            request = request.header("stream-ttl", "1");
+        }
+        let created = request.send().await;
         match created {
             Err(_) => {
                 lives.push(life);
@@ -381,7 +408,7 @@ async fn lifecycle(
             Ok(r) if r.status() == StatusCode::CREATED => life.created = Step::Acked,
             Ok(r) => return Err(format!("PUT {}: {}", life.path, r.status())),
         }
-        if rng.u8(..3) > 0 {
+        if !expires && rng.u8(..3) > 0 {
             life.deleted = Step::Sent;
             match http.delete(&url).send().await {
                 Err(_) => {

@@ -7,12 +7,10 @@ use std::path::PathBuf;
 use super::load::{LoadedConfig, env_var};
 use super::problem::ConfigProblem;
 use super::syntax::{is_host_port, is_http_url, is_ip_or_cidr, is_origin};
-use super::{
-    AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, StorageMode, TransportMode,
-};
-use crate::storage::postgres::PostgresOptions;
+use super::{AlpnProtocol, Config, ForwardedHeaders, HttpVersion, IdentityMode, TransportMode};
 
 mod auth;
+mod storage;
 
 /// What validation found.
 #[derive(Clone, Debug, Default)]
@@ -210,43 +208,6 @@ impl Checker<'_> {
                  e.g. https://app.example.com"
                     .into(),
             );
-        }
-    }
-
-    fn storage(&mut self) {
-        let storage = &self.config.storage;
-        let dir_set = is_set(&storage.data_dir);
-        if storage.mode.uses_data_dir() && !dir_set {
-            self.error(
-                "storage.mode",
-                format!(
-                    "`storage.mode` = \"{}\" keeps its files in `storage.data_dir`, which is not set",
-                    storage.mode
-                ),
-                "set DS_STORAGE__DATA_DIR (or data_dir under [storage]) to a writable directory, \
-                 or use storage.mode = \"memory\""
-                    .into(),
-            );
-        }
-        if !storage.mode.uses_data_dir() && dir_set {
-            let (message, hint) = if storage.mode == StorageMode::Postgres {
-                (
-                    "`storage.data_dir` is set but storage.mode = \"postgres\" keeps its data in \
-                     the database",
-                    "remove data_dir",
-                )
-            } else {
-                (
-                    "`storage.data_dir` is set but storage.mode = \"memory\" keeps nothing on disk",
-                    "choose a durable storage.mode, or remove data_dir",
-                )
-            };
-            self.warn("storage.data_dir", message.into(), hint.into());
-        }
-        if storage.mode == StorageMode::Postgres
-            && let Err(error) = PostgresOptions::from_config(&storage.postgres)
-        {
-            self.error(error.key, error.message, error.hint);
         }
     }
 

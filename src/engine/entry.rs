@@ -278,6 +278,7 @@ mod tests {
     fn committed_entries_are_created_and_keep_their_state() {
         let stream = RecoveredStream {
             spec: spec(None, None),
+            head: 0,
             tail: 9,
             closed: Some(None),
             producers: Vec::new(),

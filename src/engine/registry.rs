@@ -302,6 +302,7 @@ mod tests {
         let registry = Registry::new("memory");
         let recovered = |id, path: &str, fork| RecoveredStream {
             spec: spec(id, path, fork),
+            head: 0,
             tail: 5,
             closed: None,
             producers: Vec::new(),

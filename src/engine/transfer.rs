@@ -50,6 +50,7 @@ impl Engine {
                 producers.sort();
                 Some(RecoveredStream {
                     spec: entry.spec.clone(),
+                    head: entry.spec.base,
                     tail: state.tail,
                     closed: state.closed.clone(),
                     producers,

@@ -145,6 +145,14 @@ impl From<StorageError> for ApiError {
             StorageError::Full(detail) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
             }
+            // Retention dropped it: the client may resume from the head,
+            // which the header names as the next offset to read.
+            StorageError::Trimmed { head, .. } => Self::new(
+                StatusCode::GONE,
+                "OFFSET_TRIMMED",
+                "data before this offset was removed by retention; read from Stream-Next-Offset",
+            )
+            .with_header(names::STREAM_NEXT_OFFSET, Offset(head)),
             StorageError::Unavailable(_) | StorageError::OutOfOrder { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "STORAGE_UNAVAILABLE",
@@ -192,5 +200,27 @@ impl IntoResponse for ApiError {
             extensions.insert(ErrorCause(cause));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_before_the_retained_head_is_gone_and_names_the_head() {
+        let response = ApiError::from(StorageError::Trimmed { id: 3, head: 4096 }).into_response();
+        assert_eq!(response.status(), StatusCode::GONE);
+        let next = response
+            .headers()
+            .get(names::STREAM_NEXT_OFFSET)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(next.as_deref(), Some(Offset(4096).encode().as_str()));
+        assert!(response.extensions().get::<ErrorCause>().is_none());
+        assert_eq!(
+            response.extensions().get::<ErrorCode>().map(|c| c.0),
+            Some("OFFSET_TRIMMED")
+        );
     }
 }

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::chunk_list::{self, Chunk, ChunkList};
 use super::lock::DirLock;
 use super::queue::{Ack, CommitQueue, Next, WriterThread, commit_spans, fail_all};
 use super::{
-    ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
-    StreamSpec,
+    ChunkInfo, ClosedBy, Mutation, ReadChunk, RecoveredStream, Storage, StorageError,
+    StorageFuture, StreamId, StreamSpec,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::protocol::producer::ProducerState;
@@ -33,6 +34,9 @@ const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 /// The metadata area (see [`super::metadata`]): CRC32C (4 bytes LE) then value.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+/// Sealed chunks by (stream, start): when their newest record was written
+/// (Unix ms). The chunk being written is in the stream's state.
+const CHUNKS: TableDefinition<(u64, u64), i64> = TableDefinition::new("chunks");
 /// Most payload bytes one transaction commits.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 /// The database file inside the data directory.
@@ -45,6 +49,262 @@ struct StoredState {
     closed_by: Option<ClosedBy>,
     stream_seq: Option<String>,
     soft_deleted: bool,
+    /// Where the retained data starts (absent: the spec's base).
+    #[serde(default)]
+    head: Option<u64>,
+    /// Start of the chunk being written (absent in databases written before
+    /// chunks: one chunk from the head).
+    #[serde(default)]
+    chunk_start: Option<u64>,
+    /// When its newest record was written, Unix ms.
+    #[serde(default)]
+    last_write_ms: i64,
+}
+
+/// Tuning of the acid backend.
+#[derive(Clone, Copy, Debug)]
+pub struct AcidOptions {
+    /// redb's page cache, in bytes, shared out over the databases.
+    pub cache_bytes: usize,
+    /// Payload bytes after which a stream's next record starts a new chunk.
+    pub chunk_bytes: u64,
+    /// Databases (each with its own writer and commits); 0 means one per
+    /// core. A directory keeps the databases it has: streams stay where
+    /// they were written.
+    pub shards: usize,
+}
+
+impl Default for AcidOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            chunk_bytes: 8 << 20,
+            shards: 0,
+        }
+    }
+}
+
+/// The database file of shard `index` (the first keeps the name of the
+/// single database of earlier versions).
+fn database_file(index: usize) -> String {
+    if index == 0 {
+        DATABASE_FILE.to_owned()
+    } else {
+        format!("streams-{index}.redb")
+    }
+}
+
+/// How many databases `dir` holds (the highest shard present, plus one).
+fn databases_in(dir: &Path) -> Result<usize, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::path("list the data directory", dir, e)),
+    };
+    let mut count = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::path("list the data directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = if name == DATABASE_FILE {
+            Some(0)
+        } else {
+            name.strip_prefix("streams-")
+                .and_then(|n| n.strip_suffix(".redb"))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        if let Some(index) = index {
+            count = count.max(index + 1);
+        }
+    }
+    Ok(count)
+}
+
+/// The redb backend: one or more databases, each stream in one of them (a
+/// fork in its source's), each database with its own writer thread, so
+/// their commits and syncs overlap. Cheap to clone.
+#[derive(Clone)]
+pub struct AcidStorage {
+    shards: Arc<Vec<DbShard>>,
+    /// Streams not in the database their id hashes to.
+    routes: Arc<std::sync::RwLock<HashMap<StreamId, usize>>>,
+    recovered: Arc<Mutex<Vec<RecoveredStream>>>,
+    dir: PathBuf,
+    _lock: Option<Arc<DirLock>>,
+}
+
+impl std::fmt::Debug for AcidStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcidStorage")
+            .field("dir", &self.dir)
+            .field("databases", &self.shards.len())
+            .finish()
+    }
+}
+
+impl AcidStorage {
+    /// Opens (or creates) the store in `dir` with default options: locks
+    /// the directory, loads and verifies every stream, and starts the
+    /// writer threads.
+    ///
+    /// # Errors
+    /// When the directory is locked, a database cannot be opened, or a
+    /// record fails verification.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, AcidOptions::default())
+    }
+
+    /// [`AcidStorage::open`] with `options`.
+    ///
+    /// # Errors
+    /// As [`AcidStorage::open`].
+    pub fn open_with(dir: &Path, options: AcidOptions) -> Result<Self, StorageError> {
+        let lock = DirLock::acquire(dir)?;
+        let wanted = match options.shards {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+        .clamp(1, 64);
+        let count = wanted.max(databases_in(dir)?);
+        let cache = (options.cache_bytes / count).max(1 << 20);
+        let shards = (0..count)
+            .map(|i| DbShard::open(dir.join(database_file(i)), &options, cache))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::assemble(dir, shards, Some(lock)))
+    }
+
+    /// Opens the databases read-only beside a server that may be writing
+    /// them (a live export).
+    ///
+    /// # Errors
+    /// When a database cannot be opened or fails verification.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
+        let count = databases_in(dir)?.max(1);
+        let shards = (0..count)
+            .map(|i| DbShard::open_read_only(dir.join(database_file(i))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::assemble(dir, shards, None))
+    }
+
+    fn assemble(dir: &Path, shards: Vec<DbShard>, lock: Option<DirLock>) -> Self {
+        let mut recovered = Vec::new();
+        let mut routes = HashMap::new();
+        for (index, shard) in shards.iter().enumerate() {
+            for stream in shard.recover() {
+                if hashed(stream.spec.id, shards.len()) != index {
+                    routes.insert(stream.spec.id, index);
+                }
+                recovered.push(stream);
+            }
+        }
+        Self {
+            shards: Arc::new(shards),
+            routes: Arc::new(std::sync::RwLock::new(routes)),
+            recovered: Arc::new(Mutex::new(recovered)),
+            dir: dir.to_path_buf(),
+            _lock: lock.map(Arc::new),
+        }
+    }
+
+    /// The first database file (the only one of earlier versions).
+    pub fn path(&self) -> &Path {
+        &self.shards[0].shared.path
+    }
+
+    fn shard_of(&self, id: StreamId) -> &DbShard {
+        let index = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| hashed(id, self.shards.len()));
+        &self.shards[index]
+    }
+}
+
+/// The database a stream id hashes to.
+fn hashed(id: StreamId, count: usize) -> usize {
+    (super::spread(id) % count as u64) as usize
+}
+
+impl Storage for AcidStorage {
+    fn backend_name(&self) -> &'static str {
+        "acid"
+    }
+
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
+        let shard = match &mutation {
+            Mutation::Create { spec, .. } => {
+                let index = match &spec.fork {
+                    Some(link) => {
+                        let source = self.shard_of(link.source);
+                        self.shards
+                            .iter()
+                            .position(|s| Arc::ptr_eq(&s.shared, &source.shared))
+                            .unwrap_or(0)
+                    }
+                    None => hashed(spec.id, self.shards.len()),
+                };
+                if index != hashed(spec.id, self.shards.len()) {
+                    self.routes
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(spec.id, index);
+                }
+                &self.shards[index]
+            }
+            Mutation::Append(append) => self.shard_of(append.id),
+            Mutation::SoftDelete { id } | Mutation::Trim { id, .. } => self.shard_of(*id),
+            Mutation::Remove { id } => {
+                let shard = self.shard_of(*id);
+                self.routes
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id);
+                shard
+            }
+        };
+        shard.submit(mutation)
+    }
+
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk> {
+        self.shard_of(id).read(id, from, until, max_bytes)
+    }
+
+    fn recover(&self) -> Vec<RecoveredStream> {
+        std::mem::take(
+            &mut *self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        self.shards[0].put_metadata(key, value)
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        self.shards[0].metadata()
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        self.shard_of(id).chunks(id)
+    }
+}
+
+/// The writer's view of a stream.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    tail: u64,
+    chunk_start: Option<u64>,
 }
 
 fn db_error(error: impl Into<redb::Error>) -> StorageError {
@@ -87,48 +347,41 @@ struct Shared {
     db: Db,
     queue: CommitQueue,
     recovered: Mutex<Vec<RecoveredStream>>,
-    _lock: Option<DirLock>,
+    /// Heads of the streams retention trimmed (reads before them refused).
+    trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
 }
 
-/// The redb backend. Cheap to clone.
+/// One redb database of the store, with its writer thread.
 #[derive(Clone)]
-pub struct AcidStorage {
+struct DbShard {
     shared: Arc<Shared>,
     _writer: Option<Arc<WriterThread<Shared>>>,
 }
 
-impl std::fmt::Debug for AcidStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AcidStorage")
-            .field("path", &self.shared.path)
-            .finish()
-    }
-}
-
-impl AcidStorage {
-    /// Opens (or creates) `<dir>/streams.redb`, locks the directory, loads
-    /// and verifies every stream, and starts the writer thread.
-    ///
-    /// # Errors
-    /// When the directory is locked, the database cannot be opened, or a
-    /// record fails verification.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let lock = DirLock::acquire(dir)?;
-        let path = dir.join(DATABASE_FILE);
-        let db = open_database(&path)?;
+impl DbShard {
+    /// Opens (or creates) the database at `path`, loads and verifies every
+    /// stream in it, and starts its writer thread.
+    fn open(
+        path: PathBuf,
+        options: &AcidOptions,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let db = open_database(&path, cache_bytes)?;
         prepare_tables(&db)?;
         let db = Db::Writable(db);
-        let (recovered, tails) = load(&db, &path)?;
+        let (recovered, heads) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
-            _lock: Some(lock),
+            trimmed: std::sync::RwLock::new(trimmed),
         });
         let writer = Writer {
             shared: shared.clone(),
-            tails,
+            heads,
+            chunk_bytes: options.chunk_bytes,
         };
         let thread = std::thread::Builder::new()
             .name("ds-acid-writer".into())
@@ -141,14 +394,10 @@ impl AcidStorage {
         })
     }
 
-    /// Opens the database read-only beside a server that may be writing it
-    /// (a live export): redb's single-writer mode lets readers follow its
+    /// Opens the database at `path` read-only beside a server that may be
+    /// writing it: redb's single-writer mode lets readers follow its
     /// commits.
-    ///
-    /// # Errors
-    /// When the database cannot be opened or fails verification.
-    pub fn open_read_only(dir: &Path) -> Result<Self, StorageError> {
-        let path = dir.join(DATABASE_FILE);
+    fn open_read_only(path: PathBuf) -> Result<Self, StorageError> {
         let db = redb::Builder::new()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .open_read_only(&path)
@@ -161,23 +410,19 @@ impl AcidStorage {
             })?;
         let db = Db::ReadOnly(db);
         let (recovered, _) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
-            _lock: None,
+            trimmed: std::sync::RwLock::new(trimmed),
         });
         shared.queue.close();
         Ok(Self {
             _writer: None,
             shared,
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.shared.path
     }
 
     fn read_blocking(
@@ -188,6 +433,15 @@ impl AcidStorage {
         max_bytes: usize,
     ) -> Result<ReadChunk, StorageError> {
         let mut chunk = ReadChunk::empty(from);
+        if let Some(&head) = shared
+            .trimmed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            && from < head
+        {
+            return Err(StorageError::Trimmed { id, head });
+        }
         if from >= until {
             return Ok(chunk);
         }
@@ -237,7 +491,7 @@ fn verified_payload<'a>(
 
 /// Opens the database with redb's page checksums verified, allowing
 /// read-only handles in other processes (a live export) beside this writer.
-fn open_database(path: &Path) -> Result<Database, StorageError> {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
     let corrupt = |detail: String| {
         StorageError::Corrupt(format!(
             "database file {} is corrupt: {detail}",
@@ -247,6 +501,7 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
     let opened = std::panic::catch_unwind(|| {
         redb::Builder::new()
             .set_check_integrity_on_open(true)
+            .set_cache_size(cache_bytes)
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .create(path)
     });
@@ -274,20 +529,31 @@ fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
         txn.open_table(METADATA).map_err(db_error)?;
+        txn.open_table(CHUNKS).map_err(db_error)?;
     }
     txn.commit().map_err(db_error)
+}
+
+/// The heads of streams whose data retention trimmed.
+fn trimmed_heads(recovered: &[RecoveredStream]) -> HashMap<StreamId, u64> {
+    recovered
+        .iter()
+        .filter(|s| s.head > s.spec.base)
+        .map(|s| (s.spec.id, s.head))
+        .collect()
 }
 
 fn load(
     db: &Db,
     path: &Path,
-) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, u64>), StorageError> {
+) -> Result<(Vec<RecoveredStream>, HashMap<StreamId, Head>), StorageError> {
     let txn = db.begin_read()?;
     let specs = txn.open_table(SPECS).map_err(db_error)?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let producers = txn.open_table(PRODUCERS).map_err(db_error)?;
     let records = txn.open_table(RECORDS).map_err(db_error)?;
     let mut by_id: BTreeMap<StreamId, RecoveredStream> = BTreeMap::new();
+    let mut chunk_starts: HashMap<StreamId, Option<u64>> = HashMap::new();
     for entry in specs.iter().map_err(db_error)? {
         let (id, raw) = entry.map_err(db_error)?;
         let spec: StreamSpec = serde_json::from_slice(raw.value()).map_err(|e| {
@@ -311,7 +577,8 @@ fn load(
             },
         };
         // Every record must verify and follow its predecessor exactly.
-        let mut expected = spec.base;
+        let head = state.head.unwrap_or(spec.base);
+        let mut expected = head;
         for record in records
             .range((id.value(), 0)..=(id.value(), u64::MAX))
             .map_err(db_error)?
@@ -345,7 +612,12 @@ fn load(
                 producers: Vec::new(),
                 stream_seq: state.stream_seq,
                 soft_deleted: state.soft_deleted,
+                head,
             },
+        );
+        chunk_starts.insert(
+            id.value(),
+            state.chunk_start.or((state.tail > head).then_some(head)),
         );
     }
     for entry in producers.iter().map_err(db_error)? {
@@ -358,11 +630,22 @@ fn load(
                 .push((producer.to_owned(), ProducerState { epoch, last_seq }));
         }
     }
-    let tails = by_id.iter().map(|(&id, s)| (id, s.tail)).collect();
-    Ok((by_id.into_values().collect(), tails))
+    let heads = by_id
+        .iter()
+        .map(|(&id, s)| {
+            (
+                id,
+                Head {
+                    tail: s.tail,
+                    chunk_start: chunk_starts.get(&id).copied().flatten(),
+                },
+            )
+        })
+        .collect();
+    Ok((by_id.into_values().collect(), heads))
 }
 
-impl Storage for AcidStorage {
+impl Storage for DbShard {
     fn backend_name(&self) -> &'static str {
         "acid"
     }
@@ -413,6 +696,17 @@ impl Storage for AcidStorage {
         })
     }
 
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || chunks_blocking(&shared, id))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!("read task failed: {e}")))
+                })
+        })
+    }
+
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -454,6 +748,44 @@ fn put_metadata_blocking(
     txn.commit().map_err(db_error)
 }
 
+fn chunks_blocking(shared: &Shared, id: StreamId) -> Result<Vec<ChunkInfo>, StorageError> {
+    let txn = shared.db.begin_read()?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let state: StoredState = match states.get(id).map_err(db_error)? {
+        Some(raw) => serde_json::from_slice(raw.value())
+            .map_err(|e| StorageError::Corrupt(format!("state of stream {id} is invalid: {e}")))?,
+        None => return Err(StorageError::UnknownStream(id)),
+    };
+    let table = match txn.open_table(CHUNKS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut list = Vec::new();
+    if let Some(table) = table {
+        for entry in table.range((id, 0)..=(id, u64::MAX)).map_err(db_error)? {
+            let (key, ms) = entry.map_err(db_error)?;
+            list.push(Chunk {
+                start: key.value().1,
+                last_write_ms: ms.value(),
+            });
+        }
+    }
+    let head = state
+        .head
+        .unwrap_or(list.first().map_or(state.tail, |c| c.start));
+    if let Some(start) = state
+        .chunk_start
+        .or((state.tail > head && list.is_empty()).then_some(head))
+    {
+        list.push(Chunk {
+            start,
+            last_write_ms: state.last_write_ms,
+        });
+    }
+    Ok(ChunkList::from_chunks(list).infos(state.tail))
+}
+
 fn load_metadata_blocking(shared: &Shared) -> Result<Vec<(String, Bytes)>, StorageError> {
     let txn = shared.db.begin_read()?;
     let table = match txn.open_table(METADATA) {
@@ -484,7 +816,17 @@ fn load_metadata_blocking(shared: &Shared) -> Result<Vec<(String, Bytes)>, Stora
 
 struct Writer {
     shared: Arc<Shared>,
-    tails: HashMap<StreamId, u64>,
+    heads: HashMap<StreamId, Head>,
+    chunk_bytes: u64,
+}
+
+/// Tables of one write transaction.
+struct Tables<'t> {
+    specs: redb::Table<'t, u64, &'static [u8]>,
+    states: redb::Table<'t, u64, &'static [u8]>,
+    producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
+    records: redb::Table<'t, (u64, u64), &'static [u8]>,
+    chunks: redb::Table<'t, (u64, u64), i64>,
 }
 
 impl Writer {
@@ -495,11 +837,12 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<(Mutation, Ack)>) {
-        let before = self.tails.clone();
+        let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
+        let mut trimmed = Vec::new();
         let spans = commit_spans("acid", batch.iter().map(|(_, ack)| ack), batch.len());
         let started = std::time::Instant::now();
-        let outcome = self.apply_batch(batch, &mut accepted);
+        let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
             StorageCommitted {
                 backend: "acid",
@@ -511,16 +854,112 @@ impl Writer {
         drop(spans);
         match outcome {
             Ok(()) => {
+                if !trimmed.is_empty() {
+                    let mut heads = self
+                        .shared
+                        .trimmed
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for (id, head) in trimmed {
+                        match head {
+                            Some(head) => heads.insert(id, head),
+                            None => heads.remove(&id),
+                        };
+                    }
+                }
                 for ack in accepted {
                     let _ = ack.send(Ok(()));
                 }
             }
             Err(error) => {
-                self.tails = before;
+                self.heads = before;
                 tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
                 fail_all(accepted, &error);
             }
         }
+    }
+
+    /// Stores a record ending at `end`, sealing the current chunk first
+    /// when the record does not fit in it.
+    fn put_record(
+        &mut self,
+        tables: &mut Tables<'_>,
+        id: StreamId,
+        state: &mut StoredState,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let Some(head) = self.heads.get_mut(&id) else {
+            return Ok(());
+        };
+        let now = chunk_list::now_ms();
+        let used = head.chunk_start.map(|start| head.tail - start);
+        if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
+            if let Some(start) = head.chunk_start {
+                tables
+                    .chunks
+                    .insert((id, start), state.last_write_ms)
+                    .map_err(db_error)?;
+            }
+            head.chunk_start = Some(head.tail);
+        }
+        let end = head.tail + data.len() as u64;
+        tables
+            .records
+            .insert((id, end), framed(data).as_slice())
+            .map_err(db_error)?;
+        head.tail = end;
+        state.tail = end;
+        state.chunk_start = head.chunk_start;
+        state.last_write_ms = now;
+        Ok(())
+    }
+
+    /// Drops the chunks of `id` that end at or before `before`; returns the
+    /// new head.
+    fn trim(
+        &mut self,
+        tables: &mut Tables<'_>,
+        id: StreamId,
+        state: &mut StoredState,
+        before: u64,
+    ) -> Result<u64, StorageError> {
+        let Some(head) = self.heads.get_mut(&id) else {
+            return Ok(state.tail);
+        };
+        let mut sealed = Vec::new();
+        for entry in tables
+            .chunks
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(db_error)?
+        {
+            let (key, _) = entry.map_err(db_error)?;
+            sealed.push(key.value().1);
+        }
+        let active = head.chunk_start;
+        let mut starts: Vec<u64> = sealed.clone();
+        starts.extend(active);
+        let end_of = |i: usize| starts.get(i + 1).copied().unwrap_or(head.tail);
+        let drop = (0..starts.len())
+            .find(|&i| end_of(i) > before)
+            .unwrap_or(starts.len());
+        let new_head = starts.get(drop).copied().unwrap_or(head.tail);
+        let current = state.head.unwrap_or(new_head);
+        if drop == 0 {
+            return Ok(current);
+        }
+        for &start in sealed.iter().take(drop) {
+            tables.chunks.remove((id, start)).map_err(db_error)?;
+        }
+        if drop == starts.len() {
+            head.chunk_start = None;
+            state.chunk_start = None;
+        }
+        tables
+            .records
+            .retain_in((id, 0)..=(id, new_head), |_, _| false)
+            .map_err(db_error)?;
+        state.head = Some(new_head);
+        Ok(new_head)
     }
 
     /// Applies a batch in one transaction. Mutations refused on their own
@@ -529,65 +968,70 @@ impl Writer {
         &mut self,
         batch: Vec<(Mutation, Ack)>,
         accepted: &mut Vec<Ack>,
+        trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<(), StorageError> {
         let mut txn = self.shared.db.writable()?.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         {
-            let mut specs = txn.open_table(SPECS).map_err(db_error)?;
-            let mut states = txn.open_table(STATES).map_err(db_error)?;
-            let mut producers = txn.open_table(PRODUCERS).map_err(db_error)?;
-            let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+            let mut tables = Tables {
+                specs: txn.open_table(SPECS).map_err(db_error)?,
+                states: txn.open_table(STATES).map_err(db_error)?,
+                producers: txn.open_table(PRODUCERS).map_err(db_error)?,
+                records: txn.open_table(RECORDS).map_err(db_error)?,
+                chunks: txn.open_table(CHUNKS).map_err(db_error)?,
+            };
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
             for (mutation, ack) in batch {
                 match mutation {
                     Mutation::Create { spec, data, closed } => {
                         let json = serde_json::to_vec(&spec)
                             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                        specs.insert(spec.id, json.as_slice()).map_err(db_error)?;
-                        let tail = spec.base + data.len() as u64;
-                        if !data.is_empty() {
-                            records
-                                .insert((spec.id, tail), framed(&data).as_slice())
-                                .map_err(db_error)?;
-                        }
-                        dirty.insert(
+                        tables
+                            .specs
+                            .insert(spec.id, json.as_slice())
+                            .map_err(db_error)?;
+                        let mut state = StoredState {
+                            tail: spec.base,
+                            closed,
+                            ..StoredState::default()
+                        };
+                        self.heads.insert(
                             spec.id,
-                            StoredState {
-                                tail,
-                                closed,
-                                ..StoredState::default()
+                            Head {
+                                tail: spec.base,
+                                chunk_start: None,
                             },
                         );
-                        self.tails.insert(spec.id, tail);
+                        if !data.is_empty() {
+                            self.put_record(&mut tables, spec.id, &mut state, &data)?;
+                        }
+                        dirty.insert(spec.id, state);
                     }
                     Mutation::Append(append) => {
-                        let tail = match self.tails.get(&append.id) {
+                        match self.heads.get(&append.id) {
                             None => {
                                 let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
                                 continue;
                             }
-                            Some(&tail) if tail != append.start => {
+                            Some(head) if head.tail != append.start => {
                                 let _ = ack.send(Err(StorageError::OutOfOrder {
                                     id: append.id,
                                     start: append.start,
-                                    tail,
+                                    tail: head.tail,
                                 }));
                                 continue;
                             }
-                            Some(&tail) => tail,
-                        };
-                        load_state(append.id, &states, &mut dirty)?;
-                        let state = dirty.entry(append.id).or_default();
-                        let end = tail + append.data.len() as u64;
-                        if !append.data.is_empty() {
-                            records
-                                .insert((append.id, end), framed(&append.data).as_slice())
-                                .map_err(db_error)?;
+                            Some(_) => {}
                         }
-                        state.tail = end;
+                        load_state(append.id, &tables.states, &mut dirty)?;
+                        let mut state = dirty.remove(&append.id).unwrap_or_default();
+                        if !append.data.is_empty() {
+                            self.put_record(&mut tables, append.id, &mut state, &append.data)?;
+                        }
                         if let Some((producer, next)) = &append.producer {
-                            producers
+                            tables
+                                .producers
                                 .insert((append.id, producer.as_str()), (next.epoch, next.last_seq))
                                 .map_err(db_error)?;
                         }
@@ -600,25 +1044,43 @@ impl Writer {
                             state.closed = true;
                             state.closed_by = by;
                         }
-                        self.tails.insert(append.id, end);
+                        dirty.insert(append.id, state);
                     }
                     Mutation::SoftDelete { id } => {
-                        if self.tails.contains_key(&id) {
-                            load_state(id, &states, &mut dirty)?;
+                        if self.heads.contains_key(&id) {
+                            load_state(id, &tables.states, &mut dirty)?;
                             dirty.entry(id).or_default().soft_deleted = true;
                         }
                     }
                     Mutation::Remove { id } => {
                         dirty.remove(&id);
-                        self.tails.remove(&id);
-                        specs.remove(id).map_err(db_error)?;
-                        states.remove(id).map_err(db_error)?;
-                        records
+                        self.heads.remove(&id);
+                        trimmed.push((id, None));
+                        tables.specs.remove(id).map_err(db_error)?;
+                        tables.states.remove(id).map_err(db_error)?;
+                        tables
+                            .records
                             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
                             .map_err(db_error)?;
-                        producers
+                        tables
+                            .chunks
+                            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                            .map_err(db_error)?;
+                        tables
+                            .producers
                             .retain_in((id, "")..(id + 1, ""), |_, _| false)
                             .map_err(db_error)?;
+                    }
+                    Mutation::Trim { id, before } => {
+                        if self.heads.contains_key(&id) {
+                            load_state(id, &tables.states, &mut dirty)?;
+                            let mut state = dirty.remove(&id).unwrap_or_default();
+                            let head = self.trim(&mut tables, id, &mut state, before)?;
+                            if state.head.is_some() {
+                                trimmed.push((id, Some(head)));
+                            }
+                            dirty.insert(id, state);
+                        }
                     }
                 }
                 accepted.push(ack);
@@ -626,7 +1088,10 @@ impl Writer {
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
                     .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                states.insert(id, json.as_slice()).map_err(db_error)?;
+                tables
+                    .states
+                    .insert(id, json.as_slice())
+                    .map_err(db_error)?;
             }
         }
         txn.commit().map_err(db_error)
@@ -666,6 +1131,17 @@ mod tests {
 
     const RECORDS_WRITTEN: usize = 300;
 
+    /// One database, so that every record is in `streams.redb`.
+    fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
+        AcidStorage::open_with(
+            dir,
+            AcidOptions {
+                shards: 1,
+                ..AcidOptions::default()
+            },
+        )
+    }
+
     fn spec(id: u64) -> StreamSpec {
         StreamSpec {
             id,
@@ -689,7 +1165,7 @@ mod tests {
     /// Stream 1 with `RECORDS_WRITTEN` records, one transaction each; the
     /// store is closed when this returns.
     async fn write_store(dir: &Path) -> Vec<u8> {
-        let store = AcidStorage::open(dir).expect("open");
+        let store = open_one(dir).expect("open");
         store
             .submit(Mutation::Create {
                 spec: spec(1),
@@ -720,7 +1196,7 @@ mod tests {
     /// Opens the store; if that works, everything it serves must be a
     /// prefix of what was written (an older commit at worst), never altered.
     async fn open_and_check(dir: &Path, written: &[u8]) -> Result<(), StorageError> {
-        let store = AcidStorage::open(dir)?;
+        let store = open_one(dir)?;
         for stream in store.recover() {
             assert_eq!(stream.spec.id, 1, "an unknown stream appeared");
             assert!(stream.tail <= written.len() as u64);
@@ -760,7 +1236,7 @@ mod tests {
             bytes[at + 100] ^= 0x5a;
         }
         std::fs::write(&path, bytes).expect("write");
-        match AcidStorage::open(dir.path()) {
+        match open_one(dir.path()) {
             Err(StorageError::Corrupt(message)) => {
                 assert!(message.contains(&path.display().to_string()), "{message}");
             }
@@ -814,7 +1290,7 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        match AcidStorage::open(dir.path()) {
+        match open_one(dir.path()) {
             Err(StorageError::Corrupt(message)) => {
                 assert!(message.contains(&path.display().to_string()), "{message}");
                 assert!(
@@ -823,6 +1299,110 @@ mod tests {
                 );
             }
             other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_stay_in_their_database_when_the_count_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = |shards| {
+            AcidStorage::open_with(
+                dir.path(),
+                AcidOptions {
+                    shards,
+                    ..AcidOptions::default()
+                },
+            )
+            .expect("open")
+        };
+        {
+            let store = open(3);
+            for id in 1..=12 {
+                store
+                    .submit(Mutation::Create {
+                        spec: spec(id),
+                        data: Bytes::from(payload(id as usize)),
+                        closed: false,
+                    })
+                    .await
+                    .expect("create");
+            }
+            let mut fork = spec(13);
+            fork.fork = Some(crate::storage::ForkLink {
+                source: 5,
+                source_path: spec(5).path,
+                offset: 200,
+                sub_offset: 0,
+            });
+            fork.base = 200;
+            store
+                .submit(Mutation::Create {
+                    spec: fork,
+                    data: Bytes::from_static(b"own"),
+                    closed: false,
+                })
+                .await
+                .expect("fork");
+            let used = (0..3)
+                .filter(|&i| dir.path().join(database_file(i)).exists())
+                .count();
+            assert_eq!(used, 3);
+        }
+        for shards in [1, 5] {
+            let store = open(shards);
+            let mut streams = store.recover();
+            streams.sort_by_key(|s| s.spec.id);
+            let ours = streams.iter().filter(|s| s.spec.id <= 13).count();
+            assert_eq!(ours, 13, "{shards} databases asked");
+            for id in 1..=12u64 {
+                let chunk = store.read(id, 0, 200, usize::MAX).await.expect("read");
+                assert_eq!(chunk.records.concat(), payload(id as usize));
+                store
+                    .submit(Mutation::Append(Append {
+                        id,
+                        start: 200,
+                        data: Bytes::from_static(b"+"),
+                        producer: None,
+                        stream_seq: None,
+                        close: None,
+                    }))
+                    .await
+                    .expect("append");
+            }
+            let id = 100 + shards as u64;
+            store
+                .submit(Mutation::Create {
+                    spec: spec(id),
+                    data: Bytes::from_static(b"new"),
+                    closed: false,
+                })
+                .await
+                .expect("create");
+            drop(store);
+            let store = open(shards);
+            assert!(store.recover().iter().any(|s| s.spec.id == id));
+            for id in 1..=12u64 {
+                let appended = store.read(id, 200, 201, 10).await.expect("read");
+                assert_eq!(appended.records.concat(), b"+");
+                store
+                    .submit(Mutation::Trim { id, before: 0 })
+                    .await
+                    .expect("trim nothing");
+            }
+            // Undo the appends for the next round.
+            drop(store);
+            let store = open(shards);
+            for id in 1..=12u64 {
+                store.submit(Mutation::Remove { id }).await.expect("remove");
+                store
+                    .submit(Mutation::Create {
+                        spec: spec(id),
+                        data: Bytes::from(payload(id as usize)),
+                        closed: false,
+                    })
+                    .await
+                    .expect("re-create");
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ const KIND_CREATE: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_SOFT_DELETE: u8 = 3;
 const KIND_REMOVE: u8 = 4;
+const KIND_TRIM: u8 = 5;
 
 const FLAG_PRODUCER: u8 = 1;
 const FLAG_STREAM_SEQ: u8 = 2;
@@ -98,6 +99,12 @@ pub fn encode(mutation: &Mutation, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&id.to_le_bytes());
             payload_at = out.len() - frame_start;
         }
+        Mutation::Trim { id, before } => {
+            out.push(KIND_TRIM);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&before.to_le_bytes());
+            payload_at = out.len() - frame_start;
+        }
     }
     let body_len = out.len() - frame_start - FRAME_HEADER;
     let crc = crc32c::crc32c(&out[frame_start + FRAME_HEADER..]);
@@ -134,6 +141,7 @@ pub fn looks_like_frame(buf: &[u8]) -> bool {
         // kind, id, start, flags
         Some(KIND_APPEND) => body.get(17).is_some_and(|flags| flags & !KNOWN_FLAGS == 0),
         Some(KIND_SOFT_DELETE | KIND_REMOVE) => body.len() == 1 + 8,
+        Some(KIND_TRIM) => body.len() == 1 + 8 + 8,
         _ => false,
     }
 }
@@ -228,6 +236,10 @@ pub fn decode(buf: &Bytes) -> Result<Decoded, DecodeError> {
         }
         KIND_SOFT_DELETE => Mutation::SoftDelete { id },
         KIND_REMOVE => Mutation::Remove { id },
+        KIND_TRIM => Mutation::Trim {
+            id,
+            before: reader.u64()?,
+        },
         _ => return Err(DecodeError::Malformed("unknown frame kind")),
     };
     Ok(Decoded {
@@ -337,6 +349,10 @@ mod tests {
         assert!(matches!(
             round_trip(&Mutation::Remove { id: 5 }),
             Mutation::Remove { id: 5 }
+        ));
+        assert!(matches!(
+            round_trip(&Mutation::Trim { id: 6, before: 99 }),
+            Mutation::Trim { id: 6, before: 99 }
         ));
     }
 

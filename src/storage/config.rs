@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::redact::redact_url_password;
 
+/// `storage.chunk_bytes` when not set.
+pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
+
 /// Storage backends by name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -62,15 +65,51 @@ pub struct StorageConfig {
     pub data_dir: Option<PathBuf>,
     /// Seconds between sweeps that reclaim expired streams.
     pub expiry_sweep_interval_secs: u64,
-    /// File backends: size at which a new segment file starts.
+    /// File backends: size at which a commit shard's write-ahead log starts
+    /// a new segment file.
     pub segment_bytes: u64,
     /// `file-fast`: longest time acknowledged data may stay unsynced.
     pub fast_sync_interval_ms: u64,
     /// File backends: discard the log from this `<segment>:<offset>` on, as
     /// named by a corruption error at startup. Set it once, then remove it.
     pub truncate_corrupt_at: Option<String>,
+    /// File backends: commit shards, each with its own log and writer; 0
+    /// means one per core.
+    pub commit_shards: u64,
+    /// File backends: size at which a stream's next record starts a new
+    /// chunk file (the unit retention trims).
+    pub chunk_bytes: u64,
+    /// File backends: most bytes of recent records kept in memory for
+    /// readers at the tail, over all streams.
+    pub tail_cache_bytes: u64,
+    /// File backends: most chunk files held open at once.
+    pub max_open_files: u64,
+    /// File backends: longest time between checkpoints while anything is
+    /// written.
+    pub checkpoint_interval_secs: u64,
+    /// File backends: log bytes a restart after a crash replays at most
+    /// (about); a checkpoint is taken at half of it.
+    pub max_replay_bytes: u64,
+    /// `acid` tuning.
+    pub acid: AcidConfig,
     /// `postgres` mode: the database.
     pub postgres: PostgresConfig,
+}
+
+/// `[storage.acid]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcidConfig {
+    /// redb's page cache, in bytes, over all of the store's databases.
+    pub cache_bytes: u64,
+}
+
+impl Default for AcidConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -82,6 +121,13 @@ impl Default for StorageConfig {
             segment_bytes: 64 << 20,
             fast_sync_interval_ms: 100,
             truncate_corrupt_at: None,
+            commit_shards: 0,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            tail_cache_bytes: 64 << 20,
+            max_open_files: 512,
+            checkpoint_interval_secs: 60,
+            max_replay_bytes: 256 << 20,
+            acid: AcidConfig::default(),
             postgres: PostgresConfig::default(),
         }
     }

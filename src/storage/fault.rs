@@ -201,4 +201,8 @@ impl Storage for FaultyStorage {
     fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
         self.inner.metadata()
     }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<super::ChunkInfo>> {
+        self.inner.chunks(id)
+    }
 }

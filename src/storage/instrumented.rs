@@ -49,7 +49,10 @@ fn operation_of(mutation: &Mutation) -> Operation {
     match mutation {
         Mutation::Create { .. } => Operation::Create,
         Mutation::Append(_) => Operation::Append,
-        Mutation::SoftDelete { .. } | Mutation::Remove { .. } => Operation::Delete,
+        // Retention drops data: counted with deletions.
+        Mutation::SoftDelete { .. } | Mutation::Remove { .. } | Mutation::Trim { .. } => {
+            Operation::Delete
+        }
     }
 }
 
@@ -85,9 +88,12 @@ fn span_of(
     }
 }
 
-/// The `kind` label of `durable_streams_storage_errors_total`.
-fn failure_of(error: &StorageError) -> StorageFailure {
-    match error {
+/// The `kind` label of `durable_streams_storage_errors_total`; `None` for
+/// an answer that is no failure of the store (a read before a head that
+/// retention moved on).
+fn failure_of(error: &StorageError) -> Option<StorageFailure> {
+    Some(match error {
+        StorageError::Trimmed { .. } => return None,
         StorageError::Full(_) => StorageFailure::Full,
         StorageError::Io(_) | StorageError::Path { .. } => StorageFailure::Io,
         StorageError::Corrupt(_) => StorageFailure::Corrupt,
@@ -97,14 +103,16 @@ fn failure_of(error: &StorageError) -> StorageFailure {
         | StorageError::OutOfOrder { .. }
         | StorageError::UnknownStream(_)
         | StorageError::Locked { .. } => StorageFailure::Unavailable,
-    }
+    })
 }
 
 fn mutation_target(mutation: &Mutation) -> (StreamId, usize) {
     match mutation {
         Mutation::Create { spec, data, .. } => (spec.id, data.len()),
         Mutation::Append(append) => (append.id, append.data.len()),
-        Mutation::SoftDelete { id } | Mutation::Remove { id } => (*id, 0),
+        Mutation::SoftDelete { id } | Mutation::Remove { id } | Mutation::Trim { id, .. } => {
+            (*id, 0)
+        }
     }
 }
 
@@ -121,7 +129,7 @@ fn measured<T: Send + 'static>(
     Box::pin(
         async move {
             let result = future.await;
-            let failure = result.as_ref().err().map(failure_of);
+            let failure = result.as_ref().err().and_then(failure_of);
             metrics.emit(operation, started.elapsed(), failure);
             if let Some(kind) = failure {
                 record_span.record("error.type", kind.as_str());
@@ -172,5 +180,9 @@ impl Storage for InstrumentedStorage {
 
     fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
         self.inner.metadata()
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<super::ChunkInfo>> {
+        self.inner.chunks(id)
     }
 }

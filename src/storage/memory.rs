@@ -7,10 +7,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
+use super::chunk_list::{self, ChunkList};
 use super::metadata::MemoryMetadata;
 use super::{
-    Append, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
+    Append, ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
+    StreamId,
 };
+
+/// Payload bytes after which a stream's next record starts a new chunk
+/// (the unit retention trims).
+pub const CHUNK_BYTES: u64 = 1 << 20;
 
 /// Keeps every stream's records in process memory, within a byte budget.
 #[derive(Clone, Debug)]
@@ -24,19 +30,54 @@ struct Shared {
     metadata: MemoryMetadata,
     used_bytes: AtomicU64,
     max_bytes: u64,
+    chunk_bytes: u64,
 }
 
-/// One stream's records: `ends[i]` is the position just after `data[i]`.
+/// One stream's records: `ends[i]` is the position just after `data[i]`;
+/// `base` is where the first retained record starts.
 #[derive(Debug, Default)]
 struct Records {
     base: u64,
-    ends: Vec<u64>,
-    data: Vec<Bytes>,
+    ends: std::collections::VecDeque<u64>,
+    data: std::collections::VecDeque<Bytes>,
+    chunks: ChunkList,
+    /// Retention dropped data: reads before `base` are refused.
+    trimmed: bool,
 }
 
 impl Records {
     fn tail(&self) -> u64 {
-        self.ends.last().copied().unwrap_or(self.base)
+        self.ends.back().copied().unwrap_or(self.base)
+    }
+
+    /// Adds a record, starting a new chunk when the current one is full.
+    fn push(&mut self, data: Bytes, chunk_bytes: u64) {
+        let tail = self.tail();
+        let used = self.chunks.active().map(|c| tail - c.start);
+        let now = chunk_list::now_ms();
+        if chunk_list::starts_new_chunk(used, data.len() as u64, chunk_bytes) {
+            self.chunks.start_chunk(tail, now);
+        } else {
+            self.chunks.touch(now);
+        }
+        self.ends.push_back(tail + data.len() as u64);
+        self.data.push_back(data);
+    }
+
+    /// Drops the chunks ending at or before `before`; returns the bytes freed.
+    fn trim(&mut self, before: u64) -> u64 {
+        let tail = self.tail();
+        if self.chunks.trim(before, tail).is_empty() {
+            return 0;
+        }
+        let head = self.chunks.head(tail);
+        let drop = self.ends.partition_point(|&end| end <= head);
+        self.ends.drain(..drop);
+        self.data.drain(..drop);
+        let freed = head - self.base;
+        self.base = head;
+        self.trimmed = true;
+        freed
     }
 
     fn start_of(&self, index: usize) -> u64 {
@@ -57,12 +98,18 @@ impl Default for InMemoryStorage {
 impl InMemoryStorage {
     /// A store that refuses appends once `max_bytes` of payload are held.
     pub fn new(max_bytes: u64) -> Self {
+        Self::with_chunk_bytes(max_bytes, CHUNK_BYTES)
+    }
+
+    /// [`InMemoryStorage::new`] with chunks of `chunk_bytes`.
+    pub fn with_chunk_bytes(max_bytes: u64, chunk_bytes: u64) -> Self {
         Self {
             shared: Arc::new(Shared {
                 streams: RwLock::new(HashMap::new()),
                 metadata: MemoryMetadata::default(),
                 used_bytes: AtomicU64::new(0),
                 max_bytes,
+                chunk_bytes,
             }),
         }
     }
@@ -111,8 +158,7 @@ impl InMemoryStorage {
                     ..Records::default()
                 };
                 if !data.is_empty() {
-                    records.ends.push(spec.base + data.len() as u64);
-                    records.data.push(data);
+                    records.push(data, self.shared.chunk_bytes);
                 }
                 let previous = self
                     .shared
@@ -136,6 +182,16 @@ impl InMemoryStorage {
                     .remove(&id);
                 if let Some(records) = removed {
                     self.release_all(&records);
+                }
+                Ok(())
+            }
+            Mutation::Trim { id, before } => {
+                if let Some(stream) = self.stream(id) {
+                    let freed = stream
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .trim(before);
+                    self.release(freed);
                 }
                 Ok(())
             }
@@ -164,8 +220,7 @@ impl InMemoryStorage {
             return Ok(());
         }
         self.reserve(append.data.len() as u64)?;
-        records.ends.push(tail + append.data.len() as u64);
-        records.data.push(append.data);
+        records.push(append.data, self.shared.chunk_bytes);
         Ok(())
     }
 
@@ -178,6 +233,12 @@ impl InMemoryStorage {
     ) -> Result<ReadChunk, StorageError> {
         let stream = self.stream(id).ok_or(StorageError::UnknownStream(id))?;
         let records = stream.read().unwrap_or_else(PoisonError::into_inner);
+        if records.trimmed && from < records.base {
+            return Err(StorageError::Trimmed {
+                id,
+                head: records.base,
+            });
+        }
         let from = from.max(records.base);
         let until = until.min(records.tail());
         let mut chunk = ReadChunk::empty(from);
@@ -233,5 +294,16 @@ impl Storage for InMemoryStorage {
 
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
         self.shared.metadata.load()
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        let outcome = self
+            .stream(id)
+            .ok_or(StorageError::UnknownStream(id))
+            .map(|stream| {
+                let records = stream.read().unwrap_or_else(PoisonError::into_inner);
+                records.chunks.infos(records.tail())
+            });
+        Box::pin(std::future::ready(outcome))
     }
 }

@@ -23,9 +23,29 @@
 //!   commit can never leave later, already queued appends at wrong offsets.
 //! - **Reads** hand out [`Bytes`] slices of stored records without copying,
 //!   never wait behind a commit in progress, and never see data past the
-//!   position the engine asks for.
+//!   position the engine asks for. A record is never split by a read's byte
+//!   budget: a read stops after the record that reaches it.
+//!
+//! # Retention (storage side)
+//! A backend groups each stream's records into chunks of about its chunk
+//! size (a record is never split), and reports them with
+//! [`Storage::chunks`]: where each starts and ends and when it was last
+//! written. [`Mutation::Trim`] drops whole chunks from a stream's head; the
+//! head is kept across restarts ([`RecoveredStream::head`]) and a read that
+//! begins before it fails with [`StorageError::Trimmed`]. A read before a
+//! fork's base (never trimmed) still starts at the base. The engine decides
+//! what to trim; nothing in the store trims on its own.
+//!
+//! # Changes to this contract
+//! - `Mutation::Trim`, `Storage::chunks`, `ChunkInfo`,
+//!   `RecoveredStream::head` and `StorageError::Trimmed` are new (retention).
+//! - The file modes keep a write-ahead log per commit shard, chunk files per
+//!   stream and checkpoints (`docs/storage.md`); `FileOptions` grew the
+//!   matching settings and `segment_bytes` is now the size of a log segment.
+//!   `AcidStorage::open_with` takes `AcidOptions` (page cache, chunk size).
 
 pub mod acid;
+pub mod chunk_list;
 pub mod codec;
 pub mod config;
 #[cfg(test)]
@@ -58,6 +78,15 @@ pub use postgres::PostgresStorage;
 /// A stream instance's identifier, unique for the life of a store (a stream
 /// deleted and re-created at the same path gets a new one).
 pub type StreamId = u64;
+
+/// Spreads stream ids evenly over a range (splitmix64's finaliser): picks a
+/// stream's commit shard, database and fan-out directory.
+pub(crate) fn spread(id: StreamId) -> u64 {
+    let mut x = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
 
 /// A boxed future returned by storage operations.
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
@@ -131,6 +160,17 @@ pub enum Mutation {
     Remove {
         /// The stream instance.
         id: StreamId,
+    },
+    /// Drop the stream's oldest data (retention): every whole chunk that
+    /// ends at or before `before` (see [`Storage::chunks`]). The stream's
+    /// head becomes the start of the first chunk kept, or its tail when none
+    /// is; a chunk is never cut, so a `before` inside a chunk keeps that
+    /// chunk. Trimming nothing, or an unknown stream, is not an error.
+    Trim {
+        /// The stream instance.
+        id: StreamId,
+        /// Drop the chunks that end at or before this position.
+        before: u64,
     },
 }
 
@@ -214,6 +254,25 @@ pub struct RecoveredStream {
     pub stream_seq: Option<String>,
     /// Soft-deleted (kept only for forks).
     pub soft_deleted: bool,
+    /// Where the stream's retained data starts: `spec.base` until
+    /// [`Mutation::Trim`] drops chunks from its head.
+    pub head: u64,
+}
+
+/// A run of whole records at the head or tail of a stream: the unit that
+/// retention drops ([`Mutation::Trim`]). Backends start a new chunk once the
+/// current one holds about their configured chunk size; a record is never
+/// split between two chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Stream position of its first byte.
+    pub start: u64,
+    /// Stream position just after its last byte.
+    pub end: u64,
+    /// When its newest record was written, Unix milliseconds (for a chunk
+    /// restored from a store written before chunk times were kept: when it
+    /// was opened).
+    pub last_write_ms: i64,
 }
 
 /// What can go wrong in a backend.
@@ -265,6 +324,14 @@ pub enum StorageError {
     /// Stored data failed verification.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A read began before the stream's head: retention dropped that data.
+    #[error("stream {id} starts at {head} now; earlier data was trimmed")]
+    Trimmed {
+        /// The stream instance.
+        id: StreamId,
+        /// Its head, where its retained data starts.
+        head: u64,
+    },
 }
 
 /// Opens the backend the `[storage]` section selects; memory holds at most
@@ -290,6 +357,17 @@ pub fn open(
         segment_bytes: storage.segment_bytes.max(1 << 20),
         sync_interval: std::time::Duration::from_millis(storage.fast_sync_interval_ms.max(1)),
         truncate_corrupt_at: storage.truncate_corrupt_at.clone(),
+        commit_shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
+        chunk_bytes: storage.chunk_bytes.max(4 << 10),
+        tail_cache_bytes: usize::try_from(storage.tail_cache_bytes).unwrap_or(usize::MAX),
+        max_open_files: usize::try_from(storage.max_open_files)
+            .unwrap_or(usize::MAX)
+            .max(16),
+        checkpoint_interval: std::time::Duration::from_secs(
+            storage.checkpoint_interval_secs.max(1),
+        ),
+        max_replay_bytes: storage.max_replay_bytes.max(1 << 20),
+        checkpoint_on_full_segment: true,
     };
     Ok(match storage.mode {
         StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
@@ -299,8 +377,19 @@ pub fn open(
         StorageMode::FileDurable => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(true))?)
         }
-        StorageMode::Acid => std::sync::Arc::new(AcidStorage::open(&dir()?)?),
-        StorageMode::Postgres => std::sync::Arc::new(open_postgres(&storage.postgres, false)?),
+        StorageMode::Acid => std::sync::Arc::new(AcidStorage::open_with(
+            &dir()?,
+            acid::AcidOptions {
+                cache_bytes: usize::try_from(storage.acid.cache_bytes).unwrap_or(usize::MAX),
+                chunk_bytes: storage.chunk_bytes.max(4 << 10),
+                shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
+            },
+        )?),
+        StorageMode::Postgres => std::sync::Arc::new(open_postgres(
+            &storage.postgres,
+            storage.chunk_bytes,
+            false,
+        )?),
     })
 }
 
@@ -313,10 +402,12 @@ pub fn open(
 /// backend fails to open.
 pub fn open_postgres(
     config: &config::PostgresConfig,
+    chunk_bytes: u64,
     read_only: bool,
 ) -> Result<PostgresStorage, StorageError> {
-    let options = postgres::PostgresOptions::from_config(config)
+    let mut options = postgres::PostgresOptions::from_config(config)
         .map_err(|error| StorageError::Unavailable(error.message))?;
+    options.chunk_bytes = chunk_bytes.max(4 << 10);
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         StorageError::Unavailable("the postgres backend needs a Tokio runtime".into())
     })?;
@@ -389,4 +480,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every entry of the metadata area, ordered by key.
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>>;
+
+    /// The chunks of stream `id`'s retained data, oldest first, for a
+    /// retention policy to choose what [`Mutation::Trim`] drops. An empty
+    /// stream (or one trimmed to its tail) has none.
+    ///
+    /// # Errors
+    /// [`StorageError::UnknownStream`], or a failure reading the store.
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>>;
 }

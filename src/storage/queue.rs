@@ -94,7 +94,7 @@ pub fn payload_len(mutation: &Mutation) -> usize {
     match mutation {
         Mutation::Create { data, .. } => data.len(),
         Mutation::Append(append) => append.data.len(),
-        Mutation::SoftDelete { .. } | Mutation::Remove { .. } => 0,
+        Mutation::SoftDelete { .. } | Mutation::Remove { .. } | Mutation::Trim { .. } => 0,
     }
 }
 

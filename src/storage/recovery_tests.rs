@@ -1,7 +1,9 @@
 //! Recovery and integrity of the persistent backends against damaged files:
-//! a flipped byte in the middle of a segment stops startup with the file, the
-//! offset and the option that truncates there; a torn tail is cut off and
-//! logged; the data directory admits one process at a time.
+//! a flipped byte in the middle of a write-ahead log segment stops startup
+//! with the file, the offset and the option that truncates there; a torn
+//! tail is cut off and logged; the data directory admits one process at a
+//! time. The file store is stopped as `kill -9` would (no final
+//! checkpoint), so that what these tests damage is still in the log.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,24 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 
 use super::codec;
-use super::{
-    AcidStorage, Append, FileOptions, FileStorage, Mutation, Storage, StorageError, StreamSpec,
-};
+use super::suite::{append, spec};
+use super::{AcidStorage, FileOptions, FileStorage, Mutation, Storage, StorageError};
 
-const FIRST_SEGMENT: &str = "00000000000000000001.seg";
-
-fn spec(id: u64) -> StreamSpec {
-    StreamSpec {
-        id,
-        path: format!("/v1/stream/r{id}"),
-        content_type: "application/octet-stream".into(),
-        ttl_secs: None,
-        expires_at_ms: None,
-        created_at_ms: 0,
-        fork: None,
-        base: 0,
-    }
-}
+const FIRST_SEGMENT: &str = "000-00000000000000000001.wal";
 
 /// A recognisable payload of 100 bytes for record `i`.
 fn payload(i: usize) -> Bytes {
@@ -36,26 +24,37 @@ fn payload(i: usize) -> Bytes {
     Bytes::from(out)
 }
 
-fn append(id: u64, start: u64, data: Bytes) -> Mutation {
-    Mutation::Append(Append {
-        id,
-        start,
-        data,
-        producer: None,
-        stream_seq: None,
-        close: None,
-    })
+/// One commit shard, so that every record is in one log, and no
+/// checkpoint when a segment is full, so that earlier segments stay.
+fn options() -> FileOptions {
+    FileOptions {
+        commit_shards: 1,
+        checkpoint_on_full_segment: false,
+        ..FileOptions::default()
+    }
 }
 
 fn open_file(dir: &Path, options: &FileOptions) -> FileStorage {
     FileStorage::open(dir, options.clone()).expect("open the file store")
 }
 
+/// Writes `count` records into a new store and stops it as `kill -9` would.
+async fn crashed_store(dir: &Path, options: &FileOptions, count: usize) -> Vec<u8> {
+    let store = open_file(dir, options);
+    let written = write_records(&store, count).await;
+    store.abandon();
+    written
+}
+
+fn log_dir(dir: &Path) -> PathBuf {
+    dir.join("wal")
+}
+
 /// Creates stream 1 and appends `count` records, one commit each.
 async fn write_records(store: &dyn Storage, count: usize) -> Vec<u8> {
     store
         .submit(Mutation::Create {
-            spec: spec(1),
+            spec: spec(1, 0),
             data: Bytes::new(),
             closed: false,
         })
@@ -101,10 +100,10 @@ fn locate(segment: &[u8], i: usize) -> (usize, usize) {
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list the directory")
+    let mut files: Vec<PathBuf> = std::fs::read_dir(log_dir(dir))
+        .expect("list the log directory")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .collect();
     files.sort();
     files
@@ -164,9 +163,9 @@ fn offered_location(message: &str) -> &str {
 #[tokio::test]
 async fn flipped_byte_mid_segment_stops_startup_until_the_operator_truncates() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = FileOptions::default();
-    let written = write_records(&open_file(dir.path(), &options), 40).await;
-    let segment = dir.path().join(FIRST_SEGMENT);
+    let options = options();
+    let written = crashed_store(dir.path(), &options, 40).await;
+    let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
     let (payload_at, frame_at) = locate(&std::fs::read(&segment).expect("read"), 20);
     flip_byte(&segment, payload_at + 50);
 
@@ -224,9 +223,9 @@ async fn flipped_byte_in_an_earlier_segment_drops_the_later_ones_only_when_asked
     let dir = tempfile::tempdir().expect("temp dir");
     let options = FileOptions {
         segment_bytes: 1024,
-        ..FileOptions::default()
+        ..options()
     };
-    let written = write_records(&open_file(dir.path(), &options), 40).await;
+    let written = crashed_store(dir.path(), &options, 40).await;
     let segments = segment_files(dir.path());
     assert!(segments.len() >= 4, "{segments:?}");
     // A record in the second segment, not its last frame.
@@ -259,7 +258,12 @@ async fn flipped_byte_in_an_earlier_segment_drops_the_later_ones_only_when_asked
     let (tail, data) = recovered_data(&store).await;
     assert_eq!(tail, (index * 100) as u64);
     assert_eq!(data, written[..index * 100]);
-    assert_eq!(segment_files(dir.path()), segments[..2]);
+    assert!(
+        segment_files(dir.path())
+            .iter()
+            .all(|s| !segments.contains(s)),
+        "the replayed log was checkpointed and deleted"
+    );
     store
         .submit(append(1, tail, payload(99)))
         .await
@@ -274,10 +278,10 @@ async fn a_cut_in_an_earlier_segment_is_not_taken_for_a_torn_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = FileOptions {
         segment_bytes: 1024,
-        ..FileOptions::default()
+        ..options()
     };
-    write_records(&open_file(dir.path(), &options), 40).await;
-    let first = dir.path().join(FIRST_SEGMENT);
+    crashed_store(dir.path(), &options, 40).await;
+    let first = log_dir(dir.path()).join(FIRST_SEGMENT);
     let len = std::fs::metadata(&first).expect("metadata").len();
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -310,10 +314,10 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = FileOptions {
         durable,
-        ..FileOptions::default()
+        ..options()
     };
-    let written = write_records(&open_file(dir.path(), &options), 30).await;
-    let segment = dir.path().join(FIRST_SEGMENT);
+    let written = crashed_store(dir.path(), &options, 30).await;
+    let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
     let intact = std::fs::metadata(&segment).expect("metadata").len();
     let mut rng = fastrand::Rng::with_seed(7);
     let (kept_records, torn_at) = {
@@ -350,10 +354,9 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
         log.contains(&segment.display().to_string()) && log.contains(&format!("offset={torn_at}")),
         "{tail:?}: the log names neither file nor offset {torn_at}: {log}"
     );
-    assert_eq!(
-        std::fs::metadata(&segment).expect("metadata").len(),
-        torn_at,
-        "{tail:?}: the file ends at the last whole frame"
+    assert!(
+        !segment.exists(),
+        "{tail:?}: the replayed log was checkpointed and deleted"
     );
     let (recovered_tail, data) = recovered_data(&store).await;
     assert_eq!(recovered_tail, kept_records * 100, "{tail:?}");
@@ -364,7 +367,7 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
         .submit(append(1, recovered_tail, payload(77)))
         .await
         .expect("append after recovery");
-    drop(store);
+    store.abandon();
     let (store, log) = with_captured_log(|| open_file(dir.path(), &options));
     assert!(!log.contains("torn tail"), "{tail:?}: a clean log: {log}");
     let (reopened_tail, data) = recovered_data(&store).await;
@@ -443,7 +446,7 @@ fn a_data_dir_admits_one_store_at_a_time() {
 #[tokio::test]
 async fn a_damaged_length_on_a_large_frame_is_not_taken_for_a_torn_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = FileOptions::default();
+    let options = options();
     let store = open_file(dir.path(), &options);
     let mut written = write_records(&store, 3).await;
     // A record larger than any fixed search window, then small ones.
@@ -460,10 +463,10 @@ async fn a_damaged_length_on_a_large_frame_is_not_taken_for_a_torn_tail() {
             .expect("append");
         written.extend_from_slice(&payload(i));
     }
-    drop(store);
+    store.abandon();
     // The large frame follows record 2's frame; damage its length field so
     // it claims to run past the end of the file.
-    let segment = dir.path().join(FIRST_SEGMENT);
+    let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
     let bytes = std::fs::read(&segment).expect("read");
     let (payload_at, _) = locate(&bytes, 2);
     let large_frame_at = payload_at + 100;

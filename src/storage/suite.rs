@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::acid::AcidOptions;
 use super::{
     AcidStorage, Append, ClosedBy, FileOptions, FileStorage, InMemoryStorage, InstrumentedStorage,
     Mutation, Storage, StorageError, StreamSpec,
@@ -52,7 +53,8 @@ impl Harness {
     }
 }
 
-fn spec(id: u64, base: u64) -> StreamSpec {
+/// A plain octet-stream spec for stream `id` starting at `base`.
+pub fn spec(id: u64, base: u64) -> StreamSpec {
     StreamSpec {
         id,
         path: format!("/v1/stream/s{id}"),
@@ -65,11 +67,12 @@ fn spec(id: u64, base: u64) -> StreamSpec {
     }
 }
 
-fn append(id: u64, start: u64, data: &'static [u8]) -> Mutation {
+/// An append of `data` at `start` without writer state.
+pub fn append(id: u64, start: u64, data: impl AsRef<[u8]>) -> Mutation {
     Mutation::Append(Append {
         id,
         start,
-        data: Bytes::from_static(data),
+        data: Bytes::copy_from_slice(data.as_ref()),
         producer: None,
         stream_seq: None,
         close: None,
@@ -194,14 +197,7 @@ async fn mixed_record_sizes_read_back_from_any_offset(h: Harness) {
     {
         let data: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
         store
-            .submit(Mutation::Append(Append {
-                id: 1,
-                start: expected.len() as u64,
-                data: Bytes::from(data.clone()),
-                producer: None,
-                stream_seq: None,
-                close: None,
-            }))
+            .submit(append(1, expected.len() as u64, &data))
             .await
             .expect("append");
         expected.extend(data);
@@ -347,6 +343,108 @@ async fn recovers_everything_it_acknowledged(h: Harness) {
     assert_eq!(read_all(&*store, 1, 0, 5).await, b"abcde");
 }
 
+async fn chunks_trim_from_the_head(h: Harness) {
+    let store = h.open().await;
+    store
+        .submit(Mutation::Create {
+            spec: spec(1, 0),
+            data: Bytes::new(),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    assert!(store.chunks(1).await.expect("chunks").is_empty());
+    let mut expected = Vec::new();
+    for i in 0..40u64 {
+        let data = vec![b'a' + (i % 26) as u8; 1000];
+        store
+            .submit(append(1, expected.len() as u64, &data))
+            .await
+            .expect("append");
+        expected.extend(data);
+    }
+    let tail = expected.len() as u64;
+    let chunks = store.chunks(1).await.expect("chunks");
+    assert!(chunks.len() >= 4, "{chunks:?}");
+    assert_eq!(chunks[0].start, 0);
+    assert_eq!(chunks.last().map(|c| c.end), Some(tail));
+    for pair in chunks.windows(2) {
+        assert_eq!(pair[0].end, pair[1].start, "contiguous: {chunks:?}");
+        assert_eq!(pair[0].end % 1000, 0, "records are never split: {chunks:?}");
+    }
+    assert!(chunks.iter().all(|c| c.last_write_ms > 0));
+
+    // A cut inside the first chunk keeps it; the end of the second drops two.
+    store
+        .submit(Mutation::Trim { id: 1, before: 1 })
+        .await
+        .expect("trim nothing");
+    assert_eq!(store.chunks(1).await.expect("chunks"), chunks);
+    store
+        .submit(Mutation::Trim {
+            id: 1,
+            before: chunks[1].end,
+        })
+        .await
+        .expect("trim");
+    let head = chunks[2].start;
+    assert_eq!(store.chunks(1).await.expect("chunks"), chunks[2..]);
+    let error = store
+        .read(1, 0, tail, usize::MAX)
+        .await
+        .expect_err("trimmed");
+    assert!(
+        matches!(error, StorageError::Trimmed { id: 1, head: h } if h == head),
+        "{error:?}"
+    );
+    assert_eq!(
+        read_all(&*store, 1, head, tail).await,
+        &expected[head as usize..]
+    );
+
+    let store = if h.persistent {
+        drop(store);
+        let store = h.open().await;
+        let recovered = store.recover();
+        assert_eq!(recovered[0].head, head);
+        assert_eq!(recovered[0].tail, tail);
+        assert!(store.read(1, head - 1, tail, 10).await.is_err());
+        assert_eq!(
+            read_all(&*store, 1, head, tail).await,
+            &expected[head as usize..]
+        );
+        store
+    } else {
+        store
+    };
+
+    // Everything, then appends start a new chunk at the tail.
+    store
+        .submit(Mutation::Trim {
+            id: 1,
+            before: tail,
+        })
+        .await
+        .expect("trim all");
+    assert!(store.chunks(1).await.expect("chunks").is_empty());
+    store
+        .submit(append(1, tail, b"next"))
+        .await
+        .expect("append");
+    let after = store.chunks(1).await.expect("chunks");
+    assert_eq!(
+        after.iter().map(|c| (c.start, c.end)).collect::<Vec<_>>(),
+        [(tail, tail + 4)]
+    );
+    assert_eq!(read_all(&*store, 1, tail, tail + 4).await, b"next");
+    if h.persistent {
+        drop(store);
+        let store = h.open().await;
+        assert_eq!(store.recover()[0].head, tail);
+        assert_eq!(read_all(&*store, 1, tail, tail + 4).await, b"next");
+    }
+}
+
 async fn metadata_round_trips_and_persists(h: Harness) {
     let store = h.open().await;
     assert!(store.metadata().await.expect("load").is_empty());
@@ -431,6 +529,10 @@ macro_rules! storage_suite {
                 super::recovers_everything_it_acknowledged(harness().await).await;
             }
             #[tokio::test]
+            async fn chunks_trim_from_the_head() {
+                super::chunks_trim_from_the_head(harness().await).await;
+            }
+            #[tokio::test]
             async fn metadata_round_trips_and_persists() {
                 super::metadata_round_trips_and_persists(harness().await).await;
             }
@@ -438,51 +540,54 @@ macro_rules! storage_suite {
     };
 }
 
-storage_suite!(memory, |_| Arc::new(InMemoryStorage::default()), false);
-storage_suite!(
-    file_durable,
-    |dir| Arc::new(FileStorage::open(dir, FileOptions::default()).expect("open")),
-    true
-);
-storage_suite!(
-    file_fast,
-    |dir| Arc::new(
-        FileStorage::open(
-            dir,
-            FileOptions {
-                durable: false,
-                ..FileOptions::default()
-            }
-        )
-        .expect("open")
-    ),
-    true
-);
-storage_suite!(
-    acid,
-    |dir| Arc::new(AcidStorage::open(dir).expect("open")),
-    true
-);
+/// Chunks small enough for the suite to fill several.
+pub const SUITE_CHUNK_BYTES: u64 = 4096;
+
+fn memory() -> InMemoryStorage {
+    InMemoryStorage::with_chunk_bytes(u64::MAX, SUITE_CHUNK_BYTES)
+}
+
+fn file(dir: &std::path::Path, durable: bool) -> FileStorage {
+    FileStorage::open(
+        dir,
+        FileOptions {
+            durable,
+            chunk_bytes: SUITE_CHUNK_BYTES,
+            ..FileOptions::default()
+        },
+    )
+    .expect("open")
+}
+
+fn acid(dir: &std::path::Path) -> AcidStorage {
+    AcidStorage::open_with(
+        dir,
+        AcidOptions {
+            chunk_bytes: SUITE_CHUNK_BYTES,
+            ..AcidOptions::default()
+        },
+    )
+    .expect("open")
+}
+
+storage_suite!(memory, |_| Arc::new(memory()), false);
+storage_suite!(file_durable, |dir| Arc::new(file(dir, true)), true);
+storage_suite!(file_fast, |dir| Arc::new(file(dir, false)), true);
+storage_suite!(acid, |dir| Arc::new(acid(dir)), true);
 // The metrics wrapper must be invisible: the same suite through it.
 storage_suite!(
     instrumented_memory,
-    |_| Arc::new(InstrumentedStorage::new(Arc::new(
-        InMemoryStorage::default()
-    ))),
+    |_| Arc::new(InstrumentedStorage::new(Arc::new(memory()))),
     false
 );
 storage_suite!(
     instrumented_file_durable,
-    |dir| Arc::new(InstrumentedStorage::new(Arc::new(
-        FileStorage::open(dir, FileOptions::default()).expect("open")
-    ))),
+    |dir| Arc::new(InstrumentedStorage::new(Arc::new(file(dir, true)))),
     true
 );
 storage_suite!(
     instrumented_acid,
-    |dir| Arc::new(InstrumentedStorage::new(Arc::new(
-        AcidStorage::open(dir).expect("open")
-    ))),
+    |dir| Arc::new(InstrumentedStorage::new(Arc::new(acid(dir)))),
     true
 );
 // PostgreSQL: a fresh database per test, re-opened on the same database.

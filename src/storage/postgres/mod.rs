@@ -19,6 +19,7 @@
 //! Positions, ids and producer numbers are stored as `bigint`; values past
 //! `2^63 - 1` are refused.
 
+mod chunks;
 mod error;
 pub mod notify;
 pub mod options;
@@ -45,8 +46,8 @@ pub use options::{OptionsError, PostgresOptions};
 use self::error::{is_connection_error, storage_error};
 use super::queue::{CommitQueue, WriterThread};
 use super::{
-    ClosedBy, ForkLink, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
-    StreamId, StreamSpec,
+    ChunkInfo, ClosedBy, ForkLink, Mutation, ReadChunk, RecoveredStream, Storage, StorageError,
+    StorageFuture, StreamId, StreamSpec,
 };
 use crate::protocol::producer::ProducerState;
 
@@ -137,6 +138,9 @@ pub(crate) struct Shared {
     /// Serialises metadata writes, so changes of a key apply in call order.
     metadata_writes: tokio::sync::Mutex<()>,
     read_only: bool,
+    /// When the store was opened, Unix milliseconds: the write time of
+    /// records stored without one.
+    opened_ms: i64,
 }
 
 /// The PostgreSQL backend. Cheap to clone.
@@ -211,6 +215,7 @@ impl PostgresStorage {
             notifier: OnceLock::new(),
             metadata_writes: tokio::sync::Mutex::new(()),
             read_only,
+            opened_ms: super::chunk_list::now_ms(),
         });
         if read_only {
             shared.queue.close();
@@ -373,7 +378,8 @@ async fn load(pool: &Pool) -> Result<Vec<RecoveredStream>, StorageError> {
         .query(
             "SELECT id, path, content_type, ttl_secs, expires_at_ms, created_at_ms, base,
                     fork_source, fork_source_path, fork_offset, fork_sub_offset, tail, closed,
-                    closed_by_producer, closed_by_epoch, closed_by_seq, stream_seq, status
+                    closed_by_producer, closed_by_epoch, closed_by_seq, stream_seq, status,
+                    coalesce(head, base)
                FROM streams ORDER BY id",
             &[],
         )
@@ -445,6 +451,7 @@ fn recovered_stream(row: &tokio_postgres::Row) -> Result<RecoveredStream, Storag
             fork,
             base: unsigned(get(row, 6)?, "base")?,
         },
+        head: unsigned(get(row, 18)?, "head")?,
         tail: unsigned(get(row, 11)?, "tail")?,
         closed: closed.then_some(closed_by),
         producers: Vec::new(),
@@ -496,6 +503,16 @@ async fn read(
         )
         .await?;
     }
+    let first_start = match rows.first() {
+        Some(row) => Some(unsigned(get(row, 0)?, "record start")?),
+        None => None,
+    };
+    // Nothing where the read starts: retention may have dropped it.
+    if first_start.is_none_or(|start| start > from)
+        && let Some(head) = chunks::trimmed_head(pool, id, from).await?
+    {
+        return Err(StorageError::Trimmed { id, head });
+    }
     let mut taken = 0usize;
     for row in &rows {
         let start = unsigned(get(row, 0)?, "record start")?;
@@ -533,6 +550,14 @@ impl Storage for PostgresStorage {
             return Box::pin(std::future::ready(Err(StorageError::Unavailable(
                 "the store is open read-only".into(),
             ))));
+        }
+        if let Mutation::Trim { id, before } = mutation {
+            // Only old data: no ordering with the writer's batches needed.
+            let shared = self.shared.clone();
+            return Box::pin(async move {
+                let chunk_bytes = shared.connector.options.chunk_bytes;
+                chunks::trim(&shared.pool, id, before, chunk_bytes).await
+            });
         }
         self.shared.queue.submit(mutation)
     }
@@ -592,6 +617,14 @@ impl Storage for PostgresStorage {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let chunk_bytes = shared.connector.options.chunk_bytes;
+            chunks::chunks(&shared.pool, id, chunk_bytes, shared.opened_ms).await
         })
     }
 

@@ -82,6 +82,9 @@ pub struct PostgresOptions {
     pub statement_timeout: Option<Duration>,
     /// The URL without its password, for messages.
     pub redacted_url: String,
+    /// Size of the position windows that group records into chunks
+    /// (`storage.chunk_bytes`).
+    pub chunk_bytes: u64,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -252,6 +255,7 @@ impl PostgresOptions {
             connect_timeout,
             statement_timeout,
             redacted_url,
+            chunk_bytes: crate::storage::config::DEFAULT_CHUNK_BYTES,
         })
     }
 

@@ -308,6 +308,13 @@ pub fn plan(batch: &[Mutation], known: &Known, skip: &HashSet<usize>) -> Plan {
                 }
                 plan.included.push(job);
             }
+            Mutation::Trim { .. } => {
+                // `PostgresStorage::submit` runs trims itself.
+                plan.refused.push((
+                    job,
+                    StorageError::Unavailable("a trim reached the writer".into()),
+                ));
+            }
             Mutation::Remove { id } => {
                 if let Some(id_i) = int(*id) {
                     plan.removes.push(id_i);

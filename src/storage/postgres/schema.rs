@@ -18,6 +18,12 @@
 //!   bytes; JSON streams need the boundaries. Keyed by `(stream, end_pos)`
 //!   so a read from an offset is one index range scan.
 //! - `metadata`: the key/value area (subscriptions, leases, keys).
+//!
+//! # Version 2
+//! - `streams.head`: where retention left the stream's data starting
+//!   (NULL: at `base`, nothing trimmed).
+//! - `records.written_ms`: commit time of the record, for age-based
+//!   retention (NULL for rows written before).
 
 use tokio_postgres::Client;
 
@@ -32,10 +38,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "streams, producers, records, metadata",
-    sql: r"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "streams, producers, records, metadata",
+        sql: r"
 CREATE TABLE {schema}.streams (
     id                 bigint PRIMARY KEY,
     path               text NOT NULL,
@@ -86,7 +93,20 @@ CREATE TABLE {schema}.metadata (
     value bytea NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "stream heads and record write times, for retention",
+        // The default is set after the column is added, so existing rows
+        // keep NULL instead of the table being rewritten.
+        sql: r"
+ALTER TABLE {schema}.streams ADD COLUMN head bigint;
+ALTER TABLE {schema}.records ADD COLUMN written_ms bigint;
+ALTER TABLE {schema}.records
+    ALTER COLUMN written_ms SET DEFAULT (extract(epoch FROM now()) * 1000)::bigint;
+",
+    },
+];
 
 /// The newest schema version this server knows.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

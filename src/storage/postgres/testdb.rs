@@ -202,7 +202,8 @@ async fn harness_wrapped(
     let db = Cluster::shared().database().await;
     crate::storage::suite::Harness::opened_by(
         move |_| {
-            let options = db.options();
+            let mut options = db.options();
+            options.chunk_bytes = crate::storage::suite::SUITE_CHUNK_BYTES;
             Box::pin(async move {
                 let store = super::PostgresStorage::open(options).await.expect("open");
                 wrap(Arc::new(store))

@@ -1,0 +1,693 @@
+//! Stream state in the file store, and how a mutation changes it.
+//!
+//! Each stream has a shared [`Stream`] whose [`State`] is what is committed:
+//! readers, `recover` and checkpoints see only that. A shard's writer keeps
+//! its own [`Head`] per stream, ahead of the committed state by the batches
+//! written but not yet synced. [`Planner::plan`] turns a mutation into the
+//! chunk-file writes it needs and the [`Effect`] that [`publish`] applies to
+//! the committed state once the batch is durable. Replay after a crash runs
+//! the same two steps for every logged mutation.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+use super::super::chunk_list::{self, Chunk, ChunkList};
+use super::super::{ClosedBy, Mutation, ReadChunk, StorageError, StreamId};
+use super::checkpoint::StreamRecord;
+use super::chunk::{self, Active, IndexEntry};
+use super::files::FileCache;
+use super::layout;
+use crate::protocol::producer::ProducerState;
+
+/// Most bytes of recent records kept per stream, counting
+/// [`RECENT_ENTRY_COST`] per record besides its payload.
+const RECENT_PER_STREAM: usize = 32 << 10;
+/// What keeping a record costs besides its payload: the allocator's header
+/// and rounding, the `Bytes` and the queue slot. Counted so that the cache's
+/// real memory, not just its payload, stays within its budget.
+const RECENT_ENTRY_COST: usize = 64;
+/// Records larger than this are not kept among the recent ones.
+const RECENT_MAX_RECORD: usize = 16 << 10;
+
+/// A stream of the file store.
+pub struct Stream {
+    /// The stream instance.
+    pub id: StreamId,
+    /// What is committed.
+    pub state: RwLock<State>,
+}
+
+/// A stream's committed state.
+pub struct State {
+    /// Its spec, as JSON (what checkpoints store).
+    pub spec_json: Box<[u8]>,
+    /// Where its own data begins.
+    pub base: u64,
+    /// Its tail.
+    pub tail: u64,
+    /// Its retained chunks.
+    pub chunks: ChunkList,
+    /// The committed part of its last chunk's file and index.
+    pub active: Option<Active>,
+    /// Closed, and by whom.
+    pub closed: Option<Option<ClosedBy>>,
+    /// Producer states.
+    pub producers: Vec<(String, ProducerState)>,
+    /// `Stream-Seq` watermark.
+    pub stream_seq: Option<String>,
+    /// Soft-deleted.
+    pub soft_deleted: bool,
+    /// The newest records, reaching the tail without a gap: `(end, data)`.
+    pub recent: VecDeque<(u64, Bytes)>,
+    /// What `recent` costs: its payload plus a fixed cost per record.
+    pub recent_bytes: usize,
+}
+
+impl State {
+    /// Where the retained data starts.
+    pub fn head(&self) -> u64 {
+        self.chunks.head(self.tail).max(self.base)
+    }
+
+    /// Whether retention dropped data.
+    pub fn trimmed(&self) -> bool {
+        self.head() > self.base
+    }
+
+    /// The state as a checkpoint keeps it.
+    pub fn record(&self, id: StreamId) -> StreamRecord {
+        StreamRecord {
+            id,
+            spec_json: self.spec_json.clone(),
+            base: self.base,
+            tail: self.tail,
+            closed: self.closed.clone(),
+            producers: self.producers.clone(),
+            stream_seq: self.stream_seq.clone(),
+            soft_deleted: self.soft_deleted,
+            chunks: self.chunks.chunks().to_vec(),
+            active: self.active,
+        }
+    }
+
+    /// A state restored from a checkpoint.
+    pub fn from_record(record: StreamRecord) -> Self {
+        Self {
+            spec_json: record.spec_json,
+            base: record.base,
+            tail: record.tail,
+            chunks: ChunkList::from_chunks(record.chunks),
+            active: record.active,
+            closed: record.closed,
+            producers: record.producers,
+            stream_seq: record.stream_seq,
+            soft_deleted: record.soft_deleted,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+        }
+    }
+
+    /// Serves `[from, until)` from the recent records, if they cover it.
+    pub fn read_recent(&self, from: u64, until: u64, max_bytes: usize) -> Option<ReadChunk> {
+        let (first_end, first) = self.recent.front()?;
+        if from < first_end - first.len() as u64 {
+            return None;
+        }
+        let mut chunk = ReadChunk::empty(from);
+        let mut taken = 0usize;
+        for (end, data) in &self.recent {
+            let start = end - data.len() as u64;
+            if *end <= from {
+                continue;
+            }
+            if start >= until {
+                break;
+            }
+            let part = ReadChunk::part(start, data.len(), from, until);
+            taken += chunk.push(start, part.clone(), data.slice(part));
+            if taken >= max_bytes {
+                break;
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// The writer's view of a stream.
+#[derive(Clone)]
+pub struct Head {
+    /// The shared stream.
+    pub stream: Arc<Stream>,
+    /// The tail after everything written.
+    pub tail: u64,
+    /// The chunk being written.
+    pub active: Option<Active>,
+}
+
+/// A committed append's changes to the chunk layout.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The record.
+    pub data: Bytes,
+    /// It started a new chunk.
+    pub new_chunk: bool,
+    /// The chunk file's state after it.
+    pub active: Active,
+}
+
+/// What a written mutation does to the committed state.
+pub enum Effect {
+    /// A new stream, with its initial record if any.
+    Create {
+        stream: Arc<Stream>,
+        written: Option<Written>,
+    },
+    /// An append and/or writer-state change.
+    Append {
+        stream: Arc<Stream>,
+        written: Option<Written>,
+        producer: Option<(String, ProducerState)>,
+        stream_seq: Option<String>,
+        close: Option<Option<ClosedBy>>,
+    },
+    /// Soft-deleted.
+    SoftDelete { stream: Arc<Stream> },
+    /// Removed: forgotten, its files deleted.
+    Remove { stream: Arc<Stream> },
+    /// Chunks dropped from its head.
+    Trim { stream: Arc<Stream>, before: u64 },
+}
+
+/// Chunk files and directories changed since the last checkpoint, which
+/// must be synced before the next one is written.
+#[derive(Default)]
+pub struct Dirty {
+    /// Chunk files (and their indexes) written.
+    pub chunks: HashSet<(StreamId, u64)>,
+    /// Directories whose entries changed.
+    pub dirs: HashSet<PathBuf>,
+}
+
+/// The chunk-file writes of one batch.
+#[derive(Default)]
+pub struct ChunkWrites {
+    created: Vec<(StreamId, u64)>,
+    /// Frames by chunk: file offset of the first byte, the bytes.
+    frames: BTreeMap<(StreamId, u64), (u64, Vec<u8>)>,
+    index: Vec<(StreamId, u64, IndexEntry)>,
+}
+
+impl ChunkWrites {
+    /// Writes everything, recording what the next checkpoint must sync.
+    ///
+    /// # Errors
+    /// When a write fails ([`StorageError::Full`] on a full disk).
+    pub fn apply(
+        &self,
+        root: &Path,
+        files: &FileCache,
+        dirty: &Mutex<Dirty>,
+    ) -> Result<(), StorageError> {
+        for &(id, start) in &self.created {
+            files.create(id, start)?;
+        }
+        for (&(id, start), (offset, bytes)) in &self.frames {
+            let file = files.get(id, start).map_err(|e| {
+                StorageError::path("open chunk file", &layout::chunk_path(root, id, start), e)
+            })?;
+            file.write_all_at(bytes, *offset)
+                .map_err(StorageError::from_write)?;
+        }
+        for &(id, start, (at, entry)) in &self.index {
+            let path = layout::index_path(root, id, start);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .and_then(|file| file.write_all_at(&entry, at))
+                .map_err(StorageError::from_write)?;
+        }
+        let mut dirty = dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        for &(id, start) in &self.created {
+            let stream_dir = layout::stream_dir(root, id);
+            if let Some(fan_out) = stream_dir.parent() {
+                if let Some(top) = fan_out.parent() {
+                    dirty.dirs.insert(top.to_path_buf());
+                }
+                dirty.dirs.insert(fan_out.to_path_buf());
+            }
+            dirty.dirs.insert(stream_dir);
+            dirty.chunks.insert((id, start));
+        }
+        dirty.chunks.extend(self.frames.keys().copied());
+        Ok(())
+    }
+}
+
+/// Turns mutations into chunk writes and effects; owns the heads.
+pub struct Planner {
+    /// The writer's view of every stream of the shard.
+    pub heads: HashMap<StreamId, Head>,
+    /// Chunk size (bytes of chunk file).
+    pub chunk_bytes: u64,
+}
+
+/// A mutation the store refuses on its own.
+pub enum Refusal {
+    /// An append to a stream it does not hold.
+    Unknown(StreamId),
+    /// An append that does not start at the tail.
+    OutOfOrder { id: StreamId, start: u64, tail: u64 },
+}
+
+impl Refusal {
+    /// As a storage error.
+    pub fn into_error(self) -> StorageError {
+        match self {
+            Refusal::Unknown(id) => StorageError::UnknownStream(id),
+            Refusal::OutOfOrder { id, start, tail } => StorageError::OutOfOrder { id, start, tail },
+        }
+    }
+
+    /// Why a logged mutation cannot be replayed.
+    pub fn describe(&self) -> String {
+        match self {
+            Refusal::Unknown(id) => format!("append to unknown stream {id}"),
+            Refusal::OutOfOrder { start, tail, .. } => {
+                format!("append at {start} does not follow the tail {tail}")
+            }
+        }
+    }
+}
+
+impl Planner {
+    fn append_record(
+        head: &mut Head,
+        data: Bytes,
+        chunk_bytes: u64,
+        writes: &mut ChunkWrites,
+    ) -> Written {
+        let id = head.stream.id;
+        let pos = head.tail;
+        let len = data.len() as u64;
+        let used = head.active.map(|a| a.len);
+        let new_chunk = chunk_list::starts_new_chunk(used, chunk::FRAME_HEADER + len, chunk_bytes);
+        if new_chunk {
+            head.active = Some(Active::new(pos));
+            writes.created.push((id, pos));
+            writes.frames.remove(&(id, pos));
+        }
+        let active = head.active.get_or_insert_with(|| Active::new(pos));
+        let offset = active.len;
+        if let Some(entry) = active.add(pos, len) {
+            writes.index.push((id, active.start, entry));
+        }
+        let frames = writes
+            .frames
+            .entry((id, active.start))
+            .or_insert_with(|| (offset, Vec::new()));
+        chunk::encode_frame(&mut frames.1, pos, &data);
+        head.tail += len;
+        Written {
+            data,
+            new_chunk,
+            active: *active,
+        }
+    }
+
+    /// Plans `mutation`: the chunk writes go to `writes`; `Ok(None)` when it
+    /// changes nothing (a removal of an unknown stream).
+    ///
+    /// # Errors
+    /// The [`Refusal`] of an append the store does not accept.
+    pub fn plan(
+        &mut self,
+        mutation: &Mutation,
+        writes: &mut ChunkWrites,
+    ) -> Result<Option<Effect>, Refusal> {
+        Ok(Some(match mutation {
+            Mutation::Create { spec, data, closed } => {
+                let state = State {
+                    spec_json: serde_json::to_vec(spec).unwrap_or_default().into(),
+                    base: spec.base,
+                    tail: spec.base,
+                    chunks: ChunkList::default(),
+                    active: None,
+                    closed: closed.then_some(None),
+                    producers: Vec::new(),
+                    stream_seq: None,
+                    soft_deleted: false,
+                    recent: VecDeque::new(),
+                    recent_bytes: 0,
+                };
+                let stream = Arc::new(Stream {
+                    id: spec.id,
+                    state: RwLock::new(state),
+                });
+                let mut head = Head {
+                    stream: stream.clone(),
+                    tail: spec.base,
+                    active: None,
+                };
+                let written = (!data.is_empty()).then(|| {
+                    Self::append_record(&mut head, data.clone(), self.chunk_bytes, writes)
+                });
+                self.heads.insert(spec.id, head);
+                Effect::Create { stream, written }
+            }
+            Mutation::Append(append) => {
+                let head = self
+                    .heads
+                    .get_mut(&append.id)
+                    .ok_or(Refusal::Unknown(append.id))?;
+                if head.tail != append.start {
+                    return Err(Refusal::OutOfOrder {
+                        id: append.id,
+                        start: append.start,
+                        tail: head.tail,
+                    });
+                }
+                let written = (!append.data.is_empty()).then(|| {
+                    Self::append_record(head, append.data.clone(), self.chunk_bytes, writes)
+                });
+                Effect::Append {
+                    stream: head.stream.clone(),
+                    written,
+                    producer: append.producer.clone(),
+                    stream_seq: append.stream_seq.clone(),
+                    close: append.close.clone(),
+                }
+            }
+            Mutation::SoftDelete { id } => match self.heads.get(id) {
+                Some(head) => Effect::SoftDelete {
+                    stream: head.stream.clone(),
+                },
+                None => return Ok(None),
+            },
+            Mutation::Remove { id } => match self.heads.remove(id) {
+                Some(head) => Effect::Remove {
+                    stream: head.stream,
+                },
+                None => return Ok(None),
+            },
+            Mutation::Trim { id, before } => match self.heads.get_mut(id) {
+                Some(head) => {
+                    if *before >= head.tail {
+                        // The chunk being written goes too: the next
+                        // record starts a new one.
+                        head.active = None;
+                    }
+                    Effect::Trim {
+                        stream: head.stream.clone(),
+                        before: *before,
+                    }
+                }
+                None => return Ok(None),
+            },
+        }))
+    }
+}
+
+/// Keeps the newest records of streams in memory within a byte budget,
+/// evicting the streams appended to least recently.
+pub struct TailCache {
+    cap: usize,
+    used: usize,
+    tick: u64,
+    streams: HashMap<StreamId, (u64, Arc<Stream>)>,
+    order: BTreeMap<u64, StreamId>,
+}
+
+impl TailCache {
+    /// A cache of at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            used: 0,
+            tick: 0,
+            streams: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `data`, ending at `end`, to the records of `stream` (whose
+    /// state is `state`, locked for writing).
+    fn remember(&mut self, stream: &Arc<Stream>, state: &mut State, end: u64, data: Bytes) {
+        if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
+            // The recent records must reach the tail without a gap.
+            self.used -= state.recent_bytes;
+            state.recent.clear();
+            state.recent_bytes = 0;
+            return;
+        }
+        let cost = data.len() + RECENT_ENTRY_COST;
+        state.recent_bytes += cost;
+        self.used += cost;
+        state.recent.push_back((end, data));
+        while state.recent_bytes > RECENT_PER_STREAM {
+            let Some((_, old)) = state.recent.pop_front() else {
+                break;
+            };
+            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
+            self.used -= old.len() + RECENT_ENTRY_COST;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((old, _)) = self.streams.insert(stream.id, (tick, stream.clone())) {
+            self.order.remove(&old);
+        }
+        self.order.insert(tick, stream.id);
+    }
+
+    /// Drops `stream`'s records (its state locked for writing).
+    fn forget(&mut self, id: StreamId, state: &mut State) {
+        self.used -= state.recent_bytes;
+        state.recent.clear();
+        state.recent_bytes = 0;
+        if let Some((tick, _)) = self.streams.remove(&id) {
+            self.order.remove(&tick);
+        }
+    }
+
+    /// Evicts whole streams, least recently appended first, until within
+    /// the budget. Takes each victim's lock: call it holding none.
+    fn evict(&mut self) {
+        while self.used > self.cap {
+            let Some((_, id)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, stream)) = self.streams.remove(&id) {
+                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                self.used -= state.recent_bytes;
+                state.recent.clear();
+                state.recent_bytes = 0;
+            }
+        }
+    }
+}
+
+/// Where published effects land.
+pub struct Target<'a> {
+    /// Every committed stream.
+    pub streams: &'a RwLock<HashMap<StreamId, Arc<Stream>>>,
+    /// The data directory.
+    pub root: &'a Path,
+    /// Open chunk files.
+    pub files: &'a FileCache,
+    /// What the next checkpoint syncs.
+    pub dirty: &'a Mutex<Dirty>,
+    /// Recent records, if kept (not during replay).
+    pub cache: Option<&'a mut TailCache>,
+    /// Delete files (not when reading beside a running server).
+    pub delete_files: bool,
+}
+
+fn apply_written(state: &mut State, written: &Written, now: i64) -> u64 {
+    if written.new_chunk {
+        state.chunks.start_chunk(state.tail, now);
+    } else {
+        state.chunks.touch(now);
+    }
+    state.tail += written.data.len() as u64;
+    state.active = Some(written.active);
+    state.tail
+}
+
+impl Target<'_> {
+    /// Applies a durable effect to the committed state.
+    ///
+    /// # Errors
+    /// When files of a removed stream or trimmed chunk cannot be deleted.
+    pub fn publish(&mut self, effect: Effect) -> Result<(), StorageError> {
+        let now = chunk_list::now_ms();
+        match effect {
+            Effect::Create { stream, written } => {
+                if let Some(written) = written {
+                    let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                    let end = apply_written(&mut state, &written, now);
+                    if let Some(cache) = self.cache.as_deref_mut() {
+                        cache.remember(&stream, &mut state, end, written.data);
+                    }
+                }
+                self.streams
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(stream.id, stream);
+            }
+            Effect::Append {
+                stream,
+                written,
+                producer,
+                stream_seq,
+                close,
+            } => {
+                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                if let Some(written) = written {
+                    let end = apply_written(&mut state, &written, now);
+                    if let Some(cache) = self.cache.as_deref_mut() {
+                        cache.remember(&stream, &mut state, end, written.data);
+                    }
+                }
+                if let Some((id, next)) = producer {
+                    match state.producers.iter_mut().find(|(p, _)| *p == id) {
+                        Some(slot) => slot.1 = next,
+                        None => state.producers.push((id, next)),
+                    }
+                }
+                if stream_seq.is_some() {
+                    state.stream_seq = stream_seq;
+                }
+                if close.is_some() && state.closed.is_none() {
+                    state.closed = close;
+                }
+            }
+            Effect::SoftDelete { stream } => {
+                stream
+                    .state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .soft_deleted = true;
+            }
+            Effect::Remove { stream } => {
+                self.streams
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&stream.id);
+                {
+                    let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                    match self.cache.as_deref_mut() {
+                        Some(cache) => cache.forget(stream.id, &mut state),
+                        None => state.recent.clear(),
+                    }
+                }
+                self.files.forget(stream.id, None);
+                if self.delete_files {
+                    remove_stream_files(self.root, stream.id, self.files, self.dirty)?;
+                }
+            }
+            Effect::Trim { stream, before } => {
+                let dropped: Vec<Chunk> = {
+                    let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                    let tail = state.tail;
+                    let dropped = state.chunks.trim(before, tail);
+                    if state.chunks.active().map(|c| c.start) != state.active.map(|a| a.start) {
+                        state.active = None;
+                    }
+                    let head = state.head();
+                    while state.recent.front().is_some_and(|(end, _)| *end <= head) {
+                        if let Some((_, old)) = state.recent.pop_front() {
+                            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
+                            if let Some(cache) = self.cache.as_deref_mut() {
+                                cache.used -= old.len() + RECENT_ENTRY_COST;
+                            }
+                        }
+                    }
+                    dropped
+                };
+                if let Some(last) = dropped.last() {
+                    self.files.forget(stream.id, Some(last.start + 1));
+                }
+                if self.delete_files {
+                    for chunk in &dropped {
+                        remove_chunk_files(self.root, stream.id, chunk.start)?;
+                    }
+                    if !dropped.is_empty() {
+                        self.dirty
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .dirs
+                            .insert(layout::stream_dir(self.root, stream.id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts recent records beyond the cache's budget.
+    pub fn evict(&mut self) {
+        if let Some(cache) = self.cache.as_deref_mut() {
+            cache.evict();
+        }
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::path("delete", path, e)),
+    }
+}
+
+/// Deletes a chunk file and its index.
+///
+/// # Errors
+/// When a file exists but cannot be deleted.
+pub fn remove_chunk_files(root: &Path, id: StreamId, start: u64) -> Result<(), StorageError> {
+    remove_file(&layout::chunk_path(root, id, start))?;
+    remove_file(&layout::index_path(root, id, start))
+}
+
+/// Deletes a stream's directory and everything in it, and the fan-out
+/// directories above it once they are empty.
+///
+/// # Errors
+/// When it exists but cannot be deleted.
+pub fn remove_stream_files(
+    root: &Path,
+    id: StreamId,
+    files: &FileCache,
+    dirty: &Mutex<Dirty>,
+) -> Result<(), StorageError> {
+    let dir = layout::stream_dir(root, id);
+    let _dirs = files.lock_dirs();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::path("delete stream directory", &dir, e)),
+    }
+    // Its chunks may still be listed as dirty: the checkpoint skips files
+    // that are gone. Removing a directory that is not empty fails: kept.
+    let mut dirty = dirty.lock().unwrap_or_else(PoisonError::into_inner);
+    dirty.dirs.remove(&dir);
+    let mut parent = dir.parent();
+    while let Some(up) = parent.filter(|p| {
+        p.starts_with(root.join(layout::STREAMS_DIR)) && *p != root.join(layout::STREAMS_DIR)
+    }) {
+        dirty.dirs.insert(up.to_path_buf());
+        if std::fs::remove_dir(up).is_err() {
+            break;
+        }
+        parent = up.parent();
+    }
+    if let Some(up) = parent {
+        dirty.dirs.insert(up.to_path_buf());
+    }
+    Ok(())
+}

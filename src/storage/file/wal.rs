@@ -1,0 +1,224 @@
+//! The write-ahead log: per commit shard, numbered segment files of
+//! checksummed frames (see [`crate::storage::codec`]), and the scan that
+//! replays them with today's damage rules: a torn tail is truncated and
+//! logged, a bad frame anywhere else stops startup with the file and the
+//! offset unless the operator names exactly that place in
+//! `storage.truncate_corrupt_at`.
+//!
+//! The first file layout (one shared log of `NNNNNNNNNNNNNNNNNNNN.seg`
+//! segments) used the same frames behind a different header; the scan reads
+//! both, which is how such a directory is converted.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::super::codec::{self, FRAME_HEADER};
+use super::super::{Mutation, StorageError};
+use super::layout;
+
+/// Opens every log segment, followed by the shard (u64 LE) and the segment
+/// number (u64 LE).
+const WAL_MAGIC: &[u8; 8] = b"DSWAL001";
+/// Bytes before a log segment's first frame.
+pub const WAL_HEADER: u64 = 24;
+/// Opened every segment of the first layout, followed by its number.
+const LEGACY_MAGIC: &[u8; 8] = b"DSSEG001";
+/// Bytes before a first-layout segment's first frame.
+pub const LEGACY_HEADER: u64 = 16;
+
+/// The header a segment must start with.
+pub fn wal_header(shard: u32, seq: u64) -> [u8; WAL_HEADER as usize] {
+    let mut header = [0u8; WAL_HEADER as usize];
+    header[..8].copy_from_slice(WAL_MAGIC);
+    header[8..16].copy_from_slice(&u64::from(shard).to_le_bytes());
+    header[16..].copy_from_slice(&seq.to_le_bytes());
+    header
+}
+
+/// The header of segment `number` of the first layout.
+pub fn legacy_header(number: u64) -> [u8; LEGACY_HEADER as usize] {
+    let mut header = [0u8; LEGACY_HEADER as usize];
+    header[..8].copy_from_slice(LEGACY_MAGIC);
+    header[8..].copy_from_slice(&number.to_le_bytes());
+    header
+}
+
+/// The segment a shard appends to.
+pub struct Segment {
+    /// Its number.
+    pub seq: u64,
+    /// The open file, shared with the thread that syncs it.
+    pub file: Arc<File>,
+    /// Bytes written.
+    pub len: u64,
+}
+
+/// Creates (or starts over) segment `seq` of `shard`: header written and
+/// synced, directory entry synced.
+///
+/// # Errors
+/// When the file cannot be created or written.
+pub fn create_segment(root: &Path, shard: u32, seq: u64) -> Result<Segment, StorageError> {
+    let path = layout::wal_path(root, shard, seq);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| StorageError::path("create log segment", &path, e))?;
+    file.write_all_at(&wal_header(shard, seq), 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| match StorageError::from_write(e) {
+            StorageError::Io(e) => StorageError::path("initialise log segment", &path, e),
+            full => full,
+        })?;
+    layout::sync_dir(&root.join(layout::WAL_DIR))?;
+    Ok(Segment {
+        seq,
+        file: Arc::new(file),
+        len: WAL_HEADER,
+    })
+}
+
+/// How a scan treats damage.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'a> {
+    /// Beside a running server (a live export): nothing is truncated, and a
+    /// bad frame at the end of the newest segment is a write in progress.
+    pub read_only: bool,
+    /// `<file name>:<offset>` the operator allowed to discard from.
+    pub truncate_corrupt_at: Option<&'a str>,
+}
+
+/// How a scanned segment ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// At its last frame.
+    Clean,
+    /// Cut at a damaged frame (a torn tail, or where the operator allowed):
+    /// later segments of the same log must go too.
+    Truncated,
+}
+
+/// Replays the frames of the segment at `path` from byte `from` on,
+/// handing each mutation and the offset just after its frame to `apply`.
+/// `apply` refusing a mutation counts as a damaged frame there.
+///
+/// # Errors
+/// [`StorageError::Corrupt`] naming the file and offset of a damaged frame
+/// that is not a torn tail; I/O failures.
+pub fn scan(
+    path: &Path,
+    header: &[u8],
+    from: u64,
+    is_last: bool,
+    policy: Policy<'_>,
+    apply: &mut dyn FnMut(Mutation, u64) -> Result<(), String>,
+) -> Result<End, StorageError> {
+    let data = Bytes::from(
+        std::fs::read(path).map_err(|e| StorageError::path("read log segment", path, e))?,
+    );
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if data.len() < header.len() {
+        if is_last {
+            // Created but never initialised: nothing in it.
+            return Ok(End::Clean);
+        }
+        return Err(StorageError::Corrupt(format!(
+            "log segment {} is shorter than its header",
+            path.display()
+        )));
+    }
+    if &data[..header.len()] != header {
+        return Err(StorageError::Corrupt(format!(
+            "log segment {} has a bad header",
+            path.display()
+        )));
+    }
+    let mut pos = usize::try_from(from)
+        .unwrap_or(usize::MAX)
+        .max(header.len());
+    if pos > data.len() {
+        return Err(StorageError::Corrupt(format!(
+            "log segment {} ends at {} before the checkpointed position {from}",
+            path.display(),
+            data.len()
+        )));
+    }
+    while pos < data.len() {
+        let rest = data.slice(pos..);
+        let failure = match codec::decode(&rest) {
+            Ok(decoded) => match apply(decoded.mutation, (pos + decoded.frame_len) as u64) {
+                Ok(()) => {
+                    pos += decoded.frame_len;
+                    continue;
+                }
+                Err(reason) => reason,
+            },
+            Err(error) => error.to_string(),
+        };
+        let location = format!("{name}:{pos}");
+        let tail_only = is_last && !valid_frame_follows(&data, pos);
+        if policy.read_only {
+            if tail_only {
+                return Ok(End::Clean);
+            }
+            return Err(StorageError::Corrupt(format!(
+                "log segment {} has an invalid record at byte offset {pos} ({failure})",
+                path.display()
+            )));
+        }
+        let operator_approved = policy.truncate_corrupt_at == Some(location.as_str());
+        if !tail_only && !operator_approved {
+            return Err(StorageError::Corrupt(format!(
+                "log segment {} has an invalid record at byte offset {pos} ({failure}); valid records follow it, \
+                 so this is not a torn write. To discard the log from there on, restart once with \
+                 storage.truncate_corrupt_at = \"{location}\" (env DS_STORAGE__TRUNCATE_CORRUPT_AT={location})",
+                path.display()
+            )));
+        }
+        if tail_only {
+            tracing::warn!(file = %path.display(), offset = pos, reason = %failure, "truncating a torn tail");
+        } else {
+            tracing::warn!(file = %path.display(), offset = pos, reason = %failure, "truncating the log as the operator asked");
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::path("open log segment", path, e))?;
+        file.set_len(pos as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StorageError::path("truncate log segment", path, e))?;
+        return Ok(End::Truncated);
+    }
+    Ok(End::Clean)
+}
+
+/// Whether a verifiable frame starts anywhere after a bad one at `bad`: if
+/// so, the damage is not a torn tail.
+fn valid_frame_follows(data: &Bytes, bad: usize) -> bool {
+    // The bad frame's own length, if plausible, says where the next starts.
+    if let Some(len) = codec::frame_len(&data[bad..]) {
+        let next = bad + FRAME_HEADER + len;
+        if next < data.len() && codec::decode(&data.slice(next..)).is_ok() {
+            return true;
+        }
+    }
+    // Otherwise search the rest of the file byte by byte. The search must
+    // not stop early: when a frame's length field is damaged, the next valid
+    // frame lies as far away as that frame was long (a frame may be many
+    // MiB), and missing it would discard acknowledged records as a "torn
+    // tail". Positions that cannot start a frame are skipped before paying
+    // for a checksum, which keeps the scan linear on real data.
+    ((bad + 1)..data.len())
+        .any(|at| codec::looks_like_frame(&data[at..]) && codec::decode(&data.slice(at..)).is_ok())
+}
