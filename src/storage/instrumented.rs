@@ -173,4 +173,8 @@ impl Storage for InstrumentedStorage {
     fn metadata(&self) -> StorageFuture<Vec<(String, bytes::Bytes)>> {
         self.inner.metadata()
     }
+
+    fn shared(&self) -> Option<Arc<dyn crate::storage::shared::SharedStreams>> {
+        self.inner.shared()
+    }
 }

@@ -39,6 +39,7 @@ pub mod postgres;
 mod queue;
 #[cfg(test)]
 mod recovery_tests;
+pub mod shared;
 #[cfg(test)]
 mod suite;
 
@@ -389,4 +390,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every entry of the metadata area, ordered by key.
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>>;
+
+    /// The store as shared by several servers, when it is one: the engine
+    /// then takes writer state from the store instead of its memory.
+    fn shared(&self) -> Option<std::sync::Arc<dyn shared::SharedStreams>> {
+        None
+    }
 }

@@ -18,6 +18,9 @@
 //!   bytes; JSON streams need the boundaries. Keyed by `(stream, end_pos)`
 //!   so a read from an offset is one index range scan.
 //! - `metadata`: the key/value area (subscriptions, leases, keys).
+//!
+//! Version 2 adds `replica_blocks`, the sequence each opened store takes
+//! its block of stream ids from, so replicas never hand out the same id.
 
 use tokio_postgres::Client;
 
@@ -32,10 +35,11 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "streams, producers, records, metadata",
-    sql: r"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "streams, producers, records, metadata",
+        sql: r"
 CREATE TABLE {schema}.streams (
     id                 bigint PRIMARY KEY,
     path               text NOT NULL,
@@ -86,7 +90,15 @@ CREATE TABLE {schema}.metadata (
     value bytea NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "blocks of stream ids, one per opened store",
+        sql: r"
+CREATE SEQUENCE {schema}.replica_blocks AS bigint START 1;
+",
+    },
+];
 
 /// The newest schema version this server knows.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
