@@ -156,6 +156,11 @@ impl StreamEntry {
         *self.signal.borrow()
     }
 
+    /// Whether any reader follows the stream's changes.
+    pub(super) fn is_watched(&self) -> bool {
+        self.signal.receiver_count() > 0
+    }
+
     /// Subscribes to committed changes (the notification hub).
     pub fn subscribe(&self) -> watch::Receiver<Signal> {
         self.signal.subscribe()

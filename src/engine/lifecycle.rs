@@ -117,7 +117,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
-        let entry = self.lookup(path, Access::Peek)?;
+        let entry = self.lookup_fresh(path, Access::Peek).await?;
         match self.delete_entry(&entry) {
             (Deletion::Soft | Deletion::Removed, written) => {
                 // Answer only once the deletion is as durable as the backend

@@ -91,6 +91,7 @@ impl App {
             };
         let engine = Engine::new(storage, settings::engine_limits(&config.limits));
         engine.spawn_sweeper(settings::sweep_interval(config));
+        engine.spawn_replica_watch();
         let subscriptions = config.subscriptions.enabled.then(|| {
             Subscriptions::start(
                 engine.clone(),

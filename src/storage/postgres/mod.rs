@@ -35,6 +35,7 @@ pub mod notify;
 pub mod options;
 mod plan;
 mod replicas;
+mod sql;
 pub mod schema;
 mod tls;
 mod writer;

@@ -33,6 +33,10 @@ use super::error::{
     copy_error, is_aborted_transaction, is_connection_error, storage_error, timed_out,
 };
 use super::plan::{self, Known, Plan};
+use super::sql::{
+    CREATE_SQL, PRODUCERS_SQL, RECORDS_SQL, REMOVE_SQL, SOFT_DELETE_SQL, STATUS_SQL, TAILS_SQL,
+    TXID_SQL, UPDATE_SQL,
+};
 use crate::metrics::event::StorageCommitted;
 use crate::storage::queue::{Ack, Next, commit_spans};
 use crate::storage::{Mutation, StorageError, StreamId};
@@ -50,46 +54,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `application_name` suffix of the writer's connection.
 const ROLE: &str = "writer";
 
-const TXID_SQL: &str = "SELECT txid_current()";
-const CREATE_SQL: &str = "
-INSERT INTO streams (id, path, content_type, ttl_secs, expires_at_ms, created_at_ms, base,
-                     fork_source, fork_source_path, fork_offset, fork_sub_offset, tail, closed,
-                     last_access_ms)
-SELECT r.*, $14::int8
-  FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-              $8::int8[], $9::text[], $10::int8[], $11::int8[], $12::int8[], $13::bool[]) AS r
-ON CONFLICT (id) DO NOTHING
-RETURNING id";
-const UPDATE_SQL: &str = "
-UPDATE streams AS s SET
-    tail = b.new_tail,
-    closed = s.closed OR b.close,
-    closed_by_producer = CASE WHEN b.close AND NOT s.closed THEN b.by_producer ELSE s.closed_by_producer END,
-    closed_by_epoch = CASE WHEN b.close AND NOT s.closed THEN b.by_epoch ELSE s.closed_by_epoch END,
-    closed_by_seq = CASE WHEN b.close AND NOT s.closed THEN b.by_seq ELSE s.closed_by_seq END,
-    stream_seq = coalesce(b.stream_seq, s.stream_seq),
-    last_access_ms = $9::int8
-  FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bool[], $5::text[], $6::int8[], $7::int8[],
-              $8::text[])
-       AS b(id, start_pos, new_tail, close, by_producer, by_epoch, by_seq, stream_seq)
- WHERE s.id = b.id AND s.tail = b.start_pos
-RETURNING s.id";
-const RECORDS_SQL: &str = "
-INSERT INTO records (stream_id, start_pos, end_pos, data)
-SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bytea[])";
-const PRODUCERS_SQL: &str = "
-INSERT INTO producers (stream_id, producer_id, epoch, last_seq)
-SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[])
-ON CONFLICT (stream_id, producer_id)
-DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq";
-const SOFT_DELETE_SQL: &str =
-    "UPDATE streams SET status = 'soft_deleted' WHERE id = ANY($1::int8[])";
-const REMOVE_SQL: &str = "
-WITH streams_gone AS (DELETE FROM streams WHERE id = ANY($1::int8[])),
-     producers_gone AS (DELETE FROM producers WHERE stream_id = ANY($1::int8[]))
-DELETE FROM records WHERE stream_id = ANY($1::int8[])";
-const TAILS_SQL: &str = "SELECT id, tail FROM streams WHERE id = ANY($1::int8[])";
-const STATUS_SQL: &str = "SELECT txid_status($1)";
 
 /// The writer's statements, prepared once per connection.
 struct Statements {
