@@ -34,6 +34,8 @@ mod observer;
 mod read;
 mod registry;
 mod replica;
+#[cfg(test)]
+mod replica_tests;
 mod request;
 pub(crate) mod rules;
 mod state;

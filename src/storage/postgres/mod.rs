@@ -35,8 +35,8 @@ pub mod notify;
 pub mod options;
 mod plan;
 mod replicas;
-mod sql;
 pub mod schema;
+mod sql;
 mod tls;
 mod writer;
 

@@ -78,11 +78,14 @@ async fn migrations_racing_from_many_connections_apply_once() {
     }
     let client = connect(&connector, "test").await.expect("connect");
     let rows = client
-        .query("SELECT version FROM durable_streams.schema_migrations", &[])
+        .query(
+            "SELECT version FROM durable_streams.schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .expect("versions");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, vec![schema::LATEST_VERSION]);
+    assert_eq!(versions, (1..=schema::LATEST_VERSION).collect::<Vec<_>>());
     // Several stores opening at once, as replicas starting together do.
     let opens = (0..3).map(|_| PostgresStorage::open(db.options()));
     for store in futures_util::future::join_all(opens).await {

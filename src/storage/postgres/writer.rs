@@ -54,7 +54,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `application_name` suffix of the writer's connection.
 const ROLE: &str = "writer";
 
-
 /// The writer's statements, prepared once per connection.
 struct Statements {
     txid: Statement,
