@@ -274,11 +274,12 @@ impl Engine {
 
     /// Starts following other servers' commits (nothing without a shared
     /// store): reported tails and a re-read every [`RECHECK_INTERVAL`] wake
-    /// local readers. Ends when the engine is dropped.
+    /// local readers. Each periodic re-read tells `reachable` whether the
+    /// store answered. Ends when the engine is dropped.
     ///
     /// # Panics
     /// Outside a Tokio runtime.
-    pub fn spawn_replica_watch(&self) {
+    pub fn spawn_replica_watch(&self, reachable: impl Fn(bool) + Send + 'static) {
         let Some(store) = self.shared_store() else {
             return;
         };
@@ -300,8 +301,13 @@ impl Engine {
                 };
                 let Some(shared) = weak.upgrade() else { return };
                 let engine = Engine { shared };
-                if let Err(error) = engine.recheck(&*store, reported).await {
+                let periodic = reported.is_none();
+                let outcome = engine.recheck(&*store, reported).await;
+                if let Err(error) = &outcome {
                     tracing::debug!(%error, "re-reading waited-on tails failed");
+                }
+                if periodic {
+                    reachable(outcome.is_ok());
                 }
             }
         });
@@ -330,7 +336,7 @@ impl Engine {
             })
             .map(|entry| (entry.id(), entry))
             .collect();
-        if watched.is_empty() {
+        if watched.is_empty() && reported.is_some() {
             return Ok(());
         }
         let stored = store.tails(watched.keys().copied().collect()).await?;

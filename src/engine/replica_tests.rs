@@ -145,8 +145,8 @@ async fn closes_forks_and_deletes_through_one_replica_hold_on_the_other() {
 async fn a_reader_on_one_replica_wakes_on_an_append_through_another() {
     let db = Cluster::shared().database().await;
     let (a, b) = (replica(&db).await, replica(&db).await);
-    a.spawn_replica_watch();
-    b.spawn_replica_watch();
+    a.spawn_replica_watch(|_| {});
+    b.spawn_replica_watch(|_| {});
     create(&a, plain("/live")).await;
     let entry = a.lookup_fresh("/live", Access::Peek).await.expect("live");
     let mut signal = entry.subscribe();

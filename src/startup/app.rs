@@ -91,7 +91,6 @@ impl App {
             };
         let engine = Engine::new(storage, settings::engine_limits(&config.limits));
         engine.spawn_sweeper(settings::sweep_interval(config));
-        engine.spawn_replica_watch();
         let subscriptions = config.subscriptions.enabled.then(|| {
             Subscriptions::start(
                 engine.clone(),
@@ -100,6 +99,10 @@ impl App {
             )
         });
         let readiness = Readiness::new(false);
+        engine.spawn_replica_watch({
+            let readiness = readiness.clone();
+            move |reachable| readiness.set_store_reachable(reachable)
+        });
         let metrics = &observability.metrics;
         // Served here unless it has a listener of its own.
         let scrape = (metrics.enabled && metrics.bind_address.is_none())
