@@ -50,7 +50,7 @@ impl ShutdownToken {
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
-    /// Cleared while a store several servers share is unreachable.
+    /// Set while a store several servers share is unreachable.
     store_unreachable: Arc<AtomicBool>,
 }
 
