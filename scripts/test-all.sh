@@ -2,6 +2,7 @@
 # The project's single test command:
 #   1. cargo build --release --locked
 #   2. cargo test --release --locked   (shares the release build's dependencies)
+#      then cargo doc --no-deps with warnings denied (the embedding API's documentation)
 #   3. a tiny smoke run of the load tool against this server (scripts/compare.sh --smoke)
 #   4. the deployment bundle: scripts/verify-deploy.sh (Helm chart, manifests, alert
 #      rules, dashboards, Dockerfile; installs its own tools) and its --self-test,
@@ -85,6 +86,10 @@ cargo build --release --locked
 failed_steps=()
 section "cargo test --release --locked"
 cargo test --release --locked || failed_steps+=("cargo test")
+
+# ----------------------------------------------------------- API docs ---
+section "cargo doc --no-deps (the embedding API's documentation, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --locked || failed_steps+=("cargo doc")
 
 # ------------------------------------------------------------- load tool ---
 section "load tool smoke run (scripts/compare.sh --smoke)"

@@ -4,20 +4,20 @@
 //! behind them.
 //!
 //! # Layout
-//! - this file: [`Subscriptions`], the manager's handle, its settings and
+//! - this file: `Subscriptions`, the manager's handle, its settings and
 //!   its start.
-//! - [`state`]: the state machine of one subscription (links, wakes,
+//! - `state`: the state machine of one subscription (links, wakes,
 //!   generations, leases), synchronous and without I/O.
-//! - [`control`]: the operations the APIs call (create, read, delete,
+//! - `control`: the operations the APIs call (create, read, delete,
 //!   link, ack, claim, release).
-//! - [`store`]: persistence in the store's metadata area, and loading at
+//! - `store`: persistence in the store's metadata area, and loading at
 //!   start (with the signing key).
-//! - [`wake`]: starting wakes, appending pull-wake events, the lease ticker.
-//! - [`webhook`]: signed delivery off the request path, with retries.
+//! - `wake`: starting wakes, appending pull-wake events, the lease ticker.
+//! - `webhook`: signed delivery off the request path, with retries.
 //! - [`model`]: the normalised configuration and the persisted state;
-//!   [`wire`]: the JSON of the APIs as serde types.
-//! - [`pattern`]: glob patterns; [`signing`]: the Ed25519 key, the JWKS and
-//!   `Webhook-Signature`; [`ssrf`]: which webhook targets are allowed.
+//!   `wire`: the JSON of the APIs as serde types.
+//! - [`pattern`]: glob patterns; `signing`: the Ed25519 key, the JWKS and
+//!   `Webhook-Signature`; `ssrf`: which webhook targets are allowed.
 //! - [`error`]: [`SubscriptionError`], what the APIs refuse.
 //!
 //! Enabled by `subscriptions.enabled`; without it `__ds` paths answer `404`.

@@ -2,7 +2,7 @@
 //! server replicas can share one store (and the database's replication
 //! and backups carry the data).
 //!
-//! - Writes go through one group-commit writer ([`writer`]): each batch of
+//! - Writes go through one group-commit writer (`writer`): each batch of
 //!   queued mutations is one transaction of set-based statements whose
 //!   tail check (`UPDATE … WHERE tail = start`) enforces the
 //!   `OutOfOrder` contract inside the transaction. Acknowledged means
@@ -13,7 +13,7 @@
 //!   by an advisory lock; [`notify`] has the `LISTEN`/`NOTIFY` plumbing for
 //!   cross-replica wake-ups.
 //! - An unreachable database answers [`StorageError::Unavailable`] and the
-//!   backend reconnects by itself; see [`writer`] for commits whose outcome
+//!   backend reconnects by itself; see `writer` for commits whose outcome
 //!   is unknown.
 //!
 //! Positions, ids and producer numbers are stored as `bigint`; values past
