@@ -147,10 +147,10 @@ impl Engine {
             Retirement::AlreadySoftDeleted => (Deletion::Soft, None),
             Retirement::SoftDeleted => (
                 Deletion::Soft,
-                Some(storage.submit(Mutation::SoftDelete { id })),
+                Some(self.retiring(id, storage.submit(Mutation::SoftDelete { id }))),
             ),
             Retirement::Removed => {
-                let written = storage.submit(Mutation::Remove { id });
+                let written = self.retiring(id, storage.submit(Mutation::Remove { id }));
                 if let Some(source) = &entry.source {
                     self.release_fork(source);
                 }
@@ -167,11 +167,8 @@ impl Engine {
             if !self.shared.registry.release_fork(&entry) {
                 return;
             }
-            spawn_ack(
-                self.shared
-                    .storage
-                    .submit(Mutation::Remove { id: entry.spec.id }),
-            );
+            let id = entry.spec.id;
+            spawn_ack(self.retiring(id, self.shared.storage.submit(Mutation::Remove { id })));
             next = entry.source.clone();
         }
     }

@@ -96,6 +96,10 @@ struct Shared {
     /// The store, when several servers share it: then the authority on
     /// writer state (see `replica`).
     store: Option<Arc<dyn SharedStreams>>,
+    /// Streams whose deletion this server submitted and the shared store
+    /// has not confirmed yet, with how many such writes are in flight:
+    /// their stored rows are older than what this server knows.
+    retiring: std::sync::Mutex<std::collections::HashMap<crate::storage::StreamId, usize>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -121,6 +125,7 @@ impl Engine {
                 write_budget: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_WRITE_BYTES),
                 observer: OnceLock::new(),
                 store,
+                retiring: Default::default(),
             }),
         };
         engine.restore(recovered);

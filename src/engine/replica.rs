@@ -112,6 +112,13 @@ impl Engine {
             return Ok(());
         };
         let stored = store.find(path).await?;
+        if stored
+            .as_ref()
+            .is_some_and(|row| self.is_retiring(row.spec.id))
+        {
+            // This server deleted it; the row is older than that.
+            return Ok(());
+        }
         let current = self.shared.registry.get(path);
         match (current, stored) {
             (None, None) => {}
@@ -134,6 +141,43 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Tracks a deletion of stream `id` being written: until `written`
+    /// resolves, reads of the store do not bring the stream back.
+    pub(super) fn retiring(
+        &self,
+        id: crate::storage::StreamId,
+        written: crate::storage::StorageFuture<()>,
+    ) -> crate::storage::StorageFuture<()> {
+        if self.shared.store.is_none() {
+            return written;
+        }
+        *self.retiring_ids().entry(id).or_default() += 1;
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let result = written.await;
+            let engine = Engine { shared };
+            let mut retiring = engine.retiring_ids();
+            if let Some(count) = retiring.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    retiring.remove(&id);
+                }
+            }
+            result
+        })
+    }
+
+    fn is_retiring(&self, id: crate::storage::StreamId) -> bool {
+        self.retiring_ids().contains_key(&id)
+    }
+
+    fn retiring_ids(&self) -> std::sync::MutexGuard<'_, HashMap<crate::storage::StreamId, usize>> {
+        self.shared
+            .retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Installs a stream read from the store, after its fork sources.
