@@ -8,8 +8,8 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: the five backends and the replicated
-#                               setup: "memory file-fast file-durable acid postgres postgres-replicas");
+#   CONFORMANCE_MODES        space-separated storage modes (default: the five backends,
+#                               "memory file-fast file-durable acid postgres"; also postgres-replicas, below);
 #                               the file and acid modes get DS_STORAGE__DATA_DIR=<fresh temp dir>; postgres gets a
 #                               throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh: initdb + pg_ctl on a free
 #                               port, as an unprivileged user when run as root) and DS_STORAGE__POSTGRES__URL;
@@ -40,7 +40,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres postgres-replicas}"
+MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres}"
 if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
   MIN_PASSED="${CONFORMANCE_MIN_PASSED:-338}"
 else

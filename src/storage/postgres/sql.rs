@@ -36,12 +36,14 @@ DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq";
 pub const SOFT_DELETE_SQL: &str =
     "UPDATE streams SET status = 'soft_deleted' WHERE id = ANY($1::int8[])";
 /// Removes streams, except those that forks (perhaps made through another
-/// server) still read through: those are soft-deleted instead.
+/// server) not removed by the same statement still read through: those are
+/// soft-deleted instead.
 pub const REMOVE_SQL: &str = "
 WITH doomed AS (
         SELECT s.id FROM streams s
          WHERE s.id = ANY($1::int8[])
-           AND NOT EXISTS (SELECT 1 FROM streams f WHERE f.fork_source = s.id)),
+           AND NOT EXISTS (SELECT 1 FROM streams f
+                            WHERE f.fork_source = s.id AND f.id <> ALL($1::int8[]))),
      kept AS (
         UPDATE streams SET status = 'soft_deleted'
          WHERE id = ANY($1::int8[]) AND id NOT IN (SELECT id FROM doomed)),
