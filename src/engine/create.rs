@@ -60,7 +60,7 @@ impl Engine {
         let initial = rules::initial_payload(&settings.content_type, &request.body)?;
 
         if let Some(existing) = self.shared.registry.get(&request.path) {
-            match self.lookup(&request.path, Access::Touch) {
+            match self.lookup_refreshed(&request.path, Access::Touch) {
                 Ok(entry) if Arc::ptr_eq(&entry, &existing) => {
                     wait_created(&entry).await?;
                     return confirm_existing(&entry, &request, &settings, fork.as_ref());
@@ -165,7 +165,7 @@ impl Engine {
     }
 
     async fn resolve_fork(&self, request: &ForkRequest) -> Result<ResolvedFork, EngineError> {
-        let source = match self.lookup(&request.source_path, Access::Peek) {
+        let source = match self.lookup_refreshed(&request.source_path, Access::Peek) {
             Ok(source) => source,
             Err(EngineError::Gone) => return Err(EngineError::ForkSourceGone),
             Err(EngineError::NotFound) => return Err(EngineError::ForkSourceNotFound),

@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Engine;
 use super::entry::{Status, StreamEntry};
 use super::error::EngineError;
 use super::request::{Access, AppendRequest, Appended};
 use super::rules::{self, AppendPlan, Confirmation, StreamFacts, WriterView};
+use crate::clock;
 use crate::metrics::event::{AppendWritten, ProducerDuplicate, StreamClosed};
 use crate::protocol::producer::ProducerState;
 use crate::storage::shared::{SharedStreams, StoredTail, TailEvent};
@@ -102,7 +104,7 @@ impl Engine {
         access: Access,
     ) -> Result<Arc<StreamEntry>, EngineError> {
         self.refresh(path).await?;
-        self.lookup(path, access)
+        self.lookup_refreshed(path, access)
     }
 
     /// Brings the entry at `path` in line with the shared store's row
@@ -120,6 +122,7 @@ impl Engine {
             return Ok(());
         }
         let current = self.shared.registry.get(path);
+        let mut adopted = None;
         match (current, stored) {
             (None, None) => {}
             (Some(entry), None) => {
@@ -137,8 +140,54 @@ impl Engine {
                     // stream; its commit will fail on the path.
                     return Ok(());
                 }
-                self.adopt_stored(&*store, row).await?;
+                adopted = Some(self.adopt_stored(&*store, row).await?);
             }
+        }
+        match adopted {
+            Some(entry) => self.sync_access(&*store, &entry, true).await,
+            None => match self.shared.registry.get(path) {
+                Some(entry) if self.looks_expired(&entry) => {
+                    self.sync_access(&*store, &entry, false).await
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Whether a live entry is expired as far as this server knows.
+    fn looks_expired(&self, entry: &StreamEntry) -> bool {
+        let inner = entry.lock();
+        inner.status == Status::Live && entry.is_expired(&inner, Instant::now())
+    }
+
+    /// Takes the last access of a stream with a sliding TTL from the
+    /// store: as it is for an entry just `adopted` (its own time is when
+    /// it was read), the later of both otherwise (this server's last
+    /// accesses reach the store a little late).
+    async fn sync_access(
+        &self,
+        store: &dyn SharedStreams,
+        entry: &Arc<StreamEntry>,
+        adopted: bool,
+    ) -> Result<(), EngineError> {
+        let Some(ttl) = entry.ttl_secs() else {
+            return Ok(());
+        };
+        let Some(stored_ms) = store.last_access(entry.id()).await? else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        // Older than the TTL is expired however much older: capping the
+        // age keeps the subtraction within the clock's range.
+        let age = u64::try_from(clock::unix_ms().saturating_sub(stored_ms)).unwrap_or(0);
+        let age = Duration::from_millis(age).min(Duration::from_secs(ttl));
+        let stored = now.checked_sub(age).unwrap_or(now);
+        let mut inner = entry.lock();
+        if adopted {
+            inner.last_access = stored;
+            inner.store_touched = stored;
+        } else if stored > inner.last_access {
+            inner.last_access = stored;
         }
         Ok(())
     }
@@ -273,7 +322,7 @@ impl Engine {
                 // Deleted through another server: answer as it stands.
                 self.refresh(path).await?;
                 return Err(self
-                    .lookup(path, Access::Peek)
+                    .lookup_refreshed(path, Access::Peek)
                     .err()
                     .unwrap_or(EngineError::NotFound));
             }

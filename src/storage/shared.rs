@@ -65,6 +65,20 @@ pub trait SharedStreams: Send + Sync + 'static {
     /// A stream id no other server sharing the store hands out.
     fn allocate_id(&self) -> StreamId;
 
+    /// When stream `id` was last accessed (Unix milliseconds), as every
+    /// server sharing the store recorded it; `None` when not stored.
+    fn last_access(&self, id: StreamId) -> StorageFuture<Option<i64>>;
+
+    /// Records an access to stream `id` at `at_ms` (Unix milliseconds), so
+    /// the other servers see its sliding TTL extended. Never moves the
+    /// stored time back.
+    fn touch(&self, id: StreamId, at_ms: i64) -> StorageFuture<()>;
+
+    /// The paths of the live streams whose expiry time or sliding TTL has
+    /// passed at `now_ms`, for the one server sweeping now: empty for the
+    /// others sweeping at the same moment.
+    fn expired(&self, now_ms: i64) -> StorageFuture<Vec<String>>;
+
     /// Starts reporting other servers' commits to `events`; the reports
     /// stop when the returned guard is dropped.
     fn watch(&self, events: mpsc::UnboundedSender<TailEvent>) -> Box<dyn Send + Sync>;

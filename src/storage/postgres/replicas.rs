@@ -5,6 +5,12 @@
 //!   stream's row lock.
 //! - Stream ids come from a block reserved per opened store (the
 //!   `replica_blocks` sequence), so replicas never hand out the same one.
+//! - A stream's last access lives in its row (`last_access_ms`): appends
+//!   set it in their transaction, reads through [`SharedStreams::touch`],
+//!   so a sliding TTL is judged on every replica's accesses.
+//! - The expiry sweep's candidates are read under a transaction-scoped
+//!   advisory lock taken without waiting, so replicas sweeping at the same
+//!   moment do not all do the same work.
 //! - Other replicas' commits are reported through `LISTEN`/`NOTIFY`
 //!   ([`super::notify`]).
 
@@ -83,6 +89,58 @@ impl SharedStreams for PostgresStorage {
         (self.id_block << ID_BLOCK_BITS) | (local & ((1 << ID_BLOCK_BITS) - 1))
     }
 
+    fn last_access(&self, id: StreamId) -> StorageFuture<Option<i64>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Ok(id) = i64::try_from(id) else {
+                return Ok(None);
+            };
+            let rows = query(
+                &shared.pool,
+                "reading a last access",
+                LAST_ACCESS_SQL,
+                &[&id],
+            )
+            .await?;
+            rows.first().map(|row| get(row, 0)).transpose()
+        })
+    }
+
+    fn touch(&self, id: StreamId, at_ms: i64) -> StorageFuture<()> {
+        if let Some(refused) = self.read_only_error() {
+            return refused;
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Ok(id) = i64::try_from(id) else {
+                return Ok(());
+            };
+            query(
+                &shared.pool,
+                "recording an access",
+                TOUCH_SQL,
+                &[&id, &at_ms],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn expired(&self, now_ms: i64) -> StorageFuture<Vec<String>> {
+        let shared = self.shared.clone();
+        let key = sweep_lock_key(&self.shared.connector.options.schema);
+        Box::pin(async move {
+            let rows = query(
+                &shared.pool,
+                "finding expired streams",
+                EXPIRED_SQL,
+                &[&now_ms, &key],
+            )
+            .await?;
+            rows.iter().map(|row| get(row, 0)).collect()
+        })
+    }
+
     fn watch(&self, events: mpsc::UnboundedSender<TailEvent>) -> Box<dyn Send + Sync> {
         let connector = self.connector();
         self.shared
@@ -90,6 +148,23 @@ impl SharedStreams for PostgresStorage {
             .get_or_init(|| Notifier::spawn(connector.clone()));
         Box::new(Listener::spawn(connector, events))
     }
+}
+
+const LAST_ACCESS_SQL: &str = "SELECT last_access_ms FROM streams WHERE id = $1";
+const TOUCH_SQL: &str =
+    "UPDATE streams SET last_access_ms = $2 WHERE id = $1 AND last_access_ms < $2";
+/// The lock is held to the statement's end only; whoever misses it finds
+/// nothing this time (an expired stream stays expired for the next sweep).
+const EXPIRED_SQL: &str = "
+WITH sweeper AS (SELECT pg_try_advisory_xact_lock($2) AS held)
+SELECT s.path FROM sweeper, streams s
+ WHERE sweeper.held AND s.status = 'live'
+   AND (s.expires_at_ms <= $1 OR s.last_access_ms + s.ttl_secs * 1000 <= $1)";
+
+/// The advisory lock key of `schema`'s expiry sweep.
+fn sweep_lock_key(schema: &str) -> i64 {
+    let digest = crc32c::crc32c(format!("durable-streams-sweep:{schema}").as_bytes());
+    0x6473_0001_0000_0000 | i64::from(digest)
 }
 
 /// Reserves this store's block of stream ids.
