@@ -162,3 +162,66 @@ async fn a_reader_on_one_replica_wakes_on_an_append_through_another() {
     let read = a.read(&entry, ReadFrom::Start).await.expect("read");
     assert_eq!(read.records.concat(), b"hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_ttl_is_kept_alive_by_reads_on_any_replica_and_expires_everywhere() {
+    let db = Cluster::shared().database().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let mut ttl = plain("/ttl");
+    ttl.ttl_secs = Some(2);
+    create(&a, ttl).await;
+    // `b` knows the stream from its creation on: its own view of the last
+    // access goes stale while only `a` reads.
+    b.lookup_fresh("/ttl", Access::Peek)
+        .await
+        .expect("live on b");
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        a.lookup_fresh("/ttl", Access::Touch)
+            .await
+            .expect("kept alive by reads on a");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Past its TTL since creation, but read on `a` all along.
+    b.lookup_fresh("/ttl", Access::Peek)
+        .await
+        .expect("alive as seen from b");
+    assert_eq!(
+        b.sweep_shared(&*b.shared_store().expect("shared"))
+            .await
+            .expect("swept"),
+        0
+    );
+    // Reads stop: it expires on both.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(matches!(
+        b.lookup_fresh("/ttl", Access::Peek).await,
+        Err(EngineError::NotFound)
+    ));
+    assert!(matches!(
+        a.lookup_fresh("/ttl", Access::Touch).await,
+        Err(EngineError::NotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_of_one_replica_reclaims_streams_only_another_one_knew() {
+    let db = Cluster::shared().database().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let mut ttl = plain("/expiring");
+    ttl.ttl_secs = Some(1);
+    create(&a, ttl).await;
+    create(&a, plain("/kept")).await;
+    let store = b.shared_store().expect("shared");
+    assert_eq!(b.sweep_shared(&*store).await.expect("swept"), 0);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(b.sweep_shared(&*store).await.expect("swept"), 1);
+    // The removal is written in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.find("/expiring").await.expect("read").is_none());
+    assert!(matches!(
+        a.lookup_fresh("/expiring", Access::Peek).await,
+        Err(EngineError::NotFound)
+    ));
+    a.lookup_fresh("/kept", Access::Peek).await.expect("kept");
+}
