@@ -192,6 +192,13 @@ impl Engine {
     /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
         let entry = self.lookup_fresh(path, Access::Peek).await?;
+        // Sources deleted through other servers are released with their
+        // last fork only if this server knows they are deleted.
+        let mut source = entry.source.clone();
+        while let Some(known) = source {
+            self.refresh(known.path()).await?;
+            source = known.source.clone();
+        }
         match self.delete_entry(&entry) {
             (Deletion::Soft | Deletion::Removed, written) => {
                 // Answer only once the deletion is as durable as the backend
