@@ -50,6 +50,8 @@ impl ShutdownToken {
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    /// Set while a store several servers share is unreachable.
+    store_unreachable: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -57,6 +59,7 @@ impl Readiness {
     pub fn new(ready: bool) -> Self {
         Self {
             ready: Arc::new(AtomicBool::new(ready)),
+            store_unreachable: Arc::default(),
         }
     }
 
@@ -67,8 +70,21 @@ impl Readiness {
         crate::metrics::event::ReadinessChanged { ready }.emit();
     }
 
+    /// Records whether the store is reachable: a replica of a shared
+    /// database is not ready while it cannot reach it, and ready again once
+    /// it can, without a restart.
+    pub fn set_store_reachable(&self, reachable: bool) {
+        let was_unreachable = self.store_unreachable.swap(!reachable, Ordering::AcqRel);
+        if was_unreachable == reachable {
+            crate::metrics::event::ReadinessChanged {
+                ready: self.is_ready(),
+            }
+            .emit();
+        }
+    }
+
     /// Whether `/readyz` answers `200`.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.store_unreachable.load(Ordering::Acquire)
     }
 }

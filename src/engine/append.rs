@@ -44,6 +44,9 @@ impl Engine {
         path: &str,
         request: AppendRequest,
     ) -> Result<Appended, EngineError> {
+        if let Some(store) = self.shared_store() {
+            return self.append_shared(&*store, path, request).await;
+        }
         rules::check_append_request(&request)?;
         let entry = self.lookup(path, Access::Touch)?;
         let data = rules::append_payload(entry.content_type(), &request.body);
@@ -176,7 +179,7 @@ async fn confirm(entry: &Arc<StreamEntry>, confirms: &Confirms) -> Result<Append
 }
 
 /// Counts a producer request the rules refused.
-fn count_rejection(error: &EngineError) {
+pub(super) fn count_rejection(error: &EngineError) {
     let reason = match error {
         EngineError::StaleEpoch { .. } => RejectReason::StaleEpoch,
         EngineError::SequenceGap { .. } => RejectReason::SequenceGap,

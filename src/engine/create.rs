@@ -40,6 +40,11 @@ impl Engine {
     /// # Errors
     /// See [`EngineError`].
     pub async fn create(&self, request: CreateRequest) -> Result<Created, EngineError> {
+        // With a shared store, judge against what is stored now.
+        self.refresh(&request.path).await?;
+        if let Some(fork) = &request.fork {
+            self.refresh(&fork.source_path).await?;
+        }
         // Resolve the fork source and its materialised prefix first: that may
         // read storage, which must not happen under the map lock.
         let fork = match &request.fork {
@@ -55,7 +60,7 @@ impl Engine {
         let initial = rules::initial_payload(&settings.content_type, &request.body)?;
 
         if let Some(existing) = self.shared.registry.get(&request.path) {
-            match self.lookup(&request.path, Access::Touch) {
+            match self.lookup_refreshed(&request.path, Access::Touch) {
                 Ok(entry) if Arc::ptr_eq(&entry, &existing) => {
                     wait_created(&entry).await?;
                     return confirm_existing(&entry, &request, &settings, fork.as_ref());
@@ -96,7 +101,10 @@ impl Engine {
         };
         rules::check_initial_size(data.len(), self.shared.limits.max_stream_bytes)?;
         let spec = StreamSpec {
-            id: self.shared.registry.allocate_id(),
+            id: match self.shared_store() {
+                Some(store) => store.allocate_id(),
+                None => self.shared.registry.allocate_id(),
+            },
             path: request.path.clone(),
             content_type: settings.content_type.raw.clone(),
             ttl_secs: settings.ttl_secs,
@@ -157,7 +165,7 @@ impl Engine {
     }
 
     async fn resolve_fork(&self, request: &ForkRequest) -> Result<ResolvedFork, EngineError> {
-        let source = match self.lookup(&request.source_path, Access::Peek) {
+        let source = match self.lookup_refreshed(&request.source_path, Access::Peek) {
             Ok(source) => source,
             Err(EngineError::Gone) => return Err(EngineError::ForkSourceGone),
             Err(EngineError::NotFound) => return Err(EngineError::ForkSourceNotFound),
@@ -197,7 +205,7 @@ impl Engine {
 /// # Errors
 /// [`StorageError::Unavailable`] when the creation failed or the stream went
 /// away meanwhile; the client may retry.
-async fn wait_created(entry: &Arc<StreamEntry>) -> Result<(), EngineError> {
+pub(super) async fn wait_created(entry: &Arc<StreamEntry>) -> Result<(), EngineError> {
     let mut signal = entry.subscribe();
     loop {
         {

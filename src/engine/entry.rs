@@ -45,6 +45,9 @@ pub(super) enum Status {
 pub(super) struct Inner {
     pub ledger: Ledger,
     pub last_access: Instant,
+    /// The last access recorded in a shared store (creation or an append
+    /// records it there too).
+    pub store_touched: Instant,
     /// Forks reading through this stream.
     pub forks: usize,
     pub status: Status,
@@ -93,6 +96,7 @@ impl StreamEntry {
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(state),
                 last_access: Instant::now(),
+                store_touched: Instant::now(),
                 forks: 0,
                 status,
                 created: false,
@@ -154,6 +158,11 @@ impl StreamEntry {
     /// The committed state readers see.
     pub fn snapshot(&self) -> Signal {
         *self.signal.borrow()
+    }
+
+    /// Whether any reader follows the stream's changes.
+    pub(super) fn is_watched(&self) -> bool {
+        self.signal.receiver_count() > 0
     }
 
     /// Subscribes to committed changes (the notification hub).

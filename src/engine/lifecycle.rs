@@ -8,11 +8,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Engine;
-use super::entry::{Status, StreamEntry};
+use super::entry::{Inner, Status, StreamEntry};
 use super::error::EngineError;
 use super::registry::Retirement;
 use super::request::Access;
+use crate::clock;
 use crate::metrics::event::{StreamDeleted, StreamsExpired};
+use crate::storage::shared::SharedStreams;
 use crate::storage::{Mutation, StorageFuture};
 
 /// What deleting an entry did, as the client sees it.
@@ -28,10 +30,33 @@ pub(super) enum Deletion {
 
 impl Engine {
     /// Finds the live stream at `path`, expiring it if its time is up.
+    /// With a shared store this server's view of the last access may be
+    /// older than another server's: a stream that looks expired answers
+    /// [`EngineError::NotFound`] but is only deleted by
+    /// [`Engine::lookup_fresh`] or the sweep, which read the store first.
     ///
     /// # Errors
     /// [`EngineError::NotFound`] or [`EngineError::Gone`].
     pub fn lookup(&self, path: &str, access: Access) -> Result<Arc<StreamEntry>, EngineError> {
+        self.lookup_with(path, access, self.shared.store.is_none())
+    }
+
+    /// [`Engine::lookup`] right after [`Engine::refresh`] of `path`: the
+    /// view is the store's, so an expired stream is deleted.
+    pub(super) fn lookup_refreshed(
+        &self,
+        path: &str,
+        access: Access,
+    ) -> Result<Arc<StreamEntry>, EngineError> {
+        self.lookup_with(path, access, true)
+    }
+
+    fn lookup_with(
+        &self,
+        path: &str,
+        access: Access,
+        may_expire: bool,
+    ) -> Result<Arc<StreamEntry>, EngineError> {
         let entry = self
             .shared
             .registry
@@ -46,13 +71,34 @@ impl Engine {
         }
         if entry.is_expired(&inner, now) {
             drop(inner);
+            if !may_expire {
+                return Err(EngineError::NotFound);
+            }
             return Err(self.expire(&entry));
         }
         if access == Access::Touch {
             inner.last_access = now;
+            self.record_access(&entry, &mut inner, now);
         }
         drop(inner);
         Ok(entry)
+    }
+
+    /// Records an access of a stream with a sliding TTL in the shared
+    /// store, if any, so other servers see it extended. TTLs count whole
+    /// seconds: writing at most once per tenth of the TTL (and at least
+    /// once a second) keeps the stored time that close to the truth while
+    /// a hot reader does not write on every request.
+    fn record_access(&self, entry: &StreamEntry, inner: &mut Inner, now: Instant) {
+        let (Some(store), Some(ttl)) = (&self.shared.store, entry.ttl_secs()) else {
+            return;
+        };
+        let every = Duration::from_millis(ttl.saturating_mul(100)).min(Duration::from_secs(1));
+        if now.saturating_duration_since(inner.store_touched) < every {
+            return;
+        }
+        inner.store_touched = now;
+        spawn_ack(store.touch(entry.id(), clock::unix_ms()));
     }
 
     /// Deletes an expired stream; tells the caller what the client sees.
@@ -94,6 +140,24 @@ impl Engine {
         reclaimed
     }
 
+    /// Sweeps the streams a shared store finds expired (none when another
+    /// server is sweeping): each is deleted only if still expired once its
+    /// row is read again, by the same path as a client's lookup.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn sweep_shared(&self, store: &dyn SharedStreams) -> Result<usize, EngineError> {
+        let mut reclaimed = 0;
+        for path in store.expired(clock::unix_ms()).await? {
+            match self.lookup_fresh(&path, Access::Peek).await {
+                Err(EngineError::NotFound | EngineError::Gone) => reclaimed += 1,
+                Err(error) => return Err(error),
+                Ok(_) => {}
+            }
+        }
+        Ok(reclaimed)
+    }
+
     /// Starts a background task that reclaims expired streams every
     /// `interval` (at least 100 ms); it ends when the engine is dropped.
     ///
@@ -107,7 +171,17 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                Engine { shared }.sweep_expired();
+                let engine = Engine { shared };
+                match engine.shared_store() {
+                    Some(store) => {
+                        if let Err(error) = engine.sweep_shared(&*store).await {
+                            tracing::warn!(%error, "the expiry sweep failed");
+                        }
+                    }
+                    None => {
+                        engine.sweep_expired();
+                    }
+                }
             }
         });
     }
@@ -117,7 +191,14 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`], [`EngineError::Gone`], or a storage failure.
     pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
-        let entry = self.lookup(path, Access::Peek)?;
+        let entry = self.lookup_fresh(path, Access::Peek).await?;
+        // Sources deleted through other servers are released with their
+        // last fork only if this server knows they are deleted.
+        let mut source = entry.source.clone();
+        while let Some(known) = source {
+            self.refresh(known.path()).await?;
+            source = known.source.clone();
+        }
         match self.delete_entry(&entry) {
             (Deletion::Soft | Deletion::Removed, written) => {
                 // Answer only once the deletion is as durable as the backend
@@ -147,10 +228,10 @@ impl Engine {
             Retirement::AlreadySoftDeleted => (Deletion::Soft, None),
             Retirement::SoftDeleted => (
                 Deletion::Soft,
-                Some(storage.submit(Mutation::SoftDelete { id })),
+                Some(self.retiring(id, storage.submit(Mutation::SoftDelete { id }))),
             ),
             Retirement::Removed => {
-                let written = storage.submit(Mutation::Remove { id });
+                let written = self.retiring(id, storage.submit(Mutation::Remove { id }));
                 if let Some(source) = &entry.source {
                     self.release_fork(source);
                 }
@@ -167,11 +248,8 @@ impl Engine {
             if !self.shared.registry.release_fork(&entry) {
                 return;
             }
-            spawn_ack(
-                self.shared
-                    .storage
-                    .submit(Mutation::Remove { id: entry.spec.id }),
-            );
+            let id = entry.spec.id;
+            spawn_ack(self.retiring(id, self.shared.storage.submit(Mutation::Remove { id })));
             next = entry.source.clone();
         }
     }

@@ -16,6 +16,8 @@
 //!   entries and moves the stream and byte gauges.
 //! - `create`, `append`, `lifecycle` (lookup, expiry, delete), `read`,
 //!   `transfer` (snapshot, restore, import): the operations.
+//! - `replica`: the same operations over a store several servers share,
+//!   whose rows are the authority (the entries a cache).
 //! - `request`: the request and outcome types; `error`: [`EngineError`];
 //!   `observer`: [`DataObserver`].
 //!
@@ -31,6 +33,9 @@ mod lifecycle;
 mod observer;
 mod read;
 mod registry;
+mod replica;
+#[cfg(test)]
+mod replica_tests;
 mod request;
 pub(crate) mod rules;
 mod state;
@@ -44,6 +49,7 @@ pub use entry::{Signal, StreamEntry};
 pub use error::EngineError;
 pub use observer::DataObserver;
 pub use read::resolve_start;
+pub use replica::RECHECK_INTERVAL;
 pub use request::{
     Access, AppendRequest, Appended, CreateRequest, Created, ForkRequest, ReadResult,
 };
@@ -53,6 +59,7 @@ use append::MAX_IN_FLIGHT_WRITE_BYTES;
 use registry::Registry;
 
 use crate::storage::Storage;
+use crate::storage::shared::SharedStreams;
 
 /// Limits the engine enforces.
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +93,13 @@ struct Shared {
     write_budget: tokio::sync::Semaphore,
     /// Told about committed data (subscriptions); unset costs one load.
     observer: OnceLock<Arc<dyn DataObserver>>,
+    /// The store, when several servers share it: then the authority on
+    /// writer state (see `replica`).
+    store: Option<Arc<dyn SharedStreams>>,
+    /// Streams whose deletion this server submitted and the shared store
+    /// has not confirmed yet, with how many such writes are in flight:
+    /// their stored rows are older than what this server knows.
+    retiring: std::sync::Mutex<std::collections::HashMap<crate::storage::StreamId, usize>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -102,6 +116,7 @@ impl Engine {
     /// An engine over `storage`, with the streams the backend recovered.
     pub fn new(storage: Arc<dyn Storage>, limits: EngineLimits) -> Self {
         let recovered = storage.recover();
+        let store = storage.shared();
         let engine = Self {
             shared: Arc::new(Shared {
                 registry: Registry::new(storage.backend_name()),
@@ -109,6 +124,8 @@ impl Engine {
                 limits,
                 write_budget: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_WRITE_BYTES),
                 observer: OnceLock::new(),
+                store,
+                retiring: Default::default(),
             }),
         };
         engine.restore(recovered);

@@ -83,9 +83,51 @@ impl Registry {
     /// Adds a stream that is committed already (recovered or imported):
     /// counts it, its bytes, and its fork reference on its source.
     pub fn adopt(&self, entry: Arc<StreamEntry>) {
+        self.adopt_into(&mut self.write(), entry);
+    }
+
+    /// Adds a stream read from a shared store, unless the same instance is
+    /// here already (returned then); another instance at its path is taken
+    /// out, as the store replaced it.
+    pub fn install(&self, entry: Arc<StreamEntry>) -> Arc<StreamEntry> {
+        let mut map = self.write();
+        if let Some(current) = map.get(&entry.spec.path).cloned() {
+            if current.spec.id == entry.spec.id {
+                return current;
+            }
+            let mut inner = current.lock();
+            if inner.status == Status::Live {
+                live_streams_changed(-1.0);
+            }
+            self.remove(&mut map, &current, &mut inner);
+        }
+        self.adopt_into(&mut map, entry.clone());
+        entry
+    }
+
+    /// Takes out a stream a shared store no longer holds.
+    pub fn forget(&self, entry: &Arc<StreamEntry>) {
+        let mut map = self.write();
+        let mut inner = entry.lock();
+        match inner.status {
+            Status::Removed => return,
+            Status::Live => live_streams_changed(-1.0),
+            Status::SoftDeleted => {}
+        }
+        self.remove(&mut map, entry, &mut inner);
+    }
+
+    /// Marks a live stream soft-deleted because a shared store says so.
+    pub fn soft_deleted_elsewhere(&self, inner: &mut Inner) {
+        if inner.status == Status::Live {
+            live_streams_changed(-1.0);
+            inner.status = Status::SoftDeleted;
+        }
+    }
+
+    fn adopt_into(&self, map: &mut Map, entry: Arc<StreamEntry>) {
         self.next_id
             .fetch_max(entry.spec.id.saturating_add(1), Ordering::Relaxed);
-        let mut map = self.write();
         let inner = entry.lock();
         if let Some(source) = &entry.source {
             source.lock().forks += 1;

@@ -31,7 +31,7 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             Method::PUT => create(&state, path, request).await,
             Method::POST => append(&state, &path, request).await,
             Method::DELETE => delete(&state, &path).await,
-            Method::HEAD => head(&state, &path),
+            Method::HEAD => head(&state, &path).await,
             Method::GET => read(&state, &path, request).await,
             // RFC 9110 §15.5.6: a 405 must list the allowed methods.
             _ => Err(ApiError::new(
@@ -330,8 +330,8 @@ async fn delete(state: &AppState, path: &str) -> Result<Response, ApiError> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
-    let entry = state.engine.lookup(path, Access::Peek)?;
+async fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
+    let entry = state.engine.lookup_fresh(path, Access::Peek).await?;
     let snapshot = entry.snapshot();
     let mut response = Response::new(Body::empty());
     let out = response.headers_mut();
@@ -354,7 +354,7 @@ fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
 
 async fn read(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
     let query = query::parse(request.uri().query())?;
-    let entry = state.engine.lookup(path, Access::Touch)?;
+    let entry = state.engine.lookup_fresh(path, Access::Touch).await?;
     match query.live {
         LiveMode::CatchUp => {
             catch_up(

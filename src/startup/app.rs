@@ -149,6 +149,10 @@ impl App {
             drop(access.spawn_background(ReloadTiming::default(), shutdown.clone()));
         }
         let readiness = Readiness::new(false);
+        engine.spawn_replica_watch({
+            let readiness = readiness.clone();
+            move |reachable| readiness.set_store_reachable(reachable)
+        });
         let metrics = &observability.metrics;
         // Served here unless it has a listener of its own.
         let scrape = (metrics.enabled && metrics.bind_address.is_none())

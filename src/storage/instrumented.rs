@@ -185,4 +185,8 @@ impl Storage for InstrumentedStorage {
     fn chunks(&self, id: StreamId) -> StorageFuture<Vec<super::ChunkInfo>> {
         self.inner.chunks(id)
     }
+
+    fn shared(&self) -> Option<Arc<dyn crate::storage::shared::SharedStreams>> {
+        self.inner.shared()
+    }
 }

@@ -59,6 +59,7 @@ pub mod postgres;
 mod queue;
 #[cfg(test)]
 mod recovery_tests;
+pub mod shared;
 #[cfg(test)]
 mod suite;
 
@@ -488,4 +489,10 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::UnknownStream`], or a failure reading the store.
     fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>>;
+
+    /// The store as shared by several servers, when it is one: the engine
+    /// then takes writer state from the store instead of its memory.
+    fn shared(&self) -> Option<std::sync::Arc<dyn shared::SharedStreams>> {
+        None
+    }
 }

@@ -177,3 +177,29 @@ pub fn database_name() -> String {
         .expect("database name")
         .to_owned()
 }
+
+fn cluster_script(command: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-cluster.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .arg(&cluster().dir)
+        .output()
+        .expect("run pg-test-cluster.sh");
+    assert!(
+        output.status.success(),
+        "pg-test-cluster.sh {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Stops the shared cluster (fast shutdown): every test of the binary
+/// loses its database until [`restart`].
+pub fn stop() {
+    cluster_script("stop");
+}
+
+/// Starts the shared cluster again on its port.
+pub fn restart() {
+    cluster_script("restart");
+}

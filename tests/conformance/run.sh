@@ -8,14 +8,17 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: all five and "memory+auth":
-#                               "memory file-fast file-durable acid postgres memory+auth");
-#                               a mode ending in "+auth" runs that storage mode with auth.mode = "token"
-#                               (an API-key file with no keys) and an anonymous grant of every operation
-#                               on every path, so access control sits in the path of every request;
+#   CONFORMANCE_MODES        space-separated storage modes (default: the five backends and access control:
+#                               "memory file-fast file-durable acid postgres memory+auth"; also
+#                               postgres-replicas, below); a mode ending in "+auth" runs that storage
+#                               mode with auth.mode = "token" (an API-key file with no keys) and an anonymous
+#                               grant of every operation on every path, so access control sits in the path
+#                               of every request;
 #                               the file and acid modes get DS_STORAGE__DATA_DIR=<fresh temp dir>; postgres gets a
 #                               throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh: initdb + pg_ctl on a free
-#                               port, as an unprivileged user when run as root) and DS_STORAGE__POSTGRES__URL
+#                               port, as an unprivileged user when run as root) and DS_STORAGE__POSTGRES__URL;
+#                               postgres-replicas runs three servers on one such cluster behind nginx balancing
+#                               round robin (every request may land on another replica; needs nginx)
 #   CONFORMANCE_MIN_PASSED   least number of passed tests per mode (default: 332)
 #   CONFORMANCE_TIMEOUT_SECS wall-clock limit for one mode's vitest run (default: 1200)
 #   CONFORMANCE_HEALTH_PATH              path probed until the server is up (default: /healthz)
@@ -61,7 +64,19 @@ die() { printf '[conformance] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- cleanup ---
 SERVER_PID=""
+REPLICAS_URL=""
+# The other replicas and nginx of the postgres-replicas mode.
+EXTRA_PIDS=()
 TEMP_DIRS=()
+
+stop_extras() {
+  local pid
+  for pid in "${EXTRA_PIDS[@]+"${EXTRA_PIDS[@]}"}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  EXTRA_PIDS=()
+}
 
 stop_server() {
   if [[ -n "$SERVER_PID" ]]; then
@@ -86,6 +101,7 @@ PG_CLUSTER_DIR=""
 
 cleanup() {
   stop_server
+  stop_extras
   if [[ -n "$PG_CLUSTER_DIR" ]]; then
     "$REPO_ROOT/scripts/pg-test-cluster.sh" stop "$PG_CLUSTER_DIR" || true
   fi
@@ -198,6 +214,78 @@ wait_for_server() {
   return 1
 }
 
+# start_replicas LOGFILE ENV... -> sets REPLICAS_URL to the URL of nginx balancing round robin over three
+# servers started with ENV (their logs: LOGFILE.1 .. LOGFILE.3); the first server is SERVER_PID,
+# the others and nginx go to EXTRA_PIDS.
+start_replicas() {
+  local logfile="$1"
+  shift
+  local nginx_bin
+  nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+  [[ -x "$nginx_bin" ]] || { log "nginx is not installed (apt-get install nginx-light)"; return 1; }
+  local -a ports=()
+  local i replica_port
+  for i in 1 2 3; do
+    replica_port="$(free_port)"
+    env "DS_SERVER__BIND_ADDRESS=127.0.0.1:$replica_port" "$@" \
+      "$CONFORMANCE_SERVER_BIN" >"$logfile.$i" 2>&1 &
+    if ((i == 1)); then SERVER_PID=$!; else EXTRA_PIDS+=("$!"); fi
+    ports+=("$replica_port")
+    log "started replica $i (pid $!) on port $replica_port, log: $logfile.$i"
+  done
+  for i in 0 1 2; do
+    wait_for_server "${ports[$i]}" "$logfile.$((i + 1))" || return 1
+  done
+  local prefix nginx_port
+  prefix="$(mktemp -d -t ds-conformance-nginx-XXXXXX)"
+  chmod 755 "$prefix"
+  TEMP_DIRS+=("$prefix")
+  nginx_port="$(free_port)"
+  cat >"$prefix/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log stderr warn;
+pid $prefix/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $prefix/body;
+  proxy_temp_path $prefix/proxy;
+  fastcgi_temp_path $prefix/fastcgi;
+  uwsgi_temp_path $prefix/uwsgi;
+  scgi_temp_path $prefix/scgi;
+  upstream replicas {
+    server 127.0.0.1:${ports[0]};
+    server 127.0.0.1:${ports[1]};
+    server 127.0.0.1:${ports[2]};
+    keepalive 32;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 300s;
+      proxy_next_upstream off;
+    }
+  }
+}
+NGINX
+  "$nginx_bin" -p "$prefix/" -c "$prefix/nginx.conf" >"$logfile.nginx" 2>&1 &
+  EXTRA_PIDS+=("$!")
+  local deadline=$((SECONDS + HEALTH_TIMEOUT_SECS))
+  until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$nginx_port$HEALTH_PATH"; do
+    ((SECONDS < deadline)) || { log "nginx did not start"; tail -n 20 "$logfile.nginx" >&2; return 1; }
+    sleep 0.2
+  done
+  REPLICAS_URL="http://127.0.0.1:$nginx_port"
+}
+
 # report_counts FILE -> "passed failed skipped failed_suites success"
 report_counts() {
   node -e '
@@ -225,6 +313,7 @@ run_mode() {
 
   port="$(free_port)"
   local storage="${mode%+auth}"
+  [[ "$storage" == "postgres-replicas" ]] && storage=postgres
   local -a server_args=()
   if [[ "$mode" == *+auth ]]; then
     local auth_dir
@@ -240,7 +329,6 @@ TOML
     server_args+=(--config "$auth_dir/auth.toml")
   fi
   local -a server_env=(
-    "DS_SERVER__BIND_ADDRESS=127.0.0.1:$port"
     "DS_STORAGE__MODE=$storage"
     "DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS=$((LONG_POLL_TIMEOUT_MS / 1000))"
     "RUST_LOG=${RUST_LOG:-warn}"
@@ -273,22 +361,36 @@ TOML
 
   echo
   echo "==== conformance: storage mode '$mode' (127.0.0.1:$port) ===="
-  env "${server_env[@]}" "$CONFORMANCE_SERVER_BIN" "${server_args[@]+"${server_args[@]}"}" >"$logfile" 2>&1 &
-  SERVER_PID=$!
-  log "started server pid $SERVER_PID, log: $logfile"
-
-  if ! wait_for_server "$port" "$logfile"; then
-    stop_server
-    SUMMARY_LINES+=("conformance[$mode]: 0 passed, 0 failed, 0 skipped (server did not start)")
-    echo "${SUMMARY_LINES[-1]}"
-    FAILED_MODES+=("$mode")
-    return 0
+  local url="http://127.0.0.1:$port"
+  if [[ "$mode" == "postgres-replicas" ]]; then
+    if start_replicas "$logfile" "${server_env[@]}"; then
+      url="$REPLICAS_URL"
+    else
+      stop_server
+      stop_extras
+      SUMMARY_LINES+=("conformance[$mode]: 0 passed, 0 failed, 0 skipped (replicas did not start)")
+      echo "${SUMMARY_LINES[-1]}"
+      FAILED_MODES+=("$mode")
+      return 0
+    fi
+  else
+    env "DS_SERVER__BIND_ADDRESS=127.0.0.1:$port" "${server_env[@]}" \
+      "$CONFORMANCE_SERVER_BIN" "${server_args[@]+"${server_args[@]}"}" >"$logfile" 2>&1 &
+    SERVER_PID=$!
+    log "started server pid $SERVER_PID, log: $logfile"
+    if ! wait_for_server "$port" "$logfile"; then
+      stop_server
+      SUMMARY_LINES+=("conformance[$mode]: 0 passed, 0 failed, 0 skipped (server did not start)")
+      echo "${SUMMARY_LINES[-1]}"
+      FAILED_MODES+=("$mode")
+      return 0
+    fi
   fi
-  log "server is up"
+  log "server is up at $url"
 
   (
     cd "$SCRIPT_DIR"
-    CONFORMANCE_TEST_URL="http://127.0.0.1:$port" \
+    CONFORMANCE_TEST_URL="$url" \
       LONG_POLL_TIMEOUT_MS="$LONG_POLL_TIMEOUT_MS" \
       timeout --signal=TERM --kill-after=15 "$VITEST_TIMEOUT_SECS" \
       ./node_modules/.bin/vitest run \
@@ -296,9 +398,12 @@ TOML
       "${EXTRA_VITEST_ARGS[@]+"${EXTRA_VITEST_ARGS[@]}"}"
   ) || vitest_status=$?
 
-  local server_alive=1
-  kill -0 "$SERVER_PID" 2>/dev/null || server_alive=0
+  local server_alive=1 pid
+  for pid in "$SERVER_PID" "${EXTRA_PIDS[@]+"${EXTRA_PIDS[@]}"}"; do
+    kill -0 "$pid" 2>/dev/null || server_alive=0
+  done
   stop_server
+  stop_extras
 
   local passed=0 failed=0 skipped=0 failed_suites=0 success=0 reason=""
   local counts

@@ -54,3 +54,23 @@ pub fn is_aborted_transaction(error: &tokio_postgres::Error) -> bool {
         .as_db_error()
         .is_some_and(|db| db.code().code() == "25P02")
 }
+
+/// The same failure for another waiter (errors are not `Clone`).
+pub fn copy_error(error: &StorageError) -> StorageError {
+    match error {
+        StorageError::Full(message) => StorageError::Full(message.clone()),
+        StorageError::Corrupt(message) => StorageError::Corrupt(message.clone()),
+        StorageError::OutOfOrder { id, start, tail } => StorageError::OutOfOrder {
+            id: *id,
+            start: *start,
+            tail: *tail,
+        },
+        StorageError::UnknownStream(id) => StorageError::UnknownStream(*id),
+        other => StorageError::Unavailable(other.to_string()),
+    }
+}
+
+/// A database that did not answer `what` in time.
+pub fn timed_out(what: &str) -> StorageError {
+    StorageError::Unavailable(format!("the database did not answer {what} in time"))
+}

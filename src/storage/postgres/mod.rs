@@ -19,12 +19,25 @@
 //! Positions, ids and producer numbers are stored as `bigint`; values past
 //! `2^63 - 1` are refused.
 
+/// The columns of `streams` that [`recovered_stream`] reads, in its order
+/// (a macro, so statements can `concat!` it).
+macro_rules! stream_columns {
+    () => {
+        "id, path, content_type, ttl_secs, expires_at_ms, created_at_ms, base, fork_source, \
+         fork_source_path, fork_offset, fork_sub_offset, tail, closed, closed_by_producer, \
+         closed_by_epoch, closed_by_seq, stream_seq, status, coalesce(head, base)"
+    };
+}
+
 mod chunks;
 mod error;
+mod lane;
 pub mod notify;
 pub mod options;
 mod plan;
+mod replicas;
 pub mod schema;
+mod sql;
 mod tls;
 mod writer;
 
@@ -50,6 +63,10 @@ use super::{
     StorageFuture, StreamId, StreamSpec,
 };
 use crate::protocol::producer::ProducerState;
+
+/// Connections (and threads) committing appends decided under row locks:
+/// hot streams on different lanes commit in parallel.
+const LANES: usize = 4;
 
 /// How to open connections: the options and the TLS connector.
 pub struct Connector {
@@ -148,6 +165,11 @@ pub(crate) struct Shared {
 pub struct PostgresStorage {
     shared: Arc<Shared>,
     _writer: Option<Arc<WriterThread<Shared>>>,
+    /// Appends decided under the row lock (none when read-only).
+    lanes: Option<Arc<lane::Lanes>>,
+    /// This store's block of stream ids, and the next id in it.
+    id_block: u64,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -159,18 +181,7 @@ impl std::fmt::Debug for PostgresStorage {
     }
 }
 
-/// A stream's stored position, as [`PostgresStorage::stream_tails`] reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoredTail {
-    /// The stream instance.
-    pub id: StreamId,
-    /// Its committed tail.
-    pub tail: u64,
-    /// Whether it is closed.
-    pub closed: bool,
-    /// Whether it is soft-deleted.
-    pub soft_deleted: bool,
-}
+pub use crate::storage::shared::StoredTail;
 
 impl PostgresStorage {
     /// Connects, migrates the schema (waiting for other replicas doing the
@@ -222,8 +233,13 @@ impl PostgresStorage {
             return Ok(Self {
                 shared,
                 _writer: None,
+                lanes: None,
+                id_block: 0,
+                next_id: Arc::default(),
             });
         }
+        let id_block = replicas::reserve_id_block(&shared.pool).await?;
+        let lanes = lane::Lanes::start(&shared, LANES)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("ds-postgres-writer")
@@ -238,6 +254,9 @@ impl PostgresStorage {
         Ok(Self {
             shared,
             _writer: Some(Arc::new(handle)),
+            lanes: Some(Arc::new(lanes)),
+            id_block,
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         })
     }
 
@@ -376,11 +395,7 @@ async fn load(pool: &Pool) -> Result<Vec<RecoveredStream>, StorageError> {
         .map_err(failed)?;
     let streams = transaction
         .query(
-            "SELECT id, path, content_type, ttl_secs, expires_at_ms, created_at_ms, base,
-                    fork_source, fork_source_path, fork_offset, fork_sub_offset, tail, closed,
-                    closed_by_producer, closed_by_epoch, closed_by_seq, stream_seq, status,
-                    coalesce(head, base)
-               FROM streams ORDER BY id",
+            &format!("SELECT {STREAM_COLUMNS} FROM streams ORDER BY id"),
             &[],
         )
         .await
@@ -394,12 +409,26 @@ async fn load(pool: &Pool) -> Result<Vec<RecoveredStream>, StorageError> {
         .await
         .map_err(failed)?;
     transaction.commit().await.map_err(failed)?;
+    Ok(streams_with_producers(&streams, &producers)?
+        .into_values()
+        .collect())
+}
+
+/// The columns of `streams` that [`recovered_stream`] reads, in its order.
+const STREAM_COLUMNS: &str = stream_columns!();
+
+/// Streams read with [`STREAM_COLUMNS`] and their producers, read as
+/// `stream_id, producer_id, epoch, last_seq`, by stream id.
+fn streams_with_producers(
+    streams: &[tokio_postgres::Row],
+    producers: &[tokio_postgres::Row],
+) -> Result<BTreeMap<StreamId, RecoveredStream>, StorageError> {
     let mut by_id: BTreeMap<StreamId, RecoveredStream> = BTreeMap::new();
-    for row in &streams {
+    for row in streams {
         let stream = recovered_stream(row)?;
         by_id.insert(stream.spec.id, stream);
     }
-    for row in &producers {
+    for row in producers {
         let id = unsigned(get(row, 0)?, "stream id")?;
         let state = ProducerState {
             epoch: unsigned(get(row, 2)?, "producer epoch")?,
@@ -409,7 +438,7 @@ async fn load(pool: &Pool) -> Result<Vec<RecoveredStream>, StorageError> {
             stream.producers.push((get(row, 1)?, state));
         }
     }
-    Ok(by_id.into_values().collect())
+    Ok(by_id)
 }
 
 fn recovered_stream(row: &tokio_postgres::Row) -> Result<RecoveredStream, StorageError> {
@@ -626,6 +655,10 @@ impl Storage for PostgresStorage {
             let chunk_bytes = shared.connector.options.chunk_bytes;
             chunks::chunks(&shared.pool, id, chunk_bytes, shared.opened_ms).await
         })
+    }
+
+    fn shared(&self) -> Option<Arc<dyn super::shared::SharedStreams>> {
+        Some(Arc::new(self.clone()))
     }
 
     fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {

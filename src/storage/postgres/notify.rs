@@ -41,14 +41,7 @@ pub fn channel(schema: &str) -> String {
 }
 
 /// What a [`Listener`] reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenEvent {
-    /// These streams reached (at least) these tails.
-    Tails(Vec<(StreamId, u64)>),
-    /// The listener (re)connected: notifications may have been missed, so
-    /// every waited-on tail must be checked again.
-    Resync,
-}
+pub use crate::storage::shared::TailEvent as ListenEvent;
 
 /// Publishes tails; cheap to clone. Its task ends when the last clone is
 /// dropped.

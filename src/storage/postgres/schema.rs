@@ -24,6 +24,10 @@
 //!   (NULL: at `base`, nothing trimmed).
 //! - `records.written_ms`: commit time of the record, for age-based
 //!   retention (NULL for rows written before).
+//!
+//! # Version 3
+//! - `replica_blocks`: the sequence each opened store takes its block of
+//!   stream ids from, so replicas never hand out the same id.
 
 use tokio_postgres::Client;
 
@@ -104,6 +108,13 @@ ALTER TABLE {schema}.streams ADD COLUMN head bigint;
 ALTER TABLE {schema}.records ADD COLUMN written_ms bigint;
 ALTER TABLE {schema}.records
     ALTER COLUMN written_ms SET DEFAULT (extract(epoch FROM now()) * 1000)::bigint;
+",
+    },
+    Migration {
+        version: 3,
+        description: "blocks of stream ids, one per opened store",
+        sql: r"
+CREATE SEQUENCE {schema}.replica_blocks AS bigint START 1;
 ",
     },
 ];

@@ -78,7 +78,10 @@ async fn migrations_racing_from_many_connections_apply_once() {
     }
     let client = connect(&connector, "test").await.expect("connect");
     let rows = client
-        .query("SELECT version FROM durable_streams.schema_migrations", &[])
+        .query(
+            "SELECT version FROM durable_streams.schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .expect("versions");
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();

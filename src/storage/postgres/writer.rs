@@ -29,8 +29,14 @@ use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
 use super::Shared;
-use super::error::{is_aborted_transaction, is_connection_error, storage_error};
+use super::error::{
+    copy_error, is_aborted_transaction, is_connection_error, storage_error, timed_out,
+};
 use super::plan::{self, Known, Plan};
+use super::sql::{
+    CREATE_SQL, PRODUCERS_SQL, RECORDS_SQL, REMOVE_SQL, SOFT_DELETE_SQL, STATUS_SQL, TAILS_SQL,
+    TXID_SQL, UPDATE_SQL,
+};
 use crate::metrics::event::StorageCommitted;
 use crate::storage::queue::{Ack, Next, commit_spans};
 use crate::storage::{Mutation, StorageError, StreamId};
@@ -48,47 +54,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `application_name` suffix of the writer's connection.
 const ROLE: &str = "writer";
 
-const TXID_SQL: &str = "SELECT txid_current()";
-const CREATE_SQL: &str = "
-INSERT INTO streams (id, path, content_type, ttl_secs, expires_at_ms, created_at_ms, base,
-                     fork_source, fork_source_path, fork_offset, fork_sub_offset, tail, closed,
-                     last_access_ms)
-SELECT r.*, $14::int8
-  FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-              $8::int8[], $9::text[], $10::int8[], $11::int8[], $12::int8[], $13::bool[]) AS r
-ON CONFLICT (id) DO NOTHING
-RETURNING id";
-const UPDATE_SQL: &str = "
-UPDATE streams AS s SET
-    tail = b.new_tail,
-    closed = s.closed OR b.close,
-    closed_by_producer = CASE WHEN b.close AND NOT s.closed THEN b.by_producer ELSE s.closed_by_producer END,
-    closed_by_epoch = CASE WHEN b.close AND NOT s.closed THEN b.by_epoch ELSE s.closed_by_epoch END,
-    closed_by_seq = CASE WHEN b.close AND NOT s.closed THEN b.by_seq ELSE s.closed_by_seq END,
-    stream_seq = coalesce(b.stream_seq, s.stream_seq),
-    last_access_ms = $9::int8
-  FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bool[], $5::text[], $6::int8[], $7::int8[],
-              $8::text[])
-       AS b(id, start_pos, new_tail, close, by_producer, by_epoch, by_seq, stream_seq)
- WHERE s.id = b.id AND s.tail = b.start_pos
-RETURNING s.id";
-const RECORDS_SQL: &str = "
-INSERT INTO records (stream_id, start_pos, end_pos, data)
-SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bytea[])";
-const PRODUCERS_SQL: &str = "
-INSERT INTO producers (stream_id, producer_id, epoch, last_seq)
-SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[])
-ON CONFLICT (stream_id, producer_id)
-DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq";
-const SOFT_DELETE_SQL: &str =
-    "UPDATE streams SET status = 'soft_deleted' WHERE id = ANY($1::int8[])";
-const REMOVE_SQL: &str = "
-WITH streams_gone AS (DELETE FROM streams WHERE id = ANY($1::int8[])),
-     producers_gone AS (DELETE FROM producers WHERE stream_id = ANY($1::int8[]))
-DELETE FROM records WHERE stream_id = ANY($1::int8[])";
-const TAILS_SQL: &str = "SELECT id, tail FROM streams WHERE id = ANY($1::int8[])";
-const STATUS_SQL: &str = "SELECT txid_status($1)";
-
 /// The writer's statements, prepared once per connection.
 struct Statements {
     txid: Statement,
@@ -102,13 +67,15 @@ struct Statements {
     status: Statement,
 }
 
-struct Connection {
-    client: Client,
+pub(super) struct Connection {
+    pub(super) client: Client,
     statements: Statements,
+    /// The statements of [`Writer::with_extra`], in its order.
+    pub(super) extra: Vec<Statement>,
 }
 
 /// What one transaction attempt came to.
-enum Attempt {
+pub(super) enum Attempt {
     Committed,
     /// Nothing committed; these streams failed the tail check, these
     /// creations found their stream already stored.
@@ -127,8 +94,10 @@ enum Attempt {
 
 /// The writer thread's state.
 pub struct Writer {
-    shared: Arc<Shared>,
-    connection: Option<Connection>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) connection: Option<Connection>,
+    /// More statements to prepare on each connection.
+    extra_sql: &'static [&'static str],
     /// No connection attempt before this instant (back-off).
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -140,9 +109,16 @@ pub struct Writer {
 impl Writer {
     /// A writer for `shared`'s queue; connects on its first batch.
     pub fn new(shared: Arc<Shared>) -> Self {
+        Self::with_extra(shared, &[])
+    }
+
+    /// A writer that also prepares `extra_sql` on each connection (see
+    /// [`Connection::extra`]).
+    pub fn with_extra(shared: Arc<Shared>, extra_sql: &'static [&'static str]) -> Self {
         Self {
             shared,
             connection: None,
+            extra_sql,
             retry_at: None,
             backoff: MIN_BACKOFF,
             in_doubt: Vec::new(),
@@ -192,7 +168,7 @@ impl Writer {
                 break;
             }
             let outcome = match self.connect().await {
-                Ok(()) => self.attempt(&plan).await,
+                Ok(()) => self.attempt(&plan, true).await,
                 Err(error) => Attempt::Failed(error),
             };
             let outcome = match outcome {
@@ -260,7 +236,7 @@ impl Writer {
     }
 
     /// Makes sure there is a connection, unless the back-off says to wait.
-    async fn connect(&mut self) -> Result<(), StorageError> {
+    pub(super) async fn connect(&mut self) -> Result<(), StorageError> {
         if self.connection.is_some() {
             return Ok(());
         }
@@ -291,17 +267,21 @@ impl Writer {
     async fn open_connection(&self) -> Result<Connection, StorageError> {
         let client = super::connect(&self.shared.connector, ROLE).await?;
         let prepare = |sql: &'static str| client.prepare(sql);
-        let prepared = futures_util::future::try_join_all([
-            prepare(TXID_SQL),
-            prepare(CREATE_SQL),
-            prepare(UPDATE_SQL),
-            prepare(RECORDS_SQL),
-            prepare(PRODUCERS_SQL),
-            prepare(SOFT_DELETE_SQL),
-            prepare(REMOVE_SQL),
-            prepare(TAILS_SQL),
-            prepare(STATUS_SQL),
-        ]);
+        let prepared = futures_util::future::try_join_all(
+            [
+                prepare(TXID_SQL),
+                prepare(CREATE_SQL),
+                prepare(UPDATE_SQL),
+                prepare(RECORDS_SQL),
+                prepare(PRODUCERS_SQL),
+                prepare(SOFT_DELETE_SQL),
+                prepare(REMOVE_SQL),
+                prepare(TAILS_SQL),
+                prepare(STATUS_SQL),
+            ]
+            .into_iter()
+            .chain(self.extra_sql.iter().map(|sql| prepare(sql))),
+        );
         let prepared =
             tokio::time::timeout(self.shared.connector.options.connect_timeout, prepared)
                 .await
@@ -324,17 +304,24 @@ impl Writer {
             tails: next()?,
             status: next()?,
         };
-        Ok(Connection { client, statements })
+        let extra = prepared.collect();
+        Ok(Connection {
+            client,
+            statements,
+            extra,
+        })
     }
 
-    /// One transaction: the statements pipelined with `BEGIN`, checked,
-    /// then `COMMIT` (or `ROLLBACK` when a tail check failed).
-    async fn attempt(&mut self, plan: &Plan) -> Attempt {
+    /// One transaction: the statements pipelined (after `BEGIN` when
+    /// `begin`; otherwise the caller began it), checked, then `COMMIT` (or
+    /// `ROLLBACK` when a tail check failed).
+    pub(super) async fn attempt(&mut self, plan: &Plan, begin: bool) -> Attempt {
         let Some(connection) = self.connection.as_ref() else {
             return Attempt::Failed(StorageError::Unavailable("no connection".into()));
         };
         let deadline = self.shared.connector.options.transaction_deadline();
-        let statements = tokio::time::timeout(deadline, run_statements(connection, plan)).await;
+        let statements =
+            tokio::time::timeout(deadline, run_statements(connection, plan, begin)).await;
         let results = match statements {
             Ok(results) => results,
             Err(_) => {
@@ -420,7 +407,7 @@ impl Writer {
 
     /// Finds out what became of transaction `txid` after its `COMMIT` went
     /// unanswered, reconnecting as needed, within the transaction deadline.
-    async fn resolve(&mut self, txid: i64, error: StorageError) -> Attempt {
+    pub(super) async fn resolve(&mut self, txid: i64, error: StorageError) -> Attempt {
         let give_up = Instant::now() + self.shared.connector.options.transaction_deadline();
         loop {
             if self.connection.is_none() {
@@ -547,7 +534,7 @@ struct Results {
 
 /// Sends `BEGIN` and every statement of `plan` without waiting in
 /// between, then collects the answers.
-async fn run_statements(connection: &Connection, plan: &Plan) -> Results {
+async fn run_statements(connection: &Connection, plan: &Plan, begin: bool) -> Results {
     let client = &connection.client;
     let s = &connection.statements;
     let now = now_ms();
@@ -592,7 +579,7 @@ async fn run_statements(connection: &Connection, plan: &Plan) -> Results {
     // Each future sends its request when first polled; `join!` polls them
     // in this order, so they go out back to back, in order.
     let (begin, txid, created, updated, records, producers, soft, removed) = tokio::join!(
-        client.batch_execute("BEGIN"),
+        optional(begin, client.batch_execute("BEGIN")),
         client.query_one(&s.txid, &[]),
         optional(!c.id.is_empty(), client.query(&s.create, &create_params)),
         optional(!u.id.is_empty(), client.query(&s.update, &update_params)),
@@ -620,7 +607,7 @@ async fn run_statements(connection: &Connection, plan: &Plan) -> Results {
         checked: false,
         errors: Vec::new(),
     };
-    if let Err(error) = begin {
+    if let Some(Err(error)) = begin {
         results.errors.push(("beginning a transaction", error));
     }
     match txid {
@@ -672,23 +659,4 @@ async fn optional<T>(wanted: bool, future: impl Future<Output = T>) -> Option<T>
 fn now_ms() -> i64 {
     let now = time::OffsetDateTime::now_utc();
     i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn timed_out(what: &str) -> StorageError {
-    StorageError::Unavailable(format!("the database did not answer {what} in time"))
-}
-
-/// The same failure for another waiter (errors are not `Clone`).
-pub fn copy_error(error: &StorageError) -> StorageError {
-    match error {
-        StorageError::Full(message) => StorageError::Full(message.clone()),
-        StorageError::Corrupt(message) => StorageError::Corrupt(message.clone()),
-        StorageError::OutOfOrder { id, start, tail } => StorageError::OutOfOrder {
-            id: *id,
-            start: *start,
-            tail: *tail,
-        },
-        StorageError::UnknownStream(id) => StorageError::UnknownStream(*id),
-        other => StorageError::Unavailable(other.to_string()),
-    }
 }

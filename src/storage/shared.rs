@@ -1,0 +1,85 @@
+//! The seam for a store shared by several servers (the `postgres`
+//! backend): there the stored rows, not the engine's memory, are the
+//! authority on a stream's writer state, so interchangeable replicas assign
+//! the same offsets and see each other's writes.
+//!
+//! The engine keeps its rules; the store runs them inside its transaction
+//! through a [`Decide`] callback over the locked stream row, so both sides
+//! keep one job each and the rules exist once.
+
+use tokio::sync::mpsc;
+
+use super::{Append, RecoveredStream, StorageFuture, StreamId};
+
+/// Decides what an append writes, given the stream's writer state as
+/// stored and locked: `Some` with the append (starting at the stored tail)
+/// to commit, `None` to write nothing. May run more than once when the
+/// transaction is retried; only the last run counts.
+pub type Decide = Box<dyn FnMut(&RecoveredStream) -> Option<Append> + Send>;
+
+/// A stream's stored position, as [`SharedStreams::tails`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredTail {
+    /// The stream instance.
+    pub id: StreamId,
+    /// Its committed tail.
+    pub tail: u64,
+    /// Whether it is closed.
+    pub closed: bool,
+    /// Whether it is soft-deleted.
+    pub soft_deleted: bool,
+}
+
+/// What a store shared by several servers reports about other servers'
+/// commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TailEvent {
+    /// These streams reached (at least) these tails.
+    Tails(Vec<(StreamId, u64)>),
+    /// Reports may have been missed: every waited-on tail must be checked.
+    Resync,
+}
+
+/// A store whose streams several servers write at once.
+pub trait SharedStreams: Send + Sync + 'static {
+    /// Locks stream `id`'s row, runs `decide` on its stored state, commits
+    /// what it returns, and resolves with the state right after this
+    /// append (the state `decide` saw, when it wrote nothing). Concurrent
+    /// appends share transactions.
+    ///
+    /// # Errors
+    /// [`super::StorageError::UnknownStream`] when the stream is not stored
+    /// or soft-deleted; `Unavailable` when the database is unreachable or a
+    /// commit's outcome is unknown.
+    fn append(&self, id: StreamId, decide: Decide) -> StorageFuture<RecoveredStream>;
+
+    /// The stored stream (live or soft-deleted) at `path`.
+    fn find(&self, path: &str) -> StorageFuture<Option<RecoveredStream>>;
+
+    /// The stored stream instance `id`.
+    fn find_id(&self, id: StreamId) -> StorageFuture<Option<RecoveredStream>>;
+
+    /// The stored positions of those of `ids` still stored.
+    fn tails(&self, ids: Vec<StreamId>) -> StorageFuture<Vec<StoredTail>>;
+
+    /// A stream id no other server sharing the store hands out.
+    fn allocate_id(&self) -> StreamId;
+
+    /// When stream `id` was last accessed (Unix milliseconds), as every
+    /// server sharing the store recorded it; `None` when not stored.
+    fn last_access(&self, id: StreamId) -> StorageFuture<Option<i64>>;
+
+    /// Records an access to stream `id` at `at_ms` (Unix milliseconds), so
+    /// the other servers see its sliding TTL extended. Never moves the
+    /// stored time back.
+    fn touch(&self, id: StreamId, at_ms: i64) -> StorageFuture<()>;
+
+    /// The paths of the live streams whose expiry time or sliding TTL has
+    /// passed at `now_ms`, for the one server sweeping now: empty for the
+    /// others sweeping at the same moment.
+    fn expired(&self, now_ms: i64) -> StorageFuture<Vec<String>>;
+
+    /// Starts reporting other servers' commits to `events`; the reports
+    /// stop when the returned guard is dropped.
+    fn watch(&self, events: mpsc::UnboundedSender<TailEvent>) -> Box<dyn Send + Sync>;
+}
