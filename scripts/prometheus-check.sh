@@ -13,7 +13,8 @@
 #      (what the dashboards and alerts may use) is in the scrape with its
 #      type, and that the scrape has no durable_streams_* family the contract
 #      lacks. Families of features this run leaves off (TLS: tests/api/tls.rs;
-#      webhook and subscription: tests/api/subscriptions.rs) and the series
+#      webhook and subscription: tests/api/subscriptions.rs; access control:
+#      tests/cli/auth.rs) and the series
 #      Prometheus/kubelet add are skipped.
 # Stops what it started, by PID, on any exit. Exits non-zero on failure.
 #
@@ -202,7 +203,7 @@ echo "ok: promtool check metrics is clean ($(grep -c '^# TYPE' "$WORK/scrape.txt
 # --------------------------------------------------------------- contract ---
 CONTRACT=scripts/verify-deploy/metrics-contract.txt
 grep '^# TYPE durable_streams_' "$WORK/scrape.txt" | awk '{print $3, $4}' | sort >"$WORK/exported.txt"
-grep -v '^#' "$CONTRACT" | awk 'NF && $1 ~ /^durable_streams_/ && $1 !~ /^durable_streams_(tls|webhook|subscription)_/ {print $1, $2}' \
+grep -v '^#' "$CONTRACT" | awk 'NF && $1 ~ /^durable_streams_/ && $1 !~ /^durable_streams_(tls|webhook|subscription|auth)_/ {print $1, $2}' \
   | sort >"$WORK/contract.txt"
 missing="$(comm -13 "$WORK/exported.txt" "$WORK/contract.txt")"
 extra="$(comm -23 "$WORK/exported.txt" "$WORK/contract.txt")"

@@ -106,6 +106,18 @@ fn no_token_or_key_reaches_the_log() {
         &format!("GET /v1/stream/a HTTP/1.1\r\nAuthorization: Bearer {token}x"),
     );
     assert_eq!(status, 401, "{answer}");
+    let (status, answer) = exchange(
+        &address,
+        &format!("DELETE /v1/stream/a HTTP/1.1\r\n{bearer}"),
+    );
+    assert_eq!(status, 403, "{answer}");
+    // Each refusal is counted by its reason, and no credential is a label.
+    let (status, metrics) = exchange(&address, "GET /metrics HTTP/1.1");
+    assert_eq!(status, 200, "{metrics}");
+    for reason in ["malformed_token", "not_granted"] {
+        let series = format!("durable_streams_auth_denied_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
     let run = terminate(child);
     assert_eq!(run.code, Some(0), "{run:#?}");
     let log = format!("{}{}", run.stdout, run.stderr);
@@ -117,6 +129,7 @@ fn no_token_or_key_reaches_the_log() {
         ("key hash", &digest),
     ] {
         assert!(!log.contains(secret), "the {what} is in the log:\n{log}");
+        assert!(!metrics.contains(secret), "the {what} is in the metrics");
     }
     let principals: Vec<String> = run
         .stdout
