@@ -60,8 +60,8 @@ impl Subscriptions {
         body: PutBody,
     ) -> Result<PutOutcome, SubscriptionError> {
         self.ready().await?;
-        model::check_id(id)?;
         let settings = &self.shared.settings;
+        model::check_id(id, settings.max_identifier_bytes)?;
         let config: SubscriptionConfig = body.normalise(settings.rules())?;
         if let Some(url) = &config.webhook_url {
             settings.policy.check_url(url)?;

@@ -265,7 +265,7 @@ pub(crate) struct SubscriptionSettings {
     pub max_body_bytes: usize,
     /// Deepest nesting of a `__ds` JSON body (`limits.max_json_depth`).
     pub max_json_depth: usize,
-    /// Longest worker name (`limits.max_identifier_bytes`).
+    /// Longest worker name and subscription id (`limits.max_identifier_bytes`).
     pub max_identifier_bytes: usize,
 }
 

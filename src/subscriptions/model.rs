@@ -12,8 +12,6 @@ use crate::protocol::name::{self, NameLimits};
 
 /// Version of the persisted subscription record.
 pub const STATE_VERSION: u32 = 1;
-/// Longest subscription id, in bytes.
-pub const MAX_ID_BYTES: usize = 200;
 /// Most explicit streams one subscription may list.
 pub const MAX_EXPLICIT_STREAMS: usize = 10_000;
 /// Longest description, in bytes.
@@ -121,11 +119,12 @@ pub fn check_stream_name(raw: &str, limits: NameLimits) -> Result<(), Subscripti
 /// Checks a subscription id.
 ///
 /// # Errors
-/// [`SubscriptionError::InvalidId`] unless it is 1 to [`MAX_ID_BYTES`] of
-/// letters, digits, `-`, `_`, `.`, `~` or `:`.
-pub fn check_id(id: &str) -> Result<(), SubscriptionError> {
+/// [`SubscriptionError::InvalidId`] unless it is 1 to `max_bytes` (the
+/// configured `limits.max_identifier_bytes`) of letters, digits, `-`, `_`,
+/// `.`, `~` or `:`.
+pub fn check_id(id: &str, max_bytes: usize) -> Result<(), SubscriptionError> {
     let ok = !id.is_empty()
-        && id.len() <= MAX_ID_BYTES
+        && id.len() <= max_bytes
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.~:".contains(&b));
@@ -133,7 +132,7 @@ pub fn check_id(id: &str) -> Result<(), SubscriptionError> {
         Ok(())
     } else {
         Err(SubscriptionError::InvalidId(format!(
-            "ids are 1 to {MAX_ID_BYTES} letters, digits or -_.~:"
+            "ids are 1 to {max_bytes} letters, digits or -_.~: (limits.max_identifier_bytes)"
         )))
     }
 }
@@ -342,9 +341,10 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        assert!(check_id("sub-123_a.b:c").is_ok());
-        assert!(check_id("").is_err());
-        assert!(check_id("a/b").is_err());
-        assert!(check_id(&"x".repeat(201)).is_err());
+        assert!(check_id("sub-123_a.b:c", 200).is_ok());
+        assert!(check_id("", 200).is_err());
+        assert!(check_id("a/b", 200).is_err());
+        assert!(check_id(&"x".repeat(200), 200).is_ok());
+        assert!(check_id(&"x".repeat(201), 200).is_err());
     }
 }

@@ -36,14 +36,20 @@ DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq";
 pub const SOFT_DELETE_SQL: &str =
     "UPDATE streams SET status = 'soft_deleted' WHERE id = ANY($1::int8[])";
 /// Removes streams, except those that forks (perhaps made through another
-/// server) not removed by the same statement still read through: those are
-/// soft-deleted instead.
+/// server) not removed by the same statement still read through, directly
+/// or through a kept stream: those are soft-deleted instead.
 pub const REMOVE_SQL: &str = "
-WITH doomed AS (
+WITH RECURSIVE read_through(id) AS (
         SELECT s.id FROM streams s
          WHERE s.id = ANY($1::int8[])
-           AND NOT EXISTS (SELECT 1 FROM streams f
-                            WHERE f.fork_source = s.id AND f.id <> ALL($1::int8[]))),
+           AND EXISTS (SELECT 1 FROM streams f
+                        WHERE f.fork_source = s.id AND f.id <> ALL($1::int8[]))
+        UNION
+        SELECT f.fork_source FROM streams f JOIN read_through r ON f.id = r.id
+         WHERE f.fork_source = ANY($1::int8[])),
+     doomed AS (
+        SELECT id FROM streams
+         WHERE id = ANY($1::int8[]) AND id NOT IN (SELECT id FROM read_through)),
      kept AS (
         UPDATE streams SET status = 'soft_deleted'
          WHERE id = ANY($1::int8[]) AND id NOT IN (SELECT id FROM doomed)),
