@@ -109,14 +109,10 @@ impl Engine {
         if !retention.is_on() {
             return;
         }
-        let weak = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(shared) = weak.upgrade() else { return };
-                let engine = Engine { shared };
+        let retention = Arc::new(retention);
+        self.spawn_every(interval, move |engine| {
+            let retention = Arc::clone(&retention);
+            async move {
                 if let Err(error) = engine.enforce_retention(&retention).await {
                     tracing::warn!(%error, "the retention sweep failed");
                 }
