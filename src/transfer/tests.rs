@@ -354,9 +354,9 @@ async fn a_trimmed_stream_exports_from_its_head_and_is_not_imported_shifted() {
             .await
             .expect("append");
     }
-    let retention = crate::config::RetentionConfig {
+    let retention = crate::storage::config::RetentionConfig {
         max_bytes: 4,
-        ..crate::config::RetentionConfig::default()
+        ..crate::storage::config::RetentionConfig::default()
     };
     assert_eq!(source.enforce_retention(&retention).await.expect("trim"), 8);
     let mut exported = Vec::new();
