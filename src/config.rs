@@ -48,7 +48,10 @@ pub use validate::Validation;
 pub use crate::auth::config::{
     AccessOp, AuthConfig, AuthMode, GrantConfig, IdentityConfig, IdentitySourceFilter,
 };
-pub use crate::storage::config::{AcidConfig, PostgresConfig, StorageConfig, StorageMode};
+pub use crate::storage::config::{
+    AcidConfig, PostgresConfig, RetentionConfig, RetentionLimits, RetentionRule, StorageConfig,
+    StorageMode,
+};
 
 /// Where the protocol routes are mounted unless `http.stream_base_path` says otherwise.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";

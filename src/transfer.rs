@@ -218,6 +218,9 @@ struct StreamHeader {
     expires_at_ms: Option<i64>,
     created_at_ms: i64,
     base: String,
+    /// Where the exported data starts, when retention trimmed the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
     tail: String,
     fork: Option<ForkHeader>,
     closed: bool,
@@ -264,6 +267,7 @@ fn header_of(stream: &RecoveredStream) -> StreamHeader {
         expires_at_ms: spec.expires_at_ms,
         created_at_ms: spec.created_at_ms,
         base: Offset(spec.base).to_string(),
+        head: (stream.head > spec.base).then(|| Offset(stream.head).to_string()),
         tail: Offset(stream.tail).to_string(),
         fork: spec.fork.as_ref().map(|link| ForkHeader {
             source_path: link.source_path.clone(),
@@ -322,7 +326,7 @@ pub async fn export(
     for stream in streams.iter().filter(|s| selected.contains(&s.spec.path)) {
         write_line(out, &Line::Stream(Box::new(header_of(stream))))?;
         let mut end = StreamEnd::default();
-        let mut position = stream.spec.base;
+        let mut position = stream.head.max(stream.spec.base);
         while position < stream.tail {
             let chunk = engine
                 .read_own(stream.spec.id, position, stream.tail, EXPORT_READ_BYTES)
@@ -463,6 +467,12 @@ fn to_recovered(header: &StreamHeader) -> Result<RecoveredStream, String> {
         None => None,
     };
     let base = position(&header.base, "base")?;
+    if let Some(head) = &header.head {
+        return Err(format!(
+            "the stream was trimmed by retention (it starts at {head}); this version imports \
+             only untrimmed streams"
+        ));
+    }
     let tail = position(&header.tail, "tail")?;
     if tail < base {
         return Err("tail lies before base".into());

@@ -7,6 +7,7 @@
 //! still carries the wake-ups of the local readers.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +64,9 @@ pub struct StreamEntry {
     pub(super) source: Option<Arc<StreamEntry>>,
     inner: Mutex<Inner>,
     signal: watch::Sender<Signal>,
+    /// Where the stream's retained data starts: `spec.base` until retention
+    /// drops chunks from its head; only ever moves forward.
+    head: AtomicU64,
     /// State that layers above keep per instance (see [`Self::attachment`]).
     attachments: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
@@ -102,6 +106,7 @@ impl StreamEntry {
                 created: false,
             }),
             signal: watch::Sender::new(signal),
+            head: AtomicU64::new(spec.base),
             attachments: Mutex::new(Vec::new()),
             spec,
         })
@@ -127,7 +132,27 @@ impl StreamEntry {
         };
         let entry = Self::new(stream.spec, source, state, status);
         entry.lock().created = true;
+        entry.advance_head(stream.head);
         entry
+    }
+
+    /// Where the stream's retained data starts now: its base until
+    /// retention trimmed it.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Where a read from the start of the stream (`offset=-1`) begins: 0
+    /// (through any fork source) until retention trimmed the stream's own
+    /// data, its head after.
+    pub fn first_position(&self) -> u64 {
+        let head = self.head();
+        if head > self.spec.base { head } else { 0 }
+    }
+
+    /// Records that the data before `head` was trimmed.
+    pub(super) fn advance_head(&self, head: u64) {
+        self.head.fetch_max(head, Ordering::AcqRel);
     }
 
     /// The stream's content type.

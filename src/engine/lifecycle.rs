@@ -164,6 +164,28 @@ impl Engine {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn spawn_sweeper(&self, interval: Duration) {
+        self.spawn_every(interval, |engine| async move {
+            match engine.shared_store() {
+                Some(store) => {
+                    if let Err(error) = engine.sweep_shared(&*store).await {
+                        tracing::warn!(%error, "the expiry sweep failed");
+                    }
+                }
+                None => {
+                    engine.sweep_expired();
+                }
+            }
+        });
+    }
+
+    /// Starts a background task that runs `work` every `interval` (at least
+    /// 100 ms, a late run delaying the next); it ends when the engine is
+    /// dropped, as the task holds it only while `work` runs.
+    pub(super) fn spawn_every<F, Work>(&self, interval: Duration, mut work: F)
+    where
+        F: FnMut(Engine) -> Work + Send + 'static,
+        Work: std::future::Future<Output = ()> + Send + 'static,
+    {
         let weak = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
@@ -171,17 +193,7 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                let engine = Engine { shared };
-                match engine.shared_store() {
-                    Some(store) => {
-                        if let Err(error) = engine.sweep_shared(&*store).await {
-                            tracing::warn!(%error, "the expiry sweep failed");
-                        }
-                    }
-                    None => {
-                        engine.sweep_expired();
-                    }
-                }
+                work(Engine { shared }).await;
             }
         });
     }

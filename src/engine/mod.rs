@@ -15,7 +15,8 @@
 //! - `registry`: the streams by path; the only code that inserts and removes
 //!   entries and moves the stream and byte gauges.
 //! - `create`, `append`, `lifecycle` (lookup, expiry, delete), `read`,
-//!   `transfer` (snapshot, restore, import): the operations.
+//!   `transfer` (snapshot, restore, import), `retention` (trimming stream
+//!   heads to `[storage.retention]`): the operations.
 //! - `replica`: the same operations over a store several servers share,
 //!   whose rows are the authority (the entries a cache).
 //! - `request`: the request and outcome types; `error`: [`EngineError`];
@@ -37,6 +38,7 @@ mod replica;
 #[cfg(test)]
 mod replica_tests;
 mod request;
+mod retention;
 pub(crate) mod rules;
 mod state;
 #[cfg(test)]

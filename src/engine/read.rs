@@ -15,10 +15,11 @@ use super::request::ReadResult;
 use crate::protocol::offset::ReadFrom;
 use crate::storage::{ReadChunk, StreamId};
 
-/// The start position of a read for the committed tail.
-pub fn resolve_start(from: ReadFrom, tail: u64) -> u64 {
+/// The start position of a read for the committed tail, of a stream whose
+/// data starts at `first` ([`StreamEntry::first_position`]).
+pub fn resolve_start(from: ReadFrom, first: u64, tail: u64) -> u64 {
     match from {
-        ReadFrom::Start => 0,
+        ReadFrom::Start => first.min(tail),
         ReadFrom::Now | ReadFrom::Beyond => tail,
         ReadFrom::At(offset) => offset.position().min(tail),
     }
@@ -38,8 +39,12 @@ impl Engine {
         from: ReadFrom,
     ) -> Result<ReadResult, EngineError> {
         let snapshot = entry.snapshot();
-        self.read_at(entry, resolve_start(from, snapshot.tail), snapshot)
-            .await
+        self.read_at(
+            entry,
+            resolve_start(from, entry.first_position(), snapshot.tail),
+            snapshot,
+        )
+        .await
     }
 
     /// Reads committed data from a resolved position, given a snapshot.
@@ -165,8 +170,9 @@ mod tests {
         assert_eq!(concat(&mid), b"lo world");
         let now = engine.read(&entry, ReadFrom::Now).await.expect("read");
         assert!(now.is_empty() && now.up_to_date && now.next == 11);
-        assert_eq!(resolve_start(ReadFrom::Beyond, 11), 11);
-        assert_eq!(resolve_start(ReadFrom::At(Offset(99)), 11), 11);
+        assert_eq!(resolve_start(ReadFrom::Beyond, 0, 11), 11);
+        assert_eq!(resolve_start(ReadFrom::Start, 4, 11), 4);
+        assert_eq!(resolve_start(ReadFrom::At(Offset(99)), 0, 11), 11);
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ impl Engine {
                 producers.sort();
                 Some(RecoveredStream {
                     spec: entry.spec.clone(),
-                    head: entry.spec.base,
+                    head: entry.head(),
                     tail: state.tail,
                     closed: state.closed.clone(),
                     producers,

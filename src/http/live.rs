@@ -48,7 +48,7 @@ pub(super) async fn long_poll(
     .emit();
     let mut signal = entry.subscribe();
     let mut snapshot = *signal.borrow_and_update();
-    let start = resolve_start(from, snapshot.tail);
+    let start = resolve_start(from, entry.first_position(), snapshot.tail);
     let deadline = Instant::now() + state.settings.long_poll_timeout;
     loop {
         if snapshot.gone {
@@ -122,7 +122,7 @@ pub(super) async fn sse(
 ) -> Result<Response, ApiError> {
     let mut signal = entry.subscribe();
     let snapshot = *signal.borrow_and_update();
-    let position = resolve_start(from, snapshot.tail);
+    let position = resolve_start(from, entry.first_position(), snapshot.tail);
     let base64 = !entry.content_type().is_text_like();
     let now = Instant::now();
     ReadServed {

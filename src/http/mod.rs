@@ -114,7 +114,7 @@ const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-
 const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
     Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
     Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
-    Stream-SSE-Data-Encoding";
+    Stream-SSE-Data-Encoding, Stream-Start-Offset";
 
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions

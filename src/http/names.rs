@@ -4,6 +4,9 @@ use axum::http::HeaderName;
 
 /// `Stream-Next-Offset`.
 pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
+/// `Stream-Start-Offset` (this server's, not the protocol's): where a
+/// stream whose head retention trimmed now starts.
+pub const STREAM_START_OFFSET: HeaderName = HeaderName::from_static("stream-start-offset");
 /// `Stream-Up-To-Date`.
 pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
 /// `Stream-Cursor`.

@@ -337,6 +337,10 @@ async fn head(state: &AppState, path: &str) -> Result<Response, ApiError> {
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, content_type_value(&entry));
     out.insert(STREAM_NEXT_OFFSET, offset_value(snapshot.tail));
+    let first = entry.first_position();
+    if first > 0 {
+        out.insert(STREAM_START_OFFSET, offset_value(first));
+    }
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if snapshot.closed {
         out.insert(STREAM_CLOSED, TRUE);

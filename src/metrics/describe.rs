@@ -96,6 +96,11 @@ pub(super) fn describe() {
         ::metrics::Unit::Bytes,
         "Payload bytes stored, including streams kept only for their forks."
     );
+    describe_counter!(
+        STORAGE_BYTES_TRIMMED_TOTAL,
+        ::metrics::Unit::Bytes,
+        "Payload bytes retention dropped from the heads of streams (storage.retention)."
+    );
     describe_counter!(TLS_HANDSHAKES_TOTAL, "Completed TLS handshakes.");
     describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
@@ -166,6 +171,7 @@ pub(super) fn register_defaults() {
         STREAMS_DELETED_TOTAL,
         STREAMS_CLOSED_TOTAL,
         STREAMS_EXPIRED_TOTAL,
+        STORAGE_BYTES_TRIMMED_TOTAL,
         PRODUCER_DUPLICATES_TOTAL,
         SSE_EVENTS_TOTAL,
         LONG_POLL_TIMEOUTS_TOTAL,

@@ -50,6 +50,8 @@ pub const STORAGE_WRITE_QUEUE_DEPTH: &str = "durable_streams_storage_write_queue
 pub const STORAGE_ERRORS_TOTAL: &str = "durable_streams_storage_errors_total";
 /// Gauge `{backend}`: payload bytes stored.
 pub const STORAGE_BYTES: &str = "durable_streams_storage_bytes";
+/// Counter: payload bytes retention dropped from the heads of streams.
+pub const STORAGE_BYTES_TRIMMED_TOTAL: &str = "durable_streams_storage_bytes_trimmed_total";
 
 /// Counter: completed TLS handshakes.
 pub const TLS_HANDSHAKES_TOTAL: &str = "durable_streams_tls_handshakes_total";
@@ -128,6 +130,7 @@ mod tests {
             SSE_EVENTS_TOTAL,
             LONG_POLL_TIMEOUTS_TOTAL,
             STORAGE_ERRORS_TOTAL,
+            STORAGE_BYTES_TRIMMED_TOTAL,
             TLS_HANDSHAKES_TOTAL,
             TLS_HANDSHAKE_FAILURES_TOTAL,
             TLS_RELOADS_TOTAL,

@@ -137,6 +137,10 @@ impl App {
             };
         let engine = Engine::new(storage, settings::engine_limits(&config.limits));
         engine.spawn_sweeper(settings::sweep_interval(config));
+        engine.spawn_retention(
+            settings::sweep_interval(config),
+            config.storage.retention.clone(),
+        );
         let subscriptions = config.subscriptions.enabled.then(|| {
             Subscriptions::start(
                 engine.clone(),

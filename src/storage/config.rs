@@ -90,10 +90,87 @@ pub struct StorageConfig {
     /// File backends: log bytes a restart after a crash replays at most
     /// (about); a checkpoint is taken at half of it.
     pub max_replay_bytes: u64,
+    /// Retention: how much of each stream's oldest data is kept.
+    pub retention: RetentionConfig,
     /// `acid` tuning.
     pub acid: AcidConfig,
     /// `postgres` mode: the database.
     pub postgres: PostgresConfig,
+}
+
+/// `[storage.retention]`: limits on what each stream keeps, enforced by
+/// dropping whole chunks from its head. 0 turns a limit off (the default).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Drop chunks whose newest record is older than this many seconds.
+    pub max_age_secs: u64,
+    /// Keep at most about this many bytes per stream (whole chunks).
+    pub max_bytes: u64,
+    /// Per-prefix overrides; the longest matching prefix wins.
+    pub rules: Vec<RetentionRule>,
+}
+
+/// `[[storage.retention.rules]]`: the limits of the streams under a path
+/// prefix, in place of the defaults of `[storage.retention]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Stream path prefix, as in URLs (`/v1/stream/chat/`).
+    pub prefix: String,
+    /// As `storage.retention.max_age_secs`, for these streams.
+    pub max_age_secs: u64,
+    /// As `storage.retention.max_bytes`, for these streams.
+    pub max_bytes: u64,
+}
+
+/// The limits one stream is held to; 0 means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Oldest data kept, in seconds.
+    pub max_age_secs: u64,
+    /// Most bytes kept.
+    pub max_bytes: u64,
+}
+
+impl RetentionLimits {
+    /// Whether any limit is set.
+    pub fn is_on(self) -> bool {
+        self.max_age_secs > 0 || self.max_bytes > 0
+    }
+}
+
+impl RetentionConfig {
+    /// Whether any stream can be held to a limit.
+    pub fn is_on(&self) -> bool {
+        self.limits_default().is_on() || self.rules.iter().any(|r| r.limits().is_on())
+    }
+
+    /// The limits of the stream at `path`: those of the longest matching
+    /// rule's prefix, else the defaults.
+    pub fn limits_for(&self, path: &str) -> RetentionLimits {
+        self.rules
+            .iter()
+            .filter(|rule| path.starts_with(rule.prefix.as_str()))
+            .max_by_key(|rule| rule.prefix.len())
+            .map_or_else(|| self.limits_default(), RetentionRule::limits)
+    }
+
+    fn limits_default(&self) -> RetentionLimits {
+        RetentionLimits {
+            max_age_secs: self.max_age_secs,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+impl RetentionRule {
+    fn limits(&self) -> RetentionLimits {
+        RetentionLimits {
+            max_age_secs: self.max_age_secs,
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 /// `[storage.acid]`.
@@ -127,6 +204,7 @@ impl Default for StorageConfig {
             max_open_files: 512,
             checkpoint_interval_secs: 60,
             max_replay_bytes: 256 << 20,
+            retention: RetentionConfig::default(),
             acid: AcidConfig::default(),
             postgres: PostgresConfig::default(),
         }
@@ -178,5 +256,39 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("application_name", &self.application_name)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(prefix: &str, max_age_secs: u64, max_bytes: u64) -> RetentionRule {
+        RetentionRule {
+            prefix: prefix.into(),
+            max_age_secs,
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_sets_a_streams_retention() {
+        let retention = RetentionConfig {
+            max_age_secs: 0,
+            max_bytes: 1000,
+            rules: vec![
+                rule("/v1/stream/", 10, 0),
+                rule("/v1/stream/chat/", 20, 0),
+                rule("/v1/stream/chat/keep/", 0, 0),
+            ],
+        };
+        assert!(retention.is_on());
+        let limits = |path| retention.limits_for(path);
+        assert_eq!(limits("/v1/stream/chat/room").max_age_secs, 20);
+        assert_eq!(limits("/v1/stream/other").max_age_secs, 10);
+        assert_eq!(limits("/elsewhere").max_bytes, 1000);
+        // A rule with both limits at 0 keeps everything under its prefix.
+        assert!(!limits("/v1/stream/chat/keep/x").is_on());
+        assert!(!RetentionConfig::default().is_on());
     }
 }

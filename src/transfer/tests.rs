@@ -337,3 +337,55 @@ async fn filters_pull_in_fork_sources_and_reject_garbage() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_trimmed_stream_exports_from_its_head_and_is_not_imported_shifted() {
+    let source = Engine::new(
+        Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, 4)),
+        EngineLimits::default(),
+    );
+    source
+        .create(create("/v1/stream/t", "text/plain", b""))
+        .await
+        .expect("create");
+    for body in [b"aaaa", b"bbbb", b"cccc"] {
+        source
+            .append("/v1/stream/t", append(body, "text/plain"))
+            .await
+            .expect("append");
+    }
+    let retention = crate::storage::config::RetentionConfig {
+        max_bytes: 4,
+        ..crate::storage::config::RetentionConfig::default()
+    };
+    assert_eq!(source.enforce_retention(&retention).await.expect("trim"), 8);
+    let mut exported = Vec::new();
+    export(&source, &StreamFilter::default(), &mut exported, &mut Quiet)
+        .await
+        .expect("export");
+    let text = String::from_utf8(exported.clone()).expect("utf-8");
+    assert!(
+        text.contains("\"head\":\"0000000000000000_0000000000000008\""),
+        "{text}"
+    );
+    assert!(!text.contains("aaaa") && !text.contains("YWFh"), "{text}");
+
+    let target = Engine::new(
+        Arc::new(InMemoryStorage::default()),
+        EngineLimits::default(),
+    );
+    let error = import(
+        &target,
+        &mut exported.as_slice(),
+        &StreamFilter::default(),
+        OnConflict::Fail,
+        &mut Quiet,
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        error.to_string().contains("trimmed by retention"),
+        "{error}"
+    );
+    assert!(!target.contains("/v1/stream/t"));
+}

@@ -74,16 +74,36 @@ pub async fn spawn_app(config: Config) -> TestApp {
 /// Like [`spawn_app`], with the router nested under `mount` (e.g. `/api`)
 /// through [`axum::Router::nest`], as an embedder would.
 pub async fn spawn_app_mounted(config: Config, mount: Option<&str>) -> TestApp {
-    let drain = DrainTiming {
+    spawn_app_full(config, mount, quick_drain()).await
+}
+
+/// Like [`spawn_app`], on a backend the test made.
+pub async fn spawn_app_with_storage(
+    storage: Arc<dyn durable_streams_server::storage::Storage>,
+    config: Config,
+) -> TestApp {
+    spawn_app_on(storage, config, None, quick_drain()).await
+}
+
+fn quick_drain() -> DrainTiming {
+    DrainTiming {
         delay: Duration::from_millis(0),
         timeout: Duration::from_secs(5),
-    };
-    spawn_app_full(config, mount, drain).await
+    }
 }
 
 /// The general form: mount point and drain timing.
 pub async fn spawn_app_full(config: Config, mount: Option<&str>, drain: DrainTiming) -> TestApp {
     let storage = Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes));
+    spawn_app_on(storage, config, mount, drain).await
+}
+
+async fn spawn_app_on(
+    storage: Arc<dyn durable_streams_server::storage::Storage>,
+    config: Config,
+    mount: Option<&str>,
+    drain: DrainTiming,
+) -> TestApp {
     let shutdown = ShutdownToken::new();
     let (router, readiness) = build_router_with_ready(storage, &config, shutdown.clone());
     let router = match mount {

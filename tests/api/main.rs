@@ -20,6 +20,7 @@ mod otlp;
 mod producer;
 mod proxy;
 mod read;
+mod retention;
 mod shutdown;
 mod smuggling;
 mod subscriptions;

@@ -489,3 +489,43 @@ fn postgres_mode_needs_a_usable_url_and_never_shows_its_password() {
         Ok(())
     });
 }
+
+#[test]
+fn retention_rules_name_distinct_url_prefixes() {
+    Jail::expect_with(|jail| {
+        clean(jail)?;
+        jail.create_file(
+            "config/local.toml",
+            "[storage.retention]\nmax_bytes = 1024\n\n[[storage.retention.rules]]\nprefix = \
+             \"/v1/stream/chat/\"\nmax_age_secs = 60\n\n[[storage.retention.rules]]\nprefix = \
+             \"/v1/stream/chat/\"\n\n[[storage.retention.rules]]\nprefix = \"logs/\"\n",
+        )?;
+        let loaded = load(&options("default"));
+        assert!(
+            loaded.problems().is_empty(),
+            "{}",
+            messages(loaded.problems())
+        );
+        let retention = &loaded.config().storage.retention;
+        assert_eq!(retention.rules.len(), 3);
+        assert_eq!(retention.limits_for("/v1/stream/x").max_bytes, 1024);
+        let validation = loaded.validate();
+        assert_eq!(
+            validation.errors.len(),
+            2,
+            "{}",
+            messages(&validation.errors)
+        );
+        assert!(validation.errors[0].message.contains("rules[1].prefix"));
+        assert!(validation.errors[0].message.contains("repeats"));
+        assert!(validation.errors[1].message.contains("start with `/`"));
+        // A byte limit below one chunk keeps up to a chunk more than asked.
+        assert_eq!(
+            validation.warnings[0].key.as_deref(),
+            Some("storage.retention.max_bytes"),
+            "{}",
+            messages(&validation.warnings)
+        );
+        Ok(())
+    });
+}

@@ -85,10 +85,61 @@ impl Checker<'_> {
             };
             self.warn("storage.data_dir", message.into(), hint.into());
         }
+        self.retention();
         if storage.mode == StorageMode::Postgres
             && let Err(error) = PostgresOptions::from_config(&storage.postgres)
         {
             self.error(error.key, error.message, error.hint);
+        }
+    }
+
+    /// `[storage.retention]`: each rule names a distinct path prefix and
+    /// keeps at least one whole chunk's worth of bytes.
+    fn retention(&mut self) {
+        let storage = &self.config.storage;
+        let retention = &storage.retention;
+        let mut byte_limits = vec![(
+            "storage.retention.max_bytes",
+            "storage.retention.max_bytes".to_owned(),
+            retention.max_bytes,
+        )];
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, rule) in retention.rules.iter().enumerate() {
+            let key = "storage.retention.rules";
+            let at = format!("{key}[{index}].prefix");
+            if !rule.prefix.starts_with('/') {
+                self.error(
+                    key,
+                    format!(
+                        "`{at}` = {:?} is not a URL path (it must start with `/`)",
+                        rule.prefix
+                    ),
+                    "write the stream path prefix as in URLs, e.g. \"/v1/stream/chat/\"".into(),
+                );
+            } else if !seen.insert(rule.prefix.as_str()) {
+                self.error(
+                    key,
+                    format!(
+                        "`{at}` = {:?} repeats an earlier rule's prefix",
+                        rule.prefix
+                    ),
+                    "merge the two rules into one".into(),
+                );
+            }
+            byte_limits.push((key, format!("{key}[{index}].max_bytes"), rule.max_bytes));
+        }
+        for (key, at, max_bytes) in byte_limits {
+            if max_bytes > 0 && max_bytes < storage.chunk_bytes {
+                self.warn(
+                    key,
+                    format!(
+                        "`{at}` = {max_bytes} is below `storage.chunk_bytes` = {}: retention drops \
+                         whole chunks and never the newest, so a stream keeps up to a chunk more",
+                        storage.chunk_bytes
+                    ),
+                    "raise max_bytes or lower storage.chunk_bytes".into(),
+                );
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ static STREAMS_CREATED: Cached<Counter> = Cached::new(|| counter!(name::STREAMS_
 static STREAMS_CLOSED: Cached<Counter> = Cached::new(|| counter!(name::STREAMS_CLOSED_TOTAL));
 static STREAMS_DELETED: Cached<Counter> = Cached::new(|| counter!(name::STREAMS_DELETED_TOTAL));
 static STREAMS_EXPIRED: Cached<Counter> = Cached::new(|| counter!(name::STREAMS_EXPIRED_TOTAL));
+static BYTES_TRIMMED: Cached<Counter> = Cached::new(|| counter!(name::STORAGE_BYTES_TRIMMED_TOTAL));
 static STREAMS: Cached<Gauge> = Cached::new(|| gauge!(name::STREAMS));
 static APPENDS: Cached<Counter> = Cached::new(|| counter!(name::APPENDS_TOTAL));
 static APPENDED_BYTES: Cached<Counter> = Cached::new(|| counter!(name::APPENDED_BYTES_TOTAL));
@@ -114,6 +115,17 @@ impl StreamsExpired {
             STREAMS_EXPIRED.with(|c| c.increment(self.count as u64));
             tracing::debug!(reclaimed = self.count, "expired streams reclaimed");
         }
+    }
+}
+
+/// Retention dropped chunks from the head of a stream.
+pub(crate) struct BytesTrimmed {
+    pub bytes: u64,
+}
+
+impl BytesTrimmed {
+    pub(crate) fn emit(self) {
+        BYTES_TRIMMED.with(|c| c.increment(self.bytes));
     }
 }
 
