@@ -279,12 +279,7 @@ impl Storage for AcidStorage {
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {
-        std::mem::take(
-            &mut *self
-                .recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        super::take_recovered(&self.recovered)
     }
 
     fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
@@ -672,13 +667,7 @@ impl Storage for DbShard {
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {
-        std::mem::take(
-            &mut *self
-                .shared
-                .recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        super::take_recovered(&self.shared.recovered)
     }
 
     fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {

@@ -335,6 +335,18 @@ pub enum StorageError {
     },
 }
 
+/// Hands over, once, what a backend recovered at open: the first call of
+/// [`Storage::recover`] gets it, later ones get nothing.
+pub(crate) fn take_recovered(
+    recovered: &std::sync::Mutex<Vec<RecoveredStream>>,
+) -> Vec<RecoveredStream> {
+    std::mem::take(
+        &mut *recovered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
 /// Opens the backend the `[storage]` section selects; memory holds at most
 /// `max_memory_bytes` of payload.
 ///

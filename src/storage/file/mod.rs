@@ -623,14 +623,7 @@ impl Storage for FileStorage {
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {
-        std::mem::take(
-            &mut *self
-                .inner
-                .shared
-                .recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        super::take_recovered(&self.inner.shared.recovered)
     }
 
     fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {

@@ -47,7 +47,7 @@ pub mod testdb;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -603,13 +603,7 @@ impl Storage for PostgresStorage {
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {
-        std::mem::take(
-            &mut *self
-                .shared
-                .recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        super::take_recovered(&self.shared.recovered)
     }
 
     fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
