@@ -7,6 +7,7 @@
 //! through a [`Decide`] callback over the locked stream row, so both sides
 //! keep one job each and the rules exist once.
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Append, RecoveredStream, StorageFuture, StreamId};
@@ -28,6 +29,29 @@ pub struct StoredTail {
     pub closed: bool,
     /// Whether it is soft-deleted.
     pub soft_deleted: bool,
+}
+
+/// A live stream's stored position, as [`SharedStreams::positions`]
+/// reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPosition {
+    /// The stream's full path.
+    pub path: String,
+    /// Its committed tail.
+    pub tail: u64,
+    /// When it was created, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// A metadata entry read under a lock every server sharing the store
+/// respects: until it is committed or dropped, no other server can lock
+/// the same key. Dropping it releases the lock and writes nothing.
+pub trait LockedMetadata: Send {
+    /// The entry's value when it was locked (`None`: no entry).
+    fn value(&self) -> Option<&Bytes>;
+
+    /// Sets (or, with `None`, removes) the entry and releases the lock.
+    fn commit(self: Box<Self>, value: Option<Bytes>) -> StorageFuture<()>;
 }
 
 /// What a store shared by several servers reports about other servers'
@@ -78,6 +102,30 @@ pub trait SharedStreams: Send + Sync + 'static {
     /// passed at `now_ms`, for the one server sweeping now: empty for the
     /// others sweeping at the same moment.
     fn expired(&self, now_ms: i64) -> StorageFuture<Vec<String>>;
+
+    /// Locks metadata entry `key` across servers and reads it, for a
+    /// read-modify-write that no other server interleaves with.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    fn lock_metadata(&self, key: &str) -> StorageFuture<Box<dyn LockedMetadata>>;
+
+    /// Whether this server holds the lock of `role` (taken now when free):
+    /// one server at a time runs a role's background jobs. Held until this
+    /// server's session with the store ends (it stops or dies).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable (the lock is then
+    /// lost).
+    fn lead(&self, role: &'static str) -> StorageFuture<bool>;
+
+    /// The positions of the live streams at one of `paths` or whose path
+    /// starts with `prefix`.
+    fn positions(
+        &self,
+        paths: Vec<String>,
+        prefix: Option<String>,
+    ) -> StorageFuture<Vec<StoredPosition>>;
 
     /// Starts reporting other servers' commits to `events`; the reports
     /// stop when the returned guard is dropped.

@@ -7,7 +7,7 @@
 //! of the streams they watch (`/v1/stream/`, or a nested router's), so the
 //! same id under two mounts names two subscriptions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::Subscriptions;
 use super::error::SubscriptionError;
@@ -46,6 +46,53 @@ impl Subscriptions {
             .map(|entry| entry.snapshot().tail)
     }
 
+    /// The tails of the existing streams among `names` under `root`, and
+    /// of those `pattern` matches (all live streams by name): from the
+    /// shared store when there is one, else from the engine.
+    async fn tails(
+        &self,
+        root: &str,
+        pattern: Option<&Pattern>,
+        raw_pattern: Option<&str>,
+        names: &[String],
+    ) -> Result<(HashMap<String, u64>, Vec<(String, u64)>), SubscriptionError> {
+        let mut matching = Vec::new();
+        let mut tails = HashMap::new();
+        if self.replicated().is_some() {
+            for position in self.stored_positions(root, raw_pattern, names).await? {
+                let Some(name) = position.path.strip_prefix(root) else {
+                    continue;
+                };
+                if pattern.is_some_and(|p| p.matches(name)) {
+                    matching.push((name.to_owned(), position.tail));
+                }
+                tails.insert(name.to_owned(), position.tail);
+            }
+        } else {
+            if let Some(pattern) = pattern {
+                matching = self
+                    .shared
+                    .engine
+                    .snapshot_streams()
+                    .into_iter()
+                    .filter(|stream| !stream.soft_deleted)
+                    .filter_map(|stream| {
+                        let name = stream.spec.path.strip_prefix(root)?;
+                        pattern
+                            .matches(name)
+                            .then(|| (name.to_owned(), stream.tail))
+                    })
+                    .collect();
+            }
+            for name in names {
+                if let Some(tail) = self.tail_of(root, name) {
+                    tails.insert(name.clone(), tail);
+                }
+            }
+        }
+        Ok((tails, matching))
+    }
+
     /// `PUT __ds/subscriptions/{id}`: creates, or confirms an identical
     /// configuration.
     ///
@@ -67,92 +114,78 @@ impl Subscriptions {
             settings.policy.check_url(url)?;
         }
         let key = key(root, id);
-        // Streams the pattern already matches are linked at their tail: a
+        let pattern = config.pattern.as_deref().map(Pattern::parse).transpose()?;
+        // Streams the pattern already matches are linked at their tail, and
+        // existing explicit streams start acknowledged there: a
         // subscription wakes for new data, not for history.
-        let matching: Vec<(String, u64)> = match &config.pattern {
-            Some(raw) if !self.lock().subs.contains_key(&key) => {
-                let pattern = Pattern::parse(raw)?;
-                self.shared
-                    .engine
-                    .snapshot_streams()
-                    .into_iter()
-                    .filter(|stream| !stream.soft_deleted)
-                    .filter_map(|stream| {
-                        let name = stream.spec.path.strip_prefix(root)?;
-                        let own_wake = config.wake_stream.as_deref() == Some(name);
-                        (!own_wake && pattern.matches(name)).then(|| (name.to_owned(), stream.tail))
-                    })
-                    .take(model::MAX_EXPLICIT_STREAMS)
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        {
-            let mut state = self.lock();
-            if let Some(existing) = state.subs.get(&key) {
-                return if existing.stored.config == config {
-                    Ok(PutOutcome::Confirmed(self.view(existing)))
-                } else {
-                    Err(SubscriptionError::Exists)
-                };
-            }
-            if state.subs.len() >= settings.max_subscriptions {
-                return Err(SubscriptionError::TooMany(settings.max_subscriptions));
-            }
-            let links: BTreeMap<String, Link> = config
-                .streams
-                .iter()
-                .map(|name| {
-                    let link = Link {
-                        explicit: true,
-                        glob: false,
-                        acked: 0,
+        let (tails, mut matching) = self
+            .tails(
+                root,
+                pattern.as_ref(),
+                config.pattern.as_deref(),
+                &config.streams,
+            )
+            .await?;
+        matching.retain(|(name, _)| config.wake_stream.as_deref() != Some(name.as_str()));
+        matching.truncate(model::MAX_EXPLICIT_STREAMS);
+        let mut inserted = false;
+        let outcome = self
+            .update(&key, |state| {
+                if let Some(existing) = state.subs.get(&key) {
+                    return if existing.stored.config == config {
+                        Ok(PutOutcome::Confirmed(self.view(existing)))
+                    } else {
+                        Err(SubscriptionError::Exists)
                     };
-                    (name.clone(), link)
-                })
-                .collect();
-            let mut sub = Sub::new(Stored {
-                version: STATE_VERSION,
-                id: id.to_owned(),
-                root: root.to_owned(),
-                public_root: public_root.to_owned(),
-                config,
-                created_at_ms: clock::unix_ms(),
-                generation: 0,
-                links,
-                wake: None,
-                wake_event: None,
-            });
-            for (name, tail) in matching {
-                sub.link_at(name, tail, false);
-            }
-            // Existing explicit streams start acknowledged at their tail
-            // (a subscription wakes for new data, not history).
-            let names: Vec<String> = sub.stored.links.keys().cloned().collect();
-            for name in names {
-                if let Some(tail) = self.tail_of(root, &name) {
-                    sub.tails.insert(name.clone(), tail);
-                    if let Some(link) = sub.stored.links.get_mut(&name) {
+                }
+                if state.subs.len() >= settings.max_subscriptions {
+                    return Err(SubscriptionError::TooMany(settings.max_subscriptions));
+                }
+                let links: BTreeMap<String, Link> = config
+                    .streams
+                    .iter()
+                    .map(|name| {
+                        let link = Link {
+                            explicit: true,
+                            glob: false,
+                            acked: 0,
+                        };
+                        (name.clone(), link)
+                    })
+                    .collect();
+                let mut sub = Sub::new(Stored {
+                    version: STATE_VERSION,
+                    id: id.to_owned(),
+                    root: root.to_owned(),
+                    public_root: public_root.to_owned(),
+                    config,
+                    created_at_ms: clock::unix_ms(),
+                    generation: 0,
+                    links,
+                    wake: None,
+                    wake_event: None,
+                });
+                for (name, tail) in matching {
+                    sub.link_at(name, tail, false);
+                }
+                for (name, link) in &mut sub.stored.links {
+                    if let Some(&tail) = tails.get(name) {
+                        sub.tails.insert(name.clone(), tail);
                         link.acked = tail;
                     }
                 }
-            }
-            state.subs.insert(key.clone(), sub);
-            self.recount(&state);
-        }
-        if let Err(error) = self.persist(&key).await {
+                let view = self.view(&sub);
+                state.subs.insert(key.clone(), sub);
+                inserted = true;
+                Ok(PutOutcome::Created(view))
+            })
+            .await;
+        if outcome.is_err() && inserted {
             let mut state = self.lock();
             state.subs.remove(&key);
             self.recount(&state);
-            return Err(error);
         }
-        let state = self.lock();
-        let view = state
-            .subs
-            .get(&key)
-            .map(|sub| self.view(sub))
-            .ok_or(SubscriptionError::NotFound)?;
-        Ok(PutOutcome::Created(view))
+        outcome
     }
 
     /// `GET __ds/subscriptions/{id}`.
@@ -165,12 +198,15 @@ impl Subscriptions {
         id: &str,
     ) -> Result<SubscriptionView, SubscriptionError> {
         self.ready().await?;
-        let state = self.lock();
-        state
-            .subs
-            .get(&key(root, id))
-            .map(|sub| self.view(sub))
-            .ok_or(SubscriptionError::NotFound)
+        let key = key(root, id);
+        self.read(&key, |state| {
+            state
+                .subs
+                .get(&key)
+                .map(|sub| self.view(sub))
+                .ok_or(SubscriptionError::NotFound)
+        })
+        .await
     }
 
     /// `DELETE __ds/subscriptions/{id}`.
@@ -180,15 +216,16 @@ impl Subscriptions {
     pub(crate) async fn delete(&self, root: &str, id: &str) -> Result<(), SubscriptionError> {
         self.ready().await?;
         let key = key(root, id);
-        {
-            let mut state = self.lock();
-            if state.subs.remove(&key).is_none() {
-                return Err(SubscriptionError::NotFound);
-            }
-            self.recount(&state);
-        }
+        self.update(&key, |state| {
+            state
+                .subs
+                .remove(&key)
+                .map(drop)
+                .ok_or(SubscriptionError::NotFound)
+        })
+        .await?;
         self.update_lease_gauge();
-        self.persist(&key).await
+        Ok(())
     }
 
     /// `POST __ds/subscriptions/{id}/streams`: links explicit streams.
@@ -207,8 +244,8 @@ impl Subscriptions {
             model::check_stream_name(name, limits)?;
         }
         let key = key(root, id);
-        {
-            let mut state = self.lock();
+        let (tails, _) = self.tails(root, None, None, &streams).await?;
+        self.update(&key, |state| {
             let sub = state.sub(&key)?;
             if sub.stored.links.len() + streams.len() > model::MAX_EXPLICIT_STREAMS {
                 return Err(SubscriptionError::InvalidRequest(
@@ -220,11 +257,12 @@ impl Subscriptions {
                     link.explicit = true;
                     continue;
                 }
-                let tail = self.tail_of(root, &name).unwrap_or(0);
+                let tail = tails.get(&name).copied().unwrap_or(0);
                 sub.link_at(name, tail, true);
             }
-        }
-        self.persist(&key).await
+            Ok(())
+        })
+        .await
     }
 
     /// `DELETE __ds/subscriptions/{id}/streams/{name}`: unlinks a stream.
@@ -239,13 +277,13 @@ impl Subscriptions {
     ) -> Result<(), SubscriptionError> {
         self.ready().await?;
         let key = key(root, id);
-        {
-            let mut state = self.lock();
+        self.update(&key, |state| {
             let sub = state.sub(&key)?;
             sub.stored.links.remove(name);
             sub.tails.remove(name);
-        }
-        self.persist(&key).await
+            Ok(())
+        })
+        .await
     }
 
     /// `POST …/callback` (webhook) and `POST …/ack` (pull-wake): moves
@@ -265,15 +303,17 @@ impl Subscriptions {
     ) -> Result<bool, SubscriptionError> {
         self.ready().await?;
         let key = key(root, id);
-        let next_wake =
-            self.lock()
-                .sub_of_kind(&key, kind)?
-                .ack(&body, bearer, clock::unix_ms())?;
+        let next_wake = self
+            .update(&key, |state| {
+                state
+                    .sub_of_kind(&key, kind)?
+                    .ack(&body, bearer, clock::unix_ms())
+            })
+            .await?;
         SubscriptionAcked {
             kind: kind.as_str(),
         }
         .emit();
-        self.persist(&key).await?;
         if body.done {
             self.update_lease_gauge();
             self.kick(&key);
@@ -300,10 +340,12 @@ impl Subscriptions {
         }
         let key = key(root, id);
         let claimed = self
-            .lock()
-            .sub_of_kind(&key, Kind::PullWake)?
-            .claim(worker, clock::unix_ms())?;
-        self.persist(&key).await?;
+            .update(&key, |state| {
+                state
+                    .sub_of_kind(&key, Kind::PullWake)?
+                    .claim(worker, clock::unix_ms())
+            })
+            .await?;
         if claimed.is_some() {
             LeaseClaimed.emit();
             self.update_lease_gauge();
@@ -326,13 +368,15 @@ impl Subscriptions {
     ) -> Result<(), SubscriptionError> {
         self.ready().await?;
         let key = key(root, id);
-        self.lock().sub_of_kind(&key, Kind::PullWake)?.release(
-            wake_id,
-            generation,
-            bearer,
-            clock::unix_ms(),
-        )?;
-        self.persist(&key).await?;
+        self.update(&key, |state| {
+            state.sub_of_kind(&key, Kind::PullWake)?.release(
+                wake_id,
+                generation,
+                bearer,
+                clock::unix_ms(),
+            )
+        })
+        .await?;
         self.update_lease_gauge();
         self.kick(&key);
         Ok(())

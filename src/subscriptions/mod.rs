@@ -14,6 +14,10 @@
 //!   start (with the signing key).
 //! - `wake`: starting wakes, appending pull-wake events, the lease ticker.
 //! - `webhook`: signed delivery off the request path, with retries.
+//! - `replicated`: the same over a store several servers share (the
+//!   `postgres` backend): the stored records are the authority, changed
+//!   under the store's cross-server lock, and one server at a time runs the
+//!   background work.
 //! - [`model`]: the normalised configuration and the persisted state;
 //!   `wire`: the JSON of the APIs as serde types.
 //! - [`pattern`]: glob patterns; `signing`: the Ed25519 key, the JWKS and
@@ -30,6 +34,7 @@ mod control;
 pub mod error;
 pub mod model;
 pub mod pattern;
+mod replicated;
 pub(crate) mod signing;
 pub(crate) mod ssrf;
 mod state;
@@ -39,7 +44,7 @@ mod webhook;
 pub(crate) mod wire;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +56,7 @@ pub(crate) use error::SubscriptionError;
 use crate::engine::{DataObserver, Engine};
 use crate::protocol::name::NameLimits;
 use crate::shutdown::ShutdownToken;
+use crate::storage::shared::SharedStreams;
 use signing::SigningKey;
 use state::Sub;
 
@@ -103,6 +109,11 @@ struct Shared {
     /// Number of subscriptions, read without the lock on the append path.
     count: AtomicUsize,
     shutdown: ShutdownToken,
+    /// The store shared with other servers, when it is one.
+    replicated: Option<Arc<dyn SharedStreams>>,
+    /// Whether this server runs the background work (always, unless the
+    /// store is shared).
+    leading: AtomicBool,
 }
 
 /// The subscription manager: a cheap, cloneable handle.
@@ -156,6 +167,8 @@ impl Subscriptions {
             client,
             count: AtomicUsize::new(0),
             shutdown,
+            replicated: engine.storage().shared(),
+            leading: AtomicBool::new(false),
         });
         engine.set_observer(Arc::new(Observer(Arc::downgrade(&shared))));
         let this = Self { shared };

@@ -16,7 +16,7 @@ use super::state::Sub;
 use crate::engine::Access;
 
 /// Metadata key prefix of subscription records.
-const SUB_PREFIX: &str = "subscriptions/sub/";
+pub(super) const SUB_PREFIX: &str = "subscriptions/sub/";
 /// Metadata key of the generated signing key (PKCS#8 DER).
 const KEY_ENTRY: &str = "subscriptions/signing-key";
 
@@ -30,20 +30,7 @@ impl Subscriptions {
             Some(path) => SigningKey::from_pem_file(path).map_err(|e| {
                 SubscriptionError::Unavailable(format!("signing key {}: {e}", path.display()))
             })?,
-            None => match entries.iter().find(|(k, _)| k == KEY_ENTRY) {
-                Some((_, der)) => SigningKey::from_pkcs8(der).map_err(|e| {
-                    SubscriptionError::Unavailable(format!("stored signing key: {e}"))
-                })?,
-                None => {
-                    let (key, der) = SigningKey::generate()
-                        .map_err(|e| SubscriptionError::Unavailable(e.to_string()))?;
-                    storage
-                        .put_metadata(KEY_ENTRY, Some(Bytes::from(der)))
-                        .await?;
-                    tracing::info!(kid = key.kid(), "generated a webhook signing key");
-                    key
-                }
-            },
+            None => self.stored_key(&entries).await?,
         };
         let _ = self.shared.key.set(Arc::new(key));
         let mut subs = HashMap::new();
@@ -91,6 +78,40 @@ impl Subscriptions {
         }
         self.update_lease_gauge();
         Ok(())
+    }
+
+    /// The generated signing key: the stored one, or a new one, stored.
+    /// With a shared store, under its lock, so servers starting together
+    /// agree on one key.
+    async fn stored_key(
+        &self,
+        entries: &[(String, Bytes)],
+    ) -> Result<SigningKey, SubscriptionError> {
+        let storage = self.shared.engine.storage();
+        let locked = match self.replicated() {
+            Some(store) => Some(store.lock_metadata(KEY_ENTRY).await?),
+            None => None,
+        };
+        let stored = match &locked {
+            Some(locked) => locked.value().cloned(),
+            None => entries
+                .iter()
+                .find(|(k, _)| k == KEY_ENTRY)
+                .map(|(_, der)| der.clone()),
+        };
+        if let Some(der) = stored {
+            return SigningKey::from_pkcs8(&der)
+                .map_err(|e| SubscriptionError::Unavailable(format!("stored signing key: {e}")));
+        }
+        let (key, der) =
+            SigningKey::generate().map_err(|e| SubscriptionError::Unavailable(e.to_string()))?;
+        let der = Bytes::from(der);
+        match locked {
+            Some(locked) => locked.commit(Some(der)).await?,
+            None => storage.put_metadata(KEY_ENTRY, Some(der)).await?,
+        }
+        tracing::info!(kid = key.kid(), "generated a webhook signing key");
+        Ok(key)
     }
 
     /// Writes the latest state of `key` in a task.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::state::Kick;
+use super::state::{Kick, Sub};
 use super::{Loading, Subscriptions};
 use crate::clock;
 use crate::engine::{Access, AppendRequest};
@@ -29,7 +29,11 @@ impl Subscriptions {
             }
             return;
         }
-        if self.shared.count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        // With a shared store, the role holder's ticker follows the tails
+        // in the store instead.
+        if self.shared.count.load(std::sync::atomic::Ordering::Relaxed) == 0
+            || self.replicated().is_some()
+        {
             return;
         }
         let mut to_persist = Vec::new();
@@ -55,38 +59,44 @@ impl Subscriptions {
     }
 
     /// Starts a wake for `key` if it is pending and none is in progress.
-    /// Never awaits; persistence and I/O go to tasks.
+    /// Never awaits; persistence and I/O go to tasks. With a shared store
+    /// the ticker of the server holding the role starts wakes instead.
     pub(super) fn kick(&self, key: &str) {
-        let mut state = self.lock();
-        let Some(sub) = state.subs.get_mut(key) else {
+        if self.replicated().is_some() {
             return;
-        };
-        let (changed, next) = match sub.kick(clock::unix_ms()) {
-            Ok(kicked) => kicked,
-            Err(error) => {
-                // The ticker tries again.
-                tracing::error!(subscription = %key, error = %error, "cannot start a wake");
+        }
+        let (changed, next) = {
+            let mut state = self.lock();
+            let Some(sub) = state.subs.get_mut(key) else {
                 return;
-            }
+            };
+            decide(sub, clock::unix_ms())
         };
+        self.start_wake(key, next);
+        // The event's task persists the state once the event is written.
+        if changed && next != Kick::WriteEvent {
+            self.persist_later(key.to_owned());
+        }
+    }
+
+    /// Starts what [`decide`] asked for.
+    pub(super) fn start_wake(&self, key: &str, next: Kick) {
         match next {
             Kick::Idle => {}
-            Kick::Deliver => match self.shared.deliveries.try_send(key.to_owned()) {
-                Ok(()) => sub.delivering = true,
-                // Queue full: the ticker offers it again.
-                Err(_) => WebhookQueueFull.emit(),
-            },
+            Kick::Deliver => {
+                if self.shared.deliveries.try_send(key.to_owned()).is_err() {
+                    // Queue full: the ticker offers it again.
+                    WebhookQueueFull.emit();
+                    if let Some(sub) = self.lock().subs.get_mut(key) {
+                        sub.delivering = false;
+                    }
+                }
+            }
             Kick::WriteEvent => {
                 let this = self.clone();
                 let key = key.to_owned();
-                // The task persists the state once the event is written.
                 tokio::spawn(async move { this.write_wake_event(&key).await });
-                return;
             }
-        }
-        drop(state);
-        if changed {
-            self.persist_later(key.to_owned());
         }
     }
 
@@ -94,11 +104,11 @@ impl Subscriptions {
     async fn write_wake_event(&self, key: &str) {
         let prepared = self.lock().subs.get(key).and_then(|sub| sub.wake_event());
         let Some((wake_path, body)) = prepared else {
-            self.event_written(key, None);
+            self.event_written(key, None).await;
             return;
         };
         let engine = &self.shared.engine;
-        let outcome = match engine.lookup(&wake_path, Access::Peek) {
+        let outcome = match engine.lookup_fresh(&wake_path, Access::Peek).await {
             Ok(entry) => {
                 let request = AppendRequest {
                     content_type: Some(ContentType::new(&entry.content_type().raw)),
@@ -118,7 +128,7 @@ impl Subscriptions {
         match outcome {
             Ok(()) => {
                 WakeEventWritten.emit();
-                self.event_written(key, Some(&body.wake_id));
+                self.event_written(key, Some(&body.wake_id)).await;
             }
             Err(error) => {
                 WakeEventFailed {
@@ -126,18 +136,29 @@ impl Subscriptions {
                     error: &error,
                 }
                 .emit();
-                self.event_written(key, None);
+                self.event_written(key, None).await;
             }
         }
     }
 
-    fn event_written(&self, key: &str, written: Option<&str>) {
-        if let Some(sub) = self.lock().subs.get_mut(key) {
-            sub.event_written(written);
-        } else {
-            return;
+    /// Records the end of a wake event's append (`written`: the event's
+    /// wake id, when it was written).
+    async fn event_written(&self, key: &str, written: Option<&str>) {
+        let recorded = self
+            .update(key, |state| {
+                if let Some(sub) = state.subs.get_mut(key) {
+                    sub.event_written(written);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = recorded {
+            // Offered again later (the event may then be written twice).
+            if let Some(sub) = self.lock().subs.get_mut(key) {
+                sub.writing_event = false;
+            }
+            tracing::error!(subscription = %key, error = %error, "cannot record a written wake event");
         }
-        self.persist_later(key.to_owned());
     }
 
     /// Every tick: ends expired leases (and wakes again when data is
@@ -183,8 +204,13 @@ impl Subscriptions {
                 }
                 let Some(shared) = weak.upgrade() else { return };
                 let this = Subscriptions { shared };
-                if *this.shared.loading.borrow() == Loading::Ready {
-                    this.tick();
+                let ready = *this.shared.loading.borrow() == Loading::Ready;
+                if !ready {
+                    continue;
+                }
+                match this.shared.replicated.clone() {
+                    Some(store) => this.tick_replicated(&store).await,
+                    None => this.tick(),
                 }
             }
         });
@@ -200,5 +226,23 @@ impl Subscriptions {
             .filter(|sub| sub.lease_active(now))
             .count();
         LeasesHeld { active }.emit();
+    }
+}
+
+/// What to start for `sub` ([`Sub::kick`]), with this server's delivery
+/// flag set when a delivery is to be queued; and whether the persisted
+/// state changed.
+pub(super) fn decide(sub: &mut Sub, now: i64) -> (bool, Kick) {
+    match sub.kick(now) {
+        Ok((changed, Kick::Deliver)) => {
+            sub.delivering = true;
+            (changed, Kick::Deliver)
+        }
+        Ok(kicked) => kicked,
+        Err(error) => {
+            // The ticker tries again.
+            tracing::error!(subscription = %sub.stored.id, error = %error, "cannot start a wake");
+            (false, Kick::Idle)
+        }
     }
 }

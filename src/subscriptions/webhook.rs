@@ -101,20 +101,26 @@ impl Subscriptions {
     /// Records a webhook's `2xx` answer for the wake of `generation`: `done`
     /// acknowledges the snapshot and ends the wake, otherwise the lease
     /// starts.
-    fn delivered(&self, key: &str, generation: u64, done: bool) {
+    async fn delivered(&self, key: &str, generation: u64, done: bool) {
         let recorded = self
-            .lock()
-            .subs
-            .get_mut(key)
-            .is_some_and(|sub| sub.delivered(generation, done, clock::unix_ms()));
-        if !recorded {
-            return;
+            .update(key, |state| {
+                Ok(state
+                    .subs
+                    .get_mut(key)
+                    .is_some_and(|sub| sub.delivered(generation, done, clock::unix_ms())))
+            })
+            .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(subscription = %key, error = %error, "cannot record a delivered wake");
+                return;
+            }
         }
         self.update_lease_gauge();
         if done {
             self.kick(key);
-        } else {
-            self.persist_later(key.to_owned());
         }
     }
 
@@ -132,6 +138,10 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
     let settings = &subs.shared.settings;
     let mut attempt: u32 = 0;
     loop {
+        // Another server took the background work over.
+        if !subs.is_leading() {
+            return;
+        }
         let Some((url, generation, body)) = subs.delivery(key) else {
             return;
         };
@@ -164,7 +174,7 @@ async fn deliver(subs: &Subscriptions, key: &str, permits: &Semaphore) {
         match outcome {
             (Ok(done), elapsed) => {
                 WebhookDelivered { elapsed }.emit();
-                subs.delivered(key, generation, done);
+                subs.delivered(key, generation, done).await;
                 return;
             }
             (Err(why), elapsed) => {

@@ -30,6 +30,7 @@ macro_rules! stream_columns {
 }
 
 mod chunks;
+mod coordination;
 mod error;
 mod lane;
 pub mod notify;
@@ -154,6 +155,8 @@ pub(crate) struct Shared {
     notifier: OnceLock<Notifier>,
     /// Serialises metadata writes, so changes of a key apply in call order.
     metadata_writes: tokio::sync::Mutex<()>,
+    /// The session holding this server's role locks (`coordination`).
+    roles: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     read_only: bool,
     /// When the store was opened, Unix milliseconds: the write time of
     /// records stored without one.
@@ -225,6 +228,7 @@ impl PostgresStorage {
             recovered: Mutex::new(recovered),
             notifier: OnceLock::new(),
             metadata_writes: tokio::sync::Mutex::new(()),
+            roles: tokio::sync::Mutex::new(None),
             read_only,
             opened_ms: super::chunk_list::now_ms(),
         });

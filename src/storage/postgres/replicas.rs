@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use super::{
     Listener, Notifier, PostgresStorage, STREAM_COLUMNS, get, query, recovered_stream, unsigned,
 };
-use crate::storage::shared::{Decide, SharedStreams, StoredTail, TailEvent};
+use crate::storage::shared::{
+    Decide, LockedMetadata, SharedStreams, StoredPosition, StoredTail, TailEvent,
+};
 use crate::storage::{RecoveredStream, StorageError, StorageFuture, StreamId};
 
 /// Ids of one block: a store's ids are `block << ID_BLOCK_BITS` onwards.
@@ -139,6 +141,32 @@ impl SharedStreams for PostgresStorage {
             .await?;
             rows.iter().map(|row| get(row, 0)).collect()
         })
+    }
+
+    fn lock_metadata(&self, key: &str) -> StorageFuture<Box<dyn LockedMetadata>> {
+        Box::pin(super::coordination::lock_metadata(
+            self.shared.clone(),
+            key.to_owned(),
+        ))
+    }
+
+    fn lead(&self, role: &'static str) -> StorageFuture<bool> {
+        if let Some(refused) = self.read_only_error() {
+            return refused;
+        }
+        Box::pin(super::coordination::lead(self.shared.clone(), role))
+    }
+
+    fn positions(
+        &self,
+        paths: Vec<String>,
+        prefix: Option<String>,
+    ) -> StorageFuture<Vec<StoredPosition>> {
+        Box::pin(super::coordination::positions(
+            self.shared.clone(),
+            paths,
+            prefix,
+        ))
     }
 
     fn watch(&self, events: mpsc::UnboundedSender<TailEvent>) -> Box<dyn Send + Sync> {
