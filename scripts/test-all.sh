@@ -12,7 +12,8 @@
 #   6. a real browser (Debian chromium, puppeteer-core) on another origin reading a
 #      token-protected stream with fetch and EventSource (scripts/browser-test)
 #   7. the official Durable Streams conformance suite against the release binary
-#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all five backends),
+#      (tests/conformance/run.sh; storage modes from CONFORMANCE_MODES, default all five backends,
+#      three postgres replicas behind nginx, and access control),
 #      including the opt-in subscription tests (SUBSCRIPTIONS=1: 338 tests per mode; set
 #      SUBSCRIPTIONS=0 to run the 332 core tests only)
 # Installs missing tools (Node.js, npm, curl, openssl, PostgreSQL, chromium, nginx, prometheus, jq) with apt-get when run as root.

@@ -8,9 +8,9 @@
 # Environment knobs (all optional):
 #   CONFORMANCE_SERVER_BIN                      server binary (default: <repo>/target/release/durable-streams-server;
 #                               built with `cargo build --release --locked` when missing)
-#   CONFORMANCE_MODES        space-separated storage modes (default: the five backends and access control:
-#                               "memory file-fast file-durable acid postgres memory+auth"; also
-#                               postgres-replicas, below); a mode ending in "+auth" runs that storage
+#   CONFORMANCE_MODES        space-separated storage modes (default: the five backends, three replicas and
+#                               access control: "memory file-fast file-durable acid postgres postgres-replicas
+#                               memory+auth"); a mode ending in "+auth" runs that storage
 #                               mode with auth.mode = "token" (an API-key file with no keys) and an anonymous
 #                               grant of every operation on every path, so access control sits in the path
 #                               of every request;
@@ -44,7 +44,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres memory+auth}"
+MODES="${CONFORMANCE_MODES:-memory file-fast file-durable acid postgres postgres-replicas memory+auth}"
 if [[ "${SUBSCRIPTIONS:-}" == "1" ]]; then
   MIN_PASSED="${CONFORMANCE_MIN_PASSED:-338}"
 else
