@@ -18,8 +18,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,87 +25,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use common::postgres;
+use common::replica::{Replica, client};
 
-const BIN: &str = env!("CARGO_BIN_EXE_durable-streams-server");
 const PRODUCERS: usize = 4;
 const APPENDS_PER_PRODUCER: u64 = 60;
 /// Longest a producer keeps retrying one append over the replicas.
 const RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// A running replica; killed (SIGKILL) when dropped.
-struct Replica {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Replica {
-    async fn start(url: &str, log: PathBuf) -> Replica {
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free port");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("DS_STORAGE__MODE", "postgres")
-            .env("DS_STORAGE__POSTGRES__URL", url)
-            .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn the server");
-        let replica = Replica {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if replica.ready().await == Some(StatusCode::OK) {
-                return replica;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("replica not ready:\n{}", replica.log_tail());
-    }
-
-    async fn ready(&self) -> Option<StatusCode> {
-        client()
-            .get(format!("{}/readyz", self.base))
-            .send()
-            .await
-            .ok()
-            .map(|response| response.status())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("HTTP client")
-}
 
 /// Appends `producer`'s `seq`, starting on replica `first` and moving on
 /// to the next on any failure, until one acknowledges it; returns the
@@ -181,7 +104,7 @@ async fn three_replicas_lose_nothing_when_one_is_killed_or_the_database_restarts
     let logs = tempfile::tempdir().expect("log dir");
     let mut replicas = Vec::new();
     for index in 0..3 {
-        replicas.push(Replica::start(&url, logs.path().join(format!("r{index}.log"))).await);
+        replicas.push(Replica::start(&url, logs.path().join(format!("r{index}.log")), &[]).await);
     }
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
 
