@@ -132,6 +132,11 @@ impl Engine {
                 }
             }
             (Some(entry), Some(row)) if entry.id() == row.spec.id => {
+                if row.soft_deleted && self.looks_expired(&entry) {
+                    // Taken out of service for its expiry, maybe by
+                    // another server: it expires here as well.
+                    return Ok(());
+                }
                 self.absorb(&entry, &Stored::from(&row));
             }
             (current, Some(row)) => {
@@ -144,14 +149,24 @@ impl Engine {
             }
         }
         match adopted {
-            Some(entry) => self.sync_access(&*store, &entry, true).await,
+            Some(entry) => self.sync_access(&*store, &entry, true).await?,
             None => match self.shared.registry.get(path) {
                 Some(entry) if self.looks_expired(&entry) => {
-                    self.sync_access(&*store, &entry, false).await
+                    self.sync_access(&*store, &entry, false).await?;
                 }
-                _ => Ok(()),
+                _ => {}
             },
         }
+        // Expired as this server sees it: deleted only if still expired as
+        // stored when it is taken out of service (an access through another
+        // server a moment ago wins).
+        if let Some(entry) = self.shared.registry.get(path)
+            && self.looks_expired(&entry)
+            && !store.claim_expiry(entry.id(), clock::unix_ms()).await?
+        {
+            self.sync_access(&*store, &entry, true).await?;
+        }
+        Ok(())
     }
 
     /// Whether a live entry is expired as far as this server knows.

@@ -225,3 +225,56 @@ async fn the_sweep_of_one_replica_reclaims_streams_only_another_one_knew() {
     ));
     a.lookup_fresh("/kept", Access::Peek).await.expect("kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_loses_to_an_access_another_replica_just_recorded() {
+    let db = Cluster::shared().database().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let mut ttl = plain("/race");
+    ttl.ttl_secs = Some(1);
+    create(&a, ttl).await;
+    b.lookup_fresh("/race", Access::Peek).await.expect("live");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let store = b.shared_store().expect("shared");
+    let id = store
+        .find("/race")
+        .await
+        .expect("read")
+        .expect("row")
+        .spec
+        .id;
+    // `b` has judged it expired; before it takes the stream out of
+    // service, a read through `a` records an access.
+    let judged = crate::clock::unix_ms();
+    a.shared_store()
+        .expect("shared")
+        .touch(id, judged)
+        .await
+        .expect("touch");
+    assert!(
+        !store.claim_expiry(id, judged).await.expect("claim"),
+        "the access wins"
+    );
+    b.lookup_fresh("/race", Access::Peek)
+        .await
+        .expect("alive on b, whose own view is stale");
+    // Left alone, it expires: taken out of service once, gone everywhere.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(matches!(
+        b.lookup_fresh("/race", Access::Peek).await,
+        Err(EngineError::NotFound)
+    ));
+    assert!(
+        !store
+            .claim_expiry(id, crate::clock::unix_ms())
+            .await
+            .expect("claim"),
+        "claimed once"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.find("/race").await.expect("read").is_none());
+    assert!(matches!(
+        a.lookup_fresh("/race", Access::Peek).await,
+        Err(EngineError::NotFound)
+    ));
+}

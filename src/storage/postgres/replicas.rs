@@ -143,6 +143,26 @@ impl SharedStreams for PostgresStorage {
         })
     }
 
+    fn claim_expiry(&self, id: StreamId, now_ms: i64) -> StorageFuture<bool> {
+        if let Some(refused) = self.read_only_error() {
+            return refused;
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Ok(id) = i64::try_from(id) else {
+                return Ok(false);
+            };
+            let rows = query(
+                &shared.pool,
+                "claiming an expired stream",
+                CLAIM_EXPIRY_SQL,
+                &[&id, &now_ms],
+            )
+            .await?;
+            Ok(!rows.is_empty())
+        })
+    }
+
     fn lock_metadata(&self, key: &str) -> StorageFuture<Box<dyn LockedMetadata>> {
         Box::pin(super::coordination::lock_metadata(
             self.shared.clone(),
@@ -181,6 +201,14 @@ impl SharedStreams for PostgresStorage {
 const LAST_ACCESS_SQL: &str = "SELECT last_access_ms FROM streams WHERE id = $1";
 const TOUCH_SQL: &str =
     "UPDATE streams SET last_access_ms = $2 WHERE id = $1 AND last_access_ms < $2";
+/// Still expired as stored (a concurrent access's update either committed
+/// before this statement, which then finds the row extended, or waits for
+/// it and finds the stream soft-deleted).
+const CLAIM_EXPIRY_SQL: &str = "
+UPDATE streams SET status = 'soft_deleted'
+ WHERE id = $1 AND status = 'live'
+   AND (expires_at_ms <= $2 OR last_access_ms + ttl_secs * 1000 <= $2)
+RETURNING id";
 /// The lock is held to the statement's end only; whoever misses it finds
 /// nothing this time (an expired stream stays expired for the next sweep).
 const EXPIRED_SQL: &str = "
