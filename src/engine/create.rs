@@ -40,6 +40,22 @@ impl Engine {
     /// # Errors
     /// See [`EngineError`].
     pub async fn create(&self, request: CreateRequest) -> Result<Created, EngineError> {
+        let Some(store) = self.shared_store() else {
+            return self.create_once(request).await;
+        };
+        match self.create_once(request.clone()).await {
+            // Another server created a stream at the path between this
+            // server's look at the store and its commit (refused by the
+            // path's uniqueness): answer as for a stream found there.
+            Err(EngineError::Storage(error)) => match store.find(&request.path).await {
+                Ok(Some(_)) => self.create_once(request).await,
+                _ => Err(error.into()),
+            },
+            outcome => outcome,
+        }
+    }
+
+    async fn create_once(&self, request: CreateRequest) -> Result<Created, EngineError> {
         // With a shared store, judge against what is stored now.
         self.refresh(&request.path).await?;
         if let Some(fork) = &request.fork {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::testing::{create, fork, plain, produced};
-use super::{Access, AppendRequest, Engine, EngineError, EngineLimits};
+use super::{Access, AppendRequest, CreateRequest, Engine, EngineError, EngineLimits};
 use crate::protocol::header::{ContentType, ProducerHeaders};
 use crate::protocol::offset::ReadFrom;
 use crate::storage::PostgresStorage;
@@ -277,4 +277,32 @@ async fn an_expiry_loses_to_an_access_another_replica_just_recorded() {
         a.lookup_fresh("/race", Access::Peek).await,
         Err(EngineError::NotFound)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_on_two_replicas_get_the_protocol_answer() {
+    let db = Cluster::shared().database().await;
+    let (a, b) = (replica(&db).await, replica(&db).await);
+    let json = |path: &str| CreateRequest {
+        content_type: Some(ContentType::new("application/json")),
+        ..plain(path)
+    };
+    for round in 0..30 {
+        // The same configuration: one creates, the other confirms.
+        let path = format!("/same-{round}");
+        let (first, second) = tokio::join!(a.create(plain(&path)), b.create(plain(&path)));
+        let (first, second) = (
+            first.expect("a: 201 or 200"),
+            second.expect("b: 201 or 200"),
+        );
+        assert!(first.new != second.new, "created once");
+        // Another configuration: one creates, the other is refused.
+        let path = format!("/other-{round}");
+        let (first, second) = tokio::join!(a.create(plain(&path)), b.create(json(&path)));
+        match (first, second) {
+            (Ok(created), Err(EngineError::ConfigMismatch(_)))
+            | (Err(EngineError::ConfigMismatch(_)), Ok(created)) => assert!(created.new),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
 }
