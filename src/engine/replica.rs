@@ -62,6 +62,8 @@ impl WriterView for StoredView<'_> {
 /// What the store says of a stream's writer state.
 struct Stored {
     tail: u64,
+    /// Where retention left the data starting, when read.
+    head: Option<u64>,
     closed: Option<Option<ClosedBy>>,
     soft_deleted: bool,
 }
@@ -70,6 +72,7 @@ impl From<&RecoveredStream> for Stored {
     fn from(row: &RecoveredStream) -> Self {
         Self {
             tail: row.tail,
+            head: Some(row.head),
             closed: row.closed.clone(),
             soft_deleted: row.soft_deleted,
         }
@@ -80,6 +83,7 @@ impl From<&StoredTail> for Stored {
     fn from(row: &StoredTail) -> Self {
         Self {
             tail: row.tail,
+            head: None,
             closed: row.closed.then_some(None),
             soft_deleted: row.soft_deleted,
         }
@@ -282,6 +286,9 @@ impl Engine {
     /// Takes the stored state of an entry's stream when it is ahead of
     /// what the entry holds, and wakes its readers.
     fn absorb(&self, entry: &Arc<StreamEntry>, stored: &Stored) {
+        if let Some(head) = stored.head {
+            entry.advance_head(head);
+        }
         let mut inner = entry.lock();
         let committed = &mut inner.ledger.committed;
         let grown = stored.tail.saturating_sub(committed.tail);

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::testing::{create, fork, plain, produced};
+use super::testing::{append, create, fork, plain, produced};
 use super::{Access, AppendRequest, CreateRequest, Engine, EngineError, EngineLimits};
 use crate::protocol::header::{ContentType, ProducerHeaders};
-use crate::protocol::offset::ReadFrom;
-use crate::storage::PostgresStorage;
+use crate::protocol::offset::{Offset, ReadFrom};
+use crate::storage::config::{RetentionConfig, RetentionRule};
 use crate::storage::postgres::testdb::{Cluster, TestDb};
+use crate::storage::{PostgresStorage, StorageError};
 
 async fn replica(db: &TestDb) -> Engine {
     let store = PostgresStorage::open(db.options()).await.expect("open");
@@ -305,4 +306,63 @@ async fn concurrent_creates_on_two_replicas_get_the_protocol_answer() {
             other => panic!("round {round}: {other:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_once_and_every_replica_answers_from_the_head() {
+    const CHUNK: u64 = 4096;
+    static BLOCK: [u8; 4096] = [b'x'; 4096];
+    let db = Cluster::shared().database().await;
+    let open = async || {
+        let mut options = db.options();
+        options.chunk_bytes = CHUNK;
+        let store = PostgresStorage::open(options).await.expect("open");
+        Engine::new(Arc::new(store), EngineLimits::default())
+    };
+    let (a, b) = (open().await, open().await);
+    for path in ["/r/s", "/r/src"] {
+        create(&a, plain(path)).await;
+        for _ in 0..3 {
+            append(&b, path, &BLOCK).await;
+        }
+    }
+    // A fork through `b` only: `a` does not know `/r/src` has one.
+    create(&b, fork("/r/fork", "/r/src")).await;
+    let retention = RetentionConfig {
+        rules: vec![RetentionRule {
+            prefix: "/r/".into(),
+            max_age_secs: 0,
+            max_bytes: CHUNK,
+        }],
+        ..RetentionConfig::default()
+    };
+    for expected in [2 * CHUNK, 0] {
+        let (on_a, on_b) = tokio::join!(
+            a.enforce_retention(&retention),
+            b.enforce_retention(&retention)
+        );
+        let mut trimmed = [on_a.expect("a"), on_b.expect("b")];
+        trimmed.sort_unstable();
+        assert_eq!(trimmed, [0, expected], "one replica trims");
+    }
+    let c = open().await;
+    for engine in [&a, &b, &c] {
+        let entry = engine
+            .lookup_fresh("/r/s", Access::Peek)
+            .await
+            .expect("live");
+        assert_eq!(entry.head(), 2 * CHUNK);
+        let read = engine.read(&entry, ReadFrom::Start).await.expect("read");
+        assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
+        assert!(matches!(
+            engine.read(&entry, ReadFrom::At(Offset(CHUNK))).await,
+            Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
+        ));
+        let source = engine
+            .lookup_fresh("/r/src", Access::Peek)
+            .await
+            .expect("live");
+        assert_eq!(source.first_position(), 0, "a forked stream keeps its data");
+    }
+    assert_eq!(contents(&a, "/r/fork").await.len(), 3 * CHUNK as usize);
 }

@@ -12,7 +12,10 @@ use super::error::EngineError;
 use crate::clock;
 use crate::metrics::event::BytesTrimmed;
 use crate::storage::config::{RetentionConfig, RetentionLimits};
-use crate::storage::{ChunkInfo, Mutation, StorageError};
+use crate::storage::{ChunkInfo, Mutation, StorageError, StreamId};
+
+/// The role lock of the server trimming a shared store's streams.
+const RETENTION_ROLE: &str = "retention";
 
 /// Where to trim a stream whose chunks are `chunks` (oldest first): the end
 /// of the newest chunk that `limits` drop at `now_ms`, or `None` to keep
@@ -46,16 +49,30 @@ pub(super) fn trim_point(
 impl Engine {
     /// Trims every live stream without forks to its retention limits;
     /// returns the bytes dropped. A stream with forks keeps its data, which
-    /// they read through.
+    /// they read through. With a shared store, the streams are the
+    /// store's, and only the server holding the store's retention role
+    /// trims (the others answer 0).
     ///
     /// # Errors
     /// A storage failure (the streams before it were trimmed).
     pub async fn enforce_retention(&self, retention: &RetentionConfig) -> Result<u64, EngineError> {
         let mut trimmed = 0;
+        if let Some(store) = self.shared_store() {
+            if !store.lead(RETENTION_ROLE).await? {
+                return Ok(0);
+            }
+            for (id, path) in store.trimmable().await? {
+                let limits = retention.limits_for(&path);
+                if limits.is_on() {
+                    trimmed += self.trim(id, &path, limits).await?;
+                }
+            }
+            return Ok(trimmed);
+        }
         for entry in self.shared.registry.entries() {
             let limits = retention.limits_for(entry.path());
             if limits.is_on() && Self::may_trim(&entry) {
-                trimmed += self.trim(&entry, limits).await?;
+                trimmed += self.trim(entry.id(), entry.path(), limits).await?;
             }
         }
         Ok(trimmed)
@@ -66,13 +83,15 @@ impl Engine {
         inner.status == Status::Live && inner.created && inner.forks == 0
     }
 
+    /// Trims stream `id` at `path` to `limits`; returns the bytes dropped.
     async fn trim(
         &self,
-        entry: &Arc<StreamEntry>,
+        id: StreamId,
+        path: &str,
         limits: RetentionLimits,
     ) -> Result<u64, EngineError> {
         let storage = &self.shared.storage;
-        let chunks = match storage.chunks(entry.id()).await {
+        let chunks = match storage.chunks(id).await {
             Ok(chunks) => chunks,
             // Deleted since the list was taken.
             Err(StorageError::UnknownStream(_)) => return Ok(0),
@@ -81,21 +100,18 @@ impl Engine {
         let Some(before) = trim_point(&chunks, limits, clock::unix_ms()) else {
             return Ok(0);
         };
-        storage
-            .submit(Mutation::Trim {
-                id: entry.id(),
-                before,
-            })
-            .await?;
-        entry.advance_head(before);
+        storage.submit(Mutation::Trim { id, before }).await?;
+        if let Some(entry) = self
+            .shared
+            .registry
+            .get(path)
+            .filter(|entry| entry.id() == id)
+        {
+            entry.advance_head(before);
+        }
         let bytes = before - chunks[0].start;
         BytesTrimmed { bytes }.emit();
-        tracing::debug!(
-            path = entry.path(),
-            head = before,
-            bytes,
-            "retention trimmed a stream"
-        );
+        tracing::debug!(path, head = before, bytes, "retention trimmed a stream");
         Ok(bytes)
     }
 

@@ -111,6 +111,10 @@ pub trait SharedStreams: Send + Sync + 'static {
     /// the check and the mark are one statement, so such an access wins.
     fn claim_expiry(&self, id: StreamId, now_ms: i64) -> StorageFuture<bool>;
 
+    /// The live streams no fork reads through, by id and path: those
+    /// retention may trim.
+    fn trimmable(&self) -> StorageFuture<Vec<(StreamId, String)>>;
+
     /// Locks metadata entry `key` across servers and reads it, for a
     /// read-modify-write that no other server interleaves with.
     ///

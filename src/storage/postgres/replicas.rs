@@ -163,6 +163,16 @@ impl SharedStreams for PostgresStorage {
         })
     }
 
+    fn trimmable(&self) -> StorageFuture<Vec<(StreamId, String)>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let rows = query(&shared.pool, "listing streams to trim", TRIMMABLE_SQL, &[]).await?;
+            rows.iter()
+                .map(|row| Ok((unsigned(get(row, 0)?, "stream id")?, get(row, 1)?)))
+                .collect()
+        })
+    }
+
     fn lock_metadata(&self, key: &str) -> StorageFuture<Box<dyn LockedMetadata>> {
         Box::pin(super::coordination::lock_metadata(
             self.shared.clone(),
@@ -209,6 +219,10 @@ UPDATE streams SET status = 'soft_deleted'
  WHERE id = $1 AND status = 'live'
    AND (expires_at_ms <= $2 OR last_access_ms + ttl_secs * 1000 <= $2)
 RETURNING id";
+const TRIMMABLE_SQL: &str = "
+SELECT s.id, s.path FROM streams s
+ WHERE s.status = 'live'
+   AND NOT EXISTS (SELECT 1 FROM streams f WHERE f.fork_source = s.id)";
 /// The lock is held to the statement's end only; whoever misses it finds
 /// nothing this time (an expired stream stays expired for the next sweep).
 const EXPIRED_SQL: &str = "
