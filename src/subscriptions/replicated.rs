@@ -58,7 +58,12 @@ impl Subscriptions {
         op: impl FnOnce(&mut State) -> Result<T, SubscriptionError>,
     ) -> Result<T, SubscriptionError> {
         let Some(store) = self.replicated() else {
-            let out = op(&mut self.lock())?;
+            let out = {
+                let mut state = self.lock();
+                let out = op(&mut state)?;
+                self.recount(&state);
+                out
+            };
             self.persist(key).await?;
             return Ok(out);
         };
