@@ -19,8 +19,7 @@ use axum::routing::post;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::postgres;
-use common::replica::{Replica, client};
+use common::replica::{Replica, client, three_replicas};
 
 const SUBSCRIPTIONS_ENV: &[(&str, &str)] = &[
     ("DS_SUBSCRIPTIONS__ENABLED", "true"),
@@ -97,15 +96,7 @@ fn leader(replicas: &[Replica]) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscription_work_happens_once_and_survives_a_killed_replica() {
-    let url = tokio::task::spawn_blocking(postgres::database)
-        .await
-        .expect("database");
-    let logs = tempfile::tempdir().expect("log dir");
-    let mut replicas = Vec::new();
-    for index in 0..3 {
-        let log = logs.path().join(format!("r{index}.log"));
-        replicas.push(Replica::start(&url, log, SUBSCRIPTIONS_ENV).await);
-    }
+    let (_logs, mut replicas) = three_replicas(SUBSCRIPTIONS_ENV).await;
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
     let http = client();
     let subs = |base: &str, id: &str| format!("{base}/v1/stream/__ds/subscriptions/{id}");

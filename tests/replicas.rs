@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use common::postgres;
-use common::replica::{Replica, client};
+use common::replica::{client, three_replicas};
 
 const PRODUCERS: usize = 4;
 const APPENDS_PER_PRODUCER: u64 = 60;
@@ -115,14 +115,7 @@ async fn create(base: &str, path: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_lose_nothing_when_one_is_killed_or_the_database_restarts() {
-    let url = tokio::task::spawn_blocking(postgres::database)
-        .await
-        .expect("database");
-    let logs = tempfile::tempdir().expect("log dir");
-    let mut replicas = Vec::new();
-    for index in 0..3 {
-        replicas.push(Replica::start(&url, logs.path().join(format!("r{index}.log")), &[]).await);
-    }
+    let (_logs, mut replicas) = three_replicas(&[]).await;
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
 
     // Phase 1: producers over all replicas, one replica killed mid-run.

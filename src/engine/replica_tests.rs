@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::testing::{append, create, fork, plain, produced};
+use super::testing::{append, create, fork, keep_bytes, plain, produced};
 use super::{Access, AppendRequest, CreateRequest, Engine, EngineError, EngineLimits};
 use crate::protocol::header::{ContentType, ProducerHeaders};
 use crate::protocol::offset::{Offset, ReadFrom};
-use crate::storage::config::{RetentionConfig, RetentionRule};
 use crate::storage::postgres::testdb::{Cluster, TestDb};
 use crate::storage::{PostgresStorage, StorageError};
 
@@ -328,14 +327,7 @@ async fn retention_trims_once_and_every_replica_answers_from_the_head() {
     }
     // A fork through `b` only: `a` does not know `/r/src` has one.
     create(&b, fork("/r/fork", "/r/src")).await;
-    let retention = RetentionConfig {
-        rules: vec![RetentionRule {
-            prefix: "/r/".into(),
-            max_age_secs: 0,
-            max_bytes: CHUNK,
-        }],
-        ..RetentionConfig::default()
-    };
+    let retention = keep_bytes("/r/", CHUNK);
     for expected in [2 * CHUNK, 0] {
         let (on_a, on_b) = tokio::join!(
             a.enforce_retention(&retention),

@@ -142,11 +142,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::engine::testing::{append, create, plain};
+    use crate::engine::testing::{append, create, keep_bytes, plain};
     use crate::engine::{Access, EngineLimits};
     use crate::protocol::offset::{Offset, ReadFrom};
     use crate::storage::acid::AcidOptions;
-    use crate::storage::config::RetentionRule;
     use crate::storage::{AcidStorage, FileOptions, FileStorage, InMemoryStorage, Storage};
 
     fn chunk(start: u64, end: u64, last_write_ms: i64) -> ChunkInfo {
@@ -202,14 +201,7 @@ mod tests {
                 append(&engine, path, &BLOCK).await;
             }
         }
-        let retention = RetentionConfig {
-            rules: vec![RetentionRule {
-                prefix: "/r/".into(),
-                max_age_secs: 0,
-                max_bytes: CHUNK,
-            }],
-            ..RetentionConfig::default()
-        };
+        let retention = keep_bytes("/r/", CHUNK);
         assert_eq!(
             engine.enforce_retention(&retention).await.expect("trim"),
             2 * CHUNK

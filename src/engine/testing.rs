@@ -73,3 +73,16 @@ pub async fn append(engine: &Engine, path: &str, body: &'static [u8]) -> Appende
     };
     engine.append(path, request).await.expect("appended")
 }
+
+/// Retention keeping at most `max_bytes` of each stream under `prefix`.
+pub fn keep_bytes(prefix: &str, max_bytes: u64) -> crate::storage::config::RetentionConfig {
+    use crate::storage::config::{RetentionConfig, RetentionRule};
+    RetentionConfig {
+        rules: vec![RetentionRule {
+            prefix: prefix.into(),
+            max_age_secs: 0,
+            max_bytes,
+        }],
+        ..RetentionConfig::default()
+    }
+}

@@ -84,6 +84,21 @@ impl Drop for Replica {
     }
 }
 
+/// A fresh database and three replicas on it (with `env` besides), their
+/// logs in the returned directory.
+pub async fn three_replicas(env: &[(&str, &str)]) -> (tempfile::TempDir, Vec<Replica>) {
+    let url = tokio::task::spawn_blocking(super::postgres::database)
+        .await
+        .expect("database");
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut replicas = Vec::new();
+    for index in 0..3 {
+        let log = logs.path().join(format!("r{index}.log"));
+        replicas.push(Replica::start(&url, log, env).await);
+    }
+    (logs, replicas)
+}
+
 /// An HTTP client with short timeouts and no proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
