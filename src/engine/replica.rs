@@ -90,6 +90,18 @@ impl From<&StoredTail> for Stored {
     }
 }
 
+/// Makes a stream with a sliding TTL look expired to this server.
+fn settle_expiry(entry: &StreamEntry) {
+    let Some(ttl) = entry.ttl_secs() else {
+        return;
+    };
+    let now = Instant::now();
+    let mut inner = entry.lock();
+    if let Some(expired) = now.checked_sub(Duration::from_secs(ttl)) {
+        inner.last_access = inner.last_access.min(expired);
+    }
+}
+
 impl Engine {
     /// The shared store, when the backend is one.
     pub(super) fn shared_store(&self) -> Option<Arc<dyn SharedStreams>> {
@@ -136,12 +148,17 @@ impl Engine {
                 }
             }
             (Some(entry), Some(row)) if entry.id() == row.spec.id => {
-                if row.soft_deleted && self.looks_expired(&entry) {
-                    // Taken out of service for its expiry, maybe by
-                    // another server: it expires here as well.
+                self.absorb(&entry, &Stored::from(&row));
+                if row
+                    .spec
+                    .expires_at_ms
+                    .is_some_and(|at| at <= clock::unix_ms())
+                {
+                    // Its expiry is settled in the store (by any server):
+                    // expired here too, whatever this server saw since.
+                    settle_expiry(&entry);
                     return Ok(());
                 }
-                self.absorb(&entry, &Stored::from(&row));
             }
             (current, Some(row)) => {
                 if current.is_some_and(|entry| !entry.lock().created) {
@@ -162,7 +179,7 @@ impl Engine {
             },
         }
         // Expired as this server sees it: deleted only if still expired as
-        // stored when it is taken out of service (an access through another
+        // stored when its expiry is settled (an access through another
         // server a moment ago wins).
         if let Some(entry) = self.shared.registry.get(path)
             && self.looks_expired(&entry)

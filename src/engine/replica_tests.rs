@@ -258,19 +258,16 @@ async fn an_expiry_loses_to_an_access_another_replica_just_recorded() {
     b.lookup_fresh("/race", Access::Peek)
         .await
         .expect("alive on b, whose own view is stale");
-    // Left alone, it expires: taken out of service once, gone everywhere.
+    // Left alone, it expires; once settled, a late access revives nothing.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let settled = crate::clock::unix_ms();
+    assert!(store.claim_expiry(id, settled).await.expect("claim"));
+    let late = a.shared_store().expect("shared");
+    late.touch(id, settled + 1).await.expect("touch");
     assert!(matches!(
         b.lookup_fresh("/race", Access::Peek).await,
         Err(EngineError::NotFound)
     ));
-    assert!(
-        !store
-            .claim_expiry(id, crate::clock::unix_ms())
-            .await
-            .expect("claim"),
-        "claimed once"
-    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(store.find("/race").await.expect("read").is_none());
     assert!(matches!(

@@ -103,12 +103,13 @@ pub trait SharedStreams: Send + Sync + 'static {
     /// others sweeping at the same moment.
     fn expired(&self, now_ms: i64) -> StorageFuture<Vec<String>>;
 
-    /// Takes stream `id` out of service for its expiry if, as stored, it
-    /// is live and expired at `now_ms` (its expiry time or sliding TTL
-    /// passed): marks it soft-deleted, so no server serves it any more,
-    /// and answers `true`; the caller then deletes it. `false` when an
-    /// access through any server extended it meanwhile (or it is gone):
-    /// the check and the mark are one statement, so such an access wins.
+    /// Settles the expiry of stream `id` if, as stored, it is live and
+    /// expired at `now_ms` (its expiry time or sliding TTL passed): pins
+    /// its stored expiry time at `now_ms` at the latest, so it stays
+    /// expired for every server whatever accesses follow, and answers
+    /// `true`; the caller then deletes it. `false` when an access through
+    /// any server extended it meanwhile (or it is gone): the check and the
+    /// pin are one statement, so such an access wins.
     fn claim_expiry(&self, id: StreamId, now_ms: i64) -> StorageFuture<bool>;
 
     /// The live streams no fork reads through, by id and path: those

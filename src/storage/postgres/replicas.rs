@@ -212,10 +212,11 @@ const LAST_ACCESS_SQL: &str = "SELECT last_access_ms FROM streams WHERE id = $1"
 const TOUCH_SQL: &str =
     "UPDATE streams SET last_access_ms = $2 WHERE id = $1 AND last_access_ms < $2";
 /// Still expired as stored (a concurrent access's update either committed
-/// before this statement, which then finds the row extended, or waits for
-/// it and finds the stream soft-deleted).
+/// before this statement, which then finds the row extended, or comes
+/// after it and no longer matters): the expiry time is pinned, so every
+/// server reading the row sees the stream expired.
 const CLAIM_EXPIRY_SQL: &str = "
-UPDATE streams SET status = 'soft_deleted'
+UPDATE streams SET expires_at_ms = least(coalesce(expires_at_ms, $2), $2)
  WHERE id = $1 AND status = 'live'
    AND (expires_at_ms <= $2 OR last_access_ms + ttl_secs * 1000 <= $2)
 RETURNING id";
