@@ -12,9 +12,11 @@
 //!   served (TLS handshake, then HTTP/1.1 or HTTP/2).
 //! - `drain`: the signal that closes idle HTTP/1.1 connections.
 //! - `http1`: the HTTP/1.1 connection driver.
+//! - `live_pool`: the threads that write live (SSE) responses.
 
 mod drain;
 mod http1;
+mod live_pool;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -232,8 +234,8 @@ async fn accept_loop(
                     match (&tls, protocols.engine) {
                         // The connection itself is the task: nothing else
                         // is kept per connection.
-                        (None, Http1Engine::Lean) => connections.spawn(lean_connection(
-                            stream, peer, None, &protocols, signals.drain,
+                        (None, Http1Engine::Lean) => connections.spawn(live_pool::serve(
+                            lean_connection(stream, peer, None, &protocols, signals.drain),
                         )),
                         (None, Http1Engine::Hyper) => connections.spawn(hyper_connection(
                             stream, peer, None, protocols.clone(), signals.graceful,
@@ -295,6 +297,15 @@ where
     )
 }
 
+impl<IO> live_pool::Movable for http1::Connection<IO, Router>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_until_live(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        http1::Connection::poll_until_live(self, cx)
+    }
+}
+
 /// Sockets whose small writes go out at once.
 trait NoDelay {
     fn set_nodelay(&self);
@@ -338,7 +349,7 @@ async fn tls_connection(
     };
     let h2 = session.alpn.as_deref() == Some("h2");
     if protocols.engine == Http1Engine::Lean && protocols.http1_allowed && !h2 {
-        Box::pin(lean_connection(
+        live_pool::serve(lean_connection(
             stream,
             peer,
             Some(session),
