@@ -18,7 +18,10 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::task::Poll;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio::runtime::{Builder, Handle, Runtime, RuntimeFlavor};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The live runtime, started on first use; `None` if it could not start.
@@ -53,10 +56,14 @@ pub(super) trait Movable: Future<Output = ()> + Send + Unpin + 'static {
     fn poll_until_live(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool>;
 }
 
-/// Serves `connection` here until its response turns live, then on the
-/// live runtime until it closes. Dropping the returned future (an aborted
-/// drain) ends the connection wherever it runs.
-pub(super) async fn serve<C: Movable>(connection: C) {
+/// Where connections moved to the live runtime are reported, so that the
+/// drain waits for them (and ends them at its timeout).
+pub(super) type Moved = mpsc::UnboundedSender<JoinHandle<()>>;
+
+/// Serves `connection` here until its response turns live, then hands it
+/// to the live runtime, reports its task to `moved` and returns: the task
+/// that served it here ends, and nothing is kept on this side.
+pub(super) async fn serve<C: Movable>(connection: C, moved: Moved) {
     let mut connection = Box::new(connection);
     let Some(live) = live_handle() else {
         return connection.await;
@@ -64,15 +71,78 @@ pub(super) async fn serve<C: Movable>(connection: C) {
     if !std::future::poll_fn(|cx| connection.poll_until_live(cx)).await {
         return;
     }
-    let mut task = AbortOnDrop(live.spawn(connection));
-    let _ = (&mut task.0).await;
+    if let Err(unreported) = moved.send(live.spawn(connection)) {
+        // The listener is gone: nobody would wait for it or end it.
+        unreported.0.abort();
+    }
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
+/// The connections that moved to the live runtime, as the accept loop
+/// tracks them.
+pub(super) struct MovedConnections {
+    sender: Option<Moved>,
+    receiver: mpsc::UnboundedReceiver<JoinHandle<()>>,
+    running: FuturesUnordered<JoinHandle<()>>,
+}
 
-impl Drop for AbortOnDrop {
+impl MovedConnections {
+    pub(super) fn new() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender: Some(sender),
+            receiver,
+            running: FuturesUnordered::new(),
+        }
+    }
+
+    /// Where a connection reports its move.
+    pub(super) fn sender(&self) -> Moved {
+        match &self.sender {
+            Some(sender) => sender.clone(),
+            // After `close`: a report is refused and the connection ended.
+            None => mpsc::unbounded_channel().0,
+        }
+    }
+
+    /// No more connections are accepted: once those still served here are
+    /// done, no more moves will be reported.
+    pub(super) fn close(&mut self) {
+        self.sender = None;
+    }
+
+    /// Takes a report or a finished connection; `false` once nothing is
+    /// left (after [`Self::close`], every reporter gone, every task ended).
+    pub(super) async fn step(&mut self) -> bool {
+        tokio::select! {
+            received = self.receiver.recv() => match received {
+                Some(task) => self.running.push(task),
+                None => {
+                    if self.running.next().await.is_none() {
+                        return false;
+                    }
+                }
+            },
+            Some(_) = self.running.next(), if !self.running.is_empty() => {}
+        }
+        true
+    }
+
+    /// Ends every moved connection (the drain timeout).
+    pub(super) fn abort_all(&mut self) {
+        self.receiver.close();
+        while let Ok(task) = self.receiver.try_recv() {
+            task.abort();
+        }
+        for task in &self.running {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for MovedConnections {
+    /// The server's future dropped (an embedder's abort) ends its moved
+    /// connections too, as dropping its `JoinSet` ends the others.
     fn drop(&mut self) {
-        self.0.abort();
+        self.abort_all();
     }
 }
