@@ -908,8 +908,9 @@ struct LiveRead {
     stream: Box<dyn Wire>,
     /// Raw bytes not yet de-chunked.
     raw: Vec<u8>,
-    /// De-chunked body bytes not yet split into events.
+    /// De-chunked body bytes; those before `body_at` are split off already.
     body: Vec<u8>,
+    body_at: usize,
     chunked: bool,
     /// Body bytes left in the current chunk.
     chunk_left: usize,
@@ -926,6 +927,7 @@ impl LiveRead {
             stream,
             raw: Vec::new(),
             body: Vec::new(),
+            body_at: 0,
             chunked: false,
             chunk_left: 0,
         })
@@ -961,53 +963,70 @@ impl LiveRead {
             .ok_or_else(|| std::io::Error::other("bad status line"))
     }
 
-    /// Moves what can be de-chunked from `raw` to `body`.
+    /// Moves what can be de-chunked from `raw` to `body`. Consumed bytes
+    /// are dropped once per call, not once per chunk, so that a read
+    /// holding many events costs linear time.
     fn dechunk(&mut self) -> std::io::Result<()> {
         if !self.chunked {
-            self.body.append(&mut self.raw);
+            self.body.extend_from_slice(&self.raw);
+            self.raw.clear();
             return Ok(());
         }
-        loop {
+        let mut at = 0;
+        let result = loop {
             if self.chunk_left > 0 {
-                let take = self.chunk_left.min(self.raw.len());
-                self.body.extend(self.raw.drain(..take));
+                let take = self.chunk_left.min(self.raw.len() - at);
+                self.body.extend_from_slice(&self.raw[at..at + take]);
+                at += take;
                 self.chunk_left -= take;
                 if self.chunk_left > 0 {
-                    return Ok(());
+                    break Ok(());
                 }
             }
             // Each chunk's data ends in CRLF, then the next size line.
-            let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") else {
-                return Ok(());
+            let rest = &self.raw[at..];
+            let Some(line) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break Ok(());
             };
-            let text = String::from_utf8_lossy(&self.raw[..line]).into_owned();
-            self.raw.drain(..line + 2);
+            let text = String::from_utf8_lossy(&rest[..line]).into_owned();
+            at += line + 2;
             if text.is_empty() {
                 continue;
             }
-            let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {text:?}")))?;
+            let size = match usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
+            {
+                Ok(size) => size,
+                Err(_) => break Err(std::io::Error::other(format!("bad chunk size {text:?}"))),
+            };
             if size == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                break Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             self.chunk_left = size;
-        }
+        };
+        self.raw.drain(..at);
+        result
     }
 
     /// The next SSE event: (event type, data).
     async fn next_event(&mut self) -> std::io::Result<(String, String)> {
         loop {
             self.dechunk()?;
-            let end = self.body.windows(2).position(|w| w == b"\n\n");
-            if let Some(end) = end {
-                let block: Vec<u8> = self.body.drain(..end + 2).collect();
-                let (kind, data) = sse_fields(&String::from_utf8_lossy(&block));
+            let rest = &self.body[self.body_at..];
+            if let Some(end) = rest.windows(2).position(|w| w == b"\n\n") {
+                let (kind, data) = sse_fields(&String::from_utf8_lossy(&rest[..end + 2]));
+                self.body_at += end + 2;
+                if self.body_at == self.body.len() {
+                    self.body.clear();
+                    self.body_at = 0;
+                }
                 if data.is_empty() && kind == "message" {
                     // A comment or keep-alive: not an event.
                     continue;
                 }
                 return Ok((kind, data));
             }
+            self.body.drain(..self.body_at);
+            self.body_at = 0;
             self.fill().await?;
         }
     }
@@ -1243,28 +1262,28 @@ async fn fanout(args: &Args) -> Value {
                 .extend(mine);
         }));
     }
-    // One writer per stream, on its own keep-alive connection.
-    let mut writers = Vec::new();
-    for (stream, _) in targets {
-        writers.push(tokio::spawn(async move {
-            let (mut connection, path) = RawConnection::new(&stream);
-            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for _ in 0..messages {
-                ticker.tick().await;
-                let body = stamp(origin, size);
-                let head = connection.post_head(&path, "text/plain", body.len(), "");
-                match connection.send(&head, &body).await {
-                    Ok(status) if (200..300).contains(&status) => {}
-                    Ok(status) => fail!("append: {status}"),
-                    Err(error) => fail!("append: {error}"),
-                }
+    // One writer per stream, on its own keep-alive connection, all on a
+    // thread of their own: on the runtime of the readers, a writer's next
+    // append would wait behind thousands of reader wake-ups and the rate
+    // would measure this tool, not the server.
+    let writers = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|error| fail!("writer runtime: {error}"));
+        runtime.block_on(async move {
+            let mut writers = Vec::new();
+            for (stream, _) in targets {
+                writers.push(tokio::spawn(write_paced(
+                    stream, origin, rate, messages, size,
+                )));
             }
-        }));
-    }
-    for writer in writers {
-        let _ = writer.await;
-    }
+            for writer in writers {
+                let _ = writer.await;
+            }
+        });
+    });
+    let _ = tokio::task::spawn_blocking(move || writers.join()).await;
     let during = pid.as_deref().map(rss_kib);
     for task in tasks {
         let _ = task.await;
@@ -1306,6 +1325,23 @@ async fn fanout(args: &Args) -> Value {
         "deliveries": samples.len(), "expected_deliveries": expected, "open_seconds": opened_in,
         "metrics": metrics,
     })
+}
+
+/// Appends `messages` stamped payloads to `stream` at `rate` per second.
+async fn write_paced(stream: String, origin: Instant, rate: u64, messages: u64, size: usize) {
+    let (mut connection, path) = RawConnection::new(&stream);
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..messages {
+        ticker.tick().await;
+        let body = stamp(origin, size);
+        let head = connection.post_head(&path, "text/plain", body.len(), "");
+        match connection.send(&head, &body).await {
+            Ok(status) if (200..300).contains(&status) => {}
+            Ok(status) => fail!("append: {status}"),
+            Err(error) => fail!("append: {error}"),
+        }
+    }
 }
 
 fn rss(args: &Args) -> Value {

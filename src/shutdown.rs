@@ -38,6 +38,15 @@ impl ShutdownToken {
         *self.sender.borrow()
     }
 
+    /// Resolves once the token fires; owns what it waits on, so it can be
+    /// kept (boxed) across wake-ups and registers its waiter only once.
+    pub fn cancelled_owned(self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.sender.subscribe();
+        async move {
+            let _ = receiver.wait_for(|fired| *fired).await;
+        }
+    }
+
     /// Resolves once the token fires.
     pub async fn cancelled(&self) {
         let mut receiver = self.sender.subscribe();

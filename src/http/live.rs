@@ -3,6 +3,8 @@
 //! Both wait on the stream's committed-state signal, never poll storage, and
 //! select on the shutdown token so a draining server releases them at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Instrument;
 
 use super::AppState;
@@ -140,10 +142,12 @@ pub(super) async fn sse(
         cursor: cursor_for(client_cursor.as_deref()),
         base64,
         keepalive: state.settings.sse_keepalive_interval,
-        reconnect_at: state
+        keepalive_timer: Box::pin(sleep_until(now + state.settings.sse_keepalive_interval)),
+        reconnect_timer: state
             .settings
             .sse_reconnect_interval
-            .map(|interval| now + interval),
+            .map(|interval| Box::pin(sleep_until(now + interval))),
+        shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
         shutdown: state.shutdown.clone(),
         announced: false,
         finished: false,
@@ -159,6 +163,7 @@ pub(super) async fn sse(
         .instrument(span.clone())
     });
     let mut response = Response::new(Body::from_stream(stream));
+    response.extensions_mut().insert(LiveResponse);
     let out = response.headers_mut();
     out.insert(
         header::CONTENT_TYPE,
@@ -170,6 +175,11 @@ pub(super) async fn sse(
     }
     Ok(response)
 }
+
+/// Marks a response whose body follows a stream live (SSE), so that the
+/// connection layer can serve it apart from request/response traffic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LiveResponse;
 
 /// The state of one SSE connection, advanced one chunk of output at a time.
 struct SseSession {
@@ -184,7 +194,15 @@ struct SseSession {
     json: bool,
     base64: bool,
     keepalive: Duration,
-    reconnect_at: Option<Instant>,
+    /// Fires after `keepalive` without output. Kept for the whole session
+    /// and moved forward on each send (which takes no lock in the timer
+    /// wheel), rather than a new timer per wake-up: an append to a stream
+    /// with thousands of subscribers wakes them all.
+    keepalive_timer: Pin<Box<Sleep>>,
+    /// Ends the response (`sse_reconnect_interval`), when set.
+    reconnect_timer: Option<Pin<Box<Sleep>>>,
+    /// Resolves when the server drains; registered once, like the timers.
+    shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
     shutdown: ShutdownToken,
     /// Whether a control event has told the client where it stands.
     announced: bool,
@@ -216,6 +234,15 @@ impl SseSession {
 
     /// The next bytes to send, or `None` to end the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        let chunk = self.produce().await;
+        if chunk.is_some() {
+            let next = Instant::now() + self.keepalive;
+            self.keepalive_timer.as_mut().reset(next);
+        }
+        chunk
+    }
+
+    async fn produce(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
@@ -247,8 +274,8 @@ impl SseSession {
                 return Some(Bytes::from(out));
             }
             let reconnect = async {
-                match self.reconnect_at {
-                    Some(at) => sleep_until(at).await,
+                match &mut self.reconnect_timer {
+                    Some(timer) => timer.as_mut().await,
                     None => std::future::pending().await,
                 }
             };
@@ -259,7 +286,7 @@ impl SseSession {
                         return None;
                     }
                 }
-                () = sleep(self.keepalive) => {
+                () = self.keepalive_timer.as_mut() => {
                     self.control(&mut out, true, false);
                     return Some(Bytes::from(out));
                 }
@@ -267,7 +294,9 @@ impl SseSession {
                     self.finished = true;
                     return None;
                 }
-                () = self.shutdown.cancelled() => {}
+                // Polled only before it fired: once it has, the check
+                // above ends the session first.
+                () = self.shutdown_wait.as_mut() => {}
             }
         }
     }

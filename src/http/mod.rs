@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
 pub(crate) use limits::InputLimits;
+pub(crate) use live::LiveResponse;
 
 use crate::auth::AccessControl;
 use crate::engine::Engine;

@@ -12,9 +12,11 @@
 //!   served (TLS handshake, then HTTP/1.1 or HTTP/2).
 //! - `drain`: the signal that closes idle HTTP/1.1 connections.
 //! - `http1`: the HTTP/1.1 connection driver.
+//! - `live_pool`: the threads that write live (SSE) responses.
 
 mod drain;
 mod http1;
+mod live_pool;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -183,6 +185,8 @@ struct Protocols {
 
 /// The signals a connection task watches.
 struct Signals {
+    /// Where a lean connection reports its move to the live runtime.
+    moved: live_pool::Moved,
     /// Closes idle lean HTTP/1.1 connections.
     drain: DrainWatch,
     /// Asks hyper connections to finish.
@@ -206,6 +210,7 @@ async fn accept_loop(
     let drain = Drain::default();
     let closing = ShutdownToken::new();
     let mut connections = JoinSet::new();
+    let mut moved = live_pool::MovedConnections::new();
     let mut signal = std::pin::pin!(signal);
     let mut draining: Option<(Instant, Instant)> = None;
     // Lean plain connections never reach hyper: no watcher for them.
@@ -225,6 +230,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let signals = Signals {
+                        moved: moved.sender(),
                         drain: drain.watch(),
                         graceful: needs_graceful.then(|| graceful.watcher()),
                         closing: closing.clone(),
@@ -232,8 +238,9 @@ async fn accept_loop(
                     match (&tls, protocols.engine) {
                         // The connection itself is the task: nothing else
                         // is kept per connection.
-                        (None, Http1Engine::Lean) => connections.spawn(lean_connection(
-                            stream, peer, None, &protocols, signals.drain,
+                        (None, Http1Engine::Lean) => connections.spawn(live_pool::serve(
+                            lean_connection(stream, peer, None, &protocols, signals.drain),
+                            signals.moved,
                         )),
                         (None, Http1Engine::Hyper) => connections.spawn(hyper_connection(
                             stream, peer, None, protocols.clone(), signals.graceful,
@@ -246,6 +253,7 @@ async fn accept_loop(
                 Err(error) => accept_failed(&error).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = moved.step() => {}
         }
     }
     drop(listener);
@@ -254,6 +262,8 @@ async fn accept_loop(
     let deadline = draining.map_or_else(Instant::now, |(_, deadline)| deadline);
     let finished = timeout_at(deadline, async {
         graceful.shutdown().await;
+        moved.close();
+        while moved.step().await {}
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -263,6 +273,7 @@ async fn accept_loop(
             "drain timeout reached; closing the remaining connections"
         );
         connections.abort_all();
+        moved.abort_all();
     }
     Ok(())
 }
@@ -293,6 +304,15 @@ where
         protocols.http1,
         drain,
     )
+}
+
+impl<IO> live_pool::Movable for http1::Connection<IO, Router>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_until_live(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        http1::Connection::poll_until_live(self, cx)
+    }
 }
 
 /// Sockets whose small writes go out at once.
@@ -338,13 +358,10 @@ async fn tls_connection(
     };
     let h2 = session.alpn.as_deref() == Some("h2");
     if protocols.engine == Http1Engine::Lean && protocols.http1_allowed && !h2 {
-        Box::pin(lean_connection(
-            stream,
-            peer,
-            Some(session),
-            &protocols,
-            signals.drain,
-        ))
+        live_pool::serve(
+            lean_connection(stream, peer, Some(session), &protocols, signals.drain),
+            signals.moved,
+        )
         .await;
     } else {
         let served = hyper_connection(stream, peer, Some(session), protocols, signals.graceful);

@@ -591,3 +591,40 @@ async fn drain_releases_live_readers_without_claiming_closure() {
     assert_eq!(header(&response, "stream-next-offset"), tail);
     app.stopped().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_of_a_busy_stream_gets_every_message_once_and_in_order() {
+    // Hundreds of subscribers on one stream, appended to while they are
+    // being written to (on a multi-thread runtime the server writes live
+    // responses on threads of their own): a subscriber woken late reads
+    // everything since in one go, and none may miss, repeat or reorder a
+    // message.
+    const SUBSCRIBERS: usize = 300;
+    const MESSAGES: usize = 200;
+    let app = spawn_app(test_config()).await;
+    app.create("busy", "text/plain").await;
+    let target = format!("{}?offset=now&live=sse", app.path("busy"));
+    let mut collectors = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let mut sse = open_sse_raw(app.addr, &target).await;
+        let first = sse.next_event().await.expect("the first control event");
+        assert_eq!(first.event, "control");
+        collectors.push(tokio::spawn(async move {
+            let mut received = Vec::with_capacity(MESSAGES);
+            while received.len() < MESSAGES {
+                let event = sse.next_event().await.expect("the response stays open");
+                if event.event == "data" {
+                    received.push(event.data());
+                }
+            }
+            received
+        }));
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("m{i:04}")).collect();
+    for message in &expected {
+        app.append("busy", "text/plain", message.clone()).await;
+    }
+    for collector in collectors {
+        assert_eq!(collector.await.expect("collector"), expected);
+    }
+}

@@ -20,6 +20,7 @@
 //!   body handed to handlers.
 //! - `encode`: response heads, body framing, `Date`.
 //! - `respond`: the response being written and its queued bytes.
+//! - `close`: shutting a connection down and lingering.
 //! - `read`: socket reads through a stack buffer.
 //!
 //! # Behaviour
@@ -37,6 +38,7 @@
 //!   the response in flight finishes with `Connection: close`.
 
 mod body;
+mod close;
 mod encode;
 mod head;
 mod read;
@@ -64,20 +66,16 @@ pub(crate) use body::BodyError;
 pub(crate) use head::HeadLimits;
 
 use self::body::{BodyTap, Decoded, Decoder, IncomingBody};
+use self::close::Closing;
 use self::encode::{BodyLength, ChunkLine, Exchange, Framing};
 use self::head::{BodyFraming, HeadScanner, RequestHead};
-use self::read::{poll_read_discard, poll_read_some};
+use self::read::poll_read_some;
 use self::respond::{Outgoing, Respond};
 use super::drain::DrainWatch;
 use crate::client::TlsSession;
+use crate::http::LiveResponse;
 use crate::http::problem::ApiError;
 
-/// How long a closing connection keeps reading what the client still
-/// sends, so that closing with unread input does not reset the connection
-/// before the client has read the answer.
-const LINGER: Duration = Duration::from_secs(1);
-/// Most bytes read and dropped while lingering.
-const LINGER_BYTES: usize = 256 * 1024;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -130,6 +128,8 @@ where
     exchange: Exchange,
     inbound: Inbound,
     phase: Phase<S::Future>,
+    /// The response just started follows a stream live ([`LiveResponse`]).
+    live: bool,
 }
 
 /// The request body still on the wire.
@@ -160,14 +160,6 @@ enum Phase<F> {
     Close(Closing),
     /// Finished.
     Done,
-}
-
-/// The last steps of a connection.
-struct Closing {
-    shut_down: bool,
-    /// While set, what the client still sends is read and dropped.
-    linger: Option<Pin<Box<Sleep>>>,
-    discarded: usize,
 }
 
 /// What a step of the state machine asks for.
@@ -219,6 +211,7 @@ where
             },
             inbound: Inbound::NONE,
             phase: Phase::Head,
+            live: false,
         }
     }
 
@@ -484,6 +477,7 @@ where
     /// Turns `response` into a head and a body to send.
     fn respond(&mut self, response: Response<Body>) {
         let (parts, body) = response.into_parts();
+        self.live = parts.extensions.get::<LiveResponse>().is_some();
         if self.drain.is_started() || !self.inbound.decoder.is_done() {
             self.exchange.keep_alive = false;
         }
@@ -606,31 +600,36 @@ where
         self.release_read_buf();
         Step::Again
     }
+}
 
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Step {
-        let Phase::Close(closing) = &mut self.phase else {
-            return Step::Again;
-        };
-        if !closing.shut_down {
-            match Pin::new(&mut self.io).poll_shutdown(cx) {
-                Poll::Ready(_) => closing.shut_down = true,
-                Poll::Pending => return Step::Wait,
+impl<I, S> Connection<I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Unpin,
+{
+    /// Serves the connection like polling it as a future, but stops with
+    /// `true` when a response that follows a stream live is about to be
+    /// written (before its head), so the caller can move the connection
+    /// elsewhere and poll it there as a future. `false` when it closed.
+    pub(crate) fn poll_until_live(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.drive(cx, true)
+    }
+
+    fn drive(&mut self, cx: &mut Context<'_>, stop_when_live: bool) -> Poll<bool> {
+        loop {
+            if let Phase::Done = self.phase {
+                return Poll::Ready(false);
+            }
+            if stop_when_live && std::mem::take(&mut self.live) {
+                return Poll::Ready(true);
+            }
+            match self.step(cx) {
+                Step::Again => {}
+                Step::Wait if matches!(self.phase, Phase::Done) => return Poll::Ready(false),
+                Step::Wait => return Poll::Pending,
             }
         }
-        if let Some(timer) = &mut closing.linger {
-            loop {
-                if closing.discarded >= LINGER_BYTES || timer.as_mut().poll(cx).is_ready() {
-                    break;
-                }
-                match poll_read_discard(&mut self.io, cx) {
-                    Poll::Ready(Ok(n)) if n > 0 => closing.discarded += n,
-                    Poll::Ready(_) => break,
-                    Poll::Pending => return Step::Wait,
-                }
-            }
-        }
-        self.phase = Phase::Done;
-        Step::Wait
     }
 }
 
@@ -643,37 +642,6 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        loop {
-            if let Phase::Done = this.phase {
-                return Poll::Ready(());
-            }
-            match this.step(cx) {
-                Step::Again => {}
-                Step::Wait if matches!(this.phase, Phase::Done) => return Poll::Ready(()),
-                Step::Wait => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl Closing {
-    /// Closing without an answer just sent (idle, drained).
-    fn quiet() -> Self {
-        Self {
-            shut_down: false,
-            linger: None,
-            discarded: 0,
-        }
-    }
-
-    /// Closing after an answer; with `unread` input, lingering a moment so
-    /// the client reads the answer before the connection goes.
-    fn lingering(unread: bool) -> Self {
-        Self {
-            shut_down: false,
-            linger: unread.then(|| Box::pin(sleep(LINGER))),
-            discarded: 0,
-        }
+        self.get_mut().drive(cx, false).map(|_| ())
     }
 }
