@@ -1,7 +1,10 @@
 //! Startup in named phases, and the diagnosis when one fails.
 //!
-//! `load_config → validate_config → init_telemetry → open_storage → load_tls
-//! → bind_listener → serve → drain`. Each phase is logged when entered (the
+//! `load_config → validate_config → init_telemetry → load_tls →
+//! bind_listener → open_storage → serve → drain`. The listeners bind before
+//! the store opens: while it recovers, `/healthz` answers `200`, `/readyz`
+//! `503` (`recovering`) and stream requests `503` with `Retry-After`
+//! (see `recovery`). Each phase is logged when entered (the
 //! two before telemetry once it is up). A failure becomes a
 //! [`StartupError`]: one line on standard error,
 //! `startup failed in <phase>: <cause>; hint: <fix>`, the same as a
@@ -26,13 +29,15 @@
 //!
 //! `/readyz` answers `200` only once storage is open and the listener is
 //! bound (from the start of `serve`), and `503` again as soon as `drain`
-//! begins.
+//! begins. A termination signal while the store recovers ends the process
+//! with code 0 without waiting for the recovery (as safe as a crash).
 
 mod app;
 #[cfg(test)]
 mod fault_tests;
 mod listen;
 mod phase;
+mod recovery;
 mod settings;
 mod storage;
 
@@ -49,9 +54,11 @@ use crate::config::{
 };
 use crate::metrics;
 use crate::server::{self, termination_signal};
+use crate::shutdown::Readiness;
 use crate::telemetry::{self, Telemetry};
 use crate::tls::{self, Acceptor, ReloadTiming, TlsSettings};
 use listen::{bind, serve_metrics};
+use recovery::Opened;
 
 /// Phases entered before telemetry exists are logged once it does.
 #[derive(Default)]
@@ -163,9 +170,6 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
         );
     }
 
-    progress.enter(Phase::OpenStorage);
-    let app = App::build(config).await?;
-
     progress.enter(Phase::LoadTls);
     let tls = load_tls(config)?;
     check_signing_key(config)?;
@@ -186,7 +190,7 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
         .local_addr()
         .map_or_else(|_| config.server.bind_address.clone(), |a| a.to_string());
     let metrics_listener = match (recorder, &config.observability.metrics.bind_address) {
-        (Some(handle), Some(metrics_address)) => Some((
+        (Some(handle), Some(metrics_address)) => Ok((
             handle,
             bind(
                 metrics_address,
@@ -195,41 +199,61 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
             )
             .await?,
         )),
-        _ => None,
+        (recorder, _) => Err(recorder),
     };
-
-    let (router, readiness, shutdown) = (
-        app.router(),
-        app.readiness().clone(),
-        app.shutdown_token().clone(),
-    );
-    progress.enter(Phase::Serve);
     tracing::info!(
-        phase = Phase::Serve.as_str(),
+        phase = Phase::BindListener.as_str(),
         %address,
         transport = %config.transport.mode,
         "listening"
     );
-    let metrics_server = metrics_listener.map(|(handle, listener)| {
-        let metrics_address = listener
-            .local_addr()
-            .map_or_else(|_| String::new(), |a| a.to_string());
-        let path = &config.observability.metrics.path;
-        tracing::info!(phase = Phase::Serve.as_str(), address = %metrics_address, %path, "metrics listening");
-        serve_metrics(
-            listener,
-            crate::http::metrics_listener(handle, path, readiness.clone()),
-        )
-    });
+    // One flag for every probe, from the first one on: not ready while
+    // the store recovers, ready once the application serves.
+    let readiness = Readiness::recovering();
+    let (metrics_server, scrape) = match metrics_listener {
+        Ok((handle, listener)) => {
+            let metrics_address = listener
+                .local_addr()
+                .map_or_else(|_| String::new(), |a| a.to_string());
+            let path = &config.observability.metrics.path;
+            tracing::info!(phase = Phase::BindListener.as_str(), address = %metrics_address, %path, "metrics listening");
+            let router = crate::http::metrics_listener(handle, path, readiness.clone());
+            (Some(serve_metrics(listener, router)), None)
+        }
+        Err(recorder) => (None, recorder),
+    };
     let draining = Arc::new(AtomicBool::new(false));
-    let signal = {
+    let mut signal = Box::pin({
         let draining = Arc::clone(&draining);
         async move {
             termination_signal().await;
             draining.store(true, Ordering::Release);
             log_entered(Phase::Drain);
         }
+    });
+
+    progress.enter(Phase::OpenStorage);
+    let opened = recovery::open_behind(
+        config,
+        listener,
+        tls.as_ref(),
+        &readiness,
+        scrape,
+        signal.as_mut(),
+    )
+    .await;
+    let (app, listener) = match opened {
+        Ok(Opened::Ready(app, listener)) => (app, listener),
+        stopped_or_failed => {
+            if let Some(metrics_server) = metrics_server {
+                metrics_server.stop().await;
+            }
+            return stopped_or_failed.map(|_| ());
+        }
     };
+
+    let (router, shutdown) = (app.router(), app.shutdown_token().clone());
+    progress.enter(Phase::Serve);
     let serve_options = settings::serve_options(config);
     let served = match tls {
         None => server::serve(listener, router, readiness, shutdown, signal, serve_options).await,
