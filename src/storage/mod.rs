@@ -39,6 +39,7 @@
 //! # Changes to this contract
 //! - `Mutation::Trim`, `Storage::chunks`, `ChunkInfo`,
 //!   `RecoveredStream::head` and `StorageError::Trimmed` are new (retention).
+//!   A trim past the tail moves the tail (create-at-head, for imports).
 //! - The file modes keep a write-ahead log per commit shard, chunk files per
 //!   stream and checkpoints (`docs/storage.md`); `FileOptions` grew the
 //!   matching settings and `segment_bytes` is now the size of a log segment.
@@ -167,6 +168,12 @@ pub enum Mutation {
     /// head becomes the start of the first chunk kept, or its tail when none
     /// is; a chunk is never cut, so a `before` inside a chunk keeps that
     /// chunk. Trimming nothing, or an unknown stream, is not an error.
+    ///
+    /// A `before` past the tail drops everything and moves the tail there
+    /// too: the stream continues at `before`, and reads before it fail
+    /// with [`StorageError::Trimmed`]. An import recreates a stream that
+    /// retention trimmed this way (created, then trimmed to its head,
+    /// then its records appended from there), so offsets are kept.
     Trim {
         /// The stream instance.
         id: StreamId,
