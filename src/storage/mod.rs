@@ -62,7 +62,7 @@ mod queue;
 mod recovery_tests;
 pub mod shared;
 #[cfg(test)]
-mod suite;
+pub(crate) mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -354,6 +354,12 @@ pub(crate) fn take_recovered(
     )
 }
 
+/// The `memory` backend as `[storage]` sets it: chunks (what retention
+/// drops) of `storage.chunk_bytes`, at most `max_memory_bytes` of payload.
+pub fn open_memory(storage: &config::StorageConfig, max_memory_bytes: u64) -> InMemoryStorage {
+    InMemoryStorage::with_chunk_bytes(max_memory_bytes, storage.chunk_bytes.max(4 << 10))
+}
+
 /// Opens the backend the `[storage]` section selects; memory holds at most
 /// `max_memory_bytes` of payload.
 ///
@@ -390,7 +396,7 @@ pub fn open(
         checkpoint_on_full_segment: true,
     };
     Ok(match storage.mode {
-        StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
+        StorageMode::Memory => std::sync::Arc::new(open_memory(storage, max_memory_bytes)),
         StorageMode::FileFast => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
         }
