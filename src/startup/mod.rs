@@ -53,11 +53,11 @@ use crate::config::{
     self, Config, ConfigLoadOptions, ConfigProblem, LoadedConfig, ObservabilityConfig, Validation,
 };
 use crate::metrics;
-use crate::server::{self, termination_signal};
+use crate::server::termination_signal;
 use crate::shutdown::Readiness;
 use crate::telemetry::{self, Telemetry};
 use crate::tls::{self, Acceptor, ReloadTiming, TlsSettings};
-use listen::{bind, serve_metrics};
+use listen::{bind, serve_metrics, serve_router};
 use recovery::Opened;
 
 /// Phases entered before telemetry exists are logged once it does.
@@ -255,23 +255,20 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
     let (router, shutdown) = (app.router(), app.shutdown_token().clone());
     progress.enter(Phase::Serve);
     let serve_options = settings::serve_options(config);
-    let served = match tls {
-        None => server::serve(listener, router, readiness, shutdown, signal, serve_options).await,
-        Some(acceptor) => {
-            // Installs the SIGHUP handler before the server reports ready.
-            let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
-            server::serve_tls(
-                listener,
-                acceptor,
-                router,
-                readiness,
-                shutdown,
-                signal,
-                serve_options,
-            )
-            .await
-        }
-    };
+    // Installs the SIGHUP handler before the server reports ready.
+    let _reloader = tls
+        .as_ref()
+        .map(|acceptor| acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone()));
+    let served = serve_router(
+        listener,
+        tls,
+        router,
+        readiness,
+        shutdown,
+        signal,
+        serve_options,
+    )
+    .await;
     if let Some(metrics_server) = metrics_server {
         metrics_server.stop().await;
     }

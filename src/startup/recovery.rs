@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use super::app::App;
+use super::listen::serve_router;
 use super::phase::{Phase, StartupError};
 use super::settings;
 use crate::config::Config;
@@ -78,31 +79,16 @@ pub(super) async fn open_behind(
         },
         ..settings::serve_options(config)
     };
-    let served = match tls {
-        None => {
-            server::serve(
-                listener,
-                router,
-                readiness.clone(),
-                ShutdownToken::new(),
-                until,
-                options,
-            )
-            .await
-        }
-        Some(acceptor) => {
-            server::serve_tls(
-                listener,
-                acceptor.clone(),
-                router,
-                readiness.clone(),
-                ShutdownToken::new(),
-                until,
-                options,
-            )
-            .await
-        }
-    };
+    let served = serve_router(
+        listener,
+        tls.cloned(),
+        router,
+        readiness.clone(),
+        ShutdownToken::new(),
+        until,
+        options,
+    )
+    .await;
     served.map_err(|error| {
         StartupError::new(
             Phase::Serve,
