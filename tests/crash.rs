@@ -1462,9 +1462,7 @@ async fn kill_9_loses_nothing_acknowledged_file_fast() {
 
 /// `file-fast` with retention trimming during the kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure in the file modes: after some kill -9 cycles with retention on, \
-            a read from the head answers 410 (the store's head is past the engine's, or a \
-            retained chunk file is gone); run with --ignored once fixed"]
+#[ignore = "the known failure of kill_9_loses_nothing_acknowledged_file_durable_with_retention"]
 async fn kill_9_loses_nothing_acknowledged_file_fast_with_retention() {
     crash_test("file-fast", true).await;
 }
