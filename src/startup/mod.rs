@@ -190,7 +190,7 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
         .local_addr()
         .map_or_else(|_| config.server.bind_address.clone(), |a| a.to_string());
     let metrics_listener = match (recorder, &config.observability.metrics.bind_address) {
-        (Some(handle), Some(metrics_address)) => Ok((
+        (Some(handle), Some(metrics_address)) => Some((
             handle,
             bind(
                 metrics_address,
@@ -199,8 +199,10 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
             )
             .await?,
         )),
-        (recorder, _) => Err(recorder),
+        _ => None,
     };
+    // Served on the main listener unless it has one of its own.
+    let scrape = recorder.filter(|_| metrics_listener.is_none());
     tracing::info!(
         phase = Phase::BindListener.as_str(),
         %address,
@@ -210,18 +212,17 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
     // One flag for every probe, from the first one on: not ready while
     // the store recovers, ready once the application serves.
     let readiness = Readiness::recovering();
-    let (metrics_server, scrape) = match metrics_listener {
-        Ok((handle, listener)) => {
-            let metrics_address = listener
-                .local_addr()
-                .map_or_else(|_| String::new(), |a| a.to_string());
-            let path = &config.observability.metrics.path;
-            tracing::info!(phase = Phase::BindListener.as_str(), address = %metrics_address, %path, "metrics listening");
-            let router = crate::http::metrics_listener(handle, path, readiness.clone());
-            (Some(serve_metrics(listener, router)), None)
-        }
-        Err(recorder) => (None, recorder),
-    };
+    let metrics_server = metrics_listener.map(|(handle, listener)| {
+        let metrics_address = listener
+            .local_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+        let path = &config.observability.metrics.path;
+        tracing::info!(phase = Phase::BindListener.as_str(), address = %metrics_address, %path, "metrics listening");
+        serve_metrics(
+            listener,
+            crate::http::metrics_listener(handle, path, readiness.clone()),
+        )
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let mut signal = Box::pin({
         let draining = Arc::clone(&draining);
