@@ -61,6 +61,9 @@ pub struct Readiness {
     ready: Arc<AtomicBool>,
     /// Set while a store several servers share is unreachable.
     store_unreachable: Arc<AtomicBool>,
+    /// Set while the store is being opened (a durable backend replaying
+    /// its log) behind listeners that are already bound.
+    recovering: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -69,14 +72,41 @@ impl Readiness {
         Self {
             ready: Arc::new(AtomicBool::new(ready)),
             store_unreachable: Arc::default(),
+            recovering: Arc::default(),
         }
+    }
+
+    /// A flag that is not ready while the store recovers: `/readyz`
+    /// answers `503` with the reason `recovering` until
+    /// [`Readiness::recovered`] and [`Readiness::set_ready`].
+    pub fn recovering() -> Self {
+        let readiness = Self::new(false);
+        readiness.recovering.store(true, Ordering::Release);
+        readiness
+    }
+
+    /// Records that the store has been opened.
+    pub fn recovered(&self) {
+        self.recovering.store(false, Ordering::Release);
+        crate::metrics::event::ReadinessChanged {
+            ready: self.is_ready(),
+        }
+        .emit();
+    }
+
+    /// Whether the store is still being opened.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
     }
 
     /// Marks the server ready (or not) to take traffic; mirrored in the
     /// `durable_streams_ready` gauge.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
-        crate::metrics::event::ReadinessChanged { ready }.emit();
+        crate::metrics::event::ReadinessChanged {
+            ready: self.is_ready(),
+        }
+        .emit();
     }
 
     /// Records whether the store is reachable: a replica of a shared
@@ -94,6 +124,8 @@ impl Readiness {
 
     /// Whether `/readyz` answers `200`.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.store_unreachable.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+            && !self.store_unreachable.load(Ordering::Acquire)
+            && !self.recovering.load(Ordering::Acquire)
     }
 }

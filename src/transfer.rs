@@ -431,11 +431,11 @@ impl Lines<'_> {
                             stream.spec.path
                         )));
                     }
-                    if stream.spec.base + computed.bytes != stream.tail {
+                    if stream.head + computed.bytes != stream.tail {
                         return Err(self.error(format!(
                             "stream {}: records end at {} but the declared tail is {}",
                             stream.spec.path,
-                            stream.spec.base + computed.bytes,
+                            stream.head + computed.bytes,
                             stream.tail
                         )));
                     }
@@ -467,15 +467,16 @@ fn to_recovered(header: &StreamHeader) -> Result<RecoveredStream, String> {
         None => None,
     };
     let base = position(&header.base, "base")?;
-    if let Some(head) = &header.head {
-        return Err(format!(
-            "the stream was trimmed by retention (it starts at {head}); this version imports \
-             only untrimmed streams"
-        ));
-    }
+    let head = match &header.head {
+        Some(head) => position(head, "head")?,
+        None => base,
+    };
     let tail = position(&header.tail, "tail")?;
-    if tail < base {
-        return Err("tail lies before base".into());
+    if head < base {
+        return Err("head lies before base".into());
+    }
+    if tail < head {
+        return Err("tail lies before head".into());
     }
     Ok(RecoveredStream {
         spec: StreamSpec {
@@ -488,7 +489,7 @@ fn to_recovered(header: &StreamHeader) -> Result<RecoveredStream, String> {
             fork,
             base,
         },
-        head: base,
+        head,
         tail,
         closed: header.closed.then(|| header.closed_by.clone()),
         producers: header
@@ -650,7 +651,7 @@ pub async fn import(
             import.finish().await.map_err(engine_error)?;
         }
         summary.streams += 1;
-        progress.stream_done(&path, stream.tail - stream.spec.base);
+        progress.stream_done(&path, stream.tail - stream.head);
     }
 }
 

@@ -6,6 +6,14 @@
 //! unacknowledged append may be present or absent, but only whole and only
 //! once; closed streams stay closed.
 //!
+//! Deletes, expiry (TTL'd streams) and retention run during the kills:
+//! streams created and deleted stay deleted, expired ones stay gone, and
+//! retention (`max_bytes`, swept every second) trims the heads of the
+//! streams written: a record may be missing only if it lay wholly before
+//! the head the read starts at, and the head never moves back. Retention
+//! runs in the `acid` test; the file modes' runs with it are `#[ignore]`d
+//! until a known failure is fixed (`cargo test --test crash -- --ignored`).
+//!
 //! Randomness is seeded: the seed is printed on every run and named in every
 //! failure; `CRASH_SEED=<n>` replays it. `CRASH_CYCLES=<n>` changes the number
 //! of kill cycles per backend (default 20).
@@ -23,14 +31,16 @@ use reqwest::header::HeaderMap;
 
 const BIN: &str = env!("CARGO_BIN_EXE_durable-streams-server");
 const DEFAULT_CYCLES: usize = 20;
+/// `storage.retention.max_bytes`: four chunks.
+const RETAINED_BYTES: u64 = 4 * 65536;
 /// Opens every binary payload; followed by the record id and length.
 const MAGIC: &[u8; 4] = b"DSCT";
 /// Longest wait for a server to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the appenders of a cycle after the kill.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Exit code of the server when it cannot bind (see `main.rs`).
-const EXIT_BIND: i32 = 6;
+/// Exit code of the server when it cannot bind (`bind_listener`).
+const EXIT_BIND: i32 = 8;
 
 static NEXT_RECORD: AtomicU64 = AtomicU64::new(1);
 
@@ -47,13 +57,16 @@ struct Server {
 impl Server {
     /// Starts the binary on a free loopback port and waits until `/readyz`
     /// answers `200`.
-    async fn start(mode: &str, data: &Path, log: PathBuf) -> Result<Self, String> {
+    async fn start(mode: &str, data: &Path, log: PathBuf, retention: bool) -> Result<Self, String> {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
             let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
-            let child = server_command(mode, data, port)
-                .stdout(Stdio::null())
+            // The log goes to standard output; startup failures to standard
+            // error.
+            let stdout = log_file.try_clone().map_err(|e| format!("log file: {e}"))?;
+            let child = server_command(mode, data, port, retention)
+                .stdout(stdout)
                 .stderr(log_file)
                 .spawn()
                 .map_err(|e| format!("cannot spawn the server: {e}"))?;
@@ -115,7 +128,7 @@ impl Drop for Server {
     }
 }
 
-fn server_command(mode: &str, data: &Path, port: u16) -> Command {
+fn server_command(mode: &str, data: &Path, port: u16, retention: bool) -> Command {
     let mut command = Command::new(BIN);
     command
         .env_clear()
@@ -132,6 +145,13 @@ fn server_command(mode: &str, data: &Path, port: u16) -> Command {
         .env("DS_STORAGE__CHECKPOINT_INTERVAL_SECS", "1")
         .env("DS_STORAGE__EXPIRY_SWEEP_INTERVAL_SECS", "1")
         .env("RUST_LOG", "warn");
+    if retention {
+        // On every stream: a few chunks kept, swept every second.
+        command.env(
+            "DS_STORAGE__RETENTION__MAX_BYTES",
+            RETAINED_BYTES.to_string(),
+        );
+    }
     command
 }
 
@@ -294,6 +314,8 @@ struct StreamModel {
     lost: HashSet<u64>,
     /// Closed, as acknowledged or observed.
     closed: bool,
+    /// Where retention left the stream starting, as last read.
+    head: u64,
 }
 
 /// How far a request got.
@@ -446,6 +468,7 @@ impl StreamModel {
             records: HashMap::new(),
             lost: HashSet::new(),
             closed: false,
+            head: 0,
         }
     }
 
@@ -495,13 +518,20 @@ impl StreamModel {
         let tail = next_offset(head.headers())
             .ok_or_else(|| format!("{name}: HEAD without Stream-Next-Offset"))?;
         let closed = is_true(head.headers(), "stream-closed");
-        let (data, read_closed) = read_all(http, &url, self.kind).await?;
-        if data.len() as u64 != tail {
+        let (head, data, read_closed) = read_all(http, &url, self.kind).await?;
+        if head + data.len() as u64 != tail {
             return Err(format!(
-                "{name}: read {} bytes but the tail is {tail}",
+                "{name}: read {} bytes from {head} but the tail is {tail}",
                 data.len()
             ));
         }
+        if head < self.head {
+            return Err(format!(
+                "{name}: the head moved back from {} to {head}",
+                self.head
+            ));
+        }
+        self.head = head;
         if read_closed != closed {
             return Err(format!(
                 "{name}: HEAD says closed={closed}, the read at the tail says closed={read_closed}"
@@ -512,7 +542,15 @@ impl StreamModel {
         let mut found: HashMap<u64, (u64, u64)> = HashMap::new();
         let mut last_by_writer: HashMap<u32, u64> = HashMap::new();
         let mut last_record = None;
-        let mut pos = 0usize;
+        // Positions in `data` are offsets from the head; records are
+        // checked at their stream positions.
+        let skip = usize::try_from(head).map_err(|e| e.to_string())?;
+        let data = {
+            let mut shifted = vec![0; skip];
+            shifted.extend_from_slice(&data);
+            shifted
+        };
+        let mut pos = skip;
         while pos < data.len() {
             let id = identify(self.kind, &data[pos..]).ok_or_else(|| {
                 format!(
@@ -561,8 +599,27 @@ impl StreamModel {
             last_record = Some(id);
             pos = end;
         }
+        // Retention drops a prefix of the stream, which keeps every
+        // writer's order: a record it took ended at or before the head
+        // and precedes every record of its writer still there.
+        let mut first_found: HashMap<u32, u64> = HashMap::new();
+        for id in found.keys() {
+            let writer = self.records[id].writer;
+            let first = first_found.entry(writer).or_insert(*id);
+            *first = (*first).min(*id);
+        }
+        let trimmed = |record: &Record| match record.ack {
+            Ack::At(end) => end <= head,
+            Ack::Duplicate => {
+                head > 0
+                    && first_found
+                        .get(&record.writer)
+                        .is_none_or(|&f| record.id < f)
+            }
+            Ack::None => false,
+        };
         for record in self.records.values() {
-            if record.ack != Ack::None && !found.contains_key(&record.id) {
+            if record.ack != Ack::None && !found.contains_key(&record.id) && !trimmed(record) {
                 return Err(format!(
                     "{name}: acknowledged record {} ({:?}, producer {:?}) is missing",
                     record.id, record.ack, record.producer
@@ -620,6 +677,10 @@ impl StreamModel {
                 .send()
                 .await
                 .map_err(|e| format!("{name}: GET at {end} failed: {e}"))?;
+            if response.status() == StatusCode::GONE {
+                // Retention trimmed past it since the read above.
+                continue;
+            }
             if response.status() != StatusCode::OK {
                 return Err(format!(
                     "{name}: GET at {end} answered {}",
@@ -659,6 +720,9 @@ impl StreamModel {
                 _ => {}
             }
         }
+        // Trimmed records can never come back: forget them.
+        self.records
+            .retain(|_, record| !matches!(record.ack, Ack::At(end) if end <= head));
         stats.unacknowledged_absent += gone.len() as u64;
         for id in gone {
             self.records.remove(&id);
@@ -714,21 +778,54 @@ fn append_stored(kind: Kind, body: &[u8], out: &mut Vec<u8>) -> Result<(), Strin
     Ok(())
 }
 
-/// Reads a whole stream: its stored bytes, and whether the read at the tail
-/// reported it closed.
+/// Reads a whole stream from its head: where it starts, its stored bytes,
+/// and whether the read at the tail reported it closed. A trim while it
+/// reads (`410`) starts it over from the new head.
 async fn read_all(
     http: &reqwest::Client,
     url: &str,
     kind: Kind,
-) -> Result<(Vec<u8>, bool), String> {
+) -> Result<(u64, Vec<u8>, bool), String> {
+    let mut refused = String::new();
+    for _ in 0..5 {
+        match read_from_head(http, url, kind).await? {
+            Ok(read) => return Ok(read),
+            Err(gone) => refused = gone,
+        }
+    }
+    let start = match http.head(url).send().await {
+        Ok(response) => header(response.headers(), "stream-start-offset").map(str::to_owned),
+        Err(_) => None,
+    };
+    Err(format!(
+        "{url}: trimmed during five reads in a row (HEAD: Stream-Start-Offset {start:?}); the last: {refused}"
+    ))
+}
+
+/// [`read_all`] once; `Ok(Err(what))` when retention trimmed the stream
+/// meanwhile.
+async fn read_from_head(
+    http: &reqwest::Client,
+    url: &str,
+    kind: Kind,
+) -> Result<Result<(u64, Vec<u8>, bool), String>, String> {
     let mut out = Vec::new();
     let mut offset = "-1".to_owned();
+    let mut head = None;
     for _ in 0..100_000 {
         let response = http
             .get(format!("{url}?offset={offset}"))
             .send()
             .await
             .map_err(|e| format!("{url}: GET failed: {e}"))?;
+        if response.status() == StatusCode::GONE {
+            let next = header(response.headers(), "stream-next-offset").map(str::to_owned);
+            let body = response.text().await.unwrap_or_default();
+            return Ok(Err(format!(
+                "410 at offset {offset} (next {next:?}) after {} bytes: {body}",
+                out.len()
+            )));
+        }
         if response.status() != StatusCode::OK {
             return Err(format!("{url}: GET answered {}", response.status()));
         }
@@ -737,9 +834,18 @@ async fn read_all(
             .bytes()
             .await
             .map_err(|e| format!("{url}: GET body: {e}"))?;
+        let before = out.len() as u64;
         append_stored(kind, &body, &mut out)?;
+        if head.is_none() {
+            // The first answer ends at Stream-Next-Offset, so it starts
+            // its stored length before it.
+            let next = next_offset(&headers)
+                .ok_or_else(|| format!("{url}: GET without Stream-Next-Offset"))?;
+            head = Some(next - (out.len() as u64 - before));
+        }
         if is_true(&headers, "stream-up-to-date") {
-            return Ok((out, is_true(&headers, "stream-closed")));
+            let head = head.unwrap_or_default();
+            return Ok(Ok((head, out, is_true(&headers, "stream-closed"))));
         }
         let next = header(&headers, "stream-next-offset")
             .ok_or_else(|| format!("{url}: GET without Stream-Next-Offset"))?;
@@ -1180,14 +1286,19 @@ impl World {
     }
 }
 
-async fn run_cycles(mode: &str, seed: u64, cycles: usize) -> Result<Stats, String> {
+async fn run_cycles(
+    mode: &str,
+    retention: bool,
+    seed: u64,
+    cycles: usize,
+) -> Result<Stats, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let data = dir.path().join("data");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut world = World::new();
     for cycle in 0..=cycles {
         let log = dir.path().join(format!("server-{cycle}.log"));
-        let server = Server::start(mode, &data, log).await?;
+        let server = Server::start(mode, &data, log, retention).await?;
         let http = client();
         world
             .verify(&http, &server.base, &mut rng, cycle == cycles)
@@ -1309,12 +1420,12 @@ fn cycles() -> usize {
         .unwrap_or(DEFAULT_CYCLES)
 }
 
-async fn crash_test(mode: &str) {
+async fn crash_test(mode: &str, retention: bool) {
     let seed = seed();
     let cycles = cycles();
-    eprintln!("crash test {mode}: CRASH_SEED={seed}, {cycles} cycles");
+    eprintln!("crash test {mode} (retention: {retention}): CRASH_SEED={seed}, {cycles} cycles");
     let started = Instant::now();
-    match run_cycles(mode, seed, cycles).await {
+    match run_cycles(mode, retention, seed, cycles).await {
         Ok(stats) => eprintln!(
             "crash test {mode}: passed in {:.1?}: {stats:?}",
             started.elapsed()
@@ -1325,19 +1436,35 @@ async fn crash_test(mode: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged_file_durable() {
-    crash_test("file-durable").await;
+    crash_test("file-durable", false).await;
+}
+
+/// `file-durable` with retention trimming during the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure in the file modes: after some kill -9 cycles with retention on, \
+            a read from the head answers 410 (the store's head is past the engine's, or a \
+            retained chunk file is gone); run with --ignored once fixed"]
+async fn kill_9_loses_nothing_acknowledged_file_durable_with_retention() {
+    crash_test("file-durable", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged_acid() {
-    crash_test("acid").await;
+    crash_test("acid", true).await;
 }
 
 /// `file-fast` does not sync before acknowledging, but a process crash
 /// leaves the page cache intact: nothing acknowledged may be lost either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged_file_fast() {
-    crash_test("file-fast").await;
+    crash_test("file-fast", false).await;
+}
+
+/// `file-fast` with retention trimming during the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the known failure of kill_9_loses_nothing_acknowledged_file_durable_with_retention"]
+async fn kill_9_loses_nothing_acknowledged_file_fast_with_retention() {
+    crash_test("file-fast", true).await;
 }
 
 /// A second server on a data directory in use exits at startup, naming the
@@ -1347,10 +1474,10 @@ async fn second_server_on_a_data_dir_in_use_exits() {
     for mode in ["file-durable", "file-fast", "acid"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
-        let first = Server::start(mode, &data, dir.path().join("first.log"))
+        let first = Server::start(mode, &data, dir.path().join("first.log"), false)
             .await
             .unwrap_or_else(|e| panic!("{mode}: first server: {e}"));
-        let mut second = server_command(mode, &data, free_port())
+        let mut second = server_command(mode, &data, free_port(), false)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

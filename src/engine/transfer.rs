@@ -65,6 +65,9 @@ impl Engine {
     /// through [`Import::append`], and [`Import::finish`] makes it visible.
     /// Offsets, producer state and fork lineage are preserved; the fork source
     /// must already be present (sources are exported before their forks).
+    /// A stream retention trimmed (`head` past its base) is recreated at
+    /// its head: its records start there and reads before it answer as
+    /// trimmed.
     ///
     /// # Errors
     /// When the path is taken, the fork source is missing, or storage fails.
@@ -94,7 +97,28 @@ impl Engine {
                 closed: false,
             })
             .await?;
-        let tail = stream.spec.base;
+        let head = stream.head.max(stream.spec.base);
+        if head > stream.spec.base {
+            // A trim past the empty stream's tail moves it to the head.
+            let trimmed = self
+                .shared
+                .storage
+                .submit(Mutation::Trim {
+                    id: stream.spec.id,
+                    before: head,
+                })
+                .await;
+            if let Err(error) = trimmed {
+                drop(
+                    self.shared
+                        .storage
+                        .submit(Mutation::Remove { id: stream.spec.id })
+                        .await,
+                );
+                return Err(error.into());
+            }
+        }
+        let tail = head;
         Ok(Import {
             engine: self.clone(),
             stream,

@@ -10,6 +10,7 @@ mod live;
 pub(crate) mod names;
 pub(crate) mod problem;
 mod query;
+pub(crate) mod recovering;
 mod stream;
 mod subscriptions;
 
@@ -228,8 +229,8 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
 }
 
 /// `GET /healthz` (the process serves: always `200`) and `GET /readyz`
-/// (`200` while `readiness` says ready, `503` before and from the start of
-/// the drain): on the main router and on the separate metrics listener,
+/// (`200` while `readiness` says ready, `503` before — `recovering` while
+/// the store opens — and from the start of the drain): on the main router and on the separate metrics listener,
 /// where kubelet probes need no client certificate.
 pub(crate) fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
     Router::new()
@@ -241,6 +242,8 @@ pub(crate) fn probe_routes<S: Clone + Send + Sync + 'static>(readiness: Readines
                 async move {
                     if ready.is_ready() {
                         (StatusCode::OK, "ready")
+                    } else if ready.is_recovering() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "recovering")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
                     }

@@ -53,14 +53,42 @@ impl App {
             let config = config.clone();
             tokio::task::spawn_blocking(move || storage::open_storage(&config))
                 .await
-                .map_err(|error| {
-                    StartupError::new(
-                        Phase::OpenStorage,
-                        format!("opening storage panicked or was cancelled: {error}"),
-                        "see the log above; this is a bug worth reporting",
-                    )
-                })??
+                .map_err(|error| open_failed(&error))??
         };
+        Self::around_opened(store, config, Readiness::new(false)).await
+    }
+
+    /// [`App::build`] for the binary, whose listeners already serve
+    /// probes while the store opens: `/readyz` follows `readiness`. The
+    /// store opens on a thread of its own, which a process stopped during
+    /// recovery does not wait for (leaving then is as safe as a crash,
+    /// which every durable backend recovers from).
+    pub(super) async fn build_behind(
+        config: &Config,
+        readiness: Readiness,
+    ) -> Result<Self, StartupError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
+        let owned = config.clone();
+        std::thread::Builder::new()
+            .name("storage-open".into())
+            .spawn(move || {
+                // The postgres backend drives its connections on the runtime.
+                let _entered = runtime.enter();
+                let _ = sender.send(storage::open_storage(&owned));
+            })
+            .map_err(|error| open_failed(&error))?;
+        let store = receiver.await.map_err(|error| open_failed(&error))??;
+        Self::around_opened(store, config, readiness).await
+    }
+
+    /// Loads access control (off the async workers) and assembles the
+    /// parts around `store`.
+    async fn around_opened(
+        store: Arc<dyn Storage>,
+        config: &Config,
+        readiness: Readiness,
+    ) -> Result<Self, StartupError> {
         tracing::info!(backend = store.backend_name(), "storage open");
         let access = {
             let config = config.clone();
@@ -74,11 +102,12 @@ impl App {
                     )
                 })??
         };
-        Ok(Self::with_access(
+        Ok(Self::assemble(
             store,
             config,
             ShutdownToken::new(),
             access,
+            readiness,
         ))
     }
 
@@ -122,6 +151,17 @@ impl App {
         shutdown: ShutdownToken,
         access: Option<AccessControl>,
     ) -> Self {
+        Self::assemble(storage, config, shutdown, access, Readiness::new(false))
+    }
+
+    /// [`App::with_access`] with the readiness flag `/readyz` follows.
+    fn assemble(
+        storage: Arc<dyn Storage>,
+        config: &Config,
+        shutdown: ShutdownToken,
+        access: Option<AccessControl>,
+        readiness: Readiness,
+    ) -> Self {
         assert!(
             tokio::runtime::Handle::try_current().is_ok(),
             "durable-streams-server: the server is assembled (App::with_storage, build_router, \
@@ -152,7 +192,6 @@ impl App {
             // The tasks end with `shutdown`; nothing needs their handles.
             drop(access.spawn_background(ReloadTiming::default(), shutdown.clone()));
         }
-        let readiness = Readiness::new(false);
         engine.spawn_replica_watch({
             let readiness = readiness.clone();
             move |reachable| readiness.set_store_reachable(reachable)
@@ -220,6 +259,15 @@ impl App {
     pub fn serves_subscriptions(&self) -> bool {
         self.subscriptions.is_some()
     }
+}
+
+/// The `open_storage` failure of an opening that never answered.
+fn open_failed(error: &dyn std::fmt::Display) -> StartupError {
+    StartupError::new(
+        Phase::OpenStorage,
+        format!("opening storage panicked or was cancelled: {error}"),
+        "see the log above; this is a bug worth reporting",
+    )
 }
 
 /// Access control as `[auth]` asks: `None` with `auth.mode = "none"`,

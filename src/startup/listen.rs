@@ -1,10 +1,14 @@
 //! The `bind_listener` phase, and the separate metrics listener.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use super::phase::{Phase, StartupError};
+use crate::server::{self, ServeOptions};
+use crate::shutdown::{Readiness, ShutdownToken};
+use crate::tls::Acceptor;
 
 /// The `bind_listener` phase.
 ///
@@ -44,6 +48,28 @@ pub(super) async fn bind(address: &str, key: &str, var: &str) -> Result<TcpListe
         };
         StartupError::new(Phase::BindListener, cause, hint)
     })
+}
+
+/// Serves `router` on `listener` until `signal`, over TLS when `tls` is
+/// set.
+pub(super) async fn serve_router(
+    listener: TcpListener,
+    tls: Option<Acceptor>,
+    router: axum::Router,
+    readiness: Readiness,
+    shutdown: ShutdownToken,
+    signal: impl Future<Output = ()> + Send,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    match tls {
+        None => server::serve(listener, router, readiness, shutdown, signal, options).await,
+        Some(acceptor) => {
+            server::serve_tls(
+                listener, acceptor, router, readiness, shutdown, signal, options,
+            )
+            .await
+        }
+    }
 }
 
 /// The separate metrics listener, stopped after the main server.

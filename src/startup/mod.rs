@@ -1,7 +1,10 @@
 //! Startup in named phases, and the diagnosis when one fails.
 //!
-//! `load_config → validate_config → init_telemetry → open_storage → load_tls
-//! → bind_listener → serve → drain`. Each phase is logged when entered (the
+//! `load_config → validate_config → init_telemetry → load_tls →
+//! bind_listener → open_storage → serve → drain`. The listeners bind before
+//! the store opens: while it recovers, `/healthz` answers `200`, `/readyz`
+//! `503` (`recovering`) and stream requests `503` with `Retry-After`
+//! (see `recovery`). Each phase is logged when entered (the
 //! two before telemetry once it is up). A failure becomes a
 //! [`StartupError`]: one line on standard error,
 //! `startup failed in <phase>: <cause>; hint: <fix>`, the same as a
@@ -26,13 +29,15 @@
 //!
 //! `/readyz` answers `200` only once storage is open and the listener is
 //! bound (from the start of `serve`), and `503` again as soon as `drain`
-//! begins.
+//! begins. A termination signal while the store recovers ends the process
+//! with code 0 without waiting for the recovery (as safe as a crash).
 
 mod app;
 #[cfg(test)]
 mod fault_tests;
 mod listen;
 mod phase;
+mod recovery;
 mod settings;
 mod storage;
 
@@ -48,10 +53,12 @@ use crate::config::{
     self, Config, ConfigLoadOptions, ConfigProblem, LoadedConfig, ObservabilityConfig, Validation,
 };
 use crate::metrics;
-use crate::server::{self, termination_signal};
+use crate::server::termination_signal;
+use crate::shutdown::Readiness;
 use crate::telemetry::{self, Telemetry};
 use crate::tls::{self, Acceptor, ReloadTiming, TlsSettings};
-use listen::{bind, serve_metrics};
+use listen::{bind, serve_metrics, serve_router};
+use recovery::Opened;
 
 /// Phases entered before telemetry exists are logged once it does.
 #[derive(Default)]
@@ -163,9 +170,6 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
         );
     }
 
-    progress.enter(Phase::OpenStorage);
-    let app = App::build(config).await?;
-
     progress.enter(Phase::LoadTls);
     let tls = load_tls(config)?;
     check_signing_key(config)?;
@@ -197,57 +201,75 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
         )),
         _ => None,
     };
-
-    let (router, readiness, shutdown) = (
-        app.router(),
-        app.readiness().clone(),
-        app.shutdown_token().clone(),
-    );
-    progress.enter(Phase::Serve);
+    // Served on the main listener unless it has one of its own.
+    let scrape = recorder.filter(|_| metrics_listener.is_none());
     tracing::info!(
-        phase = Phase::Serve.as_str(),
+        phase = Phase::BindListener.as_str(),
         %address,
         transport = %config.transport.mode,
         "listening"
     );
+    // One flag for every probe, from the first one on: not ready while
+    // the store recovers, ready once the application serves.
+    let readiness = Readiness::recovering();
     let metrics_server = metrics_listener.map(|(handle, listener)| {
         let metrics_address = listener
             .local_addr()
             .map_or_else(|_| String::new(), |a| a.to_string());
         let path = &config.observability.metrics.path;
-        tracing::info!(phase = Phase::Serve.as_str(), address = %metrics_address, %path, "metrics listening");
+        tracing::info!(phase = Phase::BindListener.as_str(), address = %metrics_address, %path, "metrics listening");
         serve_metrics(
             listener,
             crate::http::metrics_listener(handle, path, readiness.clone()),
         )
     });
     let draining = Arc::new(AtomicBool::new(false));
-    let signal = {
+    let mut signal = Box::pin({
         let draining = Arc::clone(&draining);
         async move {
             termination_signal().await;
             draining.store(true, Ordering::Release);
             log_entered(Phase::Drain);
         }
-    };
-    let serve_options = settings::serve_options(config);
-    let served = match tls {
-        None => server::serve(listener, router, readiness, shutdown, signal, serve_options).await,
-        Some(acceptor) => {
-            // Installs the SIGHUP handler before the server reports ready.
-            let _reloader = acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone());
-            server::serve_tls(
-                listener,
-                acceptor,
-                router,
-                readiness,
-                shutdown,
-                signal,
-                serve_options,
-            )
-            .await
+    });
+
+    progress.enter(Phase::OpenStorage);
+    let opened = recovery::open_behind(
+        config,
+        listener,
+        tls.as_ref(),
+        &readiness,
+        scrape,
+        signal.as_mut(),
+    )
+    .await;
+    let (app, listener) = match opened {
+        Ok(Opened::Ready(app, listener)) => (app, listener),
+        stopped_or_failed => {
+            if let Some(metrics_server) = metrics_server {
+                metrics_server.stop().await;
+            }
+            return stopped_or_failed.map(|_| ());
         }
     };
+
+    let (router, shutdown) = (app.router(), app.shutdown_token().clone());
+    progress.enter(Phase::Serve);
+    let serve_options = settings::serve_options(config);
+    // Installs the SIGHUP handler before the server reports ready.
+    let _reloader = tls
+        .as_ref()
+        .map(|acceptor| acceptor.spawn_reloader(ReloadTiming::default(), shutdown.clone()));
+    let served = serve_router(
+        listener,
+        tls,
+        router,
+        readiness,
+        shutdown,
+        signal,
+        serve_options,
+    )
+    .await;
     if let Some(metrics_server) = metrics_server {
         metrics_server.stop().await;
     }

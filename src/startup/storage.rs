@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::phase::{Phase, StartupError};
 use crate::config::{Config, StorageMode};
-use crate::storage::{InMemoryStorage, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 /// The `open_storage` phase: the backend `storage.mode` names.
 ///
@@ -20,7 +20,8 @@ use crate::storage::{InMemoryStorage, Storage, StorageError};
 /// another process, or holds corrupt data.
 pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartupError> {
     match config.storage.mode {
-        StorageMode::Memory => Ok(Arc::new(InMemoryStorage::new(
+        StorageMode::Memory => Ok(Arc::new(crate::storage::open_memory(
+            &config.storage,
             config.limits.max_memory_bytes,
         ))),
         StorageMode::FileFast | StorageMode::FileDurable | StorageMode::Acid => {
@@ -135,6 +136,30 @@ mod tests {
     fn memory_storage_opens() {
         let storage = open_storage(&Config::default()).expect("memory opens");
         assert_eq!(storage.backend_name(), "memory");
+    }
+
+    #[tokio::test]
+    async fn memory_storage_chunks_as_configured() {
+        use crate::storage::suite::{append, spec};
+        let mut config = Config::default();
+        config.storage.chunk_bytes = 4096;
+        let storage = open_storage(&config).expect("memory opens");
+        storage
+            .submit(crate::storage::Mutation::Create {
+                spec: spec(1, 0),
+                data: bytes::Bytes::new(),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        for i in 0..4u64 {
+            storage
+                .submit(append(1, i * 3000, [b'x'; 3000]))
+                .await
+                .expect("append");
+        }
+        let chunks = storage.chunks(1).await.expect("chunks");
+        assert_eq!(chunks.len(), 4, "{chunks:?}");
     }
 
     #[tokio::test]

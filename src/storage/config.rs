@@ -76,8 +76,8 @@ pub struct StorageConfig {
     /// File backends: commit shards, each with its own log and writer; 0
     /// means one per core.
     pub commit_shards: u64,
-    /// File backends: size at which a stream's next record starts a new
-    /// chunk file (the unit retention trims).
+    /// Size at which a stream's next record starts a new chunk (the unit
+    /// retention trims; a chunk file in the file modes), on every backend.
     pub chunk_bytes: u64,
     /// File backends: most bytes of recent records kept in memory for
     /// readers at the tail, over all streams.

@@ -67,6 +67,16 @@ impl Records {
     /// Drops the chunks ending at or before `before`; returns the bytes freed.
     fn trim(&mut self, before: u64) -> u64 {
         let tail = self.tail();
+        if before > tail {
+            // Everything goes and the stream continues at `before`.
+            self.chunks = ChunkList::default();
+            self.ends.clear();
+            self.data.clear();
+            let freed = tail - self.base;
+            self.base = before;
+            self.trimmed = true;
+            return freed;
+        }
         if self.chunks.trim(before, tail).is_empty() {
             return 0;
         }

@@ -39,6 +39,7 @@
 //! # Changes to this contract
 //! - `Mutation::Trim`, `Storage::chunks`, `ChunkInfo`,
 //!   `RecoveredStream::head` and `StorageError::Trimmed` are new (retention).
+//!   A trim past the tail moves the tail (create-at-head, for imports).
 //! - The file modes keep a write-ahead log per commit shard, chunk files per
 //!   stream and checkpoints (`docs/storage.md`); `FileOptions` grew the
 //!   matching settings and `segment_bytes` is now the size of a log segment.
@@ -61,7 +62,7 @@ mod queue;
 mod recovery_tests;
 pub mod shared;
 #[cfg(test)]
-mod suite;
+pub(crate) mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -167,6 +168,12 @@ pub enum Mutation {
     /// head becomes the start of the first chunk kept, or its tail when none
     /// is; a chunk is never cut, so a `before` inside a chunk keeps that
     /// chunk. Trimming nothing, or an unknown stream, is not an error.
+    ///
+    /// A `before` past the tail drops everything and moves the tail there
+    /// too: the stream continues at `before`, and reads before it fail
+    /// with [`StorageError::Trimmed`]. An import recreates a stream that
+    /// retention trimmed this way (created, then trimmed to its head,
+    /// then its records appended from there), so offsets are kept.
     Trim {
         /// The stream instance.
         id: StreamId,
@@ -347,6 +354,12 @@ pub(crate) fn take_recovered(
     )
 }
 
+/// The `memory` backend as `[storage]` sets it: chunks (what retention
+/// drops) of `storage.chunk_bytes`, at most `max_memory_bytes` of payload.
+pub fn open_memory(storage: &config::StorageConfig, max_memory_bytes: u64) -> InMemoryStorage {
+    InMemoryStorage::with_chunk_bytes(max_memory_bytes, storage.chunk_bytes.max(4 << 10))
+}
+
 /// Opens the backend the `[storage]` section selects; memory holds at most
 /// `max_memory_bytes` of payload.
 ///
@@ -383,7 +396,7 @@ pub fn open(
         checkpoint_on_full_segment: true,
     };
     Ok(match storage.mode {
-        StorageMode::Memory => std::sync::Arc::new(InMemoryStorage::new(max_memory_bytes)),
+        StorageMode::Memory => std::sync::Arc::new(open_memory(storage, max_memory_bytes)),
         StorageMode::FileFast => {
             std::sync::Arc::new(FileStorage::open(&dir()?, file_options(false))?)
         }

@@ -445,6 +445,68 @@ async fn chunks_trim_from_the_head(h: Harness) {
     }
 }
 
+/// A trim past the tail moves the tail: a stream recreated at the head
+/// retention left it at (an import) keeps its offsets.
+async fn created_at_a_trimmed_head(h: Harness) {
+    let store = h.open().await;
+    for (id, data) in [(1, &b""[..]), (2, &b"old"[..])] {
+        store
+            .submit(Mutation::Create {
+                spec: spec(id, 0),
+                data: Bytes::copy_from_slice(data),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        store
+            .submit(Mutation::Trim { id, before: 5000 })
+            .await
+            .expect("trim past the tail");
+        assert!(store.chunks(id).await.expect("chunks").is_empty());
+        store
+            .submit(append(id, 5000, b"abc"))
+            .await
+            .expect("at head");
+        store.submit(append(id, 5003, b"de")).await.expect("append");
+    }
+    let refused = store.submit(append(1, 0, b"x")).await;
+    assert!(
+        matches!(refused, Err(StorageError::OutOfOrder { tail: 5005, .. })),
+        "{refused:?}"
+    );
+    let check = |store: Arc<dyn Storage>| async move {
+        for id in [1, 2] {
+            let error = store.read(id, 0, 5005, 10).await.expect_err("trimmed");
+            assert!(
+                matches!(error, StorageError::Trimmed { head: 5000, .. }),
+                "{error:?}"
+            );
+            assert_eq!(read_all(&*store, id, 5000, 5005).await, b"abcde");
+            let chunks = store.chunks(id).await.expect("chunks");
+            assert_eq!(chunks.first().map(|c| c.start), Some(5000));
+            assert_eq!(chunks.last().map(|c| c.end), Some(5005));
+        }
+        store
+    };
+    let store = check(store).await;
+    if h.persistent {
+        drop(store);
+        let store = h.open().await;
+        let mut recovered = store.recover();
+        recovered.sort_by_key(|s| s.spec.id);
+        assert_eq!(
+            recovered
+                .iter()
+                .map(|s| (s.head, s.tail))
+                .collect::<Vec<_>>(),
+            [(5000, 5005), (5000, 5005)]
+        );
+        let store = check(store).await;
+        store.submit(append(1, 5005, b"f")).await.expect("append");
+        assert_eq!(read_all(&*store, 1, 5000, 5006).await, b"abcdef");
+    }
+}
+
 async fn metadata_round_trips_and_persists(h: Harness) {
     let store = h.open().await;
     assert!(store.metadata().await.expect("load").is_empty());
@@ -531,6 +593,10 @@ macro_rules! storage_suite {
             #[tokio::test]
             async fn chunks_trim_from_the_head() {
                 super::chunks_trim_from_the_head(harness().await).await;
+            }
+            #[tokio::test]
+            async fn created_at_a_trimmed_head() {
+                super::created_at_a_trimmed_head(harness().await).await;
             }
             #[tokio::test]
             async fn metadata_round_trips_and_persists() {

@@ -10,6 +10,7 @@ mod common;
 mod failures;
 mod helpers;
 mod postgres;
+mod recovery;
 mod serve;
 mod tls;
 mod transfer;

@@ -58,9 +58,9 @@ fn serves_after_every_phase_and_drains_on_sigterm() {
             "load_config",
             "validate_config",
             "init_telemetry",
-            "open_storage",
             "load_tls",
             "bind_listener",
+            "open_storage",
             "serve",
             "drain"
         ]

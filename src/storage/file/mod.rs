@@ -42,6 +42,7 @@ mod checkpoint;
 mod chunk;
 mod files;
 mod layout;
+mod progress;
 mod recovery;
 mod shard;
 mod state;

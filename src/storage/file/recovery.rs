@@ -105,7 +105,10 @@ fn replay(
         truncate_corrupt_at: options.truncate_corrupt_at.as_deref(),
     };
     let old_segments = layout::list_wal(dir)?;
-    let mut apply = |mutation: Mutation, _end: u64| -> Result<(), String> {
+    let progress =
+        progress::ReplayProgress::start(dir, replay_bytes(dir, found.as_ref(), &old_segments));
+    let mut apply = |mutation: Mutation, end: u64| -> Result<(), String> {
+        progress.applied(end);
         let id = match &mutation {
             Mutation::Create { spec, .. } => spec.id,
             Mutation::Append(append) => append.id,
@@ -146,6 +149,7 @@ fn replay(
             for (k, &number) in legacy.iter().enumerate() {
                 let path = legacy_path(dir, number);
                 let is_last = k + 1 == legacy.len();
+                progress.segment(0, 0);
                 let end = wal::scan(
                     &path,
                     &wal::legacy_header(number),
@@ -181,6 +185,7 @@ fn replay(
                     }
                     let from = if k == 0 { position.offset } else { 0 };
                     let is_last = k + 1 == segments.len();
+                    progress.segment(shard, from);
                     let end = wal::scan(
                         &path,
                         &wal::wal_header(shard, seq),
@@ -211,6 +216,7 @@ fn replay(
     let streams = streams_lock
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
+    progress.finish(streams.len());
     if !read_only {
         for &id in &touched {
             finish_stream(dir, id, streams.get(&id), files, dirty)?;
@@ -234,6 +240,37 @@ fn replay(
         old_segments,
         legacy: if found.is_none() { legacy } else { Vec::new() },
     })
+}
+
+/// About how many log bytes a replay reads: the log after the
+/// checkpoint's positions, or the first layout's segments.
+fn replay_bytes(
+    dir: &Path,
+    found: Option<&checkpoint::Checkpoint>,
+    segments: &[(u32, u64)],
+) -> u64 {
+    let size = |path: PathBuf| std::fs::metadata(path).map_or(0, |m| m.len());
+    match found {
+        None => list_legacy(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|number| size(legacy_path(dir, number)))
+            .sum(),
+        Some(found) => segments
+            .iter()
+            .filter_map(|&(shard, seq)| {
+                let position = found.positions.get(shard as usize)?;
+                let from = if seq == position.seq {
+                    position.offset
+                } else if seq > position.seq {
+                    0
+                } else {
+                    return None;
+                };
+                Some(size(layout::wal_path(dir, shard, seq)).saturating_sub(from))
+            })
+            .sum(),
+    }
 }
 
 /// After a replay, cuts a stream's files to what the replay ended with:

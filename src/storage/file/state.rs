@@ -401,6 +401,8 @@ impl Planner {
                         // The chunk being written goes too: the next
                         // record starts a new one.
                         head.active = None;
+                        // Past the tail, the stream continues at `before`.
+                        head.tail = *before;
                     }
                     Effect::Trim {
                         stream: head.stream.clone(),
@@ -593,6 +595,8 @@ impl Target<'_> {
             Effect::Trim { stream, before } => {
                 let dropped: Vec<Chunk> = {
                     let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                    // Past the tail, the stream continues at `before`.
+                    state.tail = state.tail.max(before);
                     let tail = state.tail;
                     let dropped = state.chunks.trim(before, tail);
                     if state.chunks.active().map(|c| c.start) != state.active.map(|a| a.start) {

@@ -69,10 +69,7 @@ pub async fn trim(
     chunk_bytes: u64,
 ) -> Result<(), StorageError> {
     let listed = chunks(pool, id, chunk_bytes, 0).await?;
-    let Some(cut) = cut(&listed, before) else {
-        return Ok(());
-    };
-    let (Ok(id), Ok(cut)) = (i64::try_from(id), i64::try_from(cut)) else {
+    let (Ok(id), Ok(before_i)) = (i64::try_from(id), i64::try_from(before)) else {
         return Ok(());
     };
     let mut client = pool
@@ -81,6 +78,25 @@ pub async fn trim(
         .map_err(|e| super::pool_error("trimming a stream", e))?;
     let failed = |e: tokio_postgres::Error| super::storage_error("trimming a stream", &e);
     let transaction = client.transaction().await.map_err(failed)?;
+    // Past the tail, everything goes and the stream continues at
+    // `before`; an append racing this one fails its tail check.
+    let moved = transaction
+        .execute(
+            "UPDATE streams SET tail = $2, head = $2 WHERE id = $1 AND tail < $2",
+            &[&id, &before_i],
+        )
+        .await
+        .map_err(failed)?;
+    if moved > 0 {
+        transaction
+            .execute("DELETE FROM records WHERE stream_id = $1", &[&id])
+            .await
+            .map_err(failed)?;
+        return transaction.commit().await.map_err(failed);
+    }
+    let Some(cut) = cut(&listed, before).and_then(|cut| i64::try_from(cut).ok()) else {
+        return Ok(());
+    };
     transaction
         .execute(
             "DELETE FROM records WHERE stream_id = $1 AND end_pos <= $2",
