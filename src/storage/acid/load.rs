@@ -1,13 +1,13 @@
-//! What an open loads from a database: every stream's state.
+//! What an open loads from a database: every stream's spec, state and
+//! producers, never its records, so an open reads metadata only (records are
+//! verified by the reads that meet them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use redb::ReadableTable;
 
-use super::tables::{
-    Db, PRODUCERS, RECORDS, SPECS, STATES, StoredState, db_error, verified_payload,
-};
+use super::tables::{Db, PRODUCERS, SPECS, STATES, StoredState, db_error};
 use crate::protocol::producer::ProducerState;
 use crate::storage::{RecoveredStream, StorageError, StreamId, StreamSpec};
 
@@ -35,7 +35,6 @@ pub(super) fn load(
     let specs = txn.open_table(SPECS).map_err(db_error)?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let producers = txn.open_table(PRODUCERS).map_err(db_error)?;
-    let records = txn.open_table(RECORDS).map_err(db_error)?;
     let mut by_id: BTreeMap<StreamId, RecoveredStream> = BTreeMap::new();
     let mut chunk_starts: HashMap<StreamId, Option<u64>> = HashMap::new();
     for entry in specs.iter().map_err(db_error)? {
@@ -60,33 +59,7 @@ pub(super) fn load(
                 ..StoredState::default()
             },
         };
-        // Every record must verify and follow its predecessor exactly.
         let head = state.head.unwrap_or(spec.base);
-        let mut expected = head;
-        for record in records
-            .range((id.value(), 0)..=(id.value(), u64::MAX))
-            .map_err(db_error)?
-        {
-            let (key, value) = record.map_err(db_error)?;
-            let (_, end) = key.value();
-            let payload = verified_payload(value.value(), id.value(), end, path)?;
-            if end - payload.len() as u64 != expected {
-                return Err(StorageError::Corrupt(format!(
-                    "database file {}: stream {} has a gap before position {end}",
-                    path.display(),
-                    id.value()
-                )));
-            }
-            expected = end;
-        }
-        if expected != state.tail {
-            return Err(StorageError::Corrupt(format!(
-                "database file {}: stream {} records end at {expected} but its state says {}",
-                path.display(),
-                id.value(),
-                state.tail
-            )));
-        }
         by_id.insert(
             id.value(),
             RecoveredStream {

@@ -3,8 +3,9 @@
 //! closed flag, expiry settings and fork lineage change together or not at
 //! all, and an acknowledged append survives `kill -9` and power loss.
 //!
-//! Every stored record carries a CRC32C of its payload, verified on open and
-//! on every read, so corrupt data is never served.
+//! Every stored record carries a CRC32C of its payload, verified on every
+//! read, so corrupt data is never served. An open reads the streams' metadata
+//! only, so its time grows with the number of streams, not stored bytes.
 
 mod load;
 mod shard;

@@ -6,19 +6,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use redb::{Durability, ReadableTable};
+use redb::ReadableTable;
 
 use super::AcidOptions;
 use super::load::{load, trimmed_heads};
 use super::tables::{
-    CHUNKS, Db, METADATA, RECORDS, STATES, StoredState, db_error, framed, open_database,
-    prepare_tables, verified_payload,
+    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
+    open_database, prepare_tables, verified_payload,
 };
 use super::writer::Writer;
 use crate::storage::chunk_list::{Chunk, ChunkList};
 use crate::storage::queue::{CommitQueue, WriterThread};
 use crate::storage::{
-    ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId,
+    ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
+    StreamId, StreamSpec,
 };
 
 pub(super) struct Shared {
@@ -127,6 +128,10 @@ impl DbShard {
         let txn = shared.db.begin_read()?;
         let records = txn.open_table(RECORDS).map_err(db_error)?;
         let mut taken = 0usize;
+        // Where the next record must start: the open loads no records, so
+        // the reads check that the records they meet are whole and follow
+        // each other.
+        let mut expected = None;
         for entry in records
             .range((id, from + 1)..=(id, u64::MAX))
             .map_err(db_error)?
@@ -138,15 +143,64 @@ impl DbShard {
             if start >= until {
                 break;
             }
+            let wanted = match expected {
+                Some(end) => end,
+                // Data starts at the stream's head, which may lie past `from`.
+                None if start > from => from.max(head_of(&txn, id)?),
+                None => start,
+            };
+            if start != wanted {
+                return Err(missing(shared, id, wanted));
+            }
+            expected = Some(end);
             let part = ReadChunk::part(start, payload.len(), from, until);
             let piece = Bytes::copy_from_slice(&payload[part.clone()]);
             taken += chunk.push(start, part, piece);
             if taken >= max_bytes || chunk.end >= until {
-                break;
+                return Ok(chunk);
             }
+        }
+        // The records ran out before `until`: fine past the tail only.
+        let states = txn.open_table(STATES).map_err(db_error)?;
+        if let Some(raw) = states.get(id).map_err(db_error)?
+            && let Ok(state) = serde_json::from_slice::<StoredState>(raw.value())
+            && state.tail > chunk.end
+            && until > chunk.end
+        {
+            return Err(missing(shared, id, chunk.end));
         }
         Ok(chunk)
     }
+}
+
+/// Where a stream's retained data starts (its base, or where retention cut).
+fn head_of(txn: &redb::ReadTransaction, id: StreamId) -> Result<u64, StorageError> {
+    let invalid = |what: &str, e: serde_json::Error| {
+        StorageError::Corrupt(format!("{what} of stream {id} is invalid: {e}"))
+    };
+    let specs = txn.open_table(SPECS).map_err(db_error)?;
+    let Some(raw) = specs.get(id).map_err(db_error)? else {
+        return Err(StorageError::UnknownStream(id));
+    };
+    let spec: StreamSpec = serde_json::from_slice(raw.value()).map_err(|e| invalid("spec", e))?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let head = match states.get(id).map_err(db_error)? {
+        Some(raw) => {
+            serde_json::from_slice::<StoredState>(raw.value())
+                .map_err(|e| invalid("state", e))?
+                .head
+        }
+        None => None,
+    };
+    Ok(head.unwrap_or(spec.base))
+}
+
+/// A stream's records do not reach `at` without a gap.
+fn missing(shared: &Shared, id: StreamId, at: u64) -> StorageError {
+    StorageError::Corrupt(format!(
+        "database file {}: stream {id} has no record at position {at}",
+        shared.path.display()
+    ))
 }
 
 impl Storage for DbShard {
@@ -226,10 +280,7 @@ pub(super) fn put_metadata_blocking(
     key: &str,
     value: Option<Bytes>,
 ) -> Result<(), StorageError> {
-    let db = shared.db.writable()?;
-    let mut txn = db.begin_write().map_err(db_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    let txn = begin_durable(shared.db.writable()?)?;
     {
         let mut table = txn.open_table(METADATA).map_err(db_error)?;
         match value {

@@ -100,8 +100,29 @@ fn occurrences(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
         .collect()
 }
 
+/// Reads all of stream 1 from a freshly opened store: the open itself
+/// must succeed (it reads metadata only), the read must fail as `Corrupt`
+/// naming the database file; returns that message.
+async fn read_fails_as_corrupt(dir: &Path) -> String {
+    let store = open_one(dir).expect("the open reads metadata only");
+    let tail = store.recover()[0].tail;
+    let mut from = 0;
+    loop {
+        match store.read(1, from, tail, 1 << 20).await {
+            Ok(chunk) if chunk.end > from => from = chunk.end,
+            Ok(_) => panic!("a read stopped at {from} without an error"),
+            Err(StorageError::Corrupt(message)) => {
+                let path = dir.join(DATABASE_FILE);
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                return message;
+            }
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_flipped_byte_in_a_record_fails_the_open() {
+async fn a_flipped_byte_in_a_record_fails_the_read_that_meets_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_store(dir.path()).await;
     let path = dir.path().join(DATABASE_FILE);
@@ -114,12 +135,11 @@ async fn a_flipped_byte_in_a_record_fails_the_open() {
         bytes[at + 100] ^= 0x5a;
     }
     std::fs::write(&path, bytes).expect("write");
-    match open_one(dir.path()) {
-        Err(StorageError::Corrupt(message)) => {
-            assert!(message.contains(&path.display().to_string()), "{message}");
-        }
-        other => panic!("expected Corrupt, got {other:?}"),
-    }
+    let message = read_fails_as_corrupt(dir.path()).await;
+    assert!(
+        message.contains(&format!("ending at position {}", 6 * 200)),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -144,39 +164,63 @@ async fn flipped_bytes_anywhere_never_panic_or_serve_altered_data() {
     assert!(refused > 0, "no flipped byte was ever noticed");
 }
 
-#[tokio::test]
-async fn a_record_failing_its_checksum_fails_the_open() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_store(dir.path()).await;
-    let path = dir.path().join(DATABASE_FILE);
-    // Alter a record through redb itself, so its page checksums hold and
-    // only the record's own CRC32C can tell.
-    let end = 8 * 200;
+/// Changes stream 1's records through redb itself, so its page checksums
+/// hold and only the records' own checks can tell.
+fn alter_records(dir: &Path, change: impl FnOnce(&mut redb::Table<(u64, u64), &[u8]>)) {
+    let db = Database::create(dir.join(DATABASE_FILE)).expect("open with redb");
+    let txn = db.begin_write().expect("write txn");
     {
-        let db = Database::create(&path).expect("open with redb");
-        let txn = db.begin_write().expect("write txn");
-        {
-            let mut records = txn.open_table(RECORDS).expect("records");
-            let mut value = records
-                .get((1, end))
-                .expect("get")
-                .expect("record 7")
-                .value()
-                .to_vec();
-            value[4 + 50] ^= 0x5a;
-            records.insert((1, end), value.as_slice()).expect("insert");
-        }
-        txn.commit().expect("commit");
+        let mut records = txn.open_table(RECORDS).expect("records");
+        change(&mut records);
     }
-    match open_one(dir.path()) {
-        Err(StorageError::Corrupt(message)) => {
-            assert!(message.contains(&path.display().to_string()), "{message}");
-            assert!(
-                message.contains(&format!("stream 1 ending at position {end}")),
-                "{message}"
-            );
-        }
-        other => panic!("expected Corrupt, got {other:?}"),
+    txn.commit().expect("commit");
+}
+
+#[tokio::test]
+async fn a_record_failing_its_checksum_fails_the_read_that_meets_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let written = write_store(dir.path()).await;
+    let end = 8 * 200;
+    alter_records(dir.path(), |records| {
+        let mut value = records
+            .get((1, end))
+            .expect("get")
+            .expect("record 7")
+            .value()
+            .to_vec();
+        value[4 + 50] ^= 0x5a;
+        records.insert((1, end), value.as_slice()).expect("insert");
+    });
+    let message = read_fails_as_corrupt(dir.path()).await;
+    assert!(
+        message.contains(&format!("stream 1 ending at position {end}")),
+        "{message}"
+    );
+    // What lies before the damaged record is still served.
+    let store = open_one(dir.path()).expect("open");
+    let chunk = store.read(1, 0, 7 * 200, usize::MAX).await.expect("read");
+    assert_eq!(chunk.records.concat(), written[..7 * 200]);
+}
+
+#[tokio::test]
+async fn a_missing_record_fails_the_read_that_meets_it() {
+    for (removed, at) in [
+        (8 * 200, 7 * 200),
+        (RECORDS_WRITTEN as u64 * 200, 299 * 200),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_store(dir.path()).await;
+        alter_records(dir.path(), |records| {
+            records
+                .remove((1, removed))
+                .expect("remove")
+                .expect("record");
+        });
+        let message = read_fails_as_corrupt(dir.path()).await;
+        assert!(
+            message.contains(&format!("stream 1 has no record at position {at}")),
+            "{message}"
+        );
     }
 }
 

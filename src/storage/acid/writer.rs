@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use redb::{Durability, ReadableTable};
+use redb::ReadableTable;
 
 use super::load::Head;
 use super::shard::Shared;
 use super::tables::{
-    CHUNKS, PRODUCERS, RECORDS, SPECS, STATES, StoredState, db_error, framed, load_state,
+    CHUNKS, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
+    load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -175,9 +176,7 @@ impl Writer {
         accepted: &mut Vec<Ack>,
         trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<(), StorageError> {
-        let mut txn = self.shared.db.writable()?.begin_write().map_err(db_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let txn = begin_durable(self.shared.db.writable()?)?;
         {
             let mut tables = Tables {
                 specs: txn.open_table(SPECS).map_err(db_error)?,
