@@ -141,7 +141,7 @@ impl DbShard {
             let payload = verified_payload(value.value(), id, end, &shared.path)?;
             let start = end - payload.len() as u64;
             if start >= until {
-                break;
+                return Ok(chunk);
             }
             let wanted = match expected {
                 Some(end) => end,
@@ -160,7 +160,7 @@ impl DbShard {
                 return Ok(chunk);
             }
         }
-        // The records ran out before `until`: fine past the tail only.
+        // The records ran out before `until`: fine at the tail only.
         let states = txn.open_table(STATES).map_err(db_error)?;
         if let Some(raw) = states.get(id).map_err(db_error)?
             && let Ok(state) = serde_json::from_slice::<StoredState>(raw.value())
