@@ -3,7 +3,7 @@
 # on one machine (ratios count, absolute numbers on shared machines do not).
 #
 #   scripts/compare.sh [--quick | --smoke] [--only "label label ..."] [--out DIR]
-#                      [--electric-src DIR] [--profile PROFILE]
+#                      [--electric-src DIR] [--profile PROFILE] [--appends-only]
 #
 # Servers (label: what it is; "peer" = our server it is compared against):
 #   ours-memory            this crate, storage.mode=memory
@@ -48,6 +48,8 @@
 # dist, as it ships; release when a fat-LTO build takes too long).
 # --quick shortens every workload (about a third of the time); --smoke runs
 # only ours-memory with tiny workloads, to keep the load tool working in CI.
+# --appends-only runs only the append workloads (1 stream x 32 connections,
+# 100 streams x 100 connections), to compare the storage commit paths.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,6 +60,7 @@ ONLY=""
 OUT=""
 ELECTRIC_SRC=""
 PROFILE=""
+APPENDS_ONLY=""
 while (($# > 0)); do
   case "$1" in
     --quick) MODE=quick ;;
@@ -66,6 +69,7 @@ while (($# > 0)); do
     --out) OUT="$2"; shift ;;
     --electric-src) ELECTRIC_SRC="$2"; shift ;;
     --profile) PROFILE="$2"; shift ;;
+    --appends-only) APPENDS_ONLY=1 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -261,6 +265,13 @@ for label in $ALL; do
   wanted "$label" || continue
   echo
   echo "== $label"
+  if [[ -n "$APPENDS_ONLY" ]]; then
+    start_server "$label"
+    run "$label" append --streams 1 --connections 32 --seconds "$SECS" --size 64
+    run "$label" append --streams 100 --connections 100 --seconds "$SECS" --size 64
+    stop_server
+    continue
+  fi
   # Idle connections: each kind on a fresh server, long-polls that outlast
   # the measurement.
   start_server "$label" 300000

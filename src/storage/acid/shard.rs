@@ -1,0 +1,369 @@
+//! One database of the store with its writer thread, and the reads and
+//! metadata changes served from it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use redb::ReadableTable;
+
+use super::AcidOptions;
+use super::load::{load, trimmed_heads};
+use super::tables::{
+    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
+    open_database, prepare_tables, verified_payload,
+};
+use super::writer::Writer;
+use crate::storage::chunk_list::{Chunk, ChunkList};
+use crate::storage::queue::{CommitQueue, WriterThread};
+use crate::storage::{
+    ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
+    StreamId, StreamSpec,
+};
+
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) db: Db,
+    pub(super) queue: CommitQueue,
+    pub(super) recovered: Mutex<Vec<RecoveredStream>>,
+    /// Heads of the streams retention trimmed (reads before them refused).
+    pub(super) trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
+}
+
+/// One redb database of the store, with its writer thread.
+#[derive(Clone)]
+pub(super) struct DbShard {
+    pub(super) shared: Arc<Shared>,
+    pub(super) _writer: Option<Arc<WriterThread<Shared>>>,
+}
+
+impl DbShard {
+    /// Opens (or creates) the database at `path`, loads and verifies every
+    /// stream in it, and starts its writer thread.
+    pub(super) fn open(
+        path: PathBuf,
+        options: &AcidOptions,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let db = open_database(&path, cache_bytes)?;
+        prepare_tables(&db)?;
+        let db = Db::Writable(db);
+        let (recovered, heads) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
+        let shared = Arc::new(Shared {
+            path,
+            db,
+            queue: CommitQueue::new("acid"),
+            recovered: Mutex::new(recovered),
+            trimmed: std::sync::RwLock::new(trimmed),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            heads,
+            chunk_bytes: options.chunk_bytes,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ds-acid-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StorageError::Io)?;
+        let handle = WriterThread::new(shared.clone(), |shared| &shared.queue, thread);
+        Ok(Self {
+            _writer: Some(Arc::new(handle)),
+            shared,
+        })
+    }
+
+    /// Opens the database at `path` read-only beside a server that may be
+    /// writing it: redb's single-writer mode lets readers follow its
+    /// commits.
+    pub(super) fn open_read_only(path: PathBuf) -> Result<Self, StorageError> {
+        let db = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| match db_error(e) {
+                StorageError::Corrupt(detail) => StorageError::Corrupt(format!(
+                    "database file {} is corrupt: {detail}",
+                    path.display()
+                )),
+                other => other,
+            })?;
+        let db = Db::ReadOnly(db);
+        let (recovered, _) = load(&db, &path)?;
+        let trimmed = trimmed_heads(&recovered);
+        let shared = Arc::new(Shared {
+            path,
+            db,
+            queue: CommitQueue::new("acid"),
+            recovered: Mutex::new(recovered),
+            trimmed: std::sync::RwLock::new(trimmed),
+        });
+        shared.queue.close();
+        Ok(Self {
+            _writer: None,
+            shared,
+        })
+    }
+
+    fn read_blocking(
+        shared: &Shared,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> Result<ReadChunk, StorageError> {
+        let mut chunk = ReadChunk::empty(from);
+        if let Some(&head) = shared
+            .trimmed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            && from < head
+        {
+            return Err(StorageError::Trimmed { id, head });
+        }
+        if from >= until {
+            return Ok(chunk);
+        }
+        let txn = shared.db.begin_read()?;
+        let records = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut taken = 0usize;
+        // Where the next record must start: the open loads no records, so
+        // the reads check that the records they meet are whole and follow
+        // each other.
+        let mut expected = None;
+        for entry in records
+            .range((id, from + 1)..=(id, u64::MAX))
+            .map_err(db_error)?
+        {
+            let (key, value) = entry.map_err(db_error)?;
+            let (_, end) = key.value();
+            let payload = verified_payload(value.value(), id, end, &shared.path)?;
+            let start = end - payload.len() as u64;
+            if start >= until {
+                return Ok(chunk);
+            }
+            let wanted = match expected {
+                Some(end) => end,
+                // Data starts at the stream's head, which may lie past `from`.
+                None if start > from => from.max(head_of(&txn, id)?),
+                None => start,
+            };
+            if start != wanted {
+                return Err(missing(shared, id, wanted));
+            }
+            expected = Some(end);
+            let part = ReadChunk::part(start, payload.len(), from, until);
+            let piece = Bytes::copy_from_slice(&payload[part.clone()]);
+            taken += chunk.push(start, part, piece);
+            if taken >= max_bytes || chunk.end >= until {
+                return Ok(chunk);
+            }
+        }
+        // The records ran out before `until`: fine at the tail only.
+        let states = txn.open_table(STATES).map_err(db_error)?;
+        if let Some(raw) = states.get(id).map_err(db_error)?
+            && let Ok(state) = serde_json::from_slice::<StoredState>(raw.value())
+            && state.tail > chunk.end
+            && until > chunk.end
+        {
+            return Err(missing(shared, id, chunk.end));
+        }
+        Ok(chunk)
+    }
+}
+
+/// Where a stream's retained data starts (its base, or where retention cut).
+fn head_of(txn: &redb::ReadTransaction, id: StreamId) -> Result<u64, StorageError> {
+    let invalid = |what: &str, e: serde_json::Error| {
+        StorageError::Corrupt(format!("{what} of stream {id} is invalid: {e}"))
+    };
+    let specs = txn.open_table(SPECS).map_err(db_error)?;
+    let Some(raw) = specs.get(id).map_err(db_error)? else {
+        return Err(StorageError::UnknownStream(id));
+    };
+    let spec: StreamSpec = serde_json::from_slice(raw.value()).map_err(|e| invalid("spec", e))?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let head = match states.get(id).map_err(db_error)? {
+        Some(raw) => {
+            serde_json::from_slice::<StoredState>(raw.value())
+                .map_err(|e| invalid("state", e))?
+                .head
+        }
+        None => None,
+    };
+    Ok(head.unwrap_or(spec.base))
+}
+
+/// A stream's records do not reach `at` without a gap.
+fn missing(shared: &Shared, id: StreamId, at: u64) -> StorageError {
+    StorageError::Corrupt(format!(
+        "database file {}: stream {id} has no record at position {at}",
+        shared.path.display()
+    ))
+}
+
+impl Storage for DbShard {
+    fn backend_name(&self) -> &'static str {
+        "acid"
+    }
+
+    fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
+        self.shared.queue.submit(mutation)
+    }
+
+    fn read(
+        &self,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+    ) -> StorageFuture<ReadChunk> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Self::read_blocking(&shared, id, from, until, max_bytes)
+            })
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Unavailable(format!("read task failed: {e}"))))
+        })
+    }
+
+    fn recover(&self) -> Vec<RecoveredStream> {
+        crate::storage::take_recovered(&self.shared.recovered)
+    }
+
+    fn put_metadata(&self, key: &str, value: Option<Bytes>) -> StorageFuture<()> {
+        let shared = self.shared.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            crate::storage::metadata::check_key(&key)?;
+            tokio::task::spawn_blocking(move || put_metadata_blocking(&shared, &key, value))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!(
+                        "metadata write task failed: {e}"
+                    )))
+                })
+        })
+    }
+
+    fn chunks(&self, id: StreamId) -> StorageFuture<Vec<ChunkInfo>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || chunks_blocking(&shared, id))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!("read task failed: {e}")))
+                })
+        })
+    }
+
+    fn metadata(&self) -> StorageFuture<Vec<(String, Bytes)>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || load_metadata_blocking(&shared))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StorageError::Unavailable(format!(
+                        "metadata read task failed: {e}"
+                    )))
+                })
+        })
+    }
+}
+
+/// One metadata change in its own transaction with immediate durability
+/// (redb lets it wait for the stream writer's transaction, never interleave).
+pub(super) fn put_metadata_blocking(
+    shared: &Shared,
+    key: &str,
+    value: Option<Bytes>,
+) -> Result<(), StorageError> {
+    let txn = begin_durable(shared.db.writable()?)?;
+    {
+        let mut table = txn.open_table(METADATA).map_err(db_error)?;
+        match value {
+            Some(value) => {
+                table
+                    .insert(key, framed(&value).as_slice())
+                    .map_err(db_error)?;
+            }
+            None => {
+                table.remove(key).map_err(db_error)?;
+            }
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+pub(super) fn chunks_blocking(
+    shared: &Shared,
+    id: StreamId,
+) -> Result<Vec<ChunkInfo>, StorageError> {
+    let txn = shared.db.begin_read()?;
+    let states = txn.open_table(STATES).map_err(db_error)?;
+    let state: StoredState = match states.get(id).map_err(db_error)? {
+        Some(raw) => serde_json::from_slice(raw.value())
+            .map_err(|e| StorageError::Corrupt(format!("state of stream {id} is invalid: {e}")))?,
+        None => return Err(StorageError::UnknownStream(id)),
+    };
+    let table = match txn.open_table(CHUNKS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut list = Vec::new();
+    if let Some(table) = table {
+        for entry in table.range((id, 0)..=(id, u64::MAX)).map_err(db_error)? {
+            let (key, ms) = entry.map_err(db_error)?;
+            list.push(Chunk {
+                start: key.value().1,
+                last_write_ms: ms.value(),
+            });
+        }
+    }
+    let head = state
+        .head
+        .unwrap_or(list.first().map_or(state.tail, |c| c.start));
+    if let Some(start) = state
+        .chunk_start
+        .or((state.tail > head && list.is_empty()).then_some(head))
+    {
+        list.push(Chunk {
+            start,
+            last_write_ms: state.last_write_ms,
+        });
+    }
+    Ok(ChunkList::from_chunks(list).infos(state.tail))
+}
+
+pub(super) fn load_metadata_blocking(
+    shared: &Shared,
+) -> Result<Vec<(String, Bytes)>, StorageError> {
+    let txn = shared.db.begin_read()?;
+    let table = match txn.open_table(METADATA) {
+        Ok(table) => table,
+        // A database written before the metadata area existed (read-only).
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(db_error)? {
+        let (key, raw) = entry.map_err(db_error)?;
+        let raw = raw.value();
+        let value = raw
+            .split_at_checked(4)
+            .filter(|(crc, value)| crc32c::crc32c(value).to_le_bytes() == **crc)
+            .map(|(_, value)| Bytes::copy_from_slice(value))
+            .ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "database file {}: metadata entry {:?} fails its checksum",
+                    shared.path.display(),
+                    key.value()
+                ))
+            })?;
+        out.push((key.value().to_owned(), value));
+    }
+    Ok(out)
+}

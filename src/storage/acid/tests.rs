@@ -1,0 +1,329 @@
+use std::path::Path;
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable};
+
+use super::tables::RECORDS;
+use super::{AcidOptions, AcidStorage, DATABASE_FILE, database_file};
+use crate::storage::{Append, Mutation, Storage, StorageError, StreamSpec};
+
+const RECORDS_WRITTEN: usize = 300;
+
+/// One database, so that every record is in `streams.redb`.
+fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
+    AcidStorage::open_with(
+        dir,
+        AcidOptions {
+            shards: 1,
+            ..AcidOptions::default()
+        },
+    )
+}
+
+fn spec(id: u64) -> StreamSpec {
+    StreamSpec {
+        id,
+        path: format!("/v1/stream/a{id}"),
+        content_type: "application/octet-stream".into(),
+        ttl_secs: None,
+        expires_at_ms: None,
+        created_at_ms: 0,
+        fork: None,
+        base: 0,
+    }
+}
+
+/// A recognisable payload of 200 bytes for record `i`.
+fn payload(i: usize) -> Vec<u8> {
+    let mut out = format!("acid-record-{i:04}:").into_bytes();
+    out.resize(200, b'a' + (i % 26) as u8);
+    out
+}
+
+/// Stream 1 with `RECORDS_WRITTEN` records, one transaction each; the
+/// store is closed when this returns.
+async fn write_store(dir: &Path) -> Vec<u8> {
+    let store = open_one(dir).expect("open");
+    store
+        .submit(Mutation::Create {
+            spec: spec(1),
+            data: Bytes::new(),
+            closed: false,
+        })
+        .await
+        .expect("create");
+    let mut all = Vec::new();
+    for i in 0..RECORDS_WRITTEN {
+        let data = payload(i);
+        store
+            .submit(Mutation::Append(Append {
+                id: 1,
+                start: all.len() as u64,
+                data: Bytes::from(data.clone()),
+                producer: None,
+                stream_seq: None,
+                close: None,
+            }))
+            .await
+            .expect("append");
+        all.extend_from_slice(&data);
+    }
+    all
+}
+
+/// Opens the store; if that works, everything it serves must be a
+/// prefix of what was written (an older commit at worst), never altered.
+async fn open_and_check(dir: &Path, written: &[u8]) -> Result<(), StorageError> {
+    let store = open_one(dir)?;
+    for stream in store.recover() {
+        assert_eq!(stream.spec.id, 1, "an unknown stream appeared");
+        assert!(stream.tail <= written.len() as u64);
+        let mut data = Vec::new();
+        let mut from = 0;
+        while from < stream.tail {
+            let chunk = store.read(1, from, stream.tail, 1 << 20).await?;
+            assert!(chunk.end > from, "a read made no progress");
+            data.extend(chunk.records.concat());
+            from = chunk.end;
+        }
+        assert_eq!(data, written[..data.len()], "served data differs");
+    }
+    Ok(())
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// Reads all of stream 1 from a freshly opened store: the open itself
+/// must succeed (it reads metadata only), the read must fail as `Corrupt`
+/// naming the database file; returns that message.
+async fn read_fails_as_corrupt(dir: &Path) -> String {
+    let store = open_one(dir).expect("the open reads metadata only");
+    let tail = store.recover()[0].tail;
+    let mut from = 0;
+    loop {
+        match store.read(1, from, tail, 1 << 20).await {
+            Ok(chunk) if chunk.end > from => from = chunk.end,
+            Ok(_) => panic!("a read stopped at {from} without an error"),
+            Err(StorageError::Corrupt(message)) => {
+                let path = dir.join(DATABASE_FILE);
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                return message;
+            }
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_record_fails_the_read_that_meets_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_store(dir.path()).await;
+    let path = dir.path().join(DATABASE_FILE);
+    let mut bytes = std::fs::read(&path).expect("read");
+    // An early record: its page is shared by every later commit, so no
+    // older commit can stand in for it.
+    let found = occurrences(&bytes, &payload(5));
+    assert!(!found.is_empty(), "record 5 is in the file");
+    for at in found {
+        bytes[at + 100] ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).expect("write");
+    let message = read_fails_as_corrupt(dir.path()).await;
+    assert!(
+        message.contains(&format!("ending at position {}", 6 * 200)),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn flipped_bytes_anywhere_never_panic_or_serve_altered_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let written = write_store(dir.path()).await;
+    let path = dir.path().join(DATABASE_FILE);
+    let pristine = std::fs::read(&path).expect("read");
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut refused = 0;
+    for round in 0..64 {
+        let mut bytes = pristine.clone();
+        let at = rng.usize(..bytes.len());
+        bytes[at] ^= 1 << rng.u8(..8);
+        std::fs::write(&path, &bytes).expect("write");
+        let outcome = open_and_check(dir.path(), &written).await;
+        if outcome.is_err() {
+            refused += 1;
+        }
+        eprintln!("round {round}: byte {at} of {}: {outcome:?}", bytes.len());
+    }
+    assert!(refused > 0, "no flipped byte was ever noticed");
+}
+
+/// Changes stream 1's records through redb itself, so its page checksums
+/// hold and only the records' own checks can tell.
+fn alter_records(dir: &Path, change: impl FnOnce(&mut redb::Table<(u64, u64), &[u8]>)) {
+    let db = Database::create(dir.join(DATABASE_FILE)).expect("open with redb");
+    let txn = db.begin_write().expect("write txn");
+    {
+        let mut records = txn.open_table(RECORDS).expect("records");
+        change(&mut records);
+    }
+    txn.commit().expect("commit");
+}
+
+#[tokio::test]
+async fn a_record_failing_its_checksum_fails_the_read_that_meets_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let written = write_store(dir.path()).await;
+    let end = 8 * 200;
+    alter_records(dir.path(), |records| {
+        let mut value = records
+            .get((1, end))
+            .expect("get")
+            .expect("record 7")
+            .value()
+            .to_vec();
+        value[4 + 50] ^= 0x5a;
+        records.insert((1, end), value.as_slice()).expect("insert");
+    });
+    let message = read_fails_as_corrupt(dir.path()).await;
+    assert!(
+        message.contains(&format!("stream 1 ending at position {end}")),
+        "{message}"
+    );
+    // What lies before the damaged record is still served.
+    let store = open_one(dir.path()).expect("open");
+    let chunk = store.read(1, 0, 7 * 200, usize::MAX).await.expect("read");
+    assert_eq!(chunk.records.concat(), written[..7 * 200]);
+}
+
+#[tokio::test]
+async fn a_missing_record_fails_the_read_that_meets_it() {
+    for (removed, at) in [
+        (8 * 200, 7 * 200),
+        (RECORDS_WRITTEN as u64 * 200, 299 * 200),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_store(dir.path()).await;
+        alter_records(dir.path(), |records| {
+            records
+                .remove((1, removed))
+                .expect("remove")
+                .expect("record");
+        });
+        let message = read_fails_as_corrupt(dir.path()).await;
+        assert!(
+            message.contains(&format!("stream 1 has no record at position {at}")),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn streams_stay_in_their_database_when_the_count_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |shards| {
+        AcidStorage::open_with(
+            dir.path(),
+            AcidOptions {
+                shards,
+                ..AcidOptions::default()
+            },
+        )
+        .expect("open")
+    };
+    {
+        let store = open(3);
+        for id in 1..=12 {
+            store
+                .submit(Mutation::Create {
+                    spec: spec(id),
+                    data: Bytes::from(payload(id as usize)),
+                    closed: false,
+                })
+                .await
+                .expect("create");
+        }
+        let mut fork = spec(13);
+        fork.fork = Some(crate::storage::ForkLink {
+            source: 5,
+            source_path: spec(5).path,
+            offset: 200,
+            sub_offset: 0,
+        });
+        fork.base = 200;
+        store
+            .submit(Mutation::Create {
+                spec: fork,
+                data: Bytes::from_static(b"own"),
+                closed: false,
+            })
+            .await
+            .expect("fork");
+        let used = (0..3)
+            .filter(|&i| dir.path().join(database_file(i)).exists())
+            .count();
+        assert_eq!(used, 3);
+    }
+    for shards in [1, 5] {
+        let store = open(shards);
+        let mut streams = store.recover();
+        streams.sort_by_key(|s| s.spec.id);
+        let ours = streams.iter().filter(|s| s.spec.id <= 13).count();
+        assert_eq!(ours, 13, "{shards} databases asked");
+        for id in 1..=12u64 {
+            let chunk = store.read(id, 0, 200, usize::MAX).await.expect("read");
+            assert_eq!(chunk.records.concat(), payload(id as usize));
+            store
+                .submit(Mutation::Append(Append {
+                    id,
+                    start: 200,
+                    data: Bytes::from_static(b"+"),
+                    producer: None,
+                    stream_seq: None,
+                    close: None,
+                }))
+                .await
+                .expect("append");
+        }
+        let id = 100 + shards as u64;
+        store
+            .submit(Mutation::Create {
+                spec: spec(id),
+                data: Bytes::from_static(b"new"),
+                closed: false,
+            })
+            .await
+            .expect("create");
+        drop(store);
+        let store = open(shards);
+        assert!(store.recover().iter().any(|s| s.spec.id == id));
+        for id in 1..=12u64 {
+            let appended = store.read(id, 200, 201, 10).await.expect("read");
+            assert_eq!(appended.records.concat(), b"+");
+            store
+                .submit(Mutation::Trim { id, before: 0 })
+                .await
+                .expect("trim nothing");
+        }
+        // Undo the appends for the next round.
+        drop(store);
+        let store = open(shards);
+        for id in 1..=12u64 {
+            store.submit(Mutation::Remove { id }).await.expect("remove");
+            store
+                .submit(Mutation::Create {
+                    spec: spec(id),
+                    data: Bytes::from(payload(id as usize)),
+                    closed: false,
+                })
+                .await
+                .expect("re-create");
+        }
+    }
+}
