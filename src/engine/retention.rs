@@ -274,4 +274,44 @@ mod tests {
         )
         .await;
     }
+
+    /// A trim the store committed before retention heard back, so the
+    /// engine's head is still the old one (after a restart, the first sweep
+    /// races the first reads): a read from the start begins at the store's
+    /// head, and the engine's head follows; an offset before it is gone.
+    #[tokio::test]
+    async fn a_read_from_the_start_follows_a_trim_not_yet_acknowledged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stores: [Arc<dyn Storage>; 2] = [
+            Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, CHUNK)),
+            file(dir.path(), true),
+        ];
+        for storage in stores {
+            let engine = Engine::new(storage.clone(), EngineLimits::default());
+            create(&engine, plain("/r/s")).await;
+            for _ in 0..3 {
+                append(&engine, "/r/s", &BLOCK).await;
+            }
+            let entry = engine.lookup("/r/s", Access::Peek).expect("live");
+            storage
+                .submit(Mutation::Trim {
+                    id: entry.id(),
+                    before: 2 * CHUNK,
+                })
+                .await
+                .expect("trim");
+            assert_eq!(entry.first_position(), 0, "not heard of yet");
+            let read = engine.read(&entry, ReadFrom::Start).await.expect("read");
+            assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
+            assert_eq!(entry.first_position(), 2 * CHUNK);
+            let before = engine.read(&entry, ReadFrom::At(Offset(CHUNK))).await;
+            assert!(
+                matches!(
+                    before,
+                    Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
+                ),
+                "{before:?}"
+            );
+        }
+    }
 }
