@@ -175,6 +175,21 @@ mod tests {
     const CHUNK: u64 = 4096;
     static BLOCK: [u8; 4096] = [b'x'; 4096];
 
+    /// A read from the start of a stream of three one-record chunks, the
+    /// first two trimmed, gets the third; a read of the first is gone.
+    async fn reads_start_at_the_third_chunk(engine: &Engine, entry: &Arc<StreamEntry>) {
+        let read = engine.read(entry, ReadFrom::Start).await.expect("read");
+        assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
+        let before = engine.read(entry, ReadFrom::At(Offset(CHUNK))).await;
+        assert!(
+            matches!(
+                before,
+                Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
+            ),
+            "{before:?}"
+        );
+    }
+
     /// Three one-record chunks in `/r/s` and in `/keep`; a rule for `/r/`
     /// keeps one chunk's worth. Reopened, for a backend that persists.
     async fn trims_and_keeps_the_head(open: impl Fn(&Path) -> Arc<dyn Storage>, persistent: bool) {
@@ -206,16 +221,7 @@ mod tests {
                 (entry.head(), entry.first_position()),
                 (2 * CHUNK, 2 * CHUNK)
             );
-            let read = engine.read(&entry, ReadFrom::Start).await.expect("read");
-            assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
-            let before = engine.read(&entry, ReadFrom::At(Offset(CHUNK))).await;
-            assert!(
-                matches!(
-                    before,
-                    Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
-                ),
-                "{before:?}"
-            );
+            reads_start_at_the_third_chunk(&engine, &entry).await;
             let kept = engine.lookup("/keep", Access::Peek).expect("live");
             assert_eq!(kept.first_position(), 0);
             let all = engine.read(&kept, ReadFrom::Start).await.expect("read");
@@ -301,17 +307,8 @@ mod tests {
                 .await
                 .expect("trim");
             assert_eq!(entry.first_position(), 0, "not heard of yet");
-            let read = engine.read(&entry, ReadFrom::Start).await.expect("read");
-            assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
+            reads_start_at_the_third_chunk(&engine, &entry).await;
             assert_eq!(entry.first_position(), 2 * CHUNK);
-            let before = engine.read(&entry, ReadFrom::At(Offset(CHUNK))).await;
-            assert!(
-                matches!(
-                    before,
-                    Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
-                ),
-                "{before:?}"
-            );
         }
     }
 }
