@@ -11,8 +11,7 @@
 //! retention (`max_bytes`, swept every second) trims the heads of the
 //! streams written: a record may be missing only if it lay wholly before
 //! the head the read starts at, and the head never moves back. Retention
-//! runs in the `acid` test; the file modes' runs with it are `#[ignore]`d
-//! until a known failure is fixed (`cargo test --test crash -- --ignored`).
+//! runs in the `acid` test and in the file modes' runs named for it.
 //!
 //! Randomness is seeded: the seed is printed on every run and named in every
 //! failure; `CRASH_SEED=<n>` replays it. `CRASH_CYCLES=<n>` changes the number
@@ -1441,9 +1440,6 @@ async fn kill_9_loses_nothing_acknowledged_file_durable() {
 
 /// `file-durable` with retention trimming during the kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure in the file modes: after some kill -9 cycles with retention on, \
-            a read from the head answers 410 (the store's head is past the engine's, or a \
-            retained chunk file is gone); run with --ignored once fixed"]
 async fn kill_9_loses_nothing_acknowledged_file_durable_with_retention() {
     crash_test("file-durable", true).await;
 }
@@ -1462,7 +1458,6 @@ async fn kill_9_loses_nothing_acknowledged_file_fast() {
 
 /// `file-fast` with retention trimming during the kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the known failure of kill_9_loses_nothing_acknowledged_file_durable_with_retention"]
 async fn kill_9_loses_nothing_acknowledged_file_fast_with_retention() {
     crash_test("file-fast", true).await;
 }

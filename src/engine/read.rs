@@ -13,7 +13,7 @@ use super::entry::{Signal, StreamEntry};
 use super::error::EngineError;
 use super::request::ReadResult;
 use crate::protocol::offset::ReadFrom;
-use crate::storage::{ReadChunk, StreamId};
+use crate::storage::{ReadChunk, StorageError, StreamId};
 
 /// The start position of a read for the committed tail, of a stream whose
 /// data starts at `first` ([`StreamEntry::first_position`]).
@@ -39,12 +39,17 @@ impl Engine {
         from: ReadFrom,
     ) -> Result<ReadResult, EngineError> {
         let snapshot = entry.snapshot();
-        self.read_at(
-            entry,
-            resolve_start(from, entry.first_position(), snapshot.tail),
-            snapshot,
-        )
-        .await
+        let start = resolve_start(from, entry.first_position(), snapshot.tail);
+        match self.read_at(entry, start, snapshot).await {
+            // Trimmed between the head this read started at and now (the
+            // store trimmed before retention heard back): from the start
+            // means from the new head.
+            Err(EngineError::Storage(StorageError::Trimmed { .. })) if from == ReadFrom::Start => {
+                let start = resolve_start(from, entry.first_position(), snapshot.tail);
+                self.read_at(entry, start, snapshot).await
+            }
+            other => other,
+        }
     }
 
     /// Reads committed data from a resolved position, given a snapshot.
@@ -58,14 +63,27 @@ impl Engine {
         snapshot: Signal,
     ) -> Result<ReadResult, EngineError> {
         let start = start.min(snapshot.tail);
-        let chunk = self
+        let chunk = match self
             .read_chain(
                 entry,
                 start,
                 snapshot.tail,
                 self.shared.limits.max_read_bytes,
             )
-            .await?;
+            .await
+        {
+            Ok(chunk) => chunk,
+            Err(EngineError::Storage(StorageError::Trimmed { id, head })) => {
+                // The store's head is the stream's: a trim is visible to
+                // reads once committed, a moment before its caller learns
+                // that it was.
+                if id == entry.id() {
+                    entry.advance_head(head);
+                }
+                return Err(StorageError::Trimmed { id, head }.into());
+            }
+            Err(error) => return Err(error),
+        };
         if chunk.starts_mid_record && entry.content_type().is_json() {
             return Err(EngineError::OffsetNotAtBoundary);
         }

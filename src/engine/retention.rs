@@ -190,6 +190,21 @@ mod tests {
     const CHUNK: u64 = 4096;
     static BLOCK: [u8; 4096] = [b'x'; 4096];
 
+    /// A read from the start of a stream of three one-record chunks, the
+    /// first two trimmed, gets the third; a read of the first is gone.
+    async fn reads_start_at_the_third_chunk(engine: &Engine, entry: &Arc<StreamEntry>) {
+        let read = engine.read(entry, ReadFrom::Start).await.expect("read");
+        assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
+        let before = engine.read(entry, ReadFrom::At(Offset(CHUNK))).await;
+        assert!(
+            matches!(
+                before,
+                Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
+            ),
+            "{before:?}"
+        );
+    }
+
     /// Three one-record chunks in `/r/s` and in `/keep`; a rule for `/r/`
     /// keeps one chunk's worth. Reopened, for a backend that persists.
     async fn trims_and_keeps_the_head(open: impl Fn(&Path) -> Arc<dyn Storage>, persistent: bool) {
@@ -214,16 +229,7 @@ mod tests {
                 (entry.head(), entry.first_position()),
                 (2 * CHUNK, 2 * CHUNK)
             );
-            let read = engine.read(&entry, ReadFrom::Start).await.expect("read");
-            assert_eq!((read.start, read.next), (2 * CHUNK, 3 * CHUNK));
-            let before = engine.read(&entry, ReadFrom::At(Offset(CHUNK))).await;
-            assert!(
-                matches!(
-                    before,
-                    Err(EngineError::Storage(StorageError::Trimmed { head, .. })) if head == 2 * CHUNK
-                ),
-                "{before:?}"
-            );
+            reads_start_at_the_third_chunk(&engine, &entry).await;
             let kept = engine.lookup("/keep", Access::Peek).expect("live");
             assert_eq!(kept.first_position(), 0);
             let all = engine.read(&kept, ReadFrom::Start).await.expect("read");
@@ -281,5 +287,36 @@ mod tests {
             true,
         )
         .await;
+    }
+
+    /// A trim the store committed before retention heard back, so the
+    /// engine's head is still the old one (after a restart, the first sweep
+    /// races the first reads): a read from the start begins at the store's
+    /// head, and the engine's head follows; an offset before it is gone.
+    #[tokio::test]
+    async fn a_read_from_the_start_follows_a_trim_not_yet_acknowledged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stores: [Arc<dyn Storage>; 2] = [
+            Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, CHUNK)),
+            file(dir.path(), true),
+        ];
+        for storage in stores {
+            let engine = Engine::new(storage.clone(), EngineLimits::default());
+            create(&engine, plain("/r/s")).await;
+            for _ in 0..3 {
+                append(&engine, "/r/s", &BLOCK).await;
+            }
+            let entry = engine.lookup("/r/s", Access::Peek).expect("live");
+            storage
+                .submit(Mutation::Trim {
+                    id: entry.id(),
+                    before: 2 * CHUNK,
+                })
+                .await
+                .expect("trim");
+            assert_eq!(entry.first_position(), 0, "not heard of yet");
+            reads_start_at_the_third_chunk(&engine, &entry).await;
+            assert_eq!(entry.first_position(), 2 * CHUNK);
+        }
     }
 }

@@ -99,6 +99,7 @@ fn replay(
         }
     }
     let mut touched: HashSet<StreamId> = HashSet::new();
+    let mut gone: HashSet<(StreamId, u64)> = HashSet::new();
     let io_error: std::cell::RefCell<Option<StorageError>> = std::cell::RefCell::new(None);
     let policy = wal::Policy {
         read_only,
@@ -132,6 +133,7 @@ fn replay(
         let outcome = (if read_only {
             Ok(())
         } else {
+            writes.skip_gone(dir, &mut gone);
             writes.apply(dir, files, dirty)
         })
         .and_then(|()| effect.map_or(Ok(()), |effect| target.publish(effect)));
@@ -217,6 +219,18 @@ fn replay(
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     progress.finish(streams.len());
+    for &(id, start) in &gone {
+        let retained = streams.get(&id).is_some_and(|stream| {
+            let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
+            state.chunks.chunks().iter().any(|c| c.start == start)
+        });
+        if retained {
+            return Err(StorageError::Corrupt(format!(
+                "chunk file {} of a retained chunk is missing",
+                layout::chunk_path(dir, id, start).display()
+            )));
+        }
+    }
     if !read_only {
         for &id in &touched {
             finish_stream(dir, id, streams.get(&id), files, dirty)?;

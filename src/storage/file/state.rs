@@ -247,6 +247,25 @@ impl ChunkWrites {
         dirty.chunks.extend(self.frames.keys().copied());
         Ok(())
     }
+
+    /// Replay: leaves out the writes into chunk files that are gone (and
+    /// not created by these writes), adding them to `gone`. A trim deleted
+    /// such a file after the checkpoint the replay started from, and that
+    /// trim follows in the log: the bytes would be dropped again. A chunk
+    /// still retained once the replay ends must not be in `gone`.
+    pub fn skip_gone(&mut self, root: &Path, gone: &mut HashSet<(StreamId, u64)>) {
+        let created = &self.created;
+        self.frames.retain(|&(id, start), _| {
+            let kept = created.contains(&(id, start))
+                || !gone.contains(&(id, start)) && layout::chunk_path(root, id, start).exists();
+            if !kept {
+                gone.insert((id, start));
+            }
+            kept
+        });
+        self.index
+            .retain(|&(id, start, _)| !gone.contains(&(id, start)));
+    }
 }
 
 /// Turns mutations into chunk writes and effects; owns the heads.

@@ -59,8 +59,11 @@ async fn create(store: &FileStorage, id: u64, data: Bytes) {
 }
 
 async fn read_all(store: &FileStorage, id: u64, tail: u64) -> Vec<u8> {
+    read_range(store, id, 0, tail).await
+}
+
+async fn read_range(store: &FileStorage, id: u64, mut from: u64, tail: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut from = 0;
     while from < tail {
         let chunk = store.read(id, from, tail, 1 << 20).await.expect("read");
         assert!(chunk.end > from, "no progress");
@@ -466,5 +469,68 @@ async fn a_full_log_segment_is_checkpointed_away() {
     assert!(
         segments <= 2,
         "{segments} log segments after 5 MB went through"
+    );
+}
+
+/// Retention drops the chunk that was being written at the last
+/// checkpoint (its file deleted), then the process dies. The replay, which
+/// starts at that checkpoint, meets appends into the deleted file before
+/// the trim that deleted it: it opens, with the head where the trim put it,
+/// every retained byte readable, and the head stays as the stream grows.
+#[tokio::test]
+async fn a_chunk_trimmed_after_the_checkpoint_does_not_stop_the_replay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = FileOptions {
+        commit_shards: 1,
+        chunk_bytes: 4096,
+        checkpoint_on_full_segment: false,
+        ..small()
+    };
+    let mut expected = Vec::new();
+    async fn add(store: &FileStorage, expected: &mut Vec<u8>, i: u64) {
+        let data = payload(i, 1000);
+        let start = expected.len() as u64;
+        expected.extend_from_slice(&data);
+        store.submit(append(1, start, data)).await.expect("append");
+    }
+    let store = FileStorage::open(dir.path(), options.clone()).expect("open");
+    create(&store, 1, Bytes::new()).await;
+    for i in 0..10 {
+        add(&store, &mut expected, i).await;
+    }
+    store.checkpoint().expect("checkpoint");
+    let written_at_checkpoint = store.chunks(1).await.expect("chunks")[2].start;
+    for i in 10..20 {
+        add(&store, &mut expected, i).await;
+    }
+    // Four chunks of four records, the fifth being written: keep that one.
+    let chunks = store.chunks(1).await.expect("chunks");
+    let head = chunks[chunks.len() - 1].start;
+    assert!(head > written_at_checkpoint, "{chunks:?}");
+    store
+        .submit(Mutation::Trim {
+            id: 1,
+            before: head,
+        })
+        .await
+        .expect("trim");
+    assert!(!layout::chunk_path(dir.path(), 1, written_at_checkpoint).exists());
+    for i in 20..23 {
+        add(&store, &mut expected, i).await;
+    }
+    store.abandon();
+
+    let store = FileStorage::open(dir.path(), options.clone()).expect("reopen");
+    let recovered = store.recover();
+    let tail = expected.len() as u64;
+    assert_eq!((recovered[0].head, recovered[0].tail), (head, tail));
+    for i in 23..30 {
+        add(&store, &mut expected, i).await;
+    }
+    let tail = expected.len() as u64;
+    assert_eq!(store.chunks(1).await.expect("chunks")[0].start, head);
+    assert_eq!(
+        read_range(&store, 1, head, tail).await,
+        expected[head as usize..]
     );
 }
