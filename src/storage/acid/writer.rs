@@ -132,6 +132,13 @@ impl Writer {
         let Some(head) = self.heads.get_mut(&id) else {
             return Ok(state.tail);
         };
+        // Past the tail, everything goes and the stream continues at
+        // `before`.
+        let moved = before > head.tail;
+        if moved {
+            head.tail = before;
+            state.tail = before;
+        }
         let mut sealed = Vec::new();
         for entry in tables
             .chunks
@@ -150,7 +157,7 @@ impl Writer {
             .unwrap_or(starts.len());
         let new_head = starts.get(drop).copied().unwrap_or(head.tail);
         let current = state.head.unwrap_or(new_head);
-        if drop == 0 {
+        if drop == 0 && !moved {
             return Ok(current);
         }
         for &start in sealed.iter().take(drop) {
