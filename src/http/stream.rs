@@ -370,6 +370,9 @@ async fn read(state: &AppState, path: &str, request: Request) -> Result<Response
             .await
         }
         LiveMode::LongPoll => {
+            // A live read may wait for minutes: its request head (headers,
+            // extensions, the bytes they point into) must not wait with it.
+            drop(request);
             live::long_poll(
                 state,
                 entry,
@@ -379,6 +382,7 @@ async fn read(state: &AppState, path: &str, request: Request) -> Result<Response
             .await
         }
         LiveMode::Sse => {
+            drop(request);
             live::sse(
                 state,
                 entry,
