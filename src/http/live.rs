@@ -57,7 +57,9 @@ pub(super) async fn long_poll(
             return Err(EngineError::NotFound.into());
         }
         if start < snapshot.tail {
-            let result = state.engine.read_at(&entry, start, snapshot).await?;
+            // Boxed: the storage read's future is large, and inline it would
+            // be part of every waiting long-poll's state.
+            let result = Box::pin(state.engine.read_at(&entry, start, snapshot)).await?;
             ReadBytesSent {
                 mode: ReadMode::LongPoll,
                 bytes: result.len(),

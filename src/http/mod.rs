@@ -23,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 
 pub(crate) use limits::InputLimits;
 pub(crate) use live::LiveResponse;
@@ -167,7 +167,7 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
         ));
     }
     router
-        .route(&route, any(stream::dispatch))
+        .route(&route, stream::routes())
         .merge(probe_routes(services.readiness))
         .fallback(|| async {
             problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
@@ -221,7 +221,9 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
             }
             match &edge.gate {
                 None => next.run(request).await,
-                Some(gate) => gate::guard(gate, request, next).await,
+                // Boxed: inline, the guard's state would be part of every
+                // request's future, waiting long-polls included, gate or not.
+                Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
             }
         })
     })

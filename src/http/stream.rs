@@ -3,8 +3,9 @@
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
@@ -24,25 +25,69 @@ use crate::protocol::offset::{Offset, ReadFrom, parse_read_from};
 /// Catch-up reads of immutable data may be cached (spec §8.1).
 pub(super) const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
 
-/// Routes a request on a stream path by method.
-pub(super) async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    let result = match stream_path(&state, &request) {
-        Ok(path) => match *request.method() {
-            Method::PUT => create(&state, path, request).await,
-            Method::POST => append(&state, &path, request).await,
-            Method::DELETE => delete(&state, &path).await,
-            Method::HEAD => head(&state, &path).await,
-            Method::GET => read(&state, &path, request).await,
-            // RFC 9110 §15.5.6: a 405 must list the allowed methods.
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                "method not allowed",
-            )
-            .with_header(header::ALLOW, super::ALLOW_METHODS)),
-        },
-        Err(error) => Err(error),
-    };
+/// The stream routes, one handler per method: axum boxes each handler's
+/// future at that handler's own size, so a long-poll waiting for data does
+/// not carry the room an append or a create needs.
+pub(super) fn routes() -> MethodRouter<AppState> {
+    get(get_stream)
+        .head(head_stream)
+        .put(put_stream)
+        .post(post_stream)
+        .delete(delete_stream)
+        .fallback(other_method)
+}
+
+async fn get_stream(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        Ok(path) => answer(read(&state, &path, request).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn head_stream(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        Ok(path) => answer(head(&state, &path).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn put_stream(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        Ok(path) => answer(create(&state, path, request).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        Ok(path) => answer(append(&state, &path, request).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn delete_stream(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        Ok(path) => answer(delete(&state, &path).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Any other method: a bad name is still named first, else `405`.
+async fn other_method(State(state): State<AppState>, request: Request) -> Response {
+    match stream_path(&state, &request) {
+        // RFC 9110 §15.5.6: a 405 must list the allowed methods.
+        Ok(_) => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed",
+        )
+        .with_header(header::ALLOW, super::ALLOW_METHODS)
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -370,6 +415,9 @@ async fn read(state: &AppState, path: &str, request: Request) -> Result<Response
             .await
         }
         LiveMode::LongPoll => {
+            // A live read may wait for minutes: its request head (headers,
+            // extensions, the bytes they point into) must not wait with it.
+            drop(request);
             live::long_poll(
                 state,
                 entry,
@@ -379,6 +427,7 @@ async fn read(state: &AppState, path: &str, request: Request) -> Result<Response
             .await
         }
         LiveMode::Sse => {
+            drop(request);
             live::sse(
                 state,
                 entry,
