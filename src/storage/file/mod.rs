@@ -44,6 +44,7 @@ mod files;
 mod layout;
 mod progress;
 mod recovery;
+mod removal;
 mod shard;
 mod state;
 mod wal;

@@ -298,7 +298,7 @@ fn finish_stream(
     dirty: &Mutex<Dirty>,
 ) -> Result<(), StorageError> {
     let Some(stream) = stream else {
-        return state::remove_stream_files(dir, id, files, dirty);
+        return removal::remove_stream_files(dir, id, files, dirty);
     };
     let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
     if let Some(active) = state.active {
