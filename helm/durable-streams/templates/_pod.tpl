@@ -83,8 +83,9 @@ spec:
           protocol: TCP
         {{- end }}
       {{- if .Values.probes.startup.enabled }}
-      # Until the first success the other probes wait: durable modes replay
-      # and verify their log at start, which can take a while on big volumes.
+      # Until the first success the other probes wait. `/healthz` answers as
+      # soon as the listeners are bound, before storage has recovered
+      # (`/readyz` says `recovering` meanwhile), so this covers only start-up.
       startupProbe:
         httpGet:
           path: /healthz
