@@ -99,7 +99,7 @@ fn replay(
         }
     }
     let mut touched: HashSet<StreamId> = HashSet::new();
-    let mut gone: HashSet<(StreamId, u64)> = HashSet::new();
+    let mut present: HashMap<(StreamId, u64), bool> = HashMap::new();
     let io_error: std::cell::RefCell<Option<StorageError>> = std::cell::RefCell::new(None);
     let policy = wal::Policy {
         read_only,
@@ -133,7 +133,7 @@ fn replay(
         let outcome = (if read_only {
             Ok(())
         } else {
-            writes.skip_gone(dir, &mut gone);
+            writes.skip_gone(dir, &mut present);
             writes.apply(dir, files, dirty)
         })
         .and_then(|()| effect.map_or(Ok(()), |effect| target.publish(effect)));
@@ -219,7 +219,7 @@ fn replay(
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     progress.finish(streams.len());
-    for &(id, start) in &gone {
+    for (&(id, start), _) in present.iter().filter(|(_, here)| !**here) {
         let retained = streams.get(&id).is_some_and(|stream| {
             let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
             state.chunks.chunks().iter().any(|c| c.start == start)

@@ -250,22 +250,23 @@ impl ChunkWrites {
     }
 
     /// Replay: leaves out the writes into chunk files that are gone (and
-    /// not created by these writes), adding them to `gone`. A trim deleted
-    /// such a file after the checkpoint the replay started from, and that
-    /// trim follows in the log: the bytes would be dropped again. A chunk
-    /// still retained once the replay ends must not be in `gone`.
-    pub fn skip_gone(&mut self, root: &Path, gone: &mut HashSet<(StreamId, u64)>) {
-        let created = &self.created;
+    /// not created by these writes). A trim deleted such a file after the
+    /// checkpoint the replay started from, and that trim follows in the
+    /// log: the bytes would be dropped again. `present` remembers each
+    /// chunk's answer, so a file is looked up once per replay, not once per
+    /// logged append; a chunk still retained once the replay ends must not
+    /// be marked absent there.
+    pub fn skip_gone(&mut self, root: &Path, present: &mut HashMap<(StreamId, u64), bool>) {
+        for &key in &self.created {
+            present.insert(key, true);
+        }
         self.frames.retain(|&(id, start), _| {
-            let kept = created.contains(&(id, start))
-                || !gone.contains(&(id, start)) && layout::chunk_path(root, id, start).exists();
-            if !kept {
-                gone.insert((id, start));
-            }
-            kept
+            *present
+                .entry((id, start))
+                .or_insert_with(|| layout::chunk_path(root, id, start).exists())
         });
         self.index
-            .retain(|&(id, start, _)| !gone.contains(&(id, start)));
+            .retain(|&(id, start, _)| present.get(&(id, start)).copied().unwrap_or(true));
     }
 }
 
