@@ -98,6 +98,12 @@ impl From<DrainTiming> for ServeOptions {
 /// the response in flight on each connection finishes and closes it, and
 /// whatever is still open at the drain timeout is dropped.
 ///
+/// With the lean engine, a long-poll that has to wait is answered after
+/// the router's future has returned (only the long-poll's own small state
+/// waits, see `http::deferred`): the crate's own middleware sees the real
+/// answer, but a layer an embedder wraps around `router` sees a
+/// placeholder in its place.
+///
 /// # Errors
 /// Never at present: accept errors (out of file descriptors, a connection
 /// reset before it was taken) are logged and retried.
