@@ -517,15 +517,7 @@ async fn waiting_long_polls(engine: Http1Engine) -> Vec<(u16, Vec<(String, Strin
     )
     .await;
     let base = format!("http://{}/v1/stream/lp", served.addr);
-    let http = client();
-    let created = http
-        .put(&base)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(created.status(), 201);
-    let tail = header(&created, "stream-next-offset");
+    let tail = create_text_stream(&base).await;
     let mut socket = connect(served.addr).await;
     send(
         &mut socket,
@@ -538,7 +530,7 @@ async fn waiting_long_polls(engine: Http1Engine) -> Vec<(u16, Vec<(String, Strin
     .await;
     // Time for the long-poll to start waiting before the data comes.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let appended = http
+    let appended = client()
         .post(&base)
         .header("content-type", "text/plain")
         .body("data")

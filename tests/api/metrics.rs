@@ -496,14 +496,7 @@ async fn a_long_poll_whose_client_leaves_while_it_waits_is_a_499() {
         ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "60"),
     ])
     .await;
-    let created = client()
-        .put(server.url("left"))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(created.status(), 201);
-    let tail = header(&created, "stream-next-offset");
+    let tail = create_text_stream(&server.url("left")).await;
     let mut socket = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
