@@ -79,7 +79,7 @@ pub(super) async fn long_poll(
 
 /// A long-poll from the moment its start is resolved: what it waits with.
 struct LongPoll {
-    /// Counts the request in `durable_streams_live_readers{mode="long-poll"}`.
+    /// Counts the request in `durable_streams_live_readers{mode="long_poll"}`.
     _reader: LiveReader,
     engine: Engine,
     shutdown: ShutdownToken,
