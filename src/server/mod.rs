@@ -364,11 +364,16 @@ async fn tls_connection(
     };
     let h2 = session.alpn.as_deref() == Some("h2");
     if protocols.engine == Http1Engine::Lean && protocols.http1_allowed && !h2 {
-        live_pool::serve(
-            lean_connection(stream, peer, Some(session), &protocols, signals.drain),
-            signals.moved,
-        )
-        .await;
+        // A task of its own, reported like a connection moved to the live
+        // runtime (the drain waits for it): this task, sized for the
+        // handshake and for hyper, ends instead of holding that room for
+        // as long as the connection lives (a waiting long-poll).
+        let connection = lean_connection(stream, peer, Some(session), &protocols, signals.drain);
+        let task = tokio::spawn(live_pool::serve(connection, signals.moved.clone()));
+        if let Err(unreported) = signals.moved.send(task) {
+            // The listener is gone: nobody would wait for it or end it.
+            unreported.0.abort();
+        }
     } else {
         let served = hyper_connection(stream, peer, Some(session), protocols, signals.graceful);
         Box::pin(served).await;
