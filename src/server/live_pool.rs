@@ -57,7 +57,8 @@ pub(super) trait Movable: Future<Output = ()> + Send + Unpin + 'static {
 }
 
 /// Where connections moved to the live runtime are reported, so that the
-/// drain waits for them (and ends them at its timeout).
+/// drain waits for them (and ends them at its timeout); TLS connections
+/// report the task they run in after their handshake here too.
 pub(super) type Moved = mpsc::UnboundedSender<JoinHandle<()>>;
 
 /// Serves `connection` here until its response turns live, then hands it

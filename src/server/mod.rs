@@ -191,7 +191,8 @@ struct Protocols {
 
 /// The signals a connection task watches.
 struct Signals {
-    /// Where a lean connection reports its move to the live runtime.
+    /// Where a lean connection reports its move to the live runtime (or,
+    /// over TLS, its own task after the handshake).
     moved: live_pool::Moved,
     /// Closes idle lean HTTP/1.1 connections.
     drain: DrainWatch,
