@@ -59,7 +59,8 @@ pub(super) async fn long_poll(
         if start < snapshot.tail {
             // Boxed: the storage read's future is large, and inline it would
             // be part of every waiting long-poll's state.
-            let result = Box::pin(state.engine.read_at(&entry, start, snapshot)).await?;
+            let result =
+                Box::pin(state.engine.read_resolved(&entry, from, start, snapshot)).await?;
             ReadBytesSent {
                 mode: ReadMode::LongPoll,
                 bytes: result.len(),
@@ -140,6 +141,7 @@ pub(super) async fn sse(
         json: entry.content_type().is_json(),
         entry,
         signal,
+        from,
         position,
         cursor: cursor_for(client_cursor.as_deref()),
         base64,
@@ -191,6 +193,8 @@ struct SseSession {
     engine: Engine,
     entry: Arc<StreamEntry>,
     signal: watch::Receiver<Signal>,
+    /// Where the client asked to start, until the first data is sent.
+    from: ReadFrom,
     position: u64,
     cursor: u64,
     json: bool,
@@ -329,13 +333,14 @@ impl SseSession {
             }
             .emit();
             self.position = shared.next;
+            self.from = ReadFrom::At(Offset(shared.next));
             self.finished = shared.finished;
             self.announced = true;
             return Some(shared.bytes);
         }
         let result = match self
             .engine
-            .read_at(&self.entry, self.position, snapshot)
+            .read_resolved(&self.entry, self.from, self.position, snapshot)
             .await
         {
             Ok(result) => result,
@@ -345,6 +350,9 @@ impl SseSession {
                 return None;
             }
         };
+        // Later than asked only when a read from the start followed a trim.
+        self.position = result.start;
+        self.from = ReadFrom::At(Offset(result.start));
         let count = result.records.len();
         // Each data event is followed by its control event.
         SseEventsSent { count: 2 * count }.emit();
@@ -369,6 +377,10 @@ impl SseSession {
         self.position = self.position.max(result.next);
         self.announced = true;
         let bytes = Bytes::from(out);
+        if result.start != key.start {
+            // Not what a session at `key.start` would send: it is gone.
+            return Some(bytes);
+        }
         self.fanout.put(
             key,
             SharedChunk {
@@ -451,3 +463,7 @@ impl Fanout {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, chunk));
     }
 }
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;
