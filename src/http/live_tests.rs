@@ -8,32 +8,16 @@ use futures_util::StreamExt;
 
 use super::*;
 use crate::config::Config;
-use crate::engine::testing::{append, create, plain};
-use crate::engine::{Access, EngineLimits};
-use crate::storage::{InMemoryStorage, Mutation, Storage};
+use crate::engine::testing::trimmed_unheard;
+use crate::storage::InMemoryStorage;
 
 const CHUNK: u64 = 4096;
 static BLOCK: [u8; 4096] = [b'x'; 4096];
 
-/// A stream of three one-record chunks whose first two the store has
-/// trimmed, without the engine hearing of it (the gap between a trim's
-/// commit and retention's acknowledgement).
-async fn trimmed_unheard() -> (AppState, Arc<StreamEntry>) {
-    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, CHUNK));
-    let engine = Engine::new(storage.clone(), EngineLimits::default());
-    create(&engine, plain("/s")).await;
-    for _ in 0..3 {
-        append(&engine, "/s", &BLOCK).await;
-    }
-    let entry = engine.lookup("/s", Access::Touch).expect("live");
-    storage
-        .submit(Mutation::Trim {
-            id: entry.id(),
-            before: 2 * CHUNK,
-        })
-        .await
-        .expect("trim");
-    assert_eq!(entry.first_position(), 0, "not heard of yet");
+/// [`trimmed_unheard`] on the memory backend, served over HTTP.
+async fn trimmed_unheard_app() -> (AppState, Arc<StreamEntry>) {
+    let storage = Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, CHUNK));
+    let (engine, entry) = trimmed_unheard(storage, "/s", &BLOCK).await;
     let state = AppState {
         engine,
         settings: Arc::new(crate::startup::settings::http(&Config::default())),
@@ -44,7 +28,7 @@ async fn trimmed_unheard() -> (AppState, Arc<StreamEntry>) {
 
 #[tokio::test]
 async fn a_long_poll_from_the_start_follows_a_trim_not_yet_heard_of() {
-    let (state, entry) = trimmed_unheard().await;
+    let (state, entry) = trimmed_unheard_app().await;
     let response = long_poll(&state, entry.clone(), ReadFrom::Start, None)
         .await
         .unwrap_or_else(IntoResponse::into_response);
@@ -60,7 +44,7 @@ async fn a_long_poll_from_the_start_follows_a_trim_not_yet_heard_of() {
 
 #[tokio::test]
 async fn sse_from_the_start_follows_a_trim_not_yet_heard_of() {
-    let (state, entry) = trimmed_unheard().await;
+    let (state, entry) = trimmed_unheard_app().await;
     let response = sse(&state, entry, ReadFrom::Start, None)
         .await
         .expect("sse");
