@@ -3,7 +3,7 @@
 # on one machine (ratios count, absolute numbers on shared machines do not).
 #
 #   scripts/compare.sh [--quick | --smoke] [--only "label label ..."] [--out DIR]
-#                      [--electric-src DIR] [--profile PROFILE] [--appends-only]
+#                      [--electric-src DIR] [--profile PROFILE] [--appends-only | --fanout-only]
 #
 # Servers (label: what it is; "peer" = our server it is compared against):
 #   ours-memory            this crate, storage.mode=memory
@@ -50,6 +50,7 @@
 # only ours-memory with tiny workloads, to keep the load tool working in CI.
 # --appends-only runs only the append workloads (1 stream x 32 connections,
 # 100 streams x 100 connections), to compare the storage commit paths.
+# --fanout-only runs only the two SSE fan-out workloads.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,6 +62,7 @@ OUT=""
 ELECTRIC_SRC=""
 PROFILE=""
 APPENDS_ONLY=""
+FANOUT_ONLY=""
 while (($# > 0)); do
   case "$1" in
     --quick) MODE=quick ;;
@@ -70,6 +72,7 @@ while (($# > 0)); do
     --electric-src) ELECTRIC_SRC="$2"; shift ;;
     --profile) PROFILE="$2"; shift ;;
     --appends-only) APPENDS_ONLY=1 ;;
+    --fanout-only) FANOUT_ONLY=1 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -261,6 +264,17 @@ run() { # run LABEL COMMAND [options...]
     --out "$RESULTS" "${TLS_ARGS[@]}" "$@" | head -n 1
 }
 
+# SSE fan-out at scale, each shape on a fresh server.
+run_fanout() { # run_fanout LABEL
+  start_server "$1"
+  run "$1" fanout --pid "$PID" --streams 1 --subscribers "$FAN_ONE" --rate 50 --seconds "$FAN_SECS"
+  stop_server
+  start_server "$1"
+  run "$1" fanout --pid "$PID" --streams "$FAN_STREAMS" --subscribers "$FAN_EACH" --rate 50 \
+    --seconds "$FAN_SECS"
+  stop_server
+}
+
 for label in $ALL; do
   wanted "$label" || continue
   echo
@@ -270,6 +284,10 @@ for label in $ALL; do
     run "$label" append --streams 1 --connections 32 --seconds "$SECS" --size 64
     run "$label" append --streams 100 --connections 100 --seconds "$SECS" --size 64
     stop_server
+    continue
+  fi
+  if [[ -n "$FANOUT_ONLY" ]]; then
+    [[ "$label" == ours-tls-* ]] || run_fanout "$label"
     continue
   fi
   # Idle connections: each kind on a fresh server, long-polls that outlast
@@ -300,14 +318,7 @@ for label in $ALL; do
   fi
   run "$label" latency --mode sse --subscribers "$SUBS" --messages "$MSGS"
   stop_server
-  # SSE fan-out at scale, each shape on a fresh server.
-  start_server "$label"
-  run "$label" fanout --pid "$PID" --streams 1 --subscribers "$FAN_ONE" --rate 50 --seconds "$FAN_SECS"
-  stop_server
-  start_server "$label"
-  run "$label" fanout --pid "$PID" --streams "$FAN_STREAMS" --subscribers "$FAN_EACH" --rate 50 \
-    --seconds "$FAN_SECS"
-  stop_server
+  run_fanout "$label"
 done
 
 echo

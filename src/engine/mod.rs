@@ -42,7 +42,7 @@ mod retention;
 pub(crate) mod rules;
 mod state;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod transfer;
 
 use std::sync::{Arc, OnceLock};

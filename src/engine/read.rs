@@ -40,10 +40,31 @@ impl Engine {
     ) -> Result<ReadResult, EngineError> {
         let snapshot = entry.snapshot();
         let start = resolve_start(from, entry.first_position(), snapshot.tail);
+        self.read_resolved(entry, from, start, snapshot).await
+    }
+
+    /// Reads committed data from `start`, which `from` resolved to
+    /// ([`resolve_start`]) when the reader began, up to `snapshot`'s tail:
+    /// what the plain read and the live reads (which resolve their start
+    /// once, then wait) share.
+    ///
+    /// The store commits a trim a moment before retention hears back and
+    /// moves the stream's head, so a start resolved from the old head may
+    /// already be gone: a read from the stream's start then goes on from
+    /// the store's head; an explicit offset before it stays
+    /// [`StorageError::Trimmed`].
+    ///
+    /// # Errors
+    /// As [`Engine::read`].
+    pub async fn read_resolved(
+        &self,
+        entry: &Arc<StreamEntry>,
+        from: ReadFrom,
+        start: u64,
+        snapshot: Signal,
+    ) -> Result<ReadResult, EngineError> {
         match self.read_at(entry, start, snapshot).await {
-            // Trimmed between the head this read started at and now (the
-            // store trimmed before retention heard back): from the start
-            // means from the new head.
+            // `read_at` moved the engine's head to the store's.
             Err(EngineError::Storage(StorageError::Trimmed { .. })) if from == ReadFrom::Start => {
                 let start = resolve_start(from, entry.first_position(), snapshot.tail);
                 self.read_at(entry, start, snapshot).await
@@ -53,10 +74,7 @@ impl Engine {
     }
 
     /// Reads committed data from a resolved position, given a snapshot.
-    ///
-    /// # Errors
-    /// As [`Engine::read`].
-    pub async fn read_at(
+    async fn read_at(
         &self,
         entry: &Arc<StreamEntry>,
         start: u64,

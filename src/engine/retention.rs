@@ -142,7 +142,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::engine::testing::{append, create, keep_bytes, plain};
+    use crate::engine::testing::{append, create, keep_bytes, plain, trimmed_unheard};
     use crate::engine::{Access, EngineLimits};
     use crate::protocol::offset::{Offset, ReadFrom};
     use crate::storage::acid::AcidOptions;
@@ -301,20 +301,7 @@ mod tests {
             file(dir.path(), true),
         ];
         for storage in stores {
-            let engine = Engine::new(storage.clone(), EngineLimits::default());
-            create(&engine, plain("/r/s")).await;
-            for _ in 0..3 {
-                append(&engine, "/r/s", &BLOCK).await;
-            }
-            let entry = engine.lookup("/r/s", Access::Peek).expect("live");
-            storage
-                .submit(Mutation::Trim {
-                    id: entry.id(),
-                    before: 2 * CHUNK,
-                })
-                .await
-                .expect("trim");
-            assert_eq!(entry.first_position(), 0, "not heard of yet");
+            let (engine, entry) = trimmed_unheard(storage, "/r/s", &BLOCK).await;
             reads_start_at_the_third_chunk(&engine, &entry).await;
             assert_eq!(entry.first_position(), 2 * CHUNK);
         }

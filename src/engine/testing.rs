@@ -1,11 +1,16 @@
 //! Helpers of the engine's unit tests: an engine on the memory backend and
 //! requests in their plainest form.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use super::{AppendRequest, Appended, CreateRequest, Created, Engine, EngineLimits, ForkRequest};
+use super::{
+    Access, AppendRequest, Appended, CreateRequest, Created, Engine, EngineLimits, ForkRequest,
+    StreamEntry,
+};
 use crate::protocol::header::{ContentType, ProducerHeaders};
-use crate::storage::InMemoryStorage;
+use crate::storage::{InMemoryStorage, Mutation, Storage};
 
 /// An engine over a fresh memory backend.
 pub fn engine() -> Engine {
@@ -14,7 +19,7 @@ pub fn engine() -> Engine {
 
 /// An engine over a fresh memory backend with `limits`.
 pub fn engine_with(limits: EngineLimits) -> Engine {
-    Engine::new(std::sync::Arc::new(InMemoryStorage::default()), limits)
+    Engine::new(Arc::new(InMemoryStorage::default()), limits)
 }
 
 /// A `PUT` of an empty `text/plain` stream at `path`.
@@ -85,4 +90,30 @@ pub fn keep_bytes(prefix: &str, max_bytes: u64) -> crate::storage::config::Reten
         }],
         ..RetentionConfig::default()
     }
+}
+
+/// An engine over `storage` (whose chunks are `block.len()` bytes) with a
+/// plain stream at `path` of three one-record chunks of `block`, the first
+/// two of which the store has trimmed without the engine hearing of it: the
+/// gap between a trim's commit and retention's acknowledgement.
+pub async fn trimmed_unheard(
+    storage: Arc<dyn Storage>,
+    path: &str,
+    block: &'static [u8],
+) -> (Engine, Arc<StreamEntry>) {
+    let engine = Engine::new(storage.clone(), EngineLimits::default());
+    create(&engine, plain(path)).await;
+    for _ in 0..3 {
+        append(&engine, path, block).await;
+    }
+    let entry = engine.lookup(path, Access::Peek).expect("live");
+    storage
+        .submit(Mutation::Trim {
+            id: entry.id(),
+            before: 2 * block.len() as u64,
+        })
+        .await
+        .expect("trim");
+    assert_eq!(entry.first_position(), 0, "not heard of yet");
+    (engine, entry)
 }

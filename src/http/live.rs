@@ -64,6 +64,7 @@ pub(super) async fn long_poll(
         entry,
         signal,
         snapshot,
+        from,
         start,
         client_cursor,
     };
@@ -87,6 +88,8 @@ struct LongPoll {
     entry: Arc<StreamEntry>,
     signal: watch::Receiver<Signal>,
     snapshot: Signal,
+    /// What the client asked for (a read from the start follows a trim).
+    from: ReadFrom,
     start: u64,
     client_cursor: Option<String>,
 }
@@ -109,7 +112,11 @@ impl LongPoll {
             if self.start < snapshot.tail {
                 // Boxed: the storage read's future is large, and inline it
                 // would be part of every waiting long-poll's state.
-                let result = Box::pin(self.engine.read_at(entry, self.start, snapshot)).await?;
+                let result = Box::pin(
+                    self.engine
+                        .read_resolved(entry, self.from, self.start, snapshot),
+                )
+                .await?;
                 ReadBytesSent {
                     mode: ReadMode::LongPoll,
                     bytes: result.len(),
@@ -191,6 +198,7 @@ pub(super) async fn sse(
         json: entry.content_type().is_json(),
         entry,
         signal,
+        from,
         position,
         cursor: cursor_for(client_cursor.as_deref()),
         base64,
@@ -242,6 +250,8 @@ struct SseSession {
     engine: Engine,
     entry: Arc<StreamEntry>,
     signal: watch::Receiver<Signal>,
+    /// Where the client asked to start, until the first data is sent.
+    from: ReadFrom,
     position: u64,
     cursor: u64,
     json: bool,
@@ -380,13 +390,14 @@ impl SseSession {
             }
             .emit();
             self.position = shared.next;
+            self.from = ReadFrom::At(Offset(shared.next));
             self.finished = shared.finished;
             self.announced = true;
             return Some(shared.bytes);
         }
         let result = match self
             .engine
-            .read_at(&self.entry, self.position, snapshot)
+            .read_resolved(&self.entry, self.from, self.position, snapshot)
             .await
         {
             Ok(result) => result,
@@ -396,6 +407,9 @@ impl SseSession {
                 return None;
             }
         };
+        // Later than asked only when a read from the start followed a trim.
+        self.position = result.start;
+        self.from = ReadFrom::At(Offset(result.start));
         let count = result.records.len();
         // Each data event is followed by its control event.
         SseEventsSent { count: 2 * count }.emit();
@@ -420,6 +434,10 @@ impl SseSession {
         self.position = self.position.max(result.next);
         self.announced = true;
         let bytes = Bytes::from(out);
+        if result.start != key.start {
+            // Not what a session at `key.start` would send: it is gone.
+            return Some(bytes);
+        }
         self.fanout.put(
             key,
             SharedChunk {
@@ -502,3 +520,7 @@ impl Fanout {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, chunk));
     }
 }
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;

@@ -38,7 +38,7 @@ mod fault_tests;
 mod listen;
 mod phase;
 mod recovery;
-mod settings;
+pub(crate) mod settings;
 mod storage;
 
 use std::sync::Arc;

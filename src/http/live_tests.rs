@@ -1,0 +1,61 @@
+//! Live reads against a store whose head moved before the engine heard.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use futures_util::StreamExt;
+
+use super::*;
+use crate::config::Config;
+use crate::engine::testing::trimmed_unheard;
+use crate::storage::InMemoryStorage;
+
+const CHUNK: u64 = 4096;
+static BLOCK: [u8; 4096] = [b'x'; 4096];
+
+/// [`trimmed_unheard`] on the memory backend, served over HTTP.
+async fn trimmed_unheard_app() -> (AppState, Arc<StreamEntry>) {
+    let storage = Arc::new(InMemoryStorage::with_chunk_bytes(u64::MAX, CHUNK));
+    let (engine, entry) = trimmed_unheard(storage, "/s", &BLOCK).await;
+    let state = AppState {
+        engine,
+        settings: Arc::new(crate::startup::settings::http(&Config::default())),
+        shutdown: ShutdownToken::new(),
+    };
+    (state, entry)
+}
+
+#[tokio::test]
+async fn a_long_poll_from_the_start_follows_a_trim_not_yet_heard_of() {
+    let (state, entry) = trimmed_unheard_app().await;
+    let response = long_poll(&state, entry.clone(), ReadFrom::Start, None, false)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    assert_eq!(response.status(), StatusCode::OK);
+    let next = response.headers().get(STREAM_NEXT_OFFSET).cloned();
+    assert_eq!(next, Some(offset_header(3 * CHUNK)));
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    assert_eq!(body.as_ref(), BLOCK.as_slice());
+    assert_eq!(entry.first_position(), 2 * CHUNK);
+}
+
+#[tokio::test]
+async fn sse_from_the_start_follows_a_trim_not_yet_heard_of() {
+    let (state, entry) = trimmed_unheard_app().await;
+    let response = sse(&state, entry, ReadFrom::Start, None)
+        .await
+        .expect("sse");
+    let mut body = response.into_body().into_data_stream();
+    let first = body.next().await.expect("a chunk").expect("data");
+    let text = std::str::from_utf8(&first).expect("text");
+    let data = format!("event: data\ndata:{}\n", "x".repeat(BLOCK.len()));
+    assert!(text.starts_with(&data), "{text:.80}");
+    let next = format!(
+        "\"streamNextOffset\":\"{}\"",
+        Offset(3 * CHUNK).encode().as_str()
+    );
+    assert!(text.contains(&next), "{text:.80}");
+}
