@@ -9,7 +9,8 @@ use bytes::Bytes;
 use redb::ReadableTable;
 
 use super::AcidOptions;
-use super::load::{load, trimmed_heads};
+use super::load::{Head, load, trimmed_heads};
+use super::log::{AckLog, log_path};
 use super::tables::{
     CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
     open_database, prepare_tables, verified_payload,
@@ -18,7 +19,7 @@ use super::writer::Writer;
 use crate::storage::chunk_list::{Chunk, ChunkList};
 use crate::storage::queue::{CommitQueue, WriterThread};
 use crate::storage::{
-    ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
+    Append, ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
     StreamId, StreamSpec,
 };
 
@@ -29,7 +30,13 @@ pub(super) struct Shared {
     pub(super) recovered: Mutex<Vec<RecoveredStream>>,
     /// Heads of the streams retention trimmed (reads before them refused).
     pub(super) trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
+    /// Acknowledged records in the log, not yet in redb: by stream, each
+    /// record's start and payload, in order from the stream's redb tail.
+    pub(super) unapplied: Mutex<Unapplied>,
 }
+
+/// Records waiting in the log, by stream.
+pub(super) type Unapplied = HashMap<StreamId, Vec<(u64, Bytes)>>;
 
 /// One redb database of the store, with its writer thread.
 #[derive(Clone)]
@@ -49,20 +56,41 @@ impl DbShard {
         let db = open_database(&path, cache_bytes)?;
         prepare_tables(&db)?;
         let db = Db::Writable(db);
-        let (recovered, heads) = load(&db, &path)?;
-        let trimmed = trimmed_heads(&recovered);
+        let (log, logged) = AckLog::open(log_path(&path))?;
+        let (_, heads) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
-            recovered: Mutex::new(recovered),
-            trimmed: std::sync::RwLock::new(trimmed),
+            recovered: Mutex::new(Vec::new()),
+            trimmed: std::sync::RwLock::new(HashMap::new()),
+            unapplied: Mutex::new(HashMap::new()),
         });
-        let writer = Writer {
-            shared: shared.clone(),
-            heads,
-            chunk_bytes: options.chunk_bytes,
-        };
+        let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, log);
+        // Appends acknowledged from the log before a crash go into redb now,
+        // so the log starts over empty.
+        let replay = replayable(&writer.heads, logged, &shared.path, true)?;
+        if !replay.is_empty() {
+            tracing::info!(path = %shared.path.display(), appends = replay.len(),
+                "moving acknowledged appends from the log into the database");
+            writer.commit(
+                replay
+                    .into_iter()
+                    .map(|append| (Mutation::Append(append), None))
+                    .collect(),
+            )?;
+        }
+        writer.log.restart()?;
+        let (recovered, heads) = load(&shared.db, &shared.path)?;
+        writer.heads = heads;
+        *shared
+            .trimmed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = trimmed_heads(&recovered);
+        *shared
+            .recovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = recovered;
         let thread = std::thread::Builder::new()
             .name("ds-acid-writer".into())
             .spawn(move || writer.run())
@@ -89,7 +117,20 @@ impl DbShard {
                 other => other,
             })?;
         let db = Db::ReadOnly(db);
-        let (recovered, _) = load(&db, &path)?;
+        let (mut recovered, heads) = load(&db, &path)?;
+        // What the server acknowledged from its log and has not moved into
+        // redb yet: read after the database, so a move in between shows up
+        // as appends already there (skipped) or a gap (where this stops).
+        let logged = match AckLog::read(&log_path(&path)) {
+            Ok(logged) => logged,
+            Err(StorageError::Path { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        };
+        let unapplied = fold_logged(&mut recovered, replayable(&heads, logged, &path, false)?);
         let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
@@ -97,6 +138,7 @@ impl DbShard {
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             trimmed: std::sync::RwLock::new(trimmed),
+            unapplied: Mutex::new(unapplied),
         });
         shared.queue.close();
         Ok(Self {
@@ -112,7 +154,7 @@ impl DbShard {
         until: u64,
         max_bytes: usize,
     ) -> Result<ReadChunk, StorageError> {
-        let mut chunk = ReadChunk::empty(from);
+        let chunk = ReadChunk::empty(from);
         if let Some(&head) = shared
             .trimmed
             .read()
@@ -122,6 +164,54 @@ impl DbShard {
         {
             return Err(StorageError::Trimmed { id, head });
         }
+        if from >= until {
+            return Ok(chunk);
+        }
+        // The log's records first: everything before the first of them is
+        // in redb by the time the read transaction below begins.
+        let (first, logged): (Option<u64>, Vec<(u64, Bytes)>) = match shared
+            .unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            Some(records) => (
+                records.first().map(|(start, _)| *start),
+                records
+                    .iter()
+                    .filter(|(start, data)| start + data.len() as u64 > from && *start < until)
+                    .cloned()
+                    .collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let in_database = first.map_or(until, |first| until.min(first));
+        let chunk = Self::read_database(shared, id, from, in_database, max_bytes, chunk)?;
+        if logged.is_empty() || chunk.end < in_database.max(from) {
+            return Ok(chunk);
+        }
+        let mut chunk = chunk;
+        let mut taken: usize = chunk.records.iter().map(Bytes::len).sum();
+        for (start, data) in logged {
+            if taken >= max_bytes {
+                break;
+            }
+            let part = ReadChunk::part(start, data.len(), from, until);
+            let piece = data.slice(part.clone());
+            taken += chunk.push(start, part, piece);
+        }
+        Ok(chunk)
+    }
+
+    /// Reads `[from, until)` from redb into `chunk`.
+    fn read_database(
+        shared: &Shared,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+        mut chunk: ReadChunk,
+    ) -> Result<ReadChunk, StorageError> {
         if from >= until {
             return Ok(chunk);
         }
@@ -366,4 +456,79 @@ pub(super) fn load_metadata_blocking(
         out.push((key.value().to_owned(), value));
     }
     Ok(out)
+}
+
+/// The appends of a log scan still to apply on top of the database whose
+/// writer's view is `heads`, in order: those already in the database (a
+/// crash between its commit and the log starting over) and those of
+/// removed streams are left out. A gap is damage when `strict` (the
+/// server's own open); a read-only open beside a running server meets one
+/// when the server moved the log on in between, and stops that stream.
+pub(super) fn replayable(
+    heads: &HashMap<StreamId, Head>,
+    logged: Vec<Append>,
+    path: &std::path::Path,
+    strict: bool,
+) -> Result<Vec<Append>, StorageError> {
+    let mut tails: HashMap<StreamId, Option<u64>> = HashMap::new();
+    let mut out = Vec::new();
+    for append in logged {
+        let tail = tails
+            .entry(append.id)
+            .or_insert_with(|| heads.get(&append.id).map(|head| head.tail));
+        let Some(at) = *tail else { continue };
+        let end = append.start + append.data.len() as u64;
+        if append.start == at {
+            *tail = Some(end);
+            out.push(append);
+        } else if append.start < at && end <= at {
+            // Already in the database.
+        } else if strict {
+            return Err(StorageError::Corrupt(format!(
+                "acknowledgement log of {}: stream {} continues at {} but the log's next append starts at {}",
+                path.display(),
+                append.id,
+                at,
+                append.start
+            )));
+        } else {
+            *tail = None;
+        }
+    }
+    Ok(out)
+}
+
+/// Applies logged appends to the streams a read-only open found; returns
+/// their records by stream.
+fn fold_logged(recovered: &mut [RecoveredStream], appends: Vec<Append>) -> Unapplied {
+    let mut by_id: HashMap<StreamId, &mut RecoveredStream> =
+        recovered.iter_mut().map(|s| (s.spec.id, s)).collect();
+    let mut unapplied = Unapplied::new();
+    for append in appends {
+        let Some(stream) = by_id.get_mut(&append.id) else {
+            continue;
+        };
+        stream.tail = append.start + append.data.len() as u64;
+        if let Some((producer, state)) = append.producer {
+            match stream.producers.iter_mut().find(|(p, _)| *p == producer) {
+                Some(slot) => slot.1 = state,
+                None => stream.producers.push((producer, state)),
+            }
+        }
+        if append.stream_seq.is_some() {
+            stream.stream_seq = append.stream_seq;
+        }
+        if let Some(by) = append.close
+            && stream.closed.is_none()
+        {
+            stream.closed = Some(by);
+        }
+        if !append.data.is_empty() {
+            unapplied
+                .entry(append.id)
+                .or_default()
+                .push((append.start, append.data));
+        }
+    }
+    unapplied
 }

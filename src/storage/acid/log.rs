@@ -1,0 +1,195 @@
+//! The acknowledgement log beside each database: appends are acknowledged
+//! once they are in this log (one write and one `fdatasync` per batch), and
+//! the writer moves them into redb later, many batches in one transaction.
+//!
+//! The file has a fixed size, so a sync never changes the file's size, and
+//! once a generation has passed over a block, later ones overwrite it in
+//! place. Frames are written
+//! from the start: `generation: u64 LE` then a checksummed frame of
+//! [`crate::storage::codec`]. Once every frame is in redb the writer starts
+//! a new generation at offset 0, so a scan stops at the first frame that
+//! fails its checksum or belongs to another generation: what lies behind it
+//! is older and already in the database.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::storage::codec;
+use crate::storage::{Append, Mutation, StorageError};
+
+/// Bytes of the log file of each database.
+pub(super) const LOG_BYTES: u64 = 16 << 20;
+
+/// Bytes before each frame: its generation.
+const GENERATION: usize = 8;
+
+/// The log file of the database at `database`.
+pub(super) fn log_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// An open log: where the next frame goes and which generation it belongs to.
+pub(super) struct AckLog {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl AckLog {
+    /// Opens the log at `path`, creating it at its full size if missing;
+    /// returns it with the appends of its current generation, in order.
+    /// The log must be [`AckLog::restart`]ed once they are in the database.
+    ///
+    /// # Errors
+    /// When the file cannot be created, sized or read.
+    pub(super) fn open(path: PathBuf) -> Result<(Self, Vec<Append>), StorageError> {
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |e| StorageError::path(what, &path, e)
+        };
+        let fresh = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open the acknowledgement log"))?;
+        if fresh || file.metadata().map_err(io("stat the log"))?.len() != LOG_BYTES {
+            // Sparse: the first pass through the file allocates its blocks,
+            // later generations overwrite them in place.
+            file.set_len(LOG_BYTES).map_err(io("size the log"))?;
+            file.sync_all().map_err(io("sync the log"))?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("sync the data directory"))?;
+            }
+        }
+        let (generation, appends) = scan(&file, &path)?;
+        Ok((
+            Self {
+                file,
+                path,
+                generation,
+                offset: 0,
+                buf: Vec::new(),
+            },
+            appends,
+        ))
+    }
+
+    /// The appends of the log's current generation, read without changing
+    /// the file (beside a server that may be writing it).
+    ///
+    /// # Errors
+    /// When the file cannot be opened or read.
+    pub(super) fn read(path: &Path) -> Result<Vec<Append>, StorageError> {
+        let file = File::open(path)
+            .map_err(|e| StorageError::path("open the acknowledgement log", path, e))?;
+        Ok(scan(&file, path)?.1)
+    }
+
+    /// Starts a new generation at the start of the file: everything logged
+    /// so far is in the database. The first frame is wiped, so a scan finds
+    /// nothing until the new generation writes.
+    ///
+    /// # Errors
+    /// When the wipe cannot be written and synced.
+    pub(super) fn restart(&mut self) -> Result<(), StorageError> {
+        self.generation += 1;
+        self.offset = 0;
+        self.file
+            .write_all_at(&[0u8; GENERATION + codec::FRAME_HEADER], 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(StorageError::from_write)
+    }
+
+    /// Whether `bytes` more payload bytes may not fit.
+    pub(super) fn is_nearly_full(&self, bytes: usize) -> bool {
+        // Frames add their header and the producer/seq fields; a batch
+        // holds at most a few thousand appends.
+        self.offset + (bytes as u64) * 2 + (1 << 20) > LOG_BYTES
+    }
+
+    /// Writes `appends` as one batch and syncs it.
+    pub(super) fn write<'a>(
+        &mut self,
+        appends: impl Iterator<Item = &'a Append>,
+    ) -> Result<(), StorageError> {
+        self.buf.clear();
+        for append in appends {
+            self.buf.extend_from_slice(&self.generation.to_le_bytes());
+            codec::encode(&Mutation::Append(append.clone()), &mut self.buf);
+        }
+        if self.offset + self.buf.len() as u64 > LOG_BYTES {
+            return Err(StorageError::Unavailable(
+                "the acknowledgement log is full".into(),
+            ));
+        }
+        self.file
+            .write_all_at(&self.buf, self.offset)
+            .and_then(|()| self.file.sync_data())
+            .map_err(StorageError::from_write)?;
+        self.offset += self.buf.len() as u64;
+        Ok(())
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads the frames of the generation the file starts with; returns the
+/// generation to continue with (past every one seen) and the appends.
+fn scan(file: &File, path: &Path) -> Result<(u64, Vec<Append>), StorageError> {
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::path("stat the acknowledgement log", path, e))?
+        .len()
+        .min(LOG_BYTES);
+    let mut raw = vec![0u8; len as usize];
+    file.read_exact_at(&mut raw, 0)
+        .map_err(|e| StorageError::path("read the acknowledgement log", path, e))?;
+    let raw = Bytes::from(raw);
+    let mut appends = Vec::new();
+    let mut at = 0usize;
+    let mut current = None;
+    while let Some(header) = raw.get(at..at + GENERATION) {
+        let generation = u64::from_le_bytes(header.try_into().unwrap_or_default());
+        if current.is_some_and(|g| g != generation) {
+            break;
+        }
+        let Ok(frame) = codec::decode(&raw.slice(at + GENERATION..)) else {
+            break;
+        };
+        let Mutation::Append(append) = frame.mutation else {
+            return Err(StorageError::Corrupt(format!(
+                "acknowledgement log {} holds a frame that is not an append at offset {at}",
+                path.display()
+            )));
+        };
+        current = Some(generation);
+        appends.push(append);
+        at += GENERATION + frame.frame_len;
+    }
+    // A fresh generation must differ from every one the file may still
+    // hold behind the current one: they are older, so past the current.
+    let next = current.map_or_else(clock_generation, |g| (g + 1).max(clock_generation()));
+    Ok((next, appends))
+}
+
+/// A generation from the clock, so a fresh log after a truncated scan does
+/// not repeat a generation left deeper in the file.
+fn clock_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
