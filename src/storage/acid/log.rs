@@ -33,6 +33,10 @@ pub(super) fn log_path(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The frames of a log's current generation: that generation and its
+/// appends, in order (none: generation 0).
+pub(super) type Logged = (u64, Vec<Append>);
+
 /// An open log: where the next frame goes and which generation it belongs to.
 pub(super) struct AckLog {
     file: File,
@@ -49,7 +53,7 @@ impl AckLog {
     ///
     /// # Errors
     /// When the file cannot be created, sized or read.
-    pub(super) fn open(path: PathBuf) -> Result<(Self, Vec<Append>), StorageError> {
+    pub(super) fn open(path: PathBuf) -> Result<(Self, Logged), StorageError> {
         let io = |what: &'static str| {
             let path = path.clone();
             move |e| StorageError::path(what, &path, e)
@@ -73,7 +77,10 @@ impl AckLog {
                     .map_err(io("sync the data directory"))?;
             }
         }
-        let (generation, appends) = scan(&file, &path)?;
+        let (found, appends) = scan(&file, &path)?;
+        // Past every generation the file may hold behind the current one
+        // (they are older) and every one a database recorded.
+        let generation = (found + 1).max(clock_generation());
         Ok((
             Self {
                 file,
@@ -82,7 +89,7 @@ impl AckLog {
                 offset: 0,
                 buf: Vec::new(),
             },
-            appends,
+            (found, appends),
         ))
     }
 
@@ -91,25 +98,28 @@ impl AckLog {
     ///
     /// # Errors
     /// When the file cannot be opened or read.
-    pub(super) fn read(path: &Path) -> Result<Vec<Append>, StorageError> {
+    pub(super) fn read(path: &Path) -> Result<Logged, StorageError> {
         let file = File::open(path)
             .map_err(|e| StorageError::path("open the acknowledgement log", path, e))?;
-        Ok(scan(&file, path)?.1)
+        scan(&file, path)
     }
 
     /// Starts a new generation at the start of the file: everything logged
-    /// so far is in the database. The first frame is wiped, so a scan finds
-    /// nothing until the new generation writes.
-    ///
-    /// # Errors
-    /// When the wipe cannot be written and synced.
-    pub(super) fn restart(&mut self) -> Result<(), StorageError> {
+    /// so far is in the database, which recorded [`AckLog::generation`] in
+    /// the same transaction.
+    pub(super) fn restart(&mut self) {
         self.generation += 1;
         self.offset = 0;
-        self.file
-            .write_all_at(&[0u8; GENERATION + codec::FRAME_HEADER], 0)
-            .and_then(|()| self.file.sync_data())
-            .map_err(StorageError::from_write)
+    }
+
+    /// Moves past `generation` (one a database recorded as applied).
+    pub(super) fn skip_past(&mut self, generation: u64) {
+        self.generation = self.generation.max(generation + 1);
+    }
+
+    /// The generation being written.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether `bytes` more payload bytes may not fit.
@@ -147,8 +157,7 @@ impl AckLog {
     }
 }
 
-/// Reads the frames of the generation the file starts with; returns the
-/// generation to continue with (past every one seen) and the appends.
+/// Reads the frames of the generation the file starts with.
 fn scan(file: &File, path: &Path) -> Result<(u64, Vec<Append>), StorageError> {
     let len = file
         .metadata()
@@ -180,14 +189,11 @@ fn scan(file: &File, path: &Path) -> Result<(u64, Vec<Append>), StorageError> {
         appends.push(append);
         at += GENERATION + frame.frame_len;
     }
-    // A fresh generation must differ from every one the file may still
-    // hold behind the current one: they are older, so past the current.
-    let next = current.map_or_else(clock_generation, |g| (g + 1).max(clock_generation()));
-    Ok((next, appends))
+    Ok((current.unwrap_or(0), appends))
 }
 
-/// A generation from the clock, so a fresh log after a truncated scan does
-/// not repeat a generation left deeper in the file.
+/// A generation from the clock, so a fresh log does not repeat a generation
+/// left deeper in the file or recorded by the database.
 fn clock_generation() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

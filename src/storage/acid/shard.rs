@@ -12,11 +12,11 @@ use super::AcidOptions;
 use super::load::{Head, load, trimmed_heads};
 use super::log::{AckLog, log_path};
 use super::tables::{
-    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
-    open_database, prepare_tables, verified_payload,
+    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, begin_durable,
+    db_error, framed, open_database, prepare_tables, verified_payload,
 };
 use super::writer::Writer;
-use crate::storage::chunk_list::{Chunk, ChunkList};
+use crate::storage::chunk_list::{self, Chunk, ChunkList};
 use crate::storage::queue::{CommitQueue, WriterThread};
 use crate::storage::{
     Append, ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
@@ -33,10 +33,23 @@ pub(super) struct Shared {
     /// Acknowledged records in the log, not yet in redb: by stream, each
     /// record's start and payload, in order from the stream's redb tail.
     pub(super) unapplied: Mutex<Unapplied>,
+    /// Payload bytes after which a stream's next record starts a new chunk.
+    pub(super) chunk_bytes: u64,
 }
 
 /// Records waiting in the log, by stream.
-pub(super) type Unapplied = HashMap<StreamId, Vec<(u64, Bytes)>>;
+pub(super) type Unapplied = HashMap<StreamId, Vec<LoggedRecord>>;
+
+/// A record acknowledged from the log, not yet in redb.
+#[derive(Clone, Debug)]
+pub(super) struct LoggedRecord {
+    /// Stream position of its first byte.
+    pub(super) start: u64,
+    /// Its payload.
+    pub(super) data: Bytes,
+    /// When it was logged (Unix ms): its chunk's write time.
+    pub(super) written_ms: i64,
+}
 
 /// One redb database of the store, with its writer thread.
 #[derive(Clone)]
@@ -56,7 +69,14 @@ impl DbShard {
         let db = open_database(&path, cache_bytes)?;
         prepare_tables(&db)?;
         let db = Db::Writable(db);
-        let (log, logged) = AckLog::open(log_path(&path))?;
+        let (mut log, (generation, logged)) = AckLog::open(log_path(&path))?;
+        let applied = applied_generation(&db.begin_read()?)?;
+        log.skip_past(applied);
+        let logged = if generation > applied {
+            logged
+        } else {
+            Vec::new()
+        };
         let (_, heads) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
@@ -65,6 +85,7 @@ impl DbShard {
             recovered: Mutex::new(Vec::new()),
             trimmed: std::sync::RwLock::new(HashMap::new()),
             unapplied: Mutex::new(HashMap::new()),
+            chunk_bytes: options.chunk_bytes,
         });
         let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, log);
         // Appends acknowledged from the log before a crash go into redb now,
@@ -76,11 +97,11 @@ impl DbShard {
             writer.commit(
                 replay
                     .into_iter()
-                    .map(|append| (Mutation::Append(append), None))
+                    .map(|append| (Mutation::Append(append), None, chunk_list::now_ms()))
                     .collect(),
             )?;
         }
-        writer.log.restart()?;
+        writer.log.restart();
         let (recovered, heads) = load(&shared.db, &shared.path)?;
         writer.heads = heads;
         *shared
@@ -122,7 +143,10 @@ impl DbShard {
         // redb yet: read after the database, so a move in between shows up
         // as appends already there (skipped) or a gap (where this stops).
         let logged = match AckLog::read(&log_path(&path)) {
-            Ok(logged) => logged,
+            Ok((generation, logged)) if generation > applied_generation(&db.begin_read()?)? => {
+                logged
+            }
+            Ok(_) => Vec::new(),
             Err(StorageError::Path { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -139,6 +163,7 @@ impl DbShard {
             recovered: Mutex::new(recovered),
             trimmed: std::sync::RwLock::new(trimmed),
             unapplied: Mutex::new(unapplied),
+            chunk_bytes: AcidOptions::default().chunk_bytes,
         });
         shared.queue.close();
         Ok(Self {
@@ -169,17 +194,17 @@ impl DbShard {
         }
         // The log's records first: everything before the first of them is
         // in redb by the time the read transaction below begins.
-        let (first, logged): (Option<u64>, Vec<(u64, Bytes)>) = match shared
+        let (first, logged): (Option<u64>, Vec<LoggedRecord>) = match shared
             .unapplied
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
         {
             Some(records) => (
-                records.first().map(|(start, _)| *start),
+                records.first().map(|r| r.start),
                 records
                     .iter()
-                    .filter(|(start, data)| start + data.len() as u64 > from && *start < until)
+                    .filter(|r| r.start + r.data.len() as u64 > from && r.start < until)
                     .cloned()
                     .collect(),
             ),
@@ -192,7 +217,7 @@ impl DbShard {
         }
         let mut chunk = chunk;
         let mut taken: usize = chunk.records.iter().map(Bytes::len).sum();
-        for (start, data) in logged {
+        for LoggedRecord { start, data, .. } in logged {
             if taken >= max_bytes {
                 break;
             }
@@ -252,12 +277,16 @@ impl DbShard {
         }
         // The records ran out before `until`: fine at the tail only.
         let states = txn.open_table(STATES).map_err(db_error)?;
-        if let Some(raw) = states.get(id).map_err(db_error)?
-            && let Ok(state) = serde_json::from_slice::<StoredState>(raw.value())
-            && state.tail > chunk.end
-            && until > chunk.end
-        {
-            return Err(missing(shared, id, chunk.end));
+        if let Some(raw) = states.get(id).map_err(db_error)? {
+            let state = serde_json::from_slice::<StoredState>(raw.value()).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "database file {}: state of stream {id} is invalid: {e}",
+                    shared.path.display()
+                ))
+            })?;
+            if state.tail > chunk.end && until > chunk.end {
+                return Err(missing(shared, id, chunk.end));
+            }
         }
         Ok(chunk)
     }
@@ -391,6 +420,18 @@ pub(super) fn chunks_blocking(
     shared: &Shared,
     id: StreamId,
 ) -> Result<Vec<ChunkInfo>, StorageError> {
+    let logged: Vec<(u64, u64, i64)> = shared
+        .unapplied
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .map(|records| {
+            records
+                .iter()
+                .map(|r| (r.start, r.data.len() as u64, r.written_ms))
+                .collect()
+        })
+        .unwrap_or_default();
     let txn = shared.db.begin_read()?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let state: StoredState = match states.get(id).map_err(db_error)? {
@@ -416,16 +457,35 @@ pub(super) fn chunks_blocking(
     let head = state
         .head
         .unwrap_or(list.first().map_or(state.tail, |c| c.start));
-    if let Some(start) = state
+    let mut active = state
         .chunk_start
-        .or((state.tail > head && list.is_empty()).then_some(head))
-    {
+        .or((state.tail > head && list.is_empty()).then_some(head));
+    let (mut tail, mut last_write_ms) = (state.tail, state.last_write_ms);
+    // The records still in the log, chunked as the writer will chunk them
+    // when it moves them into redb (none left when it did so meanwhile).
+    for (start, len, written_ms) in logged {
+        if start != tail {
+            break;
+        }
+        if chunk_list::starts_new_chunk(active.map(|s| tail - s), len, shared.chunk_bytes) {
+            if let Some(start) = active {
+                list.push(Chunk {
+                    start,
+                    last_write_ms,
+                });
+            }
+            active = Some(tail);
+        }
+        tail += len;
+        last_write_ms = written_ms;
+    }
+    if let Some(start) = active {
         list.push(Chunk {
             start,
-            last_write_ms: state.last_write_ms,
+            last_write_ms,
         });
     }
-    Ok(ChunkList::from_chunks(list).infos(state.tail))
+    Ok(ChunkList::from_chunks(list).infos(tail))
 }
 
 pub(super) fn load_metadata_blocking(
@@ -524,10 +584,11 @@ fn fold_logged(recovered: &mut [RecoveredStream], appends: Vec<Append>) -> Unapp
             stream.closed = Some(by);
         }
         if !append.data.is_empty() {
-            unapplied
-                .entry(append.id)
-                .or_default()
-                .push((append.start, append.data));
+            unapplied.entry(append.id).or_default().push(LoggedRecord {
+                start: append.start,
+                data: append.data,
+                written_ms: chunk_list::now_ms(),
+            });
         }
     }
     unapplied

@@ -13,10 +13,10 @@ use redb::ReadableTable;
 
 use super::load::Head;
 use super::log::AckLog;
-use super::shard::Shared;
+use super::shard::{LoggedRecord, Shared};
 use super::tables::{
-    CHUNKS, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
-    load_state,
+    CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable,
+    db_error, framed, load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -41,8 +41,9 @@ pub(super) struct Writer {
     pub(super) heads: HashMap<StreamId, Head>,
     pub(super) chunk_bytes: u64,
     pub(super) log: AckLog,
-    /// Acknowledged appends in the log, not yet in redb, in log order.
-    pending: Vec<Append>,
+    /// Acknowledged appends in the log, not yet in redb, in log order,
+    /// with when they were logged (Unix ms).
+    pending: Vec<(Append, i64)>,
     pending_bytes: usize,
     /// Tails of the streams with pending appends.
     logged: HashMap<StreamId, u64>,
@@ -52,6 +53,10 @@ pub(super) struct Writer {
     /// since: nothing more is logged until it can.
     log_broken: bool,
 }
+
+/// A mutation to commit: its acknowledgement (none when it was
+/// acknowledged from the log) and when it was written (Unix ms).
+pub(super) type Item = (Mutation, Option<Ack>, i64);
 
 /// Tables of one write transaction.
 pub(super) struct Tables<'t> {
@@ -136,18 +141,15 @@ impl Writer {
     /// then `batch`; on success the log starts over. On failure `batch` is
     /// answered with the error and the pending appends stay pending.
     fn commit_pending_and(&mut self, batch: Vec<(Mutation, Ack)>) -> Result<(), StorageError> {
-        if self.pending.is_empty() && batch.is_empty() {
-            if self.log_broken {
-                self.log.restart()?;
-                self.log_broken = false;
-            }
+        if self.pending.is_empty() && batch.is_empty() && !self.log_broken {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let now = chunk_list::now_ms();
         let items = pending
             .iter()
-            .map(|append| (Mutation::Append(append.clone()), None))
-            .chain(batch.into_iter().map(|(m, ack)| (m, Some(ack))))
+            .map(|(append, ms)| (Mutation::Append(append.clone()), None, *ms))
+            .chain(batch.into_iter().map(|(m, ack)| (m, Some(ack), now)))
             .collect();
         match self.commit(items) {
             Ok(()) => {
@@ -161,9 +163,8 @@ impl Writer {
                 self.pending_bytes = 0;
                 self.logged.clear();
                 self.oldest = None;
-                // Until the log starts over, a failed restart leaves frames
-                // that are in redb now: a replay skips them by position.
-                self.log_broken = self.log.restart().is_err();
+                self.log.restart();
+                self.log_broken = false;
                 Ok(())
             }
             Err(error) => {
@@ -226,16 +227,18 @@ impl Writer {
             tracing::error!(path = %self.log.path().display(), error = %error, "log write failed");
             fail_all(accepted.into_iter().map(|(_, ack)| ack), &error);
             self.logged.clear();
-            for append in &self.pending {
+            for (append, _) in &self.pending {
                 self.logged
                     .insert(append.id, append.start + append.data.len() as u64);
             }
             // What the failed write left in the log must never be replayed:
-            // move the pending appends into redb and start a new generation.
+            // a commit (of the pending appends, or of nothing) marks its
+            // generation applied, and the log starts a new one.
             self.log_broken = true;
             self.apply_logged();
             return;
         }
+        let written_ms = chunk_list::now_ms();
         {
             let mut unapplied = self
                 .shared
@@ -244,32 +247,30 @@ impl Writer {
                 .unwrap_or_else(PoisonError::into_inner);
             for (append, _) in &accepted {
                 if !append.data.is_empty() {
-                    unapplied
-                        .entry(append.id)
-                        .or_default()
-                        .push((append.start, append.data.clone()));
+                    unapplied.entry(append.id).or_default().push(LoggedRecord {
+                        start: append.start,
+                        data: append.data.clone(),
+                        written_ms,
+                    });
                 }
             }
         }
         self.oldest.get_or_insert(started);
         for (append, ack) in accepted {
             self.pending_bytes += append.data.len();
-            self.pending.push(append);
+            self.pending.push((append, written_ms));
             let _ = ack.send(Ok(()));
         }
     }
 
     /// Commits `batch` in one transaction and answers its acknowledgements.
-    pub(super) fn commit(
-        &mut self,
-        batch: Vec<(Mutation, Option<Ack>)>,
-    ) -> Result<(), StorageError> {
+    pub(super) fn commit(&mut self, batch: Vec<Item>) -> Result<(), StorageError> {
         let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut trimmed = Vec::new();
         let spans = commit_spans(
             "acid",
-            batch.iter().filter_map(|(_, ack)| ack.as_ref()),
+            batch.iter().filter_map(|(_, ack, _)| ack.as_ref()),
             batch.len(),
         );
         let started = Instant::now();
@@ -319,11 +320,11 @@ impl Writer {
         id: StreamId,
         state: &mut StoredState,
         data: &[u8],
+        now: i64,
     ) -> Result<(), StorageError> {
         let Some(head) = self.heads.get_mut(&id) else {
             return Ok(());
         };
-        let now = chunk_list::now_ms();
         let used = head.chunk_start.map(|start| head.tail - start);
         if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
             if let Some(start) = head.chunk_start {
@@ -405,7 +406,7 @@ impl Writer {
     /// (out of order, unknown stream) are answered at once and left out.
     fn apply_batch(
         &mut self,
-        batch: Vec<(Mutation, Option<Ack>)>,
+        batch: Vec<Item>,
         accepted: &mut Vec<Ack>,
         trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<(), StorageError> {
@@ -419,7 +420,7 @@ impl Writer {
                 chunks: txn.open_table(CHUNKS).map_err(db_error)?,
             };
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
-            for (mutation, ack) in batch {
+            for (mutation, ack, written_ms) in batch {
                 match mutation {
                     Mutation::Create { spec, data, closed } => {
                         let json = serde_json::to_vec(&spec)
@@ -441,7 +442,7 @@ impl Writer {
                             },
                         );
                         if !data.is_empty() {
-                            self.put_record(&mut tables, spec.id, &mut state, &data)?;
+                            self.put_record(&mut tables, spec.id, &mut state, &data, written_ms)?;
                         }
                         dirty.insert(spec.id, state);
                     }
@@ -468,7 +469,13 @@ impl Writer {
                         load_state(append.id, &tables.states, &mut dirty)?;
                         let mut state = dirty.remove(&append.id).unwrap_or_default();
                         if !append.data.is_empty() {
-                            self.put_record(&mut tables, append.id, &mut state, &append.data)?;
+                            self.put_record(
+                                &mut tables,
+                                append.id,
+                                &mut state,
+                                &append.data,
+                                written_ms,
+                            )?;
                         }
                         if let Some((producer, next)) = &append.producer {
                             tables
@@ -534,6 +541,12 @@ impl Writer {
                     .insert(id, json.as_slice())
                     .map_err(db_error)?;
             }
+            // Every commit takes whatever the log holds: its frames, up to
+            // the generation being written, need no replay.
+            txn.open_table(LOG_STATE)
+                .map_err(db_error)?
+                .insert(LOG_APPLIED, self.log.generation())
+                .map_err(db_error)?;
         }
         txn.commit().map_err(db_error)
     }
