@@ -67,7 +67,15 @@ impl DbShard {
         cache_bytes: usize,
     ) -> Result<Self, StorageError> {
         let db = open_database(&path, cache_bytes)?;
-        prepare_tables(&db)?;
+        // redb can panic on damaged pages; that is a corrupt file here.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare_tables(&db))).map_err(
+            |_| {
+                StorageError::Corrupt(format!(
+                    "database file {} is corrupt: the database engine could not update it",
+                    path.display()
+                ))
+            },
+        )??;
         let db = Db::Writable(db);
         let (mut log, (generation, logged)) = AckLog::open(log_path(&path))?;
         let applied = applied_generation(&db.begin_read()?)?;
