@@ -67,6 +67,17 @@ pub(super) struct Tables<'t> {
     chunks: redb::Table<'t, (u64, u64), i64>,
 }
 
+/// Records one group commit (a log write or a redb transaction) of `batch`
+/// acknowledged mutations, begun at `started`.
+fn committed(batch: usize, started: Instant) {
+    StorageCommitted {
+        backend: "acid",
+        batch,
+        elapsed: started.elapsed(),
+    }
+    .emit();
+}
+
 /// Whether a batch goes through the log: appends only, not too big.
 fn loggable(batch: &[(Mutation, Ack)]) -> bool {
     let mut bytes = 0usize;
@@ -216,12 +227,7 @@ impl Writer {
         let spans = commit_spans("acid", accepted.iter().map(|(_, ack)| ack), accepted.len());
         let started = Instant::now();
         let written = self.log.write(accepted.iter().map(|(append, _)| append));
-        StorageCommitted {
-            backend: "acid",
-            batch: accepted.len(),
-            elapsed: started.elapsed(),
-        }
-        .emit();
+        committed(accepted.len(), started);
         drop(spans);
         if let Err(error) = written {
             tracing::error!(path = %self.log.path().display(), error = %error, "log write failed");
@@ -276,12 +282,7 @@ impl Writer {
         let started = Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
-            StorageCommitted {
-                backend: "acid",
-                batch: accepted.len(),
-                elapsed: started.elapsed(),
-            }
-            .emit();
+            committed(accepted.len(), started);
         }
         drop(spans);
         match outcome {
