@@ -9,8 +9,8 @@ use bytes::Bytes;
 use redb::ReadableTable;
 
 use super::AcidOptions;
-use super::load::{Head, load, trimmed_heads};
-use super::log::{AckLog, log_path};
+use super::load::{load, trimmed_heads};
+use super::log::{AckLog, fold_logged, log_path, replayable};
 use super::tables::{
     CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, begin_durable,
     db_error, framed, open_database, prepare_tables, verified_payload,
@@ -19,7 +19,7 @@ use super::writer::Writer;
 use crate::storage::chunk_list::{self, Chunk, ChunkList};
 use crate::storage::queue::{CommitQueue, WriterThread};
 use crate::storage::{
-    Append, ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
+    ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
     StreamId, StreamSpec,
 };
 
@@ -524,80 +524,4 @@ pub(super) fn load_metadata_blocking(
         out.push((key.value().to_owned(), value));
     }
     Ok(out)
-}
-
-/// The appends of a log scan still to apply on top of the database whose
-/// writer's view is `heads`, in order: those already in the database (a
-/// crash between its commit and the log starting over) and those of
-/// removed streams are left out. A gap is damage when `strict` (the
-/// server's own open); a read-only open beside a running server meets one
-/// when the server moved the log on in between, and stops that stream.
-pub(super) fn replayable(
-    heads: &HashMap<StreamId, Head>,
-    logged: Vec<Append>,
-    path: &std::path::Path,
-    strict: bool,
-) -> Result<Vec<Append>, StorageError> {
-    let mut tails: HashMap<StreamId, Option<u64>> = HashMap::new();
-    let mut out = Vec::new();
-    for append in logged {
-        let tail = tails
-            .entry(append.id)
-            .or_insert_with(|| heads.get(&append.id).map(|head| head.tail));
-        let Some(at) = *tail else { continue };
-        let end = append.start + append.data.len() as u64;
-        if append.start == at {
-            *tail = Some(end);
-            out.push(append);
-        } else if append.start < at && end <= at {
-            // Already in the database.
-        } else if strict {
-            return Err(StorageError::Corrupt(format!(
-                "acknowledgement log of {}: stream {} continues at {} but the log's next append starts at {}",
-                path.display(),
-                append.id,
-                at,
-                append.start
-            )));
-        } else {
-            *tail = None;
-        }
-    }
-    Ok(out)
-}
-
-/// Applies logged appends to the streams a read-only open found; returns
-/// their records by stream.
-fn fold_logged(recovered: &mut [RecoveredStream], appends: Vec<Append>) -> Unapplied {
-    let mut by_id: HashMap<StreamId, &mut RecoveredStream> =
-        recovered.iter_mut().map(|s| (s.spec.id, s)).collect();
-    let mut unapplied = Unapplied::new();
-    for append in appends {
-        let Some(stream) = by_id.get_mut(&append.id) else {
-            continue;
-        };
-        stream.tail = append.start + append.data.len() as u64;
-        if let Some((producer, state)) = append.producer {
-            match stream.producers.iter_mut().find(|(p, _)| *p == producer) {
-                Some(slot) => slot.1 = state,
-                None => stream.producers.push((producer, state)),
-            }
-        }
-        if append.stream_seq.is_some() {
-            stream.stream_seq = append.stream_seq;
-        }
-        if let Some(by) = append.close
-            && stream.closed.is_none()
-        {
-            stream.closed = Some(by);
-        }
-        if !append.data.is_empty() {
-            unapplied.entry(append.id).or_default().push(LoggedRecord {
-                start: append.start,
-                data: append.data,
-                written_ms: chunk_list::now_ms(),
-            });
-        }
-    }
-    unapplied
 }
