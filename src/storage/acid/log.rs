@@ -4,18 +4,18 @@
 //!
 //! The file has a fixed size, so a sync never changes the file's size, and
 //! once a generation has passed over a block, later ones overwrite it in
-//! place. Frames are written
-//! from the start: `generation: u64 LE` then a checksummed frame of
-//! [`crate::storage::codec`]. Once every frame is in redb the writer starts
-//! a new generation at offset 0, so a scan stops at the first frame that
-//! fails its checksum or belongs to another generation: what lies behind it
-//! is older and already in the database.
+//! place. Frames are written from the start: `generation: u64 LE` then a
+//! checksummed frame of [`crate::storage::codec`]. Every redb transaction
+//! of the writer takes all logged appends and records the generation being
+//! written as applied; the log then starts a new generation at offset 0. A
+//! scan stops at the first frame that fails its checksum or belongs to
+//! another generation (what lies behind it is older), and a replay skips a
+//! generation the database recorded as applied.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use std::collections::HashMap;
 
 use bytes::Bytes;
 
