@@ -244,6 +244,15 @@ start_server() {
   else
     "$LOAD" wait-ready --url "$URL" --seconds 60
   fi
+  # Ours binds before recovery ends (/readyz 503 meanwhile): wait for it,
+  # so the first request does not meet a store still opening.
+  if [[ "$label" == ours-* ]]; then
+    local ready_deadline=$((SECONDS + 60))
+    until curl -sf -o /dev/null ${TLS_ARGS[@]:+--cacert "$TLS_DIR/ca.crt"} "$URL/readyz"; do
+      ((SECONDS < ready_deadline)) || { echo "$label did not become ready" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
 }
 
 peer_of() {

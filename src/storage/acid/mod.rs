@@ -8,6 +8,7 @@
 //! only, so its time grows with the number of streams, not stored bytes.
 
 mod load;
+mod log;
 mod shard;
 mod tables;
 #[cfg(test)]

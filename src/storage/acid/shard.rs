@@ -10,12 +10,13 @@ use redb::ReadableTable;
 
 use super::AcidOptions;
 use super::load::{load, trimmed_heads};
+use super::log::{AckLog, fold_logged, log_path, replayable};
 use super::tables::{
-    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
-    open_database, prepare_tables, verified_payload,
+    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, begin_durable,
+    db_error, framed, open_database, prepare_tables, verified_payload,
 };
 use super::writer::Writer;
-use crate::storage::chunk_list::{Chunk, ChunkList};
+use crate::storage::chunk_list::{self, Chunk, ChunkList};
 use crate::storage::queue::{CommitQueue, WriterThread};
 use crate::storage::{
     ChunkInfo, Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture,
@@ -29,6 +30,25 @@ pub(super) struct Shared {
     pub(super) recovered: Mutex<Vec<RecoveredStream>>,
     /// Heads of the streams retention trimmed (reads before them refused).
     pub(super) trimmed: std::sync::RwLock<HashMap<StreamId, u64>>,
+    /// Acknowledged records in the log, not yet in redb: by stream, each
+    /// record's start and payload, in order from the stream's redb tail.
+    pub(super) unapplied: Mutex<Unapplied>,
+    /// Payload bytes after which a stream's next record starts a new chunk.
+    pub(super) chunk_bytes: u64,
+}
+
+/// Records waiting in the log, by stream.
+pub(super) type Unapplied = HashMap<StreamId, Vec<LoggedRecord>>;
+
+/// A record acknowledged from the log, not yet in redb.
+#[derive(Clone, Debug)]
+pub(super) struct LoggedRecord {
+    /// Stream position of its first byte.
+    pub(super) start: u64,
+    /// Its payload.
+    pub(super) data: Bytes,
+    /// When it was logged (Unix ms): its chunk's write time.
+    pub(super) written_ms: i64,
 }
 
 /// One redb database of the store, with its writer thread.
@@ -47,22 +67,59 @@ impl DbShard {
         cache_bytes: usize,
     ) -> Result<Self, StorageError> {
         let db = open_database(&path, cache_bytes)?;
-        prepare_tables(&db)?;
+        // redb can panic on damaged pages; that is a corrupt file here.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare_tables(&db))).map_err(
+            |_| {
+                StorageError::Corrupt(format!(
+                    "database file {} is corrupt: the database engine could not update it",
+                    path.display()
+                ))
+            },
+        )??;
         let db = Db::Writable(db);
-        let (recovered, heads) = load(&db, &path)?;
-        let trimmed = trimmed_heads(&recovered);
+        let (mut log, (generation, logged)) = AckLog::open(log_path(&path))?;
+        let applied = applied_generation(&db.begin_read()?)?;
+        log.skip_past(applied);
+        let logged = if generation > applied {
+            logged
+        } else {
+            Vec::new()
+        };
+        let (_, heads) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
             db,
             queue: CommitQueue::new("acid"),
-            recovered: Mutex::new(recovered),
-            trimmed: std::sync::RwLock::new(trimmed),
-        });
-        let writer = Writer {
-            shared: shared.clone(),
-            heads,
+            recovered: Mutex::new(Vec::new()),
+            trimmed: std::sync::RwLock::new(HashMap::new()),
+            unapplied: Mutex::new(HashMap::new()),
             chunk_bytes: options.chunk_bytes,
-        };
+        });
+        let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, log);
+        // Appends acknowledged from the log before a crash go into redb now,
+        // so the log starts over empty.
+        let replay = replayable(&writer.heads, logged, &shared.path, true)?;
+        if !replay.is_empty() {
+            tracing::info!(path = %shared.path.display(), appends = replay.len(),
+                "moving acknowledged appends from the log into the database");
+            writer.commit(
+                replay
+                    .into_iter()
+                    .map(|append| (Mutation::Append(append), None, chunk_list::now_ms()))
+                    .collect(),
+            )?;
+        }
+        writer.log.restart();
+        let (recovered, heads) = load(&shared.db, &shared.path)?;
+        writer.heads = heads;
+        *shared
+            .trimmed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = trimmed_heads(&recovered);
+        *shared
+            .recovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = recovered;
         let thread = std::thread::Builder::new()
             .name("ds-acid-writer".into())
             .spawn(move || writer.run())
@@ -89,7 +146,23 @@ impl DbShard {
                 other => other,
             })?;
         let db = Db::ReadOnly(db);
-        let (recovered, _) = load(&db, &path)?;
+        let (mut recovered, heads) = load(&db, &path)?;
+        // What the server acknowledged from its log and has not moved into
+        // redb yet: read after the database, so a move in between shows up
+        // as appends already there (skipped) or a gap (where this stops).
+        let logged = match AckLog::read(&log_path(&path)) {
+            Ok((generation, logged)) if generation > applied_generation(&db.begin_read()?)? => {
+                logged
+            }
+            Ok(_) => Vec::new(),
+            Err(StorageError::Path { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        };
+        let unapplied = fold_logged(&mut recovered, replayable(&heads, logged, &path, false)?);
         let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
@@ -97,6 +170,8 @@ impl DbShard {
             queue: CommitQueue::new("acid"),
             recovered: Mutex::new(recovered),
             trimmed: std::sync::RwLock::new(trimmed),
+            unapplied: Mutex::new(unapplied),
+            chunk_bytes: AcidOptions::default().chunk_bytes,
         });
         shared.queue.close();
         Ok(Self {
@@ -112,7 +187,7 @@ impl DbShard {
         until: u64,
         max_bytes: usize,
     ) -> Result<ReadChunk, StorageError> {
-        let mut chunk = ReadChunk::empty(from);
+        let chunk = ReadChunk::empty(from);
         if let Some(&head) = shared
             .trimmed
             .read()
@@ -122,6 +197,54 @@ impl DbShard {
         {
             return Err(StorageError::Trimmed { id, head });
         }
+        if from >= until {
+            return Ok(chunk);
+        }
+        // The log's records first: everything before the first of them is
+        // in redb by the time the read transaction below begins.
+        let (first, logged): (Option<u64>, Vec<LoggedRecord>) = match shared
+            .unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            Some(records) => (
+                records.first().map(|r| r.start),
+                records
+                    .iter()
+                    .filter(|r| r.start + r.data.len() as u64 > from && r.start < until)
+                    .cloned()
+                    .collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let in_database = first.map_or(until, |first| until.min(first));
+        let chunk = Self::read_database(shared, id, from, in_database, max_bytes, chunk)?;
+        if logged.is_empty() || chunk.end < in_database.max(from) {
+            return Ok(chunk);
+        }
+        let mut chunk = chunk;
+        let mut taken: usize = chunk.records.iter().map(Bytes::len).sum();
+        for LoggedRecord { start, data, .. } in logged {
+            if taken >= max_bytes {
+                break;
+            }
+            let part = ReadChunk::part(start, data.len(), from, until);
+            let piece = data.slice(part.clone());
+            taken += chunk.push(start, part, piece);
+        }
+        Ok(chunk)
+    }
+
+    /// Reads `[from, until)` from redb into `chunk`.
+    fn read_database(
+        shared: &Shared,
+        id: StreamId,
+        from: u64,
+        until: u64,
+        max_bytes: usize,
+        mut chunk: ReadChunk,
+    ) -> Result<ReadChunk, StorageError> {
         if from >= until {
             return Ok(chunk);
         }
@@ -162,12 +285,16 @@ impl DbShard {
         }
         // The records ran out before `until`: fine at the tail only.
         let states = txn.open_table(STATES).map_err(db_error)?;
-        if let Some(raw) = states.get(id).map_err(db_error)?
-            && let Ok(state) = serde_json::from_slice::<StoredState>(raw.value())
-            && state.tail > chunk.end
-            && until > chunk.end
-        {
-            return Err(missing(shared, id, chunk.end));
+        if let Some(raw) = states.get(id).map_err(db_error)? {
+            let state = serde_json::from_slice::<StoredState>(raw.value()).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "database file {}: state of stream {id} is invalid: {e}",
+                    shared.path.display()
+                ))
+            })?;
+            if state.tail > chunk.end && until > chunk.end {
+                return Err(missing(shared, id, chunk.end));
+            }
         }
         Ok(chunk)
     }
@@ -301,6 +428,18 @@ pub(super) fn chunks_blocking(
     shared: &Shared,
     id: StreamId,
 ) -> Result<Vec<ChunkInfo>, StorageError> {
+    let logged: Vec<(u64, u64, i64)> = shared
+        .unapplied
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .map(|records| {
+            records
+                .iter()
+                .map(|r| (r.start, r.data.len() as u64, r.written_ms))
+                .collect()
+        })
+        .unwrap_or_default();
     let txn = shared.db.begin_read()?;
     let states = txn.open_table(STATES).map_err(db_error)?;
     let state: StoredState = match states.get(id).map_err(db_error)? {
@@ -326,16 +465,35 @@ pub(super) fn chunks_blocking(
     let head = state
         .head
         .unwrap_or(list.first().map_or(state.tail, |c| c.start));
-    if let Some(start) = state
+    let mut active = state
         .chunk_start
-        .or((state.tail > head && list.is_empty()).then_some(head))
-    {
+        .or((state.tail > head && list.is_empty()).then_some(head));
+    let (mut tail, mut last_write_ms) = (state.tail, state.last_write_ms);
+    // The records still in the log, chunked as the writer will chunk them
+    // when it moves them into redb (none left when it did so meanwhile).
+    for (start, len, written_ms) in logged {
+        if start != tail {
+            break;
+        }
+        if chunk_list::starts_new_chunk(active.map(|s| tail - s), len, shared.chunk_bytes) {
+            if let Some(start) = active {
+                list.push(Chunk {
+                    start,
+                    last_write_ms,
+                });
+            }
+            active = Some(tail);
+        }
+        tail += len;
+        last_write_ms = written_ms;
+    }
+    if let Some(start) = active {
         list.push(Chunk {
             start,
-            last_write_ms: state.last_write_ms,
+            last_write_ms,
         });
     }
-    Ok(ChunkList::from_chunks(list).infos(state.tail))
+    Ok(ChunkList::from_chunks(list).infos(tail))
 }
 
 pub(super) fn load_metadata_blocking(

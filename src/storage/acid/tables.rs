@@ -25,7 +25,11 @@ pub(super) const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Sealed chunks by (stream, start): when their newest record was written
 /// (Unix ms). The chunk being written is in the stream's state.
 pub(super) const CHUNKS: TableDefinition<(u64, u64), i64> = TableDefinition::new("chunks");
-/// Most payload bytes one transaction commits.
+/// The acknowledgement log's state: under [`LOG_APPLIED`], the newest log
+/// generation whose frames are all in this database.
+pub(super) const LOG_STATE: TableDefinition<&str, u64> = TableDefinition::new("log_state");
+/// The key of [`LOG_STATE`] naming the newest generation applied.
+pub(super) const LOG_APPLIED: &str = "applied_generation";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct StoredState {
@@ -142,6 +146,7 @@ pub(super) fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(RECORDS).map_err(db_error)?;
         txn.open_table(METADATA).map_err(db_error)?;
         txn.open_table(CHUNKS).map_err(db_error)?;
+        txn.open_table(LOG_STATE).map_err(db_error)?;
     }
     txn.commit().map_err(db_error)
 }
@@ -181,4 +186,17 @@ pub(super) fn framed(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
     out.extend_from_slice(data);
     out
+}
+
+/// The newest log generation whose frames are all in the database (0 in a
+/// database written before the log existed).
+pub(super) fn applied_generation(txn: &redb::ReadTransaction) -> Result<u64, StorageError> {
+    match txn.open_table(LOG_STATE) {
+        Ok(table) => Ok(table
+            .get(LOG_APPLIED)
+            .map_err(db_error)?
+            .map_or(0, |g| g.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(db_error(e)),
+    }
 }

@@ -1,30 +1,62 @@
-//! The writer thread of a database: each batch of mutations is one redb
-//! write transaction.
+//! The writer thread of a database. Batches of appends are acknowledged
+//! once they are in the acknowledgement log ([`super::log`]); every
+//! [`APPLY_AFTER`] (or sooner when much is waiting, or before any other
+//! mutation) the logged appends move into redb in one write transaction,
+//! after which the log starts over. Other mutations, and batches too big to
+//! log, are one redb transaction each, as before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
 use super::load::Head;
-use super::shard::Shared;
+use super::log::AckLog;
+use super::shard::{LoggedRecord, Shared};
 use super::tables::{
-    CHUNKS, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable, db_error, framed,
-    load_state,
+    CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable,
+    db_error, framed, load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
-use crate::storage::queue::{Ack, Next, commit_spans, fail_all};
-use crate::storage::{Mutation, StorageError, StreamId};
+use crate::storage::queue::{Ack, Next, commit_spans, fail_all, payload_len};
+use crate::storage::{Append, Mutation, StorageError, StreamId};
 
 /// Most payload bytes one transaction commits.
 pub(super) const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Most payload bytes of a batch that goes through the log; bigger batches
+/// are written to redb directly (logging them would write them twice).
+const MAX_LOGGED_BATCH_BYTES: usize = 1 << 20;
+
+/// How long a logged append waits, at most, before it moves into redb.
+const APPLY_AFTER: Duration = Duration::from_millis(100);
+
+/// Logged payload bytes that make the writer move them into redb at once.
+const APPLY_BYTES: usize = 4 << 20;
 
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) heads: HashMap<StreamId, Head>,
     pub(super) chunk_bytes: u64,
+    pub(super) log: AckLog,
+    /// Acknowledged appends in the log, not yet in redb, in log order,
+    /// with when they were logged (Unix ms).
+    pending: Vec<(Append, i64)>,
+    pending_bytes: usize,
+    /// Tails of the streams with pending appends.
+    logged: HashMap<StreamId, u64>,
+    /// When the oldest pending append was logged.
+    oldest: Option<Instant>,
+    /// A log write failed and redb could not take the pending appends
+    /// since: nothing more is logged until it can.
+    log_broken: bool,
 }
+
+/// A mutation to commit: its acknowledgement (none when it was
+/// acknowledged from the log) and when it was written (Unix ms).
+pub(super) type Item = (Mutation, Option<Ack>, i64);
 
 /// Tables of one write transaction.
 pub(super) struct Tables<'t> {
@@ -35,27 +67,222 @@ pub(super) struct Tables<'t> {
     chunks: redb::Table<'t, (u64, u64), i64>,
 }
 
+/// Records one group commit (a log write or a redb transaction) of `batch`
+/// acknowledged mutations, begun at `started`.
+fn committed(batch: usize, started: Instant) {
+    StorageCommitted {
+        backend: "acid",
+        batch,
+        elapsed: started.elapsed(),
+    }
+    .emit();
+}
+
+/// Whether a batch goes through the log: appends only, not too big.
+fn loggable(batch: &[(Mutation, Ack)]) -> bool {
+    let mut bytes = 0usize;
+    batch.iter().all(|(mutation, _)| match mutation {
+        Mutation::Append(append) => {
+            bytes += append.data.len();
+            bytes <= MAX_LOGGED_BATCH_BYTES
+        }
+        _ => false,
+    })
+}
+
 impl Writer {
-    pub(super) fn run(mut self) {
-        while let Next::Batch(batch) = self.shared.queue.next_batch(MAX_BATCH_BYTES, None) {
-            self.commit(batch);
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        heads: HashMap<StreamId, Head>,
+        chunk_bytes: u64,
+        log: AckLog,
+    ) -> Self {
+        Self {
+            shared,
+            heads,
+            chunk_bytes,
+            log,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            logged: HashMap::new(),
+            oldest: None,
+            log_broken: false,
         }
     }
 
-    fn commit(&mut self, batch: Vec<(Mutation, Ack)>) {
+    pub(super) fn run(mut self) {
+        loop {
+            let deadline = self.oldest.map(|t| t + APPLY_AFTER);
+            match self.shared.queue.next_batch(MAX_BATCH_BYTES, deadline) {
+                Next::Batch(batch) if !self.log_broken && loggable(&batch) => {
+                    self.log_batch(batch);
+                    let due = self.oldest.is_some_and(|t| t.elapsed() >= APPLY_AFTER);
+                    if due || self.pending_bytes >= APPLY_BYTES {
+                        self.apply_logged();
+                    }
+                }
+                Next::Batch(batch) => self.commit_with_pending(batch),
+                Next::Idle => self.apply_logged(),
+                Next::Closed => {
+                    self.apply_logged();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves the pending appends into redb (errors are logged; they stay
+    /// pending, safe in the log, and are tried again later).
+    fn apply_logged(&mut self) {
+        if let Err(error) = self.commit_pending_and(Vec::new()) {
+            tracing::error!(path = %self.shared.path.display(), error = %error,
+                "moving logged appends into the database failed; they stay in the log");
+            self.oldest = Some(Instant::now());
+        }
+    }
+
+    /// Commits the pending appends and `batch` in one transaction.
+    fn commit_with_pending(&mut self, batch: Vec<(Mutation, Ack)>) {
+        if let Err(error) = self.commit_pending_and(batch) {
+            tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
+        }
+    }
+
+    /// One transaction of the pending appends (already acknowledged) and
+    /// then `batch`; on success the log starts over. On failure `batch` is
+    /// answered with the error and the pending appends stay pending.
+    fn commit_pending_and(&mut self, batch: Vec<(Mutation, Ack)>) -> Result<(), StorageError> {
+        if self.pending.is_empty() && batch.is_empty() && !self.log_broken {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let now = chunk_list::now_ms();
+        let items = pending
+            .iter()
+            .map(|(append, ms)| (Mutation::Append(append.clone()), None, *ms))
+            .chain(batch.into_iter().map(|(m, ack)| (m, Some(ack), now)))
+            .collect();
+        match self.commit(items) {
+            Ok(()) => {
+                if !pending.is_empty() {
+                    self.shared
+                        .unapplied
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
+                self.pending_bytes = 0;
+                self.logged.clear();
+                self.oldest = None;
+                self.log.restart();
+                self.log_broken = false;
+                Ok(())
+            }
+            Err(error) => {
+                self.pending = pending;
+                Err(error)
+            }
+        }
+    }
+
+    /// Validates a batch of appends, logs it, and acknowledges it.
+    fn log_batch(&mut self, batch: Vec<(Mutation, Ack)>) {
+        let bytes = batch.iter().map(|(m, _)| payload_len(m)).sum();
+        if self.log.is_nearly_full(bytes)
+            && let Err(error) = self.commit_pending_and(Vec::new())
+        {
+            fail_all(batch.into_iter().map(|(_, ack)| ack), &error);
+            return;
+        }
+        let mut accepted = Vec::with_capacity(batch.len());
+        for (mutation, ack) in batch {
+            let Mutation::Append(append) = mutation else {
+                continue;
+            };
+            let tail = match self.logged.get(&append.id) {
+                Some(&tail) => tail,
+                None => match self.heads.get(&append.id) {
+                    Some(head) => head.tail,
+                    None => {
+                        let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
+                        continue;
+                    }
+                },
+            };
+            if tail != append.start {
+                let _ = ack.send(Err(StorageError::OutOfOrder {
+                    id: append.id,
+                    start: append.start,
+                    tail,
+                }));
+                continue;
+            }
+            self.logged
+                .insert(append.id, append.start + append.data.len() as u64);
+            accepted.push((append, ack));
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let spans = commit_spans("acid", accepted.iter().map(|(_, ack)| ack), accepted.len());
+        let started = Instant::now();
+        let written = self.log.write(accepted.iter().map(|(append, _)| append));
+        committed(accepted.len(), started);
+        drop(spans);
+        if let Err(error) = written {
+            tracing::error!(path = %self.log.path().display(), error = %error, "log write failed");
+            fail_all(accepted.into_iter().map(|(_, ack)| ack), &error);
+            self.logged.clear();
+            for (append, _) in &self.pending {
+                self.logged
+                    .insert(append.id, append.start + append.data.len() as u64);
+            }
+            // What the failed write left in the log must never be replayed:
+            // a commit (of the pending appends, or of nothing) marks its
+            // generation applied, and the log starts a new one.
+            self.log_broken = true;
+            self.apply_logged();
+            return;
+        }
+        let written_ms = chunk_list::now_ms();
+        {
+            let mut unapplied = self
+                .shared
+                .unapplied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (append, _) in &accepted {
+                if !append.data.is_empty() {
+                    unapplied.entry(append.id).or_default().push(LoggedRecord {
+                        start: append.start,
+                        data: append.data.clone(),
+                        written_ms,
+                    });
+                }
+            }
+        }
+        self.oldest.get_or_insert(started);
+        for (append, ack) in accepted {
+            self.pending_bytes += append.data.len();
+            self.pending.push((append, written_ms));
+            let _ = ack.send(Ok(()));
+        }
+    }
+
+    /// Commits `batch` in one transaction and answers its acknowledgements.
+    pub(super) fn commit(&mut self, batch: Vec<Item>) -> Result<(), StorageError> {
         let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut trimmed = Vec::new();
-        let spans = commit_spans("acid", batch.iter().map(|(_, ack)| ack), batch.len());
-        let started = std::time::Instant::now();
+        let spans = commit_spans(
+            "acid",
+            batch.iter().filter_map(|(_, ack, _)| ack.as_ref()),
+            batch.len(),
+        );
+        let started = Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
-            StorageCommitted {
-                backend: "acid",
-                batch: accepted.len(),
-                elapsed: started.elapsed(),
-            }
-            .emit();
+            committed(accepted.len(), started);
         }
         drop(spans);
         match outcome {
@@ -76,11 +303,12 @@ impl Writer {
                 for ack in accepted {
                     let _ = ack.send(Ok(()));
                 }
+                Ok(())
             }
             Err(error) => {
                 self.heads = before;
-                tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
                 fail_all(accepted, &error);
+                Err(error)
             }
         }
     }
@@ -93,11 +321,11 @@ impl Writer {
         id: StreamId,
         state: &mut StoredState,
         data: &[u8],
+        now: i64,
     ) -> Result<(), StorageError> {
         let Some(head) = self.heads.get_mut(&id) else {
             return Ok(());
         };
-        let now = chunk_list::now_ms();
         let used = head.chunk_start.map(|start| head.tail - start);
         if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
             if let Some(start) = head.chunk_start {
@@ -179,7 +407,7 @@ impl Writer {
     /// (out of order, unknown stream) are answered at once and left out.
     fn apply_batch(
         &mut self,
-        batch: Vec<(Mutation, Ack)>,
+        batch: Vec<Item>,
         accepted: &mut Vec<Ack>,
         trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<(), StorageError> {
@@ -193,7 +421,7 @@ impl Writer {
                 chunks: txn.open_table(CHUNKS).map_err(db_error)?,
             };
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
-            for (mutation, ack) in batch {
+            for (mutation, ack, written_ms) in batch {
                 match mutation {
                     Mutation::Create { spec, data, closed } => {
                         let json = serde_json::to_vec(&spec)
@@ -215,22 +443,26 @@ impl Writer {
                             },
                         );
                         if !data.is_empty() {
-                            self.put_record(&mut tables, spec.id, &mut state, &data)?;
+                            self.put_record(&mut tables, spec.id, &mut state, &data, written_ms)?;
                         }
                         dirty.insert(spec.id, state);
                     }
                     Mutation::Append(append) => {
                         match self.heads.get(&append.id) {
                             None => {
-                                let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
+                                if let Some(ack) = ack {
+                                    let _ = ack.send(Err(StorageError::UnknownStream(append.id)));
+                                }
                                 continue;
                             }
                             Some(head) if head.tail != append.start => {
-                                let _ = ack.send(Err(StorageError::OutOfOrder {
-                                    id: append.id,
-                                    start: append.start,
-                                    tail: head.tail,
-                                }));
+                                if let Some(ack) = ack {
+                                    let _ = ack.send(Err(StorageError::OutOfOrder {
+                                        id: append.id,
+                                        start: append.start,
+                                        tail: head.tail,
+                                    }));
+                                }
                                 continue;
                             }
                             Some(_) => {}
@@ -238,7 +470,13 @@ impl Writer {
                         load_state(append.id, &tables.states, &mut dirty)?;
                         let mut state = dirty.remove(&append.id).unwrap_or_default();
                         if !append.data.is_empty() {
-                            self.put_record(&mut tables, append.id, &mut state, &append.data)?;
+                            self.put_record(
+                                &mut tables,
+                                append.id,
+                                &mut state,
+                                &append.data,
+                                written_ms,
+                            )?;
                         }
                         if let Some((producer, next)) = &append.producer {
                             tables
@@ -294,7 +532,7 @@ impl Writer {
                         }
                     }
                 }
-                accepted.push(ack);
+                accepted.extend(ack);
             }
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
@@ -304,6 +542,12 @@ impl Writer {
                     .insert(id, json.as_slice())
                     .map_err(db_error)?;
             }
+            // Every commit takes whatever the log holds: its frames, up to
+            // the generation being written, need no replay.
+            txn.open_table(LOG_STATE)
+                .map_err(db_error)?
+                .insert(LOG_APPLIED, self.log.generation())
+                .map_err(db_error)?;
         }
         txn.commit().map_err(db_error)
     }
