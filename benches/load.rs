@@ -62,7 +62,7 @@ The tool raises its own open-file limit to the hard limit; the server needs
 as many descriptors as connections (ulimit -n in the shell that starts it).
   report    FILE [--format markdown|text]  table of a results file, with ratios vs --peer
   free-port                           prints a free TCP port on 127.0.0.1
-  wait-ready --url URL [--seconds 60] waits until the server answers HTTP at all
+  wait-ready --url URL [--seconds 60] waits until the server answers HTTP with anything but 503
 ";
 
 type Args = HashMap<String, String>;
@@ -1428,7 +1428,14 @@ async fn wait_ready(args: &Args) {
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(num(args, "seconds", 60));
     while Instant::now() < deadline {
-        if client.get(&url).send().await.is_ok() {
+        // A server that binds before its storage is recovered answers 503
+        // until it is ready to take writes.
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

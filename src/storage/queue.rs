@@ -79,6 +79,10 @@ pub enum Next {
 struct Inner {
     items: VecDeque<(Mutation, Ack)>,
     closed: bool,
+    /// The writer sleeps on `wake`: only then does a submit wake it. A busy
+    /// writer finds the new items when it next looks, so most appends under
+    /// load cost no wake-up (a `futex` call each otherwise).
+    waiting: bool,
 }
 
 /// An ordered multi-producer queue drained by one writer thread.
@@ -119,7 +123,7 @@ impl CommitQueue {
             sender,
             span: tracing::Span::current(),
         };
-        {
+        let sleeping = {
             let mut inner = self.lock();
             if inner.closed {
                 return Box::pin(std::future::ready(Err(StorageError::Unavailable(
@@ -128,8 +132,11 @@ impl CommitQueue {
             }
             inner.items.push_back((mutation, ack));
             self.depth.emit(inner.items.len());
+            inner.waiting
+        };
+        if sleeping {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         Box::pin(async move {
             done.await.unwrap_or_else(|_| {
                 Err(StorageError::Unavailable(
@@ -160,10 +167,12 @@ impl CommitQueue {
             if inner.closed {
                 return Next::Closed;
             }
+            inner.waiting = true;
             inner = match deadline {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
+                        inner.waiting = false;
                         return Next::Idle;
                     }
                     self.wake
@@ -176,6 +185,7 @@ impl CommitQueue {
                     .wait(inner)
                     .unwrap_or_else(PoisonError::into_inner),
             };
+            inner.waiting = false;
         }
     }
 

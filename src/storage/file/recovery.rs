@@ -489,7 +489,7 @@ impl FileStorage {
         })?;
         for (index, heads) in heads.into_iter().enumerate() {
             let segment = wal::create_segment(dir, index as u32, first_seq)?;
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel(shard::SYNC_QUEUE);
             let writer = shard::Writer {
                 shared: shared.clone(),
                 shard: index,
