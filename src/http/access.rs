@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request};
+use axum::extract::{ConnectInfo, OriginalUri, Request};
 use axum::http::{Version, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -291,6 +291,7 @@ fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
 /// route.
 pub(crate) async fn observe<F, Fut>(
     settings: &AccessSettings,
+    route: &str,
     request: Request,
     inner: F,
 ) -> Response
@@ -300,9 +301,6 @@ where
 {
     let started = Instant::now();
     let extensions = request.extensions();
-    let route = extensions
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str);
     let path = extensions
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());
@@ -327,8 +325,7 @@ where
         quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
         span: tracing::Span::none(),
     };
-    let path = path.to_owned();
-    line.span = request_span(&request, &line, &path);
+    line.span = request_span(&request, &line, path);
     let span = line.span.clone();
     let mut pending = Pending {
         line: Some(line),

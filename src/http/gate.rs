@@ -23,7 +23,6 @@ use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -300,11 +299,15 @@ const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-stor
 /// ends a live read when the principal's token expires: a long-poll still
 /// waiting gets a `401`, an SSE stream ends. The principal goes into the
 /// response's extensions for the request log.
-pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Response {
+pub(crate) async fn guard<F, Fut>(gate: &AuthGate, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let (mut parts, body) = request.into_parts();
     let principal = match authorize(gate, &parts).await {
         Ok(Some(principal)) => principal,
-        Ok(None) => return next.run(Request::from_parts(parts, body)).await,
+        Ok(None) => return next(Request::from_parts(parts, body)).await,
         Err(problem) => return problem.into_response(),
     };
     let from_query = parts.extensions.get::<QueryToken>().is_some();
@@ -313,14 +316,14 @@ pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Resp
     let deadline = principal.expires_at().map(instant_of_unix_secs);
     let mut response = match deadline {
         Some(deadline) if request.method() == Method::GET => {
-            match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
+            match tokio::time::timeout_at(deadline.into(), next(request)).await {
                 Ok(response) => response,
                 Err(_) => Refusal::Rejected(Rejection::Expired)
                     .into_problem()
                     .into_response(),
             }
         }
-        _ => next.run(request).await,
+        _ => next(request).await,
     };
     if let Some(deadline) = deadline
         && response.body().size_hint().exact().is_none()

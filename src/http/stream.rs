@@ -58,7 +58,7 @@ async fn put_stream(State(state): State<AppState>, request: Request) -> Response
     }
 }
 
-async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
     match stream_path(&state, &request) {
         Ok(path) => answer(append(&state, &path, request).await),
         Err(error) => error.into_response(),
