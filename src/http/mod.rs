@@ -236,8 +236,10 @@ impl AppendShortcut {
         let shortcut = self.0.clone();
         async move {
             let state = shortcut.state.clone();
+            // Boxed here, where it is made: moved up through every layer
+            // above, the handler's large future would be copied at each.
             edge(&shortcut.edge, &shortcut.route, request, |request| {
-                stream::post_stream(State(state), request)
+                Box::pin(stream::post_stream(State(state), request))
             })
             .await
         }
@@ -348,6 +350,10 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
     }
 }
 
+/// Named once: a name given as a string is parsed again on every insert.
+const CROSS_ORIGIN_RESOURCE_POLICY: header::HeaderName =
+    header::HeaderName::from_static("cross-origin-resource-policy");
+
 /// Security and CORS headers on every response; answers CORS preflights.
 async fn common_headers<F, Fut>(cors: &Cors, request: Request, inner: F) -> Response
 where
@@ -367,7 +373,7 @@ where
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(
-        "cross-origin-resource-policy",
+        CROSS_ORIGIN_RESOURCE_POLICY,
         HeaderValue::from_static("cross-origin"),
     );
     if let Some(allowed) = cors.allow_origin(origin.as_ref()) {

@@ -118,7 +118,20 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
 
 /// A JSON body (by its `Content-Type`) must not nest too deep.
 fn check_json_depth(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    if ContentType::from_header(raw(headers, &header::CONTENT_TYPE)).is_some_and(|t| t.is_json()) {
+    check_json_depth_of(
+        state,
+        ContentType::from_header(raw(headers, &header::CONTENT_TYPE)).as_ref(),
+        body,
+    )
+}
+
+/// [`check_json_depth`] with the content type already parsed.
+fn check_json_depth_of(
+    state: &AppState,
+    content_type: Option<&ContentType>,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    if content_type.is_some_and(ContentType::is_json) {
         state.settings.input_limits.check_json_depth(body)?;
     }
     Ok(())
@@ -333,7 +346,8 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
         (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
     }
     let (headers, body) = read_body(state, request).await?;
-    check_json_depth(state, &headers, &body)?;
+    let content_type = ContentType::from_header(raw(&headers, &header::CONTENT_TYPE));
+    check_json_depth_of(state, content_type.as_ref(), &body)?;
     let stream_seq = raw(&headers, &STREAM_SEQ)
         .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
         .transpose()?;
@@ -343,7 +357,7 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
         .append(
             path,
             AppendRequest {
-                content_type: ContentType::from_header(raw(&headers, &header::CONTENT_TYPE)),
+                content_type,
                 body,
                 close: raw(&headers, &STREAM_CLOSED).is_some_and(wire::is_true),
                 producer,
