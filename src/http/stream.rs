@@ -335,20 +335,22 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
 
 async fn append(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
     let producer = {
-        let h = request.headers();
+        let fields = AppendFields::of(request.headers());
         wire::producer(
-            raw(h, &PRODUCER_ID),
-            raw(h, &PRODUCER_EPOCH),
-            raw(h, &PRODUCER_SEQ),
+            fields.producer_id,
+            fields.producer_epoch,
+            fields.producer_seq,
         )?
     };
     if let Some(producer) = &producer {
         (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
     }
     let (headers, body) = read_body(state, request).await?;
-    let content_type = ContentType::from_header(raw(&headers, &header::CONTENT_TYPE));
+    let fields = AppendFields::of(&headers);
+    let content_type = ContentType::from_header(fields.content_type);
     check_json_depth_of(state, content_type.as_ref(), &body)?;
-    let stream_seq = raw(&headers, &STREAM_SEQ)
+    let stream_seq = fields
+        .stream_seq
         .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
         .transpose()?;
     let has_body = !body.is_empty();
@@ -359,7 +361,7 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
             AppendRequest {
                 content_type,
                 body,
-                close: raw(&headers, &STREAM_CLOSED).is_some_and(wire::is_true),
+                close: fields.stream_closed.is_some_and(wire::is_true),
                 producer,
                 stream_seq,
             },
@@ -382,6 +384,43 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
         out.insert(PRODUCER_SEQ, HeaderValue::from(producer.last_seq));
     }
     Ok(response)
+}
+
+/// The fields an append reads (the first value of each), found in one pass
+/// over the head rather than one hash lookup each.
+#[derive(Default)]
+struct AppendFields<'a> {
+    content_type: Option<&'a [u8]>,
+    producer_id: Option<&'a [u8]>,
+    producer_epoch: Option<&'a [u8]>,
+    producer_seq: Option<&'a [u8]>,
+    stream_seq: Option<&'a [u8]>,
+    stream_closed: Option<&'a [u8]>,
+}
+
+impl<'a> AppendFields<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut fields = Self::default();
+        for (name, value) in headers {
+            let slot = if *name == header::CONTENT_TYPE {
+                &mut fields.content_type
+            } else if *name == PRODUCER_ID {
+                &mut fields.producer_id
+            } else if *name == PRODUCER_EPOCH {
+                &mut fields.producer_epoch
+            } else if *name == PRODUCER_SEQ {
+                &mut fields.producer_seq
+            } else if *name == STREAM_SEQ {
+                &mut fields.stream_seq
+            } else if *name == STREAM_CLOSED {
+                &mut fields.stream_closed
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value.as_bytes());
+        }
+        fields
+    }
 }
 
 async fn delete(state: &AppState, path: &str) -> Result<Response, ApiError> {

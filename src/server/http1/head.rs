@@ -224,18 +224,6 @@ fn describe(error: httparse::Error) -> &'static str {
 /// Every line of the head ends in CRLF: no bare LF (which `httparse`
 /// accepts) and no bare CR. Jumps from line end to line end.
 fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
-    // The usual head: every LF follows a CR and there are as many CRs as
-    // LFs, so each CR is the one before an LF. Counting is cheaper than
-    // stopping at each of them.
-    let crs = head.iter().filter(|&&byte| byte == b'\r').count();
-    let mut lfs = 0usize;
-    let paired = memchr::memchr_iter(b'\n', head).all(|index| {
-        lfs += 1;
-        index > 0 && head[index - 1] == b'\r'
-    });
-    if paired && crs == lfs {
-        return Ok(());
-    }
     for index in memchr::memchr2_iter(b'\r', b'\n', head) {
         match head[index] {
             b'\r' if head.get(index + 1) != Some(&b'\n') => {
