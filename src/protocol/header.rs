@@ -214,8 +214,9 @@ impl ContentType {
     pub fn from_header(raw: Option<&[u8]>) -> Option<Self> {
         let value = std::str::from_utf8(raw?).ok()?;
         // Checked before anything is allocated.
-        let (kind, subtype) = media_type(value.trim()).split_once('/')?;
-        (!kind.is_empty() && !subtype.is_empty()).then(|| Self::new(value))
+        let media = media_type(value.trim()).as_bytes();
+        let slash = media.iter().position(|&b| b == b'/')?;
+        (slash > 0 && slash + 1 < media.len()).then(|| Self::new(value))
     }
 }
 
