@@ -73,7 +73,12 @@ pub fn validate(name: &str, limits: NameLimits) -> Result<(), NameError> {
 fn validate_plain(name: &str, limits: NameLimits) -> Option<Result<(), NameError>> {
     let mut segments = 0usize;
     let mut segment_start = 0usize;
-    for (at, &byte) in name.as_bytes().iter().chain(std::iter::once(&b'/')).enumerate() {
+    for (at, &byte) in name
+        .as_bytes()
+        .iter()
+        .chain(std::iter::once(&b'/'))
+        .enumerate()
+    {
         match byte {
             b'/' => {
                 segments += 1;

@@ -320,13 +320,7 @@ where
         peer,
         tls: tls.map(Box::new),
     };
-    http1::Connection::new(
-        stream,
-        protocols.lean.clone(),
-        info,
-        protocols.http1,
-        drain,
-    )
+    http1::Connection::new(stream, protocols.lean.clone(), info, protocols.http1, drain)
 }
 
 impl<IO> live_pool::Movable for http1::Connection<IO, Dispatch>
