@@ -491,8 +491,11 @@ async fn serve_app_with_shortcut(config: &Config) -> Served {
     serve_router(app.router(), options).await
 }
 
+/// Header fields, name and value.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// Status, headers (without `date`) and body: what must not differ.
-fn answer_of(response: &RawResponse) -> (u16, Vec<(String, Vec<u8>)>, Vec<u8>) {
+fn answer_of(response: &RawResponse) -> (u16, Fields, Vec<u8>) {
     let mut headers: Vec<_> = (response.headers.iter())
         .filter(|(name, _)| name != "date")
         .cloned()
