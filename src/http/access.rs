@@ -39,6 +39,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::deferred;
 use super::problem::{ErrorCause, ErrorCode};
 use crate::auth::Principal;
 use crate::client::{ClientAddr, ClientIdentity, Scheme};
@@ -333,19 +334,32 @@ where
     };
     line.span = request_span(&request, &line, path);
     let span = line.span.clone();
-    let mut pending = Pending {
+    let pending = Pending {
         line: Some(line),
         _in_flight: InFlight::start(),
     };
 
-    let mut response = inner(request).instrument(span.clone()).await;
+    let response = inner(request).instrument(span.clone()).await;
+    // A long-poll answered later is still in flight while it waits: its
+    // duration, status and line come from the real answer.
+    if deferred::is_later(&response) {
+        return deferred::around(response, move |wait| async move {
+            let response = wait.instrument(span.clone()).await;
+            answered(pending, &span, response)
+        });
+    }
+    answered(pending, &span, response)
+}
 
+/// Records and logs the request `pending` stands for, now that its
+/// response head is ready.
+fn answered(mut pending: Pending, span: &tracing::Span, mut response: Response) -> Response {
     let Some(line) = pending.line.take() else {
         return response;
     };
     drop(pending); // the head is ready: no longer in flight
     let status = response.status().as_u16();
-    let latency = started.elapsed();
+    let latency = line.started.elapsed();
     RequestAnswered {
         route: &line.route,
         method: line.method,
@@ -368,7 +382,7 @@ where
         code,
         cause,
         trace_id: (!span.is_disabled())
-            .then(|| crate::telemetry::trace_id(&span))
+            .then(|| crate::telemetry::trace_id(span))
             .flatten(),
         principal,
     };

@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
+use super::deferred;
 use super::names::STREAM_FORKED_FROM;
 use super::problem::ApiError;
 use crate::auth::config::AccessOp;
@@ -314,17 +315,40 @@ where
     parts.extensions.insert(principal.clone());
     let request = Request::from_parts(parts, body);
     let deadline = principal.expires_at().map(instant_of_unix_secs);
-    let mut response = match deadline {
+    let response = match deadline {
         Some(deadline) if request.method() == Method::GET => {
-            match tokio::time::timeout_at(deadline.into(), next(request)).await {
+            let response = match tokio::time::timeout_at(deadline.into(), next(request)).await {
                 Ok(response) => response,
-                Err(_) => Refusal::Rejected(Rejection::Expired)
-                    .into_problem()
-                    .into_response(),
-            }
+                Err(_) => expired(),
+            };
+            // A long-poll answered later waits under the same deadline.
+            deferred::around(response, move |wait| async move {
+                tokio::time::timeout_at(deadline.into(), wait)
+                    .await
+                    .unwrap_or_else(|_| expired())
+            })
         }
         _ => next(request).await,
     };
+    deferred::then(response, move |response| {
+        guarded(response, principal, from_query, deadline)
+    })
+}
+
+/// The answer to a live read whose token expired while it waited.
+fn expired() -> Response {
+    Refusal::Rejected(Rejection::Expired)
+        .into_problem()
+        .into_response()
+}
+
+/// What [`guard`] does to the answer of an authorised request.
+fn guarded(
+    mut response: Response,
+    principal: Principal,
+    from_query: bool,
+    deadline: Option<Instant>,
+) -> Response {
     if let Some(deadline) = deadline
         && response.body().size_hint().exact().is_none()
     {

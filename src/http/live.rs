@@ -18,6 +18,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::Instrument;
 
 use super::AppState;
+use super::deferred;
 use super::names::*;
 use super::problem::ApiError;
 use super::stream::{CACHEABLE, etag, offset_header, read_response};
@@ -36,69 +37,119 @@ fn cursor_for(client: Option<&str>) -> u64 {
     cursor::next_cursor(clock::unix_secs(), client, fastrand::u64(1..=3600))
 }
 
-/// `GET ?live=long-poll`.
+/// `GET ?live=long-poll`. With `later` (the connection takes deferred
+/// answers, see [`deferred`]), a long-poll that has to wait returns a
+/// placeholder carrying [`LongPoll::answer`], so that only the long-poll's
+/// own state waits.
 pub(super) async fn long_poll(
     state: &AppState,
     entry: Arc<StreamEntry>,
     from: ReadFrom,
     client_cursor: Option<String>,
+    later: bool,
 ) -> Result<Response, ApiError> {
-    let _reader = LiveReader::start(ReadMode::LongPoll);
+    let reader = LiveReader::start(ReadMode::LongPoll);
     ReadServed {
         mode: ReadMode::LongPoll,
     }
     .emit();
     let mut signal = entry.subscribe();
-    let mut snapshot = *signal.borrow_and_update();
+    let snapshot = *signal.borrow_and_update();
     let start = resolve_start(from, entry.first_position(), snapshot.tail);
-    let deadline = Instant::now() + state.settings.long_poll_timeout;
-    loop {
-        if snapshot.gone {
-            return Err(EngineError::NotFound.into());
-        }
-        if start < snapshot.tail {
-            // Boxed: the storage read's future is large, and inline it would
-            // be part of every waiting long-poll's state.
-            let result = Box::pin(state.engine.read_at(&entry, start, snapshot)).await?;
-            ReadBytesSent {
-                mode: ReadMode::LongPoll,
-                bytes: result.len(),
-            }
-            .emit();
-            let mut response = read_response(&entry, &result);
-            let out = response.headers_mut();
-            out.insert(header::ETAG, etag(&entry, &result));
-            out.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHEABLE));
-            if !result.closed {
-                out.insert(
-                    STREAM_CURSOR,
-                    HeaderValue::from(cursor_for(client_cursor.as_deref())),
-                );
-            }
-            return Ok(response);
-        }
-        if snapshot.closed {
-            return Ok(no_content(snapshot.tail, true, None));
-        }
-        tokio::select! {
-            changed = signal.changed() => {
-                if changed.is_err() {
-                    return Err(EngineError::NotFound.into());
-                }
-                snapshot = *signal.borrow_and_update();
-            }
-            () = sleep_until(deadline) => {
-                LongPollTimedOut.emit();
-                break;
-            }
-            () = state.shutdown.cancelled() => break,
-        }
+    let poll = LongPoll {
+        _reader: reader,
+        engine: state.engine.clone(),
+        shutdown: state.shutdown.clone(),
+        deadline: Instant::now() + state.settings.long_poll_timeout,
+        entry,
+        signal,
+        snapshot,
+        start,
+        client_cursor,
+    };
+    if later && poll.must_wait() {
+        return Ok(deferred::later(async move {
+            poll.answer()
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }));
     }
-    Ok(no_content(
-        snapshot.tail,
-        false,
-        Some(cursor_for(client_cursor.as_deref())),
-    ))
+    poll.answer().await
+}
+
+/// A long-poll from the moment its start is resolved: what it waits with.
+struct LongPoll {
+    /// Counts the request in `durable_streams_live_readers{mode="long_poll"}`.
+    _reader: LiveReader,
+    engine: Engine,
+    shutdown: ShutdownToken,
+    deadline: Instant,
+    entry: Arc<StreamEntry>,
+    signal: watch::Receiver<Signal>,
+    snapshot: Signal,
+    start: u64,
+    client_cursor: Option<String>,
+}
+
+impl LongPoll {
+    /// Whether nothing can be answered before the stream changes.
+    fn must_wait(&self) -> bool {
+        !self.snapshot.gone && !self.snapshot.closed && self.start >= self.snapshot.tail
+    }
+
+    /// The data from the start once there is some; else `204` at the
+    /// timeout, at shutdown, or when the stream closes.
+    async fn answer(mut self) -> Result<Response, ApiError> {
+        let entry = &self.entry;
+        loop {
+            let snapshot = self.snapshot;
+            if snapshot.gone {
+                return Err(EngineError::NotFound.into());
+            }
+            if self.start < snapshot.tail {
+                // Boxed: the storage read's future is large, and inline it
+                // would be part of every waiting long-poll's state.
+                let result = Box::pin(self.engine.read_at(entry, self.start, snapshot)).await?;
+                ReadBytesSent {
+                    mode: ReadMode::LongPoll,
+                    bytes: result.len(),
+                }
+                .emit();
+                let mut response = read_response(entry, &result);
+                let out = response.headers_mut();
+                out.insert(header::ETAG, etag(entry, &result));
+                out.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHEABLE));
+                if !result.closed {
+                    out.insert(
+                        STREAM_CURSOR,
+                        HeaderValue::from(cursor_for(self.client_cursor.as_deref())),
+                    );
+                }
+                return Ok(response);
+            }
+            if snapshot.closed {
+                return Ok(no_content(snapshot.tail, true, None));
+            }
+            tokio::select! {
+                changed = self.signal.changed() => {
+                    if changed.is_err() {
+                        return Err(EngineError::NotFound.into());
+                    }
+                    self.snapshot = *self.signal.borrow_and_update();
+                }
+                () = sleep_until(self.deadline) => {
+                    LongPollTimedOut.emit();
+                    break;
+                }
+                () = self.shutdown.cancelled() => break,
+            }
+        }
+        Ok(no_content(
+            self.snapshot.tail,
+            false,
+            Some(cursor_for(self.client_cursor.as_deref())),
+        ))
+    }
 }
 
 /// A long-poll answer without data: timeout, shutdown, or EOF.

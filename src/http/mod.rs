@@ -4,6 +4,7 @@
 //! every response carries.
 
 pub(crate) mod access;
+pub(crate) mod deferred;
 pub(crate) mod gate;
 mod limits;
 mod live;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -360,14 +361,23 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let origin = request.headers().get(header::ORIGIN).cloned();
+    let origin = request.headers().get(header::ORIGIN);
+    let allowed = cors.allow_origin(origin);
     let preflight = request.method() == Method::OPTIONS;
-    let mut response = if preflight {
+    let response = if preflight {
         preflight_response()
     } else {
         inner(request).await
     };
-    let headers = response.headers_mut();
+    deferred::then(response, move |mut response| {
+        add_common_headers(response.headers_mut(), allowed, preflight);
+        response
+    })
+}
+
+/// The headers of [`common_headers`]; `allowed` is the origin CORS lets
+/// read the answer.
+fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, preflight: bool) {
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -376,7 +386,7 @@ where
         CROSS_ORIGIN_RESOURCE_POLICY,
         HeaderValue::from_static("cross-origin"),
     );
-    if let Some(allowed) = cors.allow_origin(origin.as_ref()) {
+    if let Some(allowed) = allowed {
         if allowed != "*" {
             headers.append(header::VARY, HeaderValue::from_static("Origin"));
         }
@@ -400,7 +410,6 @@ where
             );
         }
     }
-    response
 }
 
 fn preflight_response() -> Response {

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
 use super::AppState;
+use super::deferred;
 use super::live;
 use super::names::*;
 use super::problem::ApiError;
@@ -470,12 +471,14 @@ async fn read(state: &AppState, path: &str, request: Request) -> Result<Response
         LiveMode::LongPoll => {
             // A live read may wait for minutes: its request head (headers,
             // extensions, the bytes they point into) must not wait with it.
+            let later = deferred::takes_later(request.extensions());
             drop(request);
             live::long_poll(
                 state,
                 entry,
                 query.offset.unwrap_or(ReadFrom::Now),
                 query.cursor,
+                later,
             )
             .await
         }

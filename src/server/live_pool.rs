@@ -57,14 +57,22 @@ pub(super) trait Movable: Future<Output = ()> + Send + Unpin + 'static {
 }
 
 /// Where connections moved to the live runtime are reported, so that the
-/// drain waits for them (and ends them at its timeout).
+/// drain waits for them (and ends them at its timeout); TLS connections
+/// report the task they run in after their handshake here too.
 pub(super) type Moved = mpsc::UnboundedSender<JoinHandle<()>>;
 
 /// Serves `connection` here until its response turns live, then hands it
 /// to the live runtime, reports its task to `moved` and returns: the task
 /// that served it here ends, and nothing is kept on this side.
-pub(super) async fn serve<C: Movable>(connection: C, moved: Moved) {
-    let mut connection = Box::new(connection);
+pub(super) fn serve<C: Movable>(connection: C, moved: Moved) -> impl Future<Output = ()> + Send {
+    // Boxed before the future is made: an `async fn` keeps room for its
+    // arguments in its state, so the task serving a connection that stays
+    // here (a waiting long-poll) would hold a second, unused connection's
+    // worth of bytes for as long as it lives.
+    serve_boxed(Box::new(connection), moved)
+}
+
+async fn serve_boxed<C: Movable>(mut connection: Box<C>, moved: Moved) {
     let Some(live) = live_handle() else {
         return connection.await;
     };

@@ -117,6 +117,12 @@ impl From<DrainTiming> for ServeOptions {
 /// the response in flight on each connection finishes and closes it, and
 /// whatever is still open at the drain timeout is dropped.
 ///
+/// With the lean engine, a long-poll that has to wait is answered after
+/// the router's future has returned (only the long-poll's own small state
+/// waits, see `http::deferred`): the crate's own middleware sees the real
+/// answer, but a layer an embedder wraps around `router` sees a
+/// placeholder in its place.
+///
 /// # Errors
 /// Never at present: accept errors (out of file descriptors, a connection
 /// reset before it was taken) are logged and retried.
@@ -208,7 +214,8 @@ struct Protocols {
 
 /// The signals a connection task watches.
 struct Signals {
-    /// Where a lean connection reports its move to the live runtime.
+    /// Where a lean connection reports its move to the live runtime (or,
+    /// over TLS, its own task after the handshake).
     moved: live_pool::Moved,
     /// Closes idle lean HTTP/1.1 connections.
     drain: DrainWatch,
@@ -375,11 +382,16 @@ async fn tls_connection(
     };
     let h2 = session.alpn.as_deref() == Some("h2");
     if protocols.engine == Http1Engine::Lean && protocols.http1_allowed && !h2 {
-        live_pool::serve(
-            lean_connection(stream, peer, Some(session), &protocols, signals.drain),
-            signals.moved,
-        )
-        .await;
+        // A task of its own, reported like a connection moved to the live
+        // runtime (the drain waits for it): this task, sized for the
+        // handshake and for hyper, ends instead of holding that room for
+        // as long as the connection lives (a waiting long-poll).
+        let connection = lean_connection(stream, peer, Some(session), &protocols, signals.drain);
+        let task = tokio::spawn(live_pool::serve(connection, signals.moved.clone()));
+        if let Err(unreported) = signals.moved.send(task) {
+            // The listener is gone: nobody would wait for it or end it.
+            unreported.0.abort();
+        }
     } else {
         let served = hyper_connection(stream, peer, Some(session), protocols, signals.graceful);
         Box::pin(served).await;

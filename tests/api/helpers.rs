@@ -234,6 +234,18 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
+/// Creates an empty `text/plain` stream at `url`; its tail offset.
+pub async fn create_text_stream(url: &str) -> String {
+    let created = client()
+        .put(url)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(created.status(), 201);
+    header(&created, "stream-next-offset")
+}
+
 /// A response header as text, if present.
 pub fn maybe_header(response: &reqwest::Response, name: &str) -> Option<String> {
     response

@@ -12,6 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use bytes::Bytes;
+use durable_streams_server::config::Http1Engine;
 use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
 use durable_streams_server::{
     App, Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
@@ -547,4 +548,107 @@ async fn appends_through_the_shortcut_answer_as_through_the_router() {
         drop(served.stop);
         let _ = served.task.await;
     }
+}
+
+/// What a long-poll answer says, minus what differs between any two
+/// answers (`Date`, the cursor's value) and how the header lines are
+/// ordered.
+fn long_poll_answer(answer: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "date")
+        .map(|(name, value)| {
+            let value = if name == "stream-cursor" {
+                "(a cursor)".to_owned()
+            } else {
+                String::from_utf8_lossy(value).into_owned()
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    headers.sort();
+    (answer.status, headers, answer.body.clone())
+}
+
+/// A long-poll that waits (for data, then until its timeout) on one
+/// kept-alive connection of a server with `engine`.
+async fn waiting_long_polls(engine: Http1Engine) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let served = serve_app(
+        &test_config(),
+        ServeOptions {
+            engine,
+            ..options()
+        },
+    )
+    .await;
+    let base = format!("http://{}/v1/stream/lp", served.addr);
+    let tail = create_text_stream(&base).await;
+    let mut socket = connect(served.addr).await;
+    send(
+        &mut socket,
+        format!(
+            "GET /v1/stream/lp?offset={tail}&live=long-poll HTTP/1.1\r\nHost: h\r\n\
+             Origin: https://app.example\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    // Time for the long-poll to start waiting before the data comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let appended = client()
+        .post(&base)
+        .header("content-type", "text/plain")
+        .body("data")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(appended.status(), 204);
+    let with_data = read_one_response(&mut socket).await;
+    let next = with_data.header("stream-next-offset").expect("next offset");
+    send(
+        &mut socket,
+        format!("GET /v1/stream/lp?offset={next}&live=long-poll HTTP/1.1\r\nHost: h\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let timed_out = read_one_response(&mut socket).await;
+    vec![long_poll_answer(&with_data), long_poll_answer(&timed_out)]
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_is_answered_alike_by_both_engines() {
+    // The lean engine answers a waiting long-poll after the router's
+    // future has returned; hyper awaits it inside.
+    let lean = waiting_long_polls(Http1Engine::Lean).await;
+    let hyper = waiting_long_polls(Http1Engine::Hyper).await;
+    assert_eq!(lean, hyper);
+    let [
+        (data_status, data_headers, data),
+        (timeout_status, timeout_headers, _),
+    ] = &lean[..]
+    else {
+        panic!("two answers: {lean:?}");
+    };
+    assert_eq!((*data_status, data.as_slice()), (200, &b"data"[..]));
+    assert_eq!(*timeout_status, 204);
+    let has = |headers: &[(String, String)], name: &str, value: &str| {
+        headers.iter().any(|(n, v)| n == name && v == value)
+    };
+    assert!(
+        has(data_headers, "access-control-allow-origin", "*"),
+        "{data_headers:?}"
+    );
+    assert!(
+        has(data_headers, "stream-cursor", "(a cursor)"),
+        "{data_headers:?}"
+    );
+    assert!(
+        has(timeout_headers, "stream-up-to-date", "true"),
+        "{timeout_headers:?}"
+    );
+    assert!(
+        has(timeout_headers, "cache-control", "no-store"),
+        "{timeout_headers:?}"
+    );
 }

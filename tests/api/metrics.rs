@@ -472,3 +472,70 @@ async fn one_log_line_per_request_with_its_fields() {
         .collect();
     assert_eq!(errors.len(), 1, "{errors:#?}");
 }
+
+/// Scrapes until `check` holds for the scrape (bounded by [`HANG_GUARD`]).
+async fn scrape_until(server: &ChildServer, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let now = scrape(server).await;
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened:\n{now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_whose_client_leaves_while_it_waits_is_a_499() {
+    let server = ChildServer::start(&[
+        ("DS_OBSERVABILITY__LOG_FORMAT", "json"),
+        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "60"),
+    ])
+    .await;
+    let tail = create_text_stream(&server.url("left")).await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut socket,
+        format!("GET /v1/stream/left?offset={tail}&live=long-poll HTTP/1.1\r\nHost: h\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("send the long-poll");
+    let readers = |scrape: &str| {
+        value(
+            scrape,
+            "durable_streams_live_readers",
+            &[("mode", "long_poll")],
+        )
+    };
+    let waiting = scrape_until(&server, "the long-poll waiting", |now| readers(now) == 1.0).await;
+    // The long-poll and this scrape.
+    assert_eq!(
+        value(&waiting, "durable_streams_http_requests_in_flight", &[]),
+        2.0
+    );
+    drop(socket);
+    let left = [
+        ("method", "GET"),
+        ("route", STREAM_ROUTE),
+        ("status", "499"),
+    ];
+    let after = scrape_until(&server, "the long-poll ending", |now| {
+        readers(now) == 0.0
+            && sample(now, "durable_streams_http_requests_total", &left) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        value(&after, "durable_streams_http_requests_in_flight", &[]),
+        1.0
+    );
+    let line = request_line(&server, "GET", 499).await;
+    assert_eq!(line["stream"], "/v1/stream/left", "{line}");
+    assert_eq!(line["bytes_out"], 0, "{line}");
+}

@@ -8,7 +8,9 @@
 //! sized to what arrived, the request head is parsed from there and its
 //! header values share that allocation, and the response head buffer is
 //! freed once written. What remains is the socket, the handler's state and
-//! this small state machine.
+//! this small state machine. A long-poll that waits for data answers with
+//! a placeholder ([`crate::http::deferred`]): the router's futures are
+//! dropped and only the long-poll's own small future waits here.
 //!
 //! # Layout
 //! - this file: [`Connection`], the per-connection state machine (read a
@@ -74,6 +76,7 @@ use self::respond::{Outgoing, Respond};
 use super::drain::DrainWatch;
 use crate::client::TlsSession;
 use crate::http::LiveResponse;
+use crate::http::deferred::{self, TakesLater, Wait};
 use crate::http::problem::ApiError;
 
 /// The interim answer to `Expect: 100-continue`.
@@ -154,6 +157,9 @@ enum Phase<F> {
     Head,
     /// The service works on the request (and may read its body).
     Service(F),
+    /// The service has answered with a placeholder ([`deferred`]): its
+    /// futures are gone, and the answer comes from this one alone.
+    Later(Wait),
     /// Writing the response.
     Respond(Respond),
     /// Shutting the connection down.
@@ -218,7 +224,7 @@ where
     fn step(&mut self, cx: &mut Context<'_>) -> Step {
         match self.phase {
             Phase::Head => self.poll_head(cx),
-            Phase::Service(_) => self.poll_service(cx),
+            Phase::Service(_) | Phase::Later(_) => self.poll_service(cx),
             Phase::Respond(_) => self.poll_respond(cx),
             Phase::Close(_) => self.poll_close(cx),
             Phase::Done => Step::Wait,
@@ -337,6 +343,7 @@ where
         *request.headers_mut() = headers;
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.info.peer));
+        extensions.insert(TakesLater);
         if let Some(tls) = &self.info.tls {
             extensions.insert(TlsSession::clone(tls));
         }
@@ -362,15 +369,19 @@ where
 
     fn poll_service(&mut self, cx: &mut Context<'_>) -> Step {
         loop {
-            let Phase::Service(future) = &mut self.phase else {
-                return Step::Again;
-            };
-            if let Poll::Ready(result) = Pin::new(future).poll(cx) {
-                let response = match result {
+            let polled = match &mut self.phase {
+                Phase::Service(future) => Pin::new(future).poll(cx).map(|result| match result {
                     Ok(response) => response,
                     Err(never) => match never {},
-                };
-                self.respond(response);
+                }),
+                Phase::Later(wait) => wait.as_mut().poll(cx),
+                _ => return Step::Again,
+            };
+            if let Poll::Ready(mut response) = polled {
+                match deferred::take(&mut response) {
+                    Some(wait) => self.phase = Phase::Later(wait),
+                    None => self.respond(response),
+                }
                 return Step::Again;
             }
             match self.feed_body(cx) {
