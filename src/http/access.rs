@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request};
+use axum::extract::{ConnectInfo, OriginalUri, Request};
 use axum::http::{Version, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -287,11 +287,20 @@ fn request_span(request: &Request, line: &Line, path: &str) -> tracing::Span {
     span
 }
 
+/// Whether `route` is a stream route: it ends in the stream's name, and is
+/// not one of the control routes of `__ds` (even the one ending in a
+/// stream name). Byte windows: a substring search costs more on names this
+/// short.
+fn is_stream_route(route: &str) -> bool {
+    route.ends_with("{*name}") && !route.as_bytes().windows(6).any(|w| w == b"/__ds/")
+}
+
 /// The middleware (see the [module docs](self)) around `inner`, which
 /// answers the request: the rest of the server's request middleware and the
 /// route.
 pub(crate) async fn observe<F, Fut>(
     settings: &AccessSettings,
+    route: &str,
     request: Request,
     inner: F,
 ) -> Response
@@ -301,15 +310,10 @@ where
 {
     let started = Instant::now();
     let extensions = request.extensions();
-    let route = extensions
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str);
     let path = extensions
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());
-    // The stream routes end in the stream's name (the control routes of
-    // `__ds` are no streams, even the one ending in a stream name).
-    let stream = (route.ends_with("{*name}") && !route.contains("/__ds/")).then(|| path.to_owned());
+    let stream = is_stream_route(route).then(|| path.to_owned());
     let (client, peer) = Client::of(extensions);
     let mut line = Line {
         started,
@@ -328,8 +332,7 @@ where
         quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
         span: tracing::Span::none(),
     };
-    let path = path.to_owned();
-    line.span = request_span(&request, &line, &path);
+    line.span = request_span(&request, &line, path);
     let span = line.span.clone();
     let pending = Pending {
         line: Some(line),

@@ -23,7 +23,6 @@ use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -301,11 +300,15 @@ const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-stor
 /// ends a live read when the principal's token expires: a long-poll still
 /// waiting gets a `401`, an SSE stream ends. The principal goes into the
 /// response's extensions for the request log.
-pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Response {
+pub(crate) async fn guard<F, Fut>(gate: &AuthGate, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let (mut parts, body) = request.into_parts();
     let principal = match authorize(gate, &parts).await {
         Ok(Some(principal)) => principal,
-        Ok(None) => return next.run(Request::from_parts(parts, body)).await,
+        Ok(None) => return next(Request::from_parts(parts, body)).await,
         Err(problem) => return problem.into_response(),
     };
     let from_query = parts.extensions.get::<QueryToken>().is_some();
@@ -314,7 +317,7 @@ pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Resp
     let deadline = principal.expires_at().map(instant_of_unix_secs);
     let response = match deadline {
         Some(deadline) if request.method() == Method::GET => {
-            let response = match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
+            let response = match tokio::time::timeout_at(deadline.into(), next(request)).await {
                 Ok(response) => response,
                 Err(_) => expired(),
             };
@@ -325,7 +328,7 @@ pub(crate) async fn guard(gate: &AuthGate, request: Request, next: Next) -> Resp
                     .unwrap_or_else(|_| expired())
             })
         }
-        _ => next.run(request).await,
+        _ => next(request).await,
     };
     deferred::then(response, move |response| {
         guarded(response, principal, from_query, deadline)

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -122,8 +122,9 @@ const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Curso
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions
 /// are on, `/healthz`, `/readyz`, and the metrics endpoint when this router
-/// serves it; every request passes [`edge_middleware`].
-pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
+/// serves it; every request passes [`edge_middleware`]. Also the
+/// [`AppendShortcut`] of these routes, for the standalone server.
+pub(crate) fn routes(services: Services, settings: HttpSettings) -> (Router, AppendShortcut) {
     let route = if settings.base_path.is_empty() {
         "/{*name}".to_owned()
     } else {
@@ -154,6 +155,12 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
         settings,
         shutdown: services.shutdown,
     };
+    let shortcut = AppendShortcut(Arc::new(Shortcut {
+        edge: edge.clone(),
+        state: state.clone(),
+        reserved: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
+        route: route.clone(),
+    }));
     let mut router = Router::new();
     if let Some(handle) = services.metrics {
         router = router.route(
@@ -167,14 +174,86 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> Router {
             subscriptions,
         ));
     }
-    router
+    let router = router
         .route(&route, stream::routes())
         .merge(probe_routes(services.readiness))
         .fallback(|| async {
             problem::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
         })
         .with_state(state)
-        .layer(middleware::from_fn_with_state(edge, edge_middleware))
+        .layer(middleware::from_fn_with_state(edge, edge_middleware));
+    (router, shortcut)
+}
+
+/// Appends to streams answered without the router's dispatch (its path
+/// match, URL parameters and per-layer boxed futures), for the standalone
+/// server's HTTP/1.1 engine: the same [`edge_middleware`] steps with the
+/// stream route's label, then the same handler. It takes exactly the
+/// requests the router would give the stream route's `POST` handler.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AppendShortcut(Arc<Shortcut>);
+
+impl std::fmt::Debug for AppendShortcut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendShortcut")
+            .field("route", &self.0.route)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shortcut {
+    edge: Arc<Edge>,
+    state: AppState,
+    /// The stream route's template (its metrics and log label).
+    route: String,
+    /// Exact paths served by other routes, under the base path when it is `/`.
+    reserved: Vec<String>,
+}
+
+impl AppendShortcut {
+    /// Whether the router would route `method path` to the stream route's
+    /// `POST` handler: a non-empty name under the base path, outside the
+    /// reserved `__ds` space and the paths of other routes.
+    pub(crate) fn takes(&self, method: &Method, path: &str) -> bool {
+        if *method != Method::POST {
+            return false;
+        }
+        let shortcut = &*self.0;
+        let Some(name) = path
+            .strip_prefix(shortcut.state.settings.base_path.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return false;
+        };
+        !name.is_empty()
+            && name != "__ds"
+            && !name.starts_with("__ds/")
+            && !shortcut.reserved.iter().any(|other| other == path)
+    }
+
+    /// Answers a request [`takes`](Self::takes) accepted.
+    pub(crate) fn call(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
+        let shortcut = self.0.clone();
+        async move {
+            let state = shortcut.state.clone();
+            // Boxed here, where it is made: moved up through every layer
+            // above, the handler's large future would be copied at each.
+            edge(&shortcut.edge, &shortcut.route, request, |request| {
+                Box::pin(stream::post_stream(State(state), request))
+            })
+            .await
+        }
+    }
+}
+
+/// The router's side of [`edge`]: the route label is the matched route.
+async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
+        .map_or(access::UNMATCHED, MatchedPath::as_str);
+    self::edge(&edge, route, request, |request| next.run(request)).await
 }
 
 /// The router of the separate metrics listener
@@ -200,7 +279,8 @@ struct Edge {
     settings: Arc<HttpSettings>,
 }
 
-/// The one middleware every request passes, outermost first: the client
+/// The one middleware every request passes (`route` is its route's
+/// template, or [`access::UNMATCHED`]), outermost first: the client
 /// context ([`crate::proxy::client_context`]), a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
 /// ([`access`]), security and CORS headers (preflights answered), the
@@ -209,19 +289,23 @@ struct Edge {
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
 /// append.
-async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+async fn edge<F, Fut>(edge: &Edge, route: &str, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let mut request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    access::observe(&edge.access, request, |request| {
+    access::observe(&edge.access, route, request, |request| {
         common_headers(&edge.settings.cors, request, |request| async {
             let limits = &edge.settings.input_limits;
             if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
                 return problem.into_response();
             }
             match &edge.gate {
-                None => next.run(request).await,
+                None => next(request).await,
                 // Boxed: inline, the guard's state would be part of every
                 // request's future, waiting long-polls included, gate or not.
                 Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
@@ -267,6 +351,10 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
     }
 }
 
+/// Named once: a name given as a string is parsed again on every insert.
+const CROSS_ORIGIN_RESOURCE_POLICY: header::HeaderName =
+    header::HeaderName::from_static("cross-origin-resource-policy");
+
 /// Security and CORS headers on every response; answers CORS preflights.
 async fn common_headers<F, Fut>(cors: &Cors, request: Request, inner: F) -> Response
 where
@@ -295,7 +383,7 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(
-        "cross-origin-resource-policy",
+        CROSS_ORIGIN_RESOURCE_POLICY,
         HeaderValue::from_static("cross-origin"),
     );
     if let Some(allowed) = allowed {

@@ -183,15 +183,10 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 impl ContentType {
     /// Builds from a header value.
     pub fn new(raw: &str) -> Self {
-        let media = raw
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let raw = raw.trim();
         Self {
-            raw: raw.trim().to_owned(),
-            media,
+            raw: raw.to_owned(),
+            media: media_type(raw).to_ascii_lowercase(),
         }
     }
 
@@ -217,14 +212,18 @@ impl ContentType {
 
     /// Parses a request's `Content-Type`; `None` or unusable values yield `None`.
     pub fn from_header(raw: Option<&[u8]>) -> Option<Self> {
-        let value = std::str::from_utf8(raw?).ok()?.trim();
-        let candidate = Self::new(value);
-        let valid = candidate
-            .media
-            .split_once('/')
-            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
-        valid.then_some(candidate)
+        let value = std::str::from_utf8(raw?).ok()?;
+        // Checked before anything is allocated.
+        let media = media_type(value.trim()).as_bytes();
+        let slash = media.iter().position(|&b| b == b'/')?;
+        (slash > 0 && slash + 1 < media.len()).then(|| Self::new(value))
     }
+}
+
+/// The media type of a `Content-Type` value: before any parameters, trimmed.
+fn media_type(value: &str) -> &str {
+    let end = value.bytes().position(|b| b == b';').unwrap_or(value.len());
+    value[..end].trim()
 }
 
 #[cfg(test)]

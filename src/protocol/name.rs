@@ -41,6 +41,9 @@ pub fn validate(name: &str, limits: NameLimits) -> Result<(), NameError> {
     if name.len() > limits.max_bytes {
         return Err(NameError::TooLong(limits.max_bytes));
     }
+    if let Some(checked) = validate_plain(name, limits) {
+        return checked;
+    }
     let mut segments = 0usize;
     for segment in name.split('/') {
         segments += 1;
@@ -63,6 +66,36 @@ pub fn validate(name: &str, limits: NameLimits) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// [`validate`] of the usual name, printable ASCII without escapes, in one
+/// pass over its bytes; `None` for any other name.
+fn validate_plain(name: &str, limits: NameLimits) -> Option<Result<(), NameError>> {
+    let mut segments = 0usize;
+    let mut segment_start = 0usize;
+    for (at, &byte) in name
+        .as_bytes()
+        .iter()
+        .chain(std::iter::once(&b'/'))
+        .enumerate()
+    {
+        match byte {
+            b'/' => {
+                segments += 1;
+                if segments > limits.max_segments {
+                    return Some(Err(NameError::TooManySegments(limits.max_segments)));
+                }
+                if matches!(&name.as_bytes()[segment_start..at], b"" | b"." | b"..") {
+                    return Some(Err(NameError::BadSegment));
+                }
+                segment_start = at + 1;
+            }
+            b'%' => return None,
+            b' '..=b'~' => {}
+            _ => return None,
+        }
+    }
+    Some(Ok(()))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! - `http1`: the HTTP/1.1 connection driver.
 //! - `live_pool`: the threads that write live (SSE) responses.
 
+mod dispatch;
 mod drain;
 mod http1;
 mod live_pool;
@@ -33,12 +34,15 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tower::ServiceExt;
 
+use self::dispatch::Dispatch;
 use self::drain::{Drain, DrainWatch};
 use self::http1::{ConnectionInfo, Http1Settings};
 use crate::client::TlsSession;
 use crate::config::{Http1Engine, HttpVersion};
 use crate::shutdown::{Readiness, ShutdownToken};
 use crate::tls::Acceptor;
+
+pub use crate::http::AppendShortcut;
 
 /// How the server leaves after a shutdown signal.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +56,7 @@ pub struct DrainTiming {
 }
 
 /// How [`serve`] and [`serve_tls`] serve connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// The drain after the shutdown signal.
     pub drain: DrainTiming,
@@ -61,6 +65,9 @@ pub struct ServeOptions {
     /// Time allowed for a request head to arrive completely; slower
     /// clients get `408` and are disconnected (lean engine).
     pub header_read_timeout: Duration,
+    /// The served router's appends without its dispatch (lean engine);
+    /// see [`ServeOptions::with_shortcut`].
+    pub shortcut: Option<AppendShortcut>,
 }
 
 impl ServeOptions {
@@ -71,6 +78,18 @@ impl ServeOptions {
             drain,
             engine: Http1Engine::Lean,
             header_read_timeout: Http1Settings::default().header_read_timeout,
+            shortcut: None,
+        }
+    }
+
+    /// Answers appends through `shortcut` rather than the router's dispatch
+    /// on lean HTTP/1.1 connections. `shortcut` must come from the router
+    /// served ([`crate::App::append_shortcut`]).
+    #[must_use]
+    pub fn with_shortcut(self, shortcut: AppendShortcut) -> Self {
+        Self {
+            shortcut: Some(shortcut),
+            ..self
         }
     }
 
@@ -117,6 +136,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let options = options.into();
     let protocols = Protocols {
+        lean: Dispatch::new(router.clone(), options.shortcut.clone()),
         router,
         engine: options.engine,
         http1: options.http1(),
@@ -159,6 +179,7 @@ pub async fn serve_tls(
     let options = options.into();
     let versions = acceptor.http_versions();
     let protocols = Protocols {
+        lean: Dispatch::new(router.clone(), options.shortcut.clone()),
         router,
         engine: options.engine,
         http1: options.http1(),
@@ -182,6 +203,8 @@ pub async fn serve_tls(
 #[derive(Clone)]
 struct Protocols {
     router: Router,
+    /// What lean HTTP/1.1 connections call.
+    lean: Dispatch,
     engine: Http1Engine,
     http1: Http1Settings,
     /// hyper, for HTTP/2 and for HTTP/1.1 under the `hyper` engine.
@@ -293,7 +316,7 @@ fn lean_connection<IO>(
     tls: Option<TlsSession>,
     protocols: &Protocols,
     drain: DrainWatch,
-) -> http1::Connection<IO, Router>
+) -> http1::Connection<IO, Dispatch>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + NoDelay,
 {
@@ -304,16 +327,10 @@ where
         peer,
         tls: tls.map(Box::new),
     };
-    http1::Connection::new(
-        stream,
-        protocols.router.clone(),
-        info,
-        protocols.http1,
-        drain,
-    )
+    http1::Connection::new(stream, protocols.lean.clone(), info, protocols.http1, drain)
 }
 
-impl<IO> live_pool::Movable for http1::Connection<IO, Router>
+impl<IO> live_pool::Movable for http1::Connection<IO, Dispatch>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

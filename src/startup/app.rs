@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{self, Services};
 use crate::metrics;
+use crate::server::AppendShortcut;
 use crate::shutdown::{Readiness, ShutdownToken};
 use crate::storage::{InstrumentedStorage, Storage};
 use crate::subscriptions::Subscriptions;
@@ -30,6 +31,7 @@ pub struct App {
     engine: Engine,
     subscriptions: Option<Subscriptions>,
     router: Router,
+    shortcut: AppendShortcut,
     readiness: Readiness,
     shutdown: ShutdownToken,
     access: Option<AccessControl>,
@@ -201,7 +203,7 @@ impl App {
         let scrape = (metrics.enabled && metrics.bind_address.is_none())
             .then(metrics::installed)
             .flatten();
-        let router = http::routes(
+        let (router, shortcut) = http::routes(
             Services {
                 engine: engine.clone(),
                 subscriptions: subscriptions.clone(),
@@ -216,6 +218,7 @@ impl App {
             engine,
             subscriptions,
             router,
+            shortcut,
             readiness,
             shutdown,
             access,
@@ -227,6 +230,12 @@ impl App {
     /// of its own. Cheap to clone.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// The router's appends answered without its dispatch, for
+    /// [`crate::server::ServeOptions::with_shortcut`].
+    pub fn append_shortcut(&self) -> AppendShortcut {
+        self.shortcut.clone()
     }
 
     /// The flag behind `/readyz`.

@@ -255,7 +255,7 @@ async fn run(options: &ConfigLoadOptions, progress: &mut Progress) -> Result<(),
 
     let (router, shutdown) = (app.router(), app.shutdown_token().clone());
     progress.enter(Phase::Serve);
-    let serve_options = settings::serve_options(config);
+    let serve_options = settings::serve_options(config).with_shortcut(app.append_shortcut());
     // Installs the SIGHUP handler before the server reports ready.
     let _reloader = tls
         .as_ref()

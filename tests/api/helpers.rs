@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use durable_streams_server::server::{DrainTiming, serve};
-use durable_streams_server::{
-    Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
-};
+use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
+use durable_streams_server::{App, Config, InMemoryStorage, Readiness, ShutdownToken};
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,10 +103,17 @@ async fn spawn_app_on(
     drain: DrainTiming,
 ) -> TestApp {
     let shutdown = ShutdownToken::new();
-    let (router, readiness) = build_router_with_ready(storage, &config, shutdown.clone());
-    let router = match mount {
-        Some(prefix) => axum::Router::new().nest(prefix, router),
-        None => router,
+    let app = App::with_storage(storage, &config, shutdown.clone());
+    let shortcut = app.append_shortcut();
+    let (router, readiness) = app.into_router();
+    // Served as the binary serves it: appends through the router's
+    // shortcut, unless the router is nested in another (an embedder's).
+    let (router, options) = match mount {
+        Some(prefix) => (
+            axum::Router::new().nest(prefix, router),
+            ServeOptions::from(drain),
+        ),
+        None => (router, ServeOptions::from(drain).with_shortcut(shortcut)),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -122,7 +127,7 @@ async fn spawn_app_on(
         readiness.clone(),
         shutdown.clone(),
         signal,
-        drain,
+        options,
     ));
     let base_path = config.http.stream_base_path.trim_end_matches('/');
     TestApp {

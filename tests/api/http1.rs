@@ -15,7 +15,7 @@ use bytes::Bytes;
 use durable_streams_server::config::Http1Engine;
 use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
 use durable_streams_server::{
-    Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
+    App, Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -482,6 +482,72 @@ async fn the_engine_switch_selects_what_serves_http1() {
     let hyper = ChildServer::start(&[("DS_TRANSPORT__HTTP__ENGINE", "hyper")]).await;
     let answer = raw_http(hyper.addr, hostless).await;
     assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]));
+}
+
+/// The protocol router on a fresh store, served with its append shortcut.
+async fn serve_app_with_shortcut(config: &Config) -> Served {
+    let storage = Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes));
+    let app = App::with_storage(storage, config, ShutdownToken::new());
+    let options = options().with_shortcut(app.append_shortcut());
+    serve_router(app.router(), options).await
+}
+
+/// Header fields, name and value.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// Status, headers (without `date`) and body: what must not differ.
+fn answer_of(response: &RawResponse) -> (u16, Fields, Vec<u8>) {
+    let mut headers: Vec<_> = (response.headers.iter())
+        .filter(|(name, _)| name != "date")
+        .cloned()
+        .collect();
+    headers.sort();
+    (response.status, headers, response.body.clone())
+}
+
+#[tokio::test]
+async fn appends_through_the_shortcut_answer_as_through_the_router() {
+    let mut config = test_config();
+    config.http.cors_origins = "https://a.example".into();
+    let router = serve_app(&config, options()).await;
+    let shortcut = serve_app_with_shortcut(&config).await;
+    let requests: [&[u8]; 12] = [
+        b"PUT /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nOrigin: https://a.example\r\nContent-Length: 1\r\n\r\nd",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\nContent-Length: 1\r\n\r\ne",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\nContent-Length: 1\r\n\r\ne",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nStream-Seq: 5\r\nContent-Length: 1\r\n\r\nf",
+        b"POST /v1/stream/missing HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\ng",
+        b"POST /v1/stream/a/../b HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/__ds/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nStream-Closed: true\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for request in requests {
+        // One request per connection: the answer ends with it.
+        let request = String::from_utf8_lossy(request).replacen(
+            "Host: h\r\n",
+            "Host: h\r\nConnection: close\r\n",
+            1,
+        );
+        let expected = raw_http(router.addr, request.as_bytes()).await;
+        let answer = raw_http(shortcut.addr, request.as_bytes()).await;
+        assert_eq!(answer_of(&answer), answer_of(&expected), "{request}");
+    }
+    // The same stream, appended to through both paths, reads the same.
+    let read = b"GET /v1/stream/s?offset=-1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let (expected, answer) = (
+        raw_http(router.addr, read).await,
+        raw_http(shortcut.addr, read).await,
+    );
+    assert_eq!(expected.status, 200);
+    assert_eq!(answer_of(&answer), answer_of(&expected));
+    for served in [router, shortcut] {
+        drop(served.stop);
+        let _ = served.task.await;
+    }
 }
 
 /// What a long-poll answer says, minus what differs between any two

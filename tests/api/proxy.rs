@@ -10,10 +10,8 @@ use axum::extract::Request;
 use axum::routing::get;
 use durable_streams_server::client::{ClientAddr, ClientIdentity, ForwardedHost, Scheme};
 use durable_streams_server::config::{ForwardedHeaders, IdentityMode, ProxyConfig};
-use durable_streams_server::server::{DrainTiming, serve};
-use durable_streams_server::{
-    Config, InMemoryStorage, ShutdownToken, build_router_with_ready, proxy,
-};
+use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
+use durable_streams_server::{App, Config, InMemoryStorage, ShutdownToken, proxy};
 use tokio::net::TcpListener;
 
 use crate::helpers::{client, test_config};
@@ -51,7 +49,10 @@ async fn spawn(proxy_config: ProxyConfig) -> ProxyApp {
     config.proxy = proxy_config;
     let storage = Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes));
     let shutdown = ShutdownToken::new();
-    let (app, readiness) = build_router_with_ready(storage, &config, shutdown.clone());
+    let app = App::with_storage(storage, &config, shutdown.clone());
+    // Appends take the router's shortcut, as in the binary.
+    let shortcut = app.append_shortcut();
+    let (app, readiness) = app.into_router();
     let router = proxy::with_client_context(Router::new().route("/echo", get(echo)), &config.proxy)
         .merge(app);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -65,10 +66,11 @@ async fn spawn(proxy_config: ProxyConfig) -> ProxyApp {
         async move {
             let _ = stopped.await;
         },
-        DrainTiming {
+        ServeOptions::from(DrainTiming {
             delay: Duration::ZERO,
             timeout: Duration::from_secs(1),
-        },
+        })
+        .with_shortcut(shortcut),
     ));
     ProxyApp {
         base_url: format!("http://{addr}"),

@@ -13,11 +13,9 @@ use axum::extract::Request;
 use axum::routing::get;
 use durable_streams_server::client::{ClientIdentity, TlsSession};
 use durable_streams_server::config::{HttpVersion, TlsVersion, TransportMode};
-use durable_streams_server::server::{DrainTiming, serve_tls};
+use durable_streams_server::server::{DrainTiming, ServeOptions, serve_tls};
 use durable_streams_server::tls::{Acceptor, ReloadOutcome, ReloadTiming, TlsError, TlsSettings};
-use durable_streams_server::{
-    Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready, proxy,
-};
+use durable_streams_server::{App, Config, InMemoryStorage, Readiness, ShutdownToken, proxy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -119,7 +117,10 @@ async fn spawn_tls_with(config: Config, drain: DrainTiming) -> TlsApp {
     let acceptor = acceptor(&config).expect("valid TLS material");
     let storage = Arc::new(InMemoryStorage::new(config.limits.max_memory_bytes));
     let shutdown = ShutdownToken::new();
-    let (app, readiness) = build_router_with_ready(storage, &config, shutdown.clone());
+    let app = App::with_storage(storage, &config, shutdown.clone());
+    // Appends take the router's shortcut, as in the binary.
+    let options = ServeOptions::from(drain).with_shortcut(app.append_shortcut());
+    let (app, readiness) = app.into_router();
     let router =
         proxy::with_client_context(Router::new().route("/whoami", get(whoami)), &config.proxy)
             .merge(app);
@@ -137,7 +138,7 @@ async fn spawn_tls_with(config: Config, drain: DrainTiming) -> TlsApp {
         readiness.clone(),
         shutdown,
         signal,
-        drain,
+        options,
     ));
     TlsApp {
         addr,

@@ -1,0 +1,71 @@
+//! What a lean HTTP/1.1 connection calls: the router, or for appends to a
+//! stream the router's [`AppendShortcut`], which answers them the same way
+//! without the router's dispatch.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::routing::future::RouteFuture;
+use tower::Service;
+
+use crate::http::AppendShortcut;
+
+/// The router, with its shortcut when the composition root gave one.
+#[derive(Clone)]
+pub(super) struct Dispatch {
+    router: Router,
+    shortcut: Option<AppendShortcut>,
+}
+
+impl Dispatch {
+    pub(super) fn new(router: Router, shortcut: Option<AppendShortcut>) -> Self {
+        Self { router, shortcut }
+    }
+}
+
+/// A shortcut's answer in progress (boxed, as the router boxes its routes').
+type ShortcutFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// The answer of [`Dispatch`] in progress.
+// The router's future stays inline, as it was before the shortcut: boxing
+// it would add an allocation to every other request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum DispatchFuture {
+    Router(RouteFuture<Infallible>),
+    Shortcut(ShortcutFuture),
+}
+
+impl Future for DispatchFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Router(future) => Pin::new(future).poll(cx),
+            Self::Shortcut(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Dispatch {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = DispatchFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<Body>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> DispatchFuture {
+        if let Some(shortcut) = &self.shortcut
+            && shortcut.takes(request.method(), request.uri().path())
+        {
+            return DispatchFuture::Shortcut(Box::pin(shortcut.call(request)));
+        }
+        DispatchFuture::Router(self.router.call(request))
+    }
+}
