@@ -263,17 +263,21 @@ impl DbShard {
             let (_, end) = key.value();
             let payload = verified_payload(value.value(), id, end, &shared.path)?;
             let start = end - payload.len() as u64;
-            if start >= until {
-                return Ok(chunk);
-            }
             let wanted = match expected {
                 Some(end) => end,
                 // Data starts at the stream's head, which may lie past `from`.
                 None if start > from => from.max(head_of(&txn, id)?),
                 None => start,
             };
+            // Checked before the range's end: a record's key is not covered
+            // by its checksum, so a damaged key shows as a record out of place.
             if start != wanted {
                 return Err(missing(shared, id, wanted));
+            }
+            if start >= until {
+                // A range that ends before the stream's head (a fork read
+                // below its base) holds nothing here.
+                return Ok(chunk);
             }
             expected = Some(end);
             let part = ReadChunk::part(start, payload.len(), from, until);

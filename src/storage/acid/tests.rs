@@ -224,6 +224,35 @@ async fn a_missing_record_fails_the_read_that_meets_it() {
     }
 }
 
+/// A damaged key (its end position is not under the record's checksum)
+/// moves a record out of place: the read that meets the hole fails.
+#[tokio::test]
+async fn a_record_under_a_damaged_key_fails_the_read_that_meets_it() {
+    for (moved, at) in [
+        (8 * 200, 7 * 200),
+        (RECORDS_WRITTEN as u64 * 200, 299 * 200),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_store(dir.path()).await;
+        alter_records(dir.path(), |records| {
+            let value = records
+                .remove((1, moved))
+                .expect("remove")
+                .expect("record")
+                .value()
+                .to_vec();
+            records
+                .insert((1, moved + (1 << 20)), value.as_slice())
+                .expect("insert");
+        });
+        let message = read_fails_as_corrupt(dir.path()).await;
+        assert!(
+            message.contains(&format!("stream 1 has no record at position {at}")),
+            "{message}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn streams_stay_in_their_database_when_the_count_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
