@@ -187,7 +187,7 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> (Router, App
 
 /// Appends to streams answered without the router's dispatch (its path
 /// match, URL parameters and per-layer boxed futures), for the standalone
-/// server's HTTP/1.1 engine: the same [`edge_middleware`] steps with the
+/// server's HTTP/1.1 engine: the same edge middleware steps with the
 /// stream route's label, then the same handler. It takes exactly the
 /// requests the router would give the stream route's `POST` handler.
 /// Cheap to clone.
