@@ -40,8 +40,9 @@ fn payload(i: usize) -> Vec<u8> {
     out
 }
 
-/// Stream 1 with `RECORDS_WRITTEN` records, one transaction each; the
-/// store is closed when this returns.
+/// Stream 1 with `RECORDS_WRITTEN` records, submitted together so that
+/// they reach redb in one move and the file's layout does not depend on
+/// timing; the store is closed when this returns.
 async fn write_store(dir: &Path) -> Vec<u8> {
     let store = open_one(dir).expect("open");
     store
@@ -53,20 +54,21 @@ async fn write_store(dir: &Path) -> Vec<u8> {
         .await
         .expect("create");
     let mut all = Vec::new();
+    let mut appends = Vec::with_capacity(RECORDS_WRITTEN);
     for i in 0..RECORDS_WRITTEN {
         let data = payload(i);
-        store
-            .submit(Mutation::Append(Append {
-                id: 1,
-                start: all.len() as u64,
-                data: Bytes::from(data.clone()),
-                producer: None,
-                stream_seq: None,
-                close: None,
-            }))
-            .await
-            .expect("append");
+        appends.push(store.submit(Mutation::Append(Append {
+            id: 1,
+            start: all.len() as u64,
+            data: Bytes::from(data.clone()),
+            producer: None,
+            stream_seq: None,
+            close: None,
+        })));
         all.extend_from_slice(&data);
+    }
+    for outcome in futures_util::future::join_all(appends).await {
+        outcome.expect("append");
     }
     all
 }
