@@ -167,6 +167,13 @@ pub struct Resolved {
     pub identity: Option<ClientIdentity>,
 }
 
+impl Default for ProxyPolicy {
+    /// Trusts no proxy: the socket's peer is the client.
+    fn default() -> Self {
+        Self::from_config(&ProxyConfig::default())
+    }
+}
+
 impl ProxyPolicy {
     /// Compiles `config`. Entries of `trusted_proxies` that do not parse
     /// are skipped (validation has refused them already).

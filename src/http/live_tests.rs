@@ -1,18 +1,47 @@
 //! Live reads against a store whose head moved before the engine heard.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 
 use super::*;
-use crate::config::Config;
 use crate::engine::testing::trimmed_unheard;
+use crate::http::limits::InputLimits;
+use crate::http::{Cors, HttpSettings};
+use crate::protocol::name::NameLimits;
+use crate::proxy::ProxyPolicy;
 use crate::storage::InMemoryStorage;
 
 const CHUNK: u64 = 4096;
 static BLOCK: [u8; 4096] = [b'x'; 4096];
+
+/// Settings for handlers called directly (built here: `http` does not
+/// depend on the configuration layer).
+fn test_settings() -> HttpSettings {
+    HttpSettings {
+        base_path: String::new(),
+        max_body_bytes: 1 << 20,
+        long_poll_timeout: Duration::from_secs(30),
+        sse_reconnect_interval: None,
+        sse_keepalive_interval: Duration::from_secs(15),
+        name_limits: NameLimits {
+            max_bytes: 1024,
+            max_segments: 32,
+        },
+        input_limits: InputLimits {
+            max_header_bytes: 64 << 10,
+            max_query_bytes: 8 << 10,
+            max_identifier_bytes: 256,
+            max_json_depth: 64,
+        },
+        cors: Cors::List(Vec::new()),
+        metrics_path: "/metrics".into(),
+        proxy: ProxyPolicy::default(),
+    }
+}
 
 /// [`trimmed_unheard`] on the memory backend, served over HTTP.
 async fn trimmed_unheard_app() -> (AppState, Arc<StreamEntry>) {
@@ -20,7 +49,7 @@ async fn trimmed_unheard_app() -> (AppState, Arc<StreamEntry>) {
     let (engine, entry) = trimmed_unheard(storage, "/s", &BLOCK).await;
     let state = AppState {
         engine,
-        settings: Arc::new(crate::startup::settings::http(&Config::default())),
+        settings: Arc::new(test_settings()),
         shutdown: ShutdownToken::new(),
     };
     (state, entry)

@@ -38,7 +38,7 @@ mod fault_tests;
 mod listen;
 mod phase;
 mod recovery;
-pub(crate) mod settings;
+mod settings;
 mod storage;
 
 use std::sync::Arc;
