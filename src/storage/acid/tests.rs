@@ -204,20 +204,16 @@ async fn a_record_failing_its_checksum_fails_the_read_that_meets_it() {
     assert_eq!(chunk.records.concat(), written[..7 * 200]);
 }
 
-#[tokio::test]
-async fn a_missing_record_fails_the_read_that_meets_it() {
-    for (removed, at) in [
+/// For the record ending at record 8 and at the last one: `damage` applied
+/// to it (by its key) must make the read fail at the hole it leaves.
+async fn assert_hole_fails_the_read(damage: impl Fn(&mut redb::Table<(u64, u64), &[u8]>, u64)) {
+    for (end, at) in [
         (8 * 200, 7 * 200),
         (RECORDS_WRITTEN as u64 * 200, 299 * 200),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         write_store(dir.path()).await;
-        alter_records(dir.path(), |records| {
-            records
-                .remove((1, removed))
-                .expect("remove")
-                .expect("record");
-        });
+        alter_records(dir.path(), |records| damage(records, end));
         let message = read_fails_as_corrupt(dir.path()).await;
         assert!(
             message.contains(&format!("stream 1 has no record at position {at}")),
@@ -226,33 +222,30 @@ async fn a_missing_record_fails_the_read_that_meets_it() {
     }
 }
 
+#[tokio::test]
+async fn a_missing_record_fails_the_read_that_meets_it() {
+    assert_hole_fails_the_read(|records, end| {
+        records.remove((1, end)).expect("remove").expect("record");
+    })
+    .await;
+}
+
 /// A damaged key (its end position is not under the record's checksum)
 /// moves a record out of place: the read that meets the hole fails.
 #[tokio::test]
 async fn a_record_under_a_damaged_key_fails_the_read_that_meets_it() {
-    for (moved, at) in [
-        (8 * 200, 7 * 200),
-        (RECORDS_WRITTEN as u64 * 200, 299 * 200),
-    ] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_store(dir.path()).await;
-        alter_records(dir.path(), |records| {
-            let value = records
-                .remove((1, moved))
-                .expect("remove")
-                .expect("record")
-                .value()
-                .to_vec();
-            records
-                .insert((1, moved + (1 << 20)), value.as_slice())
-                .expect("insert");
-        });
-        let message = read_fails_as_corrupt(dir.path()).await;
-        assert!(
-            message.contains(&format!("stream 1 has no record at position {at}")),
-            "{message}"
-        );
-    }
+    assert_hole_fails_the_read(|records, end| {
+        let value = records
+            .remove((1, end))
+            .expect("remove")
+            .expect("record")
+            .value()
+            .to_vec();
+        records
+            .insert((1, end + (1 << 20)), value.as_slice())
+            .expect("insert");
+    })
+    .await;
 }
 
 #[tokio::test]
