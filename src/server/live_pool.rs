@@ -18,6 +18,14 @@
 //! runtime scheduling ten thousand tasks (each wake-up a push to the
 //! runtime's queue from the appending thread, and a task switch).
 //!
+//! The connections of a shard are polled outside Tokio's cooperative
+//! budget ([`unconstrained`]): the budget belongs to a task, and shared by
+//! a shard's connections it runs out after a few of them, each of the rest
+//! then polled for nothing and woken again (ten times the delivery latency
+//! at 10,000 subscribers, measured). What the budget guarded against, one
+//! connection keeping the thread, the connection bounds itself: a response
+//! writes a limited number of body frames per poll.
+//!
 //! Only on a multi-thread runtime (the server's): on a current-thread
 //! runtime (tests with a paused clock) the connection stays where it is.
 
