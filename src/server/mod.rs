@@ -388,7 +388,7 @@ async fn tls_connection(
         // as long as the connection lives (a waiting long-poll).
         let connection = lean_connection(stream, peer, Some(session), &protocols, signals.drain);
         let task = tokio::spawn(live_pool::serve(connection, signals.moved.clone()));
-        if let Err(unreported) = signals.moved.send(live_pool::MovedTask::Task(task)) {
+        if let Err(unreported) = signals.moved.send(task) {
             // The listener is gone: nobody would wait for it or end it.
             unreported.0.abort();
         }

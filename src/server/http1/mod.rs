@@ -82,12 +82,6 @@ use crate::http::problem::ApiError;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Body frames a response writes in one poll before letting others run.
-const FRAMES_PER_POLL: usize = 16;
-
-/// Requests a connection answers in one poll before letting others run.
-const REQUESTS_PER_POLL: u64 = 16;
-
 /// Limits and timeouts of the HTTP/1.1 connections.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Http1Settings {
@@ -538,22 +532,13 @@ where
     }
 
     fn poll_respond(&mut self, cx: &mut Context<'_>) -> Step {
-        let mut frames = 0;
         loop {
             let Phase::Respond(respond) = &mut self.phase else {
                 return Step::Again;
             };
             if !respond.finished && respond.out.body_part_sent() {
-                if frames == FRAMES_PER_POLL {
-                    // A long body (an SSE catch-up) yields to the other
-                    // connections: live ones share a task and its thread
-                    // without the runtime's budget (`live_pool`).
-                    cx.waker().wake_by_ref();
-                    return Step::Wait;
-                }
                 match Pin::new(&mut respond.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        frames += 1;
                         if let Ok(data) = frame.into_data()
                             && respond.stage(data, &mut self.exchange).is_err()
                         {
@@ -643,16 +628,9 @@ where
     }
 
     fn drive(&mut self, cx: &mut Context<'_>, stop_when_live: bool) -> Poll<bool> {
-        let first = self.requests;
         loop {
             if let Phase::Done = self.phase {
                 return Poll::Ready(false);
-            }
-            if self.requests - first == REQUESTS_PER_POLL && matches!(self.phase, Phase::Head) {
-                // Pipelined requests yield to the other connections, as a
-                // long body does (see `FRAMES_PER_POLL`).
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
             }
             if stop_when_live && std::mem::take(&mut self.live) {
                 return Poll::Ready(true);
