@@ -210,18 +210,13 @@ pub(super) async fn sse(
             .map(|interval| Box::pin(sleep_until(now + interval))),
         shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
         shutdown: state.shutdown.clone(),
+        span: tracing::Span::current(),
         announced: false,
         finished: false,
     };
-    // The body outlives the handler: its storage reads still belong to
-    // this request's span.
-    let span = tracing::Span::current();
-    let stream = futures_util::stream::unfold(session, move |mut session| {
-        async move {
-            let chunk = session.next_chunk().await?;
-            Some((Ok::<Bytes, std::convert::Infallible>(chunk), session))
-        }
-        .instrument(span.clone())
+    let stream = futures_util::stream::unfold(session, |mut session| async move {
+        let chunk = session.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), session))
     });
     let mut response = Response::new(Body::from_stream(stream));
     response.extensions_mut().insert(LiveResponse);
@@ -267,6 +262,10 @@ struct SseSession {
     /// Resolves when the server drains; registered once, like the timers.
     shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
     shutdown: ShutdownToken,
+    /// The request's span: the body outlives the handler, and its storage
+    /// reads still belong to the request. Entered around those reads only,
+    /// not on every wake-up (most deliveries send a shared chunk).
+    span: tracing::Span,
     /// Whether a control event has told the client where it stands.
     announced: bool,
     finished: bool,
@@ -398,11 +397,12 @@ impl SseSession {
         let result = match self
             .engine
             .read_resolved(&self.entry, self.from, self.position, snapshot)
+            .instrument(self.span.clone())
             .await
         {
             Ok(result) => result,
             Err(error) => {
-                tracing::warn!(error = %error, "SSE read failed; ending the stream");
+                tracing::warn!(parent: &self.span, error = %error, "SSE read failed; ending the stream");
                 self.finished = true;
                 return None;
             }
