@@ -413,6 +413,17 @@ impl Drop for Inner {
             && let Err(error) = self.shared.checkpoint()
         {
             tracing::error!(dir = %self.shared.dir.display(), %error, "final checkpoint failed; the next start replays the log");
+            return;
+        }
+        if !self.shared.read_only && self.shared.poisoned().is_none() {
+            // The final checkpoint names the end of every log.
+            for (index, shard) in self.shared.shards.iter().enumerate() {
+                let end = *shard
+                    .published
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                wal::cut_unwritten(&self.shared.dir, index as u32, end.seq, end.offset);
+            }
         }
     }
 }
