@@ -260,12 +260,7 @@ impl Writer {
 use std::os::unix::fs::FileExt;
 
 /// The sync thread: syncs, publishes and acknowledges batches in order.
-pub fn run_syncer(
-    shared: Arc<Shared>,
-    shard: usize,
-    rx: Receiver<Pending>,
-    turn: Sender<()>,
-) {
+pub fn run_syncer(shared: Arc<Shared>, shard: usize, rx: Receiver<Pending>, turn: Sender<()>) {
     let durable = shared.options.durable;
     let mut cache = TailCache::new(shared.options.tail_cache_bytes / shared.shards.len().max(1));
     let mut unsynced: Option<(Instant, Arc<File>)> = None;

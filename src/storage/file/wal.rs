@@ -275,7 +275,10 @@ fn valid_frame_follows(data: &Bytes, bad: usize) -> bool {
     // for a checksum, which keeps the scan linear on real data; none can
     // start in the zeros a preallocated segment ends with (a frame's length
     // is never zero), so the search stops where they begin.
-    let written = data.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    let written = data
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
     ((bad + 1)..written)
         .any(|at| codec::looks_like_frame(&data[at..]) && codec::decode(&data.slice(at..)).is_ok())
 }
