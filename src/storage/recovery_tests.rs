@@ -304,8 +304,6 @@ enum TornTail {
     CutLastFrame,
     /// Bytes that are no frame follow the last one.
     Garbage,
-    /// The file grew but the data never arrived (zeros).
-    Zeros,
     /// Only part of the next frame's header arrived.
     PartialHeader,
 }
@@ -318,7 +316,13 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
     };
     let written = crashed_store(dir.path(), &options, 30).await;
     let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
-    let intact = std::fs::metadata(&segment).expect("metadata").len();
+    // The segment as written, without its preallocated zeros.
+    let intact = (locate(&std::fs::read(&segment).expect("read"), 29).0 + 100) as u64;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|file| file.set_len(intact))
+        .expect("cut the preallocated rest");
     let mut rng = fastrand::Rng::with_seed(7);
     let (kept_records, torn_at) = {
         let mut file = std::fs::OpenOptions::new()
@@ -334,10 +338,6 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
             TornTail::Garbage => {
                 let garbage: Vec<u8> = (0..37).map(|_| rng.u8(..)).collect();
                 file.write_all(&garbage).expect("garbage");
-                (30, intact)
-            }
-            TornTail::Zeros => {
-                file.write_all(&[0; 4096]).expect("zeros");
                 (30, intact)
             }
             TornTail::PartialHeader => {
@@ -375,13 +375,50 @@ async fn torn_tail_is_truncated_and_logged(tail: TornTail, durable: bool) {
     assert_eq!(&data[(recovered_tail as usize)..], payload(77).as_ref());
 }
 
+/// A preallocated segment ends in zeros: the end of what was written, not
+/// damage.
+#[tokio::test]
+async fn the_preallocated_rest_of_a_segment_is_a_clean_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let written = crashed_store(dir.path(), &options(), 30).await;
+    let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
+    let len = std::fs::metadata(&segment).expect("metadata").len();
+    assert_eq!(len, options().segment_bytes, "the segment is preallocated");
+    let (store, log) = with_captured_log(|| open_file(dir.path(), &options()));
+    assert!(!log.contains("torn tail"), "a clean log: {log}");
+    assert_eq!(recovered_data(&store).await, (3000, written));
+}
+
+/// Zeros inside the newest segment with a valid frame behind them are
+/// damage (a lost sector), not the preallocated rest: startup stops and
+/// names the place instead of dropping the records behind it.
+#[tokio::test]
+async fn zeros_with_a_valid_frame_behind_them_are_damage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crashed_store(dir.path(), &options(), 30).await;
+    let segment = log_dir(dir.path()).join(FIRST_SEGMENT);
+    let mut data = std::fs::read(&segment).expect("read");
+    let (_, lost_at) = locate(&data, 10);
+    let (_, next) = locate(&data, 11);
+    data[lost_at..next].fill(0);
+    std::fs::write(&segment, &data).expect("write");
+    match FileStorage::open(dir.path(), options()) {
+        Err(StorageError::Corrupt(message)) => {
+            assert!(
+                message.contains(&format!("byte offset {lost_at}")),
+                "{message}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn torn_tails_are_truncated_and_logged() {
     for durable in [true, false] {
         for tail in [
             TornTail::CutLastFrame,
             TornTail::Garbage,
-            TornTail::Zeros,
             TornTail::PartialHeader,
         ] {
             torn_tail_is_truncated_and_logged(tail, durable).await;

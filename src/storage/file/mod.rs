@@ -19,8 +19,8 @@
 //! # Commit shards
 //! Streams are spread over `commit_shards` shards by id (a fork goes to its
 //! source's shard, so a family keeps the order of today's single log). Each
-//! shard groups what is queued into one batch, and overlaps the sync of one
-//! batch with the writing of the next (see the `shard` module).
+//! shard groups what is queued into one batch; in `file-durable` the next
+//! batch gathers while one syncs (see the `shard` module).
 //!
 //! # Reads
 //! Readers see only what is committed, never wait for a writer, take the
@@ -31,7 +31,8 @@
 //! # Recovery
 //! Opening reads the checkpoint and replays each shard's log from the
 //! position it names (at most about `max_replay_bytes`), then writes a new
-//! checkpoint. A torn tail of a log is truncated and logged; a bad frame
+//! checkpoint. A torn tail of a log is truncated and logged, and the zeros
+//! that end the newest (preallocated) segment are its end; a bad frame
 //! anywhere else stops startup with the file and offset, unless the operator
 //! names exactly that place in `truncate_corrupt_at`. A directory written by
 //! the first layout (one shared log of `.seg` files) is converted in place:
@@ -413,6 +414,17 @@ impl Drop for Inner {
             && let Err(error) = self.shared.checkpoint()
         {
             tracing::error!(dir = %self.shared.dir.display(), %error, "final checkpoint failed; the next start replays the log");
+            return;
+        }
+        if !self.shared.read_only && self.shared.poisoned().is_none() {
+            // The final checkpoint names the end of every log.
+            for (index, shard) in self.shared.shards.iter().enumerate() {
+                let end = *shard
+                    .published
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                wal::cut_unwritten(&self.shared.dir, index as u32, end.seq, end.offset);
+            }
         }
     }
 }

@@ -488,8 +488,10 @@ impl FileStorage {
             StorageError::path("create the log directory", &dir.join(layout::WAL_DIR), e)
         })?;
         for (index, heads) in heads.into_iter().enumerate() {
-            let segment = wal::create_segment(dir, index as u32, first_seq)?;
+            let segment =
+                wal::create_segment(dir, index as u32, first_seq, shared.options.segment_bytes)?;
             let (tx, rx) = std::sync::mpsc::sync_channel(shard::SYNC_QUEUE);
+            let (turn_tx, turn) = std::sync::mpsc::channel();
             let writer = shard::Writer {
                 shared: shared.clone(),
                 shard: index,
@@ -499,6 +501,7 @@ impl FileStorage {
                 },
                 segment,
                 tx,
+                turn,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -510,7 +513,7 @@ impl FileStorage {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ds-sync-{index}"))
-                    .spawn(move || shard::run_syncer(syncer, index, rx))
+                    .spawn(move || shard::run_syncer(syncer, index, rx, turn_tx))
                     .map_err(StorageError::Io)?,
             );
         }

@@ -58,11 +58,24 @@ pub struct Segment {
 }
 
 /// Creates (or starts over) segment `seq` of `shard`: header written and
-/// synced, directory entry synced.
+/// synced, then the file allocated to `preallocate` bytes (zeros) where the
+/// file system can, directory entry synced.
+///
+/// Preallocation keeps `fdatasync` of the log cheaper: a write into
+/// allocated blocks inside the file's size leaves no block allocation or
+/// size change for the sync to commit (a write plus sync in a loop was
+/// measured faster on ext4, and single-stream appends gained most). The
+/// zero rest it leaves ends the newest segment's scan like a clean end; a
+/// finished segment is cut to its frames before the next one starts.
 ///
 /// # Errors
 /// When the file cannot be created or written.
-pub fn create_segment(root: &Path, shard: u32, seq: u64) -> Result<Segment, StorageError> {
+pub fn create_segment(
+    root: &Path,
+    shard: u32,
+    seq: u64,
+    preallocate: u64,
+) -> Result<Segment, StorageError> {
     let path = layout::wal_path(root, shard, seq);
     let file = OpenOptions::new()
         .read(true)
@@ -77,12 +90,46 @@ pub fn create_segment(root: &Path, shard: u32, seq: u64) -> Result<Segment, Stor
             StorageError::Io(e) => StorageError::path("initialise log segment", &path, e),
             full => full,
         })?;
+    // Only after the header is durable: a crash must not leave a full-size
+    // segment of zeros without its header.
+    preallocate_zeros(&file, preallocate);
     layout::sync_dir(&root.join(layout::WAL_DIR))?;
     Ok(Segment {
         seq,
         file: Arc::new(file),
         len: WAL_HEADER,
     })
+}
+
+/// Allocates `file` up to `len` bytes, reading as zeros. Best effort: a
+/// file system without `fallocate` or without the room simply grows the
+/// file as it is written, as before.
+fn preallocate_zeros(file: &File, len: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return;
+    };
+    // SAFETY: `fallocate` on a file descriptor this `File` owns and keeps
+    // open for the call; mode 0 only allocates and extends the size.
+    let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0;
+    if allocated && let Err(error) = file.sync_all() {
+        tracing::debug!(error = %error, "syncing a preallocated log segment failed; the first commit syncs it");
+    }
+}
+
+/// Cuts the preallocated rest off segment `seq` of `shard`, which holds
+/// `len` bytes of header and frames. Best effort, for a clean stop: a start
+/// after it then reads no zeros, and a segment left uncut still ends
+/// cleanly.
+pub fn cut_unwritten(root: &Path, shard: u32, seq: u64, len: u64) {
+    let path = layout::wal_path(root, shard, seq);
+    let cut = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_len(len));
+    if let Err(error) = cut {
+        tracing::debug!(file = %path.display(), %error, "cannot cut the preallocated rest of a log segment");
+    }
 }
 
 /// How a scan treats damage.
@@ -166,6 +213,13 @@ pub fn scan(
             },
             Err(error) => error.to_string(),
         };
+        if is_last && data[pos..].iter().all(|&b| b == 0) {
+            // The preallocated rest of the newest segment, never written:
+            // nothing at all follows, so nothing acknowledged can lie
+            // behind it. Zeros with anything after them are judged below
+            // like any other bad frame.
+            return Ok(End::Clean);
+        }
         let location = format!("{name}:{pos}");
         let tail_only = is_last && !valid_frame_follows(&data, pos);
         if policy.read_only {
@@ -218,7 +272,13 @@ fn valid_frame_follows(data: &Bytes, bad: usize) -> bool {
     // frame lies as far away as that frame was long (a frame may be many
     // MiB), and missing it would discard acknowledged records as a "torn
     // tail". Positions that cannot start a frame are skipped before paying
-    // for a checksum, which keeps the scan linear on real data.
-    ((bad + 1)..data.len())
+    // for a checksum, which keeps the scan linear on real data; none can
+    // start in the zeros a preallocated segment ends with (a frame's length
+    // is never zero), so the search stops where they begin.
+    let written = data
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    ((bad + 1)..written)
         .any(|at| codec::looks_like_frame(&data[at..]) && codec::decode(&data.slice(at..)).is_ok())
 }
