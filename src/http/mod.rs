@@ -239,6 +239,10 @@ impl AppendShortcut {
             let state = shortcut.state.clone();
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
+            let request = crate::proxy::attach_client_context_for_own_handlers(
+                &shortcut.edge.settings.proxy,
+                request,
+            );
             edge(&shortcut.edge, &shortcut.route, request, |request| {
                 Box::pin(stream::post_stream(State(state), request))
             })
@@ -253,6 +257,7 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
     let route = matched
         .as_ref()
         .map_or(access::UNMATCHED, MatchedPath::as_str);
+    let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
     self::edge(&edge, route, request, |request| next.run(request)).await
 }
 
@@ -280,8 +285,9 @@ struct Edge {
 }
 
 /// The one middleware every request passes (`route` is its route's
-/// template, or [`access::UNMATCHED`]), outermost first: the client
-/// context ([`crate::proxy::client_context`]), a query-string token moved
+/// template, or [`access::UNMATCHED`]), outermost first, after the
+/// caller attached the client context ([`crate::proxy::client_context`]):
+/// a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
 /// ([`access`]), security and CORS headers (preflights answered), the
 /// limits on headers and query ([`InputLimits::check_head`]), then access
@@ -294,7 +300,7 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let mut request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
+    let mut request = request;
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
