@@ -4,10 +4,12 @@
 //! both; lines end in CRLF; `Host` present once.
 
 use std::mem::MaybeUninit;
+use std::sync::LazyLock;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use memchr::memmem::Finder;
 
 /// Most header fields in one request head.
 pub(super) const MAX_HEADERS: usize = 100;
@@ -123,11 +125,12 @@ impl HeadScanner {
         let from = self.scanned.saturating_sub(3).min(buffer.len());
         let fresh = &buffer[from..];
         self.scanned = buffer.len();
-        // The head ends at the first empty line: an LF after CR LF CR.
-        let ends_head = |at: usize| at >= 3 && fresh[at - 3..at] == *b"\r\n\r";
-        match memchr::memchr_iter(b'\n', fresh).find(|&at| ends_head(at)) {
+        // The head ends at the first empty line: CR LF CR LF. One search for
+        // all four bytes, not one per line end.
+        static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+        match HEAD_END.find(fresh) {
             Some(at) => {
-                let end = from + at + 1;
+                let end = from + at + 4;
                 if end > limits.max_head_bytes {
                     return Err(HeadError::TooLarge);
                 }
