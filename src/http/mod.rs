@@ -240,12 +240,12 @@ impl AppendShortcut {
         let shortcut = self.0.clone();
         async move {
             let state = shortcut.state.clone();
-            // Boxed here, where it is made: moved up through every layer
-            // above, the handler's large future would be copied at each.
             let request = crate::proxy::attach_client_context_for_own_handlers(
                 &shortcut.edge.settings.proxy,
                 request,
             );
+            // Boxed here, where it is made: moved up through every layer
+            // above, the handler's large future would be copied at each.
             edge(&shortcut.edge, &shortcut.route, request, |request| {
                 Box::pin(stream::post_stream(State(state), request))
             })
@@ -298,12 +298,11 @@ struct Edge {
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
 /// append.
-async fn edge<F, Fut>(edge: &Edge, route: &str, request: Request, next: F) -> Response
+async fn edge<F, Fut>(edge: &Edge, route: &str, mut request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let mut request = request;
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
