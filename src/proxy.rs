@@ -504,6 +504,31 @@ pub async fn client_context(
 /// router runs it inside its single request middleware instead, which saves
 /// a middleware layer (a service clone and a boxed future) per request.
 pub(crate) fn attach_client_context(policy: &ProxyPolicy, request: Request) -> Request {
+    attach(policy, request, Readers::Anyone)
+}
+
+/// [`attach_client_context`] for a request only the server's own handlers
+/// read (appends taking the router's shortcut): they take a missing
+/// [`Scheme`] for plain HTTP and a missing [`ClientAddr`] for the TCP peer,
+/// so those two are left out when they would say just that. Each
+/// extension is an allocation, and a fourth one regrows the map.
+pub(crate) fn attach_client_context_for_own_handlers(
+    policy: &ProxyPolicy,
+    request: Request,
+) -> Request {
+    attach(policy, request, Readers::OwnHandlers)
+}
+
+/// Who reads a request's client extensions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readers {
+    /// Any layer or handler, an embedder's too: every extension is set.
+    Anyone,
+    /// Only the server's own code, which knows the defaults.
+    OwnHandlers,
+}
+
+fn attach(policy: &ProxyPolicy, request: Request, readers: Readers) -> Request {
     // Split so the headers can be edited while the TLS session is borrowed.
     let (mut parts, body) = request.into_parts();
     let peer = parts
@@ -513,8 +538,13 @@ pub(crate) fn attach_client_context(policy: &ProxyPolicy, request: Request) -> R
     let tls = parts.extensions.get::<TlsSession>();
     let resolved = policy.resolve(&mut parts.headers, peer, tls);
     let extensions = &mut parts.extensions;
-    extensions.insert(resolved.scheme);
-    if let Some(addr) = resolved.addr {
+    let everything = readers == Readers::Anyone;
+    if everything || resolved.scheme != Scheme::default() {
+        extensions.insert(resolved.scheme);
+    }
+    if let Some(addr) = resolved.addr
+        && (everything || Some(addr) != peer)
+    {
         extensions.insert(ClientAddr(addr));
     }
     if let Some(host) = resolved.host {

@@ -104,7 +104,10 @@ impl Cors {
 
     fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
         match self {
-            Cors::Any => Some(HeaderValue::from_static("*")),
+            Cors::Any => {
+                const ANY: HeaderValue = HeaderValue::from_static("*");
+                Some(ANY)
+            }
             Cors::List(list) => origin.filter(|o| list.contains(o)).cloned(),
         }
     }
@@ -237,6 +240,10 @@ impl AppendShortcut {
         let shortcut = self.0.clone();
         async move {
             let state = shortcut.state.clone();
+            let request = crate::proxy::attach_client_context_for_own_handlers(
+                &shortcut.edge.settings.proxy,
+                request,
+            );
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
             edge(&shortcut.edge, &shortcut.route, request, |request| {
@@ -253,6 +260,7 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
     let route = matched
         .as_ref()
         .map_or(access::UNMATCHED, MatchedPath::as_str);
+    let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
     self::edge(&edge, route, request, |request| next.run(request)).await
 }
 
@@ -280,8 +288,9 @@ struct Edge {
 }
 
 /// The one middleware every request passes (`route` is its route's
-/// template, or [`access::UNMATCHED`]), outermost first: the client
-/// context ([`crate::proxy::client_context`]), a query-string token moved
+/// template, or [`access::UNMATCHED`]), outermost first, after the
+/// caller attached the client context ([`crate::proxy::client_context`]):
+/// a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
 /// ([`access`]), security and CORS headers (preflights answered), the
 /// limits on headers and query ([`InputLimits::check_head`]), then access
@@ -289,12 +298,11 @@ struct Edge {
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
 /// append.
-async fn edge<F, Fut>(edge: &Edge, route: &str, request: Request, next: F) -> Response
+async fn edge<F, Fut>(edge: &Edge, route: &str, mut request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let mut request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
@@ -378,23 +386,19 @@ where
 /// The headers of [`common_headers`]; `allowed` is the origin CORS lets
 /// read the answer.
 fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, preflight: bool) {
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        CROSS_ORIGIN_RESOURCE_POLICY,
-        HeaderValue::from_static("cross-origin"),
-    );
+    // Values made at compile time: `from_static` at run time checks each
+    // byte again, for every response.
+    const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+    const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static("cross-origin");
+    const EXPOSED: HeaderValue = HeaderValue::from_static(EXPOSE_HEADERS);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    headers.insert(CROSS_ORIGIN_RESOURCE_POLICY, CROSS_ORIGIN);
     if let Some(allowed) = allowed {
         if allowed != "*" {
             headers.append(header::VARY, HeaderValue::from_static("Origin"));
         }
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(EXPOSE_HEADERS),
-        );
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
         if preflight {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,

@@ -60,7 +60,8 @@ async fn put_stream(State(state): State<AppState>, request: Request) -> Response
 }
 
 pub(super) async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
-    match stream_path(&state, &request) {
+    // An append holds its path only until it is stored: no copy.
+    match stream_uri(&state, &request) {
         Ok(path) => answer(append(&state, &path, request).await),
         Err(error) => error.into_response(),
     }
@@ -93,7 +94,26 @@ fn answer(result: Result<Response, ApiError>) -> Response {
 }
 
 /// The stream's identity (its path) after validating the name part.
+/// Owned: a long-poll may hold it for minutes, and the URI it comes from
+/// keeps the request head's buffer alive.
 fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> {
+    stream_uri(state, request).map(|path| String::from(&*path))
+}
+
+/// A stream's identity: the path of a request's URI, kept without a copy
+/// (a URI shares the request head's bytes).
+struct StreamPath(Uri);
+
+impl std::ops::Deref for StreamPath {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.path()
+    }
+}
+
+/// [`stream_path`] as the request's URI.
+fn stream_uri(state: &AppState, request: &Request) -> Result<StreamPath, ApiError> {
     let path = request.uri().path();
     let name = path
         .strip_prefix(state.settings.base_path.as_str())
@@ -113,8 +133,8 @@ fn stream_path(state: &AppState, request: &Request) -> Result<String, ApiError> 
     let full = request
         .extensions()
         .get::<OriginalUri>()
-        .map_or(path, |original| original.0.path());
-    Ok(full.to_owned())
+        .map_or(request.uri(), |original| &original.0);
+    Ok(StreamPath(full.clone()))
 }
 
 /// A JSON body (by its `Content-Type`) must not nest too deep.

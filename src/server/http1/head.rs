@@ -4,10 +4,14 @@
 //! both; lines end in CRLF; `Host` present once.
 
 use std::mem::MaybeUninit;
+use std::sync::LazyLock;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use memchr::memmem::Finder;
+
+use super::syntax::{check_host, check_line_endings};
 
 /// Most header fields in one request head.
 pub(super) const MAX_HEADERS: usize = 100;
@@ -123,11 +127,12 @@ impl HeadScanner {
         let from = self.scanned.saturating_sub(3).min(buffer.len());
         let fresh = &buffer[from..];
         self.scanned = buffer.len();
-        // The head ends at the first empty line: an LF after CR LF CR.
-        let ends_head = |at: usize| at >= 3 && fresh[at - 3..at] == *b"\r\n\r";
-        match memchr::memchr_iter(b'\n', fresh).find(|&at| ends_head(at)) {
+        // The head ends at the first empty line: CR LF CR LF. One search for
+        // all four bytes, not one per line end.
+        static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+        match HEAD_END.find(fresh) {
             Some(at) => {
-                let end = from + at + 1;
+                let end = from + at + 4;
                 if end > limits.max_head_bytes {
                     return Err(HeadError::TooLarge);
                 }
@@ -219,23 +224,6 @@ fn describe(error: httparse::Error) -> &'static str {
         httparse::Error::Version => "unsupported HTTP version",
         httparse::Error::TooManyHeaders => "too many header fields",
     }
-}
-
-/// Every line of the head ends in CRLF: no bare LF (which `httparse`
-/// accepts) and no bare CR. Jumps from line end to line end.
-fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
-    for index in memchr::memchr2_iter(b'\r', b'\n', head) {
-        match head[index] {
-            b'\r' if head.get(index + 1) != Some(&b'\n') => {
-                return Err(HeadError::Malformed("a CR not followed by LF"));
-            }
-            b'\n' if index == 0 || head[index - 1] != b'\r' => {
-                return Err(HeadError::Malformed("a line ends in LF without CR"));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// What the head says about framing and the connection, gathered in one
@@ -422,48 +410,6 @@ fn check_target(method: &Method, uri: &Uri) -> Result<Option<HeaderValue>, HeadE
     } else {
         Err(HeadError::Malformed("invalid request target"))
     }
-}
-
-/// `Host` is `host[:port]` (RFC 9110 §7.2: a registered name, an IPv4
-/// address or a bracketed IP literal, and digits after the last colon),
-/// possibly empty; never user information, a path or whitespace.
-fn check_host(host: &[u8]) -> Result<(), HeadError> {
-    const INVALID: HeadError = HeadError::Malformed("invalid Host");
-    let (name, port) = match host.iter().rposition(|&byte| byte == b':') {
-        // A colon inside a bracketed literal is not a port separator.
-        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], Some(&host[colon + 1..])),
-        _ => (host, None),
-    };
-    if port.is_some_and(|port| !port.iter().all(u8::is_ascii_digit)) {
-        return Err(INVALID);
-    }
-    let valid = match name {
-        [b'[', literal @ .., b']'] => literal
-            .iter()
-            .all(|&byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.')),
-        _ => name.iter().all(|&byte| {
-            byte.is_ascii_alphanumeric()
-                || matches!(
-                    byte,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        }),
-    };
-    if valid { Ok(()) } else { Err(INVALID) }
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ mod encode;
 mod head;
 mod read;
 mod respond;
+mod syntax;
 
 use std::convert::Infallible;
 use std::future::Future;
