@@ -157,10 +157,10 @@ impl Writer {
 
     fn serve(&mut self) {
         loop {
+            self.gather();
             if self.collect_synced() {
                 self.apply_logged();
             }
-            self.gather();
             let deadline = self.oldest.map(|t| t + APPLY_AFTER);
             match self.shared.queue.next_batch(MAX_BATCH_BYTES, deadline) {
                 Next::Batch(batch) if !self.log_broken && loggable(&batch) => {
