@@ -189,6 +189,11 @@ impl CommitQueue {
         }
     }
 
+    /// How many mutations are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
     /// Refuses new work; the writer finishes what is queued, then stops.
     pub fn close(&self) {
         self.lock().closed = true;

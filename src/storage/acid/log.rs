@@ -1,5 +1,6 @@
 //! The acknowledgement log beside each database: appends are acknowledged
-//! once they are in this log (one write and one `fdatasync` per batch), and
+//! once they are in this log (one write and one `fdatasync` per batch, the
+//! sync on [`super::syncer`]'s thread), and
 //! the writer moves them into redb later, many batches in one transaction.
 //!
 //! The file has a fixed size, so a sync never changes the file's size, and
@@ -134,7 +135,8 @@ impl AckLog {
         self.offset + (bytes as u64) * 2 + (1 << 20) > LOG_BYTES
     }
 
-    /// Writes `appends` as one batch and syncs it.
+    /// Writes `appends` as one batch, unsynced: [`AckLog::sync_handle`]
+    /// makes it durable (the writer writes the next batch meanwhile).
     pub(super) fn write<'a>(
         &mut self,
         appends: impl Iterator<Item = &'a Append>,
@@ -151,10 +153,17 @@ impl AckLog {
         }
         self.file
             .write_all_at(&self.buf, self.offset)
-            .and_then(|()| self.file.sync_data())
             .map_err(StorageError::from_write)?;
         self.offset += self.buf.len() as u64;
         Ok(())
+    }
+
+    /// A handle on the log file for the sync thread.
+    ///
+    /// # Errors
+    /// When the file descriptor cannot be duplicated.
+    pub(super) fn sync_handle(&self) -> Result<File, StorageError> {
+        self.file.try_clone().map_err(StorageError::Io)
     }
 
     pub(super) fn path(&self) -> &Path {

@@ -10,6 +10,7 @@
 mod load;
 mod log;
 mod shard;
+mod syncer;
 mod tables;
 #[cfg(test)]
 mod tests;

@@ -120,6 +120,7 @@ impl DbShard {
             .recovered
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = recovered;
+        writer.start_syncer()?;
         let thread = std::thread::Builder::new()
             .name("ds-acid-writer".into())
             .spawn(move || writer.run())

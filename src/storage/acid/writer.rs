@@ -1,11 +1,14 @@
 //! The writer thread of a database. Batches of appends are acknowledged
-//! once they are in the acknowledgement log ([`super::log`]); every
+//! once they are in the acknowledgement log ([`super::log`]): the writer
+//! writes a batch and hands it to the sync thread ([`super::syncer`]), which
+//! syncs and acknowledges it while the writer writes the next one; every
 //! [`APPLY_AFTER`] (or sooner when much is waiting, or before any other
 //! mutation) the logged appends move into redb in one write transaction,
 //! after which the log starts over. Other mutations, and batches too big to
 //! log, are one redb transaction each, as before.
 
 use std::collections::HashMap;
+use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,8 @@ use redb::ReadableTable;
 
 use super::load::Head;
 use super::log::AckLog;
-use super::shard::{LoggedRecord, Shared};
+use super::shard::Shared;
+use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
     CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable,
     db_error, framed, load_state,
@@ -44,11 +48,16 @@ pub(super) struct Writer {
     /// Acknowledged appends in the log, not yet in redb, in log order,
     /// with when they were logged (Unix ms).
     pending: Vec<(Append, i64)>,
+    /// Payload bytes written into the log since it last started over.
     pending_bytes: usize,
-    /// Tails of the streams with pending appends.
+    /// Tails of the streams with appends written into the log.
     logged: HashMap<StreamId, u64>,
-    /// When the oldest pending append was logged.
+    /// When the oldest append written into the log was taken.
     oldest: Option<Instant>,
+    /// The sync thread (none before [`Writer::start_syncer`]).
+    sync: Option<SyncHandle>,
+    /// A sync failed: the batches written after it failed too.
+    sync_failed: bool,
     /// A log write failed and redb could not take the pending appends
     /// since: nothing more is logged until it can.
     log_broken: bool,
@@ -107,11 +116,51 @@ impl Writer {
             logged: HashMap::new(),
             oldest: None,
             log_broken: false,
+            sync: None,
+            sync_failed: false,
         }
     }
 
+    /// Starts the sync thread of the log.
+    ///
+    /// # Errors
+    /// When the log cannot be reopened for it or the thread not started.
+    pub(super) fn start_syncer(&mut self) -> Result<(), StorageError> {
+        let file = self.log.sync_handle()?;
+        // A rendezvous: the writer writes one batch ahead of the sync, then
+        // waits, so what arrives meanwhile gathers into the next batch.
+        let (jobs, receive_jobs) = std::sync::mpsc::sync_channel(0);
+        let (send_done, done) = std::sync::mpsc::channel();
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ds-acid-sync".into())
+            .spawn(move || syncer::run(shared, file, receive_jobs, send_done))
+            .map_err(StorageError::Io)?;
+        self.sync = Some(SyncHandle {
+            jobs,
+            done,
+            in_flight: 0,
+            last_batch: 0,
+            thread,
+        });
+        Ok(())
+    }
+
     pub(super) fn run(mut self) {
+        self.serve();
+        if let Some(sync) = self.sync.take() {
+            let SyncHandle { jobs, thread, .. } = sync;
+            drop(jobs);
+            let _ = thread.join();
+        }
+    }
+
+    fn serve(&mut self) {
         loop {
+            self.gather();
+            if self.collect_synced() {
+                self.apply_logged();
+            }
             let deadline = self.oldest.map(|t| t + APPLY_AFTER);
             match self.shared.queue.next_batch(MAX_BATCH_BYTES, deadline) {
                 Next::Batch(batch) if !self.log_broken && loggable(&batch) => {
@@ -129,6 +178,80 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Takes in the batches the sync thread finished, without waiting;
+    /// whether one of them failed.
+    fn collect_synced(&mut self) -> bool {
+        while self.take_back(false) {}
+        self.sync_failed
+    }
+
+    /// While a batch is being synced, lets the next one gather: the writer
+    /// writes ahead of the sync only when at least as many appends wait as
+    /// the sync carries, since on a busy machine each extra small batch
+    /// costs more in wake-ups than the overlap saves.
+    fn gather(&mut self) {
+        if self
+            .sync
+            .as_ref()
+            .is_some_and(|sync| sync.in_flight > 0 && self.shared.queue.len() < sync.last_batch)
+        {
+            self.take_back(true);
+        }
+    }
+
+    /// Waits until every batch handed to the sync thread is back. After a
+    /// failed sync the log is broken: nothing more is logged until a
+    /// transaction marks its generation applied, and the streams' logged
+    /// tails are those of the appends that were acknowledged.
+    fn settle(&mut self) {
+        while self.take_back(true) {}
+        if std::mem::take(&mut self.sync_failed) {
+            self.log_broken = true;
+            self.logged.clear();
+            for (append, _) in &self.pending {
+                self.logged
+                    .insert(append.id, append.start + append.data.len() as u64);
+            }
+        }
+    }
+
+    /// Takes back the oldest batch handed to the sync thread, waiting for
+    /// it when `wait`; whether one came back (or the thread is gone).
+    fn take_back(&mut self, wait: bool) -> bool {
+        let Some(sync) = &mut self.sync else {
+            return false;
+        };
+        if sync.in_flight == 0 {
+            return false;
+        }
+        let synced = if wait {
+            sync.done.recv().ok()
+        } else {
+            match sync.done.try_recv() {
+                Ok(synced) => Some(synced),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match synced {
+            Some(Some((appends, written_ms))) => {
+                sync.in_flight -= 1;
+                self.pending
+                    .extend(appends.into_iter().map(|append| (append, written_ms)));
+            }
+            Some(None) => {
+                sync.in_flight -= 1;
+                self.sync_failed = true;
+            }
+            // The thread is gone, and with it the acknowledgements it held.
+            None => {
+                sync.in_flight = 0;
+                self.sync_failed = true;
+            }
+        }
+        true
     }
 
     /// Moves the pending appends into redb (errors are logged; they stay
@@ -152,6 +275,7 @@ impl Writer {
     /// then `batch`; on success the log starts over. On failure `batch` is
     /// answered with the error and the pending appends stay pending.
     fn commit_pending_and(&mut self, batch: Vec<(Mutation, Ack)>) -> Result<(), StorageError> {
+        self.settle();
         if self.pending.is_empty() && batch.is_empty() && !self.log_broken {
             return Ok(());
         }
@@ -224,48 +348,48 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        let spans = commit_spans("acid", accepted.iter().map(|(_, ack)| ack), accepted.len());
         let started = Instant::now();
-        let written = self.log.write(accepted.iter().map(|(append, _)| append));
-        committed(accepted.len(), started);
-        drop(spans);
-        if let Err(error) = written {
+        if let Err(error) = self.log.write(accepted.iter().map(|(append, _)| append)) {
             tracing::error!(path = %self.log.path().display(), error = %error, "log write failed");
             fail_all(accepted.into_iter().map(|(_, ack)| ack), &error);
-            self.logged.clear();
-            for (append, _) in &self.pending {
-                self.logged
-                    .insert(append.id, append.start + append.data.len() as u64);
-            }
             // What the failed write left in the log must never be replayed:
             // a commit (of the pending appends, or of nothing) marks its
             // generation applied, and the log starts a new one.
-            self.log_broken = true;
+            self.sync_failed = true;
             self.apply_logged();
             return;
         }
-        let written_ms = chunk_list::now_ms();
-        {
-            let mut unapplied = self
-                .shared
-                .unapplied
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (append, _) in &accepted {
-                if !append.data.is_empty() {
-                    unapplied.entry(append.id).or_default().push(LoggedRecord {
-                        start: append.start,
-                        data: append.data.clone(),
-                        written_ms,
-                    });
-                }
-            }
-        }
         self.oldest.get_or_insert(started);
-        for (append, ack) in accepted {
-            self.pending_bytes += append.data.len();
-            self.pending.push((append, written_ms));
-            let _ = ack.send(Ok(()));
+        self.pending_bytes += accepted.iter().map(|(a, _)| a.data.len()).sum::<usize>();
+        let written = Written {
+            generation: self.log.generation(),
+            appends: accepted,
+            started,
+        };
+        self.hand_to_syncer(written);
+    }
+
+    /// Hands a written batch to the sync thread (waiting while it syncs the
+    /// one before).
+    fn hand_to_syncer(&mut self, written: Written) {
+        let appends = written.appends.len();
+        let Some(sync) = &mut self.sync else {
+            // Only before the thread starts (the open's replay logs nothing).
+            let error = StorageError::Unavailable("the log's sync thread is not running".into());
+            fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
+            self.sync_failed = true;
+            return;
+        };
+        match sync.jobs.send(written) {
+            Ok(()) => {
+                sync.in_flight += 1;
+                sync.last_batch = appends;
+            }
+            Err(std::sync::mpsc::SendError(written)) => {
+                let error = StorageError::Unavailable("the log's sync thread stopped".into());
+                fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
+                self.sync_failed = true;
+            }
         }
     }
 

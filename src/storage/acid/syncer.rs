@@ -1,0 +1,130 @@
+//! The sync thread of a database's acknowledgement log. The writer writes a
+//! batch into the log and hands it here; while this thread runs
+//! `fdatasync` for it, the writer already gathers and writes the next one.
+//! Once synced, a batch's records become readable from memory and its
+//! appends are acknowledged, in the order the writer wrote them, and the
+//! batch goes back to the writer, which moves it into redb later.
+//!
+//! A failed sync fails its batch and every later batch of the same log
+//! generation without syncing them (what follows an unsynced region must
+//! never be acknowledged: a scan stops at the first bad frame); the writer
+//! then leaves that generation behind.
+
+use std::fs::File;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use super::shard::{LoggedRecord, Shared};
+use crate::metrics::event::StorageCommitted;
+use crate::storage::chunk_list;
+use crate::storage::queue::{Ack, commit_spans, fail_all};
+use crate::storage::{Append, StorageError};
+
+/// A batch written into the log, waiting for its sync.
+pub(super) struct Written {
+    /// The log generation it was written in.
+    pub(super) generation: u64,
+    /// Its appends, each with its acknowledgement.
+    pub(super) appends: Vec<(Append, Ack)>,
+    /// When the writer took it from the queue.
+    pub(super) started: Instant,
+}
+
+/// What became of a batch: its appends when they are durable and
+/// acknowledged, with when they were logged (Unix ms); `None` when the sync
+/// failed and the batch was failed.
+pub(super) type Synced = Option<(Vec<Append>, i64)>;
+
+/// Runs the sync thread over `file` until the writer drops its sender.
+pub(super) fn run(shared: Arc<Shared>, file: File, jobs: Receiver<Written>, done: Sender<Synced>) {
+    // The generation a sync failed in: later batches of it fail unsynced.
+    let mut failed: Option<u64> = None;
+    for job in jobs {
+        let reply = if failed == Some(job.generation) {
+            let error = StorageError::Unavailable(
+                "an earlier sync of the acknowledgement log failed".into(),
+            );
+            fail_all(job.appends.into_iter().map(|(_, ack)| ack), &error);
+            None
+        } else {
+            let generation = job.generation;
+            let synced = sync_batch(&shared, &file, job);
+            if synced.is_none() {
+                failed = Some(generation);
+            }
+            synced
+        };
+        if done.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Syncs a written batch; then makes its records readable and acknowledges
+/// it, or fails it.
+fn sync_batch(shared: &Shared, file: &File, job: Written) -> Synced {
+    let spans = commit_spans(
+        "acid",
+        job.appends.iter().map(|(_, ack)| ack),
+        job.appends.len(),
+    );
+    let synced = file.sync_data().map_err(StorageError::from_write);
+    drop(spans);
+    match synced {
+        Ok(()) => {
+            StorageCommitted {
+                backend: "acid",
+                batch: job.appends.len(),
+                elapsed: job.started.elapsed(),
+            }
+            .emit();
+            Some(acknowledge(shared, job.appends))
+        }
+        Err(error) => {
+            tracing::error!(path = %shared.path.display(), error = %error,
+                "fdatasync of the acknowledgement log failed");
+            fail_all(job.appends.into_iter().map(|(_, ack)| ack), &error);
+            None
+        }
+    }
+}
+
+/// Makes a synced batch's records readable, then acknowledges its appends.
+fn acknowledge(shared: &Shared, appends: Vec<(Append, Ack)>) -> (Vec<Append>, i64) {
+    let written_ms = chunk_list::now_ms();
+    {
+        let mut unapplied = shared
+            .unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (append, _) in &appends {
+            if !append.data.is_empty() {
+                unapplied.entry(append.id).or_default().push(LoggedRecord {
+                    start: append.start,
+                    data: append.data.clone(),
+                    written_ms,
+                });
+            }
+        }
+    }
+    let appends = appends
+        .into_iter()
+        .map(|(append, ack)| {
+            let _ = ack.send(Ok(()));
+            append
+        })
+        .collect();
+    (appends, written_ms)
+}
+
+/// The writer's end of its sync thread: batches handed over and not yet
+/// come back.
+pub(super) struct SyncHandle {
+    pub(super) jobs: SyncSender<Written>,
+    pub(super) done: Receiver<Synced>,
+    pub(super) in_flight: usize,
+    /// Appends in the batch handed over last.
+    pub(super) last_batch: usize,
+    pub(super) thread: std::thread::JoinHandle<()>,
+}
