@@ -1337,7 +1337,10 @@ class Verifier:
                 for chunk in chunks:
                     http(f"{base_url}/{stream}", "POST", chunk, content_type)
             http(f"{base_url}/closed", "POST", b"", "text/plain", {"Stream-Closed": "true"})
-            before = tree_state(data)
+            # The server itself may still be writing (the acid backend moves
+            # its acknowledgement log into redb shortly after the last
+            # append): compare from the moment it has gone quiet.
+            before = settled_tree_state(data)
             result = live.run_script(script, base, env)
             if tree_state(data) != before:
                 raise CheckFailed(["the backup changed the data directory, which the Job mounts read-only"])
@@ -1993,6 +1996,20 @@ def crd_problems(doc: dict, schema: dict) -> list[str]:
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root with its size and modification time."""
     return {str(f.relative_to(root)): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()}
+
+
+def settled_tree_state(root: Path, quiet: float = 0.5, limit: float = 15.0) -> dict[str, tuple[int, int]]:
+    """tree_state(root) once it has not changed for `quiet` seconds (or after `limit`)."""
+    state, since = tree_state(root), time.monotonic()
+    deadline = since + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = tree_state(root)
+        if now != state:
+            state, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return state
 
 
 def go_duration_secs(text: str) -> float:
