@@ -188,7 +188,7 @@ impl Writer {
     }
 
     /// Starts the next segment when this batch would overflow the current
-    /// one; the current one is synced first (the sync thread only syncs the
+    /// one; the current one is synced first (the [`Publisher`] only syncs the
     /// newest).
     fn roll_if_full(&mut self, adding: u64) -> Result<(), StorageError> {
         if self.segment.len <= wal::WAL_HEADER
