@@ -490,8 +490,13 @@ impl FileStorage {
         for (index, heads) in heads.into_iter().enumerate() {
             let segment =
                 wal::create_segment(dir, index as u32, first_seq, shared.options.segment_bytes)?;
-            let (tx, rx) = std::sync::mpsc::sync_channel(shard::SYNC_QUEUE);
-            let (turn_tx, turn) = std::sync::mpsc::channel();
+            let publisher = shard::Publisher::new(shared.clone(), index);
+            let (done, syncer) = if shared.options.durable {
+                (shard::Done::Inline(publisher), None)
+            } else {
+                let (tx, rx) = std::sync::mpsc::sync_channel(shard::SYNC_QUEUE);
+                (shard::Done::Thread(tx), Some((publisher, rx)))
+            };
             let writer = shard::Writer {
                 shared: shared.clone(),
                 shard: index,
@@ -500,8 +505,7 @@ impl FileStorage {
                     chunk_bytes: shared.options.chunk_bytes,
                 },
                 segment,
-                tx,
-                turn,
+                done,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -509,13 +513,14 @@ impl FileStorage {
                     .spawn(move || writer.run())
                     .map_err(StorageError::Io)?,
             );
-            let syncer = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("ds-sync-{index}"))
-                    .spawn(move || shard::run_syncer(syncer, index, rx, turn_tx))
-                    .map_err(StorageError::Io)?,
-            );
+            if let Some((publisher, rx)) = syncer {
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("ds-sync-{index}"))
+                        .spawn(move || shard::run_syncer(publisher, rx))
+                        .map_err(StorageError::Io)?,
+                );
+            }
         }
         let checkpointer = {
             let shared = shared.clone();

@@ -1,26 +1,28 @@
-//! A commit shard: a writer thread and a sync thread over one log.
+//! A commit shard: a writer thread over one log, plus a sync thread in
+//! `file-fast`.
 //!
 //! The writer takes everything queued as one batch, appends its frames to
-//! the shard's log segment with one `write`, writes the records into their
-//! chunk files (page cache), and hands the batch to the sync thread, which
-//! runs `fdatasync`, publishes the batch to readers and acknowledges it.
-//!
-//! In `file-durable` the writer then waits for that sync before it takes
-//! the next batch: everything that arrived during a sync goes into the next
-//! one, whose own sync starts as soon as it is written. Writing batch
-//! *k + 1* while batch *k* syncs (the other order) was measured to be
-//! slower: the writer then takes what arrived early in a sync, and what
-//! arrives later waits a sync more, so batches were smaller (14 appends per
-//! `fdatasync` instead of 22 at 100 streams), syncs more frequent and
-//! latency higher. In `file-fast` nothing waits for a sync: the writer
-//! writes ahead and the sync thread publishes at once and syncs on a timer.
+//! the shard's log segment with one `write` and writes the records into
+//! their chunk files (page cache). In `file-durable` it then runs
+//! `fdatasync` itself, publishes the batch to readers and acknowledges it
+//! ([`Publisher`]), and only then takes the next batch: everything that
+//! arrived during a sync goes into the next one. Writing batch *k + 1*
+//! while batch *k* syncs (the other order) was measured to be slower: the
+//! writer then takes what arrived early in a sync, and what arrives later
+//! waits a sync more, so batches were smaller (14 appends per `fdatasync`
+//! instead of 22 at 100 streams), syncs more frequent and latency higher.
+//! Since the writer waits for each sync anyway, it syncs on its own thread:
+//! handing each batch to a sync thread and back cost two thread wake-ups
+//! per batch. In `file-fast` nothing waits for a sync: the writer writes
+//! ahead and hands batches to the sync thread, which publishes them at once
+//! and syncs on a timer.
 //!
 //! A failed sync poisons the store: every later write is refused until a
 //! restart replays the log.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -82,11 +84,18 @@ pub struct Writer {
     pub planner: Planner,
     /// The segment being appended to.
     pub segment: Segment,
-    /// To the sync thread.
-    pub tx: SyncSender<Pending>,
-    /// From the sync thread, in `file-durable`: one message per batch it
-    /// has synced (or failed), the writer's turn to take the next.
-    pub turn: Receiver<()>,
+    /// Where a written batch goes to be synced and acknowledged.
+    pub done: Done,
+}
+
+/// Who syncs, publishes and acknowledges a shard's written batches.
+pub enum Done {
+    /// `file-durable`: the writer itself, before it takes the next batch.
+    /// It would wait for that sync anyway (see the module comment), so a
+    /// sync thread would only add two thread hand-offs per batch.
+    Inline(Publisher),
+    /// `file-fast`: the sync thread, so the writer can write ahead.
+    Thread(SyncSender<Pending>),
 }
 
 impl Writer {
@@ -104,13 +113,13 @@ impl Writer {
             }
             self.shared.wait_for_replay_room();
             if let Some(pending) = self.commit(batch) {
-                if self.tx.send(pending).is_err() {
-                    break;
-                }
-                // Durable: wait for this batch's sync before taking the
-                // next, so the next holds everything that arrived meanwhile.
-                if self.shared.options.durable && self.turn.recv().is_err() {
-                    break;
+                match &mut self.done {
+                    Done::Inline(publisher) => publisher.finish(vec![pending]),
+                    Done::Thread(tx) => {
+                        if tx.send(pending).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -179,7 +188,7 @@ impl Writer {
     }
 
     /// Starts the next segment when this batch would overflow the current
-    /// one; the current one is synced first (the sync thread only syncs the
+    /// one; the current one is synced first (the [`Publisher`] only syncs the
     /// newest).
     fn roll_if_full(&mut self, adding: u64) -> Result<(), StorageError> {
         if self.segment.len <= wal::WAL_HEADER
@@ -259,50 +268,50 @@ impl Writer {
 
 use std::os::unix::fs::FileExt;
 
-/// The sync thread: syncs, publishes and acknowledges batches in order.
-pub fn run_syncer(shared: Arc<Shared>, shard: usize, rx: Receiver<Pending>, turn: Sender<()>) {
-    let durable = shared.options.durable;
-    let mut cache = TailCache::new(shared.options.tail_cache_bytes / shared.shards.len().max(1));
-    let mut unsynced: Option<(Instant, Arc<File>)> = None;
-    loop {
-        let first = match &unsynced {
-            Some((since, file)) if !durable => {
-                let deadline = *since + shared.options.sync_interval;
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(pending) => pending,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if let Err(error) = file.sync_data() {
-                            shared.poison(format!("fdatasync of the log failed: {error}"));
-                        }
-                        unsynced = None;
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            _ => match rx.recv() {
-                Ok(pending) => pending,
-                Err(_) => break,
-            },
-        };
-        let mut batches = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batches.push(more);
+/// Syncs, publishes and acknowledges written batches in order: on the
+/// writer thread in `file-durable`, on the sync thread in `file-fast`.
+pub struct Publisher {
+    shared: Arc<Shared>,
+    shard: usize,
+    /// Recently published stream states, served to readers from memory.
+    cache: TailCache,
+    /// `file-fast`: the newest written log file and since when it waits for
+    /// its timed sync.
+    unsynced: Option<(Instant, Arc<File>)>,
+}
+
+impl Publisher {
+    /// The publisher of shard `shard`.
+    pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
+        let cache = TailCache::new(shared.options.tail_cache_bytes / shared.shards.len().max(1));
+        Self {
+            shared,
+            shard,
+            cache,
+            unsynced: None,
         }
+    }
+
+    /// Syncs the log behind `batches` (in `file-durable`; `file-fast` only
+    /// notes it for the timer), then publishes and acknowledges them in
+    /// order. A failed sync poisons the store, cuts the unsynced frames
+    /// from the log and refuses every mutation of `batches`.
+    fn finish(&mut self, batches: Vec<Pending>) {
+        let shared = &*self.shared;
         let newest = batches.last().map(|p| p.file.clone());
         let synced = match (&newest, shared.poisoned()) {
             (_, Some(reason)) => Err(StorageError::Unavailable(format!(
                 "storage failed earlier ({reason}); restart required"
             ))),
-            (Some(file), None) if durable => file.sync_data().map_err(|error| {
+            (Some(file), None) if shared.options.durable => file.sync_data().map_err(|error| {
                 shared.poison(format!("fdatasync of the log failed: {error}"));
                 StorageError::from_write(error)
             }),
             (Some(file), None) => {
-                if unsynced.is_none() {
-                    unsynced = Some((Instant::now(), file.clone()));
-                } else if let Some((_, current)) = unsynced.as_mut() {
+                if let Some((_, current)) = self.unsynced.as_mut() {
                     *current = file.clone();
+                } else {
+                    self.unsynced = Some((Instant::now(), file.clone()));
                 }
                 Ok(())
             }
@@ -321,22 +330,19 @@ pub fn run_syncer(shared: Arc<Shared>, shard: usize, rx: Receiver<Pending>, turn
             }
             for pending in batches {
                 fail_all(pending.items.into_iter().map(|(_, ack)| ack), &error);
-                if durable {
-                    let _ = turn.send(());
-                }
             }
-            continue;
+            return;
         }
         let mut target = Target {
             streams: &shared.streams,
             root: &shared.dir,
             files: &shared.files,
             dirty: &shared.dirty,
-            cache: Some(&mut cache),
+            cache: Some(&mut self.cache),
             delete_files: true,
         };
         {
-            let mut published = shared.shards[shard]
+            let mut published = shared.shards[self.shard]
                 .published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -358,16 +364,49 @@ pub fn run_syncer(shared: Arc<Shared>, shard: usize, rx: Receiver<Pending>, turn
                 }
                 .emit();
                 drop(pending.spans);
-                if durable {
-                    let _ = turn.send(());
-                }
             }
         }
         target.evict();
     }
-    if let Some((_, file)) = unsynced
-        && let Err(error) = file.sync_data()
-    {
-        shared.poison(format!("fdatasync of the log failed: {error}"));
+
+    /// `file-fast`: runs the timed sync of the newest written log file.
+    fn sync_now(&mut self) {
+        if let Some((_, file)) = self.unsynced.take()
+            && let Err(error) = file.sync_data()
+        {
+            self.shared
+                .poison(format!("fdatasync of the log failed: {error}"));
+        }
     }
+}
+
+/// The `file-fast` sync thread: publishes and acknowledges batches in
+/// order as they come, and syncs the log at most `sync_interval` after a
+/// write.
+pub fn run_syncer(mut publisher: Publisher, rx: Receiver<Pending>) {
+    loop {
+        let first = match &publisher.unsynced {
+            Some((since, _)) => {
+                let deadline = *since + publisher.shared.options.sync_interval;
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(pending) => pending,
+                    Err(RecvTimeoutError::Timeout) => {
+                        publisher.sync_now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match rx.recv() {
+                Ok(pending) => pending,
+                Err(_) => break,
+            },
+        };
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        publisher.finish(batches);
+    }
+    publisher.sync_now();
 }
