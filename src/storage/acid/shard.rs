@@ -266,8 +266,16 @@ impl DbShard {
             let start = end - payload.len() as u64;
             let wanted = match expected {
                 Some(end) => end,
-                // Data starts at the stream's head, which may lie past `from`.
-                None if start > from => from.max(head_of(&txn, id)?),
+                // Data starts at the stream's head, which may lie past `from`
+                // (a fork's base). A trim committed after the check above
+                // answers as that check would have: a read below the
+                // retained head is gone, never served with a hole.
+                None if start > from => match head_of(&txn, id)? {
+                    RetainedStart::Trimmed(head) if from < head => {
+                        return Err(StorageError::Trimmed { id, head });
+                    }
+                    RetainedStart::Trimmed(head) | RetainedStart::Base(head) => from.max(head),
+                },
                 None => start,
             };
             // Checked before the range's end: a record's key is not covered
@@ -305,8 +313,16 @@ impl DbShard {
     }
 }
 
-/// Where a stream's retained data starts (its base, or where retention cut).
-fn head_of(txn: &redb::ReadTransaction, id: StreamId) -> Result<u64, StorageError> {
+/// Where a stream's retained data starts.
+enum RetainedStart {
+    /// Its base: nothing was trimmed.
+    Base(u64),
+    /// Where retention cut it.
+    Trimmed(u64),
+}
+
+/// Where a stream's retained data starts, as `txn` sees it.
+fn head_of(txn: &redb::ReadTransaction, id: StreamId) -> Result<RetainedStart, StorageError> {
     let invalid = |what: &str, e: serde_json::Error| {
         StorageError::Corrupt(format!("{what} of stream {id} is invalid: {e}"))
     };
@@ -324,7 +340,7 @@ fn head_of(txn: &redb::ReadTransaction, id: StreamId) -> Result<u64, StorageErro
         }
         None => None,
     };
-    Ok(head.unwrap_or(spec.base))
+    Ok(head.map_or(RetainedStart::Base(spec.base), RetainedStart::Trimmed))
 }
 
 /// A stream's records do not reach `at` without a gap.

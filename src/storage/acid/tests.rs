@@ -40,11 +40,8 @@ fn payload(i: usize) -> Vec<u8> {
     out
 }
 
-/// Stream 1 with `RECORDS_WRITTEN` records, submitted together so that
-/// they reach redb in one move and the file's layout does not depend on
-/// timing; the store is closed when this returns.
-async fn write_store(dir: &Path) -> Vec<u8> {
-    let store = open_one(dir).expect("open");
+/// Creates stream 1, empty.
+async fn create_stream_1(store: &AcidStorage) {
     store
         .submit(Mutation::Create {
             spec: spec(1),
@@ -53,6 +50,14 @@ async fn write_store(dir: &Path) -> Vec<u8> {
         })
         .await
         .expect("create");
+}
+
+/// Stream 1 with `RECORDS_WRITTEN` records, submitted together so that
+/// they reach redb in one move and the file's layout does not depend on
+/// timing; the store is closed when this returns.
+async fn write_store(dir: &Path) -> Vec<u8> {
+    let store = open_one(dir).expect("open");
+    create_stream_1(&store).await;
     let mut all = Vec::new();
     let mut appends = Vec::with_capacity(RECORDS_WRITTEN);
     for i in 0..RECORDS_WRITTEN {
@@ -417,4 +422,69 @@ async fn logged_appends_are_served_replayed_and_checked() {
         Err(StorageError::Corrupt(detail)) => assert!(detail.contains("log"), "{detail}"),
         other => panic!("a gap in the log must stop the open: {other:?}"),
     }
+}
+
+/// A read that passed the trimmed-head check just before a trim committed
+/// (the writer records the new head only after its transaction) meets the
+/// trimmed records' absence in redb: it answers `Trimmed` like the check,
+/// never the retained data as if it started where the read asked.
+#[tokio::test]
+async fn a_read_racing_a_trim_answers_trimmed_not_a_hole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = AcidStorage::open_with(
+        dir.path(),
+        AcidOptions {
+            shards: 1,
+            chunk_bytes: 4096,
+            ..AcidOptions::default()
+        },
+    )
+    .expect("open");
+    create_stream_1(&store).await;
+    let mut tail = 0;
+    for i in 0..100 {
+        let data = Bytes::from(payload(i));
+        let len = data.len() as u64;
+        store
+            .submit(Mutation::Append(Append {
+                id: 1,
+                start: tail,
+                data,
+                producer: None,
+                stream_seq: None,
+                close: None,
+            }))
+            .await
+            .expect("append");
+        tail += len;
+    }
+    store
+        .submit(Mutation::Trim {
+            id: 1,
+            before: 10_000,
+        })
+        .await
+        .expect("trim");
+    let head = match store.read(1, 0, tail, 1 << 20).await {
+        Err(StorageError::Trimmed { head, .. }) => head,
+        other => panic!("a read below the trimmed head answered {other:?}"),
+    };
+    assert!(head > 0 && head <= 10_000, "head {head}");
+    // What a reader sees in the moment between the trim's commit and the
+    // writer recording its head.
+    store.shards[0]
+        .shared
+        .trimmed
+        .write()
+        .expect("trimmed heads")
+        .clear();
+    match store.read(1, 0, tail, 1 << 20).await {
+        Err(StorageError::Trimmed { head: seen, .. }) => assert_eq!(seen, head),
+        other => panic!("a read racing the trim answered {other:?}"),
+    }
+    let kept = store
+        .read(1, head, tail, 1 << 20)
+        .await
+        .expect("read at the head");
+    assert_eq!(kept.end, tail);
 }
