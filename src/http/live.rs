@@ -21,7 +21,7 @@ use super::AppState;
 use super::deferred;
 use super::names::*;
 use super::problem::ApiError;
-use super::stream::{CACHEABLE, etag, offset_header, read_response};
+use super::stream::{CACHEABLE, etag, offset_header, served_read};
 use crate::clock;
 use crate::engine::{Engine, EngineError, Signal, StreamEntry, resolve_start};
 use crate::metrics::event::{
@@ -117,14 +117,9 @@ impl LongPoll {
                         .read_resolved(entry, self.from, self.start, snapshot),
                 )
                 .await?;
-                ReadBytesSent {
-                    mode: ReadMode::LongPoll,
-                    bytes: result.len(),
-                }
-                .emit();
-                let mut response = read_response(entry, &result);
+                let mut response =
+                    served_read(entry, &result, ReadMode::LongPoll, etag(entry, &result));
                 let out = response.headers_mut();
-                out.insert(header::ETAG, etag(entry, &result));
                 out.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHEABLE));
                 if !result.closed {
                     out.insert(

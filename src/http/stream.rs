@@ -554,14 +554,8 @@ async fn catch_up(
         response.headers_mut().insert(header::ETAG, etag);
         return Ok(response);
     }
-    ReadBytesSent {
-        mode: ReadMode::CatchUp,
-        bytes: result.len(),
-    }
-    .emit();
-    let mut response = read_response(entry, &result);
+    let mut response = served_read(entry, &result, ReadMode::CatchUp, etag);
     let out = response.headers_mut();
-    out.insert(header::ETAG, etag);
     let cache = if result.is_empty() {
         "no-cache"
     } else {
@@ -582,6 +576,23 @@ pub(super) fn etag(entry: &StreamEntry, result: &ReadResult) -> HeaderValue {
         result.next
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// The `200` of a read that is served, with its ETag; counts the bytes sent.
+pub(super) fn served_read(
+    entry: &StreamEntry,
+    result: &ReadResult,
+    mode: ReadMode,
+    etag: HeaderValue,
+) -> Response {
+    ReadBytesSent {
+        mode,
+        bytes: result.len(),
+    }
+    .emit();
+    let mut response = read_response(entry, result);
+    response.headers_mut().insert(header::ETAG, etag);
+    response
 }
 
 /// A `200` carrying the records of a read with the protocol's headers.
