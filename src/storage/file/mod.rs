@@ -336,16 +336,22 @@ fn run_checkpoints(shared: Arc<Shared>) {
             return;
         }
         let interval = shared.options.checkpoint_interval;
-        let waited;
-        (signal, waited) = shared
-            .wake
-            .wait_timeout(signal, interval.saturating_sub(last.elapsed()))
-            .unwrap_or_else(PoisonError::into_inner);
-        if signal.stop {
-            return;
+        // A checkpoint asked for while the last one ran found no one
+        // waiting on `wake`: `wanted` alone remembers it.
+        let mut timed_out = false;
+        if !signal.wanted {
+            let waited;
+            (signal, waited) = shared
+                .wake
+                .wait_timeout(signal, interval.saturating_sub(last.elapsed()))
+                .unwrap_or_else(PoisonError::into_inner);
+            if signal.stop {
+                return;
+            }
+            timed_out = waited.timed_out();
         }
         let due = signal.wanted
-            || (waited.timed_out() || last.elapsed() >= interval)
+            || (timed_out || last.elapsed() >= interval)
                 && shared.logged.load(Ordering::Acquire) > 0;
         if !due {
             if last.elapsed() >= interval {

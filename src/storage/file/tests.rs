@@ -4,6 +4,7 @@
 //! a directory of the first layout is converted in place.
 
 use std::path::Path;
+use std::sync::PoisonError;
 
 use bytes::Bytes;
 
@@ -483,6 +484,41 @@ async fn a_full_log_segment_is_checkpointed_away() {
         segments <= 2,
         "{segments} log segments after 5 MB went through"
     );
+}
+
+/// A checkpoint asked for while another one runs is taken right after
+/// it, not at the next interval: the segment that filled meanwhile must
+/// not wait a minute to be deleted.
+#[tokio::test]
+async fn a_checkpoint_wanted_during_a_checkpoint_follows_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = FileStorage::open(dir.path(), FileOptions::default()).expect("open");
+    let shared = store.inner.shared.clone();
+    let wanted = || {
+        shared
+            .signal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wanted
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let wait_until_taken = |what: &str| {
+        while wanted() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} was never taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let running = shared.checkpointing.lock().expect("checkpoint lock");
+    // The first request takes the checkpoint thread into a checkpoint,
+    // which waits for the lock held here; the second comes while it runs.
+    shared.want_checkpoint();
+    wait_until_taken("the first checkpoint");
+    shared.want_checkpoint();
+    drop(running);
+    wait_until_taken("the checkpoint wanted while one ran");
 }
 
 /// Retention drops the chunk that was being written at the last
