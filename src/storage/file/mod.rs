@@ -54,6 +54,8 @@ mod wal;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unwritten_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
