@@ -46,6 +46,7 @@ mod files;
 mod layout;
 mod progress;
 mod recovery;
+mod refusal;
 mod removal;
 mod shard;
 mod state;

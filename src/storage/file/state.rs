@@ -21,6 +21,7 @@ use super::checkpoint::StreamRecord;
 use super::chunk::{self, Active, IndexEntry};
 use super::files::FileCache;
 use super::layout;
+pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
@@ -303,34 +304,6 @@ pub struct Planner {
     pub heads: HashMap<StreamId, Head>,
     /// Chunk size (bytes of chunk file).
     pub chunk_bytes: u64,
-}
-
-/// A mutation the store refuses on its own.
-pub enum Refusal {
-    /// An append to a stream it does not hold.
-    Unknown(StreamId),
-    /// An append that does not start at the tail.
-    OutOfOrder { id: StreamId, start: u64, tail: u64 },
-}
-
-impl Refusal {
-    /// As a storage error.
-    pub fn into_error(self) -> StorageError {
-        match self {
-            Refusal::Unknown(id) => StorageError::UnknownStream(id),
-            Refusal::OutOfOrder { id, start, tail } => StorageError::OutOfOrder { id, start, tail },
-        }
-    }
-
-    /// Why a logged mutation cannot be replayed.
-    pub fn describe(&self) -> String {
-        match self {
-            Refusal::Unknown(id) => format!("append to unknown stream {id}"),
-            Refusal::OutOfOrder { start, tail, .. } => {
-                format!("append at {start} does not follow the tail {tail}")
-            }
-        }
-    }
 }
 
 impl Planner {

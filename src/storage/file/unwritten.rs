@@ -123,6 +123,9 @@ impl Unwritten {
     }
 }
 
+/// Chunk files' lengths by (stream, chunk start).
+type FileLengths = HashMap<(StreamId, u64), u64>;
+
 /// A shard's streams with unwritten bytes, and what they cost.
 #[derive(Default)]
 pub struct ShardBuffer {
@@ -134,7 +137,7 @@ pub struct ShardBuffer {
     due: Mutex<Vec<Arc<Stream>>>,
     /// Beside a running server (read-only): what its chunk files held when
     /// first looked at; frames within that are not kept.
-    on_disk: Option<(PathBuf, Mutex<HashMap<(StreamId, u64), u64>>)>,
+    on_disk: Option<(PathBuf, Mutex<FileLengths>)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -178,7 +178,10 @@ async fn removed_and_trimmed_chunks_drop_their_unwritten_records() {
         .submit(Mutation::Trim { id: 1, before })
         .await
         .expect("trim");
-    store.submit(Mutation::Remove { id: 2 }).await.expect("remove");
+    store
+        .submit(Mutation::Remove { id: 2 })
+        .await
+        .expect("remove");
     store.checkpoint().expect("checkpoint");
     for chunk in &chunks[..2] {
         assert!(
@@ -187,7 +190,10 @@ async fn removed_and_trimmed_chunks_drop_their_unwritten_records() {
             chunk.start
         );
     }
-    assert!(!layout::stream_dir(dir.path(), 2).exists(), "removed stream came back");
+    assert!(
+        !layout::stream_dir(dir.path(), 2).exists(),
+        "removed stream came back"
+    );
     assert_eq!(
         read_range(&store, 1, before, 20_000).await,
         expected[before as usize..]
