@@ -82,6 +82,10 @@ pub struct StorageConfig {
     /// File backends: most bytes of recent records kept in memory for
     /// readers at the tail, over all streams.
     pub tail_cache_bytes: u64,
+    /// File backends: most bytes of committed records held in memory until
+    /// they are written to their chunk files (the log holds them durably),
+    /// over all streams.
+    pub chunk_buffer_bytes: u64,
     /// File backends: most chunk files held open at once.
     pub max_open_files: u64,
     /// File backends: longest time between checkpoints while anything is
@@ -201,6 +205,7 @@ impl Default for StorageConfig {
             commit_shards: 0,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             tail_cache_bytes: 64 << 20,
+            chunk_buffer_bytes: 16 << 20,
             max_open_files: 512,
             checkpoint_interval_secs: 60,
             max_replay_bytes: 256 << 20,

@@ -386,6 +386,15 @@ pub fn open(
         commit_shards: usize::try_from(storage.commit_shards).unwrap_or(usize::MAX),
         chunk_bytes: storage.chunk_bytes.max(4 << 10),
         tail_cache_bytes: usize::try_from(storage.tail_cache_bytes).unwrap_or(usize::MAX),
+        // Within a quarter of the replay budget, so that a writer refusing
+        // batches it cannot write (a full disk) does so before the log since
+        // the last checkpoint is full.
+        chunk_buffer_bytes: usize::try_from(
+            storage
+                .chunk_buffer_bytes
+                .min(storage.max_replay_bytes.max(1 << 20) / 4),
+        )
+        .unwrap_or(usize::MAX),
         max_open_files: usize::try_from(storage.max_open_files)
             .unwrap_or(usize::MAX)
             .max(16),

@@ -8,12 +8,12 @@
 //! record's position is ever held in memory.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
 
 use super::super::{ReadChunk, StorageError};
+use super::unwritten::read_at;
 
 /// Bytes before a record's payload.
 pub const FRAME_HEADER: u64 = 8;
@@ -88,7 +88,7 @@ impl Active {
 
 /// A committed chunk to read: where it starts and, for the chunk still
 /// being written, how much of its file and index is committed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Committed {
     /// Stream position of its first record.
     pub start: u64,
@@ -97,6 +97,9 @@ pub struct Committed {
     /// Committed bytes of the file and entries of the index; `None` for a
     /// sealed chunk (all of them).
     pub limit: Option<(u64, u32)>,
+    /// Its committed bytes not yet in its file: (their file offset, the
+    /// bytes), taken with the rest of the plan.
+    pub memory: Option<(u64, Bytes)>,
 }
 
 /// An open chunk file, with the paths of it and its index.
@@ -160,9 +163,10 @@ pub fn read(
     if from >= until {
         return Ok(0);
     }
-    let file_len = match chunk.limit {
-        Some((len, _)) => len,
-        None => file
+    let file_len = match (chunk.limit, &chunk.memory) {
+        (Some((len, _)), _) => len,
+        (None, Some((offset, bytes))) => offset + bytes.len() as u64,
+        (None, None) => file
             .metadata()
             .map_err(|e| StorageError::path("inspect chunk file", path, e))?
             .len(),
@@ -195,7 +199,7 @@ pub fn read(
             next_read = next_read.saturating_mul(2);
             let old = buf.len();
             buf.resize(old + want as usize, 0);
-            file.read_exact_at(&mut buf[old..], have)
+            read_at(file, chunk.memory.as_ref(), &mut buf[old..], have)
                 .map_err(|e| StorageError::path("read chunk file", path, e))?;
         }
         Ok(true)

@@ -11,10 +11,11 @@
 //!   acknowledged append survives `kill -9`; a power loss may lose the last
 //!   `sync_interval` of acknowledged writes, never more, and never corrupts.
 //!
-//! Chunk files are written right after the log, without a sync: the log is
-//! what makes a write durable until a checkpoint has synced the chunk files
-//! and recorded every stream's state; only then are the log segments before
-//! it deleted.
+//! Chunk files are written after the log, without a sync, in writes of many
+//! records (held in memory meanwhile, within `chunk_buffer_bytes`): the log
+//! is what makes a write durable until a checkpoint has written and synced
+//! the chunk files and recorded every stream's state; only then are the log
+//! segments before it deleted.
 //!
 //! # Commit shards
 //! Streams are spread over `commit_shards` shards by id (a fork goes to its
@@ -45,13 +46,17 @@ mod files;
 mod layout;
 mod progress;
 mod recovery;
+mod refusal;
 mod removal;
 mod shard;
 mod state;
+mod unwritten;
 mod wal;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unwritten_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -73,6 +78,7 @@ use checkpoint::LogPosition;
 use files::FileCache;
 use shard::Shard;
 use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
+use unwritten::ShardBuffer;
 
 pub use layout::CHECKPOINT as CHECKPOINT_FILE;
 
@@ -94,6 +100,9 @@ pub struct FileOptions {
     pub chunk_bytes: u64,
     /// Most bytes of recent records kept in memory, over all streams.
     pub tail_cache_bytes: usize,
+    /// Most bytes of committed records held in memory until written to
+    /// their chunk files, over all streams.
+    pub chunk_buffer_bytes: usize,
     /// Most chunk files held open at once.
     pub max_open_files: usize,
     /// Longest time between checkpoints while anything is written.
@@ -117,6 +126,7 @@ impl Default for FileOptions {
             commit_shards: 0,
             chunk_bytes: 8 << 20,
             tail_cache_bytes: 64 << 20,
+            chunk_buffer_bytes: 16 << 20,
             max_open_files: 512,
             checkpoint_interval: Duration::from_secs(60),
             max_replay_bytes: 256 << 20,
@@ -299,6 +309,11 @@ impl Shared {
                 let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
                 checkpoint::encode_stream(&mut body, &state.record(id));
             }
+        }
+        // Every record the checkpoint covers must be in its chunk file
+        // before the log that holds it can go.
+        for shard in &self.shards {
+            shard.buffer.write_all(&self.files, &self.dirty)?;
         }
         if let Err(error) = self.sync_dirty() {
             self.poison(format!(
@@ -519,6 +534,7 @@ impl FileStorage {
         let mut taken = 0usize;
         for committed in chunks {
             let start = out.end.max(committed.start);
+            let committed_end = committed.end;
             let path = layout::chunk_path(&shared.dir, id, committed.start);
             let file = match shared.files.get(id, committed.start) {
                 Ok(file) => file,
@@ -547,7 +563,7 @@ impl FileStorage {
                 max_bytes - taken,
                 &mut out,
             )?;
-            if taken >= max_bytes || out.end < committed.end.min(until) {
+            if taken >= max_bytes || out.end < committed_end.min(until) {
                 break;
             }
         }
@@ -620,13 +636,23 @@ impl Storage for FileStorage {
             let chunks = state.chunks.chunks();
             let first = state.chunks.index_of(from).unwrap_or(0);
             let last = state.chunks.index_of(until - 1).unwrap_or(0);
+            // Taken under the state's lock: whatever is not among them now
+            // is in the chunk file already.
+            let unwritten = stream
+                .unwritten
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let plan: Vec<chunk::Committed> = (first..=last)
-                .map(|i| chunk::Committed {
-                    start: chunks[i].start,
-                    end: state.chunks.end_of(i, state.tail),
-                    limit: (i + 1 == chunks.len())
+                .map(|i| {
+                    let limit = (i + 1 == chunks.len())
                         .then(|| state.active.map(|a| (a.len, a.index_entries)))
-                        .flatten(),
+                        .flatten();
+                    chunk::Committed {
+                        start: chunks[i].start,
+                        end: state.chunks.end_of(i, state.tail),
+                        limit,
+                        memory: unwritten.snapshot(chunks[i].start, limit.map(|(len, _)| len)),
+                    }
                 })
                 .collect();
             (plan, from, until)

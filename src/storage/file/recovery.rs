@@ -69,10 +69,7 @@ fn replay(
             let id = record.id;
             let state = State::from_record(record);
             let head = Head {
-                stream: Arc::new(Stream {
-                    id,
-                    state: RwLock::new(state),
-                }),
+                stream: Arc::new(Stream::new(id, state)),
                 tail: 0,
                 active: None,
             };
@@ -108,6 +105,9 @@ fn replay(
     let old_segments = layout::list_wal(dir)?;
     let progress =
         progress::ReplayProgress::start(dir, replay_bytes(dir, found.as_ref(), &old_segments));
+    // Read-only beside a running server: what its chunk files do not hold
+    // yet (it writes them after the log) is kept in memory for readers.
+    let beside_writer = ShardBuffer::beside_writer(dir);
     let mut apply = |mutation: Mutation, end: u64| -> Result<(), String> {
         progress.applied(end);
         let id = match &mutation {
@@ -128,6 +128,7 @@ fn replay(
             files,
             dirty,
             cache: None,
+            buffer: read_only.then_some(&beside_writer),
             delete_files: !read_only,
         };
         let outcome = (if read_only {
@@ -431,6 +432,7 @@ impl FileStorage {
                         seq: first_seq,
                         offset: wal::WAL_HEADER,
                     }),
+                    buffer: ShardBuffer::default(),
                 })
                 .collect(),
             dirty,

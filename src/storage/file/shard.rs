@@ -1,9 +1,10 @@
 //! A commit shard: a writer thread over one log, plus a sync thread in
 //! `file-fast`.
 //!
-//! The writer takes everything queued as one batch, appends its frames to
-//! the shard's log segment with one `write` and writes the records into
-//! their chunk files (page cache). In `file-durable` it then runs
+//! The writer takes everything queued as one batch and appends its frames
+//! to the shard's log segment with one `write` (the records reach their
+//! chunk files later, in larger writes: the `unwritten` module). In
+//! `file-durable` it then runs
 //! `fdatasync` itself, publishes the batch to readers and acknowledges it
 //! ([`Publisher`]), and only then takes the next batch: everything that
 //! arrived during a sync goes into the next one. Writing batch *k + 1*
@@ -32,6 +33,7 @@ use super::super::{Mutation, StorageError, StreamId};
 use super::Shared;
 use super::checkpoint::LogPosition;
 use super::state::{ChunkWrites, Effect, Head, Planner, TailCache, Target};
+use super::unwritten::ShardBuffer;
 use super::wal::{self, Segment};
 use crate::metrics::event::StorageCommitted;
 
@@ -54,6 +56,8 @@ pub struct Shard {
     /// The log position after the last published batch. Held while a batch
     /// is published, so a checkpoint that holds it sees whole batches only.
     pub published: Mutex<LogPosition>,
+    /// Published records not yet in their chunk files.
+    pub buffer: ShardBuffer,
 }
 
 /// A batch written to the log, waiting for its sync.
@@ -112,6 +116,10 @@ impl Writer {
                 continue;
             }
             self.shared.wait_for_replay_room();
+            if let Err(error) = self.make_room() {
+                fail_all(batch.into_iter().map(|(_, ack)| ack), &error);
+                continue;
+            }
             if let Some(pending) = self.commit(batch) {
                 match &mut self.done {
                     Done::Inline(publisher) => publisher.finish(vec![pending]),
@@ -122,13 +130,40 @@ impl Writer {
                     }
                 }
             }
+            let shared = &*self.shared;
+            if let Err(error) = shared.shards[self.shard]
+                .buffer
+                .write_due(&shared.files, &shared.dirty)
+            {
+                tracing::warn!(error = %error, "cannot write chunk files yet; the records stay in memory and in the log");
+            }
+        }
+    }
+
+    /// Writes the shard's unwritten records when they hold more than its
+    /// share of `chunk_buffer_bytes`.
+    ///
+    /// # Errors
+    /// When they cannot be written and still hold more: the batch is
+    /// refused (on a full disk [`StorageError::Full`]) instead of memory
+    /// growing further.
+    fn make_room(&self) -> Result<(), StorageError> {
+        let shared = &*self.shared;
+        let buffer = &shared.shards[self.shard].buffer;
+        let cap = shared.options.chunk_buffer_bytes / shared.shards.len().max(1);
+        if buffer.bytes() <= cap {
+            return Ok(());
+        }
+        match buffer.write_all(&shared.files, &shared.dirty) {
+            Err(error) if buffer.bytes() > cap => Err(error),
+            _ => Ok(()),
         }
     }
 
     fn commit(&mut self, batch: Vec<(Mutation, Ack)>) -> Option<Pending> {
         let started = Instant::now();
         let mut buf = Vec::with_capacity(batch.iter().map(|(m, _)| payload_len(m) + 64).sum());
-        let mut writes = ChunkWrites::default();
+        let mut writes = ChunkWrites::deferred();
         let mut items = Vec::with_capacity(batch.len());
         let mut undo: HashMap<StreamId, Option<Head>> = HashMap::new();
         for (mutation, ack) in batch {
@@ -224,7 +259,7 @@ impl Writer {
     }
 
     /// Undoes a batch that could not be written: the heads go back, the
-    /// log and chunk files are cut back to where they were, and every
+    /// log and chunk indexes are cut back to where they were, and every
     /// mutation of the batch is refused.
     fn fail(
         &mut self,
@@ -237,10 +272,9 @@ impl Writer {
         for (id, previous) in undo {
             match previous {
                 Some(head) => {
-                    if let Some(active) = head.active
-                        && let Ok(file) = self.shared.files.get(id, active.start)
-                    {
-                        let _ = file.set_len(active.len);
+                    // The batch wrote no records into chunk files (they
+                    // are written once published), only index entries.
+                    if let Some(active) = head.active {
                         let index = super::layout::index_path(&self.shared.dir, id, active.start);
                         if let Ok(index) = std::fs::OpenOptions::new().write(true).open(index) {
                             let _ = index.set_len(
@@ -339,6 +373,7 @@ impl Publisher {
             files: &shared.files,
             dirty: &shared.dirty,
             cache: Some(&mut self.cache),
+            buffer: Some(&shared.shards[self.shard].buffer),
             delete_files: true,
         };
         {

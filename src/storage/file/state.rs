@@ -21,7 +21,9 @@ use super::checkpoint::StreamRecord;
 use super::chunk::{self, Active, IndexEntry};
 use super::files::FileCache;
 use super::layout;
+pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
+use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
 
 /// Most bytes of recent records kept per stream, counting
@@ -40,6 +42,20 @@ pub struct Stream {
     pub id: StreamId,
     /// What is committed.
     pub state: RwLock<State>,
+    /// Committed frames not yet written to its chunk files (see the
+    /// `unwritten` module). Locked after `state`, never before it.
+    pub unwritten: Mutex<Unwritten>,
+}
+
+impl Stream {
+    /// A stream with state `state` and nothing unwritten.
+    pub fn new(id: StreamId, state: State) -> Self {
+        Self {
+            id,
+            state: RwLock::new(state),
+            unwritten: Mutex::new(Unwritten::default()),
+        }
+    }
 }
 
 /// A stream's committed state.
@@ -196,6 +212,9 @@ pub struct Dirty {
 /// The chunk-file writes of one batch.
 #[derive(Default)]
 pub struct ChunkWrites {
+    /// The records' frames are kept as unwritten bytes when published
+    /// (the commit path), not written here (replay).
+    defer_frames: bool,
     created: Vec<(StreamId, u64)>,
     /// Frames by chunk: file offset of the first byte, the bytes.
     frames: BTreeMap<(StreamId, u64), (u64, Vec<u8>)>,
@@ -203,6 +222,15 @@ pub struct ChunkWrites {
 }
 
 impl ChunkWrites {
+    /// Writes that create chunk files and write index entries, leaving the
+    /// records' frames to be kept unwritten when published.
+    pub fn deferred() -> Self {
+        Self {
+            defer_frames: true,
+            ..Self::default()
+        }
+    }
+
     /// Writes everything, recording what the next checkpoint must sync.
     ///
     /// # Errors
@@ -278,34 +306,6 @@ pub struct Planner {
     pub chunk_bytes: u64,
 }
 
-/// A mutation the store refuses on its own.
-pub enum Refusal {
-    /// An append to a stream it does not hold.
-    Unknown(StreamId),
-    /// An append that does not start at the tail.
-    OutOfOrder { id: StreamId, start: u64, tail: u64 },
-}
-
-impl Refusal {
-    /// As a storage error.
-    pub fn into_error(self) -> StorageError {
-        match self {
-            Refusal::Unknown(id) => StorageError::UnknownStream(id),
-            Refusal::OutOfOrder { id, start, tail } => StorageError::OutOfOrder { id, start, tail },
-        }
-    }
-
-    /// Why a logged mutation cannot be replayed.
-    pub fn describe(&self) -> String {
-        match self {
-            Refusal::Unknown(id) => format!("append to unknown stream {id}"),
-            Refusal::OutOfOrder { start, tail, .. } => {
-                format!("append at {start} does not follow the tail {tail}")
-            }
-        }
-    }
-}
-
 impl Planner {
     fn append_record(
         head: &mut Head,
@@ -327,6 +327,14 @@ impl Planner {
         let offset = active.len;
         if let Some(entry) = active.add(pos, len) {
             writes.index.push((id, active.start, entry));
+        }
+        if writes.defer_frames {
+            head.tail += len;
+            return Written {
+                data,
+                new_chunk,
+                active: *active,
+            };
         }
         let frames = writes
             .frames
@@ -366,10 +374,7 @@ impl Planner {
                     recent: VecDeque::new(),
                     recent_bytes: 0,
                 };
-                let stream = Arc::new(Stream {
-                    id: spec.id,
-                    state: RwLock::new(state),
-                });
+                let stream = Arc::new(Stream::new(spec.id, state));
                 let mut head = Head {
                     stream: stream.clone(),
                     tail: spec.base,
@@ -526,11 +531,32 @@ pub struct Target<'a> {
     pub dirty: &'a Mutex<Dirty>,
     /// Recent records, if kept (not during replay).
     pub cache: Option<&'a mut TailCache>,
+    /// Where published records' frames wait for their chunk files (the
+    /// commit path, and a read-only replay); `None` when the planned writes
+    /// wrote them.
+    pub buffer: Option<&'a ShardBuffer>,
     /// Delete files (not when reading beside a running server).
     pub delete_files: bool,
 }
 
-fn apply_written(state: &mut State, written: &Written, now: i64) -> u64 {
+fn apply_written(
+    stream: &Arc<Stream>,
+    state: &mut State,
+    written: &Written,
+    now: i64,
+    buffer: Option<&ShardBuffer>,
+) -> u64 {
+    if let Some(buffer) = buffer {
+        let frame = chunk::FRAME_HEADER + written.data.len() as u64;
+        let offset = written.active.len - frame;
+        buffer.push(
+            stream,
+            written.active.start,
+            offset,
+            state.tail,
+            &written.data,
+        );
+    }
     if written.new_chunk {
         state.chunks.start_chunk(state.tail, now);
     } else {
@@ -552,7 +578,7 @@ impl Target<'_> {
             Effect::Create { stream, written } => {
                 if let Some(written) = written {
                     let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-                    let end = apply_written(&mut state, &written, now);
+                    let end = apply_written(&stream, &mut state, &written, now, self.buffer);
                     if let Some(cache) = self.cache.as_deref_mut() {
                         cache.remember(&stream, &mut state, end, written.data);
                     }
@@ -571,7 +597,7 @@ impl Target<'_> {
             } => {
                 let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(written) = written {
-                    let end = apply_written(&mut state, &written, now);
+                    let end = apply_written(&stream, &mut state, &written, now, self.buffer);
                     if let Some(cache) = self.cache.as_deref_mut() {
                         cache.remember(&stream, &mut state, end, written.data);
                     }
@@ -603,6 +629,9 @@ impl Target<'_> {
                     .remove(&stream.id);
                 {
                     let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(buffer) = self.buffer {
+                        buffer.discard(&stream, |_| false);
+                    }
                     match self.cache.as_deref_mut() {
                         Some(cache) => cache.forget(stream.id, &mut state),
                         None => state.recent.clear(),
@@ -635,6 +664,9 @@ impl Target<'_> {
                     dropped
                 };
                 if let Some(last) = dropped.last() {
+                    if let Some(buffer) = self.buffer {
+                        buffer.discard(&stream, |chunk| chunk > last.start);
+                    }
                     self.files.forget(stream.id, Some(last.start + 1));
                 }
                 if self.delete_files {

@@ -12,7 +12,7 @@ use super::{FileOptions, FileStorage, layout};
 use crate::storage::suite::{append, spec};
 use crate::storage::{Mutation, Storage, StorageError};
 
-fn small() -> FileOptions {
+pub(super) fn small() -> FileOptions {
     FileOptions {
         segment_bytes: 1 << 20,
         chunk_bytes: 64 << 10,
@@ -40,7 +40,7 @@ fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
-fn payload(seed: u64, len: usize) -> Bytes {
+pub(super) fn payload(seed: u64, len: usize) -> Bytes {
     Bytes::from(
         (0..len)
             .map(|i| (seed as usize * 7 + i) as u8)
@@ -48,7 +48,7 @@ fn payload(seed: u64, len: usize) -> Bytes {
     )
 }
 
-async fn create(store: &FileStorage, id: u64, data: Bytes) {
+pub(super) async fn create(store: &FileStorage, id: u64, data: Bytes) {
     store
         .submit(Mutation::Create {
             spec: spec(id, 0),
@@ -59,11 +59,11 @@ async fn create(store: &FileStorage, id: u64, data: Bytes) {
         .expect("create");
 }
 
-async fn read_all(store: &FileStorage, id: u64, tail: u64) -> Vec<u8> {
+pub(super) async fn read_all(store: &FileStorage, id: u64, tail: u64) -> Vec<u8> {
     read_range(store, id, 0, tail).await
 }
 
-async fn read_range(store: &FileStorage, id: u64, mut from: u64, tail: u64) -> Vec<u8> {
+pub(super) async fn read_range(store: &FileStorage, id: u64, mut from: u64, tail: u64) -> Vec<u8> {
     let mut out = Vec::new();
     while from < tail {
         let chunk = store.read(id, from, tail, 1 << 20).await.expect("read");

@@ -1,0 +1,276 @@
+//! Chunk-file bytes that are committed (in the synced log) but not yet
+//! written to their chunk files.
+//!
+//! Writing each record into its stream's chunk file on the commit path cost
+//! one `pwrite` per append at 100 streams (a batch holds about one append
+//! per stream, so there was nothing to merge). Instead, publishing a record
+//! appends its frame to the stream's [`Unwritten`] bytes, and the shard's
+//! writer writes a stream's bytes with one `pwrite` once they reach
+//! [`STREAM_FLUSH`], or all of a shard's once it holds more than its share
+//! of `storage.chunk_buffer_bytes`. Readers take the part a chunk file lacks
+//! from here. A checkpoint writes everything (and syncs it) before it lets
+//! the log before it go, so after a crash the replay of the log since the
+//! last checkpoint rebuilds whatever never reached a chunk file.
+//!
+//! A failed write keeps the bytes (readers still find them) and is tried
+//! again; once a shard holds more than its share, its writer refuses new
+//! batches with the error ([`StorageError::Full`] on a full disk) rather
+//! than let memory grow.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use super::super::{StorageError, StreamId};
+use super::chunk;
+use super::files::FileCache;
+use super::state::{Dirty, Stream};
+
+/// A stream's unwritten bytes are written once they reach this.
+pub const STREAM_FLUSH: usize = 64 << 10;
+/// What a piece costs besides its bytes (counted against the cap).
+const PIECE_COST: usize = 64;
+
+/// Bytes of one chunk file from `offset` on, not yet written there.
+struct Piece {
+    chunk: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// A stream's unwritten chunk bytes, oldest chunk first (two chunks only
+/// around the start of a new chunk).
+#[derive(Default)]
+pub struct Unwritten {
+    pieces: Vec<Piece>,
+}
+
+impl Unwritten {
+    fn cost(&self) -> usize {
+        self.pieces.iter().map(|p| p.bytes.len() + PIECE_COST).sum()
+    }
+
+    /// The frame of the record at stream position `pos`, which goes at
+    /// `offset` of chunk `chunk`; returns the bytes this adds to the cost.
+    fn push(&mut self, chunk: u64, offset: u64, pos: u64, data: &[u8]) -> usize {
+        let before = self.cost();
+        let contiguous = self
+            .pieces
+            .last()
+            .is_some_and(|p| p.chunk == chunk && p.offset + p.bytes.len() as u64 == offset);
+        if !contiguous {
+            self.pieces.push(Piece {
+                chunk,
+                offset,
+                bytes: Vec::with_capacity(data.len() + chunk::FRAME_HEADER as usize),
+            });
+        }
+        if let Some(piece) = self.pieces.last_mut() {
+            chunk::encode_frame(&mut piece.bytes, pos, data);
+        }
+        self.cost() - before
+    }
+
+    /// The bytes of chunk `chunk` not in its file, up to file offset
+    /// `limit` (the committed length): (their file offset, the bytes).
+    pub fn snapshot(&self, chunk: u64, limit: Option<u64>) -> Option<(u64, Bytes)> {
+        let piece = self.pieces.iter().find(|p| p.chunk == chunk)?;
+        let end = limit.map_or(piece.bytes.len(), |l| {
+            usize::try_from(l.saturating_sub(piece.offset))
+                .unwrap_or(usize::MAX)
+                .min(piece.bytes.len())
+        });
+        Some((piece.offset, Bytes::copy_from_slice(&piece.bytes[..end])))
+    }
+
+    /// Writes every piece into its chunk file; returns the cost freed. A
+    /// chunk file that is gone (trimmed or removed meanwhile) drops its piece.
+    fn write(
+        &mut self,
+        id: StreamId,
+        files: &FileCache,
+        dirty: &Mutex<Dirty>,
+    ) -> Result<usize, StorageError> {
+        let before = self.cost();
+        while let Some(piece) = self.pieces.first() {
+            match files.get(id, piece.chunk) {
+                Ok(file) => {
+                    file.write_all_at(&piece.bytes, piece.offset)
+                        .map_err(StorageError::from_write)?;
+                    dirty
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .chunks
+                        .insert((id, piece.chunk));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::Io(e)),
+            }
+            self.pieces.remove(0);
+        }
+        Ok(before)
+    }
+
+    /// Drops the pieces of chunks that are gone; returns the cost freed.
+    fn retain_chunks(&mut self, keep: impl Fn(u64) -> bool) -> usize {
+        let before = self.cost();
+        self.pieces.retain(|p| keep(p.chunk));
+        before - self.cost()
+    }
+}
+
+/// Chunk files' lengths by (stream, chunk start).
+type FileLengths = HashMap<(StreamId, u64), u64>;
+
+/// A shard's streams with unwritten bytes, and what they cost.
+#[derive(Default)]
+pub struct ShardBuffer {
+    bytes: AtomicUsize,
+    /// Every stream with unwritten bytes (kept under the stream's own
+    /// lock, so a stream with bytes is never missing here).
+    streams: Mutex<HashMap<StreamId, Arc<Stream>>>,
+    /// Streams past [`STREAM_FLUSH`], to be written by the writer.
+    due: Mutex<Vec<Arc<Stream>>>,
+    /// Beside a running server (read-only): what its chunk files held when
+    /// first looked at; frames within that are not kept.
+    on_disk: Option<(PathBuf, Mutex<FileLengths>)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ShardBuffer {
+    /// For a read-only replay beside a running server, whose chunk files
+    /// hold some of the replayed records already.
+    pub fn beside_writer(root: &Path) -> Self {
+        Self {
+            on_disk: Some((root.to_path_buf(), Mutex::new(HashMap::new()))),
+            ..Self::default()
+        }
+    }
+
+    /// Bytes held (with a fixed cost per piece).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Keeps the frame of a published record of `stream` at `pos`, which
+    /// goes at `offset` of chunk `chunk`.
+    pub fn push(&self, stream: &Arc<Stream>, chunk: u64, offset: u64, pos: u64, data: &[u8]) {
+        if let Some((root, on_disk)) = &self.on_disk {
+            let len = *lock(on_disk).entry((stream.id, chunk)).or_insert_with(|| {
+                let path = super::layout::chunk_path(root, stream.id, chunk);
+                std::fs::metadata(path).map_or(0, |m| m.len())
+            });
+            if offset + chunk::FRAME_HEADER + data.len() as u64 <= len {
+                return;
+            }
+        }
+        let mut unwritten = lock(&stream.unwritten);
+        let was_empty = unwritten.pieces.is_empty();
+        let added = unwritten.push(chunk, offset, pos, data);
+        self.bytes.fetch_add(added, Ordering::AcqRel);
+        if was_empty {
+            lock(&self.streams).insert(stream.id, stream.clone());
+        }
+        let held = unwritten
+            .pieces
+            .iter()
+            .map(|p| p.bytes.len())
+            .sum::<usize>();
+        if held >= STREAM_FLUSH && held - added < STREAM_FLUSH {
+            lock(&self.due).push(stream.clone());
+        }
+    }
+
+    /// Drops `stream`'s pieces of chunks for which `keep` is false (removed
+    /// or trimmed).
+    pub fn discard(&self, stream: &Stream, keep: impl Fn(u64) -> bool) {
+        let mut unwritten = lock(&stream.unwritten);
+        let freed = unwritten.retain_chunks(keep);
+        self.bytes.fetch_sub(freed, Ordering::AcqRel);
+        if unwritten.pieces.is_empty() {
+            lock(&self.streams).remove(&stream.id);
+        }
+    }
+
+    fn write_stream(
+        &self,
+        stream: &Stream,
+        files: &FileCache,
+        dirty: &Mutex<Dirty>,
+    ) -> Result<(), StorageError> {
+        let mut unwritten = lock(&stream.unwritten);
+        let outcome = unwritten.write(stream.id, files, dirty);
+        if let Ok(freed) = outcome {
+            self.bytes.fetch_sub(freed, Ordering::AcqRel);
+        }
+        if unwritten.pieces.is_empty() {
+            lock(&self.streams).remove(&stream.id);
+        }
+        outcome.map(|_| ())
+    }
+
+    /// Writes the streams past [`STREAM_FLUSH`].
+    ///
+    /// # Errors
+    /// The first failed write (the rest stay due).
+    pub fn write_due(&self, files: &FileCache, dirty: &Mutex<Dirty>) -> Result<(), StorageError> {
+        let due = std::mem::take(&mut *lock(&self.due));
+        for (k, stream) in due.iter().enumerate() {
+            if let Err(error) = self.write_stream(stream, files, dirty) {
+                lock(&self.due).extend(due[k..].iter().cloned());
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything held.
+    ///
+    /// # Errors
+    /// The first failed write (the rest stay held).
+    pub fn write_all(&self, files: &FileCache, dirty: &Mutex<Dirty>) -> Result<(), StorageError> {
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        for stream in streams {
+            self.write_stream(&stream, files, dirty)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `buf` from file offset `at` of a chunk: from its file below the
+/// offset where its unwritten bytes (`memory`) start, from them after.
+///
+/// # Errors
+/// When the file cannot be read, or the range ends past both.
+pub fn read_at(
+    file: &std::fs::File,
+    memory: Option<&(u64, Bytes)>,
+    buf: &mut [u8],
+    at: u64,
+) -> std::io::Result<()> {
+    let Some((offset, bytes)) = memory else {
+        return file.read_exact_at(buf, at);
+    };
+    let split = usize::try_from(offset.saturating_sub(at))
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    let (from_file, from_memory) = buf.split_at_mut(split);
+    if !from_file.is_empty() {
+        file.read_exact_at(from_file, at)?;
+    }
+    if !from_memory.is_empty() {
+        let start = usize::try_from(at + split as u64 - offset).unwrap_or(usize::MAX);
+        let source = bytes
+            .get(start..start + from_memory.len())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        from_memory.copy_from_slice(source);
+    }
+    Ok(())
+}
