@@ -240,35 +240,20 @@ async fn sse_response_head() {
 }
 
 #[tokio::test]
-async fn sse_sends_one_control_after_every_data_event() {
+async fn sse_sends_a_backlog_as_one_data_event_and_its_control() {
     let app = spawn_app(test_config()).await;
     app.create("pairs", "text/plain").await;
     for part in ["a", "bb", "ccc"] {
         app.append("pairs", "text/plain", part).await;
     }
     let mut sse = open_sse(&app.client, &sse_url(&app, "pairs", "-1")).await;
-    let events = sse.take(6).await;
-    let mut previous = String::new();
-    for (i, pair) in events.chunks(2).enumerate() {
-        assert_eq!(pair[0].event, "data", "{events:?}");
-        let control = pair[1].control();
-        let next = control["streamNextOffset"].as_str().unwrap().to_owned();
-        assert!(
-            next > previous,
-            "offsets must strictly increase: {events:?}"
-        );
-        previous = next;
-        let last = i == 2;
-        assert_eq!(control["upToDate"] == true, last, "{control}");
-        assert_cursor(control["streamCursor"].as_str().unwrap());
-    }
-    let data: Vec<String> = events
-        .iter()
-        .filter(|e| e.event == "data")
-        .map(|e| e.data())
-        .collect();
-    assert_eq!(data, ["a", "bb", "ccc"]);
-    assert_eq!(previous, offset(6));
+    let events = sse.take(2).await;
+    assert_eq!(events[0].event, "data", "{events:?}");
+    assert_eq!(events[0].data(), "abbccc");
+    let control = events[1].control();
+    assert_eq!(control["streamNextOffset"], offset(6));
+    assert_eq!(control["upToDate"], true, "{control}");
+    assert_cursor(control["streamCursor"].as_str().unwrap());
 
     // Live: new data arrives as one more data + control pair.
     app.append("pairs", "text/plain", "dd").await;
@@ -280,9 +265,25 @@ async fn sse_sends_one_control_after_every_data_event() {
 
     // From a mid-stream offset only the rest is sent.
     let mut tail_reader = open_sse(&app.client, &sse_url(&app, "pairs", &offset(3))).await;
-    let events = tail_reader.take(4).await;
-    assert_eq!(events[0].data(), "ccc");
-    assert_eq!(events[2].data(), "dd");
+    let events = tail_reader.take(2).await;
+    assert_eq!(events[0].data(), "cccdd");
+    assert_eq!(events[1].control()["streamNextOffset"], offset(8));
+}
+
+#[tokio::test]
+async fn sse_merges_a_json_backlog_into_one_array() {
+    let app = spawn_app(test_config()).await;
+    app.create("jsonpairs", "application/json").await;
+    app.append("jsonpairs", "application/json", r#"{"n":1}"#)
+        .await;
+    app.append("jsonpairs", "application/json", r#"[{"n":2},{"n":3}]"#)
+        .await;
+    let mut sse = open_sse(&app.client, &sse_url(&app, "jsonpairs", "-1")).await;
+    let events = sse.take(2).await;
+    assert_eq!(events[0].event, "data", "{events:?}");
+    let data: serde_json::Value = serde_json::from_str(&events[0].data()).unwrap();
+    assert_eq!(data, serde_json::json!([{"n": 1}, {"n": 2}, {"n": 3}]));
+    assert_eq!(events[1].control()["upToDate"], true);
 }
 
 #[tokio::test]
