@@ -199,6 +199,7 @@ pub(super) async fn sse(
         base64,
         keepalive: state.settings.sse_keepalive_interval,
         keepalive_timer: Box::pin(sleep_until(now + state.settings.sse_keepalive_interval)),
+        last_sent: now,
         reconnect_timer: state
             .settings
             .sse_reconnect_interval
@@ -247,11 +248,13 @@ struct SseSession {
     json: bool,
     base64: bool,
     keepalive: Duration,
-    /// Fires after `keepalive` without output. Kept for the whole session
-    /// and moved forward on each send (which takes no lock in the timer
-    /// wheel), rather than a new timer per wake-up: an append to a stream
-    /// with thousands of subscribers wakes them all.
+    /// Fires at the earliest `keepalive` after `last_sent`. Kept for the
+    /// whole session rather than a new timer per wake-up (an append to a
+    /// stream with thousands of subscribers wakes them all), and moved only
+    /// when it fires early, not on every send.
     keepalive_timer: Pin<Box<Sleep>>,
+    /// When output was last produced.
+    last_sent: Instant,
     /// Ends the response (`sse_reconnect_interval`), when set.
     reconnect_timer: Option<Pin<Box<Sleep>>>,
     /// Resolves when the server drains; registered once, like the timers.
@@ -293,8 +296,7 @@ impl SseSession {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         let chunk = self.produce().await;
         if chunk.is_some() {
-            let next = Instant::now() + self.keepalive;
-            self.keepalive_timer.as_mut().reset(next);
+            self.last_sent = Instant::now();
         }
         chunk
     }
@@ -344,6 +346,14 @@ impl SseSession {
                     }
                 }
                 () = self.keepalive_timer.as_mut() => {
+                    let now = Instant::now();
+                    let due = self.last_sent + self.keepalive;
+                    if now < due {
+                        // Output went out since it was set: not due yet.
+                        self.keepalive_timer.as_mut().reset(due);
+                        continue;
+                    }
+                    self.keepalive_timer.as_mut().reset(now + self.keepalive);
                     self.control(&mut out, true, false);
                     return Some(Bytes::from(out));
                 }
