@@ -8,32 +8,30 @@ use super::offset::Offset;
 
 /// Appends one `data` event carrying `payload` (already text or base64).
 pub fn push_data_event(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(b"event: data\n");
-    let mut rest = payload;
-    loop {
-        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-            Some(i) => {
-                push_data_line(out, &rest[..i]);
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                rest = &rest[i + skip..];
-            }
-            None => {
-                push_data_line(out, rest);
-                break;
-            }
-        }
-    }
-    out.push(b'\n');
+    push_data_event_parts(out, [payload]);
 }
 
-fn push_data_line(out: &mut Vec<u8>, line: &[u8]) {
-    out.extend_from_slice(b"data:");
-    out.extend_from_slice(line);
-    out.push(b'\n');
+/// Appends one `data` event carrying `parts` one after the other, as if
+/// they were one payload, except that a CR ending one part and an LF
+/// starting the next are two line breaks (as in two events of their own),
+/// never one CRLF: merging a backlog into one event changes no text.
+pub fn push_data_event_parts<'a>(out: &mut Vec<u8>, parts: impl IntoIterator<Item = &'a [u8]>) {
+    out.extend_from_slice(b"event: data\ndata:");
+    for part in parts {
+        let mut rest = part;
+        while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(b"\ndata:");
+            let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
+            rest = &rest[i + skip..];
+        }
+        out.extend_from_slice(rest);
+    }
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The fields of a `control` event.
@@ -88,6 +86,16 @@ mod tests {
         assert_eq!(
             data("line1\nevent: control"),
             "event: data\ndata:line1\ndata:event: control\n\n"
+        );
+    }
+
+    #[test]
+    fn parts_join_as_one_payload_with_their_own_line_breaks() {
+        let mut out = Vec::new();
+        push_data_event_parts(&mut out, [&b"a\r"[..], b"\nb", b"c\r\nd", b""]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: data\ndata:a\ndata:\ndata:bc\ndata:d\n\n"
         );
     }
 

@@ -240,35 +240,20 @@ async fn sse_response_head() {
 }
 
 #[tokio::test]
-async fn sse_sends_one_control_after_every_data_event() {
+async fn sse_sends_a_backlog_as_one_data_event_and_its_control() {
     let app = spawn_app(test_config()).await;
     app.create("pairs", "text/plain").await;
     for part in ["a", "bb", "ccc"] {
         app.append("pairs", "text/plain", part).await;
     }
     let mut sse = open_sse(&app.client, &sse_url(&app, "pairs", "-1")).await;
-    let events = sse.take(6).await;
-    let mut previous = String::new();
-    for (i, pair) in events.chunks(2).enumerate() {
-        assert_eq!(pair[0].event, "data", "{events:?}");
-        let control = pair[1].control();
-        let next = control["streamNextOffset"].as_str().unwrap().to_owned();
-        assert!(
-            next > previous,
-            "offsets must strictly increase: {events:?}"
-        );
-        previous = next;
-        let last = i == 2;
-        assert_eq!(control["upToDate"] == true, last, "{control}");
-        assert_cursor(control["streamCursor"].as_str().unwrap());
-    }
-    let data: Vec<String> = events
-        .iter()
-        .filter(|e| e.event == "data")
-        .map(|e| e.data())
-        .collect();
-    assert_eq!(data, ["a", "bb", "ccc"]);
-    assert_eq!(previous, offset(6));
+    let events = sse.take(2).await;
+    assert_eq!(events[0].event, "data", "{events:?}");
+    assert_eq!(events[0].data(), "abbccc");
+    let control = events[1].control();
+    assert_eq!(control["streamNextOffset"], offset(6));
+    assert_eq!(control["upToDate"], true, "{control}");
+    assert_cursor(control["streamCursor"].as_str().unwrap());
 
     // Live: new data arrives as one more data + control pair.
     app.append("pairs", "text/plain", "dd").await;
@@ -280,9 +265,9 @@ async fn sse_sends_one_control_after_every_data_event() {
 
     // From a mid-stream offset only the rest is sent.
     let mut tail_reader = open_sse(&app.client, &sse_url(&app, "pairs", &offset(3))).await;
-    let events = tail_reader.take(4).await;
-    assert_eq!(events[0].data(), "ccc");
-    assert_eq!(events[2].data(), "dd");
+    let events = tail_reader.take(2).await;
+    assert_eq!(events[0].data(), "cccdd");
+    assert_eq!(events[1].control()["streamNextOffset"], offset(8));
 }
 
 #[tokio::test]
@@ -349,25 +334,20 @@ async fn sse_base64_encodes_binary_streams() {
         .unwrap();
     assert_eq!(header(&response, "stream-sse-data-encoding"), "base64");
     let mut sse = SseReader::new(response);
-    let events = sse.take(6).await;
-    let mut decoded = Vec::new();
-    for pair in events.chunks(2) {
-        assert_eq!(pair[0].event, "data");
-        assert_eq!(pair[1].event, "control");
-        let text: String = pair[0].data_lines.concat();
-        // Each data event is complete, padded base64 on its own.
-        assert_eq!(text.len() % 4, 0, "{text}");
-        decoded.extend(
-            base64::engine::general_purpose::STANDARD
-                .decode(&text)
-                .expect("standard base64"),
-        );
-    }
+    // The backlog is one data event: complete, padded base64 of all of it.
+    let events = sse.take(2).await;
+    assert_eq!(events[0].event, "data");
+    assert_eq!(events[1].event, "control");
+    let text: String = events[0].data_lines.concat();
+    assert_eq!(text.len() % 4, 0, "{text}");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&text)
+        .expect("standard base64");
     let mut expected = all_bytes;
     expected.extend_from_slice(b"\r\n\n\r\xff");
     assert_eq!(decoded, expected);
     // Control events are never encoded.
-    assert_eq!(events[5].control()["streamNextOffset"], offset(261));
+    assert_eq!(events[1].control()["streamNextOffset"], offset(261));
 }
 
 #[tokio::test]
@@ -400,18 +380,19 @@ async fn sse_json_data_events_are_arrays() {
         .await;
     app.append("js", "application/json", r#"{"c":3}"#).await;
     let mut sse = open_sse(&app.client, &sse_url(&app, "js", "-1")).await;
-    let events = sse.take(4).await;
-    let mut messages = Vec::new();
-    for pair in events.chunks(2) {
-        assert_eq!(pair[0].event, "data");
-        let value: serde_json::Value = serde_json::from_str(&pair[0].data()).unwrap();
-        messages.extend(value.as_array().expect("array").iter().cloned());
-        assert_eq!(pair[1].event, "control");
-    }
-    assert_eq!(
-        serde_json::Value::Array(messages),
-        serde_json::json!([{"a":1},{"b":"x\ny"},{"c":3}])
-    );
+    // The backlog of both appends is one array.
+    let events = sse.take(2).await;
+    assert_eq!(events[0].event, "data");
+    let value: serde_json::Value = serde_json::from_str(&events[0].data()).unwrap();
+    assert_eq!(value, serde_json::json!([{"a":1},{"b":"x\ny"},{"c":3}]));
+    assert_eq!(events[1].event, "control");
+    assert_eq!(events[1].control()["upToDate"], true);
+
+    // A live append is an array of its own.
+    app.append("js", "application/json", r#"{"d":4}"#).await;
+    let events = sse.take(2).await;
+    let value: serde_json::Value = serde_json::from_str(&events[0].data()).unwrap();
+    assert_eq!(value, serde_json::json!([{"d":4}]));
 }
 
 #[tokio::test]
@@ -610,11 +591,12 @@ async fn every_subscriber_of_a_busy_stream_gets_every_message_once_and_in_order(
         let first = sse.next_event().await.expect("the first control event");
         assert_eq!(first.event, "control");
         collectors.push(tokio::spawn(async move {
-            let mut received = Vec::with_capacity(MESSAGES);
-            while received.len() < MESSAGES {
+            // A data event holds every message since the last one sent.
+            let mut received = String::with_capacity(MESSAGES * 5);
+            while received.len() < MESSAGES * 5 {
                 let event = sse.next_event().await.expect("the response stays open");
                 if event.event == "data" {
-                    received.push(event.data());
+                    received.push_str(&event.data());
                 }
             }
             received
@@ -624,6 +606,7 @@ async fn every_subscriber_of_a_busy_stream_gets_every_message_once_and_in_order(
     for message in &expected {
         app.append("busy", "text/plain", message.clone()).await;
     }
+    let expected = expected.concat();
     for collector in collectors {
         assert_eq!(collector.await.expect("collector"), expected);
     }
