@@ -441,7 +441,8 @@ async fn requests_behind_a_failing_create_are_not_confirmed() {
         // confirmed, but only after it.
         let gate = app.faults.delay_next(1);
         let create = tokio::spawn(put(app.clone()));
-        for _ in 0..500 {
+        // Up to 20 s: a loaded machine may be slow to reach the store.
+        for _ in 0..2000 {
             if app.faults.delayed() == 1 {
                 break;
             }
