@@ -338,12 +338,9 @@ async fn sse_counts_as_a_live_reader_not_as_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_separate_listener_keeps_metrics_off_the_main_one() {
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let server = ChildServer::start(&[(
-        "DS_OBSERVABILITY__METRICS__BIND_ADDRESS",
-        metrics_addr.as_str(),
-    )])
-    .await;
+    let server =
+        ChildServer::start(&[("DS_OBSERVABILITY__METRICS__BIND_ADDRESS", "127.0.0.1:0")]).await;
+    let metrics_addr = server.metrics_address();
     let http = client();
     let main = http.get(server.at("/metrics")).send().await.expect("GET");
     assert_eq!(main.status(), 404);
