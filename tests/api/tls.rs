@@ -149,13 +149,13 @@ async fn spawn_tls_with(config: Config, drain: DrainTiming) -> TlsApp {
     }
 }
 
-/// Waits (bounded) until `check` holds.
 /// How long a rotated secret may take to serve: the watch reacts after a
 /// 250 ms debounce, so the issue's 2 s holds with room to spare on an idle
 /// machine; a loaded CI machine gets 8 s, still under the 10 s polling
 /// fallback, so a watch that missed the change still fails the test.
 const WATCHED_RELOAD: Duration = Duration::from_secs(8);
 
+/// Waits (bounded) until `check` holds.
 async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
@@ -421,8 +421,8 @@ async fn material_is_validated_before_use() {
     assert_eq!(acceptor.stats().successes, 1);
 }
 
-/// The issue's rotation check: a client opening a fresh TLS connection at
-/// least every 50 ms sees no failure while the secret directory is swapped
+/// The issue's rotation check: a client opening a fresh TLS connection
+/// every 25 ms or so sees no failure while the secret directory is swapped
 /// the way the kubelet does it, and the new serial soon after (the issue
 /// asks for 2 s; see [`WATCHED_RELOAD`] for the margin allowed); an open
 /// connection keeps its certificate and keeps working; a mismatched key is
