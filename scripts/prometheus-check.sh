@@ -106,7 +106,7 @@ logged_address() { # message: the address of the first JSON log line with it
     head -n 1 || true
 }
 API="" METRICS=""
-for _ in $(seq 1 200); do
+for _ in $(seq 1 300); do
   running "$SERVER_PID" || fail "the server exited at start"
   API="$(logged_address listening)"
   METRICS="$(logged_address "metrics listening")"
@@ -139,7 +139,8 @@ for _ in 1 2 3 4 5; do
     --web.listen-address="127.0.0.1:$port" \
     --log.level=warn >"$WORK/prometheus.log" 2>&1 &
   PROM_PID=$!
-  for _ in $(seq 1 100); do
+  # Up to a minute: Prometheus starts slowly on a loaded machine.
+  for _ in $(seq 1 300); do
     running "$PROM_PID" || break
     if curl -fsS "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1; then
       PROM="127.0.0.1:$port"

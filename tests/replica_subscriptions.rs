@@ -68,7 +68,9 @@ fn received(received: &Received) -> Vec<Value> {
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Takeovers wait out leases and retries across processes and a real
+    // PostgreSQL: a loaded machine needs a generous deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -227,7 +227,10 @@ async fn three_replicas_lose_nothing_when_one_is_killed_or_the_database_restarts
     let latency = sent.elapsed();
     assert_eq!(woken.status(), StatusCode::OK);
     assert_eq!(woken.text().await.expect("body"), "wake");
-    assert!(latency < Duration::from_secs(1), "woken after {latency:?}");
+    // The wake travels by LISTEN/NOTIFY: it takes milliseconds, and
+    // without it the long-poll would wait out its 30 s timeout and answer
+    // 204. The bound leaves a loaded CI machine wide room.
+    assert!(latency < Duration::from_secs(5), "woken after {latency:?}");
 
     // Phase 3: the database stops under load, then comes back.
     tokio::task::spawn_blocking(postgres::stop)
@@ -242,7 +245,7 @@ async fn three_replicas_lose_nothing_when_one_is_killed_or_the_database_restarts
         .expect("answered");
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + RETRY_FOR;
     while replicas[0].ready().await != Some(StatusCode::SERVICE_UNAVAILABLE) {
         assert!(Instant::now() < deadline, "/readyz stayed 200");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -250,7 +253,7 @@ async fn three_replicas_lose_nothing_when_one_is_killed_or_the_database_restarts
     tokio::task::spawn_blocking(postgres::restart)
         .await
         .expect("restart");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + RETRY_FOR;
     while replicas[0].ready().await != Some(StatusCode::OK) {
         assert!(
             Instant::now() < deadline,

@@ -110,10 +110,11 @@ try {
       out.challenge = without.headers.get("www-authenticate");
       out.sse = await new Promise((resolve) => {
         const source = new EventSource(`${stream}?offset=-1&live=sse&access_token=${reader}`);
+        // Generous: a loaded CI machine may take seconds to connect.
         const timer = setTimeout(() => {
           source.close();
           resolve("timeout");
-        }, 10_000);
+        }, 30_000);
         source.addEventListener("data", (event) => {
           clearTimeout(timer);
           source.close();

@@ -369,7 +369,9 @@ async fn a_repeated_close_is_not_confirmed_when_the_close_fails() {
             let first = tokio::spawn(call(app.clone()));
             app.faults.until_injected(1).await;
             let repeated = tokio::spawn(call(app.clone()));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Time for the repeat to queue behind the held close (nothing
+            // shows that it has); generous for a loaded machine.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             gate.release();
 
             let (status, _) = first.await.expect("join");
@@ -420,7 +422,9 @@ async fn requests_behind_a_failing_create_are_not_confirmed() {
             let app = app.clone();
             async move { app.append(b"yy").await.0 }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Time for both to queue behind the held creation (nothing shows
+        // that they have); generous for a loaded machine.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         gate.release();
 
         assert_eq!(
@@ -441,7 +445,8 @@ async fn requests_behind_a_failing_create_are_not_confirmed() {
         // confirmed, but only after it.
         let gate = app.faults.delay_next(1);
         let create = tokio::spawn(put(app.clone()));
-        for _ in 0..500 {
+        // Up to 20 s: a loaded machine may be slow to reach the store.
+        for _ in 0..2000 {
             if app.faults.delayed() == 1 {
                 break;
             }

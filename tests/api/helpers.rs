@@ -794,15 +794,55 @@ pub struct ChildServer {
     log: Arc<std::sync::Mutex<String>>,
 }
 
+/// The address on the first complete log line (text or JSON) of the
+/// listener `message` names: `listening` (the main one) or `metrics
+/// listening`.
+fn logged_address(log: &str, message: &str) -> Option<SocketAddr> {
+    const LOOPBACK: &str = "127.0.0.1:";
+    log.split_inclusive('\n')
+        .filter(|line| line.ends_with('\n') && line.contains(message))
+        .filter(|line| message != "listening" || !line.contains("metrics listening"))
+        .find_map(|line| {
+            let rest = &line[line.find(LOOPBACK)? + LOOPBACK.len()..];
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            format!("{LOOPBACK}{}", &rest[..digits]).parse().ok()
+        })
+}
+
+/// Waits for the main listener's address on the server's log.
+async fn listening_address(
+    log: &std::sync::Mutex<String>,
+    child: &mut tokio::process::Child,
+) -> SocketAddr {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let text = log.lock().expect("log lock").clone();
+        if let Some(addr) = logged_address(&text, "listening") {
+            return addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited ({status}) before listening; log:\n{text}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never logged its address; log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl ChildServer {
     /// Starts the binary with only `env` (plus its own bind address) in its
     /// environment, so no stray `OTEL_*` or `DS_*` variable changes the
     /// test, and waits until `/readyz` answers `200`.
+    ///
+    /// The server binds port 0 and the test reads the port off its
+    /// `listening` log line: a port probed free and handed over could be
+    /// taken by anything else on a busy machine before the child binds it.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_durable-streams-server"))
             .env_clear()
-            .env("DS_SERVER__BIND_ADDRESS", addr.to_string())
+            .env("DS_SERVER__BIND_ADDRESS", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -831,6 +871,7 @@ impl ChildServer {
                 }
             });
         }
+        let addr = listening_address(&log, &mut child).await;
         let server = Self {
             child,
             base_url: format!("http://{addr}"),
@@ -857,6 +898,12 @@ impl ChildServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The separate metrics listener's address (configure it on port 0),
+    /// as logged before the server became ready.
+    pub fn metrics_address(&self) -> SocketAddr {
+        logged_address(&self.log(), "metrics listening").expect("a metrics listening line")
     }
 
     /// Everything the process printed so far.

@@ -349,7 +349,9 @@ async fn slow_heads_time_out_but_idle_keep_alive_does_not() {
     let served = serve_app(
         &test_config(),
         ServeOptions {
-            header_read_timeout: Duration::from_millis(300),
+            // Long enough that the kept-alive request below, sent right
+            // after connecting, beats it on a loaded machine.
+            header_read_timeout: Duration::from_secs(2),
             ..options()
         },
     )
@@ -367,7 +369,7 @@ async fn slow_heads_time_out_but_idle_keep_alive_does_not() {
     let mut kept = connect(served.addr).await;
     send(&mut kept, b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(read_one_response(&mut kept).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     send(&mut kept, b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(read_one_response(&mut kept).await.status, 200);
 }
@@ -574,8 +576,11 @@ fn long_poll_answer(answer: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8
 /// A long-poll that waits (for data, then until its timeout) on one
 /// kept-alive connection of a server with `engine`.
 async fn waiting_long_polls(engine: Http1Engine) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+    // A long-poll timeout the append below beats on a loaded machine.
+    let mut config = test_config();
+    config.transport.connection.long_poll_timeout_secs = 10;
     let served = serve_app(
-        &test_config(),
+        &config,
         ServeOptions {
             engine,
             ..options()
@@ -620,8 +625,11 @@ async fn waiting_long_polls(engine: Http1Engine) -> Vec<(u16, Vec<(String, Strin
 async fn a_waiting_long_poll_is_answered_alike_by_both_engines() {
     // The lean engine answers a waiting long-poll after the router's
     // future has returned; hyper awaits it inside.
-    let lean = waiting_long_polls(Http1Engine::Lean).await;
-    let hyper = waiting_long_polls(Http1Engine::Hyper).await;
+    // Side by side: each waits out a long-poll timeout.
+    let (lean, hyper) = tokio::join!(
+        waiting_long_polls(Http1Engine::Lean),
+        waiting_long_polls(Http1Engine::Hyper)
+    );
     assert_eq!(lean, hyper);
     let [
         (data_status, data_headers, data),

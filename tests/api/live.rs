@@ -545,7 +545,7 @@ async fn drain_releases_live_readers_without_claiming_closure() {
     // The listener keeps accepting for a moment, as in production, so the
     // long-poll below reaches the server however the scheduler runs.
     let drain = durable_streams_server::server::DrainTiming {
-        delay: Duration::from_secs(2),
+        delay: Duration::from_secs(5),
         timeout: Duration::from_secs(10),
     };
     let mut app = spawn_app_full(patient_config(), None, drain).await;
@@ -582,7 +582,11 @@ async fn every_subscriber_of_a_busy_stream_gets_every_message_once_and_in_order(
     // message.
     const SUBSCRIBERS: usize = 300;
     const MESSAGES: usize = 200;
-    let app = spawn_app(test_config()).await;
+    // No reconnect interval: on a loaded machine the whole run may outlast
+    // any interval, and a response ended by it is not a missed message.
+    let mut config = test_config();
+    config.transport.connection.sse_reconnect_interval_secs = 0;
+    let app = spawn_app(config).await;
     app.create("busy", "text/plain").await;
     let target = format!("{}?offset=now&live=sse", app.path("busy"));
     let mut collectors = Vec::with_capacity(SUBSCRIBERS);

@@ -34,7 +34,7 @@ async fn counters_and_histograms_move_with_traffic() {
     let server = ChildServer::start(&[
         ("DS_STORAGE__MODE", "acid"),
         ("DS_STORAGE__DATA_DIR", data_dir),
-        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "10"),
+        ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "25"),
     ])
     .await;
     let http = client();
@@ -96,7 +96,8 @@ async fn counters_and_histograms_move_with_traffic() {
     assert_eq!(missing.status(), 404);
 
     // A long-poll at the tail is in flight and a live reader while it waits
-    // (10 s, so a loaded machine has time to see it before it times out).
+    // (25 s, so a loaded machine has the whole hang guard to see it before
+    // it times out).
     let tail = {
         let head = http
             .head(server.url("metered-stream"))
@@ -113,7 +114,7 @@ async fn counters_and_histograms_move_with_traffic() {
         );
         async move { http.get(url).send().await.expect("long-poll").status() }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(9);
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
     let waiting = loop {
         let now = scrape(&server).await;
         let readers = value(
@@ -337,12 +338,9 @@ async fn sse_counts_as_a_live_reader_not_as_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_separate_listener_keeps_metrics_off_the_main_one() {
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let server = ChildServer::start(&[(
-        "DS_OBSERVABILITY__METRICS__BIND_ADDRESS",
-        metrics_addr.as_str(),
-    )])
-    .await;
+    let server =
+        ChildServer::start(&[("DS_OBSERVABILITY__METRICS__BIND_ADDRESS", "127.0.0.1:0")]).await;
+    let metrics_addr = server.metrics_address();
     let http = client();
     let main = http.get(server.at("/metrics")).send().await.expect("GET");
     assert_eq!(main.status(), 404);

@@ -348,8 +348,9 @@ async fn readyz_is_503_until_the_server_is_ready() {
 
 #[tokio::test]
 async fn readyz_turns_503_as_soon_as_the_drain_starts() {
+    // The delay must outlast two requests on a loaded machine.
     let drain = DrainTiming {
-        delay: Duration::from_secs(3),
+        delay: Duration::from_secs(8),
         timeout: Duration::from_secs(10),
     };
     let mut app = spawn_app_full(test_config(), None, drain).await;

@@ -25,7 +25,9 @@ async fn start_long_poll(addr: std::net::SocketAddr, target: &str) -> TcpStream 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_live_readers_and_exits_cleanly() {
     let mut server = ChildServer::start(&[
-        ("DS_SERVER__SHUTDOWN_DELAY_SECS", "2"),
+        // Long enough for a loaded machine to see /readyz fail before the
+        // listener closes.
+        ("DS_SERVER__SHUTDOWN_DELAY_SECS", "5"),
         ("DS_SERVER__DRAIN_TIMEOUT_SECS", "10"),
         ("DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS", "30"),
         ("RUST_LOG", "info"),
@@ -98,7 +100,7 @@ async fn sigterm_drains_live_readers_and_exits_cleanly() {
     assert!(saw_503, "/readyz never answered 503 during the drain");
 
     // Every long-poll is answered 204 — released by the drain, long before
-    // its 30 s timeout (the process is gone after at most 10 s).
+    // its 30 s timeout (the process is gone after at most 15 s).
     let answers = join_all(polls.iter_mut().map(read_one_response)).await;
     for answer in &answers {
         assert_eq!(answer.status, 204, "{answer:?}");

@@ -37,7 +37,8 @@ fn subs_config() -> Config {
     subs.min_lease_ttl_ms = 100;
     subs.retry_initial_ms = 100;
     subs.retry_max_ms = 400;
-    subs.delivery_timeout_ms = 2_000;
+    // No test waits it out; a loaded machine may take seconds to answer.
+    subs.delivery_timeout_ms = 10_000;
     config
 }
 
@@ -676,6 +677,9 @@ async fn a_failing_receiver_is_retried_with_growing_delays() {
     assert!(wake_ids.iter().all(|w| *w == wake_ids[0]));
     let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
     // retry_initial_ms = 100 doubling to retry_max_ms = 400, ±20 % jitter.
+    // Lower bounds only (a loaded machine only adds to a gap); the later
+    // floors (320 ms) exceed the longest first delay (120 ms), so they
+    // also show that the delays grow.
     let floors = [80, 160, 320, 320];
     for (gap, floor) in gaps.iter().zip(floors) {
         assert!(
@@ -683,7 +687,6 @@ async fn a_failing_receiver_is_retried_with_growing_delays() {
             "gaps {gaps:?} should be at least {floors:?} ms"
         );
     }
-    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
     // The final `done` acknowledged the wake.
     eventually("the wake to be acknowledged", || async {
         server.get_sub("retry").await["streams"][0]["acked_offset"] == tail.as_str()

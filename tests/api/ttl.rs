@@ -23,11 +23,13 @@ async fn create_with(app: &TestApp, name: &str, header_name: &str, value: &str) 
 #[tokio::test]
 async fn an_idle_stream_expires_after_its_ttl() {
     let app = spawn_app(test_config()).await;
-    create_with(&app, "short", "stream-ttl", "1").await;
+    // 3 s: the HEAD below must come before the stream expires, however
+    // slow the machine.
+    create_with(&app, "short", "stream-ttl", "3").await;
     let head = app.client.head(app.url("short")).send().await.unwrap();
-    assert_eq!(header(&head, "stream-ttl"), "1");
+    assert_eq!(header(&head, "stream-ttl"), "3");
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let read = app.read("short", None).await;
     assert_eq!(expect_problem(read, 404).await, "STREAM_NOT_FOUND");
     let append = app
@@ -60,9 +62,10 @@ async fn head_does_not_refresh_the_ttl() {
 #[tokio::test]
 async fn reads_and_writes_refresh_the_ttl() {
     let app = spawn_app(test_config()).await;
-    create_with(&app, "busy", "stream-ttl", "2").await;
-    // Touch every 0.5 s for 3 s: far longer than the TTL in total.
-    for i in 0..6 {
+    // TTL 5 s, touched every 0.5 s for 7 s: longer than the TTL in total,
+    // while each gap leaves a loaded machine 4.5 s for one request.
+    create_with(&app, "busy", "stream-ttl", "5").await;
+    for i in 0..14 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let status = if i % 3 == 0 {
             app.client
@@ -82,7 +85,7 @@ async fn reads_and_writes_refresh_the_ttl() {
     }
     let head = app.client.head(app.url("busy")).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(header(&head, "stream-next-offset"), offset(2));
+    assert_eq!(header(&head, "stream-next-offset"), offset(5));
 }
 
 #[tokio::test]
@@ -144,7 +147,9 @@ async fn ttl_upper_bound_is_enforced() {
 #[tokio::test]
 async fn an_expired_source_with_forks_becomes_gone_not_missing() {
     let app = spawn_app(test_config()).await;
-    create_with(&app, "mortal", "stream-ttl", "1").await;
+    // 3 s: the append and the fork must land before it expires, however
+    // slow the machine.
+    create_with(&app, "mortal", "stream-ttl", "3").await;
     app.append("mortal", "text/plain", "kept").await;
     let fork = app
         .client
@@ -155,7 +160,7 @@ async fn an_expired_source_with_forks_becomes_gone_not_missing() {
         .await
         .unwrap();
     assert_eq!(fork.status(), 201);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let read = app.read("mortal", None).await;
     assert_eq!(expect_problem(read, 410).await, "STREAM_GONE");
     let heir = app.read("heir", None).await;

@@ -76,7 +76,9 @@ impl Running {
     }
 
     async fn wait_for_events(&self, message: &str, count: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Events of a child process reloading files: generous for a loaded
+        // machine.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let events = self.events(message);
             if events.len() >= count {

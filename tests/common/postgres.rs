@@ -63,6 +63,13 @@ fn cluster() -> &'static Cluster {
 
 /// Runs `sql` as the superuser on the `postgres` database.
 fn admin(sql: &str) {
+    on_admin_session(async |client| {
+        client.batch_execute(sql).await.expect("admin statement");
+    });
+}
+
+/// Runs `work` on a new session of the cluster's administrator.
+fn on_admin_session<T>(work: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,8 +79,17 @@ fn admin(sql: &str) {
             .await
             .expect("connect to the test PostgreSQL");
         tokio::spawn(connection);
-        client.batch_execute(sql).await.expect("admin statement");
-    });
+        work(&client).await
+    })
+}
+
+/// The first column of the first row `sql` answers, as text, on a new
+/// session.
+fn admin_value(sql: &str) -> String {
+    on_admin_session(async |client| {
+        let row = client.query_one(sql, &[]).await.expect("admin query");
+        row.get::<_, String>(0)
+    })
 }
 
 /// The URL of a fresh, empty database (TLS disabled: loopback only).
@@ -154,8 +170,16 @@ pub fn tls() -> &'static Tls {
         ] {
             admin(&statement);
         }
-        // The reload is asynchronous: wait until TLS is offered.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // The reload is asynchronous: wait until a new session sees it
+        // (the postmaster sets up TLS before it starts that session).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while admin_value("SHOW ssl") != "on" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL never turned TLS on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let port = cluster_url()
             .rsplit_once(':')
             .and_then(|(_, rest)| rest.split('/').next())

@@ -21,37 +21,49 @@ pub struct Replica {
 
 impl Replica {
     /// Starts the server binary in `postgres` mode on `url`, with `env`
-    /// besides, and waits until it is ready.
+    /// besides, and waits until it is ready. A replica that exits before
+    /// that (another process took the probed port before it bound it) is
+    /// started again on another port.
     pub async fn start(url: &str, log: PathBuf, env: &[(&str, &str)]) -> Replica {
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free port");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("DS_STORAGE__MODE", "postgres")
-            .env("DS_STORAGE__POSTGRES__URL", url)
-            .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn the server");
-        let replica = Replica {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if replica.ready().await == Some(StatusCode::OK) {
-                return replica;
+        let mut last_exit = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|listener| listener.local_addr())
+                .map(|addr| addr.port())
+                .expect("a free port");
+            let log_file = std::fs::File::create(&log).expect("log file");
+            let child = Command::new(BIN)
+                .env_clear()
+                .env("DS_STORAGE__MODE", "postgres")
+                .env("DS_STORAGE__POSTGRES__URL", url)
+                .env("DS_SERVER__BIND_ADDRESS", format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("spawn the server");
+            let mut replica = Replica {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                log: log.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if replica.ready().await == Some(StatusCode::OK) {
+                    return replica;
+                }
+                if let Ok(Some(_)) = replica.child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(None) = replica.child.try_wait() {
+                panic!("replica not ready:\n{}", replica.log_tail());
+            }
+            last_exit = replica.log_tail();
         }
-        panic!("replica not ready:\n{}", replica.log_tail());
+        panic!("the replica exited at start five times; the last time:\n{last_exit}");
     }
 
     /// The status `/readyz` answers, if any.
