@@ -508,15 +508,25 @@ pub(crate) fn attach_client_context(policy: &ProxyPolicy, request: Request) -> R
 }
 
 /// [`attach_client_context`] for a request only the server's own handlers
-/// read (appends taking the router's shortcut): they take a missing
-/// [`Scheme`] for plain HTTP and a missing [`ClientAddr`] for the TCP peer,
-/// so those two are left out when they would say just that. Each
-/// extension is an allocation, and a fourth one regrows the map.
+/// read (appends taking the router's shortcut), which carries no
+/// extensions: the connection's `peer` and `tls` session come as
+/// arguments. Those handlers take a missing [`Scheme`] for plain HTTP and
+/// a missing [`ClientAddr`] for the TCP peer, so those two are left out
+/// when they would say just that: each extension is an allocation.
 pub(crate) fn attach_client_context_for_own_handlers(
     policy: &ProxyPolicy,
-    request: Request,
-) -> Request {
-    attach(policy, request, Readers::OwnHandlers)
+    request: &mut Request,
+    peer: SocketAddr,
+    tls: Option<&TlsSession>,
+) {
+    let peer = Some(peer.ip());
+    let resolved = policy.resolve(request.headers_mut(), peer, tls);
+    insert(
+        request.extensions_mut(),
+        resolved,
+        peer,
+        Readers::OwnHandlers,
+    );
 }
 
 /// Who reads a request's client extensions.
@@ -537,7 +547,17 @@ fn attach(policy: &ProxyPolicy, request: Request, readers: Readers) -> Request {
         .map(|info| info.0.ip());
     let tls = parts.extensions.get::<TlsSession>();
     let resolved = policy.resolve(&mut parts.headers, peer, tls);
-    let extensions = &mut parts.extensions;
+    insert(&mut parts.extensions, resolved, peer, readers);
+    Request::from_parts(parts, body)
+}
+
+/// Stores what `resolved` says of a request from `peer` in its extensions.
+fn insert(
+    extensions: &mut axum::http::Extensions,
+    resolved: Resolved,
+    peer: Option<IpAddr>,
+    readers: Readers,
+) {
     let everything = readers == Readers::Anyone;
     if everything || resolved.scheme != Scheme::default() {
         extensions.insert(resolved.scheme);
@@ -553,7 +573,6 @@ fn attach(policy: &ProxyPolicy, request: Request, readers: Readers) -> Request {
     if let Some(identity) = resolved.identity {
         extensions.insert(identity);
     }
-    Request::from_parts(parts, body)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tracing::Level;
-use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -114,7 +114,15 @@ pub fn init(config: &ObservabilityConfig) -> Result<Telemetry, TelemetryError> {
             .with_span_list(false)
             .boxed(),
     }
-    .with_filter(filter_fn(|metadata| metadata.is_event()).and(filter));
+    // The hint (no limit of its own) lets `filter`'s level reach the
+    // callsites: without one the pair has none, and every disabled event
+    // (a request's log line at `info` under `RUST_LOG=warn`) is built and
+    // dispatched before it is dropped.
+    .with_filter(
+        filter_fn(|metadata| metadata.is_event())
+            .with_max_level_hint(LevelFilter::TRACE)
+            .and(filter),
+    );
 
     let exporting = config.otlp.enabled;
     let (pipeline, traces) = if exporting {
@@ -127,6 +135,7 @@ pub fn init(config: &ObservabilityConfig) -> Result<Telemetry, TelemetryError> {
             .with_tracked_inactivity(false)
             .with_filter(
                 filter_fn(|metadata| metadata.is_span() || *metadata.level() <= Level::WARN)
+                    .with_max_level_hint(LevelFilter::TRACE)
                     .and(spans),
             );
         (Some(pipeline), Some(layer))

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, OriginalUri, Request};
+use axum::extract::{OriginalUri, Request};
 use axum::http::{Version, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -97,9 +97,8 @@ fn millis(duration: Duration) -> f64 {
 
 impl Line {
     fn log(&self, answer: &Answer, bytes_out: u64) {
-        let duration = self.started.elapsed();
         self.span.record("http.response.body.size", bytes_out);
-        // Formatted only if the line is enabled.
+        // Formatted (and the duration taken) only if the line is enabled.
         let stream = OrDash(self.stream.as_deref());
         let client = OrDash(self.client);
         let identity = OrDash(self.identity.as_ref().map(|id| id.name.as_str()));
@@ -116,7 +115,7 @@ impl Line {
                     stream = %stream,
                     status = answer.status,
                     latency_ms = millis(answer.latency),
-                    duration_ms = millis(duration),
+                    duration_ms = millis(self.started.elapsed()),
                     bytes_in = self.bytes_in,
                     bytes_out,
                     client = %client,
@@ -152,11 +151,11 @@ struct Client {
 }
 
 impl Client {
-    /// The resolved client of `extensions`, falling back to the TCP peer.
-    fn of(extensions: &axum::http::Extensions) -> (Option<Client>, Option<IpAddr>) {
-        let peer = extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
+    /// The resolved client of `extensions`, falling back to the TCP `peer`.
+    fn of(
+        extensions: &axum::http::Extensions,
+        peer: Option<SocketAddr>,
+    ) -> (Option<Client>, Option<IpAddr>) {
         match (extensions.get::<ClientAddr>(), peer) {
             (Some(ClientAddr(ip)), Some(peer)) if *ip != peer.ip() => (
                 Some(Client {
@@ -297,10 +296,11 @@ fn is_stream_route(route: &str) -> bool {
 
 /// The middleware (see the [module docs](self)) around `inner`, which
 /// answers the request: the rest of the server's request middleware and the
-/// route.
+/// route. `peer` is the TCP peer, when known.
 pub(crate) async fn observe<F, Fut>(
     settings: &AccessSettings,
     route: &str,
+    peer: Option<SocketAddr>,
     request: Request,
     inner: F,
 ) -> Response
@@ -314,7 +314,7 @@ where
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.0.path());
     let stream = is_stream_route(route).then(|| path.to_owned());
-    let (client, peer) = Client::of(extensions);
+    let (client, peer) = Client::of(extensions, peer);
     let mut line = Line {
         started,
         method: MethodLabel::of(request.method()),

@@ -15,12 +15,13 @@ pub(crate) mod recovering;
 mod stream;
 mod subscriptions;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +31,7 @@ pub(crate) use limits::InputLimits;
 pub(crate) use live::LiveResponse;
 
 use crate::auth::AccessControl;
+use crate::client::TlsSession;
 use crate::engine::Engine;
 use crate::metrics::MetricsHandle;
 use crate::metrics::request::RouteTable;
@@ -235,20 +237,33 @@ impl AppendShortcut {
             && !shortcut.reserved.iter().any(|other| other == path)
     }
 
-    /// Answers a request [`takes`](Self::takes) accepted.
-    pub(crate) fn call(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
+    /// Answers a request [`takes`](Self::takes) accepted, from the TCP
+    /// `peer` over the `tls` session if any; `request` carries no
+    /// extensions: only the server's own code reads it.
+    pub(crate) fn call(
+        &self,
+        mut request: Request,
+        peer: SocketAddr,
+        tls: Option<&TlsSession>,
+    ) -> impl Future<Output = Response> + Send + 'static {
         let shortcut = self.0.clone();
+        crate::proxy::attach_client_context_for_own_handlers(
+            &shortcut.edge.settings.proxy,
+            &mut request,
+            peer,
+            tls,
+        );
         async move {
             let state = shortcut.state.clone();
-            let request = crate::proxy::attach_client_context_for_own_handlers(
-                &shortcut.edge.settings.proxy,
-                request,
-            );
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
-            edge(&shortcut.edge, &shortcut.route, request, |request| {
-                Box::pin(stream::post_stream(State(state), request))
-            })
+            edge(
+                &shortcut.edge,
+                &shortcut.route,
+                Some(peer),
+                request,
+                |request| Box::pin(stream::post_stream(State(state), request)),
+            )
             .await
         }
     }
@@ -260,8 +275,12 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
     let route = matched
         .as_ref()
         .map_or(access::UNMATCHED, MatchedPath::as_str);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
-    self::edge(&edge, route, request, |request| next.run(request)).await
+    self::edge(&edge, route, peer, request, |request| next.run(request)).await
 }
 
 /// The router of the separate metrics listener
@@ -288,7 +307,8 @@ struct Edge {
 }
 
 /// The one middleware every request passes (`route` is its route's
-/// template, or [`access::UNMATCHED`]), outermost first, after the
+/// template, or [`access::UNMATCHED`]; `peer` the TCP peer, when known),
+/// outermost first, after the
 /// caller attached the client context ([`crate::proxy::client_context`]):
 /// a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
@@ -298,7 +318,13 @@ struct Edge {
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
 /// append.
-async fn edge<F, Fut>(edge: &Edge, route: &str, mut request: Request, next: F) -> Response
+async fn edge<F, Fut>(
+    edge: &Edge,
+    route: &str,
+    peer: Option<SocketAddr>,
+    mut request: Request,
+    next: F,
+) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -306,7 +332,7 @@ where
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    access::observe(&edge.access, route, request, |request| {
+    access::observe(&edge.access, route, peer, request, |request| {
         common_headers(&edge.settings.cors, request, |request| async {
             let limits = &edge.settings.input_limits;
             if let Err(problem) = limits.check_head(request.headers(), request.uri()) {

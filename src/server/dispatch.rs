@@ -13,6 +13,7 @@ use axum::http::{Request, Response};
 use axum::routing::future::RouteFuture;
 use tower::Service;
 
+use super::http1::{ConnectionInfo, ConnectionService, with_connection};
 use crate::http::AppendShortcut;
 
 /// The router, with its shortcut when the composition root gave one.
@@ -60,12 +61,23 @@ impl Service<Request<Body>> for Dispatch {
         Service::<Request<Body>>::poll_ready(&mut self.router, cx)
     }
 
+    /// A request given without its connection goes to the router.
     fn call(&mut self, request: Request<Body>) -> DispatchFuture {
+        DispatchFuture::Router(self.router.call(request))
+    }
+}
+
+impl ConnectionService for Dispatch {
+    fn call_on(&mut self, mut request: Request<Body>, info: &ConnectionInfo) -> DispatchFuture {
         if let Some(shortcut) = &self.shortcut
             && shortcut.takes(request.method(), request.uri().path())
         {
-            return DispatchFuture::Shortcut(Box::pin(shortcut.call(request)));
+            // Only the server's own code reads it: the connection's facts
+            // travel as arguments, not as extensions (a map and a box each).
+            let future = shortcut.call(request, info.peer, info.tls.as_deref());
+            return DispatchFuture::Shortcut(Box::pin(future));
         }
+        with_connection(&mut request, info);
         DispatchFuture::Router(self.router.call(request))
     }
 }

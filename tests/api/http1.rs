@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use bytes::Bytes;
-use durable_streams_server::config::Http1Engine;
+use durable_streams_server::config::{ForwardedHeaders, Http1Engine, ProxyConfig};
 use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
 use durable_streams_server::{
     App, Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
@@ -511,8 +511,27 @@ fn answer_of(response: &RawResponse) -> (u16, Fields, Vec<u8>) {
 async fn appends_through_the_shortcut_answer_as_through_the_router() {
     let mut config = test_config();
     config.http.cors_origins = "https://a.example".into();
-    let router = serve_app(&config, options()).await;
-    let shortcut = serve_app_with_shortcut(&config).await;
+    same_appends_through_both_paths(&config, "").await;
+    // Behind a trusted proxy that names another client and scheme.
+    config.proxy = ProxyConfig {
+        enabled: true,
+        forwarded_headers: ForwardedHeaders::XForwarded,
+        trusted_proxies: vec!["127.0.0.1".into()],
+        ..ProxyConfig::default()
+    };
+    same_appends_through_both_paths(
+        &config,
+        "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: e.example\r\n",
+    )
+    .await;
+}
+
+/// Sends the same appends (with `fields` added to each head) to a server
+/// with `config` through the router and through the shortcut, and compares
+/// the answers and what the stream holds afterwards.
+async fn same_appends_through_both_paths(config: &Config, fields: &str) {
+    let router = serve_app(config, options()).await;
+    let shortcut = serve_app_with_shortcut(config).await;
     let requests: [&[u8]; 12] = [
         b"PUT /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc",
@@ -531,7 +550,7 @@ async fn appends_through_the_shortcut_answer_as_through_the_router() {
         // One request per connection: the answer ends with it.
         let request = String::from_utf8_lossy(request).replacen(
             "Host: h\r\n",
-            "Host: h\r\nConnection: close\r\n",
+            &format!("Host: h\r\nConnection: close\r\n{fields}"),
             1,
         );
         let expected = raw_http(router.addr, request.as_bytes()).await;

@@ -101,6 +101,27 @@ impl Default for Http1Settings {
     }
 }
 
+/// The service a connection hands its requests to.
+pub(crate) trait ConnectionService:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+{
+    /// Answers `request`, which arrived on the connection `info` describes
+    /// and carries no extensions yet: a request that may reach other code
+    /// than the server's own gets them from [`with_connection`].
+    fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> Self::Future;
+}
+
+/// Gives `request` the extensions of the connection `info` describes:
+/// `ConnectInfo<SocketAddr>`, the TLS session, and [`TakesLater`].
+pub(crate) fn with_connection(request: &mut Request<Body>, info: &ConnectionInfo) {
+    let extensions = request.extensions_mut();
+    extensions.insert(ConnectInfo(info.peer));
+    extensions.insert(TakesLater);
+    if let Some(tls) = &info.tls {
+        extensions.insert(TlsSession::clone(tls));
+    }
+}
+
 /// What each request of a connection carries as extensions.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionInfo {
@@ -190,7 +211,7 @@ enum Feed {
 impl<I, S> Connection<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: ConnectionService,
     S::Future: Unpin,
 {
     /// Serves `io` with `service`.
@@ -342,14 +363,8 @@ where
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers;
-        let extensions = request.extensions_mut();
-        extensions.insert(ConnectInfo(self.info.peer));
-        extensions.insert(TakesLater);
-        if let Some(tls) = &self.info.tls {
-            extensions.insert(TlsSession::clone(tls));
-        }
         self.requests += 1;
-        self.phase = Phase::Service(self.service.call(request));
+        self.phase = Phase::Service(self.service.call_on(request, &self.info));
     }
 
     /// Answers a head that never became a request, then closes.
@@ -617,7 +632,7 @@ where
 impl<I, S> Connection<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: ConnectionService,
     S::Future: Unpin,
 {
     /// Serves the connection like polling it as a future, but stops with
@@ -648,7 +663,7 @@ where
 impl<I, S> Future for Connection<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Unpin,
+    S: ConnectionService + Unpin,
     S::Future: Unpin,
 {
     type Output = ();
