@@ -87,15 +87,26 @@ impl Unwritten {
         Some((piece.offset, Bytes::copy_from_slice(&piece.bytes[..end])))
     }
 
-    /// Writes every piece into its chunk file; returns the cost freed. A
-    /// chunk file that is gone (trimmed or removed meanwhile) drops its piece.
+    /// Writes every piece into its chunk file; returns the cost freed,
+    /// also when a later piece failed. A chunk file that is gone (trimmed or
+    /// removed meanwhile) drops its piece.
     fn write(
         &mut self,
         id: StreamId,
         files: &FileCache,
         dirty: &Mutex<Dirty>,
-    ) -> Result<usize, StorageError> {
+    ) -> (usize, Result<(), StorageError>) {
         let before = self.cost();
+        let outcome = self.write_pieces(id, files, dirty);
+        (before - self.cost(), outcome)
+    }
+
+    fn write_pieces(
+        &mut self,
+        id: StreamId,
+        files: &FileCache,
+        dirty: &Mutex<Dirty>,
+    ) -> Result<(), StorageError> {
         while let Some(piece) = self.pieces.first() {
             match files.get(id, piece.chunk) {
                 Ok(file) => {
@@ -112,7 +123,7 @@ impl Unwritten {
             }
             self.pieces.remove(0);
         }
-        Ok(before)
+        Ok(())
     }
 
     /// Drops the pieces of chunks that are gone; returns the cost freed.
@@ -206,14 +217,14 @@ impl ShardBuffer {
         dirty: &Mutex<Dirty>,
     ) -> Result<(), StorageError> {
         let mut unwritten = lock(&stream.unwritten);
-        let outcome = unwritten.write(stream.id, files, dirty);
-        if let Ok(freed) = outcome {
-            self.bytes.fetch_sub(freed, Ordering::AcqRel);
-        }
+        // A piece written before a later one failed is freed all the same:
+        // counted on, it would hold the shard over its share for good.
+        let (freed, outcome) = unwritten.write(stream.id, files, dirty);
+        self.bytes.fetch_sub(freed, Ordering::AcqRel);
         if unwritten.pieces.is_empty() {
             lock(&self.streams).remove(&stream.id);
         }
-        outcome.map(|_| ())
+        outcome
     }
 
     /// Writes the streams past [`STREAM_FLUSH`].
@@ -273,4 +284,34 @@ pub fn read_at(
         from_memory.copy_from_slice(source);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two pieces, the second's chunk file cannot be opened: the first is
+    /// written and its cost freed, the second stays for the next try.
+    #[test]
+    fn a_failed_write_still_frees_what_was_written_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = FileCache::new(dir.path(), 8, true);
+        let dirty = Mutex::new(Dirty::default());
+        files.create(1, 0).expect("first chunk file");
+        std::fs::create_dir_all(super::super::layout::chunk_path(dir.path(), 1, 4096))
+            .expect("a directory where the second chunk file would be");
+        let mut unwritten = Unwritten::default();
+        unwritten.push(0, 0, 0, b"end of the first chunk");
+        unwritten.push(4096, 0, 4096, b"start of the second");
+        let first = unwritten.pieces[0].bytes.clone();
+
+        let (freed, outcome) = unwritten.write(1, &files, &dirty);
+        assert!(outcome.is_err());
+        assert_eq!(freed, first.len() + PIECE_COST);
+        assert_eq!(unwritten.pieces.len(), 1);
+        assert_eq!(unwritten.pieces[0].chunk, 4096);
+        let written = std::fs::read(super::super::layout::chunk_path(dir.path(), 1, 0))
+            .expect("first chunk file");
+        assert_eq!(written, first);
+    }
 }
