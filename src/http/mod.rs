@@ -119,10 +119,34 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, HEAD, OPTIONS";
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, \
     Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, \
     Stream-Fork-Offset, Stream-Fork-Sub-Offset";
-const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
+/// The value of `Access-Control-Expose-Headers`, as a literal for
+/// [`COMMON_LINES_ANY_ORIGIN`].
+macro_rules! expose_headers {
+    () => {
+        "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
     Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
     Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
-    Stream-SSE-Data-Encoding, Stream-Start-Offset";
+    Stream-SSE-Data-Encoding, Stream-Start-Offset"
+    };
+}
+const EXPOSE_HEADERS: &str = expose_headers!();
+
+/// The header lines [`add_common_headers`] adds to a response no origin
+/// may read, as an HTTP/1.1 head carries them (names lower-cased, in the
+/// order they are inserted).
+const COMMON_LINES: &[u8] =
+    b"x-content-type-options: nosniff\r\ncross-origin-resource-policy: cross-origin\r\n";
+
+/// The same with `Access-Control-Allow-Origin: *` (`cors_origins = "*"`).
+const COMMON_LINES_ANY_ORIGIN: &[u8] = concat!(
+    "x-content-type-options: nosniff\r\n",
+    "cross-origin-resource-policy: cross-origin\r\n",
+    "access-control-allow-origin: *\r\n",
+    "access-control-expose-headers: ",
+    expose_headers!(),
+    "\r\n"
+)
+.as_bytes();
 
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions
@@ -239,13 +263,17 @@ impl AppendShortcut {
 
     /// Answers a request [`takes`](Self::takes) accepted, from the TCP
     /// `peer` over the `tls` session if any; `request` carries no
-    /// extensions: only the server's own code reads it.
+    /// extensions: only the server's own code reads it. Besides the
+    /// response, the header lines of [`add_common_headers`] that the
+    /// caller writes into the response head after the response's own
+    /// headers (empty when the response carries them): written from
+    /// constants, they cost no map inserts.
     pub(crate) fn call(
         &self,
         mut request: Request,
         peer: SocketAddr,
         tls: Option<&TlsSession>,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = (Response, &'static [u8])> + Send + 'static {
         let shortcut = self.0.clone();
         crate::proxy::attach_client_context_for_own_handlers(
             &shortcut.edge.settings.proxy,
@@ -253,18 +281,24 @@ impl AppendShortcut {
             peer,
             tls,
         );
+        let lines = common_lines(
+            &shortcut.edge.settings.cors,
+            request.headers().get(header::ORIGIN),
+        );
         async move {
             let state = shortcut.state.clone();
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
-            edge(
+            let response = edge(
                 &shortcut.edge,
                 &shortcut.route,
                 Some(peer),
                 request,
+                lines.is_some(),
                 |request| Box::pin(stream::post_stream(State(state), request)),
             )
-            .await
+            .await;
+            (response, lines.unwrap_or_default())
         }
     }
 }
@@ -280,7 +314,10 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
-    self::edge(&edge, route, peer, request, |request| next.run(request)).await
+    self::edge(&edge, route, peer, request, false, |request| {
+        next.run(request)
+    })
+    .await
 }
 
 /// The router of the separate metrics listener
@@ -317,12 +354,14 @@ struct Edge {
 /// control ([`gate::guard`], only with `auth.mode = "token"`). One
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
-/// append.
+/// append. With `common_written`, the caller writes the security and CORS
+/// headers itself ([`common_lines`]).
 async fn edge<F, Fut>(
     edge: &Edge,
     route: &str,
     peer: Option<SocketAddr>,
     mut request: Request,
+    common_written: bool,
     next: F,
 ) -> Response
 where
@@ -333,18 +372,23 @@ where
         gate::take_query_token(gate, &mut request);
     }
     access::observe(&edge.access, route, peer, request, |request| {
-        common_headers(&edge.settings.cors, request, |request| async {
-            let limits = &edge.settings.input_limits;
-            if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
-                return problem.into_response();
-            }
-            match &edge.gate {
-                None => next(request).await,
-                // Boxed: inline, the guard's state would be part of every
-                // request's future, waiting long-polls included, gate or not.
-                Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
-            }
-        })
+        common_headers(
+            &edge.settings.cors,
+            common_written,
+            request,
+            |request| async {
+                let limits = &edge.settings.input_limits;
+                if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
+                    return problem.into_response();
+                }
+                match &edge.gate {
+                    None => next(request).await,
+                    // Boxed: inline, the guard's state would be part of every
+                    // request's future, waiting long-polls included, gate or not.
+                    Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
+                }
+            },
+        )
     })
     .await
 }
@@ -389,8 +433,9 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
 const CROSS_ORIGIN_RESOURCE_POLICY: header::HeaderName =
     header::HeaderName::from_static("cross-origin-resource-policy");
 
-/// Security and CORS headers on every response; answers CORS preflights.
-async fn common_headers<F, Fut>(cors: &Cors, request: Request, inner: F) -> Response
+/// Security and CORS headers on every response (unless `written` by the
+/// caller); answers CORS preflights.
+async fn common_headers<F, Fut>(cors: &Cors, written: bool, request: Request, inner: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -403,6 +448,9 @@ where
     } else {
         inner(request).await
     };
+    if written {
+        return response;
+    }
     deferred::then(response, move |mut response| {
         add_common_headers(response.headers_mut(), allowed, preflight);
         response
@@ -439,6 +487,18 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
                 HeaderValue::from_static("86400"),
             );
         }
+    }
+}
+
+/// The lines [`add_common_headers`] would add to the answer of a
+/// non-preflight request from `origin`, when they are the same for every
+/// response: `None` when an origin from the allowed list is echoed (the
+/// caller then leaves them to [`common_headers`]).
+fn common_lines(cors: &Cors, origin: Option<&HeaderValue>) -> Option<&'static [u8]> {
+    match cors {
+        Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
+        Cors::List(_) if cors.allow_origin(origin).is_none() => Some(COMMON_LINES),
+        Cors::List(_) => None,
     }
 }
 
