@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tracing::Instrument;
 
 pub(crate) use limits::InputLimits;
 pub(crate) use live::LiveResponse;
@@ -349,13 +350,15 @@ struct Edge {
 /// caller attached the client context ([`crate::proxy::client_context`]):
 /// a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
-/// ([`access`]), security and CORS headers (preflights answered), the
+/// ([`access::Observed`]), security and CORS headers (preflights answered;
+/// with `common_written` the caller writes these headers itself,
+/// [`common_lines`]), the
 /// limits on headers and query ([`InputLimits::check_head`]), then access
 /// control ([`gate::guard`], only with `auth.mode = "token"`). One
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
-/// append. With `common_written`, the caller writes the security and CORS
-/// headers itself ([`common_lines`]).
+/// append; and its steps in one future, not nested ones, each of which
+/// moved the request and the futures inside it once more.
 async fn edge<F, Fut>(
     edge: &Edge,
     route: &str,
@@ -371,26 +374,42 @@ where
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    access::observe(&edge.access, route, peer, request, |request| {
-        common_headers(
-            &edge.settings.cors,
-            common_written,
-            request,
-            |request| async {
-                let limits = &edge.settings.input_limits;
-                if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
-                    return problem.into_response();
-                }
-                match &edge.gate {
-                    None => next(request).await,
-                    // Boxed: inline, the guard's state would be part of every
-                    // request's future, waiting long-polls included, gate or not.
-                    Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
-                }
-            },
-        )
-    })
-    .await
+    let observed = access::Observed::start(&edge.access, route, peer, &request);
+    let preflight = request.method() == Method::OPTIONS;
+    let allowed = if common_written {
+        None
+    } else {
+        edge.settings
+            .cors
+            .allow_origin(request.headers().get(header::ORIGIN))
+    };
+    let response = if preflight {
+        preflight_response()
+    } else {
+        async {
+            let limits = &edge.settings.input_limits;
+            if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
+                return problem.into_response();
+            }
+            match &edge.gate {
+                None => next(request).await,
+                // Boxed: inline, the guard's state would be part of every
+                // request's future, waiting long-polls included, gate or not.
+                Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
+            }
+        }
+        .instrument(observed.span().clone())
+        .await
+    };
+    let response = if common_written {
+        response
+    } else {
+        deferred::then(response, move |mut response| {
+            add_common_headers(response.headers_mut(), allowed, preflight);
+            response
+        })
+    };
+    observed.finish(response)
 }
 
 /// `GET /healthz` (the process serves: always `200`) and `GET /readyz`
@@ -433,32 +452,8 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
 const CROSS_ORIGIN_RESOURCE_POLICY: header::HeaderName =
     header::HeaderName::from_static("cross-origin-resource-policy");
 
-/// Security and CORS headers on every response (unless `written` by the
-/// caller); answers CORS preflights.
-async fn common_headers<F, Fut>(cors: &Cors, written: bool, request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let origin = request.headers().get(header::ORIGIN);
-    let allowed = cors.allow_origin(origin);
-    let preflight = request.method() == Method::OPTIONS;
-    let response = if preflight {
-        preflight_response()
-    } else {
-        inner(request).await
-    };
-    if written {
-        return response;
-    }
-    deferred::then(response, move |mut response| {
-        add_common_headers(response.headers_mut(), allowed, preflight);
-        response
-    })
-}
-
-/// The headers of [`common_headers`]; `allowed` is the origin CORS lets
-/// read the answer.
+/// The security and CORS headers of every response; `allowed` is the
+/// origin CORS lets read the answer.
 fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, preflight: bool) {
     // Values made at compile time: `from_static` at run time checks each
     // byte again, for every response.
@@ -493,7 +488,7 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
 /// The lines [`add_common_headers`] would add to the answer of a
 /// non-preflight request from `origin`, when they are the same for every
 /// response: `None` when an origin from the allowed list is echoed (the
-/// caller then leaves them to [`common_headers`]).
+/// caller then leaves them to [`edge`]).
 fn common_lines(cors: &Cors, origin: Option<&HeaderValue>) -> Option<&'static [u8]> {
     match cors {
         Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
