@@ -122,7 +122,7 @@ impl Engine {
                 None => self.shared.registry.allocate_id(),
             },
             path: request.path.clone(),
-            content_type: settings.content_type.raw.clone(),
+            content_type: settings.content_type.raw.to_string(),
             ttl_secs: settings.ttl_secs,
             expires_at_ms: settings.expires_at_ms(),
             created_at_ms: clock::unix_ms(),

@@ -294,61 +294,78 @@ fn is_stream_route(route: &str) -> bool {
     route.ends_with("{*name}") && !route.as_bytes().windows(6).any(|w| w == b"/__ds/")
 }
 
-/// The middleware (see the [module docs](self)) around `inner`, which
-/// answers the request: the rest of the server's request middleware and the
-/// route. `peer` is the TCP peer, when known.
-pub(crate) async fn observe<F, Fut>(
-    settings: &AccessSettings,
-    route: &str,
-    peer: Option<SocketAddr>,
-    request: Request,
-    inner: F,
-) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let started = Instant::now();
-    let extensions = request.extensions();
-    let path = extensions
-        .get::<OriginalUri>()
-        .map_or_else(|| request.uri().path(), |original| original.0.path());
-    let stream = is_stream_route(route).then(|| path.to_owned());
-    let (client, peer) = Client::of(extensions, peer);
-    let mut line = Line {
-        started,
-        method: MethodLabel::of(request.method()),
-        route: settings.routes.get(route),
-        stream,
-        client,
-        peer,
-        scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
-        identity: extensions.get::<ClientIdentity>().cloned(),
-        bytes_in: request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-        quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
-        span: tracing::Span::none(),
-    };
-    line.span = request_span(&request, &line, path);
-    let span = line.span.clone();
-    let pending = Pending {
-        line: Some(line),
-        _in_flight: InFlight::start(),
-    };
+/// A request under the middleware (see the [module docs](self)): counted
+/// in flight from [`start`](Self::start), recorded and logged by
+/// [`finish`](Self::finish) (or as `499` if dropped before). Plain steps
+/// rather than a future around the rest of the middleware: a wrapping
+/// future moves the request and the inner future once more per request.
+pub(crate) struct Observed {
+    pending: Pending,
+    span: tracing::Span,
+}
 
-    let response = inner(request).instrument(span.clone()).await;
-    // A long-poll answered later is still in flight while it waits: its
-    // duration, status and line come from the real answer.
-    if deferred::is_later(&response) {
-        return deferred::around(response, move |wait| async move {
-            let response = wait.instrument(span.clone()).await;
-            answered(pending, &span, response)
-        });
+impl Observed {
+    /// Starts observing `request`, matched to `route`, from the TCP `peer`
+    /// when known.
+    pub(crate) fn start(
+        settings: &AccessSettings,
+        route: &str,
+        peer: Option<SocketAddr>,
+        request: &Request,
+    ) -> Self {
+        let started = Instant::now();
+        let extensions = request.extensions();
+        let path = extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| request.uri().path(), |original| original.0.path());
+        let stream = is_stream_route(route).then(|| path.to_owned());
+        let (client, peer) = Client::of(extensions, peer);
+        let mut line = Line {
+            started,
+            method: MethodLabel::of(request.method()),
+            route: settings.routes.get(route),
+            stream,
+            client,
+            peer,
+            scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
+            identity: extensions.get::<ClientIdentity>().cloned(),
+            bytes_in: request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
+            span: tracing::Span::none(),
+        };
+        line.span = request_span(request, &line, path);
+        let span = line.span.clone();
+        Self {
+            pending: Pending {
+                line: Some(line),
+                _in_flight: InFlight::start(),
+            },
+            span,
+        }
     }
-    answered(pending, &span, response)
+
+    /// The request's span, for the work that answers it.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records and logs the request with its `response`; a long-poll
+    /// answered later ([`deferred`]) is still in flight while it waits: its
+    /// duration, status and line come from the real answer.
+    pub(crate) fn finish(self, response: Response) -> Response {
+        let Self { pending, span } = self;
+        if deferred::is_later(&response) {
+            return deferred::around(response, move |wait| async move {
+                let response = wait.instrument(span.clone()).await;
+                answered(pending, &span, response)
+            });
+        }
+        answered(pending, &span, response)
+    }
 }
 
 /// Records and logs the request `pending` stands for, now that its

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tracing::Instrument;
 
 pub(crate) use limits::InputLimits;
 pub(crate) use live::LiveResponse;
@@ -119,10 +120,34 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, HEAD, OPTIONS";
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, \
     Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, \
     Stream-Fork-Offset, Stream-Fork-Sub-Offset";
-const EXPOSE_HEADERS: &str = "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
+/// The value of `Access-Control-Expose-Headers`, as a literal for
+/// [`COMMON_LINES_ANY_ORIGIN`].
+macro_rules! expose_headers {
+    () => {
+        "WWW-Authenticate, Stream-Next-Offset, Stream-Cursor, \
     Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
     Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
-    Stream-SSE-Data-Encoding, Stream-Start-Offset";
+    Stream-SSE-Data-Encoding, Stream-Start-Offset"
+    };
+}
+const EXPOSE_HEADERS: &str = expose_headers!();
+
+/// The header lines [`add_common_headers`] adds to a response no origin
+/// may read, as an HTTP/1.1 head carries them (names lower-cased, in the
+/// order they are inserted).
+const COMMON_LINES: &[u8] =
+    b"x-content-type-options: nosniff\r\ncross-origin-resource-policy: cross-origin\r\n";
+
+/// The same with `Access-Control-Allow-Origin: *` (`cors_origins = "*"`).
+const COMMON_LINES_ANY_ORIGIN: &[u8] = concat!(
+    "x-content-type-options: nosniff\r\n",
+    "cross-origin-resource-policy: cross-origin\r\n",
+    "access-control-allow-origin: *\r\n",
+    "access-control-expose-headers: ",
+    expose_headers!(),
+    "\r\n"
+)
+.as_bytes();
 
 /// Wires the routes around `services`: the stream routes under the base
 /// path, the reserved `__ds` control space (spec §6–7) when subscriptions
@@ -239,13 +264,17 @@ impl AppendShortcut {
 
     /// Answers a request [`takes`](Self::takes) accepted, from the TCP
     /// `peer` over the `tls` session if any; `request` carries no
-    /// extensions: only the server's own code reads it.
+    /// extensions: only the server's own code reads it. Besides the
+    /// response, the header lines of [`add_common_headers`] that the
+    /// caller writes into the response head after the response's own
+    /// headers (empty when the response carries them): written from
+    /// constants, they cost no map inserts.
     pub(crate) fn call(
         &self,
         mut request: Request,
         peer: SocketAddr,
         tls: Option<&TlsSession>,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = (Response, &'static [u8])> + Send + 'static {
         let shortcut = self.0.clone();
         crate::proxy::attach_client_context_for_own_handlers(
             &shortcut.edge.settings.proxy,
@@ -253,18 +282,24 @@ impl AppendShortcut {
             peer,
             tls,
         );
+        let lines = common_lines(
+            &shortcut.edge.settings.cors,
+            request.headers().get(header::ORIGIN),
+        );
         async move {
             let state = shortcut.state.clone();
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
-            edge(
+            let response = edge(
                 &shortcut.edge,
                 &shortcut.route,
                 Some(peer),
                 request,
+                lines.is_some(),
                 |request| Box::pin(stream::post_stream(State(state), request)),
             )
-            .await
+            .await;
+            (response, lines.unwrap_or_default())
         }
     }
 }
@@ -280,7 +315,10 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
-    self::edge(&edge, route, peer, request, |request| next.run(request)).await
+    self::edge(&edge, route, peer, request, false, |request| {
+        next.run(request)
+    })
+    .await
 }
 
 /// The router of the separate metrics listener
@@ -312,17 +350,21 @@ struct Edge {
 /// caller attached the client context ([`crate::proxy::client_context`]):
 /// a query-string token moved
 /// out of the URI ([`gate::take_query_token`]), metrics, span and log line
-/// ([`access`]), security and CORS headers (preflights answered), the
+/// ([`access::Observed`]), security and CORS headers (preflights answered;
+/// with `common_written` the caller writes these headers itself,
+/// [`common_lines`]), the
 /// limits on headers and query ([`InputLimits::check_head`]), then access
 /// control ([`gate::guard`], only with `auth.mode = "token"`). One
 /// layer instead of several: each `from_fn` layer clones the route service
 /// and boxes a future per request, which was a tenth of the CPU of an
-/// append.
+/// append; and its steps in one future, not nested ones, each of which
+/// moved the request and the futures inside it once more.
 async fn edge<F, Fut>(
     edge: &Edge,
     route: &str,
     peer: Option<SocketAddr>,
     mut request: Request,
+    common_written: bool,
     next: F,
 ) -> Response
 where
@@ -332,8 +374,19 @@ where
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    access::observe(&edge.access, route, peer, request, |request| {
-        common_headers(&edge.settings.cors, request, |request| async {
+    let observed = access::Observed::start(&edge.access, route, peer, &request);
+    let preflight = request.method() == Method::OPTIONS;
+    let allowed = if common_written {
+        None
+    } else {
+        edge.settings
+            .cors
+            .allow_origin(request.headers().get(header::ORIGIN))
+    };
+    let response = if preflight {
+        preflight_response()
+    } else {
+        async {
             let limits = &edge.settings.input_limits;
             if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
                 return problem.into_response();
@@ -344,9 +397,19 @@ where
                 // request's future, waiting long-polls included, gate or not.
                 Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
             }
+        }
+        .instrument(observed.span().clone())
+        .await
+    };
+    let response = if common_written {
+        response
+    } else {
+        deferred::then(response, move |mut response| {
+            add_common_headers(response.headers_mut(), allowed, preflight);
+            response
         })
-    })
-    .await
+    };
+    observed.finish(response)
 }
 
 /// `GET /healthz` (the process serves: always `200`) and `GET /readyz`
@@ -389,28 +452,8 @@ pub(crate) fn normalise_base_path(raw: &str) -> String {
 const CROSS_ORIGIN_RESOURCE_POLICY: header::HeaderName =
     header::HeaderName::from_static("cross-origin-resource-policy");
 
-/// Security and CORS headers on every response; answers CORS preflights.
-async fn common_headers<F, Fut>(cors: &Cors, request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let origin = request.headers().get(header::ORIGIN);
-    let allowed = cors.allow_origin(origin);
-    let preflight = request.method() == Method::OPTIONS;
-    let response = if preflight {
-        preflight_response()
-    } else {
-        inner(request).await
-    };
-    deferred::then(response, move |mut response| {
-        add_common_headers(response.headers_mut(), allowed, preflight);
-        response
-    })
-}
-
-/// The headers of [`common_headers`]; `allowed` is the origin CORS lets
-/// read the answer.
+/// The security and CORS headers of every response; `allowed` is the
+/// origin CORS lets read the answer.
 fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, preflight: bool) {
     // Values made at compile time: `from_static` at run time checks each
     // byte again, for every response.
@@ -439,6 +482,18 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
                 HeaderValue::from_static("86400"),
             );
         }
+    }
+}
+
+/// The lines [`add_common_headers`] would add to the answer of a
+/// non-preflight request from `origin`, when they are the same for every
+/// response: `None` when an origin from the allowed list is echoed (the
+/// caller then leaves them to [`edge`]).
+fn common_lines(cors: &Cors, origin: Option<&HeaderValue>) -> Option<&'static [u8]> {
+    match cors {
+        Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
+        Cors::List(_) if cors.allow_origin(origin).is_none() => Some(COMMON_LINES),
+        Cors::List(_) => None,
     }
 }
 

@@ -4,6 +4,8 @@
 //! returns a typed value or a [`HeaderError`] naming the header, so the HTTP
 //! layer can answer `400` with a precise reason.
 
+use std::borrow::Cow;
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -168,25 +170,50 @@ pub fn sub_offset(raw: &[u8]) -> Result<u64, HeaderError> {
 }
 
 /// A stream's content type, kept verbatim for echoing and normalised for
-/// comparison (media type only, lower-cased, parameters dropped).
+/// comparison (media type only, lower-cased, parameters dropped). The
+/// common values borrow a constant: an append names its content type on
+/// every request, and two allocations each were a twentieth of its CPU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContentType {
     /// The value as the creator sent it.
-    pub raw: String,
+    pub raw: Cow<'static, str>,
     /// Lower-cased media type without parameters.
-    pub media: String,
+    media: Cow<'static, str>,
 }
 
 /// The content type of a stream created without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// Values sent often enough to be kept without an allocation; each is its
+/// own lower-cased media type.
+const COMMON_TYPES: [&str; 4] = [
+    DEFAULT_CONTENT_TYPE,
+    "application/json",
+    "text/plain",
+    "application/x-ndjson",
+];
+
 impl ContentType {
     /// Builds from a header value.
     pub fn new(raw: &str) -> Self {
         let raw = raw.trim();
+        if let Some(common) = COMMON_TYPES.iter().find(|common| **common == raw) {
+            return Self {
+                raw: Cow::Borrowed(common),
+                media: Cow::Borrowed(common),
+            };
+        }
+        let media = media_type(raw);
+        let media = match COMMON_TYPES
+            .iter()
+            .find(|common| common.eq_ignore_ascii_case(media))
+        {
+            Some(common) => Cow::Borrowed(*common),
+            None => Cow::Owned(media.to_ascii_lowercase()),
+        };
         Self {
-            raw: raw.to_owned(),
-            media: media_type(raw).to_ascii_lowercase(),
+            raw: Cow::Owned(raw.to_owned()),
+            media,
         }
     }
 

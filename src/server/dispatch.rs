@@ -29,8 +29,9 @@ impl Dispatch {
     }
 }
 
-/// A shortcut's answer in progress (boxed, as the router boxes its routes').
-type ShortcutFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+/// A shortcut's answer in progress (boxed, as the router boxes its routes'),
+/// with the header lines the head adds to it.
+type ShortcutFuture = Pin<Box<dyn Future<Output = (Response<Body>, &'static [u8])> + Send>>;
 
 /// The answer of [`Dispatch`] in progress.
 // The router's future stays inline, as it was before the shortcut: boxing
@@ -38,7 +39,8 @@ type ShortcutFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 #[allow(clippy::large_enum_variant)]
 pub(super) enum DispatchFuture {
     Router(RouteFuture<Infallible>),
-    Shortcut(ShortcutFuture),
+    /// With the head's added lines once answered.
+    Shortcut(ShortcutFuture, &'static [u8]),
 }
 
 impl Future for DispatchFuture {
@@ -47,7 +49,10 @@ impl Future for DispatchFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Self::Router(future) => Pin::new(future).poll(cx),
-            Self::Shortcut(future) => future.as_mut().poll(cx).map(Ok),
+            Self::Shortcut(future, lines) => future.as_mut().poll(cx).map(|(response, added)| {
+                *lines = added;
+                Ok(response)
+            }),
         }
     }
 }
@@ -75,9 +80,16 @@ impl ConnectionService for Dispatch {
             // Only the server's own code reads it: the connection's facts
             // travel as arguments, not as extensions (a map and a box each).
             let future = shortcut.call(request, info.peer, info.tls.as_deref());
-            return DispatchFuture::Shortcut(Box::pin(future));
+            return DispatchFuture::Shortcut(Box::pin(future), b"");
         }
         with_connection(&mut request, info);
         DispatchFuture::Router(self.router.call(request))
+    }
+
+    fn head_lines(future: &DispatchFuture) -> &'static [u8] {
+        match future {
+            DispatchFuture::Router(_) => b"",
+            DispatchFuture::Shortcut(_, lines) => lines,
+        }
     }
 }

@@ -12,7 +12,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use bytes::Bytes;
-use durable_streams_server::config::{ForwardedHeaders, Http1Engine, ProxyConfig};
+use durable_streams_server::config::{
+    AccessOp, AuthMode, ForwardedHeaders, GrantConfig, Http1Engine, ProxyConfig,
+};
 use durable_streams_server::server::{DrainTiming, ServeOptions, serve};
 use durable_streams_server::{
     App, Config, InMemoryStorage, Readiness, ShutdownToken, build_router_with_ready,
@@ -497,22 +499,28 @@ async fn serve_app_with_shortcut(config: &Config) -> Served {
 /// Header fields, name and value.
 type Fields = Vec<(String, Vec<u8>)>;
 
-/// Status, headers (without `date`) and body: what must not differ.
+/// Status, headers in the order sent (without `date`) and body: what must
+/// not differ.
 fn answer_of(response: &RawResponse) -> (u16, Fields, Vec<u8>) {
-    let mut headers: Vec<_> = (response.headers.iter())
+    let headers: Vec<_> = (response.headers.iter())
         .filter(|(name, _)| name != "date")
         .cloned()
         .collect();
-    headers.sort();
     (response.status, headers, response.body.clone())
 }
 
 #[tokio::test]
 async fn appends_through_the_shortcut_answer_as_through_the_router() {
     let mut config = test_config();
+    // Any origin (the default), then a list of origins, then none.
+    assert_eq!(config.http.cors_origins, "*");
+    same_appends_through_both_paths(&config, "", 200).await;
     config.http.cors_origins = "https://a.example".into();
-    same_appends_through_both_paths(&config, "").await;
+    same_appends_through_both_paths(&config, "", 200).await;
+    config.http.cors_origins = String::new();
+    same_appends_through_both_paths(&config, "", 200).await;
     // Behind a trusted proxy that names another client and scheme.
+    config.http.cors_origins = "https://a.example".into();
     config.proxy = ProxyConfig {
         enabled: true,
         forwarded_headers: ForwardedHeaders::XForwarded,
@@ -522,17 +530,48 @@ async fn appends_through_the_shortcut_answer_as_through_the_router() {
     same_appends_through_both_paths(
         &config,
         "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: e.example\r\n",
+        200,
     )
     .await;
 }
 
+#[tokio::test]
+async fn appends_through_the_shortcut_answer_as_through_the_router_with_access_control() {
+    const KEY: &str = "shortcut-writer-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("api-keys.toml");
+    let digest = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"writer\"\nsha256 = \"{hex}\"\n\
+             grants = [{{ paths = [\"/v1/stream/s\", \"/v1/stream/j\"], ops = [\"create\", \"append\"] }}]\n"
+        ),
+    )
+    .expect("write the key file");
+    let mut config = test_config();
+    config.auth.mode = AuthMode::Token;
+    config.auth.api_keys_path = Some(keys);
+    config.auth.anonymous = vec![GrantConfig {
+        paths: vec!["/v1/stream/**".into()],
+        ops: vec![AccessOp::Read],
+    }];
+    // Granted (and refused outside its paths), a key nobody has, none.
+    same_appends_through_both_paths(&config, &format!("Authorization: Bearer {KEY}\r\n"), 200)
+        .await;
+    same_appends_through_both_paths(&config, "Authorization: Bearer not-a-key\r\n", 404).await;
+    same_appends_through_both_paths(&config, "", 404).await;
+}
+
 /// Sends the same appends (with `fields` added to each head) to a server
 /// with `config` through the router and through the shortcut, and compares
-/// the answers and what the stream holds afterwards.
-async fn same_appends_through_both_paths(config: &Config, fields: &str) {
+/// the answers and what the stream holds afterwards (read with status
+/// `read_status`).
+async fn same_appends_through_both_paths(config: &Config, fields: &str, read_status: u16) {
     let router = serve_app(config, options()).await;
     let shortcut = serve_app_with_shortcut(config).await;
-    let requests: [&[u8]; 12] = [
+    let requests: &[&[u8]] = &[
         b"PUT /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc",
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nOrigin: https://a.example\r\nContent-Length: 1\r\n\r\nd",
@@ -544,7 +583,31 @@ async fn same_appends_through_both_paths(config: &Config, fields: &str) {
         b"POST /v1/stream/a/../b HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
         b"POST /v1/stream/__ds/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
         b"POST /v1/stream/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        // Another spelling of the stream's type; the wrong type.
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: Text/Plain; charset=utf-8\r\nContent-Length: 1\r\n\r\nh",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n[1]",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\ni",
+        // Producers: a new epoch, a gap, a stale epoch, a bad number.
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: 1\r\nProducer-Seq: 0\r\nContent-Length: 1\r\n\r\nj",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: 1\r\nProducer-Seq: 5\r\nContent-Length: 1\r\n\r\nk",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Seq: 1\r\nContent-Length: 1\r\n\r\nl",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nProducer-Epoch: x\r\nProducer-Seq: 1\r\nContent-Length: 1\r\n\r\nm",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: p\r\nContent-Length: 1\r\n\r\nn",
+        // A regressing Stream-Seq; a body over the limit.
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nStream-Seq: 4\r\nContent-Length: 1\r\n\r\no",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 999999999999\r\n\r\n",
+        // A CORS request from an origin not listed.
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nOrigin: https://b.example\r\nContent-Length: 1\r\n\r\np",
+        // JSON appends: a message, an array, a parameter, bad JSON, empty.
+        b"PUT /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+        b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[2,3]",
+        b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 1\r\n\r\n4",
+        b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[1",
+        b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
+        // Closing, then appending to the closed stream.
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nStream-Closed: true\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nq",
     ];
     for request in requests {
         // One request per connection: the answer ends with it.
@@ -563,7 +626,7 @@ async fn same_appends_through_both_paths(config: &Config, fields: &str) {
         raw_http(router.addr, read).await,
         raw_http(shortcut.addr, read).await,
     );
-    assert_eq!(expected.status, 200);
+    assert_eq!(expected.status, read_status);
     assert_eq!(answer_of(&answer), answer_of(&expected));
     for served in [router, shortcut] {
         drop(served.stop);

@@ -43,13 +43,16 @@ pub(super) enum BodyLength {
     Unknown,
 }
 
-/// Writes the head of a response with `status` and `headers` into `out`;
-/// returns how its body is framed. Clears `exchange.keep_alive` when the
-/// response or its framing ends the connection.
+/// Writes the head of a response with `status` and `headers` (then `lines`,
+/// header lines ending in CRLF that name none of the fields looked at
+/// here) into `out`; returns how its body is framed. Clears
+/// `exchange.keep_alive` when the response or its framing ends the
+/// connection.
 pub(super) fn head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    lines: &[u8],
     length: BodyLength,
     exchange: &mut Exchange,
 ) -> Framing {
@@ -100,6 +103,7 @@ pub(super) fn head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(lines);
     if let LengthLine::Write(length) = length_line {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa_u64(length, &mut [0u8; 20]));
@@ -272,6 +276,7 @@ mod tests {
             &mut out,
             StatusCode::from_u16(status).expect("status"),
             &map,
+            b"",
             length,
             exchange,
         );

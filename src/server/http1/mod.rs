@@ -109,6 +109,12 @@ pub(crate) trait ConnectionService:
     /// and carries no extensions yet: a request that may reach other code
     /// than the server's own gets them from [`with_connection`].
     fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> Self::Future;
+
+    /// Header lines (each ending in CRLF) to write into the head of the
+    /// response `future` answered, after the response's own headers.
+    fn head_lines(_future: &Self::Future) -> &'static [u8] {
+        b""
+    }
 }
 
 /// Gives `request` the extensions of the connection `info` describes:
@@ -155,6 +161,9 @@ where
     phase: Phase<S::Future>,
     /// The response just started follows a stream live ([`LiveResponse`]).
     live: bool,
+    /// What the service said to add to its answer's head
+    /// ([`ConnectionService::head_lines`]).
+    head_lines: &'static [u8],
 }
 
 /// The request body still on the wire.
@@ -240,6 +249,7 @@ where
             inbound: Inbound::NONE,
             phase: Phase::Head,
             live: false,
+            head_lines: b"",
         }
     }
 
@@ -386,10 +396,15 @@ where
     fn poll_service(&mut self, cx: &mut Context<'_>) -> Step {
         loop {
             let polled = match &mut self.phase {
-                Phase::Service(future) => Pin::new(future).poll(cx).map(|result| match result {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }),
+                Phase::Service(future) => {
+                    Pin::new(&mut *future).poll(cx).map(|result| match result {
+                        Ok(response) => {
+                            self.head_lines = S::head_lines(future);
+                            response
+                        }
+                        Err(never) => match never {},
+                    })
+                }
                 Phase::Later(wait) => wait.as_mut().poll(cx),
                 _ => return Step::Again,
             };
@@ -503,6 +518,7 @@ where
 
     /// Turns `response` into a head and a body to send.
     fn respond(&mut self, response: Response<Body>) {
+        let lines = std::mem::take(&mut self.head_lines);
         let (parts, body) = response.into_parts();
         self.live = parts.extensions.get::<LiveResponse>().is_some();
         if self.drain.is_started() || !self.inbound.decoder.is_done() {
@@ -515,11 +531,12 @@ where
                 .exact()
                 .map_or(BodyLength::Unknown, BodyLength::Exact)
         };
-        let mut head = Vec::with_capacity(encode::capacity(&parts.headers));
+        let mut head = Vec::with_capacity(encode::capacity(&parts.headers) + lines.len());
         let framing = encode::head(
             &mut head,
             parts.status,
             &parts.headers,
+            lines,
             length,
             &mut self.exchange,
         );
