@@ -140,6 +140,27 @@ impl Line {
             line!(tracing::Level::INFO);
         }
     }
+
+    /// Whether [`Self::log`] for `status` would write a line or record on a
+    /// traced span. When not, a streamed body need not carry the line until
+    /// it ends (an SSE subscriber would hold it for its whole life).
+    fn wanted(&self, status: u16) -> bool {
+        macro_rules! enabled {
+            ($level:expr) => {
+                tracing::enabled!(kind: tracing::metadata::Kind::EVENT, target: ACCESS_TARGET, $level)
+            };
+        }
+        if !self.span.is_disabled() {
+            return true;
+        }
+        if status >= 500 && !self.quiet {
+            enabled!(tracing::Level::ERROR)
+        } else if self.quiet {
+            enabled!(tracing::Level::DEBUG)
+        } else {
+            enabled!(tracing::Level::INFO)
+        }
+    }
 }
 
 /// Where a request comes from: an address, and the port when the address
@@ -408,6 +429,7 @@ fn answered(mut pending: Pending, span: &tracing::Span, mut response: Response) 
             line.log(&answer, bytes_out);
             response
         }
+        None if !line.wanted(status) => response,
         None => response.map(|body| {
             Body::new(LoggedBody {
                 inner: body,

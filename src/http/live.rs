@@ -182,6 +182,10 @@ pub(super) async fn sse(
     let position = resolve_start(from, entry.first_position(), snapshot.tail);
     let base64 = !entry.content_type().is_text_like();
     let now = Instant::now();
+    let reconnect_at = state
+        .settings
+        .sse_reconnect_interval
+        .map(|interval| now + interval);
     ReadServed {
         mode: ReadMode::Sse,
     }
@@ -198,12 +202,12 @@ pub(super) async fn sse(
         cursor: cursor_for(client_cursor.as_deref()),
         base64,
         keepalive: state.settings.sse_keepalive_interval,
-        keepalive_timer: Box::pin(sleep_until(now + state.settings.sse_keepalive_interval)),
+        timer: Box::pin(sleep_until(next_wake(
+            now + state.settings.sse_keepalive_interval,
+            reconnect_at,
+        ))),
         last_sent: now,
-        reconnect_timer: state
-            .settings
-            .sse_reconnect_interval
-            .map(|interval| Box::pin(sleep_until(now + interval))),
+        reconnect_at,
         shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
         shutdown: state.shutdown.clone(),
         span: tracing::Span::current(),
@@ -228,6 +232,12 @@ pub(super) async fn sse(
     Ok(response)
 }
 
+/// When an SSE session's timer fires next: at its keep-alive, or at its
+/// reconnect when that comes first.
+fn next_wake(keepalive: Instant, reconnect_at: Option<Instant>) -> Instant {
+    reconnect_at.map_or(keepalive, |at| at.min(keepalive))
+}
+
 /// Marks a response whose body follows a stream live (SSE), so that the
 /// connection layer can serve it apart from request/response traffic.
 #[derive(Clone, Copy, Debug)]
@@ -248,15 +258,17 @@ struct SseSession {
     json: bool,
     base64: bool,
     keepalive: Duration,
-    /// Fires at the earliest `keepalive` after `last_sent`. Kept for the
-    /// whole session rather than a new timer per wake-up (an append to a
-    /// stream with thousands of subscribers wakes them all), and moved only
-    /// when it fires early, not on every send.
-    keepalive_timer: Pin<Box<Sleep>>,
+    /// The session's one timer, for the keep-alive and the reconnect: fires
+    /// at the earliest `keepalive` after `last_sent` or at `reconnect_at`,
+    /// whichever comes first. Kept for the whole session rather than a new
+    /// timer per wake-up (an append to a stream with thousands of
+    /// subscribers wakes them all), and moved only when it fires, not on
+    /// every send.
+    timer: Pin<Box<Sleep>>,
     /// When output was last produced.
     last_sent: Instant,
-    /// Ends the response (`sse_reconnect_interval`), when set.
-    reconnect_timer: Option<Pin<Box<Sleep>>>,
+    /// When the response ends (`sse_reconnect_interval`), when set.
+    reconnect_at: Option<Instant>,
     /// Resolves when the server drains; registered once, like the timers.
     shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
     shutdown: ShutdownToken,
@@ -332,12 +344,6 @@ impl SseSession {
                 self.finished = true;
                 return Some(Bytes::from(out));
             }
-            let reconnect = async {
-                match &mut self.reconnect_timer {
-                    Some(timer) => timer.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 changed = self.signal.changed() => {
                     if changed.is_err() {
@@ -345,21 +351,23 @@ impl SseSession {
                         return None;
                     }
                 }
-                () = self.keepalive_timer.as_mut() => {
+                () = self.timer.as_mut() => {
                     let now = Instant::now();
+                    if self.reconnect_at.is_some_and(|at| now >= at) {
+                        self.finished = true;
+                        return None;
+                    }
                     let due = self.last_sent + self.keepalive;
                     if now < due {
                         // Output went out since it was set: not due yet.
-                        self.keepalive_timer.as_mut().reset(due);
+                        self.timer.as_mut().reset(next_wake(due, self.reconnect_at));
                         continue;
                     }
-                    self.keepalive_timer.as_mut().reset(now + self.keepalive);
+                    self.timer
+                        .as_mut()
+                        .reset(next_wake(now + self.keepalive, self.reconnect_at));
                     self.control(&mut out, true, false);
                     return Some(Bytes::from(out));
-                }
-                () = reconnect => {
-                    self.finished = true;
-                    return None;
                 }
                 // Polled only before it fired: once it has, the check
                 // above ends the session first.
@@ -399,12 +407,13 @@ impl SseSession {
             self.announced = true;
             return Some(shared.bytes);
         }
-        let result = match self
+        // Boxed: most deliveries send a shared chunk, and inline the read's
+        // future would be part of every subscriber's body for its life.
+        let read = self
             .engine
             .read_resolved(&self.entry, self.from, self.position, snapshot)
-            .instrument(self.span.clone())
-            .await
-        {
+            .instrument(self.span.clone());
+        let result = match Box::pin(read).await {
             Ok(result) => result,
             Err(error) => {
                 tracing::warn!(parent: &self.span, error = %error, "SSE read failed; ending the stream");

@@ -88,3 +88,27 @@ async fn sse_from_the_start_follows_a_trim_not_yet_heard_of() {
     );
     assert!(text.contains(&next), "{text:.80}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn sse_keeps_alive_on_one_timer_until_its_reconnect() {
+    let (mut state, entry) = trimmed_unheard_app().await;
+    let mut settings = test_settings();
+    settings.sse_keepalive_interval = Duration::from_secs(1);
+    settings.sse_reconnect_interval = Some(Duration::from_millis(2500));
+    state.settings = Arc::new(settings);
+    let started = Instant::now();
+    let response = sse(&state, entry, ReadFrom::Start, None)
+        .await
+        .expect("sse");
+    let mut body = response.into_body().into_data_stream();
+    let data = body.next().await.expect("a chunk").expect("data");
+    assert!(data.starts_with(b"event: data\n"));
+    // The clock is paused: each chunk comes exactly when its timer fires.
+    for second in [1, 2] {
+        let chunk = body.next().await.expect("a keep-alive").expect("data");
+        assert!(chunk.starts_with(b"event: control\n"), "{chunk:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(second));
+    }
+    assert!(body.next().await.is_none(), "ends at its reconnect");
+    assert_eq!(started.elapsed(), Duration::from_millis(2500));
+}

@@ -51,9 +51,16 @@ fn live_handle() -> Option<&'static Handle> {
 
 /// A connection that can stop when its response turns live.
 pub(super) trait Movable: Future<Output = ()> + Send + Unpin + 'static {
+    /// The connection as it is served on the live runtime.
+    type Live: Future<Output = ()> + Send + 'static;
+
     /// Serves until the connection closes (`false`) or a live response is
     /// about to be written (`true`).
     fn poll_until_live(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool>;
+
+    /// The connection to serve on the live runtime: it may stream for
+    /// hours, so it should keep no room for what only requests need.
+    fn into_live(self) -> Self::Live;
 }
 
 /// Where connections moved to the live runtime are reported, so that the
@@ -79,6 +86,8 @@ async fn serve_boxed<C: Movable>(mut connection: Box<C>, moved: Moved) {
     if !std::future::poll_fn(|cx| connection.poll_until_live(cx)).await {
         return;
     }
+    let connection = (*connection).into_live();
+    // Spawned unboxed: the task's own allocation holds it.
     if let Err(unreported) = moved.send(live.spawn(connection)) {
         // The listener is gone: nobody would wait for it or end it.
         unreported.0.abort();

@@ -334,8 +334,14 @@ impl<IO> live_pool::Movable for http1::Connection<IO, Dispatch>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    type Live = http1::Connection<IO, http1::Boxed<Dispatch>>;
+
     fn poll_until_live(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
         http1::Connection::poll_until_live(self, cx)
+    }
+
+    fn into_live(self) -> Self::Live {
+        self.into_boxed()
     }
 }
 

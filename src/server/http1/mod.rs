@@ -677,6 +677,78 @@ where
     }
 }
 
+impl<I, S> Connection<I, S>
+where
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
+    /// The same connection, serving its later requests through [`Boxed`]:
+    /// for a connection whose response turned live, which would otherwise
+    /// keep room for a whole service future inline for as long as it
+    /// streams.
+    pub(crate) fn into_boxed(self) -> Connection<I, Boxed<S>> {
+        let phase = match self.phase {
+            Phase::Head => Phase::Head,
+            Phase::Service(future) => Phase::Service(Box::pin(future) as BoxedFuture),
+            Phase::Later(wait) => Phase::Later(wait),
+            Phase::Respond(respond) => Phase::Respond(respond),
+            Phase::Close(closing) => Phase::Close(closing),
+            Phase::Done => Phase::Done,
+        };
+        Connection {
+            io: self.io,
+            service: Boxed(self.service),
+            info: self.info,
+            settings: self.settings,
+            drain: self.drain,
+            read_buf: self.read_buf,
+            header_timer: self.header_timer,
+            scanner: self.scanner,
+            requests: self.requests,
+            exchange: self.exchange,
+            inbound: self.inbound,
+            phase,
+            live: self.live,
+        }
+    }
+}
+
+/// A service future behind a pointer.
+type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// `S` with its futures boxed (see [`Connection::into_boxed`]): one
+/// allocation per request, for a connection that holds a pointer's room
+/// for them instead of a whole future's.
+pub(crate) struct Boxed<S>(S);
+
+impl<S> Service<Request<Body>> for Boxed<S>
+where
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxedFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> BoxedFuture {
+        Box::pin(self.0.call(request))
+    }
+}
+
+impl<S> ConnectionService for Boxed<S>
+where
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
+    fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> BoxedFuture {
+        Box::pin(self.0.call_on(request, info))
+    }
+}
+
 impl<I, S> Future for Connection<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,

@@ -121,6 +121,9 @@ impl Outgoing {
             self.head = Vec::new();
             self.head_sent = 0;
         }
+        // A `Bytes` advanced to its end still holds its allocation: a live
+        // response waiting for its next event would keep the last one.
+        self.data = Bytes::new();
         Poll::Ready(Ok(()))
     }
 
