@@ -564,6 +564,65 @@ async fn appends_through_the_shortcut_answer_as_through_the_router_with_access_c
     same_appends_through_both_paths(&config, "", 404).await;
 }
 
+// A multi-thread runtime, as the server's: only there does a connection
+// whose answer turns live move to the live runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_a_live_answer_on_the_same_connection_keeps_every_header() {
+    // A connection whose SSE answer ended serves its later requests from
+    // the live runtime: its appends must still carry the common headers
+    // (security, CORS) the shortcut leaves to the connection to write.
+    let served = serve_app_with_shortcut(&test_config()).await;
+    let closed = format!("http://{}/v1/stream/closed", served.addr);
+    create_text_stream(&closed).await;
+    let closing = client()
+        .post(&closed)
+        .header("content-type", "text/plain")
+        .header("stream-closed", "true")
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(closing.status(), 204);
+    create_text_stream(&format!("http://{}/v1/stream/s", served.addr)).await;
+    let append: &[u8] = b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\na";
+
+    let mut fresh = connect(served.addr).await;
+    send(&mut fresh, append).await;
+    let expected = read_one_response(&mut fresh).await;
+
+    let mut socket = connect(served.addr).await;
+    send(
+        &mut socket,
+        b"GET /v1/stream/closed?offset=-1&live=sse HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    // The stream is closed: the event stream ends, the connection stays.
+    let sse = until_seen(&mut socket, b"\r\n0\r\n\r\n").await;
+    assert!(
+        sse.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&sse)
+    );
+    send(&mut socket, append).await;
+    let answer = read_one_response(&mut socket).await;
+
+    let without_offsets = |response: &RawResponse| {
+        let (status, fields, body) = answer_of(response);
+        let fields: Fields = (fields.into_iter())
+            .filter(|(name, _)| name != "stream-next-offset")
+            .collect();
+        (status, fields, body)
+    };
+    assert_eq!(without_offsets(&answer), without_offsets(&expected));
+    assert!(
+        answer.header("x-content-type-options").is_some(),
+        "{:?}",
+        answer.headers
+    );
+    drop(served.stop);
+    let _ = served.task.await;
+}
+
 /// Sends the same appends (with `fields` added to each head) to a server
 /// with `config` through the router and through the shortcut, and compares
 /// the answers and what the stream holds afterwards (read with status

@@ -689,7 +689,7 @@ where
     pub(crate) fn into_boxed(self) -> Connection<I, Boxed<S>> {
         let phase = match self.phase {
             Phase::Head => Phase::Head,
-            Phase::Service(future) => Phase::Service(Box::pin(future) as BoxedFuture),
+            Phase::Service(future) => Phase::Service(Box::pin(future)),
             Phase::Later(wait) => Phase::Later(wait),
             Phase::Respond(respond) => Phase::Respond(respond),
             Phase::Close(closing) => Phase::Close(closing),
@@ -709,12 +709,15 @@ where
             inbound: self.inbound,
             phase,
             live: self.live,
+            head_lines: self.head_lines,
         }
     }
 }
 
-/// A service future behind a pointer.
-type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// A service future behind a pointer. It stays of its own type (not a
+/// `dyn Future`) so the connection can still ask the service for the
+/// response's head lines ([`ConnectionService::head_lines`]).
+type BoxedFuture<F> = Pin<Box<F>>;
 
 /// `S` with its futures boxed (see [`Connection::into_boxed`]): one
 /// allocation per request, for a connection that holds a pointer's room
@@ -728,13 +731,13 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxedFuture;
+    type Future = BoxedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> BoxedFuture {
+    fn call(&mut self, request: Request<Body>) -> BoxedFuture<S::Future> {
         Box::pin(self.0.call(request))
     }
 }
@@ -744,8 +747,12 @@ where
     S: ConnectionService,
     S::Future: Send + 'static,
 {
-    fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> BoxedFuture {
+    fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> BoxedFuture<S::Future> {
         Box::pin(self.0.call_on(request, info))
+    }
+
+    fn head_lines(future: &BoxedFuture<S::Future>) -> &'static [u8] {
+        S::head_lines(future.as_ref().get_ref())
     }
 }
 
