@@ -43,6 +43,7 @@
 mod checkpoint;
 mod chunk;
 mod files;
+mod ids;
 mod layout;
 mod progress;
 mod recovery;
@@ -76,6 +77,7 @@ use super::{
 };
 use checkpoint::LogPosition;
 use files::FileCache;
+use ids::IdMap;
 use shard::Shard;
 use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
 use unwritten::ShardBuffer;

@@ -20,6 +20,7 @@ use super::super::{ClosedBy, Mutation, ReadChunk, StorageError, StreamId};
 use super::checkpoint::StreamRecord;
 use super::chunk::{self, Active, IndexEntry};
 use super::files::FileCache;
+use super::ids::IdMap;
 use super::layout;
 pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
@@ -82,6 +83,8 @@ pub struct State {
     pub recent: VecDeque<(u64, Bytes)>,
     /// What `recent` costs: its payload plus a fixed cost per record.
     pub recent_bytes: usize,
+    /// Its place in its shard's [`TailCache`] order, while it has one.
+    pub cached_at: Option<u64>,
 }
 
 impl State {
@@ -125,6 +128,7 @@ impl State {
             soft_deleted: record.soft_deleted,
             recent: VecDeque::new(),
             recent_bytes: 0,
+            cached_at: None,
         }
     }
 
@@ -301,7 +305,7 @@ impl ChunkWrites {
 /// Turns mutations into chunk writes and effects; owns the heads.
 pub struct Planner {
     /// The writer's view of every stream of the shard.
-    pub heads: HashMap<StreamId, Head>,
+    pub heads: IdMap<Head>,
     /// Chunk size (bytes of chunk file).
     pub chunk_bytes: u64,
 }
@@ -373,6 +377,7 @@ impl Planner {
                     soft_deleted: false,
                     recent: VecDeque::new(),
                     recent_bytes: 0,
+                    cached_at: None,
                 };
                 let stream = Arc::new(Stream::new(spec.id, state));
                 let mut head = Head {
@@ -443,12 +448,16 @@ impl Planner {
 
 /// Keeps the newest records of streams in memory within a byte budget,
 /// evicting the streams appended to least recently.
+///
+/// A stream's place in the order is its [`State::cached_at`] tick, so an
+/// append finds it without a map lookup; a stream still in the newer half
+/// of the order keeps its place (the order is then approximate within that
+/// half, which is what lets most appends at many streams skip moving it).
 pub struct TailCache {
     cap: usize,
     used: usize,
     tick: u64,
-    streams: HashMap<StreamId, (u64, Arc<Stream>)>,
-    order: BTreeMap<u64, StreamId>,
+    order: BTreeMap<u64, Arc<Stream>>,
 }
 
 impl TailCache {
@@ -458,7 +467,6 @@ impl TailCache {
             cap,
             used: 0,
             tick: 0,
-            streams: HashMap::new(),
             order: BTreeMap::new(),
         }
     }
@@ -484,21 +492,30 @@ impl TailCache {
             state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
             self.used -= old.len() + RECENT_ENTRY_COST;
         }
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some((old, _)) = self.streams.insert(stream.id, (tick, stream.clone())) {
-            self.order.remove(&old);
+        match state.cached_at {
+            Some(at) if self.tick - at < (self.order.len() / 2) as u64 => {}
+            Some(at) => {
+                if let Some(entry) = self.order.remove(&at) {
+                    self.tick += 1;
+                    self.order.insert(self.tick, entry);
+                    state.cached_at = Some(self.tick);
+                }
+            }
+            None => {
+                self.tick += 1;
+                self.order.insert(self.tick, stream.clone());
+                state.cached_at = Some(self.tick);
+            }
         }
-        self.order.insert(tick, stream.id);
     }
 
     /// Drops `stream`'s records (its state locked for writing).
-    fn forget(&mut self, id: StreamId, state: &mut State) {
+    fn forget(&mut self, state: &mut State) {
         self.used -= state.recent_bytes;
         state.recent.clear();
         state.recent_bytes = 0;
-        if let Some((tick, _)) = self.streams.remove(&id) {
-            self.order.remove(&tick);
+        if let Some(at) = state.cached_at.take() {
+            self.order.remove(&at);
         }
     }
 
@@ -506,15 +523,14 @@ impl TailCache {
     /// the budget. Takes each victim's lock: call it holding none.
     fn evict(&mut self) {
         while self.used > self.cap {
-            let Some((_, id)) = self.order.pop_first() else {
+            let Some((_, stream)) = self.order.pop_first() else {
                 break;
             };
-            if let Some((_, stream)) = self.streams.remove(&id) {
-                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-                self.used -= state.recent_bytes;
-                state.recent.clear();
-                state.recent_bytes = 0;
-            }
+            let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+            self.used -= state.recent_bytes;
+            state.recent.clear();
+            state.recent_bytes = 0;
+            state.cached_at = None;
         }
     }
 }
@@ -633,7 +649,7 @@ impl Target<'_> {
                         buffer.discard(&stream, |_| false);
                     }
                     match self.cache.as_deref_mut() {
-                        Some(cache) => cache.forget(stream.id, &mut state),
+                        Some(cache) => cache.forget(&mut state),
                         None => state.recent.clear(),
                     }
                 }
