@@ -119,7 +119,7 @@ fn replay(
         };
         let mut writes = ChunkWrites::default();
         let effect = planner
-            .plan(&mutation, &mut writes)
+            .plan(mutation, &mut writes)
             .map_err(|r| r.describe())?;
         touched.insert(id);
         let mut target = Target {

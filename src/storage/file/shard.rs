@@ -170,15 +170,21 @@ impl Writer {
             let id = mutation_id(&mutation);
             undo.entry(id)
                 .or_insert_with(|| self.planner.heads.get(&id).cloned());
-            match self.planner.plan(&mutation, &mut writes) {
+            // Framed before planning, which takes the mutation (its record
+            // moves into the effect uncloned); cut again if refused or a
+            // no-op.
+            let framed = buf.len();
+            codec::encode(&mutation, &mut buf);
+            match self.planner.plan(mutation, &mut writes) {
                 Err(refusal) => {
+                    buf.truncate(framed);
                     let _ = ack.send(Err(refusal.into_error()));
                 }
-                Ok(None) => items.push((None, ack)),
-                Ok(Some(effect)) => {
-                    codec::encode(&mutation, &mut buf);
-                    items.push((Some(effect), ack));
+                Ok(None) => {
+                    buf.truncate(framed);
+                    items.push((None, ack));
                 }
+                Ok(Some(effect)) => items.push((Some(effect), ack)),
             }
         }
         if items.is_empty() {

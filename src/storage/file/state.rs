@@ -360,13 +360,13 @@ impl Planner {
     /// The [`Refusal`] of an append the store does not accept.
     pub fn plan(
         &mut self,
-        mutation: &Mutation,
+        mutation: Mutation,
         writes: &mut ChunkWrites,
     ) -> Result<Option<Effect>, Refusal> {
         Ok(Some(match mutation {
             Mutation::Create { spec, data, closed } => {
                 let state = State {
-                    spec_json: serde_json::to_vec(spec).unwrap_or_default().into(),
+                    spec_json: serde_json::to_vec(&spec).unwrap_or_default().into(),
                     base: spec.base,
                     tail: spec.base,
                     chunks: ChunkList::default(),
@@ -385,9 +385,8 @@ impl Planner {
                     tail: spec.base,
                     active: None,
                 };
-                let written = (!data.is_empty()).then(|| {
-                    Self::append_record(&mut head, data.clone(), self.chunk_bytes, writes)
-                });
+                let written = (!data.is_empty())
+                    .then(|| Self::append_record(&mut head, data, self.chunk_bytes, writes));
                 self.heads.insert(spec.id, head);
                 Effect::Create { stream, written }
             }
@@ -403,41 +402,40 @@ impl Planner {
                         tail: head.tail,
                     });
                 }
-                let written = (!append.data.is_empty()).then(|| {
-                    Self::append_record(head, append.data.clone(), self.chunk_bytes, writes)
-                });
+                let written = (!append.data.is_empty())
+                    .then(|| Self::append_record(head, append.data, self.chunk_bytes, writes));
                 Effect::Append {
                     stream: head.stream.clone(),
                     written,
-                    producer: append.producer.clone(),
-                    stream_seq: append.stream_seq.clone(),
-                    close: append.close.clone(),
+                    producer: append.producer,
+                    stream_seq: append.stream_seq,
+                    close: append.close,
                 }
             }
-            Mutation::SoftDelete { id } => match self.heads.get(id) {
+            Mutation::SoftDelete { id } => match self.heads.get(&id) {
                 Some(head) => Effect::SoftDelete {
                     stream: head.stream.clone(),
                 },
                 None => return Ok(None),
             },
-            Mutation::Remove { id } => match self.heads.remove(id) {
+            Mutation::Remove { id } => match self.heads.remove(&id) {
                 Some(head) => Effect::Remove {
                     stream: head.stream,
                 },
                 None => return Ok(None),
             },
-            Mutation::Trim { id, before } => match self.heads.get_mut(id) {
+            Mutation::Trim { id, before } => match self.heads.get_mut(&id) {
                 Some(head) => {
-                    if *before >= head.tail {
+                    if before >= head.tail {
                         // The chunk being written goes too: the next
                         // record starts a new one.
                         head.active = None;
                         // Past the tail, the stream continues at `before`.
-                        head.tail = *before;
+                        head.tail = before;
                     }
                     Effect::Trim {
                         stream: head.stream.clone(),
-                        before: *before,
+                        before,
                     }
                 }
                 None => return Ok(None),
