@@ -51,6 +51,7 @@ mod refusal;
 mod removal;
 mod shard;
 mod state;
+mod tail_cache;
 mod unwritten;
 mod wal;
 

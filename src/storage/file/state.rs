@@ -24,18 +24,19 @@ use super::ids::IdMap;
 use super::layout;
 pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
+pub use super::tail_cache::TailCache;
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
 
 /// Most bytes of recent records kept per stream, counting
 /// [`RECENT_ENTRY_COST`] per record besides its payload.
-const RECENT_PER_STREAM: usize = 32 << 10;
+pub(super) const RECENT_PER_STREAM: usize = 32 << 10;
 /// What keeping a record costs besides its payload: the allocator's header
 /// and rounding, the `Bytes` and the queue slot. Counted so that the cache's
 /// real memory, not just its payload, stays within its budget.
-const RECENT_ENTRY_COST: usize = 64;
+pub(super) const RECENT_ENTRY_COST: usize = 64;
 /// Records larger than this are not kept among the recent ones.
-const RECENT_MAX_RECORD: usize = 16 << 10;
+pub(super) const RECENT_MAX_RECORD: usize = 16 << 10;
 
 /// A stream of the file store.
 pub struct Stream {
@@ -441,95 +442,6 @@ impl Planner {
                 None => return Ok(None),
             },
         }))
-    }
-}
-
-/// Keeps the newest records of streams in memory within a byte budget,
-/// evicting the streams appended to least recently.
-///
-/// A stream's place in the order is its [`State::cached_at`] tick, so an
-/// append finds it without a map lookup; a stream still in the newer half
-/// of the order keeps its place (the order is then approximate within that
-/// half, which is what lets most appends at many streams skip moving it).
-pub struct TailCache {
-    cap: usize,
-    used: usize,
-    tick: u64,
-    order: BTreeMap<u64, Arc<Stream>>,
-}
-
-impl TailCache {
-    /// A cache of at most `cap` bytes.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            used: 0,
-            tick: 0,
-            order: BTreeMap::new(),
-        }
-    }
-
-    /// Adds `data`, ending at `end`, to the records of `stream` (whose
-    /// state is `state`, locked for writing).
-    fn remember(&mut self, stream: &Arc<Stream>, state: &mut State, end: u64, data: Bytes) {
-        if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
-            // The recent records must reach the tail without a gap.
-            self.used -= state.recent_bytes;
-            state.recent.clear();
-            state.recent_bytes = 0;
-            return;
-        }
-        let cost = data.len() + RECENT_ENTRY_COST;
-        state.recent_bytes += cost;
-        self.used += cost;
-        state.recent.push_back((end, data));
-        while state.recent_bytes > RECENT_PER_STREAM {
-            let Some((_, old)) = state.recent.pop_front() else {
-                break;
-            };
-            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
-            self.used -= old.len() + RECENT_ENTRY_COST;
-        }
-        match state.cached_at {
-            Some(at) if self.tick - at < (self.order.len() / 2) as u64 => {}
-            Some(at) => {
-                if let Some(entry) = self.order.remove(&at) {
-                    self.tick += 1;
-                    self.order.insert(self.tick, entry);
-                    state.cached_at = Some(self.tick);
-                }
-            }
-            None => {
-                self.tick += 1;
-                self.order.insert(self.tick, stream.clone());
-                state.cached_at = Some(self.tick);
-            }
-        }
-    }
-
-    /// Drops `stream`'s records (its state locked for writing).
-    fn forget(&mut self, state: &mut State) {
-        self.used -= state.recent_bytes;
-        state.recent.clear();
-        state.recent_bytes = 0;
-        if let Some(at) = state.cached_at.take() {
-            self.order.remove(&at);
-        }
-    }
-
-    /// Evicts whole streams, least recently appended first, until within
-    /// the budget. Takes each victim's lock: call it holding none.
-    fn evict(&mut self) {
-        while self.used > self.cap {
-            let Some((_, stream)) = self.order.pop_first() else {
-                break;
-            };
-            let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-            self.used -= state.recent_bytes;
-            state.recent.clear();
-            state.recent_bytes = 0;
-            state.cached_at = None;
-        }
     }
 }
 
