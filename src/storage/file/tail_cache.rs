@@ -102,3 +102,96 @@ impl TailCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, PoisonError};
+
+    use bytes::Bytes;
+
+    use super::super::super::chunk_list::ChunkList;
+    use super::super::state::{RECENT_ENTRY_COST, State, Stream};
+    use super::TailCache;
+
+    fn stream(id: u64) -> Arc<Stream> {
+        let state = State {
+            spec_json: Box::default(),
+            base: 0,
+            tail: 0,
+            chunks: ChunkList::default(),
+            active: None,
+            closed: None,
+            producers: Vec::new(),
+            stream_seq: None,
+            soft_deleted: false,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            cached_at: None,
+        };
+        Arc::new(Stream::new(id, state))
+    }
+
+    /// Appends one 100-byte record to `stream` through `cache`.
+    fn append(cache: &mut TailCache, stream: &Arc<Stream>) {
+        let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.tail += 100;
+        let end = state.tail;
+        cache.remember(stream, &mut state, end, Bytes::from(vec![7u8; 100]));
+    }
+
+    fn held(stream: &Stream) -> usize {
+        stream
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recent
+            .len()
+    }
+
+    /// Within its budget the cache evicts the streams appended to longest
+    /// ago, keeps the newest, and takes an evicted stream back in when it
+    /// is appended to again (and can evict it again later).
+    #[test]
+    fn evicts_the_oldest_streams_and_takes_them_back() {
+        let per_record = 100 + RECENT_ENTRY_COST;
+        let mut cache = TailCache::new(4 * per_record);
+        let streams: Vec<Arc<Stream>> = (1..=8).map(stream).collect();
+        for s in &streams {
+            append(&mut cache, s);
+            cache.evict();
+        }
+        assert!(cache.used <= 4 * per_record, "{}", cache.used);
+        let kept: Vec<usize> = streams.iter().map(|s| held(s)).collect();
+        assert_eq!(kept, [0, 0, 0, 0, 1, 1, 1, 1]);
+
+        // The first stream again: in the cache, and one more of the old
+        // ones out.
+        append(&mut cache, &streams[0]);
+        cache.evict();
+        assert_eq!(held(&streams[0]), 1);
+        assert_eq!(held(&streams[4]), 0);
+        assert!(cache.used <= 4 * per_record, "{}", cache.used);
+
+        // Many appends to every stream in turn: the budget holds.
+        for _ in 0..50 {
+            for s in &streams {
+                append(&mut cache, s);
+                cache.evict();
+                assert!(cache.used <= 4 * per_record, "{}", cache.used);
+            }
+        }
+        let total: usize = streams
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recent_bytes
+            })
+            .sum();
+        assert_eq!(total, cache.used);
+        // The stream appended to last is never the one evicted.
+        assert!(held(&streams[7]) >= 1);
+    }
+}
