@@ -89,6 +89,24 @@ pub struct State {
 }
 
 impl State {
+    /// A new stream's state: no data yet, starting at `base`.
+    pub fn new(spec_json: Box<[u8]>, base: u64, closed: Option<Option<ClosedBy>>) -> Self {
+        Self {
+            spec_json,
+            base,
+            tail: base,
+            chunks: ChunkList::default(),
+            active: None,
+            closed,
+            producers: Vec::new(),
+            stream_seq: None,
+            soft_deleted: false,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            cached_at: None,
+        }
+    }
+
     /// Where the retained data starts.
     pub fn head(&self) -> u64 {
         self.chunks.head(self.tail).max(self.base)
@@ -366,20 +384,11 @@ impl Planner {
     ) -> Result<Option<Effect>, Refusal> {
         Ok(Some(match mutation {
             Mutation::Create { spec, data, closed } => {
-                let state = State {
-                    spec_json: serde_json::to_vec(&spec).unwrap_or_default().into(),
-                    base: spec.base,
-                    tail: spec.base,
-                    chunks: ChunkList::default(),
-                    active: None,
-                    closed: closed.then_some(None),
-                    producers: Vec::new(),
-                    stream_seq: None,
-                    soft_deleted: false,
-                    recent: VecDeque::new(),
-                    recent_bytes: 0,
-                    cached_at: None,
-                };
+                let state = State::new(
+                    serde_json::to_vec(&spec).unwrap_or_default().into(),
+                    spec.base,
+                    closed.then_some(None),
+                );
                 let stream = Arc::new(Stream::new(spec.id, state));
                 let mut head = Head {
                     stream: stream.clone(),

@@ -105,31 +105,15 @@ impl TailCache {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::sync::{Arc, PoisonError};
 
     use bytes::Bytes;
 
-    use super::super::super::chunk_list::ChunkList;
     use super::super::state::{RECENT_ENTRY_COST, State, Stream};
     use super::TailCache;
 
     fn stream(id: u64) -> Arc<Stream> {
-        let state = State {
-            spec_json: Box::default(),
-            base: 0,
-            tail: 0,
-            chunks: ChunkList::default(),
-            active: None,
-            closed: None,
-            producers: Vec::new(),
-            stream_seq: None,
-            soft_deleted: false,
-            recent: VecDeque::new(),
-            recent_bytes: 0,
-            cached_at: None,
-        };
-        Arc::new(Stream::new(id, state))
+        Arc::new(Stream::new(id, State::new(Box::default(), 0, None)))
     }
 
     /// Appends one 100-byte record to `stream` through `cache`.

@@ -189,13 +189,15 @@ impl ShardBuffer {
         }
         let mut unwritten = lock(&stream.unwritten);
         let was_empty = unwritten.pieces.is_empty();
+        let held_before = unwritten.held;
         let added = unwritten.push(chunk, offset, pos, data);
         self.bytes.fetch_add(added, Ordering::AcqRel);
         if was_empty {
             lock(&self.streams).insert(stream.id, stream.clone());
         }
-        let held = unwritten.held;
-        if held >= STREAM_FLUSH && held - added < STREAM_FLUSH {
+        // Due once, when its bytes first reach the mark (the cost added
+        // also counts a new piece's overhead, so it is not compared here).
+        if unwritten.held >= STREAM_FLUSH && held_before < STREAM_FLUSH {
             lock(&self.due).push(stream.clone());
         }
     }
