@@ -152,7 +152,9 @@ impl CommitQueue {
         let mut inner = self.lock();
         loop {
             if !inner.items.is_empty() {
-                let mut batch = Vec::new();
+                // Sized once: growing it item by item cost more than
+                // taking the items.
+                let mut batch = Vec::with_capacity(inner.items.len());
                 let mut bytes = 0usize;
                 while let Some(item) = inner.items.pop_front() {
                     bytes += payload_len(&item.0);

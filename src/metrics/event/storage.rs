@@ -121,6 +121,29 @@ impl StorageCommitted {
     }
 }
 
+/// The group-commit histograms of one backend (what [`StorageCommitted`]
+/// records), resolved once for a writer that commits many small batches.
+pub(crate) struct StorageCommits {
+    duration: Histogram,
+    batch: Histogram,
+}
+
+impl StorageCommits {
+    /// The histograms of `backend`.
+    pub(crate) fn register(backend: &'static str) -> Self {
+        Self {
+            duration: histogram!(name::STORAGE_COMMIT_DURATION_SECONDS, "backend" => backend),
+            batch: histogram!(name::STORAGE_COMMIT_BATCH_SIZE, "backend" => backend),
+        }
+    }
+
+    /// A group of `batch` mutations was committed in `elapsed`.
+    pub(crate) fn emit(&self, batch: usize, elapsed: Duration) {
+        self.duration.record(elapsed);
+        self.batch.record(batch as f64);
+    }
+}
+
 /// `durable_streams_storage_write_queue_depth{backend}`: mutations waiting
 /// for a writer thread.
 #[derive(Debug)]

@@ -43,6 +43,7 @@
 mod checkpoint;
 mod chunk;
 mod files;
+mod ids;
 mod layout;
 mod progress;
 mod recovery;
@@ -50,6 +51,7 @@ mod refusal;
 mod removal;
 mod shard;
 mod state;
+mod tail_cache;
 mod unwritten;
 mod wal;
 
@@ -76,6 +78,7 @@ use super::{
 };
 use checkpoint::LogPosition;
 use files::FileCache;
+use ids::IdMap;
 use shard::Shard;
 use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
 use unwritten::ShardBuffer;

@@ -41,7 +41,7 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), StorageError> {
 /// The streams and heads a replay ends with.
 struct Replayed {
     streams: HashMap<StreamId, Arc<Stream>>,
-    heads: HashMap<StreamId, Head>,
+    heads: IdMap<Head>,
     /// Log segments seen (deleted once a new checkpoint is written).
     old_segments: Vec<(u32, u64)>,
     legacy: Vec<u64>,
@@ -59,7 +59,7 @@ fn replay(
     let legacy = list_legacy(dir)?;
     let streams_lock = RwLock::new(HashMap::new());
     let mut planner = Planner {
-        heads: HashMap::new(),
+        heads: IdMap::default(),
         chunk_bytes: found
             .as_ref()
             .map_or(options.chunk_bytes, |c| c.chunk_bytes),
@@ -119,7 +119,7 @@ fn replay(
         };
         let mut writes = ChunkWrites::default();
         let effect = planner
-            .plan(&mutation, &mut writes)
+            .plan(mutation, &mut writes)
             .map_err(|r| r.describe())?;
         touched.insert(id);
         let mut target = Target {
@@ -481,7 +481,7 @@ impl FileStorage {
             tracing::info!(dir = %dir.display(), "converted the first file layout");
         }
 
-        let mut heads: Vec<HashMap<StreamId, Head>> = vec![HashMap::new(); shard_count];
+        let mut heads: Vec<IdMap<Head>> = vec![IdMap::default(); shard_count];
         for (id, head) in replayed.heads {
             heads[shard_of.get(&id).copied().unwrap_or(0)].insert(id, head);
         }

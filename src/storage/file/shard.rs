@@ -21,7 +21,6 @@
 //! A failed sync poisons the store: every later write is refused until a
 //! restart replays the log.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,10 +31,11 @@ use super::super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all, payloa
 use super::super::{Mutation, StorageError, StreamId};
 use super::Shared;
 use super::checkpoint::LogPosition;
+use super::ids::IdMap;
 use super::state::{ChunkWrites, Effect, Head, Planner, TailCache, Target};
 use super::unwritten::ShardBuffer;
 use super::wal::{self, Segment};
-use crate::metrics::event::StorageCommitted;
+use crate::metrics::event::StorageCommits;
 
 /// Most payload bytes one batch carries.
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -165,20 +165,26 @@ impl Writer {
         let mut buf = Vec::with_capacity(batch.iter().map(|(m, _)| payload_len(m) + 64).sum());
         let mut writes = ChunkWrites::deferred();
         let mut items = Vec::with_capacity(batch.len());
-        let mut undo: HashMap<StreamId, Option<Head>> = HashMap::new();
+        let mut undo: IdMap<Option<Head>> = IdMap::default();
         for (mutation, ack) in batch {
             let id = mutation_id(&mutation);
             undo.entry(id)
                 .or_insert_with(|| self.planner.heads.get(&id).cloned());
-            match self.planner.plan(&mutation, &mut writes) {
+            // Framed before planning, which takes the mutation (its record
+            // moves into the effect uncloned); cut again if refused or a
+            // no-op.
+            let framed = buf.len();
+            codec::encode(&mutation, &mut buf);
+            match self.planner.plan(mutation, &mut writes) {
                 Err(refusal) => {
+                    buf.truncate(framed);
                     let _ = ack.send(Err(refusal.into_error()));
                 }
-                Ok(None) => items.push((None, ack)),
-                Ok(Some(effect)) => {
-                    codec::encode(&mutation, &mut buf);
-                    items.push((Some(effect), ack));
+                Ok(None) => {
+                    buf.truncate(framed);
+                    items.push((None, ack));
                 }
+                Ok(Some(effect)) => items.push((Some(effect), ack)),
             }
         }
         if items.is_empty() {
@@ -263,7 +269,7 @@ impl Writer {
     /// mutation of the batch is refused.
     fn fail(
         &mut self,
-        undo: HashMap<StreamId, Option<Head>>,
+        undo: IdMap<Option<Head>>,
         items: Vec<(Option<Effect>, Ack)>,
         error: StorageError,
         log_at: Option<u64>,
@@ -309,6 +315,9 @@ pub struct Publisher {
     shard: usize,
     /// Recently published stream states, served to readers from memory.
     cache: TailCache,
+    /// The commit histograms, resolved once (per batch they cost more
+    /// than the rest of publishing a small batch).
+    commits: StorageCommits,
     /// `file-fast`: the newest written log file and since when it waits for
     /// its timed sync.
     unsynced: Option<(Instant, Arc<File>)>,
@@ -319,6 +328,7 @@ impl Publisher {
     pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
         let cache = TailCache::new(shared.options.tail_cache_bytes / shared.shards.len().max(1));
         Self {
+            commits: StorageCommits::register(shared.backend),
             shared,
             shard,
             cache,
@@ -392,12 +402,7 @@ impl Publisher {
                     let _ = ack.send(Ok(()));
                 }
                 *published = pending.end;
-                StorageCommitted {
-                    backend: shared.backend,
-                    batch: count,
-                    elapsed: pending.started.elapsed(),
-                }
-                .emit();
+                self.commits.emit(count, pending.started.elapsed());
                 drop(pending.spans);
             }
         }

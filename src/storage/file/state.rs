@@ -20,21 +20,23 @@ use super::super::{ClosedBy, Mutation, ReadChunk, StorageError, StreamId};
 use super::checkpoint::StreamRecord;
 use super::chunk::{self, Active, IndexEntry};
 use super::files::FileCache;
+use super::ids::IdMap;
 use super::layout;
 pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
+pub use super::tail_cache::TailCache;
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
 
 /// Most bytes of recent records kept per stream, counting
 /// [`RECENT_ENTRY_COST`] per record besides its payload.
-const RECENT_PER_STREAM: usize = 32 << 10;
+pub(super) const RECENT_PER_STREAM: usize = 32 << 10;
 /// What keeping a record costs besides its payload: the allocator's header
 /// and rounding, the `Bytes` and the queue slot. Counted so that the cache's
 /// real memory, not just its payload, stays within its budget.
-const RECENT_ENTRY_COST: usize = 64;
+pub(super) const RECENT_ENTRY_COST: usize = 64;
 /// Records larger than this are not kept among the recent ones.
-const RECENT_MAX_RECORD: usize = 16 << 10;
+pub(super) const RECENT_MAX_RECORD: usize = 16 << 10;
 
 /// A stream of the file store.
 pub struct Stream {
@@ -82,9 +84,29 @@ pub struct State {
     pub recent: VecDeque<(u64, Bytes)>,
     /// What `recent` costs: its payload plus a fixed cost per record.
     pub recent_bytes: usize,
+    /// Its place in its shard's [`TailCache`] order, while it has one.
+    pub cached_at: Option<u64>,
 }
 
 impl State {
+    /// A new stream's state: no data yet, starting at `base`.
+    pub fn new(spec_json: Box<[u8]>, base: u64, closed: Option<Option<ClosedBy>>) -> Self {
+        Self {
+            spec_json,
+            base,
+            tail: base,
+            chunks: ChunkList::default(),
+            active: None,
+            closed,
+            producers: Vec::new(),
+            stream_seq: None,
+            soft_deleted: false,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            cached_at: None,
+        }
+    }
+
     /// Where the retained data starts.
     pub fn head(&self) -> u64 {
         self.chunks.head(self.tail).max(self.base)
@@ -125,6 +147,7 @@ impl State {
             soft_deleted: record.soft_deleted,
             recent: VecDeque::new(),
             recent_bytes: 0,
+            cached_at: None,
         }
     }
 
@@ -301,7 +324,7 @@ impl ChunkWrites {
 /// Turns mutations into chunk writes and effects; owns the heads.
 pub struct Planner {
     /// The writer's view of every stream of the shard.
-    pub heads: HashMap<StreamId, Head>,
+    pub heads: IdMap<Head>,
     /// Chunk size (bytes of chunk file).
     pub chunk_bytes: u64,
 }
@@ -356,33 +379,24 @@ impl Planner {
     /// The [`Refusal`] of an append the store does not accept.
     pub fn plan(
         &mut self,
-        mutation: &Mutation,
+        mutation: Mutation,
         writes: &mut ChunkWrites,
     ) -> Result<Option<Effect>, Refusal> {
         Ok(Some(match mutation {
             Mutation::Create { spec, data, closed } => {
-                let state = State {
-                    spec_json: serde_json::to_vec(spec).unwrap_or_default().into(),
-                    base: spec.base,
-                    tail: spec.base,
-                    chunks: ChunkList::default(),
-                    active: None,
-                    closed: closed.then_some(None),
-                    producers: Vec::new(),
-                    stream_seq: None,
-                    soft_deleted: false,
-                    recent: VecDeque::new(),
-                    recent_bytes: 0,
-                };
+                let state = State::new(
+                    serde_json::to_vec(&spec).unwrap_or_default().into(),
+                    spec.base,
+                    closed.then_some(None),
+                );
                 let stream = Arc::new(Stream::new(spec.id, state));
                 let mut head = Head {
                     stream: stream.clone(),
                     tail: spec.base,
                     active: None,
                 };
-                let written = (!data.is_empty()).then(|| {
-                    Self::append_record(&mut head, data.clone(), self.chunk_bytes, writes)
-                });
+                let written = (!data.is_empty())
+                    .then(|| Self::append_record(&mut head, data, self.chunk_bytes, writes));
                 self.heads.insert(spec.id, head);
                 Effect::Create { stream, written }
             }
@@ -398,124 +412,45 @@ impl Planner {
                         tail: head.tail,
                     });
                 }
-                let written = (!append.data.is_empty()).then(|| {
-                    Self::append_record(head, append.data.clone(), self.chunk_bytes, writes)
-                });
+                let written = (!append.data.is_empty())
+                    .then(|| Self::append_record(head, append.data, self.chunk_bytes, writes));
                 Effect::Append {
                     stream: head.stream.clone(),
                     written,
-                    producer: append.producer.clone(),
-                    stream_seq: append.stream_seq.clone(),
-                    close: append.close.clone(),
+                    producer: append.producer,
+                    stream_seq: append.stream_seq,
+                    close: append.close,
                 }
             }
-            Mutation::SoftDelete { id } => match self.heads.get(id) {
+            Mutation::SoftDelete { id } => match self.heads.get(&id) {
                 Some(head) => Effect::SoftDelete {
                     stream: head.stream.clone(),
                 },
                 None => return Ok(None),
             },
-            Mutation::Remove { id } => match self.heads.remove(id) {
+            Mutation::Remove { id } => match self.heads.remove(&id) {
                 Some(head) => Effect::Remove {
                     stream: head.stream,
                 },
                 None => return Ok(None),
             },
-            Mutation::Trim { id, before } => match self.heads.get_mut(id) {
+            Mutation::Trim { id, before } => match self.heads.get_mut(&id) {
                 Some(head) => {
-                    if *before >= head.tail {
+                    if before >= head.tail {
                         // The chunk being written goes too: the next
                         // record starts a new one.
                         head.active = None;
                         // Past the tail, the stream continues at `before`.
-                        head.tail = *before;
+                        head.tail = before;
                     }
                     Effect::Trim {
                         stream: head.stream.clone(),
-                        before: *before,
+                        before,
                     }
                 }
                 None => return Ok(None),
             },
         }))
-    }
-}
-
-/// Keeps the newest records of streams in memory within a byte budget,
-/// evicting the streams appended to least recently.
-pub struct TailCache {
-    cap: usize,
-    used: usize,
-    tick: u64,
-    streams: HashMap<StreamId, (u64, Arc<Stream>)>,
-    order: BTreeMap<u64, StreamId>,
-}
-
-impl TailCache {
-    /// A cache of at most `cap` bytes.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            used: 0,
-            tick: 0,
-            streams: HashMap::new(),
-            order: BTreeMap::new(),
-        }
-    }
-
-    /// Adds `data`, ending at `end`, to the records of `stream` (whose
-    /// state is `state`, locked for writing).
-    fn remember(&mut self, stream: &Arc<Stream>, state: &mut State, end: u64, data: Bytes) {
-        if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
-            // The recent records must reach the tail without a gap.
-            self.used -= state.recent_bytes;
-            state.recent.clear();
-            state.recent_bytes = 0;
-            return;
-        }
-        let cost = data.len() + RECENT_ENTRY_COST;
-        state.recent_bytes += cost;
-        self.used += cost;
-        state.recent.push_back((end, data));
-        while state.recent_bytes > RECENT_PER_STREAM {
-            let Some((_, old)) = state.recent.pop_front() else {
-                break;
-            };
-            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
-            self.used -= old.len() + RECENT_ENTRY_COST;
-        }
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some((old, _)) = self.streams.insert(stream.id, (tick, stream.clone())) {
-            self.order.remove(&old);
-        }
-        self.order.insert(tick, stream.id);
-    }
-
-    /// Drops `stream`'s records (its state locked for writing).
-    fn forget(&mut self, id: StreamId, state: &mut State) {
-        self.used -= state.recent_bytes;
-        state.recent.clear();
-        state.recent_bytes = 0;
-        if let Some((tick, _)) = self.streams.remove(&id) {
-            self.order.remove(&tick);
-        }
-    }
-
-    /// Evicts whole streams, least recently appended first, until within
-    /// the budget. Takes each victim's lock: call it holding none.
-    fn evict(&mut self) {
-        while self.used > self.cap {
-            let Some((_, id)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some((_, stream)) = self.streams.remove(&id) {
-                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-                self.used -= state.recent_bytes;
-                state.recent.clear();
-                state.recent_bytes = 0;
-            }
-        }
     }
 }
 
@@ -633,7 +568,7 @@ impl Target<'_> {
                         buffer.discard(&stream, |_| false);
                     }
                     match self.cache.as_deref_mut() {
-                        Some(cache) => cache.forget(stream.id, &mut state),
+                        Some(cache) => cache.forget(&mut state),
                         None => state.recent.clear(),
                     }
                 }

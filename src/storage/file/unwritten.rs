@@ -47,11 +47,13 @@ struct Piece {
 #[derive(Default)]
 pub struct Unwritten {
     pieces: Vec<Piece>,
+    /// The pieces' bytes, kept so an append does not add them up.
+    held: usize,
 }
 
 impl Unwritten {
     fn cost(&self) -> usize {
-        self.pieces.iter().map(|p| p.bytes.len() + PIECE_COST).sum()
+        self.held + self.pieces.len() * PIECE_COST
     }
 
     /// The frame of the record at stream position `pos`, which goes at
@@ -70,7 +72,9 @@ impl Unwritten {
             });
         }
         if let Some(piece) = self.pieces.last_mut() {
+            let len = piece.bytes.len();
             chunk::encode_frame(&mut piece.bytes, pos, data);
+            self.held += piece.bytes.len() - len;
         }
         self.cost() - before
     }
@@ -121,7 +125,7 @@ impl Unwritten {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::Io(e)),
             }
-            self.pieces.remove(0);
+            self.held -= self.pieces.remove(0).bytes.len();
         }
         Ok(())
     }
@@ -130,6 +134,7 @@ impl Unwritten {
     fn retain_chunks(&mut self, keep: impl Fn(u64) -> bool) -> usize {
         let before = self.cost();
         self.pieces.retain(|p| keep(p.chunk));
+        self.held = self.pieces.iter().map(|p| p.bytes.len()).sum();
         before - self.cost()
     }
 }
@@ -184,17 +189,15 @@ impl ShardBuffer {
         }
         let mut unwritten = lock(&stream.unwritten);
         let was_empty = unwritten.pieces.is_empty();
+        let held_before = unwritten.held;
         let added = unwritten.push(chunk, offset, pos, data);
         self.bytes.fetch_add(added, Ordering::AcqRel);
         if was_empty {
             lock(&self.streams).insert(stream.id, stream.clone());
         }
-        let held = unwritten
-            .pieces
-            .iter()
-            .map(|p| p.bytes.len())
-            .sum::<usize>();
-        if held >= STREAM_FLUSH && held - added < STREAM_FLUSH {
+        // Due once, when its bytes first reach the mark (the cost added
+        // also counts a new piece's overhead, so it is not compared here).
+        if unwritten.held >= STREAM_FLUSH && held_before < STREAM_FLUSH {
             lock(&self.due).push(stream.clone());
         }
     }

@@ -1,0 +1,181 @@
+//! The tail cache: the newest records of a shard's streams, kept in memory
+//! within a byte budget so live readers at the tail need no file read.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+
+use super::state::{RECENT_ENTRY_COST, RECENT_MAX_RECORD, RECENT_PER_STREAM, State, Stream};
+
+/// Keeps the newest records of streams in memory within a byte budget,
+/// evicting the streams appended to least recently.
+///
+/// A stream's place in the order is its [`State::cached_at`] tick, so an
+/// append finds it without a map lookup; a stream still in the newer half
+/// of the order keeps its place (the order is then approximate within that
+/// half, which is what lets most appends at many streams skip moving it).
+pub struct TailCache {
+    cap: usize,
+    pub(super) used: usize,
+    tick: u64,
+    order: BTreeMap<u64, Arc<Stream>>,
+}
+
+impl TailCache {
+    /// A cache of at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            used: 0,
+            tick: 0,
+            order: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `data`, ending at `end`, to the records of `stream` (whose
+    /// state is `state`, locked for writing).
+    pub(super) fn remember(
+        &mut self,
+        stream: &Arc<Stream>,
+        state: &mut State,
+        end: u64,
+        data: Bytes,
+    ) {
+        if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
+            // The recent records must reach the tail without a gap.
+            self.used -= state.recent_bytes;
+            state.recent.clear();
+            state.recent_bytes = 0;
+            return;
+        }
+        let cost = data.len() + RECENT_ENTRY_COST;
+        state.recent_bytes += cost;
+        self.used += cost;
+        state.recent.push_back((end, data));
+        while state.recent_bytes > RECENT_PER_STREAM {
+            let Some((_, old)) = state.recent.pop_front() else {
+                break;
+            };
+            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
+            self.used -= old.len() + RECENT_ENTRY_COST;
+        }
+        match state.cached_at {
+            Some(at) if self.tick - at < (self.order.len() / 2) as u64 => {}
+            Some(at) => {
+                if let Some(entry) = self.order.remove(&at) {
+                    self.tick += 1;
+                    self.order.insert(self.tick, entry);
+                    state.cached_at = Some(self.tick);
+                }
+            }
+            None => {
+                self.tick += 1;
+                self.order.insert(self.tick, stream.clone());
+                state.cached_at = Some(self.tick);
+            }
+        }
+    }
+
+    /// Drops `stream`'s records (its state locked for writing).
+    pub(super) fn forget(&mut self, state: &mut State) {
+        self.used -= state.recent_bytes;
+        state.recent.clear();
+        state.recent_bytes = 0;
+        if let Some(at) = state.cached_at.take() {
+            self.order.remove(&at);
+        }
+    }
+
+    /// Evicts whole streams, least recently appended first, until within
+    /// the budget. Takes each victim's lock: call it holding none.
+    pub(super) fn evict(&mut self) {
+        while self.used > self.cap {
+            let Some((_, stream)) = self.order.pop_first() else {
+                break;
+            };
+            let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+            self.used -= state.recent_bytes;
+            state.recent.clear();
+            state.recent_bytes = 0;
+            state.cached_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, PoisonError};
+
+    use bytes::Bytes;
+
+    use super::super::state::{RECENT_ENTRY_COST, State, Stream};
+    use super::TailCache;
+
+    fn stream(id: u64) -> Arc<Stream> {
+        Arc::new(Stream::new(id, State::new(Box::default(), 0, None)))
+    }
+
+    /// Appends one 100-byte record to `stream` through `cache`.
+    fn append(cache: &mut TailCache, stream: &Arc<Stream>) {
+        let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.tail += 100;
+        let end = state.tail;
+        cache.remember(stream, &mut state, end, Bytes::from(vec![7u8; 100]));
+    }
+
+    fn held(stream: &Stream) -> usize {
+        stream
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recent
+            .len()
+    }
+
+    /// Within its budget the cache evicts the streams appended to longest
+    /// ago, keeps the newest, and takes an evicted stream back in when it
+    /// is appended to again (and can evict it again later).
+    #[test]
+    fn evicts_the_oldest_streams_and_takes_them_back() {
+        let per_record = 100 + RECENT_ENTRY_COST;
+        let mut cache = TailCache::new(4 * per_record);
+        let streams: Vec<Arc<Stream>> = (1..=8).map(stream).collect();
+        for s in &streams {
+            append(&mut cache, s);
+            cache.evict();
+        }
+        assert!(cache.used <= 4 * per_record, "{}", cache.used);
+        let kept: Vec<usize> = streams.iter().map(|s| held(s)).collect();
+        assert_eq!(kept, [0, 0, 0, 0, 1, 1, 1, 1]);
+
+        // The first stream again: in the cache, and one more of the old
+        // ones out.
+        append(&mut cache, &streams[0]);
+        cache.evict();
+        assert_eq!(held(&streams[0]), 1);
+        assert_eq!(held(&streams[4]), 0);
+        assert!(cache.used <= 4 * per_record, "{}", cache.used);
+
+        // Many appends to every stream in turn: the budget holds.
+        for _ in 0..50 {
+            for s in &streams {
+                append(&mut cache, s);
+                cache.evict();
+                assert!(cache.used <= 4 * per_record, "{}", cache.used);
+            }
+        }
+        let total: usize = streams
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recent_bytes
+            })
+            .sum();
+        assert_eq!(total, cache.used);
+        // The stream appended to last is never the one evicted.
+        assert!(held(&streams[7]) >= 1);
+    }
+}
