@@ -19,7 +19,12 @@ pub(super) const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("str
 pub(super) const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> =
     TableDefinition::new("producers");
 /// Records by (stream, end position): CRC32C (4 bytes LE) then payload.
+/// Written by earlier versions only (one value per record); read, trimmed
+/// and deleted as before, and always before a stream's blocks.
 pub(super) const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
+/// Blocks of records by (stream, end of the last record), the layout of
+/// [`super::block`]; every record written now is in a block.
+pub(super) const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("record_blocks");
 /// The metadata area (see [`super::metadata`]): CRC32C (4 bytes LE) then value.
 pub(super) const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// Sealed chunks by (stream, start): when their newest record was written
@@ -144,6 +149,7 @@ pub(super) fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(STATES).map_err(db_error)?;
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
+        txn.open_table(BLOCKS).map_err(db_error)?;
         txn.open_table(METADATA).map_err(db_error)?;
         txn.open_table(CHUNKS).map_err(db_error)?;
         txn.open_table(LOG_STATE).map_err(db_error)?;

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
+use super::block::{BLOCK_BYTES, BlockBuilder};
 use super::load::Head;
 use super::log::AckLog;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
-    CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable,
-    db_error, framed, load_state,
+    BLOCKS, CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState,
+    begin_durable, db_error, load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -72,8 +73,36 @@ pub(super) struct Tables<'t> {
     specs: redb::Table<'t, u64, &'static [u8]>,
     states: redb::Table<'t, u64, &'static [u8]>,
     producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
+    /// Records of earlier versions, one per value (trimmed and removed).
     records: redb::Table<'t, (u64, u64), &'static [u8]>,
+    blocks: redb::Table<'t, (u64, u64), &'static [u8]>,
     chunks: redb::Table<'t, (u64, u64), i64>,
+    /// Each stream's block being filled in this transaction.
+    building: HashMap<StreamId, BlockBuilder>,
+}
+
+impl Tables<'_> {
+    /// Stores the block being filled for `id`, if any.
+    fn close_block(&mut self, id: StreamId) -> Result<(), StorageError> {
+        if let Some(block) = self.building.remove(&id)
+            && !block.is_empty()
+        {
+            self.blocks
+                .insert((id, block.end()), block.finish().as_slice())
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the records and blocks of `id` that end at or before `end`.
+    fn drop_records(&mut self, id: StreamId, end: u64) -> Result<(), StorageError> {
+        self.records
+            .retain_in((id, 0)..=(id, end), |_, _| false)
+            .map_err(db_error)?;
+        self.blocks
+            .retain_in((id, 0)..=(id, end), |_, _| false)
+            .map_err(db_error)
+    }
 }
 
 /// Records one group commit (a log write or a redb transaction) of `batch`
@@ -286,15 +315,8 @@ impl Writer {
             .map(|(append, ms)| (Mutation::Append(append.clone()), None, *ms))
             .chain(batch.into_iter().map(|(m, ack)| (m, Some(ack), now)))
             .collect();
-        match self.commit(items) {
+        match self.commit(items, !pending.is_empty()) {
             Ok(()) => {
-                if !pending.is_empty() {
-                    self.shared
-                        .unapplied
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clear();
-                }
                 self.pending_bytes = 0;
                 self.logged.clear();
                 self.oldest = None;
@@ -393,8 +415,15 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction and answers its acknowledgements.
-    pub(super) fn commit(&mut self, batch: Vec<Item>) -> Result<(), StorageError> {
+    /// Commits `batch` in one transaction and answers its acknowledgements;
+    /// `moves_logged` when it holds every logged append, whose copies in
+    /// memory then go before anything is acknowledged (a reader who saw
+    /// this commit answered, say a trim, must not meet them).
+    pub(super) fn commit(
+        &mut self,
+        batch: Vec<Item>,
+        moves_logged: bool,
+    ) -> Result<(), StorageError> {
         let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut trimmed = Vec::new();
@@ -411,6 +440,13 @@ impl Writer {
         drop(spans);
         match outcome {
             Ok(()) => {
+                if moves_logged {
+                    self.shared
+                        .unapplied
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
                 if !trimmed.is_empty() {
                     let mut heads = self
                         .shared
@@ -437,8 +473,9 @@ impl Writer {
         }
     }
 
-    /// Stores a record ending at `end`, sealing the current chunk first
-    /// when the record does not fit in it.
+    /// Adds a record to the stream's block, sealing the current chunk (and
+    /// closing the block: a block never spans two chunks) first when the
+    /// record does not fit in it.
     fn put_record(
         &mut self,
         tables: &mut Tables<'_>,
@@ -452,6 +489,7 @@ impl Writer {
         };
         let used = head.chunk_start.map(|start| head.tail - start);
         if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
+            tables.close_block(id)?;
             if let Some(start) = head.chunk_start {
                 tables
                     .chunks
@@ -461,10 +499,14 @@ impl Writer {
             head.chunk_start = Some(head.tail);
         }
         let end = head.tail + data.len() as u64;
-        tables
-            .records
-            .insert((id, end), framed(data).as_slice())
-            .map_err(db_error)?;
+        let block = tables
+            .building
+            .entry(id)
+            .or_insert_with(|| BlockBuilder::new(head.tail));
+        block.push(data)?;
+        if block.payload_len() >= BLOCK_BYTES {
+            tables.close_block(id)?;
+        }
         head.tail = end;
         state.tail = end;
         state.chunk_start = head.chunk_start;
@@ -512,6 +554,7 @@ impl Writer {
         if drop == 0 && !moved {
             return Ok(current);
         }
+        tables.close_block(id)?;
         for &start in sealed.iter().take(drop) {
             tables.chunks.remove((id, start)).map_err(db_error)?;
         }
@@ -519,10 +562,7 @@ impl Writer {
             head.chunk_start = None;
             state.chunk_start = None;
         }
-        tables
-            .records
-            .retain_in((id, 0)..=(id, new_head), |_, _| false)
-            .map_err(db_error)?;
+        tables.drop_records(id, new_head)?;
         state.head = Some(new_head);
         Ok(new_head)
     }
@@ -542,7 +582,9 @@ impl Writer {
                 states: txn.open_table(STATES).map_err(db_error)?,
                 producers: txn.open_table(PRODUCERS).map_err(db_error)?,
                 records: txn.open_table(RECORDS).map_err(db_error)?,
+                blocks: txn.open_table(BLOCKS).map_err(db_error)?,
                 chunks: txn.open_table(CHUNKS).map_err(db_error)?,
+                building: HashMap::new(),
             };
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
             for (mutation, ack, written_ms) in batch {
@@ -631,10 +673,8 @@ impl Writer {
                         trimmed.push((id, None));
                         tables.specs.remove(id).map_err(db_error)?;
                         tables.states.remove(id).map_err(db_error)?;
-                        tables
-                            .records
-                            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
-                            .map_err(db_error)?;
+                        tables.building.remove(&id);
+                        tables.drop_records(id, u64::MAX)?;
                         tables
                             .chunks
                             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
@@ -657,6 +697,10 @@ impl Writer {
                     }
                 }
                 accepted.extend(ack);
+            }
+            let building: Vec<StreamId> = tables.building.keys().copied().collect();
+            for id in building {
+                tables.close_block(id)?;
             }
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
