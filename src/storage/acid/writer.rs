@@ -20,8 +20,7 @@ use super::log::AckLog;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
-    BLOCKS, CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState,
-    begin_durable, db_error, load_state,
+    LOG_APPLIED, LOG_STATE, StoredState, Tables, begin_durable, db_error, load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -67,43 +66,6 @@ pub(super) struct Writer {
 /// A mutation to commit: its acknowledgement (none when it was
 /// acknowledged from the log) and when it was written (Unix ms).
 pub(super) type Item = (Mutation, Option<Ack>, i64);
-
-/// Tables of one write transaction.
-pub(super) struct Tables<'t> {
-    specs: redb::Table<'t, u64, &'static [u8]>,
-    states: redb::Table<'t, u64, &'static [u8]>,
-    producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
-    /// Records of earlier versions, one per value (trimmed and removed).
-    records: redb::Table<'t, (u64, u64), &'static [u8]>,
-    blocks: redb::Table<'t, (u64, u64), &'static [u8]>,
-    chunks: redb::Table<'t, (u64, u64), i64>,
-    /// Each stream's block being filled in this transaction.
-    building: HashMap<StreamId, BlockBuilder>,
-}
-
-impl Tables<'_> {
-    /// Stores the block being filled for `id`, if any.
-    fn close_block(&mut self, id: StreamId) -> Result<(), StorageError> {
-        if let Some(block) = self.building.remove(&id)
-            && !block.is_empty()
-        {
-            self.blocks
-                .insert((id, block.end()), block.finish().as_slice())
-                .map_err(db_error)?;
-        }
-        Ok(())
-    }
-
-    /// Drops the records and blocks of `id` that end at or before `end`.
-    fn drop_records(&mut self, id: StreamId, end: u64) -> Result<(), StorageError> {
-        self.records
-            .retain_in((id, 0)..=(id, end), |_, _| false)
-            .map_err(db_error)?;
-        self.blocks
-            .retain_in((id, 0)..=(id, end), |_, _| false)
-            .map_err(db_error)
-    }
-}
 
 /// Records one group commit (a log write or a redb transaction) of `batch`
 /// acknowledged mutations, begun at `started`.
@@ -577,15 +539,7 @@ impl Writer {
     ) -> Result<(), StorageError> {
         let txn = begin_durable(self.shared.db.writable()?)?;
         {
-            let mut tables = Tables {
-                specs: txn.open_table(SPECS).map_err(db_error)?,
-                states: txn.open_table(STATES).map_err(db_error)?,
-                producers: txn.open_table(PRODUCERS).map_err(db_error)?,
-                records: txn.open_table(RECORDS).map_err(db_error)?,
-                blocks: txn.open_table(BLOCKS).map_err(db_error)?,
-                chunks: txn.open_table(CHUNKS).map_err(db_error)?,
-                building: HashMap::new(),
-            };
+            let mut tables = Tables::open(&txn)?;
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
             for (mutation, ack, written_ms) in batch {
                 match mutation {
