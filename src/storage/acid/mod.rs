@@ -7,6 +7,7 @@
 //! read, so corrupt data is never served. An open reads the streams' metadata
 //! only, so its time grows with the number of streams, not stored bytes.
 
+mod block;
 mod load;
 mod log;
 mod shard;

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use redb::ReadableTable;
 
 use super::AcidOptions;
+use super::block::Block;
 use super::load::{load, trimmed_heads};
 use super::log::{AckLog, fold_logged, log_path, replayable};
 use super::tables::{
-    CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, begin_durable,
-    db_error, framed, open_database, prepare_tables, verified_payload,
+    BLOCKS, CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation,
+    begin_durable, db_error, framed, open_database, prepare_tables, verified_payload,
 };
 use super::writer::Writer;
 use crate::storage::chunk_list::{self, Chunk, ChunkList};
@@ -107,6 +108,7 @@ impl DbShard {
                     .into_iter()
                     .map(|append| (Mutation::Append(append), None, chunk_list::now_ms()))
                     .collect(),
+                false,
             )?;
         }
         writer.log.restart();
@@ -237,76 +239,152 @@ impl DbShard {
         Ok(chunk)
     }
 
-    /// Reads `[from, until)` from redb into `chunk`.
+    /// Reads `[from, until)` from redb into `chunk`: the records of
+    /// earlier versions first, then the blocks (a stream's records written
+    /// since follow all of its older ones).
     fn read_database(
         shared: &Shared,
         id: StreamId,
         from: u64,
         until: u64,
         max_bytes: usize,
-        mut chunk: ReadChunk,
+        chunk: ReadChunk,
     ) -> Result<ReadChunk, StorageError> {
         if from >= until {
             return Ok(chunk);
         }
         let txn = shared.db.begin_read()?;
+        let mut reading = Reading {
+            shared,
+            txn: &txn,
+            id,
+            from,
+            until,
+            max_bytes,
+            taken: 0,
+            expected: None,
+            chunk,
+        };
+        let range = (id, from + 1)..=(id, u64::MAX);
         let records = txn.open_table(RECORDS).map_err(db_error)?;
-        let mut taken = 0usize;
-        // Where the next record must start: the open loads no records, so
-        // the reads check that the records they meet are whole and follow
-        // each other.
-        let mut expected = None;
-        for entry in records
-            .range((id, from + 1)..=(id, u64::MAX))
-            .map_err(db_error)?
-        {
+        for entry in records.range(range.clone()).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
             let (_, end) = key.value();
             let payload = verified_payload(value.value(), id, end, &shared.path)?;
-            let start = end - payload.len() as u64;
-            let wanted = match expected {
-                Some(end) => end,
-                // Data starts at the stream's head, which may lie past `from`
-                // (a fork's base). A trim committed after the check above
-                // answers as that check would have: a read below the
-                // retained head is gone, never served with a hole.
-                None if start > from => match head_of(&txn, id)? {
-                    RetainedStart::Trimmed(head) if from < head => {
-                        return Err(StorageError::Trimmed { id, head });
-                    }
-                    RetainedStart::Trimmed(head) | RetainedStart::Base(head) => from.max(head),
-                },
-                None => start,
-            };
-            // Checked before the range's end: a record's key is not covered
-            // by its checksum, so a damaged key shows as a record out of place.
-            if start != wanted {
-                return Err(missing(shared, id, wanted));
-            }
-            if start >= until {
-                // A range that ends before the stream's head (a fork read
-                // below its base) holds nothing here.
-                return Ok(chunk);
-            }
-            expected = Some(end);
-            let part = ReadChunk::part(start, payload.len(), from, until);
-            let piece = Bytes::copy_from_slice(&payload[part.clone()]);
-            taken += chunk.push(start, part, piece);
-            if taken >= max_bytes || chunk.end >= until {
-                return Ok(chunk);
+            if reading.take(end - payload.len() as u64, payload)? {
+                return Ok(reading.chunk);
             }
         }
-        // The records ran out before `until`: fine at the tail only.
-        let states = txn.open_table(STATES).map_err(db_error)?;
+        let blocks = match txn.open_table(BLOCKS) {
+            Ok(blocks) => blocks,
+            // A database of an earlier version, opened read-only.
+            Err(redb::TableError::TableDoesNotExist(_)) => return reading.finish(),
+            Err(e) => return Err(db_error(e)),
+        };
+        for entry in blocks.range(range).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (_, end) = key.value();
+            let block = Block::decode(value.value(), id, end, &shared.path)?;
+            // One copy of the part of the block the read can use; each
+            // record is a slice of it.
+            let payloads = block.payloads();
+            let skip = usize::try_from(from.saturating_sub(end - payloads.len() as u64))
+                .unwrap_or(usize::MAX)
+                .min(payloads.len());
+            let keep = usize::try_from(until.saturating_sub(end - payloads.len() as u64))
+                .unwrap_or(usize::MAX)
+                .min(payloads.len());
+            let copied = Bytes::copy_from_slice(&payloads[skip.min(keep)..keep]);
+            for (start, range) in block.records() {
+                let lo = range.start.clamp(skip, keep) - skip;
+                let hi = range.end.clamp(skip, keep) - skip;
+                if reading.take_part(start, range.len(), copied.slice(lo..hi))? {
+                    return Ok(reading.chunk);
+                }
+            }
+        }
+        reading.finish()
+    }
+}
+
+/// A read of one stream's records from redb, in order.
+struct Reading<'a> {
+    shared: &'a Shared,
+    txn: &'a redb::ReadTransaction,
+    id: StreamId,
+    from: u64,
+    until: u64,
+    max_bytes: usize,
+    taken: usize,
+    /// Where the next record must start: the open loads no records, so
+    /// the reads check that the records they meet are whole and follow
+    /// each other.
+    expected: Option<u64>,
+    chunk: ReadChunk,
+}
+
+impl Reading<'_> {
+    /// Takes the record `data` starting at `start`; whether the read is
+    /// done.
+    fn take(&mut self, start: u64, data: &[u8]) -> Result<bool, StorageError> {
+        let part = ReadChunk::part(start, data.len(), self.from, self.until);
+        let piece = Bytes::copy_from_slice(&data[part]);
+        self.take_part(start, data.len(), piece)
+    }
+
+    /// Takes the record of `len` bytes starting at `start`, of which `piece`
+    /// is the part within the read's range; whether the read is done.
+    fn take_part(&mut self, start: u64, len: usize, piece: Bytes) -> Result<bool, StorageError> {
+        let (id, from, until) = (self.id, self.from, self.until);
+        let wanted = match self.expected {
+            Some(end) => end,
+            // Data starts at the stream's head, which may lie past `from`
+            // (a fork's base). A trim committed after the check above
+            // answers as that check would have: a read below the
+            // retained head is gone, never served with a hole.
+            None if start > from => match head_of(self.txn, id)? {
+                RetainedStart::Trimmed(head) if from < head => {
+                    return Err(StorageError::Trimmed { id, head });
+                }
+                RetainedStart::Trimmed(head) | RetainedStart::Base(head) => from.max(head),
+            },
+            None => start,
+        };
+        // Checked before the range's end: a record's key is not covered
+        // by its checksum, so a damaged key shows as a record out of place.
+        if start != wanted {
+            return Err(missing(self.shared, id, wanted));
+        }
+        if start >= until {
+            // A range that ends before the stream's head (a fork read
+            // below its base) holds nothing here.
+            return Ok(true);
+        }
+        let end = start + len as u64;
+        self.expected = Some(end);
+        if end <= from {
+            // Before the range, in a block that reaches into it.
+            return Ok(false);
+        }
+        let part = ReadChunk::part(start, len, from, until);
+        debug_assert_eq!(part.len(), piece.len());
+        self.taken += self.chunk.push(start, part, piece);
+        Ok(self.taken >= self.max_bytes || self.chunk.end >= until)
+    }
+
+    /// The records ran out before `until`: fine at the tail only.
+    fn finish(self) -> Result<ReadChunk, StorageError> {
+        let (id, chunk) = (self.id, self.chunk);
+        let states = self.txn.open_table(STATES).map_err(db_error)?;
         if let Some(raw) = states.get(id).map_err(db_error)? {
             let state = serde_json::from_slice::<StoredState>(raw.value()).map_err(|e| {
                 StorageError::Corrupt(format!(
                     "database file {}: state of stream {id} is invalid: {e}",
-                    shared.path.display()
+                    self.shared.path.display()
                 ))
             })?;
-            if state.tail > chunk.end && until > chunk.end {
-                return Err(missing(shared, id, chunk.end));
+            if state.tail > chunk.end && self.until > chunk.end {
+                return Err(missing(self.shared, id, chunk.end));
             }
         }
         Ok(chunk)

@@ -9,6 +9,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::block::BlockBuilder;
 use crate::storage::{ClosedBy, StorageError, StreamId};
 
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
@@ -19,7 +20,12 @@ pub(super) const STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("str
 pub(super) const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> =
     TableDefinition::new("producers");
 /// Records by (stream, end position): CRC32C (4 bytes LE) then payload.
+/// Written by earlier versions only (one value per record); read, trimmed
+/// and deleted as before, and always before a stream's blocks.
 pub(super) const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
+/// Blocks of records by (stream, end of the last record), the layout of
+/// [`super::block`]; every record written now is in a block.
+pub(super) const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("record_blocks");
 /// The metadata area (see [`super::metadata`]): CRC32C (4 bytes LE) then value.
 pub(super) const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// Sealed chunks by (stream, start): when their newest record was written
@@ -144,6 +150,7 @@ pub(super) fn prepare_tables(db: &Database) -> Result<(), StorageError> {
         txn.open_table(STATES).map_err(db_error)?;
         txn.open_table(PRODUCERS).map_err(db_error)?;
         txn.open_table(RECORDS).map_err(db_error)?;
+        txn.open_table(BLOCKS).map_err(db_error)?;
         txn.open_table(METADATA).map_err(db_error)?;
         txn.open_table(CHUNKS).map_err(db_error)?;
         txn.open_table(LOG_STATE).map_err(db_error)?;
@@ -198,5 +205,55 @@ pub(super) fn applied_generation(txn: &redb::ReadTransaction) -> Result<u64, Sto
             .map_or(0, |g| g.value())),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
         Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Tables of one write transaction.
+pub(super) struct Tables<'t> {
+    pub(super) specs: redb::Table<'t, u64, &'static [u8]>,
+    pub(super) states: redb::Table<'t, u64, &'static [u8]>,
+    pub(super) producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
+    /// Records of earlier versions, one per value (trimmed and removed).
+    pub(super) records: redb::Table<'t, (u64, u64), &'static [u8]>,
+    pub(super) blocks: redb::Table<'t, (u64, u64), &'static [u8]>,
+    pub(super) chunks: redb::Table<'t, (u64, u64), i64>,
+    /// Each stream's block being filled in this transaction.
+    pub(super) building: HashMap<StreamId, BlockBuilder>,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens the tables in `txn`.
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            specs: txn.open_table(SPECS).map_err(db_error)?,
+            states: txn.open_table(STATES).map_err(db_error)?,
+            producers: txn.open_table(PRODUCERS).map_err(db_error)?,
+            records: txn.open_table(RECORDS).map_err(db_error)?,
+            blocks: txn.open_table(BLOCKS).map_err(db_error)?,
+            chunks: txn.open_table(CHUNKS).map_err(db_error)?,
+            building: HashMap::new(),
+        })
+    }
+
+    /// Stores the block being filled for `id`, if any.
+    pub(super) fn close_block(&mut self, id: StreamId) -> Result<(), StorageError> {
+        if let Some(block) = self.building.remove(&id)
+            && !block.is_empty()
+        {
+            self.blocks
+                .insert((id, block.end()), block.finish().as_slice())
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the records and blocks of `id` that end at or before `end`.
+    pub(super) fn drop_records(&mut self, id: StreamId, end: u64) -> Result<(), StorageError> {
+        self.records
+            .retain_in((id, 0)..=(id, end), |_, _| false)
+            .map_err(db_error)?;
+        self.blocks
+            .retain_in((id, 0)..=(id, end), |_, _| false)
+            .map_err(db_error)
     }
 }

@@ -3,11 +3,16 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableTable};
 
-use super::tables::RECORDS;
+use super::block::Block;
+use super::tables::{BLOCKS, RECORDS, framed};
 use super::{AcidOptions, AcidStorage, DATABASE_FILE, database_file};
 use crate::storage::{Append, Mutation, Storage, StorageError, StreamSpec};
 
 const RECORDS_WRITTEN: usize = 300;
+
+/// Chunk size of the tests' stores: 20 records of 200 bytes, so stream 1
+/// is stored in blocks of 20 records (a block never spans two chunks).
+const TEST_CHUNK_BYTES: u64 = 4000;
 
 /// One database, so that every record is in `streams.redb`.
 fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
@@ -15,6 +20,7 @@ fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
         dir,
         AcidOptions {
             shards: 1,
+            chunk_bytes: TEST_CHUNK_BYTES,
             ..AcidOptions::default()
         },
     )
@@ -144,7 +150,7 @@ async fn a_flipped_byte_in_a_record_fails_the_read_that_meets_it() {
     std::fs::write(&path, bytes).expect("write");
     let message = read_fails_as_corrupt(dir.path()).await;
     assert!(
-        message.contains(&format!("ending at position {}", 6 * 200)),
+        message.contains(&format!("ending at position {TEST_CHUNK_BYTES}")),
         "{message}"
     );
 }
@@ -171,54 +177,59 @@ async fn flipped_bytes_anywhere_never_panic_or_serve_altered_data() {
     assert!(refused > 0, "no flipped byte was ever noticed");
 }
 
-/// Changes stream 1's records through redb itself, so its page checksums
-/// hold and only the records' own checks can tell.
-fn alter_records(dir: &Path, change: impl FnOnce(&mut redb::Table<(u64, u64), &[u8]>)) {
+/// Changes stream 1's blocks through redb itself, so its page checksums
+/// hold and only the blocks' own checks can tell.
+fn alter_blocks(dir: &Path, change: impl FnOnce(&mut redb::Table<(u64, u64), &[u8]>)) {
     let db = Database::create(dir.join(DATABASE_FILE)).expect("open with redb");
     let txn = db.begin_write().expect("write txn");
     {
-        let mut records = txn.open_table(RECORDS).expect("records");
-        change(&mut records);
+        let mut blocks = txn.open_table(BLOCKS).expect("blocks");
+        change(&mut blocks);
     }
     txn.commit().expect("commit");
 }
 
 #[tokio::test]
-async fn a_record_failing_its_checksum_fails_the_read_that_meets_it() {
+async fn a_block_failing_its_checksum_fails_the_read_that_meets_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let written = write_store(dir.path()).await;
-    let end = 8 * 200;
-    alter_records(dir.path(), |records| {
-        let mut value = records
+    let end = 2 * TEST_CHUNK_BYTES;
+    alter_blocks(dir.path(), |blocks| {
+        let mut value = blocks
             .get((1, end))
             .expect("get")
-            .expect("record 7")
+            .expect("the second block")
             .value()
             .to_vec();
         value[4 + 50] ^= 0x5a;
-        records.insert((1, end), value.as_slice()).expect("insert");
+        blocks.insert((1, end), value.as_slice()).expect("insert");
     });
     let message = read_fails_as_corrupt(dir.path()).await;
     assert!(
         message.contains(&format!("stream 1 ending at position {end}")),
         "{message}"
     );
-    // What lies before the damaged record is still served.
+    // What lies before the damaged block is still served.
     let store = open_one(dir.path()).expect("open");
-    let chunk = store.read(1, 0, 7 * 200, usize::MAX).await.expect("read");
-    assert_eq!(chunk.records.concat(), written[..7 * 200]);
+    let before = TEST_CHUNK_BYTES as usize;
+    let chunk = store
+        .read(1, 0, before as u64, usize::MAX)
+        .await
+        .expect("read");
+    assert_eq!(chunk.records.concat(), written[..before]);
 }
 
-/// For the record ending at record 8 and at the last one: `damage` applied
-/// to it (by its key) must make the read fail at the hole it leaves.
+/// For the second block and the last one: `damage` applied to it (by its
+/// key) must make the read fail at the hole it leaves.
 async fn assert_hole_fails_the_read(damage: impl Fn(&mut redb::Table<(u64, u64), &[u8]>, u64)) {
+    let last = RECORDS_WRITTEN as u64 * 200;
     for (end, at) in [
-        (8 * 200, 7 * 200),
-        (RECORDS_WRITTEN as u64 * 200, 299 * 200),
+        (2 * TEST_CHUNK_BYTES, TEST_CHUNK_BYTES),
+        (last, last - TEST_CHUNK_BYTES),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         write_store(dir.path()).await;
-        alter_records(dir.path(), |records| damage(records, end));
+        alter_blocks(dir.path(), |blocks| damage(blocks, end));
         let message = read_fails_as_corrupt(dir.path()).await;
         assert!(
             message.contains(&format!("stream 1 has no record at position {at}")),
@@ -228,29 +239,140 @@ async fn assert_hole_fails_the_read(damage: impl Fn(&mut redb::Table<(u64, u64),
 }
 
 #[tokio::test]
-async fn a_missing_record_fails_the_read_that_meets_it() {
-    assert_hole_fails_the_read(|records, end| {
-        records.remove((1, end)).expect("remove").expect("record");
+async fn a_missing_block_fails_the_read_that_meets_it() {
+    assert_hole_fails_the_read(|blocks, end| {
+        blocks.remove((1, end)).expect("remove").expect("block");
     })
     .await;
 }
 
-/// A damaged key (its end position is not under the record's checksum)
-/// moves a record out of place: the read that meets the hole fails.
+/// A damaged key (its end position is not under the block's checksum)
+/// moves a block out of place: the read that meets the hole fails.
 #[tokio::test]
-async fn a_record_under_a_damaged_key_fails_the_read_that_meets_it() {
-    assert_hole_fails_the_read(|records, end| {
-        let value = records
+async fn a_block_under_a_damaged_key_fails_the_read_that_meets_it() {
+    assert_hole_fails_the_read(|blocks, end| {
+        let value = blocks
             .remove((1, end))
             .expect("remove")
-            .expect("record")
+            .expect("block")
             .value()
             .to_vec();
-        records
+        blocks
             .insert((1, end + (1 << 20)), value.as_slice())
             .expect("insert");
     })
     .await;
+}
+
+/// Rewrites the database in the layout of earlier versions: each record
+/// its own value in `records` (CRC32C then payload), no `record_blocks`
+/// table.
+fn to_earlier_layout(dir: &Path) {
+    let path = dir.join(DATABASE_FILE);
+    let db = Database::create(&path).expect("open with redb");
+    let txn = db.begin_write().expect("write txn");
+    {
+        let blocks = txn.open_table(BLOCKS).expect("blocks");
+        let mut records = txn.open_table(RECORDS).expect("records");
+        for entry in blocks.iter().expect("iter") {
+            let (key, value) = entry.expect("entry");
+            let (id, end) = key.value();
+            let block = Block::decode(value.value(), id, end, &path).expect("a block");
+            for (start, range) in block.records() {
+                let data = &block.payloads()[range];
+                let value = framed(data);
+                records
+                    .insert((id, start + data.len() as u64), value.as_slice())
+                    .expect("insert");
+            }
+        }
+    }
+    txn.delete_table(BLOCKS).expect("drop the blocks");
+    txn.commit().expect("commit");
+}
+
+fn nth_append(i: usize, start: u64) -> Mutation {
+    Mutation::Append(Append {
+        id: 1,
+        start,
+        data: Bytes::from(payload(i)),
+        producer: None,
+        stream_seq: None,
+        close: None,
+    })
+}
+
+/// A database written with one value per record (the layout of earlier
+/// versions) opens read-only and writable, serves its records, keeps them
+/// in front of the blocks written after them, and trims and deletes
+/// across both.
+#[tokio::test]
+async fn a_database_of_records_one_per_value_keeps_working() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut written = write_store(dir.path()).await;
+    to_earlier_layout(dir.path());
+
+    let reader = AcidStorage::open_read_only(dir.path()).expect("read-only");
+    assert_eq!(read_all(&reader).await, written);
+    drop(reader);
+
+    let store = open_one(dir.path()).expect("open");
+    assert_eq!(read_all(&store).await, written);
+    for i in RECORDS_WRITTEN..RECORDS_WRITTEN + 50 {
+        let start = written.len() as u64;
+        store.submit(nth_append(i, start)).await.expect("append");
+        written.extend_from_slice(&payload(i));
+    }
+    drop(store);
+    let store = open_one(dir.path()).expect("reopen");
+    assert_eq!(read_all(&store).await, written);
+    // Across the last record and the first block, and inside each.
+    let old_end = RECORDS_WRITTEN as u64 * 200;
+    for (from, until) in [
+        (old_end - 150, old_end + 250),
+        (4100, 4300),
+        (61_010, 61_020),
+    ] {
+        let chunk = store.read(1, from, until, usize::MAX).await.expect("read");
+        assert_eq!(
+            chunk.records.concat(),
+            written[from as usize..until as usize],
+            "{from}..{until}"
+        );
+    }
+    // A trim into the new chunk drops every old record and a block.
+    store
+        .submit(Mutation::Trim {
+            id: 1,
+            before: old_end + TEST_CHUNK_BYTES + 10,
+        })
+        .await
+        .expect("trim");
+    let head = old_end + TEST_CHUNK_BYTES;
+    match store.read(1, 0, 10, usize::MAX).await {
+        Err(StorageError::Trimmed { head: seen, .. }) => assert_eq!(seen, head),
+        other => panic!("a read below the head answered {other:?}"),
+    }
+    let kept = store
+        .read(1, head, u64::MAX, usize::MAX)
+        .await
+        .expect("read");
+    assert_eq!(kept.records.concat(), written[head as usize..]);
+    drop(store);
+    let db = Database::create(dir.path().join(DATABASE_FILE)).expect("open with redb");
+    let txn = redb::ReadableDatabase::begin_read(&db).expect("read txn");
+    let records = txn.open_table(RECORDS).expect("records");
+    assert_eq!(records.iter().expect("iter").count(), 0, "old records left");
+    drop((records, txn, db));
+
+    let store = open_one(dir.path()).expect("reopen");
+    store
+        .submit(Mutation::Remove { id: 1 })
+        .await
+        .expect("remove");
+    create_stream_1(&store).await;
+    store.submit(nth_append(0, 0)).await.expect("append");
+    assert_eq!(read_all(&store).await, payload(0));
 }
 
 #[tokio::test]

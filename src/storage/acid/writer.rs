@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
+use super::block::{BLOCK_BYTES, BlockBuilder};
 use super::load::Head;
 use super::log::AckLog;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
-    CHUNKS, LOG_APPLIED, LOG_STATE, PRODUCERS, RECORDS, SPECS, STATES, StoredState, begin_durable,
-    db_error, framed, load_state,
+    LOG_APPLIED, LOG_STATE, StoredState, Tables, begin_durable, db_error, load_state,
 };
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -66,15 +66,6 @@ pub(super) struct Writer {
 /// A mutation to commit: its acknowledgement (none when it was
 /// acknowledged from the log) and when it was written (Unix ms).
 pub(super) type Item = (Mutation, Option<Ack>, i64);
-
-/// Tables of one write transaction.
-pub(super) struct Tables<'t> {
-    specs: redb::Table<'t, u64, &'static [u8]>,
-    states: redb::Table<'t, u64, &'static [u8]>,
-    producers: redb::Table<'t, (u64, &'static str), (u64, u64)>,
-    records: redb::Table<'t, (u64, u64), &'static [u8]>,
-    chunks: redb::Table<'t, (u64, u64), i64>,
-}
 
 /// Records one group commit (a log write or a redb transaction) of `batch`
 /// acknowledged mutations, begun at `started`.
@@ -286,15 +277,8 @@ impl Writer {
             .map(|(append, ms)| (Mutation::Append(append.clone()), None, *ms))
             .chain(batch.into_iter().map(|(m, ack)| (m, Some(ack), now)))
             .collect();
-        match self.commit(items) {
+        match self.commit(items, !pending.is_empty()) {
             Ok(()) => {
-                if !pending.is_empty() {
-                    self.shared
-                        .unapplied
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clear();
-                }
                 self.pending_bytes = 0;
                 self.logged.clear();
                 self.oldest = None;
@@ -393,8 +377,15 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction and answers its acknowledgements.
-    pub(super) fn commit(&mut self, batch: Vec<Item>) -> Result<(), StorageError> {
+    /// Commits `batch` in one transaction and answers its acknowledgements;
+    /// `moves_logged` when it holds every logged append, whose copies in
+    /// memory then go before anything is acknowledged (a reader who saw
+    /// this commit answered, say a trim, must not meet them).
+    pub(super) fn commit(
+        &mut self,
+        batch: Vec<Item>,
+        moves_logged: bool,
+    ) -> Result<(), StorageError> {
         let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut trimmed = Vec::new();
@@ -411,6 +402,13 @@ impl Writer {
         drop(spans);
         match outcome {
             Ok(()) => {
+                if moves_logged {
+                    self.shared
+                        .unapplied
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
                 if !trimmed.is_empty() {
                     let mut heads = self
                         .shared
@@ -437,8 +435,9 @@ impl Writer {
         }
     }
 
-    /// Stores a record ending at `end`, sealing the current chunk first
-    /// when the record does not fit in it.
+    /// Adds a record to the stream's block, sealing the current chunk (and
+    /// closing the block: a block never spans two chunks) first when the
+    /// record does not fit in it.
     fn put_record(
         &mut self,
         tables: &mut Tables<'_>,
@@ -452,6 +451,7 @@ impl Writer {
         };
         let used = head.chunk_start.map(|start| head.tail - start);
         if chunk_list::starts_new_chunk(used, data.len() as u64, self.chunk_bytes) {
+            tables.close_block(id)?;
             if let Some(start) = head.chunk_start {
                 tables
                     .chunks
@@ -461,10 +461,14 @@ impl Writer {
             head.chunk_start = Some(head.tail);
         }
         let end = head.tail + data.len() as u64;
-        tables
-            .records
-            .insert((id, end), framed(data).as_slice())
-            .map_err(db_error)?;
+        let block = tables
+            .building
+            .entry(id)
+            .or_insert_with(|| BlockBuilder::new(head.tail));
+        block.push(data)?;
+        if block.payload_len() >= BLOCK_BYTES {
+            tables.close_block(id)?;
+        }
         head.tail = end;
         state.tail = end;
         state.chunk_start = head.chunk_start;
@@ -512,6 +516,7 @@ impl Writer {
         if drop == 0 && !moved {
             return Ok(current);
         }
+        tables.close_block(id)?;
         for &start in sealed.iter().take(drop) {
             tables.chunks.remove((id, start)).map_err(db_error)?;
         }
@@ -519,10 +524,7 @@ impl Writer {
             head.chunk_start = None;
             state.chunk_start = None;
         }
-        tables
-            .records
-            .retain_in((id, 0)..=(id, new_head), |_, _| false)
-            .map_err(db_error)?;
+        tables.drop_records(id, new_head)?;
         state.head = Some(new_head);
         Ok(new_head)
     }
@@ -537,13 +539,7 @@ impl Writer {
     ) -> Result<(), StorageError> {
         let txn = begin_durable(self.shared.db.writable()?)?;
         {
-            let mut tables = Tables {
-                specs: txn.open_table(SPECS).map_err(db_error)?,
-                states: txn.open_table(STATES).map_err(db_error)?,
-                producers: txn.open_table(PRODUCERS).map_err(db_error)?,
-                records: txn.open_table(RECORDS).map_err(db_error)?,
-                chunks: txn.open_table(CHUNKS).map_err(db_error)?,
-            };
+            let mut tables = Tables::open(&txn)?;
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
             for (mutation, ack, written_ms) in batch {
                 match mutation {
@@ -631,10 +627,8 @@ impl Writer {
                         trimmed.push((id, None));
                         tables.specs.remove(id).map_err(db_error)?;
                         tables.states.remove(id).map_err(db_error)?;
-                        tables
-                            .records
-                            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
-                            .map_err(db_error)?;
+                        tables.building.remove(&id);
+                        tables.drop_records(id, u64::MAX)?;
                         tables
                             .chunks
                             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
@@ -657,6 +651,10 @@ impl Writer {
                     }
                 }
                 accepted.extend(ack);
+            }
+            let building: Vec<StreamId> = tables.building.keys().copied().collect();
+            for id in building {
+                tables.close_block(id)?;
             }
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
