@@ -130,6 +130,14 @@ impl Ledger {
         }
     }
 
+    /// Frees the queue's memory when nothing is pending: a stream keeps it
+    /// between appends (no allocation per append), not while idle.
+    pub fn release_idle(&mut self) {
+        if self.pending.is_empty() {
+            self.pending.shrink_to_fit();
+        }
+    }
+
     /// Records that operation `op` failed: it and every later queued
     /// operation are dropped (storage refuses them, as they were built on it).
     pub fn fail(&mut self, op: u64) {
@@ -225,6 +233,19 @@ mod tests {
         assert!(ledger.committed.closed.is_some());
         assert_eq!(ledger.committed.producers["p"].last_seq, 1);
         assert!(!ledger.has_pending());
+    }
+
+    #[test]
+    fn an_idle_ledger_releases_its_queue_and_a_busy_one_keeps_it() {
+        let mut ledger = Ledger::default();
+        let a = ledger.push(10, None, None, None);
+        ledger.release_idle();
+        assert!(ledger.has_pending(), "a pending op is kept");
+        ledger.acknowledge(a);
+        assert!(ledger.pending.capacity() > 0);
+        ledger.release_idle();
+        assert_eq!(ledger.pending.capacity(), 0);
+        assert_eq!(ledger.committed.tail, 10);
     }
 
     #[test]

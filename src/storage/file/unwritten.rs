@@ -123,6 +123,8 @@ impl Unwritten {
             }
             self.pieces.remove(0);
         }
+        // Written out: an idle stream keeps no buffer.
+        self.pieces.shrink_to_fit();
         Ok(())
     }
 
