@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -29,6 +29,37 @@ pub struct Signal {
     pub closed: bool,
     /// The stream was deleted or expired.
     pub gone: bool,
+}
+
+/// Bit of a packed [`Signal`] set when the stream is closed.
+const CLOSED_BIT: u64 = 1 << 62;
+/// Bit of a packed [`Signal`] set when the stream is gone.
+const GONE_BIT: u64 = 1 << 63;
+
+impl Signal {
+    /// The signal in one word: the tail below bit 62, the flags above (a
+    /// tail never reaches 2^62 bytes).
+    fn pack(self) -> u64 {
+        debug_assert!(self.tail < CLOSED_BIT);
+        self.tail | if self.closed { CLOSED_BIT } else { 0 } | if self.gone { GONE_BIT } else { 0 }
+    }
+
+    fn unpack(word: u64) -> Self {
+        Self {
+            tail: word & !(CLOSED_BIT | GONE_BIT),
+            closed: word & CLOSED_BIT != 0,
+            gone: word & GONE_BIT != 0,
+        }
+    }
+
+    /// The committed view of `inner`.
+    fn of(inner: &Inner) -> Self {
+        Self {
+            tail: inner.ledger.committed.tail,
+            closed: inner.ledger.committed.closed.is_some(),
+            gone: inner.status != Status::Live,
+        }
+    }
 }
 
 /// Lifecycle of a stream instance.
@@ -63,7 +94,13 @@ pub struct StreamEntry {
     expires_at: Option<OffsetDateTime>,
     pub(super) source: Option<Arc<StreamEntry>>,
     inner: Mutex<Inner>,
-    signal: watch::Sender<Signal>,
+    /// The published [`Signal`], packed: what [`Self::snapshot`] reads.
+    published: AtomicU64,
+    /// The channel live readers follow, created by the first
+    /// [`Self::subscribe`] (under the entry's lock, like every publish):
+    /// most streams are never followed, and a channel costs hundreds of
+    /// bytes.
+    signal: OnceLock<watch::Sender<Signal>>,
     /// Where the stream's retained data starts: `spec.base` until retention
     /// drops chunks from its head; only ever moves forward.
     head: AtomicU64,
@@ -105,7 +142,8 @@ impl StreamEntry {
                 status,
                 created: false,
             }),
-            signal: watch::Sender::new(signal),
+            published: AtomicU64::new(signal.pack()),
+            signal: OnceLock::new(),
             head: AtomicU64::new(spec.base),
             attachments: Mutex::new(Vec::new()),
             spec,
@@ -182,17 +220,31 @@ impl StreamEntry {
 
     /// The committed state readers see.
     pub fn snapshot(&self) -> Signal {
-        *self.signal.borrow()
+        Signal::unpack(self.published.load(Ordering::Acquire))
     }
 
     /// Whether any reader follows the stream's changes.
     pub(super) fn is_watched(&self) -> bool {
-        self.signal.receiver_count() > 0
+        self.signal
+            .get()
+            .is_some_and(|signal| signal.receiver_count() > 0)
     }
 
-    /// Subscribes to committed changes (the notification hub).
+    /// Subscribes to committed changes (the notification hub). The caller
+    /// must not hold the entry's lock.
     pub fn subscribe(&self) -> watch::Receiver<Signal> {
-        self.signal.subscribe()
+        if let Some(signal) = self.signal.get() {
+            return signal.subscribe();
+        }
+        // Created under the lock every publish holds, so the channel starts
+        // from the state published last and misses no later change.
+        let inner = self.lock();
+        let receiver = self
+            .signal
+            .get_or_init(|| watch::Sender::new(Signal::of(&inner)))
+            .subscribe();
+        drop(inner);
+        receiver
     }
 
     /// The `T` the layers above keep for this stream instance, created on
@@ -222,23 +274,26 @@ impl StreamEntry {
     /// Publishes the committed state in `inner` to live readers (only when
     /// it changed).
     pub(super) fn publish(&self, inner: &Inner) {
-        let next = Signal {
-            tail: inner.ledger.committed.tail,
-            closed: inner.ledger.committed.closed.is_some(),
-            gone: inner.status != Status::Live,
-        };
-        self.signal.send_if_modified(|current| {
-            let changed = *current != next;
-            *current = next;
-            changed
-        });
+        let next = Signal::of(inner);
+        self.published.store(next.pack(), Ordering::Release);
+        if let Some(signal) = self.signal.get() {
+            signal.send_if_modified(|current| {
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+        }
     }
 
     /// Wakes every subscriber even though the published state did not
     /// change: requests waiting for a creation or for a write that failed
     /// re-check the ledger.
     pub(super) fn nudge(&self) {
-        self.signal.send_modify(|_| {});
+        // Without a channel nobody waits: a later subscriber checks the
+        // ledger after subscribing.
+        if let Some(signal) = self.signal.get() {
+            signal.send_modify(|_| {});
+        }
     }
 
     /// Bytes of its own the stream holds in storage (its committed data

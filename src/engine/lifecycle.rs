@@ -126,7 +126,8 @@ impl Engine {
         let mut reclaimed = 0;
         for entry in self.shared.registry.entries() {
             let expired = {
-                let inner = entry.lock();
+                let mut inner = entry.lock();
+                inner.ledger.release_idle();
                 inner.status == Status::Live && entry.is_expired(&inner, now)
             };
             if expired {

@@ -5,7 +5,13 @@
 //! Lock order: the path map before a stream, a fork before its source.
 //! Both are `std` locks held for in-memory work only.
 
-use std::collections::HashMap;
+// The map's key hashes an entry's path, which never changes; the entry's
+// interior mutability does not touch it.
+#![allow(clippy::mutable_key_type)]
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -14,7 +20,31 @@ use super::error::EngineError;
 use crate::metrics::event::{LiveStreamsChanged, StoredBytes};
 use crate::storage::StreamId;
 
-type Map = HashMap<String, Arc<StreamEntry>>;
+type Map = HashSet<ByPath>;
+
+/// An entry keyed by its own path, so the map keeps no second copy of it.
+struct ByPath(Arc<StreamEntry>);
+
+impl Borrow<str> for ByPath {
+    fn borrow(&self) -> &str {
+        &self.0.spec.path
+    }
+}
+
+/// Hashes as the path does, as [`Borrow`] requires.
+impl Hash for ByPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.spec.path.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.spec.path == other.0.spec.path
+    }
+}
+
+impl Eq for ByPath {}
 
 /// What [`Registry::retire`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +71,7 @@ impl Registry {
     /// An empty registry of a store whose backend is `backend`.
     pub fn new(backend: &'static str) -> Self {
         Self {
-            streams: RwLock::new(HashMap::new()),
+            streams: RwLock::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             stored_bytes: StoredBytes::register(backend),
         }
@@ -57,12 +87,12 @@ impl Registry {
 
     /// The entry at `path`, whatever its status.
     pub fn get(&self, path: &str) -> Option<Arc<StreamEntry>> {
-        self.read().get(path).cloned()
+        self.read().get(path).map(|found| found.0.clone())
     }
 
     /// Whether an entry (live or kept for forks) occupies `path`.
     pub fn contains(&self, path: &str) -> bool {
-        self.read().contains_key(path)
+        self.read().contains(path)
     }
 
     /// How many entries the map holds.
@@ -72,7 +102,7 @@ impl Registry {
 
     /// Every entry, in no particular order.
     pub fn entries(&self) -> Vec<Arc<StreamEntry>> {
-        self.read().values().cloned().collect()
+        self.read().iter().map(|found| found.0.clone()).collect()
     }
 
     /// A fresh stream instance id.
@@ -91,7 +121,7 @@ impl Registry {
     /// out, as the store replaced it.
     pub fn install(&self, entry: Arc<StreamEntry>) -> Arc<StreamEntry> {
         let mut map = self.write();
-        if let Some(current) = map.get(&entry.spec.path).cloned() {
+        if let Some(current) = map.get(entry.path()).map(|found| found.0.clone()) {
             if current.spec.id == entry.spec.id {
                 return current;
             }
@@ -137,7 +167,7 @@ impl Registry {
             live_streams_changed(1.0);
         }
         drop(inner);
-        map.insert(entry.spec.path.clone(), entry);
+        map.replace(ByPath(entry));
     }
 
     /// Inserts a new, uncommitted stream at its path if the path is free,
@@ -154,8 +184,8 @@ impl Registry {
         queue: impl FnOnce(&mut Inner) -> T,
     ) -> Result<T, EngineError> {
         let mut map = self.write();
-        if let Some(current) = map.get(&entry.spec.path)
-            && current.lock().status != Status::Removed
+        if let Some(current) = map.get(entry.path())
+            && current.0.lock().status != Status::Removed
         {
             return Err(EngineError::ConfigMismatch(
                 "the stream was created concurrently",
@@ -169,7 +199,7 @@ impl Registry {
             source_inner.forks += 1;
         }
         let queued = queue(&mut entry.lock());
-        map.insert(entry.spec.path.clone(), entry.clone());
+        map.replace(ByPath(entry.clone()));
         live_streams_changed(1.0);
         Ok(queued)
     }
@@ -248,10 +278,10 @@ impl Registry {
 /// Removes `entry` from the map unless another instance took its path.
 fn remove_if_current(map: &mut Map, entry: &Arc<StreamEntry>) {
     if map
-        .get(&entry.spec.path)
-        .is_some_and(|current| Arc::ptr_eq(current, entry))
+        .get(entry.path())
+        .is_some_and(|current| Arc::ptr_eq(&current.0, entry))
     {
-        map.remove(&entry.spec.path);
+        map.remove(entry.path());
     }
 }
 

@@ -25,13 +25,22 @@ pub struct WriterState {
     pub stream_seq: Option<String>,
 }
 
-/// A mutation queued in storage, not yet acknowledged.
+/// A mutation queued in storage, not yet acknowledged. Kept small: every
+/// stream written to keeps its queue's capacity, and most mutations change
+/// only the tail.
 #[derive(Clone, Debug)]
 pub struct PendingOp {
     /// Its number within the stream.
     pub op: u64,
     /// The tail once it is applied.
     pub end: u64,
+    /// What else it changes, when anything does.
+    pub changes: Option<Box<PendingChanges>>,
+}
+
+/// The writer-state changes of a pending mutation besides its tail.
+#[derive(Clone, Debug)]
+pub struct PendingChanges {
     /// Set when it closes the stream.
     pub close: Option<Option<ClosedBy>>,
     /// The producer state it sets.
@@ -75,13 +84,14 @@ impl Ledger {
     ) -> u64 {
         let op = self.next_op;
         self.next_op += 1;
-        self.pending.push_back(PendingOp {
-            op,
-            end,
-            close,
-            producer,
-            stream_seq,
+        let changes = (close.is_some() || producer.is_some() || stream_seq.is_some()).then(|| {
+            Box::new(PendingChanges {
+                close,
+                producer,
+                stream_seq,
+            })
         });
+        self.pending.push_back(PendingOp { op, end, changes });
         op
     }
 
@@ -94,14 +104,22 @@ impl Ledger {
             };
             let state = &mut self.committed;
             state.tail = state.tail.max(done.end);
-            if done.close.is_some() && state.closed.is_none() {
-                state.closed = done.close;
+            let Some(changes) = done.changes else {
+                continue;
+            };
+            let PendingChanges {
+                close,
+                producer,
+                stream_seq,
+            } = *changes;
+            if close.is_some() && state.closed.is_none() {
+                state.closed = close;
             }
-            if let Some((id, producer)) = done.producer {
+            if let Some((id, producer)) = producer {
                 let slot = state.producers.entry(id).or_insert(producer);
                 *slot = (*slot).max(producer);
             }
-            if let Some(seq) = done.stream_seq
+            if let Some(seq) = stream_seq
                 && state
                     .stream_seq
                     .as_deref()
@@ -112,10 +130,26 @@ impl Ledger {
         }
     }
 
+    /// Frees the queue's memory when nothing is pending: a stream keeps it
+    /// between appends (no allocation per append), not while idle.
+    pub fn release_idle(&mut self) {
+        if self.pending.is_empty() {
+            self.pending.shrink_to_fit();
+        }
+    }
+
     /// Records that operation `op` failed: it and every later queued
     /// operation are dropped (storage refuses them, as they were built on it).
     pub fn fail(&mut self, op: u64) {
         self.pending.retain(|pending| pending.op < op);
+    }
+
+    /// The changes of the pending operations, newest first.
+    fn pending_changes(&self) -> impl Iterator<Item = &PendingChanges> {
+        self.pending
+            .iter()
+            .rev()
+            .filter_map(|op| op.changes.as_deref())
     }
 }
 
@@ -145,17 +179,13 @@ impl WriterView for Ledger {
     }
 
     fn closed(&self) -> Option<&Option<ClosedBy>> {
-        self.pending
-            .iter()
-            .rev()
+        self.pending_changes()
             .find_map(|op| op.close.as_ref())
             .or(self.committed.closed.as_ref())
     }
 
     fn producer(&self, id: &str) -> Option<ProducerState> {
-        self.pending
-            .iter()
-            .rev()
+        self.pending_changes()
             .find_map(|op| {
                 op.producer
                     .as_ref()
@@ -166,9 +196,7 @@ impl WriterView for Ledger {
     }
 
     fn stream_seq(&self) -> Option<&str> {
-        self.pending
-            .iter()
-            .rev()
+        self.pending_changes()
             .find_map(|op| op.stream_seq.as_deref())
             .or(self.committed.stream_seq.as_deref())
     }
@@ -205,6 +233,19 @@ mod tests {
         assert!(ledger.committed.closed.is_some());
         assert_eq!(ledger.committed.producers["p"].last_seq, 1);
         assert!(!ledger.has_pending());
+    }
+
+    #[test]
+    fn an_idle_ledger_releases_its_queue_and_a_busy_one_keeps_it() {
+        let mut ledger = Ledger::default();
+        let a = ledger.push(10, None, None, None);
+        ledger.release_idle();
+        assert!(ledger.has_pending(), "a pending op is kept");
+        ledger.acknowledge(a);
+        assert!(ledger.pending.capacity() > 0);
+        ledger.release_idle();
+        assert_eq!(ledger.pending.capacity(), 0);
+        assert_eq!(ledger.committed.tail, 10);
     }
 
     #[test]

@@ -127,6 +127,8 @@ impl Unwritten {
             }
             self.held -= self.pieces.remove(0).bytes.len();
         }
+        // Written out: an idle stream keeps no buffer.
+        self.pieces.shrink_to_fit();
         Ok(())
     }
 
