@@ -132,12 +132,26 @@ impl Line {
                 )
             };
         }
-        if answer.status >= 500 && !self.quiet {
+        // The event macros take a constant level: one callsite per level.
+        let level = self.level(answer.status);
+        if level == tracing::Level::ERROR {
             line!(tracing::Level::ERROR);
-        } else if self.quiet {
+        } else if level == tracing::Level::DEBUG {
             line!(tracing::Level::DEBUG);
         } else {
             line!(tracing::Level::INFO);
+        }
+    }
+
+    /// The level of the line for `status`: errors of routes that are not
+    /// quiet, quiet routes at `debug`, the rest at `info`.
+    fn level(&self, status: u16) -> tracing::Level {
+        if status >= 500 && !self.quiet {
+            tracing::Level::ERROR
+        } else if self.quiet {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
         }
     }
 
@@ -153,9 +167,10 @@ impl Line {
         if !self.span.is_disabled() {
             return true;
         }
-        if status >= 500 && !self.quiet {
+        let level = self.level(status);
+        if level == tracing::Level::ERROR {
             enabled!(tracing::Level::ERROR)
-        } else if self.quiet {
+        } else if level == tracing::Level::DEBUG {
             enabled!(tracing::Level::DEBUG)
         } else {
             enabled!(tracing::Level::INFO)

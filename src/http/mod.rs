@@ -132,16 +132,21 @@ macro_rules! expose_headers {
 }
 const EXPOSE_HEADERS: &str = expose_headers!();
 
-/// The header lines [`add_common_headers`] adds to a response no origin
-/// may read, as an HTTP/1.1 head carries them (names lower-cased, in the
+/// The security header lines [`add_common_headers`] adds to every
+/// response, as an HTTP/1.1 head carries them (names lower-cased, in the
 /// order they are inserted).
-const COMMON_LINES: &[u8] =
-    b"x-content-type-options: nosniff\r\ncross-origin-resource-policy: cross-origin\r\n";
+macro_rules! security_lines {
+    () => {
+        "x-content-type-options: nosniff\r\ncross-origin-resource-policy: cross-origin\r\n"
+    };
+}
+
+/// The header lines of a response no origin may read.
+const COMMON_LINES: &[u8] = security_lines!().as_bytes();
 
 /// The same with `Access-Control-Allow-Origin: *` (`cors_origins = "*"`).
 const COMMON_LINES_ANY_ORIGIN: &[u8] = concat!(
-    "x-content-type-options: nosniff\r\n",
-    "cross-origin-resource-policy: cross-origin\r\n",
+    security_lines!(),
     "access-control-allow-origin: *\r\n",
     "access-control-expose-headers: ",
     expose_headers!(),
