@@ -15,6 +15,8 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
+
 use super::shard::{LoggedRecord, Shared};
 use crate::metrics::event::StorageCommitted;
 use crate::storage::chunk_list;
@@ -37,7 +39,13 @@ pub(super) struct Written {
 pub(super) type Synced = Option<(Vec<Append>, i64)>;
 
 /// Runs the sync thread over `file` until the writer drops its sender.
-pub(super) fn run(shared: Arc<Shared>, file: File, jobs: Receiver<Written>, done: Sender<Synced>) {
+pub(super) fn run(
+    shared: Arc<Shared>,
+    file: File,
+    runtime: Option<Handle>,
+    jobs: Receiver<Written>,
+    done: Sender<Synced>,
+) {
     // The generation a sync failed in: later batches of it fail unsynced.
     let mut failed: Option<u64> = None;
     for job in jobs {
@@ -49,7 +57,7 @@ pub(super) fn run(shared: Arc<Shared>, file: File, jobs: Receiver<Written>, done
             None
         } else {
             let generation = job.generation;
-            let synced = sync_batch(&shared, &file, job);
+            let synced = sync_batch(&shared, &file, runtime.as_ref(), job);
             if synced.is_none() {
                 failed = Some(generation);
             }
@@ -63,7 +71,7 @@ pub(super) fn run(shared: Arc<Shared>, file: File, jobs: Receiver<Written>, done
 
 /// Syncs a written batch; then makes its records readable and acknowledges
 /// it, or fails it.
-fn sync_batch(shared: &Shared, file: &File, job: Written) -> Synced {
+fn sync_batch(shared: &Shared, file: &File, runtime: Option<&Handle>, job: Written) -> Synced {
     let spans = commit_spans(
         "acid",
         job.appends.iter().map(|(_, ack)| ack),
@@ -79,7 +87,7 @@ fn sync_batch(shared: &Shared, file: &File, job: Written) -> Synced {
                 elapsed: job.started.elapsed(),
             }
             .emit();
-            Some(acknowledge(shared, job.appends))
+            Some(acknowledge(shared, runtime, job.appends))
         }
         Err(error) => {
             tracing::error!(path = %shared.path.display(), error = %error,
@@ -91,7 +99,11 @@ fn sync_batch(shared: &Shared, file: &File, job: Written) -> Synced {
 }
 
 /// Makes a synced batch's records readable, then acknowledges its appends.
-fn acknowledge(shared: &Shared, appends: Vec<(Append, Ack)>) -> (Vec<Append>, i64) {
+fn acknowledge(
+    shared: &Shared,
+    runtime: Option<&Handle>,
+    appends: Vec<(Append, Ack)>,
+) -> (Vec<Append>, i64) {
     let written_ms = chunk_list::now_ms();
     {
         let mut unapplied = shared
@@ -108,14 +120,21 @@ fn acknowledge(shared: &Shared, appends: Vec<(Append, Ack)>) -> (Vec<Append>, i6
             }
         }
     }
-    let appends = appends
-        .into_iter()
-        .map(|(append, ack)| {
-            let _ = ack.send(Ok(()));
-            append
-        })
-        .collect();
+    let (appends, acks): (Vec<Append>, Vec<Ack>) = appends.into_iter().unzip();
+    match runtime {
+        // One task answers the whole batch from a worker: its wake-ups of
+        // the waiting requests are local to the runtime, where a wake-up
+        // from this thread may unpark a worker for each.
+        Some(runtime) => drop(runtime.spawn(async move { answer(acks) })),
+        None => answer(acks),
+    }
     (appends, written_ms)
+}
+
+fn answer(acks: Vec<Ack>) {
+    for ack in acks {
+        let _ = ack.send(Ok(()));
+    }
 }
 
 /// The writer's end of its sync thread: batches handed over and not yet
@@ -127,4 +146,13 @@ pub(super) struct SyncHandle {
     /// Appends in the batch handed over last.
     pub(super) last_batch: usize,
     pub(super) thread: std::thread::JoinHandle<()>,
+}
+
+/// The runtime the store opens in, when its acknowledgements can be sent
+/// from there: a multi-threaded one (a single-threaded runtime may be
+/// blocked on an acknowledgement by the very thread that would send it).
+pub(super) fn answering_runtime() -> Option<Handle> {
+    Handle::try_current()
+        .ok()
+        .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
 }

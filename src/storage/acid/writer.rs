@@ -123,9 +123,10 @@ impl Writer {
         let (jobs, receive_jobs) = std::sync::mpsc::sync_channel(0);
         let (send_done, done) = std::sync::mpsc::channel();
         let shared = self.shared.clone();
+        let runtime = syncer::answering_runtime();
         let thread = std::thread::Builder::new()
             .name("ds-acid-sync".into())
-            .spawn(move || syncer::run(shared, file, receive_jobs, send_done))
+            .spawn(move || syncer::run(shared, file, runtime, receive_jobs, send_done))
             .map_err(StorageError::Io)?;
         self.sync = Some(SyncHandle {
             jobs,
