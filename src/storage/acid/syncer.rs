@@ -18,7 +18,7 @@ use std::time::Instant;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::shard::{LoggedRecord, Shared};
-use crate::metrics::event::StorageCommitted;
+use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
 use crate::storage::queue::{Ack, commit_spans, fail_all};
 use crate::storage::{Append, StorageError};
@@ -46,6 +46,7 @@ pub(super) fn run(
     jobs: Receiver<Written>,
     done: Sender<Synced>,
 ) {
+    let commits = StorageCommits::register("acid");
     // The generation a sync failed in: later batches of it fail unsynced.
     let mut failed: Option<u64> = None;
     for job in jobs {
@@ -57,7 +58,7 @@ pub(super) fn run(
             None
         } else {
             let generation = job.generation;
-            let synced = sync_batch(&shared, &file, runtime.as_ref(), job);
+            let synced = sync_batch(&shared, &file, &commits, runtime.as_ref(), job);
             if synced.is_none() {
                 failed = Some(generation);
             }
@@ -71,7 +72,13 @@ pub(super) fn run(
 
 /// Syncs a written batch; then makes its records readable and acknowledges
 /// it, or fails it.
-fn sync_batch(shared: &Shared, file: &File, runtime: Option<&Handle>, job: Written) -> Synced {
+fn sync_batch(
+    shared: &Shared,
+    file: &File,
+    commits: &StorageCommits,
+    runtime: Option<&Handle>,
+    job: Written,
+) -> Synced {
     let spans = commit_spans(
         "acid",
         job.appends.iter().map(|(_, ack)| ack),
@@ -81,12 +88,7 @@ fn sync_batch(shared: &Shared, file: &File, runtime: Option<&Handle>, job: Writt
     drop(spans);
     match synced {
         Ok(()) => {
-            StorageCommitted {
-                backend: "acid",
-                batch: job.appends.len(),
-                elapsed: job.started.elapsed(),
-            }
-            .emit();
+            commits.emit(job.appends.len(), job.started.elapsed());
             Some(acknowledge(shared, runtime, job.appends))
         }
         Err(error) => {
