@@ -123,19 +123,27 @@ fn acknowledge(
         }
     }
     let (appends, acks): (Vec<Append>, Vec<Ack>) = appends.into_iter().unzip();
+    let answer = Durable(acks);
     match runtime {
         // One task answers the whole batch from a worker: its wake-ups of
         // the waiting requests are local to the runtime, where a wake-up
         // from this thread may unpark a worker for each.
-        Some(runtime) => drop(runtime.spawn(async move { answer(acks) })),
-        None => answer(acks),
+        Some(runtime) => drop(runtime.spawn(async move { drop(answer) })),
+        None => drop(answer),
     }
     (appends, written_ms)
 }
 
-fn answer(acks: Vec<Ack>) {
-    for ack in acks {
-        let _ = ack.send(Ok(()));
+/// The acknowledgements of a synced batch, answered with success when
+/// dropped: by the task that carries them, or, on a runtime that shuts
+/// down before running it, where the runtime drops it.
+struct Durable(Vec<Ack>);
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        for ack in self.0.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
     }
 }
 

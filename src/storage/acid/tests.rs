@@ -610,3 +610,48 @@ async fn a_read_racing_a_trim_answers_trimmed_not_a_hole() {
         .expect("read at the head");
     assert_eq!(kept.end, tail);
 }
+
+/// Opened on a multi-threaded runtime, the store answers synced appends
+/// from a task there; once that runtime is gone, appends submitted from
+/// another one are still answered (not refused as if the writer stopped),
+/// and everything acknowledged reads back in order.
+#[test]
+fn appends_are_answered_after_the_opening_runtime_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opening = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let half = RECORDS_WRITTEN / 2;
+    let (store, mut tail) = opening.block_on(async {
+        let store = open_one(dir.path()).expect("open");
+        create_stream_1(&store).await;
+        let mut tail = 0;
+        let mut acks = Vec::new();
+        for i in 0..half {
+            acks.push(store.submit(nth_append(i, tail)));
+            tail += payload(i).len() as u64;
+        }
+        for ack in futures_util::future::join_all(acks).await {
+            ack.expect("append answered on the opening runtime");
+        }
+        (store, tail)
+    });
+    drop(opening);
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    other.block_on(async {
+        for i in half..RECORDS_WRITTEN {
+            store
+                .submit(nth_append(i, tail))
+                .await
+                .expect("append answered after the opening runtime is gone");
+            tail += payload(i).len() as u64;
+        }
+        let expected: Vec<u8> = (0..RECORDS_WRITTEN).flat_map(payload).collect();
+        assert_eq!(read_all(&store).await, expected);
+    });
+}
