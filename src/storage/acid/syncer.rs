@@ -2,8 +2,9 @@
 //! batch into the log and hands it here; while this thread runs
 //! `fdatasync` for it, the writer already gathers and writes the next one.
 //! Once synced, a batch's records become readable from memory and its
-//! appends are acknowledged, in the order the writer wrote them, and the
-//! batch goes back to the writer, which moves it into redb later.
+//! appends are acknowledged (on the store's runtime when it has one, by
+//! one task per batch), and the batch goes back to the writer, which moves
+//! it into redb later.
 //!
 //! A failed sync fails its batch and every later batch of the same log
 //! generation without syncing them (what follows an unsynced region must
