@@ -63,7 +63,7 @@ impl Stream {
 /// A stream's committed state.
 pub struct State {
     /// Its spec in the compact form checkpoints store (see the `spec`
-    /// module; JSON when restored from an older checkpoint).
+    /// module; an older checkpoint's JSON is converted on load).
     pub spec: Box<[u8]>,
     /// Where its own data begins.
     pub base: u64,
