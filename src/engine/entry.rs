@@ -72,6 +72,9 @@ pub(super) enum Status {
     Removed,
 }
 
+/// What layers above attach to an entry.
+type Attachments = Vec<Arc<dyn Any + Send + Sync>>;
+
 /// Mutable per-stream bookkeeping, behind the entry's lock.
 #[derive(Debug)]
 pub(super) struct Inner {
@@ -91,7 +94,6 @@ pub(super) struct Inner {
 pub struct StreamEntry {
     pub(super) spec: StreamSpec,
     content_type: ContentType,
-    expires_at: Option<OffsetDateTime>,
     pub(super) source: Option<Arc<StreamEntry>>,
     inner: Mutex<Inner>,
     /// The published [`Signal`], packed: what [`Self::snapshot`] reads.
@@ -104,8 +106,9 @@ pub struct StreamEntry {
     /// Where the stream's retained data starts: `spec.base` until retention
     /// drops chunks from its head; only ever moves forward.
     head: AtomicU64,
-    /// State that layers above keep per instance (see [`Self::attachment`]).
-    attachments: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// State that layers above keep per instance (see [`Self::attachment`]);
+    /// boxed, as most streams never get any.
+    attachments: Mutex<Option<Box<Attachments>>>,
 }
 
 impl std::fmt::Debug for StreamEntry {
@@ -132,7 +135,6 @@ impl StreamEntry {
         };
         Arc::new(Self {
             content_type: ContentType::new(&spec.content_type),
-            expires_at: spec.expires_at_ms.and_then(clock::from_unix_ms),
             source,
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(state),
@@ -145,7 +147,7 @@ impl StreamEntry {
             published: AtomicU64::new(signal.pack()),
             signal: OnceLock::new(),
             head: AtomicU64::new(spec.base),
-            attachments: Mutex::new(Vec::new()),
+            attachments: Mutex::new(None),
             spec,
         })
     }
@@ -215,7 +217,8 @@ impl StreamEntry {
 
     /// The configured absolute expiry.
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.expires_at
+        // Derived when asked (rarely): one field less in every entry.
+        self.spec.expires_at_ms.and_then(clock::from_unix_ms)
     }
 
     /// The committed state readers see.
@@ -256,6 +259,7 @@ impl StreamEntry {
             .attachments
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let attachments = attachments.get_or_insert_with(Box::default);
         if let Some(found) = attachments
             .iter()
             .find_map(|any| Arc::clone(any).downcast::<T>().ok())
@@ -304,7 +308,7 @@ impl StreamEntry {
 
     /// Whether the stream's absolute expiry or sliding TTL has passed.
     pub(super) fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
-        if let Some(at) = self.expires_at
+        if let Some(at) = self.expires_at()
             && OffsetDateTime::now_utc() >= at
         {
             return true;

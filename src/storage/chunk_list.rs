@@ -56,6 +56,10 @@ impl ChunkList {
 
     /// Starts a new chunk at `start`.
     pub fn start_chunk(&mut self, start: u64, now_ms: i64) {
+        if self.chunks.capacity() == 0 {
+            // Most streams never leave their first chunk.
+            self.chunks.reserve_exact(1);
+        }
         self.chunks.push(Chunk {
             start,
             last_write_ms: now_ms,

@@ -44,8 +44,9 @@ pub struct LogPosition {
 pub struct StreamRecord {
     /// The stream instance.
     pub id: StreamId,
-    /// Its [`crate::storage::StreamSpec`] as JSON.
-    pub spec_json: Box<[u8]>,
+    /// Its [`crate::storage::StreamSpec`], compact or (written by earlier
+    /// versions) JSON: see the `spec` module.
+    pub spec: Box<[u8]>,
     /// Where its own data begins.
     pub base: u64,
     /// Its tail.
@@ -83,7 +84,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Appends `stream` to a checkpoint body.
 pub fn encode_stream(out: &mut Vec<u8>, stream: &StreamRecord) {
     out.extend_from_slice(&stream.id.to_le_bytes());
-    put_bytes(out, &stream.spec_json);
+    put_bytes(out, &stream.spec);
     out.extend_from_slice(&stream.base.to_le_bytes());
     out.extend_from_slice(&stream.tail.to_le_bytes());
     let mut flags = 0;
@@ -198,7 +199,7 @@ impl<'a> Reader<'a> {
 
 fn decode_stream(r: &mut Reader<'_>) -> Option<StreamRecord> {
     let id = r.u64()?;
-    let spec_json = r.bytes()?.into();
+    let spec = r.bytes()?.into();
     let base = r.u64()?;
     let tail = r.u64()?;
     let flags = r.u8()?;
@@ -251,7 +252,7 @@ fn decode_stream(r: &mut Reader<'_>) -> Option<StreamRecord> {
     };
     Some(StreamRecord {
         id,
-        spec_json,
+        spec,
         base,
         tail,
         closed,
@@ -326,7 +327,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let stream = StreamRecord {
             id: 9,
-            spec_json: b"{}".to_vec().into(),
+            spec: b"{}".to_vec().into(),
             base: 3,
             tail: 40,
             closed: Some(Some(ClosedBy {

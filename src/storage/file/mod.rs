@@ -50,6 +50,7 @@ mod recovery;
 mod refusal;
 mod removal;
 mod shard;
+mod spec;
 mod state;
 mod tail_cache;
 mod unwritten;

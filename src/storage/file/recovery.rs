@@ -386,7 +386,7 @@ impl FileStorage {
         for &id in &ids {
             let stream = &replayed.streams[&id];
             let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
-            let spec: StreamSpec = serde_json::from_slice(&state.spec_json).map_err(|e| {
+            let spec: StreamSpec = super::spec::decode(&state.spec).map_err(|e| {
                 StorageError::Corrupt(format!(
                     "the stored description of stream {id} in {} is invalid: {e}",
                     dir.display()

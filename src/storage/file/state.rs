@@ -62,8 +62,9 @@ impl Stream {
 
 /// A stream's committed state.
 pub struct State {
-    /// Its spec, as JSON (what checkpoints store).
-    pub spec_json: Box<[u8]>,
+    /// Its spec in the compact form checkpoints store (see the `spec`
+    /// module; an older checkpoint's JSON is converted on load).
+    pub spec: Box<[u8]>,
     /// Where its own data begins.
     pub base: u64,
     /// Its tail.
@@ -90,9 +91,9 @@ pub struct State {
 
 impl State {
     /// A new stream's state: no data yet, starting at `base`.
-    pub fn new(spec_json: Box<[u8]>, base: u64, closed: Option<Option<ClosedBy>>) -> Self {
+    pub fn new(spec: Box<[u8]>, base: u64, closed: Option<Option<ClosedBy>>) -> Self {
         Self {
-            spec_json,
+            spec,
             base,
             tail: base,
             chunks: ChunkList::default(),
@@ -121,7 +122,7 @@ impl State {
     pub fn record(&self, id: StreamId) -> StreamRecord {
         StreamRecord {
             id,
-            spec_json: self.spec_json.clone(),
+            spec: self.spec.clone(),
             base: self.base,
             tail: self.tail,
             closed: self.closed.clone(),
@@ -136,7 +137,7 @@ impl State {
     /// A state restored from a checkpoint.
     pub fn from_record(record: StreamRecord) -> Self {
         Self {
-            spec_json: record.spec_json,
+            spec: super::spec::compacted(record.spec),
             base: record.base,
             tail: record.tail,
             chunks: ChunkList::from_chunks(record.chunks),
@@ -385,7 +386,7 @@ impl Planner {
         Ok(Some(match mutation {
             Mutation::Create { spec, data, closed } => {
                 let state = State::new(
-                    serde_json::to_vec(&spec).unwrap_or_default().into(),
+                    super::spec::encode(&spec),
                     spec.base,
                     closed.then_some(None),
                 );

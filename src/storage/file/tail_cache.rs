@@ -52,6 +52,11 @@ impl TailCache {
         let cost = data.len() + RECENT_ENTRY_COST;
         state.recent_bytes += cost;
         self.used += cost;
+        if state.recent.capacity() == 0 {
+            // Most streams hold one recent record when idle: room for one,
+            // not the four a first push reserves.
+            state.recent.reserve_exact(1);
+        }
         state.recent.push_back((end, data));
         while state.recent_bytes > RECENT_PER_STREAM {
             let Some((_, old)) = state.recent.pop_front() else {
