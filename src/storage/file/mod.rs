@@ -18,9 +18,8 @@
 //! segments before it deleted.
 //!
 //! # Commit shards
-//! Streams are spread over `commit_shards` shards (default one per core, at
-//! least four) by id (a fork goes to its source's shard, so a family keeps
-//! the order of today's single log). Each
+//! Streams are spread over `commit_shards` shards by id (a fork goes to its
+//! source's shard, so a family keeps the order of today's single log). Each
 //! shard groups what is queued into one batch; in `file-durable` the next
 //! batch gathers while one syncs (see the `shard` module).
 //!
@@ -98,7 +97,7 @@ pub struct FileOptions {
     /// Discard a log from this `<segment file name>:<offset>` on, as named
     /// by a corruption error. Anything else is ignored.
     pub truncate_corrupt_at: Option<String>,
-    /// Commit shards; 0 means one per core, at least [`MIN_DEFAULT_SHARDS`].
+    /// Commit shards; 0 means one per core, at least four.
     pub commit_shards: usize,
     /// Size at which a stream's next record starts a new chunk file.
     pub chunk_bytes: u64,
@@ -139,19 +138,12 @@ impl Default for FileOptions {
     }
 }
 
-/// Fewest commit shards by default. A shard's writer spends most of its
-/// time waiting in `fdatasync`, not on a core, and syncs of different log
-/// files run side by side on the disk while those of one file take turns:
-/// on two cores, four shards took 1.1–1.5× the appends/s of two at 100
-/// streams with a lower p99 (BENCHMARKS.md, session 7).
-pub const MIN_DEFAULT_SHARDS: usize = 4;
-
 impl FileOptions {
     fn shard_count(&self) -> usize {
         match self.commit_shards {
             0 => std::thread::available_parallelism()
                 .map_or(1, usize::from)
-                .max(MIN_DEFAULT_SHARDS),
+                .max(shard::MIN_DEFAULT_SHARDS),
             n => n,
         }
         .clamp(1, 256)
