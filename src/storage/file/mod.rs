@@ -98,7 +98,7 @@ pub struct FileOptions {
     /// Discard a log from this `<segment file name>:<offset>` on, as named
     /// by a corruption error. Anything else is ignored.
     pub truncate_corrupt_at: Option<String>,
-    /// Commit shards; 0 means one per core.
+    /// Commit shards; 0 means one per core, at least four.
     pub commit_shards: usize,
     /// Size at which a stream's next record starts a new chunk file.
     pub chunk_bytes: u64,
@@ -142,7 +142,9 @@ impl Default for FileOptions {
 impl FileOptions {
     fn shard_count(&self) -> usize {
         match self.commit_shards {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .max(shard::MIN_DEFAULT_SHARDS),
             n => n,
         }
         .clamp(1, 256)

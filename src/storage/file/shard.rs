@@ -49,6 +49,13 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// not less.
 pub const SYNC_QUEUE: usize = 1;
 
+/// Fewest commit shards by default. A shard's writer spends most of its
+/// time waiting in `fdatasync`, not on a core, and syncs of different log
+/// files run side by side on the disk while those of one file take turns:
+/// on two cores, four shards led two at 100 streams in 10 of 12
+/// back-to-back pairs, median 1.29× (BENCHMARKS.md, session 7).
+pub const MIN_DEFAULT_SHARDS: usize = 4;
+
 /// A shard's queue and what it has published.
 pub struct Shard {
     /// Mutations waiting for the writer.
