@@ -59,11 +59,96 @@ async fn put_stream(State(state): State<AppState>, request: Request) -> Response
     }
 }
 
-pub(super) async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+    post_stream_with(state, request, None).await
+}
+
+/// `POST` as [`post_stream`] answers it; with `fields`, a successful
+/// append's header fields go there instead of into the response's map
+/// (the caller writes them first into the head: no map for them).
+pub(super) async fn post_stream_with(
+    state: AppState,
+    request: Request,
+    fields: Option<&mut Option<AppendAnswer>>,
+) -> Response {
     // An append holds its path only until it is stored: no copy.
-    match stream_uri(&state, &request) {
-        Ok(path) => answer(append(&state, &path, request).await),
+    let path = match stream_uri(&state, &request) {
+        Ok(path) => path,
+        Err(error) => return error.into_response(),
+    };
+    match append(&state, &path, request).await {
+        Ok((status, answer)) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = status;
+            match fields {
+                Some(fields) => *fields = Some(answer),
+                None => answer.insert_into(response.headers_mut()),
+            }
+            response
+        }
         Err(error) => error.into_response(),
+    }
+}
+
+/// The header fields of a successful append's answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AppendAnswer {
+    tail: u64,
+    closed: bool,
+    /// Epoch and last sequence of the producer.
+    producer: Option<(u64, u64)>,
+}
+
+impl AppendAnswer {
+    /// Inserts the fields into a response's map.
+    fn insert_into(self, out: &mut HeaderMap) {
+        out.insert(STREAM_NEXT_OFFSET, offset_value(self.tail));
+        if self.closed {
+            out.insert(STREAM_CLOSED, TRUE);
+        }
+        if let Some((epoch, seq)) = self.producer {
+            out.insert(PRODUCER_EPOCH, HeaderValue::from(epoch));
+            out.insert(PRODUCER_SEQ, HeaderValue::from(seq));
+        }
+    }
+
+    /// Writes the fields as an HTTP/1.1 head carries them: the lines
+    /// [`insert_into`](Self::insert_into) would make of its map, in its
+    /// order.
+    pub(crate) fn write_lines(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"stream-next-offset: ");
+        out.extend_from_slice(Offset(self.tail).encode().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if self.closed {
+            out.extend_from_slice(b"stream-closed: true\r\n");
+        }
+        if let Some((epoch, seq)) = self.producer {
+            let mut digits = [0u8; 20];
+            out.extend_from_slice(b"producer-epoch: ");
+            out.extend_from_slice(decimal(epoch, &mut digits));
+            out.extend_from_slice(b"\r\nproducer-seq: ");
+            out.extend_from_slice(decimal(seq, &mut digits));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The most bytes [`write_lines`](Self::write_lines) writes: each
+    /// name, `: `, the longest value (an offset of 37 bytes, `true`, 20
+    /// digits) and CRLF.
+    pub(crate) const MAX_LINES: usize = (18 + 37) + (13 + 4) + (14 + 20) + (12 + 20) + 4 * 4;
+}
+
+/// `value` in decimal, in `scratch`.
+fn decimal(mut value: u64, scratch: &mut [u8; 20]) -> &[u8] {
+    let mut start = scratch.len();
+    loop {
+        start -= 1;
+        // Below 10: the cast cannot truncate.
+        scratch[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &scratch[start..];
+        }
     }
 }
 
@@ -164,6 +249,23 @@ fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
 
 /// Reads a body up to the configured limit without buffering past it.
 async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = request.into_parts();
+    let bytes = read_body_of(state, declared, body).await?;
+    Ok((parts.headers, bytes))
+}
+
+/// Reads `body`, whose `Content-Length` said `declared`, within the body
+/// limit.
+async fn read_body_of(
+    state: &AppState,
+    declared: Option<u64>,
+    mut body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -172,15 +274,9 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
             format!("request body exceeds {limit} bytes"),
         )
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let (parts, mut body) = request.into_parts();
     // By hand rather than `Limited` + `collect`: an append's body is one
     // frame, handed on as it is, without the collector's queue and copy.
     let mut first = Bytes::new();
@@ -209,8 +305,7 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
             .extend_from_slice(&data);
         }
     }
-    let bytes = more.map_or(first, BytesMut::freeze);
-    Ok((parts.headers, bytes))
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// Where the client reaches a stream, for `Location` (and the absolute
@@ -354,20 +449,27 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
     Ok(response)
 }
 
-async fn append(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
-    let producer = {
-        let fields = AppendFields::of(request.headers());
-        wire::producer(
-            fields.producer_id,
-            fields.producer_epoch,
-            fields.producer_seq,
-        )?
-    };
+async fn append(
+    state: &AppState,
+    path: &str,
+    request: Request,
+) -> Result<(StatusCode, AppendAnswer), ApiError> {
+    let (parts, body) = request.into_parts();
+    // One pass over the fields, before and after the body is read.
+    let fields = AppendFields::of(&parts.headers);
+    let producer = wire::producer(
+        fields.producer_id,
+        fields.producer_epoch,
+        fields.producer_seq,
+    )?;
     if let Some(producer) = &producer {
         (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
     }
-    let (headers, body) = read_body(state, request).await?;
-    let fields = AppendFields::of(&headers);
+    let declared = fields
+        .content_length
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = read_body_of(state, declared, body).await?;
     let content_type = ContentType::from_header(fields.content_type);
     check_json_depth_of(state, content_type.as_ref(), &body)?;
     let stream_seq = fields
@@ -393,18 +495,16 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
     } else {
         StatusCode::NO_CONTENT
     };
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    let out = response.headers_mut();
-    out.insert(STREAM_NEXT_OFFSET, offset_value(outcome.tail));
-    if outcome.closed {
-        out.insert(STREAM_CLOSED, TRUE);
-    }
-    if let Some(producer) = outcome.producer {
-        out.insert(PRODUCER_EPOCH, HeaderValue::from(producer.epoch));
-        out.insert(PRODUCER_SEQ, HeaderValue::from(producer.last_seq));
-    }
-    Ok(response)
+    Ok((
+        status,
+        AppendAnswer {
+            tail: outcome.tail,
+            closed: outcome.closed,
+            producer: outcome
+                .producer
+                .map(|producer| (producer.epoch, producer.last_seq)),
+        },
+    ))
 }
 
 /// The fields an append reads (the first value of each), found in one pass
@@ -412,6 +512,7 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
 #[derive(Default)]
 struct AppendFields<'a> {
     content_type: Option<&'a [u8]>,
+    content_length: Option<&'a [u8]>,
     producer_id: Option<&'a [u8]>,
     producer_epoch: Option<&'a [u8]>,
     producer_seq: Option<&'a [u8]>,
@@ -425,6 +526,8 @@ impl<'a> AppendFields<'a> {
         for (name, value) in headers {
             let slot = if *name == header::CONTENT_TYPE {
                 &mut fields.content_type
+            } else if *name == header::CONTENT_LENGTH {
+                &mut fields.content_length
             } else if *name == PRODUCER_ID {
                 &mut fields.producer_id
             } else if *name == PRODUCER_EPOCH {
