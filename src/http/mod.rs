@@ -286,10 +286,7 @@ impl AppendShortcut {
             peer,
             tls,
         );
-        let lines = common_lines(
-            &shortcut.edge.settings.cors,
-            request.headers().get(header::ORIGIN),
-        );
+        let lines = common_lines(&shortcut.edge.settings.cors, request.headers());
         async move {
             let state = shortcut.state.clone();
             let mut append = None;
@@ -538,13 +535,16 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
 }
 
 /// The lines [`add_common_headers`] would add to the answer of a
-/// non-preflight request from `origin`, when they are the same for every
+/// non-preflight request with `headers`, when they are the same for every
 /// response: `None` when an origin from the allowed list is echoed (the
 /// caller then leaves them to [`edge`]).
-fn common_lines(cors: &Cors, origin: Option<&HeaderValue>) -> Option<&'static [u8]> {
+fn common_lines(cors: &Cors, headers: &HeaderMap) -> Option<&'static [u8]> {
     match cors {
+        // No `Origin` to look up.
         Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
-        Cors::List(_) if cors.allow_origin(origin).is_none() => Some(COMMON_LINES),
+        Cors::List(_) if cors.allow_origin(headers.get(header::ORIGIN)).is_none() => {
+            Some(COMMON_LINES)
+        }
         Cors::List(_) => None,
     }
 }
