@@ -123,11 +123,11 @@ impl AppendAnswer {
             out.extend_from_slice(b"stream-closed: true\r\n");
         }
         if let Some((epoch, seq)) = self.producer {
-            let mut digits = [0u8; 20];
+            // The values as the map would hold them (rarer appends).
             out.extend_from_slice(b"producer-epoch: ");
-            out.extend_from_slice(decimal(epoch, &mut digits));
+            out.extend_from_slice(HeaderValue::from(epoch).as_bytes());
             out.extend_from_slice(b"\r\nproducer-seq: ");
-            out.extend_from_slice(decimal(seq, &mut digits));
+            out.extend_from_slice(HeaderValue::from(seq).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -136,20 +136,6 @@ impl AppendAnswer {
     /// name, `: `, the longest value (an offset of 37 bytes, `true`, 20
     /// digits) and CRLF.
     pub(crate) const MAX_LINES: usize = (18 + 37) + (13 + 4) + (14 + 20) + (12 + 20) + 4 * 4;
-}
-
-/// `value` in decimal, in `scratch`.
-fn decimal(mut value: u64, scratch: &mut [u8; 20]) -> &[u8] {
-    let mut start = scratch.len();
-    loop {
-        start -= 1;
-        // Below 10: the cast cannot truncate.
-        scratch[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &scratch[start..];
-        }
-    }
 }
 
 async fn delete_stream(State(state): State<AppState>, request: Request) -> Response {
