@@ -4,6 +4,7 @@
 //! every response carries.
 
 pub(crate) mod access;
+mod append;
 pub(crate) mod deferred;
 pub(crate) mod gate;
 mod limits;
@@ -317,7 +318,7 @@ pub(crate) struct HeadLines {
     /// A successful append's fields, written before the response's own:
     /// the handler would have inserted them into the map first, and the
     /// layers after it only add to the map.
-    append: Option<stream::AppendAnswer>,
+    append: Option<append::AppendAnswer>,
     /// The lines of [`add_common_headers`], written after the response's
     /// own fields (empty when the response carries them).
     common: &'static [u8],
@@ -334,7 +335,7 @@ impl HeadLines {
     pub(crate) fn capacity(&self) -> usize {
         self.common.len()
             + if self.append.is_some() {
-                stream::AppendAnswer::MAX_LINES
+                append::AppendAnswer::MAX_LINES
             } else {
                 0
             }
