@@ -4,6 +4,7 @@
 //! every response carries.
 
 pub(crate) mod access;
+mod append;
 pub(crate) mod deferred;
 pub(crate) mod gate;
 mod limits;
@@ -270,16 +271,15 @@ impl AppendShortcut {
     /// Answers a request [`takes`](Self::takes) accepted, from the TCP
     /// `peer` over the `tls` session if any; `request` carries no
     /// extensions: only the server's own code reads it. Besides the
-    /// response, the header lines of [`add_common_headers`] that the
-    /// caller writes into the response head after the response's own
-    /// headers (empty when the response carries them): written from
-    /// constants, they cost no map inserts.
+    /// response, the header lines the caller writes into its head
+    /// ([`HeadLines`]): written from constants and typed fields, they cost
+    /// no map inserts.
     pub(crate) fn call(
         &self,
         mut request: Request,
         peer: SocketAddr,
         tls: Option<&TlsSession>,
-    ) -> impl Future<Output = (Response, &'static [u8])> + Send + 'static {
+    ) -> impl Future<Output = (Response, HeadLines)> + Send + 'static {
         let shortcut = self.0.clone();
         crate::proxy::attach_client_context_for_own_handlers(
             &shortcut.edge.settings.proxy,
@@ -287,12 +287,10 @@ impl AppendShortcut {
             peer,
             tls,
         );
-        let lines = common_lines(
-            &shortcut.edge.settings.cors,
-            request.headers().get(header::ORIGIN),
-        );
+        let lines = common_lines(&shortcut.edge.settings.cors, request.headers());
         async move {
             let state = shortcut.state.clone();
+            let mut append = None;
             // Boxed here, where it is made: moved up through every layer
             // above, the handler's large future would be copied at each.
             let response = edge(
@@ -301,11 +299,58 @@ impl AppendShortcut {
                 Some(peer),
                 request,
                 lines.is_some(),
-                |request| Box::pin(stream::post_stream(State(state), request)),
+                |request| Box::pin(stream::post_stream_with(state, request, Some(&mut append))),
             )
             .await;
-            (response, lines.unwrap_or_default())
+            let lines = HeadLines {
+                append,
+                common: lines.unwrap_or_default(),
+            };
+            (response, lines)
         }
+    }
+}
+
+/// What the lean HTTP/1.1 engine writes into the head of a shortcut's
+/// answer besides the response's own fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HeadLines {
+    /// A successful append's fields, written before the response's own:
+    /// the handler would have inserted them into the map first, and the
+    /// layers after it only add to the map.
+    append: Option<append::AppendAnswer>,
+    /// The lines of [`add_common_headers`], written after the response's
+    /// own fields (empty when the response carries them).
+    common: &'static [u8],
+}
+
+impl HeadLines {
+    /// Nothing to add.
+    pub(crate) const NONE: HeadLines = HeadLines {
+        append: None,
+        common: b"",
+    };
+
+    /// The most bytes the lines take.
+    pub(crate) fn capacity(&self) -> usize {
+        self.common.len()
+            + if self.append.is_some() {
+                append::AppendAnswer::MAX_LINES
+            } else {
+                0
+            }
+    }
+
+    /// Writes the lines that come before the response's own fields.
+    pub(crate) fn write_first(&self, out: &mut Vec<u8>) {
+        if let Some(append) = self.append {
+            append.write_lines(out);
+        }
+    }
+
+    /// The lines that come after the response's own fields.
+    pub(crate) fn last(&self) -> &'static [u8] {
+        self.common
     }
 }
 
@@ -491,13 +536,16 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
 }
 
 /// The lines [`add_common_headers`] would add to the answer of a
-/// non-preflight request from `origin`, when they are the same for every
+/// non-preflight request with `headers`, when they are the same for every
 /// response: `None` when an origin from the allowed list is echoed (the
 /// caller then leaves them to [`edge`]).
-fn common_lines(cors: &Cors, origin: Option<&HeaderValue>) -> Option<&'static [u8]> {
+fn common_lines(cors: &Cors, headers: &HeaderMap) -> Option<&'static [u8]> {
     match cors {
+        // No `Origin` to look up.
         Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
-        Cors::List(_) if cors.allow_origin(origin).is_none() => Some(COMMON_LINES),
+        Cors::List(_) if cors.allow_origin(headers.get(header::ORIGIN)).is_none() => {
+            Some(COMMON_LINES)
+        }
         Cors::List(_) => None,
     }
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
 use super::AppState;
+use super::append::{AppendAnswer, AppendFields};
 use super::deferred;
 use super::live;
 use super::names::*;
@@ -59,10 +60,33 @@ async fn put_stream(State(state): State<AppState>, request: Request) -> Response
     }
 }
 
-pub(super) async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
+    post_stream_with(state, request, None).await
+}
+
+/// `POST` as [`post_stream`] answers it; with `fields`, a successful
+/// append's header fields go there instead of into the response's map
+/// (the caller writes them first into the head: no map for them).
+pub(super) async fn post_stream_with(
+    state: AppState,
+    request: Request,
+    fields: Option<&mut Option<AppendAnswer>>,
+) -> Response {
     // An append holds its path only until it is stored: no copy.
-    match stream_uri(&state, &request) {
-        Ok(path) => answer(append(&state, &path, request).await),
+    let path = match stream_uri(&state, &request) {
+        Ok(path) => path,
+        Err(error) => return error.into_response(),
+    };
+    match append(&state, &path, request).await {
+        Ok((status, answer)) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = status;
+            match fields {
+                Some(fields) => *fields = Some(answer),
+                None => answer.insert_into(response.headers_mut()),
+            }
+            response
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -164,6 +188,23 @@ fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
 
 /// Reads a body up to the configured limit without buffering past it.
 async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = request.into_parts();
+    let bytes = read_body_of(state, declared, body).await?;
+    Ok((parts.headers, bytes))
+}
+
+/// Reads `body`, whose `Content-Length` said `declared`, within the body
+/// limit.
+async fn read_body_of(
+    state: &AppState,
+    declared: Option<u64>,
+    mut body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -172,15 +213,9 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
             format!("request body exceeds {limit} bytes"),
         )
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let (parts, mut body) = request.into_parts();
     // By hand rather than `Limited` + `collect`: an append's body is one
     // frame, handed on as it is, without the collector's queue and copy.
     let mut first = Bytes::new();
@@ -209,8 +244,7 @@ async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Byt
             .extend_from_slice(&data);
         }
     }
-    let bytes = more.map_or(first, BytesMut::freeze);
-    Ok((parts.headers, bytes))
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// Where the client reaches a stream, for `Location` (and the absolute
@@ -266,7 +300,7 @@ fn content_type_value(entry: &StreamEntry) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static(wire::DEFAULT_CONTENT_TYPE))
 }
 
-const TRUE: HeaderValue = HeaderValue::from_static("true");
+pub(super) const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 async fn create(state: &AppState, path: String, request: Request) -> Result<Response, ApiError> {
     let origin = PublicOrigin::of(request.extensions(), request.headers(), request.uri());
@@ -354,20 +388,27 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
     Ok(response)
 }
 
-async fn append(state: &AppState, path: &str, request: Request) -> Result<Response, ApiError> {
-    let producer = {
-        let fields = AppendFields::of(request.headers());
-        wire::producer(
-            fields.producer_id,
-            fields.producer_epoch,
-            fields.producer_seq,
-        )?
-    };
+async fn append(
+    state: &AppState,
+    path: &str,
+    request: Request,
+) -> Result<(StatusCode, AppendAnswer), ApiError> {
+    let (parts, body) = request.into_parts();
+    // One pass over the fields, before and after the body is read.
+    let fields = AppendFields::of(&parts.headers);
+    let producer = wire::producer(
+        fields.producer_id,
+        fields.producer_epoch,
+        fields.producer_seq,
+    )?;
     if let Some(producer) = &producer {
         (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
     }
-    let (headers, body) = read_body(state, request).await?;
-    let fields = AppendFields::of(&headers);
+    let declared = fields
+        .content_length
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = read_body_of(state, declared, body).await?;
     let content_type = ContentType::from_header(fields.content_type);
     check_json_depth_of(state, content_type.as_ref(), &body)?;
     let stream_seq = fields
@@ -393,55 +434,16 @@ async fn append(state: &AppState, path: &str, request: Request) -> Result<Respon
     } else {
         StatusCode::NO_CONTENT
     };
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    let out = response.headers_mut();
-    out.insert(STREAM_NEXT_OFFSET, offset_value(outcome.tail));
-    if outcome.closed {
-        out.insert(STREAM_CLOSED, TRUE);
-    }
-    if let Some(producer) = outcome.producer {
-        out.insert(PRODUCER_EPOCH, HeaderValue::from(producer.epoch));
-        out.insert(PRODUCER_SEQ, HeaderValue::from(producer.last_seq));
-    }
-    Ok(response)
-}
-
-/// The fields an append reads (the first value of each), found in one pass
-/// over the head rather than one hash lookup each.
-#[derive(Default)]
-struct AppendFields<'a> {
-    content_type: Option<&'a [u8]>,
-    producer_id: Option<&'a [u8]>,
-    producer_epoch: Option<&'a [u8]>,
-    producer_seq: Option<&'a [u8]>,
-    stream_seq: Option<&'a [u8]>,
-    stream_closed: Option<&'a [u8]>,
-}
-
-impl<'a> AppendFields<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
-        let mut fields = Self::default();
-        for (name, value) in headers {
-            let slot = if *name == header::CONTENT_TYPE {
-                &mut fields.content_type
-            } else if *name == PRODUCER_ID {
-                &mut fields.producer_id
-            } else if *name == PRODUCER_EPOCH {
-                &mut fields.producer_epoch
-            } else if *name == PRODUCER_SEQ {
-                &mut fields.producer_seq
-            } else if *name == STREAM_SEQ {
-                &mut fields.stream_seq
-            } else if *name == STREAM_CLOSED {
-                &mut fields.stream_closed
-            } else {
-                continue;
-            };
-            slot.get_or_insert(value.as_bytes());
-        }
-        fields
-    }
+    Ok((
+        status,
+        AppendAnswer {
+            tail: outcome.tail,
+            closed: outcome.closed,
+            producer: outcome
+                .producer
+                .map(|producer| (producer.epoch, producer.last_seq)),
+        },
+    ))
 }
 
 async fn delete(state: &AppState, path: &str) -> Result<Response, ApiError> {

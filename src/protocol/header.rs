@@ -239,7 +239,16 @@ impl ContentType {
 
     /// Parses a request's `Content-Type`; `None` or unusable values yield `None`.
     pub fn from_header(raw: Option<&[u8]>) -> Option<Self> {
-        let value = std::str::from_utf8(raw?).ok()?;
+        let raw = raw?;
+        // The usual value, spelled exactly as a common type: nothing to
+        // decode, trim or look up twice.
+        if let Some(common) = COMMON_TYPES.iter().find(|common| common.as_bytes() == raw) {
+            return Some(Self {
+                raw: Cow::Borrowed(common),
+                media: Cow::Borrowed(common),
+            });
+        }
+        let value = std::str::from_utf8(raw).ok()?;
         // Checked before anything is allocated.
         let media = media_type(value.trim()).as_bytes();
         let slash = media.iter().position(|&b| b == b'/')?;

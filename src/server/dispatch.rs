@@ -14,7 +14,7 @@ use axum::routing::future::RouteFuture;
 use tower::Service;
 
 use super::http1::{ConnectionInfo, ConnectionService, with_connection};
-use crate::http::AppendShortcut;
+use crate::http::{AppendShortcut, HeadLines};
 
 /// The router, with its shortcut when the composition root gave one.
 #[derive(Clone)]
@@ -31,7 +31,7 @@ impl Dispatch {
 
 /// A shortcut's answer in progress (boxed, as the router boxes its routes'),
 /// with the header lines the head adds to it.
-type ShortcutFuture = Pin<Box<dyn Future<Output = (Response<Body>, &'static [u8])> + Send>>;
+type ShortcutFuture = Pin<Box<dyn Future<Output = (Response<Body>, HeadLines)> + Send>>;
 
 /// The answer of [`Dispatch`] in progress.
 // The router's future stays inline, as it was before the shortcut: boxing
@@ -40,7 +40,7 @@ type ShortcutFuture = Pin<Box<dyn Future<Output = (Response<Body>, &'static [u8]
 pub(super) enum DispatchFuture {
     Router(RouteFuture<Infallible>),
     /// With the head's added lines once answered.
-    Shortcut(ShortcutFuture, &'static [u8]),
+    Shortcut(ShortcutFuture, HeadLines),
 }
 
 impl Future for DispatchFuture {
@@ -80,16 +80,16 @@ impl ConnectionService for Dispatch {
             // Only the server's own code reads it: the connection's facts
             // travel as arguments, not as extensions (a map and a box each).
             let future = shortcut.call(request, info.peer, info.tls.as_deref());
-            return DispatchFuture::Shortcut(Box::pin(future), b"");
+            return DispatchFuture::Shortcut(Box::pin(future), HeadLines::NONE);
         }
         with_connection(&mut request, info);
         DispatchFuture::Router(self.router.call(request))
     }
 
-    fn head_lines(future: &DispatchFuture) -> &'static [u8] {
+    fn head_lines(future: &DispatchFuture) -> HeadLines {
         match future {
-            DispatchFuture::Router(_) => b"",
-            DispatchFuture::Shortcut(_, lines) => lines,
+            DispatchFuture::Router(_) => HeadLines::NONE,
+            DispatchFuture::Shortcut(_, lines) => *lines,
         }
     }
 }

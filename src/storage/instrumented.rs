@@ -5,11 +5,14 @@
 //! `queue::commit_spans`).
 
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::{Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId};
+use super::{
+    Mutation, ReadChunk, RecoveredStream, Storage, StorageError, StorageFuture, StreamId, settled,
+};
 use crate::metrics::event::{StorageFailure, StorageOperation as Operation, StorageOperations};
 
 /// Wraps a backend: each call becomes a `storage.<operation>` span (a child
@@ -20,6 +23,8 @@ use crate::metrics::event::{StorageFailure, StorageOperation as Operation, Stora
 pub struct InstrumentedStorage {
     inner: Arc<dyn Storage>,
     backend: &'static str,
+    /// The backend's [`Storage::submits_at_once`].
+    at_once: bool,
     /// Resolved once: the recorder is installed before storage is wrapped.
     metrics: Arc<StorageOperations>,
 }
@@ -37,6 +42,7 @@ impl InstrumentedStorage {
     pub fn new(inner: Arc<dyn Storage>) -> Self {
         let backend = inner.backend_name();
         Self {
+            at_once: inner.submits_at_once(),
             inner,
             backend,
             metrics: Arc::new(StorageOperations::register(backend)),
@@ -116,29 +122,40 @@ fn mutation_target(mutation: &Mutation) -> (StreamId, usize) {
     }
 }
 
-/// Measures `future` as one `operation`.
+/// Measures `future`, started at `started`, as one `operation`.
 fn measured<T: Send + 'static>(
     metrics: &Arc<StorageOperations>,
     operation: Operation,
     span: tracing::Span,
+    started: Instant,
     future: StorageFuture<T>,
 ) -> StorageFuture<T> {
-    let started = Instant::now();
     let metrics = Arc::clone(metrics);
     let record_span = span.clone();
     Box::pin(
         async move {
             let result = future.await;
-            let failure = result.as_ref().err().and_then(failure_of);
-            metrics.emit(operation, started.elapsed(), failure);
-            if let Some(kind) = failure {
-                record_span.record("error.type", kind.as_str());
-                record_span.record("otel.status_code", "ERROR");
-            }
+            record(&metrics, operation, started, &record_span, &result);
             result
         }
         .instrument(span),
     )
+}
+
+/// Records the `result` of an `operation` started at `started`.
+fn record<T>(
+    metrics: &StorageOperations,
+    operation: Operation,
+    started: Instant,
+    span: &tracing::Span,
+    result: &Result<T, StorageError>,
+) {
+    let failure = result.as_ref().err().and_then(failure_of);
+    metrics.emit(operation, started.elapsed(), failure);
+    if let Some(kind) = failure {
+        span.record("error.type", kind.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 impl Storage for InstrumentedStorage {
@@ -146,14 +163,29 @@ impl Storage for InstrumentedStorage {
         self.backend
     }
 
+    fn submits_at_once(&self) -> bool {
+        self.at_once
+    }
+
     fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
         let operation = operation_of(&mutation);
         let (id, bytes) = mutation_target(&mutation);
         let span = span_of(operation, self.backend, id, bytes);
+        let started = Instant::now();
         // Submitted inside the span, so a writer thread can parent its
         // group-commit span to it.
-        let future = span.in_scope(|| self.inner.submit(mutation));
-        measured(&self.metrics, operation, span, future)
+        let mut future = span.in_scope(|| self.inner.submit(mutation));
+        // A store that answers in the call (memory) is measured now,
+        // without a second future to box and poll.
+        if self.at_once
+            && let Poll::Ready(result) = future
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            record(&self.metrics, operation, started, &span, &result);
+            return settled(result);
+        }
+        measured(&self.metrics, operation, span, started, future)
     }
 
     fn read(
@@ -164,8 +196,9 @@ impl Storage for InstrumentedStorage {
         max_bytes: usize,
     ) -> StorageFuture<ReadChunk> {
         let span = span_of(Operation::Read, self.backend, id, 0);
+        let started = Instant::now();
         let future = span.in_scope(|| self.inner.read(id, from, until, max_bytes));
-        measured(&self.metrics, Operation::Read, span, future)
+        measured(&self.metrics, Operation::Read, span, started, future)
     }
 
     fn recover(&self) -> Vec<RecoveredStream> {

@@ -278,9 +278,12 @@ impl Storage for InMemoryStorage {
         "memory"
     }
 
+    fn submits_at_once(&self) -> bool {
+        true
+    }
+
     fn submit(&self, mutation: Mutation) -> StorageFuture<()> {
-        let outcome = self.apply(mutation);
-        Box::pin(std::future::ready(outcome))
+        super::settled(self.apply(mutation))
     }
 
     fn read(

@@ -93,6 +93,30 @@ pub(crate) fn spread(id: StreamId) -> u64 {
 /// A boxed future returned by storage operations.
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
+/// A [`StorageFuture`] of what is already known; a success boxes nothing
+/// (a unit future has no size), as a store answering at once needs on
+/// every write.
+pub(crate) fn settled(result: Result<(), StorageError>) -> StorageFuture<()> {
+    /// Ready with `Ok(())`.
+    struct Succeeded;
+
+    impl Future for Succeeded {
+        type Output = Result<(), StorageError>;
+
+        fn poll(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    match result {
+        Ok(()) => Box::pin(Succeeded),
+        Err(error) => Box::pin(std::future::ready(Err(error))),
+    }
+}
+
 /// A fork's link to its source.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForkLink {
@@ -484,6 +508,13 @@ impl StorageError {
 pub trait Storage: Send + Sync + 'static {
     /// A short name for logs and metrics (`memory`, `file-durable`, …).
     fn backend_name(&self) -> &'static str;
+
+    /// Whether [`submit`](Self::submit)'s futures are always ready when
+    /// returned (the store applies a mutation in the call): a wrapper may
+    /// then take their answer at once instead of waiting on them.
+    fn submits_at_once(&self) -> bool {
+        false
+    }
 
     /// Queues a mutation and returns a future that resolves when it is
     /// acknowledged. Must not block; must apply mutations of a stream in call

@@ -664,6 +664,8 @@ async fn same_appends_through_both_paths(config: &Config, fields: &str, read_sta
         b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 1\r\n\r\n4",
         b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[1",
         b"POST /v1/stream/j HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
+        // The largest producer epoch: its digits written into the head.
+        b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nProducer-Id: q\r\nProducer-Epoch: 9007199254740991\r\nProducer-Seq: 0\r\nContent-Length: 1\r\n\r\nr",
         // Closing, then appending to the closed stream.
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nStream-Closed: true\r\nContent-Length: 0\r\n\r\n",
         b"POST /v1/stream/s HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nq",

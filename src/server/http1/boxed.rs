@@ -11,6 +11,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::{Connection, ConnectionInfo, ConnectionService, Phase};
+use crate::http::HeadLines;
 
 impl<I, S> Connection<I, S>
 where
@@ -86,7 +87,7 @@ where
         Box::pin(self.0.call_on(request, info))
     }
 
-    fn head_lines(future: &BoxedFuture<S::Future>) -> &'static [u8] {
+    fn head_lines(future: &BoxedFuture<S::Future>) -> HeadLines {
         S::head_lines(future.as_ref().get_ref())
     }
 }

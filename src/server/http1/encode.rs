@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::http::HeadLines;
+
 /// How the response body goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Framing {
@@ -43,16 +45,16 @@ pub(super) enum BodyLength {
     Unknown,
 }
 
-/// Writes the head of a response with `status` and `headers` (then `lines`,
-/// header lines ending in CRLF that name none of the fields looked at
-/// here) into `out`; returns how its body is framed. Clears
+/// Writes the head of a response with `status` and `headers` (with
+/// `lines` around them, header lines ending in CRLF that name none of the
+/// fields looked at here) into `out`; returns how its body is framed. Clears
 /// `exchange.keep_alive` when the response or its framing ends the
 /// connection.
 pub(super) fn head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
-    lines: &[u8],
+    lines: &HeadLines,
     length: BodyLength,
     exchange: &mut Exchange,
 ) -> Framing {
@@ -89,6 +91,7 @@ pub(super) fn head(
     };
 
     let mut wrote_date = false;
+    lines.write_first(out);
     for (name, value) in headers {
         match *name {
             header::CONTENT_LENGTH if !matches!(length_line, LengthLine::Keep) => continue,
@@ -103,7 +106,7 @@ pub(super) fn head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(lines);
+    out.extend_from_slice(lines.last());
     if let LengthLine::Write(length) = length_line {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa_u64(length, &mut [0u8; 20]));
@@ -276,7 +279,7 @@ mod tests {
             &mut out,
             StatusCode::from_u16(status).expect("status"),
             &map,
-            b"",
+            &HeadLines::NONE,
             length,
             exchange,
         );

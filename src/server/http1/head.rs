@@ -207,7 +207,7 @@ fn parse(head: &Bytes, limits: HeadLimits) -> Result<RequestHead, HeadError> {
         // Values share the head's allocation.
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| HeadError::Malformed("invalid header field value"))?;
-        framing.note(&name, &value)?;
+        framing.note(&name, field.value)?;
         headers.append(name, value);
     }
     build(method, uri, version, headers, &framing)
@@ -229,35 +229,40 @@ fn describe(error: httparse::Error) -> &'static str {
 /// What the head says about framing and the connection, gathered in one
 /// pass over the fields.
 #[derive(Default)]
-struct Framing {
+struct Framing<'a> {
     content_length: Option<u64>,
     transfer_encoding: bool,
     hosts: usize,
+    /// The (first) `Host` value: checked without a lookup in the map.
+    host: Option<&'a [u8]>,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
 }
 
-impl Framing {
+impl<'a> Framing<'a> {
     /// Takes note of one field.
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
+    fn note(&mut self, name: &HeaderName, value: &'a [u8]) -> Result<(), HeadError> {
         match *name {
             header::CONTENT_LENGTH => {
                 if self.content_length.is_some() {
                     return Err(HeadError::Malformed("more than one Content-Length"));
                 }
-                self.content_length = Some(content_length(value.as_bytes())?);
+                self.content_length = Some(content_length(value)?);
             }
             header::TRANSFER_ENCODING => self.transfer_encoding = true,
-            header::HOST => self.hosts += 1,
+            header::HOST => {
+                self.hosts += 1;
+                self.host.get_or_insert(value);
+            }
             header::CONNECTION => {
-                for token in tokens(value.as_bytes()) {
+                for token in tokens(value) {
                     self.close |= token.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             header::EXPECT => {
-                self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
             }
             _ => {}
         }
@@ -283,8 +288,8 @@ fn build(
         headers.insert(header::HOST, authority);
     } else if framing.hosts == 0 && version == Version::HTTP_11 {
         return Err(HeadError::Malformed("an HTTP/1.1 request without Host"));
-    } else if let Some(host) = headers.get(header::HOST) {
-        check_host(host.as_bytes())?;
+    } else if let Some(host) = framing.host {
+        check_host(host)?;
     }
     let keep_alive = if version == Version::HTTP_11 {
         !framing.close

@@ -78,9 +78,9 @@ use self::read::poll_read_some;
 use self::respond::{Outgoing, Respond};
 use super::drain::DrainWatch;
 use crate::client::TlsSession;
-use crate::http::LiveResponse;
 use crate::http::deferred::{self, TakesLater, Wait};
 use crate::http::problem::ApiError;
+use crate::http::{HeadLines, LiveResponse};
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -113,9 +113,9 @@ pub(crate) trait ConnectionService:
     fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> Self::Future;
 
     /// Header lines (each ending in CRLF) to write into the head of the
-    /// response `future` answered, after the response's own headers.
-    fn head_lines(_future: &Self::Future) -> &'static [u8] {
-        b""
+    /// response `future` answered, besides the response's own fields.
+    fn head_lines(_future: &Self::Future) -> HeadLines {
+        HeadLines::NONE
     }
 }
 
@@ -165,7 +165,7 @@ where
     live: bool,
     /// What the service said to add to its answer's head
     /// ([`ConnectionService::head_lines`]).
-    head_lines: &'static [u8],
+    head_lines: HeadLines,
 }
 
 /// The request body still on the wire.
@@ -251,7 +251,7 @@ where
             inbound: Inbound::NONE,
             phase: Phase::Head,
             live: false,
-            head_lines: b"",
+            head_lines: HeadLines::NONE,
         }
     }
 
@@ -533,12 +533,12 @@ where
                 .exact()
                 .map_or(BodyLength::Unknown, BodyLength::Exact)
         };
-        let mut head = Vec::with_capacity(encode::capacity(&parts.headers) + lines.len());
+        let mut head = Vec::with_capacity(encode::capacity(&parts.headers) + lines.capacity());
         let framing = encode::head(
             &mut head,
             parts.status,
             &parts.headers,
-            lines,
+            &lines,
             length,
             &mut self.exchange,
         );
