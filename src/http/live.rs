@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Poll, Waker};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -209,6 +210,7 @@ pub(super) async fn sse(
         last_sent: now,
         reconnect_at,
         shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
+        armed: None,
         shutdown: state.shutdown.clone(),
         span: tracing::Span::current(),
         announced: false,
@@ -271,6 +273,9 @@ struct SseSession {
     reconnect_at: Option<Instant>,
     /// Resolves when the server drains; registered once, like the timers.
     shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The waker `timer` and `shutdown_wait` were last polled with, while
+    /// both are registered with it (see [`Self::wait`]).
+    armed: Option<Waker>,
     shutdown: ShutdownToken,
     /// The request's span: the body outlives the handler, and its storage
     /// reads still belong to the request. Entered around those reads only,
@@ -344,14 +349,13 @@ impl SseSession {
                 self.finished = true;
                 return Some(Bytes::from(out));
             }
-            tokio::select! {
-                changed = self.signal.changed() => {
-                    if changed.is_err() {
-                        self.finished = true;
-                        return None;
-                    }
+            match self.wait().await {
+                Woke::Signal(Ok(())) | Woke::Shutdown => {}
+                Woke::Signal(Err(())) => {
+                    self.finished = true;
+                    return None;
                 }
-                () = self.timer.as_mut() => {
+                Woke::Timer => {
                     let now = Instant::now();
                     if self.reconnect_at.is_some_and(|at| now >= at) {
                         self.finished = true;
@@ -369,11 +373,47 @@ impl SseSession {
                     self.control(&mut out, true, false);
                     return Some(Bytes::from(out));
                 }
-                // Polled only before it fired: once it has, the check
-                // above ends the session first.
-                () = self.shutdown_wait.as_mut() => {}
             }
         }
+    }
+
+    /// Waits for the stream to change, the timer to fire or the server to
+    /// drain.
+    ///
+    /// An append to a stream with thousands of subscribers wakes them all,
+    /// and most of them send and come back here within the same wake-up.
+    /// The timer and the shutdown waiter are kept for the session's life,
+    /// and once polled they stay registered with the task's waker: they are
+    /// polled again only when the waker changed, the timer fired, or the
+    /// server drains, not on every wake-up (polling the shutdown waiter
+    /// takes a lock shared by every session).
+    async fn wait(&mut self) -> Woke {
+        let changed = self.signal.changed();
+        let mut changed = std::pin::pin!(changed);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = changed.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Signal(result.map_err(drop)));
+            }
+            let armed = self
+                .armed
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()));
+            if (!armed || self.timer.is_elapsed()) && self.timer.as_mut().poll(cx).is_ready() {
+                // Fired: it registers again when polled after its reset.
+                self.armed = None;
+                return Poll::Ready(Woke::Timer);
+            }
+            if (!armed || self.shutdown.is_cancelled())
+                && self.shutdown_wait.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Woke::Shutdown);
+            }
+            if !armed {
+                self.armed = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The data from the session's position up to `snapshot`'s tail, as
@@ -495,6 +535,14 @@ impl SseSession {
             sse::push_data_event_parts(out, records.iter().map(Bytes::as_ref));
         }
     }
+}
+
+/// What ended an SSE session's wait.
+enum Woke {
+    /// The stream changed (`Err`: its channel is gone).
+    Signal(Result<(), ()>),
+    Timer,
+    Shutdown,
 }
 
 /// What determines an encoded chunk of SSE data events.
