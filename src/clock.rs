@@ -15,7 +15,10 @@ pub(crate) fn unix_ms() -> i64 {
 
 /// Now, in whole Unix seconds.
 pub(crate) fn unix_secs() -> u64 {
-    u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0)
+    // Without a calendar date: every SSE delivery asks (for its cursor).
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Now, in Unix seconds with a fraction.

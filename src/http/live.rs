@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -202,14 +203,17 @@ pub(super) async fn sse(
         cursor: cursor_for(client_cursor.as_deref()),
         base64,
         keepalive: state.settings.sse_keepalive_interval,
-        timer: Box::pin(sleep_until(next_wake(
-            now + state.settings.sse_keepalive_interval,
-            reconnect_at,
-        ))),
+        wakeups: Wakeups {
+            timer: Box::pin(sleep_until(next_wake(
+                now + state.settings.sse_keepalive_interval,
+                reconnect_at,
+            ))),
+            shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
+            shutdown: state.shutdown.clone(),
+            armed: None,
+        },
         last_sent: now,
         reconnect_at,
-        shutdown_wait: Box::pin(state.shutdown.clone().cancelled_owned()),
-        shutdown: state.shutdown.clone(),
         span: tracing::Span::current(),
         announced: false,
         finished: false,
@@ -258,20 +262,12 @@ struct SseSession {
     json: bool,
     base64: bool,
     keepalive: Duration,
-    /// The session's one timer, for the keep-alive and the reconnect: fires
-    /// at the earliest `keepalive` after `last_sent` or at `reconnect_at`,
-    /// whichever comes first. Kept for the whole session rather than a new
-    /// timer per wake-up (an append to a stream with thousands of
-    /// subscribers wakes them all), and moved only when it fires, not on
-    /// every send.
-    timer: Pin<Box<Sleep>>,
+    /// The session's timer and shutdown waiter.
+    wakeups: Wakeups,
     /// When output was last produced.
     last_sent: Instant,
     /// When the response ends (`sse_reconnect_interval`), when set.
     reconnect_at: Option<Instant>,
-    /// Resolves when the server drains; registered once, like the timers.
-    shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
-    shutdown: ShutdownToken,
     /// The request's span: the body outlives the handler, and its storage
     /// reads still belong to the request. Entered around those reads only,
     /// not on every wake-up (most deliveries send a shared chunk).
@@ -337,21 +333,20 @@ impl SseSession {
                 self.announced = true;
                 return Some(Bytes::from(out));
             }
-            if self.shutdown.is_cancelled() {
+            if self.wakeups.shutdown.is_cancelled() {
                 // A last position report, never `streamClosed`: the stream
                 // goes on, only this server is leaving.
                 self.control(&mut out, true, false);
                 self.finished = true;
                 return Some(Bytes::from(out));
             }
-            tokio::select! {
-                changed = self.signal.changed() => {
-                    if changed.is_err() {
-                        self.finished = true;
-                        return None;
-                    }
+            match self.wait().await {
+                Woke::Signal(Ok(())) | Woke::Shutdown => {}
+                Woke::Signal(Err(())) => {
+                    self.finished = true;
+                    return None;
                 }
-                () = self.timer.as_mut() => {
+                Woke::Timer => {
                     let now = Instant::now();
                     if self.reconnect_at.is_some_and(|at| now >= at) {
                         self.finished = true;
@@ -360,20 +355,31 @@ impl SseSession {
                     let due = self.last_sent + self.keepalive;
                     if now < due {
                         // Output went out since it was set: not due yet.
-                        self.timer.as_mut().reset(next_wake(due, self.reconnect_at));
+                        let at = next_wake(due, self.reconnect_at);
+                        self.wakeups.timer.as_mut().reset(at);
                         continue;
                     }
-                    self.timer
-                        .as_mut()
-                        .reset(next_wake(now + self.keepalive, self.reconnect_at));
+                    let at = next_wake(now + self.keepalive, self.reconnect_at);
+                    self.wakeups.timer.as_mut().reset(at);
                     self.control(&mut out, true, false);
                     return Some(Bytes::from(out));
                 }
-                // Polled only before it fired: once it has, the check
-                // above ends the session first.
-                () = self.shutdown_wait.as_mut() => {}
             }
         }
+    }
+
+    /// Waits for the stream to change, the timer to fire or the server to
+    /// drain.
+    async fn wait(&mut self) -> Woke {
+        let wakeups = &mut self.wakeups;
+        let mut changed = std::pin::pin!(self.signal.changed());
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = changed.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Signal(result.map_err(drop)));
+            }
+            wakeups.poll(cx)
+        })
+        .await
     }
 
     /// The data from the session's position up to `snapshot`'s tail, as
@@ -495,6 +501,60 @@ impl SseSession {
             sse::push_data_event_parts(out, records.iter().map(Bytes::as_ref));
         }
     }
+}
+
+/// An SSE session's timer and shutdown waiter.
+///
+/// An append to a stream with thousands of subscribers wakes them all, and
+/// most of them send and wait again within the same wake-up. Both are kept
+/// for the session's life, and once polled they stay registered with the
+/// task's waker: they are polled again only when the waker changed, the
+/// timer fired, or the server drains, not on every wake-up (polling the
+/// shutdown waiter takes a lock every session shares).
+struct Wakeups {
+    /// The one timer, for the keep-alive and the reconnect: fires at the
+    /// earliest keep-alive interval after the last output or at the
+    /// reconnect, whichever comes first. Moved only when it fires, not on
+    /// every send.
+    timer: Pin<Box<Sleep>>,
+    /// Resolves when the server drains.
+    shutdown_wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    shutdown: ShutdownToken,
+    /// The waker both were last polled with, while both are registered.
+    armed: Option<Waker>,
+}
+
+impl Wakeups {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Woke> {
+        let armed = self
+            .armed
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if (!armed || self.timer.is_elapsed()) && self.timer.as_mut().poll(cx).is_ready() {
+            // Fired: it registers again when polled after its reset.
+            self.armed = None;
+            return Poll::Ready(Woke::Timer);
+        }
+        // Polled only until it resolves: the session ends at the next
+        // check of the token.
+        if (!armed || self.shutdown.is_cancelled())
+            && self.shutdown_wait.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Woke::Shutdown);
+        }
+        if !armed {
+            self.armed = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// What ended an SSE session's wait.
+enum Woke {
+    /// The stream changed (`Err`: its channel is gone).
+    Signal(Result<(), ()>),
+    Timer,
+    Shutdown,
 }
 
 /// What determines an encoded chunk of SSE data events.

@@ -112,3 +112,56 @@ async fn sse_keeps_alive_on_one_timer_until_its_reconnect() {
     assert!(body.next().await.is_none(), "ends at its reconnect");
     assert_eq!(started.elapsed(), Duration::from_millis(2500));
 }
+
+/// A waker that records that it was woken.
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Flag {
+    fn waker() -> (Arc<Self>, std::task::Waker) {
+        let flag = Arc::new(Self(std::sync::atomic::AtomicBool::new(false)));
+        (flag.clone(), std::task::Waker::from(flag))
+    }
+
+    fn woken(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_sse_session_is_woken_at_shutdown_through_its_latest_waker() {
+    use http_body::Body as _;
+    let (state, entry) = trimmed_unheard_app().await;
+    let response = sse(&state, entry, ReadFrom::Start, None)
+        .await
+        .expect("sse");
+    let mut body = std::pin::pin!(response.into_body());
+    let poll = |body: &mut std::pin::Pin<&mut Body>, waker: &std::task::Waker| {
+        body.as_mut()
+            .poll_frame(&mut std::task::Context::from_waker(waker))
+    };
+    let (_, first) = Flag::waker();
+    let data = poll(&mut body, &first);
+    assert!(
+        matches!(data, Poll::Ready(Some(Ok(_)))),
+        "the backlog first"
+    );
+    // Waiting, first with one waker, then polled again with another (as
+    // after a move to another task): the wake-up must reach the latest.
+    assert!(poll(&mut body, &first).is_pending());
+    let (flag, latest) = Flag::waker();
+    assert!(poll(&mut body, &latest).is_pending());
+    state.shutdown.cancel();
+    assert!(flag.woken(), "the shutdown wakes the latest waker");
+    let Poll::Ready(Some(Ok(frame))) = poll(&mut body, &latest) else {
+        panic!("a last control event at shutdown");
+    };
+    let last = frame.into_data().expect("data");
+    assert!(last.starts_with(b"event: control\n"), "{last:?}");
+    assert!(matches!(poll(&mut body, &latest), Poll::Ready(None)));
+}
