@@ -19,8 +19,8 @@ mod subscription;
 pub(crate) use auth::AuthDenied;
 
 pub(crate) use storage::{
-    StorageCommits, StorageCommitted, StorageFailure, StorageOperation, StorageOperations,
-    StoredBytes, WriteQueueDepth,
+    StorageCommits, StorageFailure, StorageOperation, StorageOperations, StoredBytes,
+    WriteQueueDepth,
 };
 pub(crate) use subscription::{
     LeaseClaimed, LeasesExpired, LeasesHeld, SubscriptionAcked, WakeEventFailed, WakeEventWritten,

@@ -105,24 +105,8 @@ impl StorageOperations {
     }
 }
 
-/// A writer thread committed a group of `batch` mutations in `elapsed`.
-pub(crate) struct StorageCommitted {
-    pub backend: &'static str,
-    pub batch: usize,
-    pub elapsed: Duration,
-}
-
-impl StorageCommitted {
-    pub(crate) fn emit(self) {
-        let backend = self.backend;
-        histogram!(name::STORAGE_COMMIT_DURATION_SECONDS, "backend" => backend)
-            .record(self.elapsed);
-        histogram!(name::STORAGE_COMMIT_BATCH_SIZE, "backend" => backend).record(self.batch as f64);
-    }
-}
-
-/// The group-commit histograms of one backend (what [`StorageCommitted`]
-/// records), resolved once for a writer that commits many small batches.
+/// The group-commit histograms of one backend, resolved once by each
+/// writer that commits groups of mutations.
 pub(crate) struct StorageCommits {
     duration: Histogram,
     batch: Histogram,

@@ -237,9 +237,22 @@ impl<'t> Tables<'t> {
 
     /// Stores the block being filled for `id`, if any.
     pub(super) fn close_block(&mut self, id: StreamId) -> Result<(), StorageError> {
-        if let Some(block) = self.building.remove(&id)
-            && !block.is_empty()
-        {
+        match self.building.remove(&id) {
+            Some(block) => self.store_block(id, block),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores every block being filled.
+    pub(super) fn close_blocks(&mut self) -> Result<(), StorageError> {
+        for (id, block) in std::mem::take(&mut self.building) {
+            self.store_block(id, block)?;
+        }
+        Ok(())
+    }
+
+    fn store_block(&mut self, id: StreamId, block: BlockBuilder) -> Result<(), StorageError> {
+        if !block.is_empty() {
             self.blocks
                 .insert((id, block.end()), block.finish().as_slice())
                 .map_err(db_error)?;

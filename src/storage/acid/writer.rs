@@ -22,7 +22,7 @@ use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
     LOG_APPLIED, LOG_STATE, StoredState, Tables, begin_durable, db_error, load_state,
 };
-use crate::metrics::event::StorageCommitted;
+use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
 use crate::storage::queue::{Ack, Next, commit_spans, fail_all, payload_len};
 use crate::storage::{Append, Mutation, StorageError, StreamId};
@@ -61,22 +61,13 @@ pub(super) struct Writer {
     /// A log write failed and redb could not take the pending appends
     /// since: nothing more is logged until it can.
     log_broken: bool,
+    /// The commit histograms, resolved once.
+    commits: StorageCommits,
 }
 
 /// A mutation to commit: its acknowledgement (none when it was
 /// acknowledged from the log) and when it was written (Unix ms).
 pub(super) type Item = (Mutation, Option<Ack>, i64);
-
-/// Records one group commit (a log write or a redb transaction) of `batch`
-/// acknowledged mutations, begun at `started`.
-fn committed(batch: usize, started: Instant) {
-    StorageCommitted {
-        backend: "acid",
-        batch,
-        elapsed: started.elapsed(),
-    }
-    .emit();
-}
 
 /// Whether a batch goes through the log: appends only, not too big.
 fn loggable(batch: &[(Mutation, Ack)]) -> bool {
@@ -109,6 +100,7 @@ impl Writer {
             log_broken: false,
             sync: None,
             sync_failed: false,
+            commits: StorageCommits::register("acid"),
         }
     }
 
@@ -398,7 +390,7 @@ impl Writer {
         let started = Instant::now();
         let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
         if !accepted.is_empty() {
-            committed(accepted.len(), started);
+            self.commits.emit(accepted.len(), started.elapsed());
         }
         drop(spans);
         match outcome {
@@ -653,10 +645,7 @@ impl Writer {
                 }
                 accepted.extend(ack);
             }
-            let building: Vec<StreamId> = tables.building.keys().copied().collect();
-            for id in building {
-                tables.close_block(id)?;
-            }
+            tables.close_blocks()?;
             for (id, state) in dirty {
                 let json = serde_json::to_vec(&state)
                     .map_err(|e| StorageError::Unavailable(e.to_string()))?;

@@ -21,6 +21,7 @@ use super::super::chunk_list::Chunk;
 use super::super::{ClosedBy, StorageError, StreamId};
 use super::chunk::Active;
 use super::layout;
+use super::reader::Reader;
 use crate::protocol::producer::ProducerState;
 
 const MAGIC: &[u8; 8] = b"DSCKPT01";
@@ -168,35 +169,6 @@ pub fn write(root: &Path, mut body: Vec<u8>) -> Result<(), StorageError> {
     layout::sync_dir(root)
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let slice = self.buf.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(slice)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = self.u32()? as usize;
-        self.take(len)
-    }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
-}
-
 fn decode_stream(r: &mut Reader<'_>) -> Option<StreamRecord> {
     let id = r.u64()?;
     let spec = r.bytes()?.into();
@@ -288,7 +260,7 @@ pub fn read(root: &Path) -> Result<Option<Checkpoint>, StorageError> {
     if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
         return Err(corrupt("fails its checksum"));
     }
-    let mut r = Reader { buf: body, at: 0 };
+    let mut r = Reader::new(body);
     let parsed = (|| {
         if r.take(8)? != MAGIC {
             return None;
@@ -307,7 +279,7 @@ pub fn read(root: &Path) -> Result<Option<Checkpoint>, StorageError> {
         for _ in 0..count {
             streams.push(decode_stream(&mut r)?);
         }
-        (r.at == body.len()).then_some(Checkpoint {
+        r.at_end().then_some(Checkpoint {
             chunk_bytes,
             positions,
             streams,

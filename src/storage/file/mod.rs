@@ -47,6 +47,7 @@ mod ids;
 mod layout;
 mod options;
 mod progress;
+mod reader;
 mod recovery;
 mod refusal;
 mod removal;

@@ -7,6 +7,7 @@
 //! reads both (JSON starts with `{`, the compact form with [`COMPACT`]).
 
 use super::super::{ForkLink, StreamSpec};
+use super::reader::Reader;
 
 /// First byte of the compact form.
 const COMPACT: u8 = 1;
@@ -82,15 +83,15 @@ pub fn decode(bytes: &[u8]) -> Result<StreamSpec, String> {
     if bytes.first() != Some(&COMPACT) {
         return serde_json::from_slice(bytes).map_err(|e| e.to_string());
     }
-    let mut r = Reader { buf: bytes, at: 1 };
+    let mut r = Reader::new(&bytes[1..]);
     decode_compact(&mut r).ok_or_else(|| "truncated or malformed compact spec".to_owned())
 }
 
 fn decode_compact(r: &mut Reader<'_>) -> Option<StreamSpec> {
     let id = r.varint()?;
-    let path = r.string()?;
+    let path = r.varint_string()?;
     let content_type = match r.u8()? {
-        0 => r.string()?,
+        0 => r.varint_string()?,
         code => (*COMMON_TYPES.get(usize::from(code) - 1)?).to_owned(),
     };
     let flags = r.u8()?;
@@ -109,14 +110,14 @@ fn decode_compact(r: &mut Reader<'_>) -> Option<StreamSpec> {
     let fork = if flags & HAS_FORK != 0 {
         Some(ForkLink {
             source: r.varint()?,
-            source_path: r.string()?,
+            source_path: r.varint_string()?,
             offset: r.varint()?,
             sub_offset: r.varint()?,
         })
     } else {
         None
     };
-    (r.at == r.buf.len()).then_some(StreamSpec {
+    r.at_end().then_some(StreamSpec {
         id,
         path,
         content_type,
@@ -147,38 +148,6 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 fn put_str(out: &mut Vec<u8>, value: &str) {
     put_varint(out, value.len() as u64);
     out.extend_from_slice(value.as_bytes());
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let byte = *self.buf.get(self.at)?;
-        self.at += 1;
-        Some(byte)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        let bytes = self.buf.get(self.at..self.at.checked_add(len)?)?;
-        self.at += len;
-        String::from_utf8(bytes.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use super::sql::{
     CREATE_SQL, PRODUCERS_SQL, RECORDS_SQL, REMOVE_SQL, SOFT_DELETE_SQL, STATUS_SQL, TAILS_SQL,
     TXID_SQL, UPDATE_SQL,
 };
-use crate::metrics::event::StorageCommitted;
+use crate::metrics::event::StorageCommits;
 use crate::storage::queue::{Ack, Next, commit_spans};
 use crate::storage::{Mutation, StorageError, StreamId};
 
@@ -104,6 +104,8 @@ pub struct Writer {
     /// Transactions whose outcome could not be learnt, to check once the
     /// database answers again.
     in_doubt: Vec<i64>,
+    /// The commit histograms, resolved once.
+    commits: StorageCommits,
 }
 
 impl Writer {
@@ -122,6 +124,7 @@ impl Writer {
             retry_at: None,
             backoff: MIN_BACKOFF,
             in_doubt: Vec::new(),
+            commits: StorageCommits::register("postgres"),
         }
     }
 
@@ -138,12 +141,7 @@ impl Writer {
         let (mutations, acks): (Vec<Mutation>, Vec<Ack>) = batch.into_iter().unzip();
         let (verdicts, committed) = self.apply(&mutations).await;
         if committed > 0 {
-            StorageCommitted {
-                backend: "postgres",
-                batch: committed,
-                elapsed: started.elapsed(),
-            }
-            .emit();
+            self.commits.emit(committed, started.elapsed());
         }
         drop(spans);
         for (ack, verdict) in acks.into_iter().zip(verdicts) {
