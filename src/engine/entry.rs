@@ -308,8 +308,9 @@ impl StreamEntry {
 
     /// Whether the stream's absolute expiry or sliding TTL has passed.
     pub(super) fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
-        if let Some(at) = self.expires_at()
-            && OffsetDateTime::now_utc() >= at
+        // Compared in the spec's own unit: no date built per request.
+        if let Some(at_ms) = self.spec.expires_at_ms
+            && clock::unix_ms() >= at_ms
         {
             return true;
         }
