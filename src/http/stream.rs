@@ -188,14 +188,15 @@ fn raw<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
 
 /// Reads a body up to the configured limit without buffering past it.
 async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(raw(request.headers(), &header::CONTENT_LENGTH));
     let (parts, body) = request.into_parts();
     let bytes = read_body_of(state, declared, body).await?;
     Ok((parts.headers, bytes))
+}
+
+/// The length a `Content-Length` value declares, if it is a number.
+fn declared_length(value: Option<&[u8]>) -> Option<u64> {
+    std::str::from_utf8(value?).ok()?.parse().ok()
 }
 
 /// Reads `body`, whose `Content-Length` said `declared`, within the body
@@ -404,11 +405,7 @@ async fn append(
     if let Some(producer) = &producer {
         (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
     }
-    let declared = fields
-        .content_length
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = read_body_of(state, declared, body).await?;
+    let body = read_body_of(state, declared_length(fields.content_length), body).await?;
     let content_type = ContentType::from_header(fields.content_type);
     check_json_depth_of(state, content_type.as_ref(), &body)?;
     let stream_seq = fields
