@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 
 use super::{Mutation, StorageError, StorageFuture};
@@ -203,6 +204,52 @@ impl CommitQueue {
     }
 }
 
+/// Answers durable batches with success from the runtime a store was
+/// opened in: one task per batch, whose wake-ups of the waiting requests
+/// are a worker's own (its run queue, at most one neighbour unparked). Sent
+/// from a store's own thread, each answer may unpark a worker (a `futex`
+/// call and a context switch per append).
+#[derive(Clone, Debug)]
+pub struct Answerer {
+    /// `None` outside a multi-threaded runtime: a single-threaded one may be
+    /// blocked on an answer by the very thread that would send it, so the
+    /// store's thread answers at once.
+    runtime: Option<Handle>,
+}
+
+impl Answerer {
+    /// Answers through the runtime the caller runs in, if multi-threaded.
+    pub fn current() -> Self {
+        Self {
+            runtime: Handle::try_current()
+                .ok()
+                .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread),
+        }
+    }
+
+    /// Answers every ack of `acks` with success, in order.
+    pub fn succeed(&self, acks: Vec<Ack>) {
+        let answer = Succeeded(acks);
+        match &self.runtime {
+            // A runtime shutting down drops the task unrun, which answers.
+            Some(runtime) => drop(runtime.spawn(async move { drop(answer) })),
+            None => drop(answer),
+        }
+    }
+}
+
+/// Acks answered with success when dropped: by the task that carries them,
+/// or wherever a runtime that is gone drops that task.
+struct Succeeded(Vec<Ack>);
+
+impl Drop for Succeeded {
+    fn drop(&mut self) {
+        for ack in self.0.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
+    }
+}
+
 /// Replies to a whole batch with the same failure.
 pub fn fail_all(acks: impl IntoIterator<Item = Ack>, error: &StorageError) {
     let message = error.to_string();
@@ -249,5 +296,72 @@ impl<S: Send + Sync> Drop for WriterThread<S> {
         {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack() -> (Ack, oneshot::Receiver<Result<(), StorageError>>) {
+        let (sender, receiver) = oneshot::channel();
+        let span = tracing::Span::none();
+        (Ack { sender, span }, receiver)
+    }
+
+    /// An answerer made in a multi-threaded runtime answers from one of
+    /// its workers: while the only worker is held, the answer waits.
+    #[test]
+    fn a_durable_batch_is_answered_by_a_runtime_worker() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let answerer = {
+            let _entered = runtime.enter();
+            Answerer::current()
+        };
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        runtime.spawn(async move {
+            held_tx.send(()).expect("test waits");
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().expect("the worker is held");
+        let (first, mut first_rx) = ack();
+        let (second, mut second_rx) = ack();
+        answerer.succeed(vec![first, second]);
+        assert!(matches!(
+            first_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        release_tx.send(()).expect("the held task waits");
+        assert!(matches!(first_rx.blocking_recv(), Ok(Ok(()))));
+        assert!(matches!(second_rx.blocking_recv(), Ok(Ok(()))));
+    }
+
+    /// A batch handed to a runtime that is gone is still answered.
+    #[test]
+    fn a_durable_batch_is_answered_after_the_runtime_is_gone() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let answerer = {
+            let _entered = runtime.enter();
+            Answerer::current()
+        };
+        drop(runtime);
+        let (only, only_rx) = ack();
+        answerer.succeed(vec![only]);
+        assert!(matches!(only_rx.blocking_recv(), Ok(Ok(()))));
+    }
+
+    /// Outside a runtime the batch is answered at once.
+    #[test]
+    fn a_durable_batch_is_answered_at_once_outside_a_runtime() {
+        let (only, mut only_rx) = ack();
+        Answerer::current().succeed(vec![only]);
+        assert!(matches!(only_rx.try_recv(), Ok(Ok(()))));
     }
 }

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::super::codec;
-use super::super::queue::{Ack, CommitQueue, Next, commit_spans, fail_all, payload_len};
+use super::super::queue::{
+    Ack, Answerer, CommitQueue, Next, commit_spans, fail_all, payload_len,
+};
 use super::super::{Mutation, StorageError, StreamId};
 use super::Shared;
 use super::checkpoint::LogPosition;
@@ -328,10 +330,14 @@ pub struct Publisher {
     /// `file-fast`: the newest written log file and since when it waits for
     /// its timed sync.
     unsynced: Option<(Instant, Arc<File>)>,
+    /// Sends a published batch's acknowledgements (from the runtime the
+    /// store was opened in, when it has one).
+    answerer: Answerer,
 }
 
 impl Publisher {
-    /// The publisher of shard `shard`.
+    /// The publisher of shard `shard`, answering through the runtime it is
+    /// made in (see [`Answerer`]).
     pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
         let cache = TailCache::new(shared.options.tail_cache_bytes / shared.shards.len().max(1));
         Self {
@@ -340,6 +346,7 @@ impl Publisher {
             shard,
             cache,
             unsynced: None,
+            answerer: Answerer::current(),
         }
     }
 
@@ -393,6 +400,7 @@ impl Publisher {
             buffer: Some(&shared.shards[self.shard].buffer),
             delete_files: true,
         };
+        let mut acks = Vec::with_capacity(batches.iter().map(|p| p.items.len()).sum());
         {
             let mut published = shared.shards[self.shard]
                 .published
@@ -406,13 +414,15 @@ impl Publisher {
                     {
                         tracing::warn!(error = %error, "cannot delete the files of removed data; they stay until deleted by hand");
                     }
-                    let _ = ack.send(Ok(()));
+                    acks.push(ack);
                 }
                 *published = pending.end;
                 self.commits.emit(count, pending.started.elapsed());
                 drop(pending.spans);
             }
         }
+        // Published first: an answered append is readable.
+        self.answerer.succeed(acks);
         target.evict();
     }
 
