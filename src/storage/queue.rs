@@ -329,7 +329,7 @@ mod tests {
         });
         held_rx.recv().expect("the worker is held");
         let (first, mut first_rx) = ack();
-        let (second, mut second_rx) = ack();
+        let (second, second_rx) = ack();
         answerer.succeed(vec![first, second]);
         assert!(matches!(
             first_rx.try_recv(),

@@ -18,6 +18,10 @@
 //! ahead and hands batches to the sync thread, which publishes them at once
 //! and syncs on a timer.
 //!
+//! A published batch is answered by one task on the runtime the store was
+//! opened in ([`Answerer`]): answered from the writer, each append's answer
+//! could unpark a worker (a `futex` call and a context switch each).
+//!
 //! A failed sync poisons the store: every later write is refused until a
 //! restart replays the log.
 
@@ -27,9 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::super::codec;
-use super::super::queue::{
-    Ack, Answerer, CommitQueue, Next, commit_spans, fail_all, payload_len,
-};
+use super::super::queue::{Ack, Answerer, CommitQueue, Next, commit_spans, fail_all, payload_len};
 use super::super::{Mutation, StorageError, StreamId};
 use super::Shared;
 use super::checkpoint::LogPosition;
@@ -210,7 +212,10 @@ impl Writer {
         }
         let at = self.segment.len;
         if !buf.is_empty()
-            && let Err(error) = self.segment.file.write_all_at(&buf, at)
+            && let Err(error) = self
+                .segment
+                .write_ahead_zeros(at + buf.len() as u64)
+                .and_then(|()| self.segment.file.write_all_at(&buf, at))
         {
             self.fail(undo, items, StorageError::from_write(error), Some(at));
             return None;
