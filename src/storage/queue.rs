@@ -309,10 +309,8 @@ mod tests {
         (Ack { sender, span }, receiver)
     }
 
-    /// An answerer made in a multi-threaded runtime answers from one of
-    /// its workers: while the only worker is held, the answer waits.
-    #[test]
-    fn a_durable_batch_is_answered_by_a_runtime_worker() {
+    /// A runtime of one worker and an answerer made in it.
+    fn one_worker() -> (tokio::runtime::Runtime, Answerer) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
@@ -321,6 +319,14 @@ mod tests {
             let _entered = runtime.enter();
             Answerer::current()
         };
+        (runtime, answerer)
+    }
+
+    /// An answerer made in a multi-threaded runtime answers from one of
+    /// its workers: while the only worker is held, the answer waits.
+    #[test]
+    fn a_durable_batch_is_answered_by_a_runtime_worker() {
+        let (runtime, answerer) = one_worker();
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         runtime.spawn(async move {
@@ -343,14 +349,7 @@ mod tests {
     /// A batch handed to a runtime that is gone is still answered.
     #[test]
     fn a_durable_batch_is_answered_after_the_runtime_is_gone() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .expect("runtime");
-        let answerer = {
-            let _entered = runtime.enter();
-            Answerer::current()
-        };
+        let (runtime, answerer) = one_worker();
         drop(runtime);
         let (only, only_rx) = ack();
         answerer.succeed(vec![only]);
