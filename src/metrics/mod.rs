@@ -50,7 +50,11 @@ pub const BATCH_SIZE_BUCKETS: [f64; 11] = [
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How often histogram samples are folded into their buckets between scrapes.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Each sample waits in memory until then (one `f64` in a 64-sample block,
+/// about three per append), so the interval bounds that memory by traffic:
+/// at 5 s, 2 million appends at 40,000 a second kept about 3.3 MB of
+/// samples; folding them costs the same however often it runs.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
