@@ -545,4 +545,3 @@ mod tests {
         assert_eq!(*entry.attachment::<String>(), "");
     }
 }
-

@@ -63,7 +63,9 @@ impl WriterState {
 
     /// Every producer's state, in no particular order.
     pub fn producers(&self) -> impl Iterator<Item = (&String, &ProducerState)> {
-        self.extras.iter().flat_map(|extras| extras.producers.iter())
+        self.extras
+            .iter()
+            .flat_map(|extras| extras.producers.iter())
     }
 
     /// The closing state: `Some` once closed.

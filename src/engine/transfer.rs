@@ -43,10 +43,8 @@ impl Engine {
                     return None;
                 }
                 let state = &inner.ledger.committed;
-                let mut producers: Vec<(String, ProducerState)> = state
-                    .producers()
-                    .map(|(id, s)| (id.clone(), *s))
-                    .collect();
+                let mut producers: Vec<(String, ProducerState)> =
+                    state.producers().map(|(id, s)| (id.clone(), *s)).collect();
                 producers.sort();
                 Some(RecoveredStream {
                     spec: entry.spec(),

@@ -240,7 +240,10 @@ mod tests {
         chunks.start_chunk(20, 11);
         assert_eq!(chunks.infos(25).len(), 3);
         assert_eq!(chunks.trim(20, 25).len(), 2);
-        assert!(matches!(chunks.chunks, Chunks::One(Chunk { start: 20, .. })));
+        assert!(matches!(
+            chunks.chunks,
+            Chunks::One(Chunk { start: 20, .. })
+        ));
         assert_eq!(chunks.trim(25, 25).len(), 1);
         assert_eq!(chunks, ChunkList::default());
     }

@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn stream_seq_must_increase() {
         let mut seen = state(0);
-        seen.stream_seq = Some("b".into());
+        seen.extras_mut().stream_seq = Some("b".into());
         for (seq, ok) in [("a", false), ("b", false), ("c", true)] {
             let mut request = append(b"x");
             request.stream_seq = Some(seq.into());
@@ -517,7 +517,7 @@ mod tests {
         let data = append_payload(&json, &request.body);
         assert!(data.is_err());
         let mut seen = state(0);
-        seen.stream_seq = Some("z".into());
+        seen.extras_mut().stream_seq = Some("z".into());
         let stream = StreamFacts {
             content_type: &json,
             base: 0,
