@@ -162,36 +162,28 @@ impl StreamEntry {
             closed: state.is_closed(),
             gone: status != Status::Live,
         };
-        let StreamSpec {
-            id,
-            path,
-            content_type,
-            ttl_secs,
-            expires_at_ms,
-            created_at_ms,
-            fork,
-            base,
-        } = spec;
-        let accesses = ttl_secs.map(|_| {
+        let accesses = spec.ttl_secs.map(|_| {
             let now = Instant::now();
             Box::new(Accesses {
                 last: now,
                 store_touched: now,
             })
         });
-        let rare = (ttl_secs.is_some() || expires_at_ms.is_some() || fork.is_some()).then(|| {
+        let rare_set =
+            spec.ttl_secs.is_some() || spec.expires_at_ms.is_some() || spec.fork.is_some();
+        let rare = rare_set.then(|| {
             Box::new(RareSpec {
-                ttl_secs,
-                expires_at_ms,
-                fork,
+                ttl_secs: spec.ttl_secs,
+                expires_at_ms: spec.expires_at_ms,
+                fork: spec.fork,
             })
         });
         Arc::new(Self {
-            id,
-            base,
-            created_at_ms,
-            path: path.into_boxed_str(),
-            content_type: ContentType::new(&content_type),
+            id: spec.id,
+            base: spec.base,
+            created_at_ms: spec.created_at_ms,
+            path: spec.path.into_boxed_str(),
+            content_type: ContentType::new(&spec.content_type),
             rare,
             source,
             inner: Mutex::new(Inner {
@@ -203,7 +195,7 @@ impl StreamEntry {
             }),
             published: AtomicU64::new(signal.pack()),
             signal: OnceLock::new(),
-            head: AtomicU64::new(base),
+            head: AtomicU64::new(spec.base),
             attachments: Mutex::new(None),
         })
     }
