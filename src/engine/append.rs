@@ -121,7 +121,7 @@ impl Engine {
         let mut inner = entry.lock();
         let facts = StreamFacts {
             content_type: entry.content_type(),
-            base: entry.spec.base,
+            base: entry.base(),
             max_stream_bytes: self.shared.limits.max_stream_bytes,
         };
         let write = match rules::plan_append(&inner.ledger, facts, request, data)? {
@@ -139,7 +139,7 @@ impl Engine {
         let ack = self
             .shared
             .storage
-            .submit(Mutation::Append(write.into_append(entry.spec.id)));
+            .submit(Mutation::Append(write.into_append(entry.id())));
         Ok(Planned::Queued(Queued {
             op,
             ack,

@@ -129,10 +129,7 @@ impl Engine {
             fork: link,
             base,
         };
-        let state = WriterState {
-            tail: base,
-            ..WriterState::default()
-        };
+        let state = WriterState::new(base, None, [], None);
         let entry = StreamEntry::new(spec.clone(), source.clone(), state, Status::Live);
         let tail = base + data.len() as u64;
         let close = request.closed.then_some(None);
@@ -201,7 +198,7 @@ impl Engine {
             rules::check_message_boundary(chunk.starts_mid_record)?;
         }
         let link = ForkLink {
-            source: source.spec.id,
+            source: source.id(),
             source_path: request.source_path.clone(),
             offset,
             sub_offset: request.sub_offset,
@@ -253,7 +250,7 @@ fn confirm_existing(
     let inner = entry.lock();
     let closed = inner.ledger.closed().is_some();
     rules::check_same_create(
-        &entry.spec,
+        &entry.spec(),
         closed,
         settings,
         fork.map(ResolvedFork::intent),

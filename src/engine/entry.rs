@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::state::{Ledger, WriterState};
 use crate::clock;
 use crate::protocol::header::ContentType;
-use crate::storage::{RecoveredStream, StreamId, StreamSpec};
+use crate::storage::{ForkLink, RecoveredStream, StreamId, StreamSpec};
 
 /// The committed view of a stream that live readers follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -56,7 +56,7 @@ impl Signal {
     fn of(inner: &Inner) -> Self {
         Self {
             tail: inner.ledger.committed.tail,
-            closed: inner.ledger.committed.closed.is_some(),
+            closed: inner.ledger.committed.is_closed(),
             gone: inner.status != Status::Live,
         }
     }
@@ -75,25 +75,53 @@ pub(super) enum Status {
 /// What layers above attach to an entry.
 type Attachments = Vec<Arc<dyn Any + Send + Sync>>;
 
+/// When a stream with a sliding TTL was accessed: only such streams keep
+/// one (boxed in [`Inner`], as most streams have no TTL).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Accesses {
+    /// The last access here.
+    pub last: Instant,
+    /// The last access recorded in a shared store (creation or an append
+    /// records it there too).
+    pub store_touched: Instant,
+}
+
 /// Mutable per-stream bookkeeping, behind the entry's lock.
 #[derive(Debug)]
 pub(super) struct Inner {
     pub ledger: Ledger,
-    pub last_access: Instant,
-    /// The last access recorded in a shared store (creation or an append
-    /// records it there too).
-    pub store_touched: Instant,
+    /// Set for streams with a sliding TTL, whose expiry runs from them.
+    pub accesses: Option<Box<Accesses>>,
     /// Forks reading through this stream.
-    pub forks: usize,
+    pub forks: u32,
     pub status: Status,
     /// The stream's creation is committed (always, for recovered streams).
     pub created: bool,
 }
 
+/// The parts of a [`StreamSpec`] most streams leave unset, boxed so that
+/// a plain stream's entry does not carry their room.
+#[derive(Debug)]
+struct RareSpec {
+    ttl_secs: Option<u64>,
+    expires_at_ms: Option<i64>,
+    fork: Option<ForkLink>,
+}
+
 /// One stream instance.
+///
+/// Its spec is kept in pieces (every stream in memory has an entry, so its
+/// size is the memory of an idle stream): the content type parsed once
+/// (its raw text is the spec's), the rarely set fields boxed;
+/// [`Self::spec`] puts the spec back together.
 pub struct StreamEntry {
-    pub(super) spec: StreamSpec,
+    id: StreamId,
+    /// Where the stream's own data begins (the fork offset, or 0).
+    base: u64,
+    created_at_ms: i64,
+    path: Box<str>,
     content_type: ContentType,
+    rare: Option<Box<RareSpec>>,
     pub(super) source: Option<Arc<StreamEntry>>,
     inner: Mutex<Inner>,
     /// The published [`Signal`], packed: what [`Self::snapshot`] reads.
@@ -114,7 +142,8 @@ pub struct StreamEntry {
 impl std::fmt::Debug for StreamEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamEntry")
-            .field("spec", &self.spec)
+            .field("id", &self.id)
+            .field("path", &self.path)
             .field("signal", &self.snapshot())
             .finish_non_exhaustive()
     }
@@ -130,16 +159,36 @@ impl StreamEntry {
     ) -> Arc<Self> {
         let signal = Signal {
             tail: state.tail,
-            closed: state.closed.is_some(),
+            closed: state.is_closed(),
             gone: status != Status::Live,
         };
+        let accesses = spec.ttl_secs.map(|_| {
+            let now = Instant::now();
+            Box::new(Accesses {
+                last: now,
+                store_touched: now,
+            })
+        });
+        let rare_set =
+            spec.ttl_secs.is_some() || spec.expires_at_ms.is_some() || spec.fork.is_some();
+        let rare = rare_set.then(|| {
+            Box::new(RareSpec {
+                ttl_secs: spec.ttl_secs,
+                expires_at_ms: spec.expires_at_ms,
+                fork: spec.fork,
+            })
+        });
         Arc::new(Self {
+            id: spec.id,
+            base: spec.base,
+            created_at_ms: spec.created_at_ms,
+            path: spec.path.into_boxed_str(),
             content_type: ContentType::new(&spec.content_type),
+            rare,
             source,
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(state),
-                last_access: Instant::now(),
-                store_touched: Instant::now(),
+                accesses,
                 forks: 0,
                 status,
                 created: false,
@@ -148,7 +197,6 @@ impl StreamEntry {
             signal: OnceLock::new(),
             head: AtomicU64::new(spec.base),
             attachments: Mutex::new(None),
-            spec,
         })
     }
 
@@ -164,12 +212,12 @@ impl StreamEntry {
         } else {
             Status::Live
         };
-        let state = WriterState {
-            tail: stream.tail,
-            closed: stream.closed,
-            producers: stream.producers.into_iter().collect(),
-            stream_seq: stream.stream_seq,
-        };
+        let state = WriterState::new(
+            stream.tail,
+            stream.closed,
+            stream.producers,
+            stream.stream_seq,
+        );
         let entry = Self::new(stream.spec, source, state, status);
         entry.lock().created = true;
         entry.advance_head(stream.head);
@@ -187,7 +235,7 @@ impl StreamEntry {
     /// data, its head after.
     pub fn first_position(&self) -> u64 {
         let head = self.head();
-        if head > self.spec.base { head } else { 0 }
+        if head > self.base { head } else { 0 }
     }
 
     /// Records that the data before `head` was trimmed.
@@ -202,23 +250,48 @@ impl StreamEntry {
 
     /// A stable identifier that differs across delete and re-create.
     pub fn id(&self) -> StreamId {
-        self.spec.id
+        self.id
     }
 
     /// The stream's path (its identity).
     pub fn path(&self) -> &str {
-        &self.spec.path
+        &self.path
+    }
+
+    /// Where the stream's own data begins (the fork offset, or 0).
+    pub(super) fn base(&self) -> u64 {
+        self.base
     }
 
     /// The configured sliding TTL.
     pub fn ttl_secs(&self) -> Option<u64> {
-        self.spec.ttl_secs
+        self.rare.as_ref().and_then(|rare| rare.ttl_secs)
+    }
+
+    /// The configured absolute expiry, Unix milliseconds.
+    pub(super) fn expires_at_ms(&self) -> Option<i64> {
+        self.rare.as_ref().and_then(|rare| rare.expires_at_ms)
     }
 
     /// The configured absolute expiry.
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
         // Derived when asked (rarely): one field less in every entry.
-        self.spec.expires_at_ms.and_then(clock::from_unix_ms)
+        self.expires_at_ms().and_then(clock::from_unix_ms)
+    }
+
+    /// The stream's spec, put back together (for the rare callers that
+    /// need all of it: exports, and comparing a repeated creation).
+    pub(super) fn spec(&self) -> StreamSpec {
+        StreamSpec {
+            id: self.id,
+            path: self.path.to_string(),
+            content_type: self.content_type.raw.to_string(),
+            ttl_secs: self.ttl_secs(),
+            expires_at_ms: self.expires_at_ms(),
+            created_at_ms: self.created_at_ms,
+            fork: self.rare.as_ref().and_then(|rare| rare.fork.clone()),
+            base: self.base,
+        }
     }
 
     /// The committed state readers see.
@@ -303,22 +376,25 @@ impl StreamEntry {
     /// Bytes of its own the stream holds in storage (its committed data
     /// past its fork point).
     pub(super) fn own_bytes(&self, inner: &Inner) -> u64 {
-        inner.ledger.committed.tail.saturating_sub(self.spec.base)
+        inner.ledger.committed.tail.saturating_sub(self.base)
     }
 
     /// Whether the stream's absolute expiry or sliding TTL has passed.
     pub(super) fn is_expired(&self, inner: &Inner, now: Instant) -> bool {
         // Compared in the spec's own unit: no date built per request.
-        if let Some(at_ms) = self.spec.expires_at_ms
+        let Some(rare) = &self.rare else {
+            return false;
+        };
+        if let Some(at_ms) = rare.expires_at_ms
             && clock::unix_ms() >= at_ms
         {
             return true;
         }
-        match self.spec.ttl_secs {
-            Some(ttl) => {
-                now.saturating_duration_since(inner.last_access) >= Duration::from_secs(ttl)
+        match (rare.ttl_secs, &inner.accesses) {
+            (Some(ttl), Some(accesses)) => {
+                now.saturating_duration_since(accesses.last) >= Duration::from_secs(ttl)
             }
-            None => false,
+            _ => false,
         }
     }
 }
@@ -415,6 +491,38 @@ mod tests {
             Status::Live,
         );
         assert!(past.is_expired(&past.lock(), Instant::now()));
+    }
+
+    /// Every stream in memory has an entry, so its size is much of what
+    /// an idle stream costs: with the `Arc`'s two counts it fills a
+    /// 256-byte allocation, not 512 as it did with the whole spec inline.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_entry_with_its_counts_fits_256_bytes() {
+        let size = std::mem::size_of::<StreamEntry>();
+        assert!(size + 16 <= 256 - 8, "{size} bytes");
+    }
+
+    #[test]
+    fn the_spec_put_back_together_is_the_one_given() {
+        let fork = crate::storage::ForkLink {
+            source: 3,
+            source_path: "/v1/stream/src".into(),
+            offset: 4,
+            sub_offset: 1,
+        };
+        let mut given = spec(Some(60), Some(1_000));
+        given.content_type = "Text/Plain; charset=utf-8".into();
+        given.created_at_ms = 12;
+        given.fork = Some(fork);
+        let entry = StreamEntry::new(given.clone(), None, WriterState::default(), Status::Live);
+        assert_eq!(entry.spec(), given);
+        assert_eq!(entry.ttl_secs(), Some(60));
+        assert!(entry.content_type().is_text_like());
+        let plain = spec(None, None);
+        let entry = StreamEntry::new(plain.clone(), None, WriterState::default(), Status::Live);
+        assert_eq!(entry.spec(), plain);
+        assert!(entry.lock().accesses.is_none());
     }
 
     #[test]

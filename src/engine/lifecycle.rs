@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Engine;
-use super::entry::{Inner, Status, StreamEntry};
+use super::entry::{Accesses, Status, StreamEntry};
 use super::error::EngineError;
 use super::registry::Retirement;
 use super::request::Access;
@@ -76,9 +76,11 @@ impl Engine {
             }
             return Err(self.expire(&entry));
         }
-        if access == Access::Touch {
-            inner.last_access = now;
-            self.record_access(&entry, &mut inner, now);
+        if access == Access::Touch
+            && let Some(accesses) = inner.accesses.as_deref_mut()
+        {
+            accesses.last = now;
+            self.record_access(&entry, accesses, now);
         }
         drop(inner);
         Ok(entry)
@@ -89,15 +91,15 @@ impl Engine {
     /// seconds: writing at most once per tenth of the TTL (and at least
     /// once a second) keeps the stored time that close to the truth while
     /// a hot reader does not write on every request.
-    fn record_access(&self, entry: &StreamEntry, inner: &mut Inner, now: Instant) {
+    fn record_access(&self, entry: &StreamEntry, accesses: &mut Accesses, now: Instant) {
         let (Some(store), Some(ttl)) = (&self.shared.store, entry.ttl_secs()) else {
             return;
         };
         let every = Duration::from_millis(ttl.saturating_mul(100)).min(Duration::from_secs(1));
-        if now.saturating_duration_since(inner.store_touched) < every {
+        if now.saturating_duration_since(accesses.store_touched) < every {
             return;
         }
-        inner.store_touched = now;
+        accesses.store_touched = now;
         spawn_ack(store.touch(entry.id(), clock::unix_ms()));
     }
 
@@ -235,7 +237,7 @@ impl Engine {
         entry: &Arc<StreamEntry>,
     ) -> (Deletion, Option<StorageFuture<()>>) {
         let storage = &self.shared.storage;
-        let id = entry.spec.id;
+        let id = entry.id();
         match self.shared.registry.retire(entry) {
             Retirement::AlreadyRemoved => (Deletion::AlreadyGone, None),
             Retirement::AlreadySoftDeleted => (Deletion::Soft, None),
@@ -261,7 +263,7 @@ impl Engine {
             if !self.shared.registry.release_fork(&entry) {
                 return;
             }
-            let id = entry.spec.id;
+            let id = entry.id();
             spawn_ack(self.retiring(id, self.shared.storage.submit(Mutation::Remove { id })));
             next = entry.source.clone();
         }

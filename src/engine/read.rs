@@ -146,7 +146,7 @@ impl Engine {
                 end: from,
                 starts_mid_record: false,
             };
-            let base = entry.spec.base;
+            let base = entry.base();
             let mut taken = 0usize;
             if let Some(source) = &entry.source
                 && from < base
@@ -163,7 +163,7 @@ impl Engine {
                 let own = self
                     .shared
                     .storage
-                    .read(entry.spec.id, own_from, until, max_bytes - taken)
+                    .read(entry.id(), own_from, until, max_bytes - taken)
                     .await?;
                 if out.records.is_empty() {
                     out.starts_mid_record = own.starts_mid_record;

@@ -27,20 +27,20 @@ struct ByPath(Arc<StreamEntry>);
 
 impl Borrow<str> for ByPath {
     fn borrow(&self) -> &str {
-        &self.0.spec.path
+        self.0.path()
     }
 }
 
 /// Hashes as the path does, as [`Borrow`] requires.
 impl Hash for ByPath {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.spec.path.as_str().hash(state);
+        self.0.path().hash(state);
     }
 }
 
 impl PartialEq for ByPath {
     fn eq(&self, other: &Self) -> bool {
-        self.0.spec.path == other.0.spec.path
+        self.0.path() == other.0.path()
     }
 }
 
@@ -122,7 +122,7 @@ impl Registry {
     pub fn install(&self, entry: Arc<StreamEntry>) -> Arc<StreamEntry> {
         let mut map = self.write();
         if let Some(current) = map.get(entry.path()).map(|found| found.0.clone()) {
-            if current.spec.id == entry.spec.id {
+            if current.id() == entry.id() {
                 return current;
             }
             let mut inner = current.lock();
@@ -157,7 +157,7 @@ impl Registry {
 
     fn adopt_into(&self, map: &mut Map, entry: Arc<StreamEntry>) {
         self.next_id
-            .fetch_max(entry.spec.id.saturating_add(1), Ordering::Relaxed);
+            .fetch_max(entry.id().saturating_add(1), Ordering::Relaxed);
         let inner = entry.lock();
         if let Some(source) = &entry.source {
             source.lock().forks += 1;

@@ -97,8 +97,10 @@ fn settle_expiry(entry: &StreamEntry) {
     };
     let now = Instant::now();
     let mut inner = entry.lock();
-    if let Some(expired) = now.checked_sub(Duration::from_secs(ttl)) {
-        inner.last_access = inner.last_access.min(expired);
+    if let Some(expired) = now.checked_sub(Duration::from_secs(ttl))
+        && let Some(accesses) = inner.accesses.as_deref_mut()
+    {
+        accesses.last = accesses.last.min(expired);
     }
 }
 
@@ -219,11 +221,14 @@ impl Engine {
         let age = Duration::from_millis(age).min(Duration::from_secs(ttl));
         let stored = now.checked_sub(age).unwrap_or(now);
         let mut inner = entry.lock();
+        let Some(accesses) = inner.accesses.as_deref_mut() else {
+            return Ok(());
+        };
         if adopted {
-            inner.last_access = stored;
-            inner.store_touched = stored;
-        } else if stored > inner.last_access {
-            inner.last_access = stored;
+            accesses.last = stored;
+            accesses.store_touched = stored;
+        } else if stored > accesses.last {
+            accesses.last = stored;
         }
         Ok(())
     }
@@ -312,8 +317,8 @@ impl Engine {
         if grown > 0 {
             committed.tail = stored.tail;
         }
-        if stored.tail >= committed.tail && committed.closed.is_none() {
-            committed.closed.clone_from(&stored.closed);
+        if stored.tail >= committed.tail && !committed.is_closed() && stored.closed.is_some() {
+            committed.extras_mut().closed.clone_from(&stored.closed);
         }
         self.shared.registry.committed(&inner, grown);
         if stored.soft_deleted {
@@ -343,7 +348,7 @@ impl Engine {
             Box::new(move |row: &RecoveredStream| {
                 let facts = StreamFacts {
                     content_type: entry.content_type(),
-                    base: entry.spec.base,
+                    base: entry.base(),
                     max_stream_bytes,
                 };
                 let plan = rules::plan_append(&StoredView(row), facts, &request, data.clone());

@@ -17,12 +17,67 @@ use crate::storage::ClosedBy;
 pub struct WriterState {
     /// Position after the last committed byte.
     pub tail: u64,
+    /// The rest, once any of it is set: boxed, as most streams are never
+    /// closed and never see a producer or a `Stream-Seq`, and every
+    /// stream's state stays in memory.
+    extras: Option<Box<WriterExtras>>,
+}
+
+/// The writer state besides the tail.
+#[derive(Clone, Debug, Default)]
+pub struct WriterExtras {
     /// `Some` once closed; the inner value names the closing producer.
     pub closed: Option<Option<ClosedBy>>,
     /// Producer states by `Producer-Id`.
     pub producers: HashMap<String, ProducerState>,
     /// The last accepted `Stream-Seq`.
     pub stream_seq: Option<String>,
+}
+
+impl WriterState {
+    /// The state at `tail` with these values.
+    pub fn new(
+        tail: u64,
+        closed: Option<Option<ClosedBy>>,
+        producers: impl IntoIterator<Item = (String, ProducerState)>,
+        stream_seq: Option<String>,
+    ) -> Self {
+        let producers: HashMap<_, _> = producers.into_iter().collect();
+        let set = closed.is_some() || !producers.is_empty() || stream_seq.is_some();
+        Self {
+            tail,
+            extras: set.then(|| {
+                Box::new(WriterExtras {
+                    closed,
+                    producers,
+                    stream_seq,
+                })
+            }),
+        }
+    }
+
+    /// The state besides the tail, for changing it.
+    pub fn extras_mut(&mut self) -> &mut WriterExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Every producer's state, in no particular order.
+    pub fn producers(&self) -> impl Iterator<Item = (&String, &ProducerState)> {
+        self.extras
+            .iter()
+            .flat_map(|extras| extras.producers.iter())
+    }
+
+    /// The closing state: `Some` once closed.
+    pub fn closing(&self) -> &Option<Option<ClosedBy>> {
+        const OPEN: &Option<Option<ClosedBy>> = &None;
+        self.extras.as_ref().map_or(OPEN, |extras| &extras.closed)
+    }
+
+    /// Whether the stream is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closing().is_some()
+    }
 }
 
 /// A mutation queued in storage, not yet acknowledged. Kept small: every
@@ -102,8 +157,8 @@ impl Ledger {
             let Some(done) = self.pending.pop_front() else {
                 break;
             };
-            let state = &mut self.committed;
-            state.tail = state.tail.max(done.end);
+            let committed = &mut self.committed;
+            committed.tail = committed.tail.max(done.end);
             let Some(changes) = done.changes else {
                 continue;
             };
@@ -112,6 +167,7 @@ impl Ledger {
                 producer,
                 stream_seq,
             } = *changes;
+            let state = committed.extras_mut();
             if close.is_some() && state.closed.is_none() {
                 state.closed = close;
             }
@@ -160,15 +216,15 @@ impl WriterView for WriterState {
     }
 
     fn closed(&self) -> Option<&Option<ClosedBy>> {
-        self.closed.as_ref()
+        self.closing().as_ref()
     }
 
     fn producer(&self, id: &str) -> Option<ProducerState> {
-        self.producers.get(id).copied()
+        self.extras.as_ref()?.producers.get(id).copied()
     }
 
     fn stream_seq(&self) -> Option<&str> {
-        self.stream_seq.as_deref()
+        self.extras.as_ref()?.stream_seq.as_deref()
     }
 }
 
@@ -181,7 +237,7 @@ impl WriterView for Ledger {
     fn closed(&self) -> Option<&Option<ClosedBy>> {
         self.pending_changes()
             .find_map(|op| op.close.as_ref())
-            .or(self.committed.closed.as_ref())
+            .or(WriterView::closed(&self.committed))
     }
 
     fn producer(&self, id: &str) -> Option<ProducerState> {
@@ -192,13 +248,13 @@ impl WriterView for Ledger {
                     .filter(|(pid, _)| pid == id)
                     .map(|(_, s)| *s)
             })
-            .or_else(|| self.committed.producers.get(id).copied())
+            .or_else(|| self.committed.producer(id))
     }
 
     fn stream_seq(&self) -> Option<&str> {
         self.pending_changes()
             .find_map(|op| op.stream_seq.as_deref())
-            .or(self.committed.stream_seq.as_deref())
+            .or(self.committed.stream_seq())
     }
 }
 
@@ -230,8 +286,8 @@ mod tests {
         ledger.acknowledge(b);
         ledger.acknowledge(a);
         assert_eq!(ledger.committed.tail, 20);
-        assert!(ledger.committed.closed.is_some());
-        assert_eq!(ledger.committed.producers["p"].last_seq, 1);
+        assert!(ledger.committed.is_closed());
+        assert_eq!(ledger.committed.producer("p").map(|p| p.last_seq), Some(1));
         assert!(!ledger.has_pending());
     }
 

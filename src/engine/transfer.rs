@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::Engine;
 use super::entry::{Status, StreamEntry};
 use super::error::EngineError;
+use super::rules::WriterView;
 use crate::protocol::producer::ProducerState;
 use crate::storage::{Append, Mutation, RecoveredStream, StorageError};
 
@@ -24,7 +25,7 @@ impl Engine {
                 .as_ref()
                 .and_then(|link| by_id.get(&link.source).cloned());
             let entry = StreamEntry::committed(stream, source);
-            by_id.insert(entry.spec.id, entry.clone());
+            by_id.insert(entry.id(), entry.clone());
             self.shared.registry.adopt(entry);
         }
     }
@@ -33,7 +34,7 @@ impl Engine {
     /// (for export).
     pub fn snapshot_streams(&self) -> Vec<RecoveredStream> {
         let mut entries = self.shared.registry.entries();
-        entries.sort_by_key(|entry| entry.spec.id);
+        entries.sort_by_key(|entry| entry.id());
         entries
             .into_iter()
             .filter_map(|entry| {
@@ -42,19 +43,16 @@ impl Engine {
                     return None;
                 }
                 let state = &inner.ledger.committed;
-                let mut producers: Vec<(String, ProducerState)> = state
-                    .producers
-                    .iter()
-                    .map(|(id, s)| (id.clone(), *s))
-                    .collect();
+                let mut producers: Vec<(String, ProducerState)> =
+                    state.producers().map(|(id, s)| (id.clone(), *s)).collect();
                 producers.sort();
                 Some(RecoveredStream {
-                    spec: entry.spec.clone(),
+                    spec: entry.spec(),
                     head: entry.head(),
                     tail: state.tail,
-                    closed: state.closed.clone(),
+                    closed: state.closing().clone(),
                     producers,
-                    stream_seq: state.stream_seq.clone(),
+                    stream_seq: state.stream_seq().map(str::to_owned),
                     soft_deleted: inner.status == Status::SoftDeleted,
                 })
             })
@@ -83,7 +81,7 @@ impl Engine {
                 let source = registry
                     .get(&link.source_path)
                     .ok_or(EngineError::ForkSourceNotFound)?;
-                link.source = source.spec.id;
+                link.source = source.id();
                 Some(source)
             }
             None => None,

@@ -17,7 +17,68 @@ pub struct Chunk {
 /// A stream's chunks, oldest first; the last one is the one being written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkList {
-    chunks: Vec<Chunk>,
+    chunks: Chunks,
+}
+
+/// The chunks themselves: most streams never leave their first chunk, and
+/// every stream's list stays in memory, so one chunk is kept in place
+/// rather than in an allocation of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Chunks {
+    #[default]
+    None,
+    One(Chunk),
+    Many(Vec<Chunk>),
+}
+
+impl Chunks {
+    fn as_slice(&self) -> &[Chunk] {
+        match self {
+            Self::None => &[],
+            Self::One(chunk) => std::slice::from_ref(chunk),
+            Self::Many(chunks) => chunks,
+        }
+    }
+
+    fn push(&mut self, chunk: Chunk) {
+        match self {
+            Self::None => *self = Self::One(chunk),
+            Self::One(first) => *self = Self::Many(vec![*first, chunk]),
+            Self::Many(chunks) => chunks.push(chunk),
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Chunk> {
+        match self {
+            Self::None => None,
+            Self::One(chunk) => Some(chunk),
+            Self::Many(chunks) => chunks.last_mut(),
+        }
+    }
+
+    /// Takes out the first `count` chunks.
+    fn drain_front(&mut self, count: usize) -> Vec<Chunk> {
+        let all = std::mem::take(self).into_vec();
+        let (dropped, kept) = all.split_at(count.min(all.len()));
+        *self = Self::from_vec(kept.to_vec());
+        dropped.to_vec()
+    }
+
+    fn into_vec(self) -> Vec<Chunk> {
+        match self {
+            Self::None => Vec::new(),
+            Self::One(chunk) => vec![chunk],
+            Self::Many(chunks) => chunks,
+        }
+    }
+
+    fn from_vec(chunks: Vec<Chunk>) -> Self {
+        match chunks.as_slice() {
+            [] => Self::None,
+            [one] => Self::One(*one),
+            _ => Self::Many(chunks),
+        }
+    }
 }
 
 /// Whether a record of `record_bytes` starts a new chunk, given the bytes
@@ -41,25 +102,23 @@ pub fn now_ms() -> i64 {
 impl ChunkList {
     /// A list holding `chunks` (oldest first).
     pub fn from_chunks(chunks: Vec<Chunk>) -> Self {
-        Self { chunks }
+        Self {
+            chunks: Chunks::from_vec(chunks),
+        }
     }
 
     /// The chunks, oldest first.
     pub fn chunks(&self) -> &[Chunk] {
-        &self.chunks
+        self.chunks.as_slice()
     }
 
     /// The chunk being written, if any.
     pub fn active(&self) -> Option<&Chunk> {
-        self.chunks.last()
+        self.chunks().last()
     }
 
     /// Starts a new chunk at `start`.
     pub fn start_chunk(&mut self, start: u64, now_ms: i64) {
-        if self.chunks.capacity() == 0 {
-            // Most streams never leave their first chunk.
-            self.chunks.reserve_exact(1);
-        }
         self.chunks.push(Chunk {
             start,
             last_write_ms: now_ms,
@@ -76,27 +135,28 @@ impl ChunkList {
     /// Where the retained data starts: the first chunk's start, or `tail`
     /// when there is no chunk.
     pub fn head(&self, tail: u64) -> u64 {
-        self.chunks.first().map_or(tail, |c| c.start)
+        self.chunks().first().map_or(tail, |c| c.start)
     }
 
     /// The index of the chunk holding position `pos`, if retained.
     pub fn index_of(&self, pos: u64) -> Option<usize> {
-        let after = self.chunks.partition_point(|c| c.start <= pos);
+        let after = self.chunks().partition_point(|c| c.start <= pos);
         after.checked_sub(1)
     }
 
     /// Where chunk `index` ends, given the stream's tail.
     pub fn end_of(&self, index: usize, tail: u64) -> u64 {
-        self.chunks.get(index + 1).map_or(tail, |c| c.start)
+        self.chunks().get(index + 1).map_or(tail, |c| c.start)
     }
 
     /// The chunks as [`ChunkInfo`]s.
     pub fn infos(&self, tail: u64) -> Vec<ChunkInfo> {
-        (0..self.chunks.len())
+        let chunks = self.chunks();
+        (0..chunks.len())
             .map(|i| ChunkInfo {
-                start: self.chunks[i].start,
+                start: chunks[i].start,
                 end: self.end_of(i, tail),
-                last_write_ms: self.chunks[i].last_write_ms,
+                last_write_ms: chunks[i].last_write_ms,
             })
             .collect()
     }
@@ -104,10 +164,14 @@ impl ChunkList {
     /// Drops every chunk that ends at or before `before`; returns the
     /// dropped chunks, oldest first.
     pub fn trim(&mut self, before: u64, tail: u64) -> Vec<Chunk> {
-        let keep_from = (0..self.chunks.len())
+        let count = self.chunks().len();
+        let keep_from = (0..count)
             .find(|&i| self.end_of(i, tail) > before)
-            .unwrap_or(self.chunks.len());
-        self.chunks.drain(..keep_from).collect()
+            .unwrap_or(count);
+        if keep_from == 0 {
+            return Vec::new();
+        }
+        self.chunks.drain_front(keep_from)
     }
 }
 
@@ -160,6 +224,28 @@ mod tests {
         );
         assert_eq!(chunks.head(25), 25);
         assert!(chunks.infos(25).is_empty());
+    }
+
+    /// One chunk lives in the list itself; more move to an allocation and
+    /// back as they are trimmed.
+    #[test]
+    fn one_chunk_is_kept_in_place() {
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<ChunkList>(), 24);
+        let mut chunks = list(&[0]);
+        assert!(matches!(chunks.chunks, Chunks::One(_)));
+        chunks.touch(9);
+        assert_eq!(chunks.active().map(|c| c.last_write_ms), Some(9));
+        chunks.start_chunk(10, 10);
+        chunks.start_chunk(20, 11);
+        assert_eq!(chunks.infos(25).len(), 3);
+        assert_eq!(chunks.trim(20, 25).len(), 2);
+        assert!(matches!(
+            chunks.chunks,
+            Chunks::One(Chunk { start: 20, .. })
+        ));
+        assert_eq!(chunks.trim(25, 25).len(), 1);
+        assert_eq!(chunks, ChunkList::default());
     }
 
     #[test]

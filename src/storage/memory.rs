@@ -33,13 +33,12 @@ struct Shared {
     chunk_bytes: u64,
 }
 
-/// One stream's records: `ends[i]` is the position just after `data[i]`;
-/// `base` is where the first retained record starts.
+/// One stream's records, each with the position just after it; `base` is
+/// where the first retained record starts.
 #[derive(Debug, Default)]
 struct Records {
     base: u64,
-    ends: std::collections::VecDeque<u64>,
-    data: std::collections::VecDeque<Bytes>,
+    records: std::collections::VecDeque<(u64, Bytes)>,
     chunks: ChunkList,
     /// Retention dropped data: reads before `base` are refused.
     trimmed: bool,
@@ -47,7 +46,7 @@ struct Records {
 
 impl Records {
     fn tail(&self) -> u64 {
-        self.ends.back().copied().unwrap_or(self.base)
+        self.records.back().map_or(self.base, |(end, _)| *end)
     }
 
     /// Adds a record, starting a new chunk when the current one is full.
@@ -60,8 +59,12 @@ impl Records {
         } else {
             self.chunks.touch(now);
         }
-        self.ends.push_back(tail + data.len() as u64);
-        self.data.push_back(data);
+        if self.records.capacity() == 0 {
+            // Most streams hold few records: room for one, not the four a
+            // first push reserves.
+            self.records.reserve_exact(1);
+        }
+        self.records.push_back((tail + data.len() as u64, data));
     }
 
     /// Drops the chunks ending at or before `before`; returns the bytes freed.
@@ -70,8 +73,7 @@ impl Records {
         if before > tail {
             // Everything goes and the stream continues at `before`.
             self.chunks = ChunkList::default();
-            self.ends.clear();
-            self.data.clear();
+            self.records.clear();
             let freed = tail - self.base;
             self.base = before;
             self.trimmed = true;
@@ -81,9 +83,8 @@ impl Records {
             return 0;
         }
         let head = self.chunks.head(tail);
-        let drop = self.ends.partition_point(|&end| end <= head);
-        self.ends.drain(..drop);
-        self.data.drain(..drop);
+        let drop = self.records.partition_point(|&(end, _)| end <= head);
+        self.records.drain(..drop);
         let freed = head - self.base;
         self.base = head;
         self.trimmed = true;
@@ -94,7 +95,7 @@ impl Records {
         if index == 0 {
             self.base
         } else {
-            self.ends[index - 1]
+            self.records[index - 1].0
         }
     }
 }
@@ -255,14 +256,14 @@ impl InMemoryStorage {
         if from >= until {
             return Ok(chunk);
         }
-        let first = records.ends.partition_point(|&end| end <= from);
+        let first = records.records.partition_point(|&(end, _)| end <= from);
         let mut taken = 0usize;
-        for index in first..records.ends.len() {
+        for index in first..records.records.len() {
             let start = records.start_of(index);
             if start >= until {
                 break;
             }
-            let record = &records.data[index];
+            let record = &records.records[index].1;
             let part = ReadChunk::part(start, record.len(), from, until);
             taken += chunk.push(start, part.clone(), record.slice(part));
             if taken >= max_bytes {

@@ -276,10 +276,7 @@ mod tests {
     use crate::protocol::header::ProducerHeaders;
 
     fn state(tail: u64) -> WriterState {
-        WriterState {
-            tail,
-            ..WriterState::default()
-        }
+        WriterState::new(tail, None, [], None)
     }
 
     fn binary() -> ContentType {
@@ -378,12 +375,12 @@ mod tests {
     #[test]
     fn a_closed_stream_refuses_data_but_confirms_repeated_closes() {
         let mut closed = state(4);
-        closed.closed = Some(Some(ClosedBy {
+        closed.extras_mut().closed = Some(Some(ClosedBy {
             producer_id: "p".into(),
             epoch: 1,
             seq: 3,
         }));
-        closed.producers.insert(
+        closed.extras_mut().producers.insert(
             "p".into(),
             ProducerState {
                 epoch: 1,
@@ -450,7 +447,7 @@ mod tests {
             ))
         );
         let mut seen = state(1);
-        seen.producers = HashMap::from([(
+        seen.extras_mut().producers = HashMap::from([(
             "p".to_owned(),
             ProducerState {
                 epoch: 1,
@@ -487,7 +484,7 @@ mod tests {
     #[test]
     fn stream_seq_must_increase() {
         let mut seen = state(0);
-        seen.stream_seq = Some("b".into());
+        seen.extras_mut().stream_seq = Some("b".into());
         for (seq, ok) in [("a", false), ("b", false), ("c", true)] {
             let mut request = append(b"x");
             request.stream_seq = Some(seq.into());
@@ -520,7 +517,7 @@ mod tests {
         let data = append_payload(&json, &request.body);
         assert!(data.is_err());
         let mut seen = state(0);
-        seen.stream_seq = Some("z".into());
+        seen.extras_mut().stream_seq = Some("z".into());
         let stream = StreamFacts {
             content_type: &json,
             base: 0,
@@ -555,7 +552,7 @@ mod tests {
             confirmation(&confirms, &committed, &effective),
             Confirmation::Lost
         );
-        effective.producers.insert(
+        effective.extras_mut().producers.insert(
             "p".into(),
             ProducerState {
                 epoch: 0,
@@ -566,7 +563,7 @@ mod tests {
             confirmation(&confirms, &committed, &effective),
             Confirmation::Pending
         );
-        committed.producers = effective.producers.clone();
+        committed.extras_mut().producers = effective.extras_mut().producers.clone();
         assert_eq!(
             confirmation(&confirms, &committed, &effective),
             Confirmation::Confirmed(Appended {

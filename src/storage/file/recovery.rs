@@ -405,9 +405,9 @@ impl FileStorage {
             recovered.push(RecoveredStream {
                 head: state.head(),
                 tail: state.tail,
-                closed: state.closed.clone(),
-                producers: state.producers.clone(),
-                stream_seq: state.stream_seq.clone(),
+                closed: state.closed().clone(),
+                producers: state.producers().to_vec(),
+                stream_seq: state.stream_seq().map(str::to_owned),
                 soft_deleted: state.soft_deleted,
                 spec,
             });

@@ -9,6 +9,7 @@
 //! the same two steps for every logged mutation.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -73,12 +74,8 @@ pub struct State {
     pub chunks: ChunkList,
     /// The committed part of its last chunk's file and index.
     pub active: Option<Active>,
-    /// Closed, and by whom.
-    pub closed: Option<Option<ClosedBy>>,
-    /// Producer states.
-    pub producers: Vec<(String, ProducerState)>,
-    /// `Stream-Seq` watermark.
-    pub stream_seq: Option<String>,
+    /// Its writer state besides the tail, once it has any.
+    writer: Option<Box<WriterExtras>>,
     /// Soft-deleted.
     pub soft_deleted: bool,
     /// The newest records, reaching the tail without a gap: `(end, data)`.
@@ -86,7 +83,17 @@ pub struct State {
     /// What `recent` costs: its payload plus a fixed cost per record.
     pub recent_bytes: usize,
     /// Its place in its shard's [`TailCache`] order, while it has one.
-    pub cached_at: Option<u64>,
+    pub cached_at: Option<NonZeroU64>,
+}
+
+/// A stream's writer state besides its tail, boxed in [`State`]: most
+/// streams are never closed and never see a producer or a `Stream-Seq`,
+/// and every stream's state stays in memory.
+#[derive(Default)]
+struct WriterExtras {
+    closed: Option<Option<ClosedBy>>,
+    producers: Vec<(String, ProducerState)>,
+    stream_seq: Option<String>,
 }
 
 impl State {
@@ -98,14 +105,35 @@ impl State {
             tail: base,
             chunks: ChunkList::default(),
             active: None,
-            closed,
-            producers: Vec::new(),
-            stream_seq: None,
+            writer: WriterExtras::boxed(closed, Vec::new(), None),
             soft_deleted: false,
             recent: VecDeque::new(),
             recent_bytes: 0,
             cached_at: None,
         }
+    }
+
+    /// Closed, and by whom.
+    pub fn closed(&self) -> &Option<Option<ClosedBy>> {
+        const OPEN: &Option<Option<ClosedBy>> = &None;
+        self.writer.as_ref().map_or(OPEN, |writer| &writer.closed)
+    }
+
+    /// Producer states.
+    pub fn producers(&self) -> &[(String, ProducerState)] {
+        self.writer
+            .as_ref()
+            .map_or(&[], |writer| writer.producers.as_slice())
+    }
+
+    /// The `Stream-Seq` watermark.
+    pub fn stream_seq(&self) -> Option<&str> {
+        self.writer.as_ref()?.stream_seq.as_deref()
+    }
+
+    /// The writer state besides the tail, created when first changed.
+    fn writer_mut(&mut self) -> &mut WriterExtras {
+        self.writer.get_or_insert_with(Box::default)
     }
 
     /// Where the retained data starts.
@@ -125,9 +153,9 @@ impl State {
             spec: self.spec.clone(),
             base: self.base,
             tail: self.tail,
-            closed: self.closed.clone(),
-            producers: self.producers.clone(),
-            stream_seq: self.stream_seq.clone(),
+            closed: self.closed().clone(),
+            producers: self.producers().to_vec(),
+            stream_seq: self.stream_seq().map(str::to_owned),
             soft_deleted: self.soft_deleted,
             chunks: self.chunks.chunks().to_vec(),
             active: self.active,
@@ -142,9 +170,7 @@ impl State {
             tail: record.tail,
             chunks: ChunkList::from_chunks(record.chunks),
             active: record.active,
-            closed: record.closed,
-            producers: record.producers,
-            stream_seq: record.stream_seq,
+            writer: WriterExtras::boxed(record.closed, record.producers, record.stream_seq),
             soft_deleted: record.soft_deleted,
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -175,6 +201,23 @@ impl State {
             }
         }
         Some(chunk)
+    }
+}
+
+impl WriterExtras {
+    /// The extras holding these values; `None` when all are unset.
+    fn boxed(
+        closed: Option<Option<ClosedBy>>,
+        producers: Vec<(String, ProducerState)>,
+        stream_seq: Option<String>,
+    ) -> Option<Box<Self>> {
+        (closed.is_some() || !producers.is_empty() || stream_seq.is_some()).then(|| {
+            Box::new(Self {
+                closed,
+                producers,
+                stream_seq,
+            })
+        })
     }
 }
 
@@ -539,16 +582,17 @@ impl Target<'_> {
                     }
                 }
                 if let Some((id, next)) = producer {
-                    match state.producers.iter_mut().find(|(p, _)| *p == id) {
+                    let producers = &mut state.writer_mut().producers;
+                    match producers.iter_mut().find(|(p, _)| *p == id) {
                         Some(slot) => slot.1 = next,
-                        None => state.producers.push((id, next)),
+                        None => producers.push((id, next)),
                     }
                 }
                 if stream_seq.is_some() {
-                    state.stream_seq = stream_seq;
+                    state.writer_mut().stream_seq = stream_seq;
                 }
-                if close.is_some() && state.closed.is_none() {
-                    state.closed = close;
+                if close.is_some() && state.closed().is_none() {
+                    state.writer_mut().closed = close;
                 }
             }
             Effect::SoftDelete { stream } => {

@@ -2,6 +2,7 @@
 //! within a byte budget so live readers at the tail need no file read.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
@@ -65,21 +66,25 @@ impl TailCache {
             state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
             self.used -= old.len() + RECENT_ENTRY_COST;
         }
-        match state.cached_at {
+        match state.cached_at.map(NonZeroU64::get) {
             Some(at) if self.tick - at < (self.order.len() / 2) as u64 => {}
             Some(at) => {
                 if let Some(entry) = self.order.remove(&at) {
-                    self.tick += 1;
+                    state.cached_at = Some(self.next_tick());
                     self.order.insert(self.tick, entry);
-                    state.cached_at = Some(self.tick);
                 }
             }
             None => {
-                self.tick += 1;
+                state.cached_at = Some(self.next_tick());
                 self.order.insert(self.tick, stream.clone());
-                state.cached_at = Some(self.tick);
             }
         }
+    }
+
+    /// Advances the order's clock: ticks start at 1, so a place is never 0.
+    fn next_tick(&mut self) -> NonZeroU64 {
+        self.tick += 1;
+        NonZeroU64::new(self.tick).unwrap_or(NonZeroU64::MIN)
     }
 
     /// Drops `stream`'s records (its state locked for writing).
@@ -88,7 +93,7 @@ impl TailCache {
         state.recent.clear();
         state.recent_bytes = 0;
         if let Some(at) = state.cached_at.take() {
-            self.order.remove(&at);
+            self.order.remove(&at.get());
         }
     }
 
