@@ -20,7 +20,9 @@ use super::error::EngineError;
 use crate::metrics::event::{LiveStreamsChanged, StoredBytes};
 use crate::storage::StreamId;
 
-type Map = HashSet<ByPath>;
+/// Paths come from clients: the hasher is keyed at random per map, so no
+/// client can aim paths at one bucket, and is quicker than SipHash.
+type Map = HashSet<ByPath, ahash::RandomState>;
 
 /// An entry keyed by its own path, so the map keeps no second copy of it.
 struct ByPath(Arc<StreamEntry>);
@@ -71,7 +73,7 @@ impl Registry {
     /// An empty registry of a store whose backend is `backend`.
     pub fn new(backend: &'static str) -> Self {
         Self {
-            streams: RwLock::new(HashSet::new()),
+            streams: RwLock::new(HashSet::default()),
             next_id: AtomicU64::new(1),
             stored_bytes: StoredBytes::register(backend),
         }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
+use axum::http::uri::PathAndQuery;
 use axum::http::{Version, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -63,12 +64,57 @@ pub(crate) struct AccessSettings {
     pub routes: RouteTable,
 }
 
+impl AccessSettings {
+    /// What the middleware needs of the route template `route`: found once
+    /// per request by the router's side, once for all by the append
+    /// shortcut, whose route never changes.
+    pub(crate) fn route(&self, route: &str) -> RouteLabel {
+        RouteLabel {
+            metrics: self.routes.get(route),
+            quiet: self.quiet_routes.iter().any(|quiet| quiet == route),
+            stream: is_stream_route(route),
+            shortcut: false,
+        }
+    }
+}
+
+/// A route template as the middleware sees it ([`AccessSettings::route`]).
+#[derive(Clone, Debug)]
+pub(crate) struct RouteLabel {
+    metrics: Arc<RouteMetrics>,
+    /// Logged at `debug`.
+    quiet: bool,
+    /// Ends in a stream's name: the log line names the stream.
+    stream: bool,
+    /// Its requests come from the server's own HTTP/1.1 engine and are
+    /// answered at once (the append shortcut's).
+    shortcut: bool,
+}
+
+impl RouteLabel {
+    /// The route's template.
+    pub(crate) fn template(&self) -> &str {
+        self.metrics.route()
+    }
+
+    /// The same route as the append shortcut serves it: its requests'
+    /// bodies are framed by their `Content-Length` when their length is
+    /// known, and their log lines are written as their heads are, so a line
+    /// may keep the request's path rather than a copy of it.
+    pub(crate) fn for_shortcut(self) -> Self {
+        Self {
+            shortcut: true,
+            ..self
+        }
+    }
+}
+
 /// What the log line and the metrics need, captured on arrival.
 struct Line {
     started: Instant,
     method: MethodLabel,
     route: Arc<RouteMetrics>,
-    stream: Option<String>,
+    stream: Option<StreamName>,
     /// The client: the TCP peer, or the address a trusted proxy named.
     client: Option<Client>,
     /// The TCP peer, when a trusted proxy named another client address.
@@ -99,7 +145,7 @@ impl Line {
     fn log(&self, answer: &Answer, bytes_out: u64) {
         self.span.record("http.response.body.size", bytes_out);
         // Formatted (and the duration taken) only if the line is enabled.
-        let stream = OrDash(self.stream.as_deref());
+        let stream = OrDash(self.stream.as_ref());
         let client = OrDash(self.client);
         let identity = OrDash(self.identity.as_ref().map(|id| id.name.as_str()));
         let identity_source = self.identity.as_ref().map(|id| id.source.as_str());
@@ -175,6 +221,25 @@ impl Line {
         } else {
             enabled!(tracing::Level::INFO)
         }
+    }
+}
+
+/// The stream a log line names.
+enum StreamName {
+    /// A copy: a line that waits for a streamed or deferred answer must not
+    /// keep the request head's buffer alive.
+    Copied(String),
+    /// The request's own path, which shares the head's buffer: the line
+    /// of an append through the shortcut goes with its answer's head.
+    Shared(PathAndQuery),
+}
+
+impl std::fmt::Display for StreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamName::Copied(path) => path,
+            StreamName::Shared(path) => path.path(),
+        })
     }
 }
 
@@ -272,6 +337,19 @@ impl Drop for Pending {
     }
 }
 
+/// The request's `Content-Length`. A shortcut request's body of a known
+/// length, more than none, was framed by it: no lookup.
+fn bytes_in(route: &RouteLabel, request: &Request) -> Option<u64> {
+    match request.body().size_hint().exact() {
+        Some(length) if route.shortcut && length > 0 => Some(length),
+        _ => request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+    }
+}
+
 fn protocol_version(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "0.9",
@@ -343,34 +421,31 @@ pub(crate) struct Observed {
 impl Observed {
     /// Starts observing `request`, matched to `route`, from the TCP `peer`
     /// when known.
-    pub(crate) fn start(
-        settings: &AccessSettings,
-        route: &str,
-        peer: Option<SocketAddr>,
-        request: &Request,
-    ) -> Self {
+    pub(crate) fn start(route: &RouteLabel, peer: Option<SocketAddr>, request: &Request) -> Self {
         let started = Instant::now();
         let extensions = request.extensions();
-        let path = extensions
+        let uri = extensions
             .get::<OriginalUri>()
-            .map_or_else(|| request.uri().path(), |original| original.0.path());
-        let stream = is_stream_route(route).then(|| path.to_owned());
+            .map_or_else(|| request.uri(), |original| &original.0);
+        let path = uri.path();
+        let stream = route
+            .stream
+            .then(|| match uri.path_and_query().filter(|_| route.shortcut) {
+                Some(shared) => StreamName::Shared(shared.clone()),
+                None => StreamName::Copied(path.to_owned()),
+            });
         let (client, peer) = Client::of(extensions, peer);
         let mut line = Line {
             started,
             method: MethodLabel::of(request.method()),
-            route: settings.routes.get(route),
+            route: route.metrics.clone(),
             stream,
             client,
             peer,
             scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
             identity: extensions.get::<ClientIdentity>().cloned(),
-            bytes_in: request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
-            quiet: settings.quiet_routes.iter().any(|quiet| quiet == route),
+            bytes_in: bytes_in(route, request),
+            quiet: route.quiet,
             span: tracing::Span::none(),
         };
         line.span = request_span(request, &line, path);

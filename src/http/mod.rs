@@ -192,10 +192,10 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> (Router, App
         shutdown: services.shutdown,
     };
     let shortcut = AppendShortcut(Arc::new(Shortcut {
+        route: edge.access.route(&route).for_shortcut(),
         edge: edge.clone(),
         state: state.clone(),
         reserved: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
-        route: route.clone(),
     }));
     let mut router = Router::new();
     if let Some(handle) = services.metrics {
@@ -233,7 +233,7 @@ pub struct AppendShortcut(Arc<Shortcut>);
 impl std::fmt::Debug for AppendShortcut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppendShortcut")
-            .field("route", &self.0.route)
+            .field("route", &self.0.route.template())
             .finish_non_exhaustive()
     }
 }
@@ -241,8 +241,8 @@ impl std::fmt::Debug for AppendShortcut {
 struct Shortcut {
     edge: Arc<Edge>,
     state: AppState,
-    /// The stream route's template (its metrics and log label).
-    route: String,
+    /// The stream route (its metrics and log label).
+    route: access::RouteLabel,
     /// Exact paths served by other routes, under the base path when it is `/`.
     reserved: Vec<String>,
 }
@@ -356,16 +356,18 @@ impl HeadLines {
 
 /// The router's side of [`edge`]: the route label is the matched route.
 async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched
-        .as_ref()
-        .map_or(access::UNMATCHED, MatchedPath::as_str);
+    let route = edge.access.route(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(access::UNMATCHED, MatchedPath::as_str),
+    );
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
-    self::edge(&edge, route, peer, request, false, |request| {
+    self::edge(&edge, &route, peer, request, false, |request| {
         next.run(request)
     })
     .await
@@ -395,7 +397,7 @@ struct Edge {
 }
 
 /// The one middleware every request passes (`route` is its route's
-/// template, or [`access::UNMATCHED`]; `peer` the TCP peer, when known),
+/// template, or [`access::UNMATCHED`], resolved; `peer` the TCP peer, when known),
 /// outermost first, after the
 /// caller attached the client context ([`crate::proxy::client_context`]):
 /// a query-string token moved
@@ -411,7 +413,7 @@ struct Edge {
 /// moved the request and the futures inside it once more.
 async fn edge<F, Fut>(
     edge: &Edge,
-    route: &str,
+    route: &access::RouteLabel,
     peer: Option<SocketAddr>,
     mut request: Request,
     common_written: bool,
@@ -424,7 +426,7 @@ where
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    let observed = access::Observed::start(&edge.access, route, peer, &request);
+    let observed = access::Observed::start(route, peer, &request);
     let preflight = request.method() == Method::OPTIONS;
     let allowed = if common_written {
         None

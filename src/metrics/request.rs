@@ -55,13 +55,55 @@ fn status_label(status: u16) -> String {
     }
 }
 
+/// Request counters of one method on one route kept in slots: a route sees
+/// a handful of statuses, so a scan beats hashing, and a slot, once set,
+/// is read without a lock.
+const STATUS_SLOTS: usize = 8;
+
 /// One method's handles on one route.
 #[derive(Debug, Default)]
 struct MethodMetrics {
     duration: OnceLock<Histogram>,
-    /// Request counters by status; a route sees a handful of statuses, so
-    /// a scan beats hashing.
-    requests: RwLock<Vec<(u16, Counter)>>,
+    /// Request counters by status, filled in order as statuses first occur.
+    requests: [OnceLock<(u16, Counter)>; STATUS_SLOTS],
+    /// The counters of statuses seen after the slots were full.
+    more: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl MethodMetrics {
+    /// Counts a request answered with `status`; `make` resolves its
+    /// counter the first time.
+    fn count(&self, status: u16, make: impl FnOnce() -> Counter) {
+        let mut make = Some(make);
+        for slot in &self.requests {
+            // Racing threads set one slot each in turn: a status is never
+            // set twice, as each scan stops at the first slot not yet set.
+            let (code, counter) = match slot.get() {
+                Some(set) => set,
+                None => {
+                    slot.get_or_init(|| (status, make.take().map_or_else(Counter::noop, |m| m())))
+                }
+            };
+            if *code == status {
+                counter.increment(1);
+                return;
+            }
+        }
+        {
+            let more = self.more.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, counter)) = more.iter().find(|(code, _)| *code == status) {
+                counter.increment(1);
+                return;
+            }
+        }
+        let Some(make) = make else { return };
+        let counter = make();
+        counter.increment(1);
+        let mut more = self.more.write().unwrap_or_else(PoisonError::into_inner);
+        if !more.iter().any(|(code, _)| *code == status) {
+            more.push((status, counter));
+        }
+    }
 }
 
 /// The metrics of one route template.
@@ -180,22 +222,7 @@ impl RequestAnswered<'_> {
         slot.duration
             .get_or_init(|| route.duration(method))
             .record(elapsed);
-        {
-            let requests = slot.requests.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, counter)) = requests.iter().find(|(code, _)| *code == status) {
-                counter.increment(1);
-                return;
-            }
-        }
-        let counter = route.requests(method, status);
-        counter.increment(1);
-        let mut requests = slot
-            .requests
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !requests.iter().any(|(code, _)| *code == status) {
-            requests.push((status, counter));
-        }
+        slot.count(status, || route.requests(method, status));
     }
 }
 

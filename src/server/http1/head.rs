@@ -202,8 +202,7 @@ fn parse(head: &Bytes, limits: HeadLimits) -> Result<RequestHead, HeadError> {
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     let mut framing = Framing::default();
     for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid header field name"))?;
+        let name = field_name(field.name.as_bytes())?;
         // Values share the head's allocation.
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| HeadError::Malformed("invalid header field value"))?;
@@ -211,6 +210,26 @@ fn parse(head: &Bytes, limits: HeadLimits) -> Result<RequestHead, HeadError> {
         headers.append(name, value);
     }
     build(method, uri, version, headers, &framing)
+}
+
+/// A field's name: the fields every append carries are compared directly,
+/// the rest go through `HeaderName`'s table of known names.
+fn field_name(raw: &[u8]) -> Result<HeaderName, HeadError> {
+    let common = match raw.len() {
+        4 => raw.eq_ignore_ascii_case(b"host").then_some(header::HOST),
+        12 => raw
+            .eq_ignore_ascii_case(b"content-type")
+            .then_some(header::CONTENT_TYPE),
+        14 => raw
+            .eq_ignore_ascii_case(b"content-length")
+            .then_some(header::CONTENT_LENGTH),
+        _ => None,
+    };
+    match common {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(raw)
+            .map_err(|_| HeadError::Malformed("invalid header field name")),
+    }
 }
 
 fn describe(error: httparse::Error) -> &'static str {
@@ -578,6 +597,24 @@ mod tests {
             HeadScanner::default().next(&mut long, limits).err(),
             Some(HeadError::UriTooLong)
         );
+    }
+
+    #[test]
+    fn common_field_names_are_the_known_ones_in_any_case() {
+        for (raw, known) in [
+            ("Host", header::HOST),
+            ("hOST", header::HOST),
+            ("Content-Type", header::CONTENT_TYPE),
+            ("CONTENT-LENGTH", header::CONTENT_LENGTH),
+        ] {
+            assert_eq!(field_name(raw.as_bytes()), Ok(known));
+        }
+        assert_eq!(field_name(b"Hosts"), Ok(HeaderName::from_static("hosts")));
+        assert_eq!(
+            field_name(b"Content-Typf"),
+            Ok(HeaderName::from_static("content-typf"))
+        );
+        assert!(field_name(b"Ho t").is_err());
     }
 
     #[test]
