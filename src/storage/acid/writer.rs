@@ -35,10 +35,7 @@ pub(super) const MAX_BATCH_BYTES: usize = 16 << 20;
 const MAX_LOGGED_BATCH_BYTES: usize = 1 << 20;
 
 /// How long a logged append waits, at most, before it moves into redb.
-/// Each move is a durable redb commit during which nothing is logged, so
-/// fewer of them keep appends flowing (a move costs its `fsync` whatever it
-/// carries); [`APPLY_BYTES`] bounds what waits meanwhile.
-const APPLY_AFTER: Duration = Duration::from_secs(1);
+const APPLY_AFTER: Duration = Duration::from_millis(100);
 
 /// Logged payload bytes that make the writer move them into redb at once.
 const APPLY_BYTES: usize = 4 << 20;
