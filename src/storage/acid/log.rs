@@ -323,19 +323,8 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::super::tests::logged as append;
     use super::{AckLog, FILL_BYTES, first_hole};
-    use crate::storage::Append;
-
-    fn append(start: u64, data: &'static [u8]) -> Append {
-        Append {
-            id: 1,
-            start,
-            data: Bytes::from_static(data),
-            producer: None,
-            stream_seq: None,
-            close: None,
-        }
-    }
 
     #[test]
     fn a_write_allocates_the_log_ahead_of_its_frames() {
