@@ -50,6 +50,8 @@ pub(super) struct AckLog {
     generation: u64,
     offset: u64,
     buf: Vec<u8>,
+    /// Bytes from the start known to have their blocks allocated.
+    allocated: u64,
 }
 
 impl AckLog {
@@ -87,6 +89,7 @@ impl AckLog {
         // Past every generation the file may hold behind the current one
         // (they are older) and every one a database recorded.
         let generation = (found + 1).max(clock_generation());
+        let allocated = first_hole(&file);
         Ok((
             Self {
                 file,
@@ -94,6 +97,7 @@ impl AckLog {
                 generation,
                 offset: 0,
                 buf: Vec::new(),
+                allocated,
             },
             (found, appends),
         ))
@@ -151,10 +155,19 @@ impl AckLog {
                 "the acknowledgement log is full".into(),
             ));
         }
+        let end = self.offset + self.buf.len() as u64;
+        if end > self.allocated {
+            let upto = end.next_multiple_of(FILL_BYTES).min(LOG_BYTES);
+            let zeros = vec![0u8; (upto - end) as usize];
+            self.file
+                .write_all_at(&zeros, end)
+                .map_err(StorageError::from_write)?;
+            self.allocated = upto;
+        }
         self.file
             .write_all_at(&self.buf, self.offset)
             .map_err(StorageError::from_write)?;
-        self.offset += self.buf.len() as u64;
+        self.offset = end;
         Ok(())
     }
 
@@ -169,6 +182,20 @@ impl AckLog {
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Bytes the log's blocks are allocated ahead of its frames, so most syncs
+/// find their blocks allocated and flush no file-system metadata.
+const FILL_BYTES: u64 = 1 << 20;
+
+/// Where the file's first hole starts (0 when that is unknown).
+fn first_hole(file: &File) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor this `File` owns; it moves only the
+    // file position, which the log never uses (it reads and writes at
+    // offsets).
+    let at = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    u64::try_from(at).unwrap_or(0)
 }
 
 /// Reads the frames of the generation the file starts with.
@@ -288,4 +315,36 @@ pub(super) fn fold_logged(recovered: &mut [RecoveredStream], appends: Vec<Append
         }
     }
     unapplied
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use bytes::Bytes;
+
+    use super::super::tests::logged as append;
+    use super::{AckLog, FILL_BYTES, first_hole};
+
+    #[test]
+    fn a_write_allocates_the_log_ahead_of_its_frames() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("streams.redb.log");
+        let (mut log, (_, logged)) = AckLog::open(path.clone()).expect("open");
+        assert!(logged.is_empty());
+        log.write([append(0, b"abc")].iter()).expect("write");
+        log.sync_handle()
+            .expect("handle")
+            .sync_data()
+            .expect("sync");
+        let file = std::fs::File::open(&path).expect("reopen");
+        // Allocated past the frame: the syncs of the next frames write
+        // data only, no file-system metadata.
+        assert!(file.metadata().expect("stat").blocks() * 512 >= FILL_BYTES);
+        assert!(first_hole(&file) >= FILL_BYTES);
+        drop(log);
+        let (_, (_, logged)) = AckLog::open(path).expect("open again");
+        let found: Vec<_> = logged.iter().map(|a| (a.start, a.data.clone())).collect();
+        assert_eq!(found, vec![(0, Bytes::from_static(b"abc"))]);
+    }
 }

@@ -211,14 +211,19 @@ impl DbShard {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
         {
-            Some(records) => (
-                records.first().map(|r| r.start),
-                records
-                    .iter()
-                    .filter(|r| r.start + r.data.len() as u64 > from && r.start < until)
-                    .cloned()
-                    .collect(),
-            ),
+            Some(records) => {
+                // In stream order: the lock is held for the records read,
+                // not for every record the log holds.
+                let skip = records.partition_point(|r| r.start + r.data.len() as u64 <= from);
+                (
+                    records.first().map(|r| r.start),
+                    records[skip..]
+                        .iter()
+                        .take_while(|r| r.start < until)
+                        .cloned()
+                        .collect(),
+                )
+            }
             None => (None, Vec::new()),
         };
         let in_database = first.map_or(until, |first| until.min(first));

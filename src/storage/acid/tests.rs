@@ -479,7 +479,8 @@ async fn streams_stay_in_their_database_when_the_count_changes() {
     }
 }
 
-fn logged(start: u64, data: &'static [u8]) -> Append {
+/// An append to stream 1 at `start`.
+pub(super) fn logged(start: u64, data: &'static [u8]) -> Append {
     Append {
         id: 1,
         start,
