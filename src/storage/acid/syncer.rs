@@ -16,12 +16,10 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
-
 use super::shard::{LoggedRecord, Shared};
 use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
-use crate::storage::queue::{Ack, commit_spans, fail_all};
+use crate::storage::queue::{Ack, Answerer, commit_spans, fail_all};
 use crate::storage::{Append, StorageError};
 
 /// A batch written into the log, waiting for its sync.
@@ -43,7 +41,7 @@ pub(super) type Synced = Option<(Vec<Append>, i64)>;
 pub(super) fn run(
     shared: Arc<Shared>,
     file: File,
-    runtime: Option<Handle>,
+    answerer: Answerer,
     jobs: Receiver<Written>,
     done: Sender<Synced>,
 ) {
@@ -59,7 +57,7 @@ pub(super) fn run(
             None
         } else {
             let generation = job.generation;
-            let synced = sync_batch(&shared, &file, &commits, runtime.as_ref(), job);
+            let synced = sync_batch(&shared, &file, &commits, &answerer, job);
             if synced.is_none() {
                 failed = Some(generation);
             }
@@ -77,7 +75,7 @@ fn sync_batch(
     shared: &Shared,
     file: &File,
     commits: &StorageCommits,
-    runtime: Option<&Handle>,
+    answerer: &Answerer,
     job: Written,
 ) -> Synced {
     let spans = commit_spans(
@@ -90,7 +88,7 @@ fn sync_batch(
     match synced {
         Ok(()) => {
             commits.emit(job.appends.len(), job.started.elapsed());
-            Some(acknowledge(shared, runtime, job.appends))
+            Some(acknowledge(shared, answerer, job.appends))
         }
         Err(error) => {
             tracing::error!(path = %shared.path.display(), error = %error,
@@ -104,7 +102,7 @@ fn sync_batch(
 /// Makes a synced batch's records readable, then acknowledges its appends.
 fn acknowledge(
     shared: &Shared,
-    runtime: Option<&Handle>,
+    answerer: &Answerer,
     appends: Vec<(Append, Ack)>,
 ) -> (Vec<Append>, i64) {
     let written_ms = chunk_list::now_ms();
@@ -124,28 +122,8 @@ fn acknowledge(
         }
     }
     let (appends, acks): (Vec<Append>, Vec<Ack>) = appends.into_iter().unzip();
-    let answer = Durable(acks);
-    match runtime {
-        // One task answers the whole batch from a worker: its wake-ups of
-        // the waiting requests are local to the runtime, where a wake-up
-        // from this thread may unpark a worker for each.
-        Some(runtime) => drop(runtime.spawn(async move { drop(answer) })),
-        None => drop(answer),
-    }
+    answerer.succeed(acks);
     (appends, written_ms)
-}
-
-/// The acknowledgements of a synced batch, answered with success when
-/// dropped: by the task that carries them, or, on a runtime that shuts
-/// down before running it, where the runtime drops it.
-struct Durable(Vec<Ack>);
-
-impl Drop for Durable {
-    fn drop(&mut self) {
-        for ack in self.0.drain(..) {
-            let _ = ack.send(Ok(()));
-        }
-    }
 }
 
 /// The writer's end of its sync thread: batches handed over and not yet
@@ -157,13 +135,4 @@ pub(super) struct SyncHandle {
     /// Appends in the batch handed over last.
     pub(super) last_batch: usize,
     pub(super) thread: std::thread::JoinHandle<()>,
-}
-
-/// The runtime the store opens in, when its acknowledgements can be sent
-/// from there: a multi-threaded one (a single-threaded runtime may be
-/// blocked on an acknowledgement by the very thread that would send it).
-pub(super) fn answering_runtime() -> Option<Handle> {
-    Handle::try_current()
-        .ok()
-        .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
 }

@@ -24,7 +24,7 @@ use super::tables::{
 };
 use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
-use crate::storage::queue::{Ack, Next, commit_spans, fail_all, payload_len};
+use crate::storage::queue::{Ack, Answerer, Next, commit_spans, fail_all, payload_len};
 use crate::storage::{Append, Mutation, StorageError, StreamId};
 
 /// Most payload bytes one transaction commits.
@@ -115,10 +115,10 @@ impl Writer {
         let (jobs, receive_jobs) = std::sync::mpsc::sync_channel(0);
         let (send_done, done) = std::sync::mpsc::channel();
         let shared = self.shared.clone();
-        let runtime = syncer::answering_runtime();
+        let answerer = Answerer::current();
         let thread = std::thread::Builder::new()
             .name("ds-acid-sync".into())
-            .spawn(move || syncer::run(shared, file, runtime, receive_jobs, send_done))
+            .spawn(move || syncer::run(shared, file, answerer, receive_jobs, send_done))
             .map_err(StorageError::Io)?;
         self.sync = Some(SyncHandle {
             jobs,
