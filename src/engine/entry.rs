@@ -113,7 +113,7 @@ struct RareSpec {
 /// Its spec is kept in pieces (every stream in memory has an entry, so its
 /// size is the memory of an idle stream): the content type parsed once
 /// (its raw text is the spec's), the rarely set fields boxed;
-/// [`Self::spec`] puts the spec back together.
+/// `StreamEntry::spec` puts the spec back together.
 pub struct StreamEntry {
     id: StreamId,
     /// Where the stream's own data begins (the fork offset, or 0).
