@@ -63,6 +63,7 @@ mod recovery_tests;
 pub mod shared;
 #[cfg(test)]
 pub(crate) mod suite;
+mod zeros;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use super::load::Head;
 use super::shard::{LoggedRecord, Unapplied};
 use crate::storage::chunk_list;
-use crate::storage::codec;
 use crate::storage::{Append, Mutation, RecoveredStream, StorageError, StreamId};
+use crate::storage::{codec, zeros};
 
 /// Bytes of the log file of each database.
 pub(super) const LOG_BYTES: u64 = 16 << 20;
@@ -158,10 +158,7 @@ impl AckLog {
         let end = self.offset + self.buf.len() as u64;
         if end > self.allocated {
             let upto = end.next_multiple_of(FILL_BYTES).min(LOG_BYTES);
-            let zeros = vec![0u8; (upto - end) as usize];
-            self.file
-                .write_all_at(&zeros, end)
-                .map_err(StorageError::from_write)?;
+            zeros::write_zeros(&self.file, end, upto).map_err(StorageError::from_write)?;
             self.allocated = upto;
         }
         self.file

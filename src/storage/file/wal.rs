@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::super::codec::{self, FRAME_HEADER};
-use super::super::{Mutation, StorageError};
+use super::super::{Mutation, StorageError, zeros};
 use super::layout;
 
 /// Opens every log segment, followed by the shard (u64 LE) and the segment
@@ -79,17 +79,11 @@ impl Segment {
     /// # Errors
     /// When the zeros cannot be written.
     pub fn write_ahead_zeros(&mut self, end: u64) -> std::io::Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         if end <= self.written || self.written >= self.allocated {
             return Ok(());
         }
         let to = (end + ZERO_AHEAD).min(self.allocated);
-        let mut at = self.written.max(self.len);
-        while at < to {
-            let n = (to - at).min(ZEROS.len() as u64);
-            self.file.write_all_at(&ZEROS[..n as usize], at)?;
-            at += n;
-        }
+        zeros::write_zeros(&self.file, self.written.max(self.len), to)?;
         self.written = to;
         Ok(())
     }
