@@ -45,8 +45,8 @@ impl Engine {
         request: AppendRequest,
     ) -> Result<Appended, EngineError> {
         if let Some(store) = self.shared_store() {
-            // Boxed: inline, the shared store's steps would make every
-            // append's future (kept on the heap per request) several times larger.
+            // Boxed: inline, the shared store's steps would add about
+            // 1.6 KB to every local append's future (boxed per request).
             return Box::pin(self.append_shared(&*store, path, request)).await;
         }
         rules::check_append_request(&request)?;
