@@ -83,7 +83,7 @@ use checkpoint::LogPosition;
 use files::FileCache;
 use ids::IdMap;
 use shard::Shard;
-use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
+use state::{ChunkWrites, Dirty, Head, Planner, RECENT_IDLE_MS, State, Stream, Target};
 use unwritten::ShardBuffer;
 
 pub use layout::CHECKPOINT as CHECKPOINT_FILE;
@@ -249,8 +249,10 @@ impl Shared {
                 &positions,
                 streams.len() as u64,
             );
+            let now = super::chunk_list::now_ms();
             for (&id, stream) in streams.iter() {
-                let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
+                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                state.release_idle_recent(now, RECENT_IDLE_MS);
                 checkpoint::encode_stream(&mut body, &state.record(id));
             }
         }
