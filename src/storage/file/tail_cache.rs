@@ -234,4 +234,72 @@ mod tests {
         // The stream appended to last is never the one evicted.
         assert!(held(&streams[7]) >= 1);
     }
+
+    /// Records a checkpoint released from an idle stream stay counted
+    /// until the cache touches the stream again, then leave the count:
+    /// the count never drifts from what the streams say they cost.
+    #[test]
+    fn released_records_leave_the_count_when_next_touched() {
+        let per_record = 100 + RECENT_ENTRY_COST;
+        let mut cache = TailCache::new(3 * per_record);
+        let streams: Vec<Arc<Stream>> = (1..=3).map(stream).collect();
+        for s in &streams {
+            append(&mut cache, s);
+        }
+        let release = |s: &Arc<Stream>| {
+            let mut state = s.state.write().unwrap_or_else(PoisonError::into_inner);
+            state.release_idle_recent(i64::MAX, 0);
+            assert_eq!(state.recent.capacity(), 0, "the queue is freed too");
+        };
+        release(&streams[0]);
+        release(&streams[1]);
+        assert_eq!(held(&streams[0]), 0);
+        assert_eq!(cache.used, 3 * per_record, "still counted");
+
+        // Appended to again: its released record leaves the count.
+        append(&mut cache, &streams[0]);
+        assert_eq!(held(&streams[0]), 1);
+        assert_eq!(cache.used, 3 * per_record);
+
+        // Over the budget: the oldest place (the other released stream)
+        // goes first, taking its counted cost with it.
+        append(&mut cache, &streams[2]);
+        cache.evict();
+        assert_eq!(cache.used, 3 * per_record);
+        assert_eq!(held(&streams[1]), 0);
+        assert_eq!(held(&streams[2]), 2);
+        let total: usize = streams
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recent_bytes
+            })
+            .sum();
+        assert_eq!(total, cache.used);
+    }
+
+    /// A stream appended to over and over leaves places behind in the
+    /// order; they are dropped, so the order stays within a bound of the
+    /// streams placed, and each entry is two words.
+    #[test]
+    fn the_order_stays_bounded() {
+        assert_eq!(
+            std::mem::size_of::<(u64, Arc<Stream>)>(),
+            16,
+            "an order entry grew"
+        );
+        let mut cache = TailCache::new(1 << 20);
+        let streams: Vec<Arc<Stream>> = (1..=4).map(stream).collect();
+        for _ in 0..2_000 {
+            for s in &streams {
+                append(&mut cache, s);
+                cache.evict();
+                assert!(cache.order.len() <= 2 * cache.placed + 65);
+            }
+        }
+        assert_eq!(cache.placed, 4);
+        assert!(streams.iter().all(|s| held(s) >= 1));
+    }
 }
