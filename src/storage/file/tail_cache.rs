@@ -117,11 +117,11 @@ impl TailCache {
                 return *tick == newest;
             }
             stream
-                    .state
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .cached_at
-                    .is_some_and(|at| at.get() == *tick)
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .cached_at
+                .is_some_and(|at| at.get() == *tick)
         });
         if self.order.capacity() > 4 * self.order.len().max(16) {
             self.order.shrink_to_fit();
