@@ -189,6 +189,19 @@ mod tests {
             .len()
     }
 
+    /// What the streams say their records cost, together.
+    fn counted(streams: &[Arc<Stream>]) -> usize {
+        streams
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recent_bytes
+            })
+            .sum()
+    }
+
     /// Within its budget the cache evicts the streams appended to longest
     /// ago, keeps the newest, and takes an evicted stream back in when it
     /// is appended to again (and can evict it again later).
@@ -221,16 +234,7 @@ mod tests {
                 assert!(cache.used <= 4 * per_record, "{}", cache.used);
             }
         }
-        let total: usize = streams
-            .iter()
-            .map(|s| {
-                s.state
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recent_bytes
-            })
-            .sum();
-        assert_eq!(total, cache.used);
+        assert_eq!(counted(&streams), cache.used);
         // The stream appended to last is never the one evicted.
         assert!(held(&streams[7]) >= 1);
     }
@@ -268,16 +272,7 @@ mod tests {
         assert_eq!(cache.used, 3 * per_record);
         assert_eq!(held(&streams[1]), 0);
         assert_eq!(held(&streams[2]), 2);
-        let total: usize = streams
-            .iter()
-            .map(|s| {
-                s.state
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recent_bytes
-            })
-            .sum();
-        assert_eq!(total, cache.used);
+        assert_eq!(counted(&streams), cache.used);
     }
 
     /// A stream appended to over and over leaves places behind in the
