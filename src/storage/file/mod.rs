@@ -83,7 +83,7 @@ use checkpoint::LogPosition;
 use files::FileCache;
 use ids::IdMap;
 use shard::Shard;
-use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
+use state::{ChunkWrites, Dirty, Head, Planner, RECENT_IDLE_MS, State, Stream, Target};
 use unwritten::ShardBuffer;
 
 pub use layout::CHECKPOINT as CHECKPOINT_FILE;
@@ -223,6 +223,26 @@ impl Shared {
         Ok(())
     }
 
+    /// Drops the recent records of streams idle for [`RECENT_IDLE_MS`]
+    /// (see [`State::release_idle_recent`]), as a checkpoint does.
+    fn release_idle_recent(&self) {
+        let now = super::chunk_list::now_ms();
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for stream in streams {
+            stream
+                .state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .release_idle_recent(now, RECENT_IDLE_MS);
+        }
+    }
+
     /// Takes a checkpoint: every stream's committed state and each shard's
     /// log position (publishing paused meanwhile), the chunk files synced,
     /// the checkpoint replaced, the log before it deleted.
@@ -249,8 +269,10 @@ impl Shared {
                 &positions,
                 streams.len() as u64,
             );
+            let now = super::chunk_list::now_ms();
             for (&id, stream) in streams.iter() {
-                let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
+                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+                state.release_idle_recent(now, RECENT_IDLE_MS);
                 checkpoint::encode_stream(&mut body, &state.record(id));
             }
         }
@@ -290,6 +312,7 @@ impl Shared {
 fn run_checkpoints(shared: Arc<Shared>) {
     let mut signal = shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
     let mut last = std::time::Instant::now();
+    let mut sweep = false;
     loop {
         if signal.stop {
             return;
@@ -315,6 +338,14 @@ fn run_checkpoints(shared: Arc<Shared>) {
         if !due {
             if last.elapsed() >= interval {
                 last = std::time::Instant::now();
+                if std::mem::take(&mut sweep) {
+                    // The last checkpoint found streams appended to just
+                    // before it: nothing written since, so no checkpoint
+                    // comes to drop their records once idle.
+                    drop(signal);
+                    shared.release_idle_recent();
+                    signal = shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
+                }
             }
             continue;
         }
@@ -325,6 +356,7 @@ fn run_checkpoints(shared: Arc<Shared>) {
         {
             tracing::error!(dir = %shared.dir.display(), %error, "checkpoint failed");
         }
+        sweep = true;
         last = std::time::Instant::now();
         signal = shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
     }

@@ -39,6 +39,12 @@ pub(super) const RECENT_ENTRY_COST: usize = 64;
 /// Records larger than this are not kept among the recent ones.
 pub(super) const RECENT_MAX_RECORD: usize = 16 << 10;
 
+/// A checkpoint drops the recent records of streams not appended to for
+/// this long (see [`State::release_idle_recent`]): their frames are in
+/// their chunk files by then, and readers at the tail of a live stream
+/// read its records well within it.
+pub(super) const RECENT_IDLE_MS: i64 = 1_000;
+
 /// A stream of the file store.
 pub struct Stream {
     /// The stream instance.
@@ -175,6 +181,23 @@ impl State {
             recent: VecDeque::new(),
             recent_bytes: 0,
             cached_at: None,
+        }
+    }
+
+    /// Drops the recent records if the stream was last appended to more
+    /// than `idle_ms` before `now_ms` (a checkpoint's sweep, with the
+    /// records' frames in their chunk files by then). Their cost stays in
+    /// `recent_bytes`, and so in the [`TailCache`]'s count, until the cache
+    /// next touches the stream: only its owner changes that count. An idle
+    /// stream then keeps neither the records nor their queue, allocated
+    /// among the freed transients of the appends that made them.
+    pub fn release_idle_recent(&mut self, now_ms: i64, idle_ms: i64) {
+        let idle = self
+            .chunks
+            .active()
+            .is_none_or(|chunk| now_ms - chunk.last_write_ms > idle_ms);
+        if idle && self.recent.capacity() > 0 {
+            self.recent = VecDeque::new();
         }
     }
 

@@ -1,7 +1,7 @@
 //! The tail cache: the newest records of a shard's streams, kept in memory
 //! within a byte budget so live readers at the tail need no file read.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::num::NonZeroU64;
 use std::sync::{Arc, PoisonError};
 
@@ -12,15 +12,26 @@ use super::state::{RECENT_ENTRY_COST, RECENT_MAX_RECORD, RECENT_PER_STREAM, Stat
 /// Keeps the newest records of streams in memory within a byte budget,
 /// evicting the streams appended to least recently.
 ///
-/// A stream's place in the order is its [`State::cached_at`] tick, so an
-/// append finds it without a map lookup; a stream still in the newer half
-/// of the order keeps its place (the order is then approximate within that
-/// half, which is what lets most appends at many streams skip moving it).
+/// The order is a queue of `(tick, stream)`, oldest first; a stream's
+/// place is the entry whose tick is its [`State::cached_at`], and entries
+/// it left behind are skipped when reached. A queue, not a tree: its
+/// entries sit in one buffer instead of thousands of small nodes, each of
+/// which would keep a heap page resident among the freed transients of
+/// the appends that made it. A stream still in the newer half of the order
+/// keeps its place (the order is then approximate within that half, which
+/// is what lets most appends at many streams skip moving it).
+///
+/// A checkpoint may drop an idle stream's records without the cache
+/// (see [`State::release_idle_recent`]): their cost stays counted in the
+/// stream's `recent_bytes` and here until the cache next touches the
+/// stream.
 pub struct TailCache {
     cap: usize,
     pub(super) used: usize,
     tick: u64,
-    order: BTreeMap<u64, Arc<Stream>>,
+    order: VecDeque<(u64, Arc<Stream>)>,
+    /// Streams with a place in `order`.
+    placed: usize,
 }
 
 impl TailCache {
@@ -30,7 +41,8 @@ impl TailCache {
             cap,
             used: 0,
             tick: 0,
-            order: BTreeMap::new(),
+            order: VecDeque::new(),
+            placed: 0,
         }
     }
 
@@ -43,12 +55,15 @@ impl TailCache {
         end: u64,
         data: Bytes,
     ) {
-        if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
-            // The recent records must reach the tail without a gap.
+        if data.len() > RECENT_MAX_RECORD || self.cap == 0 || state.recent.is_empty() {
+            // The recent records must reach the tail without a gap (and
+            // records a checkpoint released are still counted here).
             self.used -= state.recent_bytes;
-            state.recent.clear();
             state.recent_bytes = 0;
-            return;
+            state.recent = VecDeque::new();
+            if data.len() > RECENT_MAX_RECORD || self.cap == 0 {
+                return;
+            }
         }
         let cost = data.len() + RECENT_ENTRY_COST;
         state.recent_bytes += cost;
@@ -67,16 +82,17 @@ impl TailCache {
             self.used -= old.len() + RECENT_ENTRY_COST;
         }
         match state.cached_at.map(NonZeroU64::get) {
-            Some(at) if self.tick - at < (self.order.len() / 2) as u64 => {}
-            Some(at) => {
-                if let Some(entry) = self.order.remove(&at) {
-                    state.cached_at = Some(self.next_tick());
-                    self.order.insert(self.tick, entry);
-                }
+            Some(at) if self.tick - at < (self.placed / 2) as u64 => {}
+            Some(_) => {
+                state.cached_at = Some(self.next_tick());
+                self.order.push_back((self.tick, stream.clone()));
+                self.compact(stream);
             }
             None => {
                 state.cached_at = Some(self.next_tick());
-                self.order.insert(self.tick, stream.clone());
+                self.placed += 1;
+                self.order.push_back((self.tick, stream.clone()));
+                self.compact(stream);
             }
         }
     }
@@ -87,13 +103,39 @@ impl TailCache {
         NonZeroU64::new(self.tick).unwrap_or(NonZeroU64::MIN)
     }
 
+    /// Drops the entries streams left behind once they are most of the
+    /// queue. An entry is current when its tick is its stream's place;
+    /// `current` (whose state the caller holds locked) was just placed at
+    /// the newest tick, so its lock is not taken again.
+    fn compact(&mut self, current: &Arc<Stream>) {
+        if self.order.len() <= 2 * self.placed + 64 {
+            return;
+        }
+        let newest = self.tick;
+        self.order.retain(|(tick, stream)| {
+            if Arc::ptr_eq(stream, current) {
+                return *tick == newest;
+            }
+            stream
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .cached_at
+                .is_some_and(|at| at.get() == *tick)
+        });
+        if self.order.capacity() > 4 * self.order.len().max(16) {
+            self.order.shrink_to_fit();
+        }
+    }
+
     /// Drops `stream`'s records (its state locked for writing).
     pub(super) fn forget(&mut self, state: &mut State) {
         self.used -= state.recent_bytes;
-        state.recent.clear();
+        state.recent = VecDeque::new();
         state.recent_bytes = 0;
-        if let Some(at) = state.cached_at.take() {
-            self.order.remove(&at.get());
+        if state.cached_at.take().is_some() {
+            // Its entry stays in the queue, skipped when reached.
+            self.placed -= 1;
         }
     }
 
@@ -101,14 +143,18 @@ impl TailCache {
     /// the budget. Takes each victim's lock: call it holding none.
     pub(super) fn evict(&mut self) {
         while self.used > self.cap {
-            let Some((_, stream)) = self.order.pop_first() else {
+            let Some((tick, stream)) = self.order.pop_front() else {
                 break;
             };
             let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
+            if state.cached_at.map(NonZeroU64::get) != Some(tick) {
+                continue;
+            }
             self.used -= state.recent_bytes;
-            state.recent.clear();
+            state.recent = VecDeque::new();
             state.recent_bytes = 0;
             state.cached_at = None;
+            self.placed -= 1;
         }
     }
 }
@@ -143,6 +189,19 @@ mod tests {
             .len()
     }
 
+    /// What the streams say their records cost, together.
+    fn counted(streams: &[Arc<Stream>]) -> usize {
+        streams
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recent_bytes
+            })
+            .sum()
+    }
+
     /// Within its budget the cache evicts the streams appended to longest
     /// ago, keeps the newest, and takes an evicted stream back in when it
     /// is appended to again (and can evict it again later).
@@ -175,17 +234,67 @@ mod tests {
                 assert!(cache.used <= 4 * per_record, "{}", cache.used);
             }
         }
-        let total: usize = streams
-            .iter()
-            .map(|s| {
-                s.state
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recent_bytes
-            })
-            .sum();
-        assert_eq!(total, cache.used);
+        assert_eq!(counted(&streams), cache.used);
         // The stream appended to last is never the one evicted.
         assert!(held(&streams[7]) >= 1);
+    }
+
+    /// Records a checkpoint released from an idle stream stay counted
+    /// until the cache touches the stream again, then leave the count:
+    /// the count never drifts from what the streams say they cost.
+    #[test]
+    fn released_records_leave_the_count_when_next_touched() {
+        let per_record = 100 + RECENT_ENTRY_COST;
+        let mut cache = TailCache::new(3 * per_record);
+        let streams: Vec<Arc<Stream>> = (1..=3).map(stream).collect();
+        for s in &streams {
+            append(&mut cache, s);
+        }
+        let release = |s: &Arc<Stream>| {
+            let mut state = s.state.write().unwrap_or_else(PoisonError::into_inner);
+            state.release_idle_recent(i64::MAX, 0);
+            assert_eq!(state.recent.capacity(), 0, "the queue is freed too");
+        };
+        release(&streams[0]);
+        release(&streams[1]);
+        assert_eq!(held(&streams[0]), 0);
+        assert_eq!(cache.used, 3 * per_record, "still counted");
+
+        // Appended to again: its released record leaves the count.
+        append(&mut cache, &streams[0]);
+        assert_eq!(held(&streams[0]), 1);
+        assert_eq!(cache.used, 3 * per_record);
+
+        // Over the budget: the oldest place (the other released stream)
+        // goes first, taking its counted cost with it.
+        append(&mut cache, &streams[2]);
+        cache.evict();
+        assert_eq!(cache.used, 3 * per_record);
+        assert_eq!(held(&streams[1]), 0);
+        assert_eq!(held(&streams[2]), 2);
+        assert_eq!(counted(&streams), cache.used);
+    }
+
+    /// A stream appended to over and over leaves places behind in the
+    /// order; they are dropped, so the order stays within a bound of the
+    /// streams placed, and each entry is two words.
+    #[test]
+    fn the_order_stays_bounded() {
+        assert_eq!(
+            std::mem::size_of::<(u64, Arc<Stream>)>(),
+            16,
+            "an order entry grew"
+        );
+        let mut cache = TailCache::new(1 << 20);
+        let streams: Vec<Arc<Stream>> = (1..=4).map(stream).collect();
+        for _ in 0..2_000 {
+            for s in &streams {
+                append(&mut cache, s);
+                cache.evict();
+                assert!(cache.order.len() <= 2 * cache.placed + 65);
+            }
+        }
+        assert_eq!(cache.placed, 4);
+        assert!(streams.iter().all(|s| held(s) >= 1));
     }
 }

@@ -230,7 +230,13 @@ impl ShardBuffer {
         let (freed, outcome) = unwritten.write(stream.id, files, dirty);
         self.bytes.fetch_sub(freed, Ordering::AcqRel);
         if unwritten.pieces.is_empty() {
-            lock(&self.streams).remove(&stream.id);
+            let mut streams = lock(&self.streams);
+            streams.remove(&stream.id);
+            // A burst of appends to many streams grew the map; once they
+            // are written out it would keep that table for good.
+            if streams.capacity() > 4 * streams.len().max(64) {
+                streams.shrink_to_fit();
+            }
         }
         outcome
     }
