@@ -15,7 +15,7 @@ const RECORDS_WRITTEN: usize = 300;
 const TEST_CHUNK_BYTES: u64 = 4000;
 
 /// One database, so that every record is in `streams.redb`.
-fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
+pub(super) fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
     AcidStorage::open_with(
         dir,
         AcidOptions {
@@ -26,7 +26,7 @@ fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
     )
 }
 
-fn spec(id: u64) -> StreamSpec {
+pub(super) fn spec(id: u64) -> StreamSpec {
     StreamSpec {
         id,
         path: format!("/v1/stream/a{id}"),
@@ -491,7 +491,7 @@ pub(super) fn logged(start: u64, data: &'static [u8]) -> Append {
     }
 }
 
-async fn read_all(store: &AcidStorage) -> Vec<u8> {
+pub(super) async fn read_all(store: &AcidStorage) -> Vec<u8> {
     let chunk = store.read(1, 0, u64::MAX, usize::MAX).await.expect("read");
     chunk.records.concat()
 }
