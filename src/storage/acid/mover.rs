@@ -128,11 +128,9 @@ impl Writer {
         let txn = match self.stage(items, generation, &mut accepted, &mut trimmed) {
             Ok(txn) => txn,
             Err(error) => {
-                tracing::error!(path = %self.shared.path.display(), error = %error,
-                    "moving logged appends into the database failed; they stay in the log");
                 self.heads = before;
                 self.pending = appends;
-                self.oldest = Some(Instant::now());
+                self.move_failed(&error);
                 return;
             }
         };
@@ -183,8 +181,6 @@ impl Writer {
         match outcome {
             Ok(()) => self.spare_free = true,
             Err(error) => {
-                tracing::error!(path = %self.shared.path.display(), error = %error,
-                    "moving logged appends into the database failed; they stay in the log");
                 self.heads = in_flight.before;
                 for (append, _) in in_flight.appends.iter().rev() {
                     // The last of a stream's appends sets its tail, unless
@@ -196,9 +192,17 @@ impl Writer {
                 let mut appends = in_flight.appends;
                 appends.append(&mut self.pending);
                 self.pending = appends;
-                self.oldest = Some(Instant::now());
+                self.move_failed(&error);
             }
         }
+    }
+
+    /// A move failed: its appends stay pending, safe in the log, and are
+    /// tried again after the usual wait.
+    pub(super) fn move_failed(&mut self, error: &StorageError) {
+        tracing::error!(path = %self.shared.path.display(), error = %error,
+            "moving logged appends into the database failed; they stay in the log");
+        self.oldest = Some(Instant::now());
     }
 }
 

@@ -11,9 +11,7 @@ use redb::ReadableTable;
 use super::AcidOptions;
 use super::block::Block;
 use super::load::{load, trimmed_heads};
-use super::log::{
-    AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order,
-};
+use super::log::{AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order};
 use super::tables::{
     BLOCKS, CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation,
     begin_durable, db_error, framed, open_database, prepare_tables, verified_payload,

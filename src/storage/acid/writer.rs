@@ -264,9 +264,7 @@ impl Writer {
     /// pending, safe in the log, and are tried again later).
     pub(super) fn apply_logged(&mut self) {
         if let Err(error) = self.commit_pending_and(Vec::new()) {
-            tracing::error!(path = %self.shared.path.display(), error = %error,
-                "moving logged appends into the database failed; they stay in the log");
-            self.oldest = Some(Instant::now());
+            self.move_failed(&error);
         }
     }
 
