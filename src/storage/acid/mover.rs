@@ -208,12 +208,10 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::super::log::{AckLog, log_path, second_log_path};
-    use super::super::tests::{logged, open_one, read_all, spec};
+    use super::super::tests::{create_abc, logged, open_one, read_all};
     use super::super::{AcidStorage, DATABASE_FILE};
-    use crate::storage::{Append, Mutation, Storage};
+    use crate::storage::{Append, Storage};
 
     /// A crash while one log file's appends were moving into redb leaves
     /// appends in both files: the open replays them oldest generation first
@@ -222,16 +220,7 @@ mod tests {
     async fn both_log_files_replay_oldest_generation_first() {
         for second_first in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = open_one(dir.path()).expect("open");
-            store
-                .submit(Mutation::Create {
-                    spec: spec(1),
-                    data: Bytes::from_static(b"abc"),
-                    closed: false,
-                })
-                .await
-                .expect("create");
-            drop(store);
+            create_abc(dir.path()).await;
             let database = dir.path().join(DATABASE_FILE);
             let mut files = [log_path(&database), second_log_path(&database)];
             if second_first {

@@ -26,7 +26,7 @@ pub(super) fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
     )
 }
 
-pub(super) fn spec(id: u64) -> StreamSpec {
+fn spec(id: u64) -> StreamSpec {
     StreamSpec {
         id,
         path: format!("/v1/stream/a{id}"),
@@ -496,14 +496,9 @@ pub(super) async fn read_all(store: &AcidStorage) -> Vec<u8> {
     chunk.records.concat()
 }
 
-/// Appends acknowledged from the log before a crash: a read-only open
-/// serves them, the next open moves them into redb (skipping one already
-/// there) and the one after finds them applied, and a gap in the log stops
-/// the open.
-#[tokio::test]
-async fn logged_appends_are_served_replayed_and_checked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_one(dir.path()).expect("open");
+/// Creates stream 1 holding `abc` in a store at `dir`, then closes it.
+pub(super) async fn create_abc(dir: &Path) {
+    let store = open_one(dir).expect("open");
     store
         .submit(Mutation::Create {
             spec: spec(1),
@@ -512,7 +507,16 @@ async fn logged_appends_are_served_replayed_and_checked() {
         })
         .await
         .expect("create");
-    drop(store);
+}
+
+/// Appends acknowledged from the log before a crash: a read-only open
+/// serves them, the next open moves them into redb (skipping one already
+/// there) and the one after finds them applied, and a gap in the log stops
+/// the open.
+#[tokio::test]
+async fn logged_appends_are_served_replayed_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_abc(dir.path()).await;
     let log = super::log::log_path(&dir.path().join(DATABASE_FILE));
     let write_log = |appends: &[Append]| {
         let (mut ack_log, _) = super::log::AckLog::open(log.clone()).expect("open the log");
