@@ -39,6 +39,25 @@ pub(super) fn log_path(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The log's second file, written while the appends of the first move into
+/// redb (and the other way round).
+pub(super) fn second_log_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".log2");
+    PathBuf::from(name)
+}
+
+/// The appends of both log files still to apply on top of a database that
+/// recorded `applied`, oldest generation first; the greatest generation
+/// either file holds.
+pub(super) fn unapplied_in_order(mut files: Vec<Logged>, applied: u64) -> (Vec<Append>, u64) {
+    let newest = files.iter().map(|(generation, _)| *generation).max();
+    files.retain(|(generation, _)| *generation > applied);
+    files.sort_by_key(|(generation, _)| *generation);
+    let appends = files.into_iter().flat_map(|(_, appends)| appends).collect();
+    (appends, newest.unwrap_or(0).max(applied))
+}
+
 /// The frames of a log's current generation: that generation and its
 /// appends, in order (none: generation 0).
 pub(super) type Logged = (u64, Vec<Append>);
@@ -118,7 +137,13 @@ impl AckLog {
     /// so far is in the database, which recorded [`AckLog::generation`] in
     /// the same transaction.
     pub(super) fn restart(&mut self) {
-        self.generation += 1;
+        self.restart_after(self.generation);
+    }
+
+    /// Starts a generation past `generation` (the other file's, whose
+    /// appends are moving into the database) at the start of the file.
+    pub(super) fn restart_after(&mut self, generation: u64) {
+        self.generation = self.generation.max(generation) + 1;
         self.offset = 0;
     }
 

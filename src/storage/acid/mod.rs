@@ -10,6 +10,7 @@
 mod block;
 mod load;
 mod log;
+mod mover;
 mod shard;
 mod syncer;
 mod tables;

@@ -11,7 +11,7 @@ use redb::ReadableTable;
 use super::AcidOptions;
 use super::block::Block;
 use super::load::{load, trimmed_heads};
-use super::log::{AckLog, fold_logged, log_path, replayable};
+use super::log::{AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order};
 use super::tables::{
     BLOCKS, CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation,
     begin_durable, db_error, framed, open_database, prepare_tables, verified_payload,
@@ -78,14 +78,12 @@ impl DbShard {
             },
         )??;
         let db = Db::Writable(db);
-        let (mut log, (generation, logged)) = AckLog::open(log_path(&path))?;
+        let (mut log, first) = AckLog::open(log_path(&path))?;
+        let (mut spare, second) = AckLog::open(second_log_path(&path))?;
         let applied = applied_generation(&db.begin_read()?)?;
-        log.skip_past(applied);
-        let logged = if generation > applied {
-            logged
-        } else {
-            Vec::new()
-        };
+        let (logged, newest) = unapplied_in_order(vec![first, second], applied);
+        log.skip_past(newest);
+        spare.skip_past(newest);
         let (_, heads) = load(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
@@ -96,7 +94,7 @@ impl DbShard {
             unapplied: Mutex::new(HashMap::new()),
             chunk_bytes: options.chunk_bytes,
         });
-        let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, log);
+        let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, [log, spare]);
         // Appends acknowledged from the log before a crash go into redb now,
         // so the log starts over empty.
         let replay = replayable(&writer.heads, logged, &shared.path, true)?;
@@ -153,18 +151,17 @@ impl DbShard {
         // What the server acknowledged from its log and has not moved into
         // redb yet: read after the database, so a move in between shows up
         // as appends already there (skipped) or a gap (where this stops).
-        let logged = match AckLog::read(&log_path(&path)) {
-            Ok((generation, logged)) if generation > applied_generation(&db.begin_read()?)? => {
-                logged
+        let applied = applied_generation(&db.begin_read()?)?;
+        let mut files = Vec::with_capacity(2);
+        for log in [log_path(&path), second_log_path(&path)] {
+            match AckLog::read(&log) {
+                Ok(logged) => files.push(logged),
+                Err(StorageError::Path { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
             }
-            Ok(_) => Vec::new(),
-            Err(StorageError::Path { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Vec::new()
-            }
-            Err(error) => return Err(error),
-        };
+        }
+        let (logged, _) = unapplied_in_order(files, applied);
         let unapplied = fold_logged(&mut recovered, replayable(&heads, logged, &path, false)?);
         let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {

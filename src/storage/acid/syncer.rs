@@ -26,6 +26,8 @@ use crate::storage::{Append, StorageError};
 pub(super) struct Written {
     /// The log generation it was written in.
     pub(super) generation: u64,
+    /// Which of the two log files it was written into.
+    pub(super) file: usize,
     /// Its appends, each with its acknowledgement.
     pub(super) appends: Vec<(Append, Ack)>,
     /// When the writer took it from the queue.
@@ -37,10 +39,11 @@ pub(super) struct Written {
 /// failed and the batch was failed.
 pub(super) type Synced = Option<(Vec<Append>, i64)>;
 
-/// Runs the sync thread over `file` until the writer drops its sender.
+/// Runs the sync thread over the two log `files` until the writer drops its
+/// sender.
 pub(super) fn run(
     shared: Arc<Shared>,
-    file: File,
+    files: [File; 2],
     answerer: Answerer,
     jobs: Receiver<Written>,
     done: Sender<Synced>,
@@ -57,7 +60,8 @@ pub(super) fn run(
             None
         } else {
             let generation = job.generation;
-            let synced = sync_batch(&shared, &file, &commits, &answerer, job);
+            let file = &files[job.file];
+            let synced = sync_batch(&shared, file, &commits, &answerer, job);
             if synced.is_none() {
                 failed = Some(generation);
             }

@@ -15,7 +15,7 @@ const RECORDS_WRITTEN: usize = 300;
 const TEST_CHUNK_BYTES: u64 = 4000;
 
 /// One database, so that every record is in `streams.redb`.
-fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
+pub(super) fn open_one(dir: &Path) -> Result<AcidStorage, StorageError> {
     AcidStorage::open_with(
         dir,
         AcidOptions {
@@ -491,9 +491,22 @@ pub(super) fn logged(start: u64, data: &'static [u8]) -> Append {
     }
 }
 
-async fn read_all(store: &AcidStorage) -> Vec<u8> {
+pub(super) async fn read_all(store: &AcidStorage) -> Vec<u8> {
     let chunk = store.read(1, 0, u64::MAX, usize::MAX).await.expect("read");
     chunk.records.concat()
+}
+
+/// Creates stream 1 holding `abc` in a store at `dir`, then closes it.
+pub(super) async fn create_abc(dir: &Path) {
+    let store = open_one(dir).expect("open");
+    store
+        .submit(Mutation::Create {
+            spec: spec(1),
+            data: Bytes::from_static(b"abc"),
+            closed: false,
+        })
+        .await
+        .expect("create");
 }
 
 /// Appends acknowledged from the log before a crash: a read-only open
@@ -503,16 +516,7 @@ async fn read_all(store: &AcidStorage) -> Vec<u8> {
 #[tokio::test]
 async fn logged_appends_are_served_replayed_and_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_one(dir.path()).expect("open");
-    store
-        .submit(Mutation::Create {
-            spec: spec(1),
-            data: Bytes::from_static(b"abc"),
-            closed: false,
-        })
-        .await
-        .expect("create");
-    drop(store);
+    create_abc(dir.path()).await;
     let log = super::log::log_path(&dir.path().join(DATABASE_FILE));
     let write_log = |appends: &[Append]| {
         let (mut ack_log, _) = super::log::AckLog::open(log.clone()).expect("open the log");

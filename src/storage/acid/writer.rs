@@ -12,11 +12,12 @@ use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use redb::ReadableTable;
+use redb::{ReadableTable, WriteTransaction};
 
 use super::block::{BLOCK_BYTES, BlockBuilder};
 use super::load::Head;
 use super::log::AckLog;
+use super::mover::Mover;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
 use super::tables::{
@@ -44,23 +45,32 @@ pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) heads: HashMap<StreamId, Head>,
     pub(super) chunk_bytes: u64,
+    /// The log file being written.
     pub(super) log: AckLog,
+    /// The other log file: its appends are moving into redb (or are in it).
+    pub(super) spare: AckLog,
+    /// Which of the two files `log` is, for the sync thread.
+    pub(super) file: usize,
+    /// Whether every append of `spare` is in redb, so it may start over.
+    pub(super) spare_free: bool,
+    /// The move into redb in flight on its own thread, if any.
+    pub(super) mover: Option<Mover>,
     /// Acknowledged appends in the log, not yet in redb, in log order,
     /// with when they were logged (Unix ms).
-    pending: Vec<(Append, i64)>,
+    pub(super) pending: Vec<(Append, i64)>,
     /// Payload bytes written into the log since it last started over.
-    pending_bytes: usize,
+    pub(super) pending_bytes: usize,
     /// Tails of the streams with appends written into the log.
-    logged: HashMap<StreamId, u64>,
+    pub(super) logged: HashMap<StreamId, u64>,
     /// When the oldest append written into the log was taken.
-    oldest: Option<Instant>,
+    pub(super) oldest: Option<Instant>,
     /// The sync thread (none before [`Writer::start_syncer`]).
     sync: Option<SyncHandle>,
     /// A sync failed: the batches written after it failed too.
     sync_failed: bool,
     /// A log write failed and redb could not take the pending appends
     /// since: nothing more is logged until it can.
-    log_broken: bool,
+    pub(super) log_broken: bool,
     /// The commit histograms, resolved once.
     commits: StorageCommits,
 }
@@ -86,13 +96,17 @@ impl Writer {
         shared: Arc<Shared>,
         heads: HashMap<StreamId, Head>,
         chunk_bytes: u64,
-        log: AckLog,
+        [log, spare]: [AckLog; 2],
     ) -> Self {
         Self {
             shared,
             heads,
             chunk_bytes,
             log,
+            spare,
+            file: 0,
+            spare_free: true,
+            mover: None,
             pending: Vec::new(),
             pending_bytes: 0,
             logged: HashMap::new(),
@@ -104,12 +118,17 @@ impl Writer {
         }
     }
 
-    /// Starts the sync thread of the log.
+    /// Starts the sync thread of the log and the thread that commits moves
+    /// into redb.
     ///
     /// # Errors
-    /// When the log cannot be reopened for it or the thread not started.
+    /// When the log cannot be reopened for it or a thread not started.
     pub(super) fn start_syncer(&mut self) -> Result<(), StorageError> {
-        let file = self.log.sync_handle()?;
+        let mut files = [self.log.sync_handle()?, self.spare.sync_handle()?];
+        if self.file == 1 {
+            files.swap(0, 1);
+        }
+        self.mover = Some(Mover::start(self.shared.clone())?);
         // A rendezvous: the writer writes one batch ahead of the sync, then
         // waits, so what arrives meanwhile gathers into the next batch.
         let (jobs, receive_jobs) = std::sync::mpsc::sync_channel(0);
@@ -118,7 +137,7 @@ impl Writer {
         let answerer = Answerer::current();
         let thread = std::thread::Builder::new()
             .name("ds-acid-sync".into())
-            .spawn(move || syncer::run(shared, file, answerer, receive_jobs, send_done))
+            .spawn(move || syncer::run(shared, files, answerer, receive_jobs, send_done))
             .map_err(StorageError::Io)?;
         self.sync = Some(SyncHandle {
             jobs,
@@ -137,6 +156,9 @@ impl Writer {
             drop(jobs);
             let _ = thread.join();
         }
+        if let Some(mover) = self.mover.take() {
+            mover.stop();
+        }
     }
 
     fn serve(&mut self) {
@@ -151,7 +173,7 @@ impl Writer {
                     self.log_batch(batch);
                     let due = self.oldest.is_some_and(|t| t.elapsed() >= APPLY_AFTER);
                     if due || self.pending_bytes >= APPLY_BYTES {
-                        self.apply_logged();
+                        self.start_move();
                     }
                 }
                 Next::Batch(batch) => self.commit_with_pending(batch),
@@ -189,7 +211,7 @@ impl Writer {
     /// failed sync the log is broken: nothing more is logged until a
     /// transaction marks its generation applied, and the streams' logged
     /// tails are those of the appends that were acknowledged.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         while self.take_back(true) {}
         if std::mem::take(&mut self.sync_failed) {
             self.log_broken = true;
@@ -240,11 +262,9 @@ impl Writer {
 
     /// Moves the pending appends into redb (errors are logged; they stay
     /// pending, safe in the log, and are tried again later).
-    fn apply_logged(&mut self) {
+    pub(super) fn apply_logged(&mut self) {
         if let Err(error) = self.commit_pending_and(Vec::new()) {
-            tracing::error!(path = %self.shared.path.display(), error = %error,
-                "moving logged appends into the database failed; they stay in the log");
-            self.oldest = Some(Instant::now());
+            self.move_failed(&error);
         }
     }
 
@@ -259,6 +279,7 @@ impl Writer {
     /// then `batch`; on success the log starts over. On failure `batch` is
     /// answered with the error and the pending appends stay pending.
     fn commit_pending_and(&mut self, batch: Vec<(Mutation, Ack)>) -> Result<(), StorageError> {
+        self.finish_move();
         self.settle();
         if self.pending.is_empty() && batch.is_empty() && !self.log_broken {
             return Ok(());
@@ -276,6 +297,7 @@ impl Writer {
                 self.logged.clear();
                 self.oldest = None;
                 self.log.restart();
+                self.spare_free = true;
                 self.log_broken = false;
                 Ok(())
             }
@@ -340,6 +362,7 @@ impl Writer {
         self.pending_bytes += accepted.iter().map(|(a, _)| a.data.len()).sum::<usize>();
         let written = Written {
             generation: self.log.generation(),
+            file: self.file,
             appends: accepted,
             started,
         };
@@ -388,7 +411,10 @@ impl Writer {
             batch.len(),
         );
         let started = Instant::now();
-        let outcome = self.apply_batch(batch, &mut accepted, &mut trimmed);
+        let generation = self.log.generation();
+        let outcome = self
+            .stage(batch, generation, &mut accepted, &mut trimmed)
+            .and_then(|txn| txn.commit().map_err(db_error));
         if !accepted.is_empty() {
             self.commits.emit(accepted.len(), started.elapsed());
         }
@@ -522,14 +548,17 @@ impl Writer {
         Ok(new_head)
     }
 
-    /// Applies a batch in one transaction. Mutations refused on their own
-    /// (out of order, unknown stream) are answered at once and left out.
-    fn apply_batch(
+    /// Applies a batch in one transaction, left to commit, which records
+    /// the log's frames up to `generation` as applied. Mutations refused on
+    /// their own (out of order, unknown stream) are answered at once and
+    /// left out.
+    pub(super) fn stage(
         &mut self,
         batch: Vec<Item>,
+        generation: u64,
         accepted: &mut Vec<Ack>,
         trimmed: &mut Vec<(StreamId, Option<u64>)>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<WriteTransaction, StorageError> {
         let txn = begin_durable(self.shared.db.writable()?)?;
         {
             let mut tables = Tables::open(&txn)?;
@@ -658,9 +687,9 @@ impl Writer {
             // the generation being written, need no replay.
             txn.open_table(LOG_STATE)
                 .map_err(db_error)?
-                .insert(LOG_APPLIED, self.log.generation())
+                .insert(LOG_APPLIED, generation)
                 .map_err(db_error)?;
         }
-        txn.commit().map_err(db_error)
+        Ok(txn)
     }
 }
