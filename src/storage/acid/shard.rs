@@ -13,8 +13,9 @@ use super::block::Block;
 use super::load::{load, trimmed_heads};
 use super::log::{AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order};
 use super::tables::{
-    BLOCKS, CHUNKS, Db, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation,
-    begin_durable, db_error, framed, open_database, prepare_tables, verified_payload,
+    BLOCKS, CHUNKS, Db, METADATA, RECORDS, ReadFallback, SPECS, STATES, StoredState,
+    applied_generation, begin_durable, db_error, framed, open_database, prepare_tables,
+    verified_payload,
 };
 use super::writer::Writer;
 use crate::storage::chunk_list::{self, Chunk, ChunkList};
@@ -77,7 +78,7 @@ impl DbShard {
                 ))
             },
         )??;
-        let db = Db::Writable(db);
+        let db = Db::Writable(db, ReadFallback::new(&path, cache_bytes));
         let (mut log, first) = AckLog::open(log_path(&path))?;
         let (mut spare, second) = AckLog::open(second_log_path(&path))?;
         let applied = applied_generation(&db.begin_read()?)?;
