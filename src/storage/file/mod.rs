@@ -83,7 +83,7 @@ use checkpoint::LogPosition;
 use files::FileCache;
 use ids::IdMap;
 use shard::Shard;
-use state::{ChunkWrites, Dirty, Head, Planner, RECENT_IDLE_MS, State, Stream, Target};
+use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
 use unwritten::ShardBuffer;
 
 pub use layout::CHECKPOINT as CHECKPOINT_FILE;
@@ -223,7 +223,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Drops the recent records of streams idle for [`RECENT_IDLE_MS`]
+    /// Drops the recent records of streams idle for [`state::RECENT_IDLE_MS`]
     /// (see [`State::release_idle_recent`]), as a checkpoint does.
     fn release_idle_recent(&self) {
         let now = super::chunk_list::now_ms();
@@ -235,11 +235,7 @@ impl Shared {
             .cloned()
             .collect();
         for stream in streams {
-            stream
-                .state
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .release_idle_recent(now, RECENT_IDLE_MS);
+            stream.release_idle_recent(now);
         }
     }
 
@@ -271,8 +267,8 @@ impl Shared {
             );
             let now = super::chunk_list::now_ms();
             for (&id, stream) in streams.iter() {
-                let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-                state.release_idle_recent(now, RECENT_IDLE_MS);
+                stream.release_idle_recent(now);
+                let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
                 checkpoint::encode_stream(&mut body, &state.record(id));
             }
         }

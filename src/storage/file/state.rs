@@ -65,6 +65,23 @@ impl Stream {
             unwritten: Mutex::new(Unwritten::default()),
         }
     }
+
+    /// [`State::release_idle_recent`] with [`RECENT_IDLE_MS`], locking the
+    /// state for writing only when there is something to drop, so readers
+    /// of the streams that keep nothing are not held up.
+    pub fn release_idle_recent(&self, now_ms: i64) {
+        let holds = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .holds_idle_recent(now_ms, RECENT_IDLE_MS);
+        if holds {
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .release_idle_recent(now_ms, RECENT_IDLE_MS);
+        }
+    }
 }
 
 /// A stream's committed state.
@@ -192,13 +209,18 @@ impl State {
     /// stream then keeps neither the records nor their queue, allocated
     /// among the freed transients of the appends that made them.
     pub fn release_idle_recent(&mut self, now_ms: i64, idle_ms: i64) {
-        let idle = self
-            .chunks
-            .active()
-            .is_none_or(|chunk| now_ms - chunk.last_write_ms > idle_ms);
-        if idle && self.recent.capacity() > 0 {
+        if self.holds_idle_recent(now_ms, idle_ms) {
             self.recent = VecDeque::new();
         }
+    }
+
+    /// Whether [`State::release_idle_recent`] would drop anything.
+    fn holds_idle_recent(&self, now_ms: i64, idle_ms: i64) -> bool {
+        self.recent.capacity() > 0
+            && self
+                .chunks
+                .active()
+                .is_none_or(|chunk| now_ms - chunk.last_write_ms > idle_ms)
     }
 
     /// Serves `[from, until)` from the recent records, if they cover it.
