@@ -235,7 +235,7 @@ impl Shared {
             .cloned()
             .collect();
         for stream in streams {
-            stream.release_idle_recent(now);
+            release_if_idle(&stream, now);
         }
     }
 
@@ -267,7 +267,7 @@ impl Shared {
             );
             let now = super::chunk_list::now_ms();
             for (&id, stream) in streams.iter() {
-                stream.release_idle_recent(now);
+                release_if_idle(stream, now);
                 let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
                 checkpoint::encode_stream(&mut body, &state.record(id));
             }
@@ -299,6 +299,19 @@ impl Shared {
         }
         tracing::debug!(dir = %self.dir.display(), "checkpoint written");
         Ok(())
+    }
+}
+
+/// [`State::release_idle_recent`] with [`state::RECENT_IDLE_MS`], locking
+/// the state for writing only when there is something to drop, so readers
+/// of the streams that keep nothing are not held up.
+fn release_if_idle(stream: &Stream, now_ms: i64) {
+    let idle = state::RECENT_IDLE_MS;
+    let holds = (stream.state.read().unwrap_or_else(PoisonError::into_inner))
+        .holds_idle_recent(now_ms, idle);
+    if holds {
+        (stream.state.write().unwrap_or_else(PoisonError::into_inner))
+            .release_idle_recent(now_ms, idle);
     }
 }
 

@@ -65,23 +65,6 @@ impl Stream {
             unwritten: Mutex::new(Unwritten::default()),
         }
     }
-
-    /// [`State::release_idle_recent`] with [`RECENT_IDLE_MS`], locking the
-    /// state for writing only when there is something to drop, so readers
-    /// of the streams that keep nothing are not held up.
-    pub fn release_idle_recent(&self, now_ms: i64) {
-        let holds = self
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .holds_idle_recent(now_ms, RECENT_IDLE_MS);
-        if holds {
-            self.state
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .release_idle_recent(now_ms, RECENT_IDLE_MS);
-        }
-    }
 }
 
 /// A stream's committed state.
@@ -215,12 +198,9 @@ impl State {
     }
 
     /// Whether [`State::release_idle_recent`] would drop anything.
-    fn holds_idle_recent(&self, now_ms: i64, idle_ms: i64) -> bool {
-        self.recent.capacity() > 0
-            && self
-                .chunks
-                .active()
-                .is_none_or(|chunk| now_ms - chunk.last_write_ms > idle_ms)
+    pub fn holds_idle_recent(&self, now_ms: i64, idle_ms: i64) -> bool {
+        let active = self.chunks.active();
+        self.recent.capacity() > 0 && active.is_none_or(|c| now_ms - c.last_write_ms > idle_ms)
     }
 
     /// Serves `[from, until)` from the recent records, if they cover it.
