@@ -106,8 +106,16 @@ impl Cors {
         )
     }
 
-    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    /// The `Access-Control-Allow-Origin` value for a request with `origin`
+    /// and `method`, if any. With `*`, a write (`POST`, `PUT`, `DELETE`)
+    /// without an `Origin` gets none: browsers send `Origin` on every
+    /// cross-origin write and no cache stores its answer, so the 330 bytes
+    /// of CORS lines would only cost every non-browser writer (an append's
+    /// whole answer is 200 bytes without them). Reads keep them always:
+    /// a shared cache may serve a stored read to a browser later.
+    fn allow_origin(&self, origin: Option<&HeaderValue>, method: &Method) -> Option<HeaderValue> {
         match self {
+            Cors::Any if origin.is_none() && !matches!(*method, Method::GET | Method::HEAD) => None,
             Cors::Any => {
                 const ANY: HeaderValue = HeaderValue::from_static("*");
                 Some(ANY)
@@ -287,7 +295,7 @@ impl AppendShortcut {
             peer,
             tls,
         );
-        let lines = common_lines(&shortcut.edge.settings.cors, request.headers());
+        let lines = common_lines(&shortcut.edge.settings.cors, &request);
         async move {
             let state = shortcut.state.clone();
             let mut append = None;
@@ -433,7 +441,7 @@ where
     } else {
         edge.settings
             .cors
-            .allow_origin(request.headers().get(header::ORIGIN))
+            .allow_origin(request.headers().get(header::ORIGIN), request.method())
     };
     let response = if preflight {
         preflight_response()
@@ -538,17 +546,14 @@ fn add_common_headers(headers: &mut HeaderMap, allowed: Option<HeaderValue>, pre
 }
 
 /// The lines [`add_common_headers`] would add to the answer of a
-/// non-preflight request with `headers`, when they are the same for every
+/// non-preflight `request`, when they are the same for every
 /// response: `None` when an origin from the allowed list is echoed (the
 /// caller then leaves them to [`edge`]).
-fn common_lines(cors: &Cors, headers: &HeaderMap) -> Option<&'static [u8]> {
-    match cors {
-        // No `Origin` to look up.
-        Cors::Any => Some(COMMON_LINES_ANY_ORIGIN),
-        Cors::List(_) if cors.allow_origin(headers.get(header::ORIGIN)).is_none() => {
-            Some(COMMON_LINES)
-        }
-        Cors::List(_) => None,
+fn common_lines(cors: &Cors, request: &Request) -> Option<&'static [u8]> {
+    match cors.allow_origin(request.headers().get(header::ORIGIN), request.method()) {
+        None => Some(COMMON_LINES),
+        Some(_) if matches!(cors, Cors::Any) => Some(COMMON_LINES_ANY_ORIGIN),
+        Some(_) => None,
     }
 }
 

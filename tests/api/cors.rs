@@ -151,3 +151,54 @@ async fn sse_responses_carry_cors_and_security_headers() {
     assert_security_headers(&response);
     assert_eq!(header(&response, "access-control-allow-origin"), "*");
 }
+
+/// A write without `Origin` comes from no browser: its answer carries the
+/// security headers but no CORS lines; with `Origin` it carries them, and
+/// reads carry them either way (a cache may hand a stored read to a
+/// browser). Through the append shortcut and through a nested router.
+#[tokio::test]
+async fn writes_without_an_origin_get_no_cors_lines() {
+    for mount in [None, Some("/api")] {
+        let app = spawn_app_mounted(test_config(), mount).await;
+        let created = app.create("plain", "text/plain").await;
+        assert_security_headers(&created);
+        assert_eq!(maybe_header(&created, "access-control-allow-origin"), None);
+        let post = |origin: Option<&str>| {
+            let request = app
+                .client
+                .post(app.url("plain"))
+                .header("content-type", "text/plain")
+                .body("x");
+            match origin {
+                Some(origin) => request.header("origin", origin),
+                None => request,
+            }
+            .send()
+        };
+        let bare = post(None).await.unwrap();
+        assert_eq!(bare.status(), 204, "{mount:?}");
+        assert_security_headers(&bare);
+        assert_eq!(maybe_header(&bare, "access-control-allow-origin"), None);
+        assert_eq!(maybe_header(&bare, "access-control-expose-headers"), None);
+        let browser = post(Some("https://app.example")).await.unwrap();
+        assert_eq!(browser.status(), 204, "{mount:?}");
+        assert_eq!(header(&browser, "access-control-allow-origin"), "*");
+        assert!(listed(
+            &header(&browser, "access-control-expose-headers"),
+            "Stream-Next-Offset"
+        ));
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let read = app
+                .client
+                .request(method.clone(), app.url("plain"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), 200, "{method} {mount:?}");
+            assert_eq!(header(&read, "access-control-allow-origin"), "*");
+        }
+        let deleted = app.client.delete(app.url("plain")).send().await.unwrap();
+        assert_eq!(deleted.status(), 204);
+        assert_eq!(maybe_header(&deleted, "access-control-allow-origin"), None);
+    }
+}
