@@ -111,14 +111,7 @@ fn lift_limit(server: &Server) {
     };
     // SAFETY: `prlimit` reads the new limit from a value that outlives the
     // call and writes no old limit (null).
-    let done = unsafe {
-        libc::prlimit(
-            pid,
-            libc::RLIMIT_FSIZE,
-            &unlimited,
-            std::ptr::null_mut(),
-        )
-    };
+    let done = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) };
     assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
@@ -207,7 +200,10 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
         .await
         .unwrap_or_else(|e| panic!("{mode}: read after the failed write: {e}\n{}", log_text()));
     assert_eq!(read.len(), acknowledged.len(), "{mode}");
-    assert!(read == acknowledged, "{mode}: the bytes read differ from those acknowledged");
+    assert!(
+        read == acknowledged,
+        "{mode}: the bytes read differ from those acknowledged"
+    );
     let head = http.head(&url).send().await.expect("head");
     assert_eq!(head.status(), 200, "{mode}");
 
@@ -235,12 +231,15 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
     let read = read_all(&http, &url)
         .await
         .unwrap_or_else(|e| panic!("{mode}: read after writes resumed: {e}\n{}", log_text()));
-    assert!(read == acknowledged, "{mode}: the bytes read after writes resumed differ");
+    assert!(
+        read == acknowledged,
+        "{mode}: the bytes read after writes resumed differ"
+    );
 
     // A restart finds exactly what was acknowledged.
     drop(server);
     let port = free_port();
-    let _server = start(mode, &data, port, &log, false);
+    let _server = start(mode, &data, port, &dir.path().join("restart.log"), false);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&http, &base).await;
     let url = format!("{base}/v1/stream/kept");
@@ -248,8 +247,14 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
         .await
         .unwrap_or_else(|e| panic!("{mode}: read after the restart: {e}\n{}", log_text()));
     assert_eq!(read.len(), acknowledged.len(), "{mode}");
-    assert!(read == acknowledged, "{mode}: the bytes read after the restart differ");
-    assert!(append(&http, &url, b"more".to_vec()).await.is_success(), "{mode}");
+    assert!(
+        read == acknowledged,
+        "{mode}: the bytes read after the restart differ"
+    );
+    assert!(
+        append(&http, &url, b"more".to_vec()).await.is_success(),
+        "{mode}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,11 +206,13 @@ impl Writer {
     }
 
     /// A move failed: its appends stay pending, safe in the log, and are
-    /// tried again after the usual wait.
+    /// tried again after the usual wait (logged once, not at every retry
+    /// while the database refuses them).
     pub(super) fn move_failed(&mut self, error: &StorageError) {
-        self.retry.failed(error);
-        tracing::error!(path = %self.shared.path.display(), error = %error,
-            "moving logged appends into the database failed; they stay in the log");
+        if self.retry.failed(error) {
+            tracing::error!(path = %self.shared.path.display(), error = %error,
+                "moving logged appends into the database failed; they stay in the log");
+        }
         self.oldest = Some(Instant::now());
     }
 }

@@ -43,10 +43,11 @@ pub(super) struct Retry {
 }
 
 impl Retry {
-    /// Takes note of a failed transaction.
-    pub(super) fn failed(&mut self, error: &StorageError) {
-        self.failed = true;
+    /// Takes note of a failed transaction; whether it is the first since
+    /// one succeeded or the database was reopened.
+    pub(super) fn failed(&mut self, error: &StorageError) -> bool {
         self.full |= matches!(error, StorageError::Full(_));
+        !std::mem::replace(&mut self.failed, true)
     }
 
     /// What a write meets while the database refuses it.
@@ -100,7 +101,7 @@ impl Writer {
             Err(error) => {
                 tracing::warn!(path = %self.shared.path.display(), error = %error,
                     "reopening the database after a failed write failed; trying again later");
-                self.retry.failed(&error);
+                let _ = self.retry.failed(&error);
                 Err(self.retry.refusal())
             }
         }

@@ -10,9 +10,9 @@ use redb::ReadableTable;
 
 use super::AcidOptions;
 use super::block::Block;
+use super::handle::Db;
 use super::load::{load, trimmed_heads};
 use super::log::{AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order};
-use super::handle::Db;
 use super::tables::{
     BLOCKS, CHUNKS, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, db_error,
     framed, open_database, prepare_tables, verified_payload,
@@ -163,7 +163,10 @@ impl DbShard {
             }
         }
         let (logged, _) = unapplied_in_order(files, applied);
-        let unapplied = fold_logged(&mut recovered, replayable(&heads, logged, |a| a, &path, false)?);
+        let unapplied = fold_logged(
+            &mut recovered,
+            replayable(&heads, logged, |a| a, &path, false)?,
+        );
         let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,

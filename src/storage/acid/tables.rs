@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{
-    Database, Durability, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::block::BlockBuilder;

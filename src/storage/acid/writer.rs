@@ -20,9 +20,7 @@ use super::mover::Mover;
 use super::reopen::Retry;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
-use super::tables::{
-    LOG_APPLIED, LOG_STATE, StoredState, Tables, db_error, load_state,
-};
+use super::tables::{LOG_APPLIED, LOG_STATE, StoredState, Tables, db_error, load_state};
 use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
 use crate::storage::queue::{Ack, Answerer, Next, commit_spans, fail_all, payload_len};
@@ -197,11 +195,10 @@ impl Writer {
         }
     }
 
-    /// Commits the pending appends and `batch` in one transaction.
+    /// Commits the pending appends and `batch` in one transaction (a
+    /// failure is answered to `batch` and logged by [`Writer::commit`]).
     fn commit_with_pending(&mut self, batch: Vec<(Mutation, Ack)>) {
-        if let Err(error) = self.commit_pending_and(batch) {
-            tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
-        }
+        let _ = self.commit_pending_and(batch);
     }
 
     /// One transaction of the pending appends (already acknowledged) and
@@ -358,7 +355,10 @@ impl Writer {
             }
             Err(error) => {
                 self.heads = before;
-                self.retry.failed(&error);
+                if self.retry.failed(&error) {
+                    tracing::error!(path = %self.shared.path.display(), error = %error,
+                        "transaction failed");
+                }
                 fail_all(accepted, &error);
                 Err(error)
             }
