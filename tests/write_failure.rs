@@ -131,6 +131,26 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// Checks that the stream at `url` holds exactly `expected` (`log`: the
+/// server's, shown on failure).
+async fn expect_contents(
+    http: &reqwest::Client,
+    url: &str,
+    expected: &[u8],
+    when: &str,
+    log: &Path,
+) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let read = read_all(http, url)
+        .await
+        .unwrap_or_else(|e| panic!("{when}: read: {e}\n{}", log_text()));
+    assert_eq!(read.len(), expected.len(), "{when}\n{}", log_text());
+    assert!(
+        read == expected,
+        "{when}: the bytes read differ from those acknowledged"
+    );
+}
+
 /// Appends `body`; the status.
 async fn append(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::StatusCode {
     http.post(url)
@@ -196,14 +216,14 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
     let again = append(&http, &url, body(sent)).await;
     assert!(is_refusal(again), "{mode}: {again}\n{}", log_text());
 
-    let read = read_all(&http, &url)
-        .await
-        .unwrap_or_else(|e| panic!("{mode}: read after the failed write: {e}\n{}", log_text()));
-    assert_eq!(read.len(), acknowledged.len(), "{mode}");
-    assert!(
-        read == acknowledged,
-        "{mode}: the bytes read differ from those acknowledged"
-    );
+    expect_contents(
+        &http,
+        &url,
+        &acknowledged,
+        &format!("{mode}, refused"),
+        &log,
+    )
+    .await;
     let head = http.head(&url).send().await.expect("head");
     assert_eq!(head.status(), 200, "{mode}");
 
@@ -228,29 +248,31 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let read = read_all(&http, &url)
-        .await
-        .unwrap_or_else(|e| panic!("{mode}: read after writes resumed: {e}\n{}", log_text()));
-    assert!(
-        read == acknowledged,
-        "{mode}: the bytes read after writes resumed differ"
-    );
+    expect_contents(
+        &http,
+        &url,
+        &acknowledged,
+        &format!("{mode}, resumed"),
+        &log,
+    )
+    .await;
 
     // A restart finds exactly what was acknowledged.
     drop(server);
     let port = free_port();
-    let _server = start(mode, &data, port, &dir.path().join("restart.log"), false);
+    let log = dir.path().join("restart.log");
+    let _server = start(mode, &data, port, &log, false);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&http, &base).await;
     let url = format!("{base}/v1/stream/kept");
-    let read = read_all(&http, &url)
-        .await
-        .unwrap_or_else(|e| panic!("{mode}: read after the restart: {e}\n{}", log_text()));
-    assert_eq!(read.len(), acknowledged.len(), "{mode}");
-    assert!(
-        read == acknowledged,
-        "{mode}: the bytes read after the restart differ"
-    );
+    expect_contents(
+        &http,
+        &url,
+        &acknowledged,
+        &format!("{mode}, restarted"),
+        &log,
+    )
+    .await;
     assert!(
         append(&http, &url, b"more".to_vec()).await.is_success(),
         "{mode}"
