@@ -36,6 +36,9 @@ pub(super) struct Retry {
     failed: bool,
     /// The last failure was a full disk.
     full: bool,
+    /// The handle was reopened but the writer's view not yet taken from
+    /// the file.
+    stale: bool,
     /// No reopen before this.
     not_before: Option<Instant>,
     /// The wait after the next failed reopen or commit.
@@ -80,7 +83,8 @@ impl Writer {
         if !self.retry.failed {
             return Ok(());
         }
-        if !self.shared.db.is_broken() {
+        let broken = self.shared.db.is_broken();
+        if !broken && !self.retry.stale {
             // The failure did not touch the handle (a value too large, say).
             self.retry = Retry::default();
             return Ok(());
@@ -91,11 +95,20 @@ impl Writer {
         // Each reopen waits a backoff before the next; a commit that fails
         // on the new handle brings the writer back here after it.
         self.retry.back_off();
-        match self.reopen() {
+        // Once the handle is new, the writer's view is stale until it is
+        // taken from the file.
+        let reopened = if broken {
+            self.retry.stale = true;
+            self.shared.db.reopen()
+        } else {
+            Ok(())
+        };
+        match reopened.and_then(|()| self.take_file_state()) {
             Ok(()) => {
                 tracing::warn!(path = %self.shared.path.display(),
                     "reopened the database after a failed write; writes are taken again");
                 self.retry.failed = false;
+                self.retry.stale = false;
                 Ok(())
             }
             Err(error) => {
@@ -107,12 +120,10 @@ impl Writer {
         }
     }
 
-    /// Reopens the database and takes what the file holds as the writer's
-    /// view. The move in flight and the sync thread are settled (no
-    /// transaction is open).
-    fn reopen(&mut self) -> Result<(), StorageError> {
+    /// Takes what the reopened file holds as the writer's view. The move
+    /// in flight and the sync thread are settled (no transaction is open).
+    fn take_file_state(&mut self) -> Result<(), StorageError> {
         let shared = self.shared.clone();
-        shared.db.reopen()?;
         let (recovered, heads) = load(&shared.db, &shared.path)?;
         let applied = applied_generation(&shared.db.begin_read()?)?;
         let pending = replayable(
