@@ -7,7 +7,8 @@ use std::path::Path;
 
 use redb::ReadableTable;
 
-use super::tables::{Db, PRODUCERS, SPECS, STATES, StoredState, db_error};
+use super::handle::Db;
+use super::tables::{PRODUCERS, SPECS, STATES, StoredState, db_error};
 use crate::protocol::producer::ProducerState;
 use crate::storage::{RecoveredStream, StorageError, StreamId, StreamSpec};
 

@@ -263,21 +263,23 @@ fn clock_generation() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
 }
 
-/// The appends of a log scan still to apply on top of the database whose
-/// writer's view is `heads`, in order: those already in the database (a
+/// The appends of a log scan (each `append_of` an item) still to apply on
+/// top of the database whose writer's view is `heads`, in order: those already in the database (a
 /// crash between its commit and the log starting over) and those of
 /// removed streams are left out. A gap is damage when `strict` (the
 /// server's own open); a read-only open beside a running server meets one
 /// when the server moved the log on in between, and stops that stream.
-pub(super) fn replayable(
+pub(super) fn replayable<T>(
     heads: &HashMap<StreamId, Head>,
-    logged: Vec<Append>,
+    logged: Vec<T>,
+    append_of: impl Fn(&T) -> &Append,
     path: &std::path::Path,
     strict: bool,
-) -> Result<Vec<Append>, StorageError> {
+) -> Result<Vec<T>, StorageError> {
     let mut tails: HashMap<StreamId, Option<u64>> = HashMap::new();
     let mut out = Vec::new();
-    for append in logged {
+    for item in logged {
+        let append = append_of(&item);
         let tail = tails
             .entry(append.id)
             .or_insert_with(|| heads.get(&append.id).map(|head| head.tail));
@@ -285,7 +287,7 @@ pub(super) fn replayable(
         let end = append.start + append.data.len() as u64;
         if append.start == at {
             *tail = Some(end);
-            out.push(append);
+            out.push(item);
         } else if append.start < at && end <= at {
             // Already in the database.
         } else if strict {

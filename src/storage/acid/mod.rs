@@ -8,9 +8,11 @@
 //! only, so its time grows with the number of streams, not stored bytes.
 
 mod block;
+mod handle;
 mod load;
 mod log;
 mod mover;
+mod reopen;
 mod shard;
 mod syncer;
 mod tables;

@@ -19,6 +19,7 @@ use std::time::Instant;
 use redb::WriteTransaction;
 
 use super::load::Head;
+use super::reopen::Retry;
 use super::shard::Shared;
 use super::tables::db_error;
 use super::writer::Writer;
@@ -117,6 +118,10 @@ impl Writer {
         if self.pending.is_empty() {
             return;
         }
+        if let Err(error) = self.ensure_database() {
+            self.move_failed(&error);
+            return;
+        }
         let appends = std::mem::take(&mut self.pending);
         let before = self.heads.clone();
         let generation = self.log.generation();
@@ -179,7 +184,10 @@ impl Writer {
             return;
         };
         match outcome {
-            Ok(()) => self.spare_free = true,
+            Ok(()) => {
+                self.spare_free = true;
+                self.retry = Retry::default();
+            }
             Err(error) => {
                 self.heads = in_flight.before;
                 for (append, _) in in_flight.appends.iter().rev() {
@@ -198,10 +206,13 @@ impl Writer {
     }
 
     /// A move failed: its appends stay pending, safe in the log, and are
-    /// tried again after the usual wait.
+    /// tried again after the usual wait (logged once, not at every retry
+    /// while the database refuses them).
     pub(super) fn move_failed(&mut self, error: &StorageError) {
-        tracing::error!(path = %self.shared.path.display(), error = %error,
-            "moving logged appends into the database failed; they stay in the log");
+        if self.retry.failed(error) {
+            tracing::error!(path = %self.shared.path.display(), error = %error,
+                "moving logged appends into the database failed; they stay in the log");
+        }
         self.oldest = Some(Instant::now());
     }
 }

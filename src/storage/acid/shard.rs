@@ -10,12 +10,12 @@ use redb::ReadableTable;
 
 use super::AcidOptions;
 use super::block::Block;
+use super::handle::Db;
 use super::load::{load, trimmed_heads};
 use super::log::{AckLog, fold_logged, log_path, replayable, second_log_path, unapplied_in_order};
 use super::tables::{
-    BLOCKS, CHUNKS, Db, METADATA, RECORDS, ReadFallback, SPECS, STATES, StoredState,
-    applied_generation, begin_durable, db_error, framed, open_database, prepare_tables,
-    verified_payload,
+    BLOCKS, CHUNKS, METADATA, RECORDS, SPECS, STATES, StoredState, applied_generation, db_error,
+    framed, open_database, prepare_tables, verified_payload,
 };
 use super::writer::Writer;
 use crate::storage::chunk_list::{self, Chunk, ChunkList};
@@ -78,7 +78,7 @@ impl DbShard {
                 ))
             },
         )??;
-        let db = Db::Writable(db, ReadFallback::new(&path, cache_bytes));
+        let db = Db::writable(db, &path, cache_bytes);
         let (mut log, first) = AckLog::open(log_path(&path))?;
         let (mut spare, second) = AckLog::open(second_log_path(&path))?;
         let applied = applied_generation(&db.begin_read()?)?;
@@ -98,7 +98,7 @@ impl DbShard {
         let mut writer = Writer::new(shared.clone(), heads, options.chunk_bytes, [log, spare]);
         // Appends acknowledged from the log before a crash go into redb now,
         // so the log starts over empty.
-        let replay = replayable(&writer.heads, logged, &shared.path, true)?;
+        let replay = replayable(&writer.heads, logged, |a| a, &shared.path, true)?;
         if !replay.is_empty() {
             tracing::info!(path = %shared.path.display(), appends = replay.len(),
                 "moving acknowledged appends from the log into the database");
@@ -163,7 +163,10 @@ impl DbShard {
             }
         }
         let (logged, _) = unapplied_in_order(files, applied);
-        let unapplied = fold_logged(&mut recovered, replayable(&heads, logged, &path, false)?);
+        let unapplied = fold_logged(
+            &mut recovered,
+            replayable(&heads, logged, |a| a, &path, false)?,
+        );
         let trimmed = trimmed_heads(&recovered);
         let shared = Arc::new(Shared {
             path,
@@ -509,7 +512,7 @@ pub(super) fn put_metadata_blocking(
     key: &str,
     value: Option<Bytes>,
 ) -> Result<(), StorageError> {
-    let txn = begin_durable(shared.db.writable()?)?;
+    let txn = shared.db.begin_write()?;
     {
         let mut table = txn.open_table(METADATA).map_err(db_error)?;
         match value {

@@ -12,11 +12,12 @@
 //! then leaves that generation behind.
 
 use std::fs::File;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use super::shard::{LoggedRecord, Shared};
+use super::writer::Writer;
 use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
 use crate::storage::queue::{Ack, Answerer, commit_spans, fail_all};
@@ -139,4 +140,100 @@ pub(super) struct SyncHandle {
     /// Appends in the batch handed over last.
     pub(super) last_batch: usize,
     pub(super) thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Takes in the batches the sync thread finished, without waiting;
+    /// whether one of them failed.
+    pub(super) fn collect_synced(&mut self) -> bool {
+        while self.take_back(false) {}
+        self.sync_failed
+    }
+
+    /// While a batch is being synced, lets the next one gather: the writer
+    /// writes ahead of the sync only when at least as many appends wait as
+    /// the sync carries, since on a busy machine each extra small batch
+    /// costs more in wake-ups than the overlap saves.
+    pub(super) fn gather(&mut self) {
+        if self
+            .sync
+            .as_ref()
+            .is_some_and(|sync| sync.in_flight > 0 && self.shared.queue.len() < sync.last_batch)
+        {
+            self.take_back(true);
+        }
+    }
+
+    /// Waits until every batch handed to the sync thread is back. After a
+    /// failed sync the log is broken: nothing more is logged until a
+    /// transaction marks its generation applied, and the streams' logged
+    /// tails are those of the appends that were acknowledged.
+    pub(super) fn settle(&mut self) {
+        while self.take_back(true) {}
+        if std::mem::take(&mut self.sync_failed) {
+            self.log_broken = true;
+            self.logged_tails_from_pending();
+        }
+    }
+
+    /// Takes back the oldest batch handed to the sync thread, waiting for
+    /// it when `wait`; whether one came back (or the thread is gone).
+    fn take_back(&mut self, wait: bool) -> bool {
+        let Some(sync) = &mut self.sync else {
+            return false;
+        };
+        if sync.in_flight == 0 {
+            return false;
+        }
+        let synced = if wait {
+            sync.done.recv().ok()
+        } else {
+            match sync.done.try_recv() {
+                Ok(synced) => Some(synced),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        match synced {
+            Some(Some((appends, written_ms))) => {
+                sync.in_flight -= 1;
+                self.pending
+                    .extend(appends.into_iter().map(|append| (append, written_ms)));
+            }
+            Some(None) => {
+                sync.in_flight -= 1;
+                self.sync_failed = true;
+            }
+            // The thread is gone, and with it the acknowledgements it held.
+            None => {
+                sync.in_flight = 0;
+                self.sync_failed = true;
+            }
+        }
+        true
+    }
+
+    /// Hands a written batch to the sync thread (waiting while it syncs the
+    /// one before).
+    pub(super) fn hand_to_syncer(&mut self, written: Written) {
+        let appends = written.appends.len();
+        let Some(sync) = &mut self.sync else {
+            // Only before the thread starts (the open's replay logs nothing).
+            let error = StorageError::Unavailable("the log's sync thread is not running".into());
+            fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
+            self.sync_failed = true;
+            return;
+        };
+        match sync.jobs.send(written) {
+            Ok(()) => {
+                sync.in_flight += 1;
+                sync.last_batch = appends;
+            }
+            Err(std::sync::mpsc::SendError(written)) => {
+                let error = StorageError::Unavailable("the log's sync thread stopped".into());
+                fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
+                self.sync_failed = true;
+            }
+        }
+    }
 }

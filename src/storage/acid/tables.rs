@@ -4,13 +4,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::block::BlockBuilder;
 use crate::storage::{ClosedBy, StorageError, StreamId};
+
+/// A failed write: past a full disk (`ENOSPC`) or past the file-size limit
+/// (`EFBIG`, which a quota or `RLIMIT_FSIZE` gives), the store is full.
+pub(super) fn write_error(error: std::io::Error) -> StorageError {
+    if error.raw_os_error() == Some(libc::EFBIG) {
+        StorageError::Full(format!("the data directory takes no more data: {error}"))
+    } else {
+        StorageError::from_write(error)
+    }
+}
 
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
 pub(super) const SPECS: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_specs");
@@ -58,78 +66,12 @@ pub(super) struct StoredState {
 
 pub(super) fn db_error(error: impl Into<redb::Error>) -> StorageError {
     match error.into() {
-        redb::Error::Io(io) => StorageError::from_write(io),
+        redb::Error::Io(io) => write_error(io),
         redb::Error::Corrupted(detail) => StorageError::Corrupt(detail),
         redb::Error::ValueTooLarge(len) => {
             StorageError::Full(format!("a value of {len} bytes is too large"))
         }
         other => StorageError::Unavailable(other.to_string()),
-    }
-}
-
-/// The database, writable (the server) or read-only (a live export).
-pub(super) enum Db {
-    Writable(Database, ReadFallback),
-    ReadOnly(redb::ReadOnlyDatabase),
-}
-
-/// A read-only handle on the server's own database file, opened the first
-/// time the writable handle refuses a read: after a commit fails (a full
-/// disk), redb fails every later transaction on that handle, reads
-/// included, until it is reopened. The file still holds every commit that
-/// succeeded, which a reader in the same concurrency mode can serve.
-pub(super) struct ReadFallback {
-    path: std::path::PathBuf,
-    cache_bytes: usize,
-    reader: std::sync::OnceLock<redb::ReadOnlyDatabase>,
-}
-
-impl ReadFallback {
-    /// The fallback for the database at `path`, not opened yet.
-    pub(super) fn new(path: &Path, cache_bytes: usize) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            cache_bytes,
-            reader: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
-        if let Some(reader) = self.reader.get() {
-            return reader.begin_read().map_err(db_error);
-        }
-        let reader = redb::Builder::new()
-            .set_cache_size(self.cache_bytes)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .open_read_only(&self.path)
-            .map_err(db_error)?;
-        tracing::warn!(path = %self.path.display(),
-            "the database refuses reads after a failed write; reads go through a read-only handle until restart");
-        let reader = self.reader.get_or_init(|| reader);
-        reader.begin_read().map_err(db_error)
-    }
-}
-
-impl Db {
-    pub(super) fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
-        match self {
-            Db::Writable(db, fallback) => match db.begin_read() {
-                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
-                    fallback.begin_read()
-                }
-                other => other.map_err(db_error),
-            },
-            Db::ReadOnly(db) => db.begin_read().map_err(db_error),
-        }
-    }
-
-    pub(super) fn writable(&self) -> Result<&Database, StorageError> {
-        match self {
-            Db::Writable(db, _) => Ok(db),
-            Db::ReadOnly(_) => Err(StorageError::Unavailable(
-                "the store is open read-only".into(),
-            )),
-        }
     }
 }
 

@@ -8,7 +8,6 @@
 //! log, are one redb transaction each, as before.
 
 use std::collections::HashMap;
-use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,11 +17,10 @@ use super::block::{BLOCK_BYTES, BlockBuilder};
 use super::load::Head;
 use super::log::AckLog;
 use super::mover::Mover;
+use super::reopen::Retry;
 use super::shard::Shared;
 use super::syncer::{self, SyncHandle, Written};
-use super::tables::{
-    LOG_APPLIED, LOG_STATE, StoredState, Tables, begin_durable, db_error, load_state,
-};
+use super::tables::{LOG_APPLIED, LOG_STATE, StoredState, Tables, db_error, load_state};
 use crate::metrics::event::StorageCommits;
 use crate::storage::chunk_list;
 use crate::storage::queue::{Ack, Answerer, Next, commit_spans, fail_all, payload_len};
@@ -65,14 +63,16 @@ pub(super) struct Writer {
     /// When the oldest append written into the log was taken.
     pub(super) oldest: Option<Instant>,
     /// The sync thread (none before [`Writer::start_syncer`]).
-    sync: Option<SyncHandle>,
+    pub(super) sync: Option<SyncHandle>,
     /// A sync failed: the batches written after it failed too.
-    sync_failed: bool,
+    pub(super) sync_failed: bool,
     /// A log write failed and redb could not take the pending appends
     /// since: nothing more is logged until it can.
     pub(super) log_broken: bool,
     /// The commit histograms, resolved once.
     commits: StorageCommits,
+    /// Whether and when to reopen the database after a failed commit.
+    pub(super) retry: Retry,
 }
 
 /// A mutation to commit: its acknowledgement (none when it was
@@ -115,6 +115,7 @@ impl Writer {
             sync: None,
             sync_failed: false,
             commits: StorageCommits::register("acid"),
+            retry: Retry::default(),
         }
     }
 
@@ -186,80 +187,6 @@ impl Writer {
         }
     }
 
-    /// Takes in the batches the sync thread finished, without waiting;
-    /// whether one of them failed.
-    fn collect_synced(&mut self) -> bool {
-        while self.take_back(false) {}
-        self.sync_failed
-    }
-
-    /// While a batch is being synced, lets the next one gather: the writer
-    /// writes ahead of the sync only when at least as many appends wait as
-    /// the sync carries, since on a busy machine each extra small batch
-    /// costs more in wake-ups than the overlap saves.
-    fn gather(&mut self) {
-        if self
-            .sync
-            .as_ref()
-            .is_some_and(|sync| sync.in_flight > 0 && self.shared.queue.len() < sync.last_batch)
-        {
-            self.take_back(true);
-        }
-    }
-
-    /// Waits until every batch handed to the sync thread is back. After a
-    /// failed sync the log is broken: nothing more is logged until a
-    /// transaction marks its generation applied, and the streams' logged
-    /// tails are those of the appends that were acknowledged.
-    pub(super) fn settle(&mut self) {
-        while self.take_back(true) {}
-        if std::mem::take(&mut self.sync_failed) {
-            self.log_broken = true;
-            self.logged.clear();
-            for (append, _) in &self.pending {
-                self.logged
-                    .insert(append.id, append.start + append.data.len() as u64);
-            }
-        }
-    }
-
-    /// Takes back the oldest batch handed to the sync thread, waiting for
-    /// it when `wait`; whether one came back (or the thread is gone).
-    fn take_back(&mut self, wait: bool) -> bool {
-        let Some(sync) = &mut self.sync else {
-            return false;
-        };
-        if sync.in_flight == 0 {
-            return false;
-        }
-        let synced = if wait {
-            sync.done.recv().ok()
-        } else {
-            match sync.done.try_recv() {
-                Ok(synced) => Some(synced),
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => None,
-            }
-        };
-        match synced {
-            Some(Some((appends, written_ms))) => {
-                sync.in_flight -= 1;
-                self.pending
-                    .extend(appends.into_iter().map(|append| (append, written_ms)));
-            }
-            Some(None) => {
-                sync.in_flight -= 1;
-                self.sync_failed = true;
-            }
-            // The thread is gone, and with it the acknowledgements it held.
-            None => {
-                sync.in_flight = 0;
-                self.sync_failed = true;
-            }
-        }
-        true
-    }
-
     /// Moves the pending appends into redb (errors are logged; they stay
     /// pending, safe in the log, and are tried again later).
     pub(super) fn apply_logged(&mut self) {
@@ -268,11 +195,10 @@ impl Writer {
         }
     }
 
-    /// Commits the pending appends and `batch` in one transaction.
+    /// Commits the pending appends and `batch` in one transaction (a
+    /// failure is answered to `batch` and logged by [`Writer::commit`]).
     fn commit_with_pending(&mut self, batch: Vec<(Mutation, Ack)>) {
-        if let Err(error) = self.commit_pending_and(batch) {
-            tracing::error!(path = %self.shared.path.display(), error = %error, "transaction failed");
-        }
+        let _ = self.commit_pending_and(batch);
     }
 
     /// One transaction of the pending appends (already acknowledged) and
@@ -369,30 +295,6 @@ impl Writer {
         self.hand_to_syncer(written);
     }
 
-    /// Hands a written batch to the sync thread (waiting while it syncs the
-    /// one before).
-    fn hand_to_syncer(&mut self, written: Written) {
-        let appends = written.appends.len();
-        let Some(sync) = &mut self.sync else {
-            // Only before the thread starts (the open's replay logs nothing).
-            let error = StorageError::Unavailable("the log's sync thread is not running".into());
-            fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
-            self.sync_failed = true;
-            return;
-        };
-        match sync.jobs.send(written) {
-            Ok(()) => {
-                sync.in_flight += 1;
-                sync.last_batch = appends;
-            }
-            Err(std::sync::mpsc::SendError(written)) => {
-                let error = StorageError::Unavailable("the log's sync thread stopped".into());
-                fail_all(written.appends.into_iter().map(|(_, ack)| ack), &error);
-                self.sync_failed = true;
-            }
-        }
-    }
-
     /// Commits `batch` in one transaction and answers its acknowledgements;
     /// `moves_logged` when it holds every logged append, whose copies in
     /// memory then go before anything is acknowledged (a reader who saw
@@ -402,6 +304,10 @@ impl Writer {
         batch: Vec<Item>,
         moves_logged: bool,
     ) -> Result<(), StorageError> {
+        if let Err(error) = self.ensure_database() {
+            fail_all(batch.into_iter().filter_map(|(_, ack, _)| ack), &error);
+            return Err(error);
+        }
         let before = self.heads.clone();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut trimmed = Vec::new();
@@ -421,6 +327,7 @@ impl Writer {
         drop(spans);
         match outcome {
             Ok(()) => {
+                self.retry = Retry::default();
                 if moves_logged {
                     self.shared
                         .unapplied
@@ -448,6 +355,10 @@ impl Writer {
             }
             Err(error) => {
                 self.heads = before;
+                if self.retry.failed(&error) {
+                    tracing::error!(path = %self.shared.path.display(), error = %error,
+                        "transaction failed");
+                }
                 fail_all(accepted, &error);
                 Err(error)
             }
@@ -559,7 +470,7 @@ impl Writer {
         accepted: &mut Vec<Ack>,
         trimmed: &mut Vec<(StreamId, Option<u64>)>,
     ) -> Result<WriteTransaction, StorageError> {
-        let txn = begin_durable(self.shared.db.writable()?)?;
+        let txn = self.shared.db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
             let mut dirty: HashMap<StreamId, StoredState> = HashMap::new();
