@@ -14,6 +14,7 @@ use super::state::{RECENT_ENTRY_COST, RECENT_MAX_RECORD, RECENT_PER_STREAM, Stat
 /// stream's are released), so an empty queue costs one pointer, not the
 /// 32 bytes of a `VecDeque`.
 #[derive(Default)]
+#[allow(clippy::box_collection)]
 pub struct RecentQueue(Option<Box<VecDeque<(u64, Bytes)>>>);
 
 impl RecentQueue {
