@@ -8,7 +8,7 @@
 //! the committed state once the batch is durable. Replay after a crash runs
 //! the same two steps for every logged mutation.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use super::ids::IdMap;
 use super::layout;
 pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
-pub use super::tail_cache::TailCache;
+pub use super::tail_cache::{RecentQueue, TailCache, recent_cost};
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
 
@@ -85,9 +85,9 @@ pub struct State {
     /// Soft-deleted.
     pub soft_deleted: bool,
     /// The newest records, reaching the tail without a gap: `(end, data)`.
-    pub recent: VecDeque<(u64, Bytes)>,
+    pub recent: RecentQueue,
     /// What `recent` costs: its payload plus a fixed cost per record.
-    pub recent_bytes: usize,
+    pub recent_bytes: u32,
     /// Its place in its shard's [`TailCache`] order, while it has one.
     pub cached_at: Option<NonZeroU64>,
 }
@@ -113,7 +113,7 @@ impl State {
             active: None,
             writer: WriterExtras::boxed(closed, Vec::new(), None),
             soft_deleted: false,
-            recent: VecDeque::new(),
+            recent: RecentQueue::default(),
             recent_bytes: 0,
             cached_at: None,
         }
@@ -178,7 +178,7 @@ impl State {
             active: record.active,
             writer: WriterExtras::boxed(record.closed, record.producers, record.stream_seq),
             soft_deleted: record.soft_deleted,
-            recent: VecDeque::new(),
+            recent: RecentQueue::default(),
             recent_bytes: 0,
             cached_at: None,
         }
@@ -193,14 +193,14 @@ impl State {
     /// among the freed transients of the appends that made them.
     pub fn release_idle_recent(&mut self, now_ms: i64, idle_ms: i64) {
         if self.holds_idle_recent(now_ms, idle_ms) {
-            self.recent = VecDeque::new();
+            self.recent.release();
         }
     }
 
     /// Whether [`State::release_idle_recent`] would drop anything.
     pub fn holds_idle_recent(&self, now_ms: i64, idle_ms: i64) -> bool {
         let active = self.chunks.active();
-        self.recent.capacity() > 0 && active.is_none_or(|c| now_ms - c.last_write_ms > idle_ms)
+        self.recent.is_allocated() && active.is_none_or(|c| now_ms - c.last_write_ms > idle_ms)
     }
 
     /// Serves `[from, until)` from the recent records, if they cover it.
@@ -211,7 +211,7 @@ impl State {
         }
         let mut chunk = ReadChunk::empty(from);
         let mut taken = 0usize;
-        for (end, data) in &self.recent {
+        for (end, data) in self.recent.iter() {
             let start = end - data.len() as u64;
             if *end <= from {
                 continue;
@@ -639,7 +639,7 @@ impl Target<'_> {
                     }
                     match self.cache.as_deref_mut() {
                         Some(cache) => cache.forget(&mut state),
-                        None => state.recent.clear(),
+                        None => state.recent.release(),
                     }
                 }
                 self.files.forget(stream.id, None);
@@ -660,7 +660,7 @@ impl Target<'_> {
                     let head = state.head();
                     while state.recent.front().is_some_and(|(end, _)| *end <= head) {
                         if let Some((_, old)) = state.recent.pop_front() {
-                            state.recent_bytes -= old.len() + RECENT_ENTRY_COST;
+                            state.recent_bytes -= recent_cost(old.len() + RECENT_ENTRY_COST);
                             if let Some(cache) = self.cache.as_deref_mut() {
                                 cache.used -= old.len() + RECENT_ENTRY_COST;
                             }

@@ -46,17 +46,21 @@ struct Piece {
 }
 
 /// A stream's unwritten chunk bytes, oldest chunk first (two chunks only
-/// around the start of a new chunk).
+/// around the start of a new chunk). Their total is added up when needed
+/// (one or two pieces), not kept: every stream has one of these.
 #[derive(Default)]
 pub struct Unwritten {
     pieces: Vec<Piece>,
-    /// The pieces' bytes, kept so an append does not add them up.
-    held: usize,
 }
 
 impl Unwritten {
+    /// The pieces' bytes.
+    fn held(&self) -> usize {
+        self.pieces.iter().map(|p| p.bytes.len()).sum()
+    }
+
     fn cost(&self) -> usize {
-        self.held + self.pieces.len() * PIECE_COST
+        self.held() + self.pieces.len() * PIECE_COST
     }
 
     /// The frame of the record at stream position `pos`, which goes at
@@ -75,9 +79,7 @@ impl Unwritten {
             });
         }
         if let Some(piece) = self.pieces.last_mut() {
-            let len = piece.bytes.len();
             chunk::encode_frame(&mut piece.bytes, pos, data);
-            self.held += piece.bytes.len() - len;
         }
         self.cost() - before
     }
@@ -128,7 +130,7 @@ impl Unwritten {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::Io(e)),
             }
-            self.held -= self.pieces.remove(0).bytes.len();
+            self.pieces.remove(0);
         }
         // Written out: an idle stream keeps no buffer.
         self.pieces.shrink_to_fit();
@@ -139,7 +141,6 @@ impl Unwritten {
     fn retain_chunks(&mut self, keep: impl Fn(u64) -> bool) -> usize {
         let before = self.cost();
         self.pieces.retain(|p| keep(p.chunk));
-        self.held = self.pieces.iter().map(|p| p.bytes.len()).sum();
         before - self.cost()
     }
 }
@@ -194,7 +195,7 @@ impl ShardBuffer {
         }
         let mut unwritten = lock(&stream.unwritten);
         let was_empty = unwritten.pieces.is_empty();
-        let held_before = unwritten.held;
+        let held_before = unwritten.held();
         let added = unwritten.push(chunk, offset, pos, data);
         self.bytes.fetch_add(added, Ordering::AcqRel);
         if was_empty {
@@ -202,7 +203,7 @@ impl ShardBuffer {
         }
         // Due once, when its bytes first reach the mark (the cost added
         // also counts a new piece's overhead, so it is not compared here).
-        if unwritten.held >= STREAM_FLUSH && held_before < STREAM_FLUSH {
+        if unwritten.held() >= STREAM_FLUSH && held_before < STREAM_FLUSH {
             lock(&self.due).push(stream.clone());
         }
     }
