@@ -175,6 +175,11 @@ impl Default for ProxyPolicy {
 }
 
 impl ProxyPolicy {
+    /// The identity header's name, with `proxy.identity.mode = "header"`.
+    pub(crate) fn identity_header(&self) -> Option<&HeaderName> {
+        self.identity.as_ref().map(|identity| &identity.name)
+    }
+
     /// Compiles `config`. Entries of `trusted_proxies` that do not parse
     /// are skipped (validation has refused them already).
     pub fn from_config(config: &ProxyConfig) -> Self {

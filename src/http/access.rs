@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::http::uri::PathAndQuery;
-use axum::http::{Version, header};
+use axum::http::{HeaderValue, Version, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -41,6 +41,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::deferred;
+use super::plain::{Plain, PlainFields};
 use super::problem::{ErrorCause, ErrorCode};
 use crate::auth::Principal;
 use crate::client::{ClientAddr, ClientIdentity, Scheme};
@@ -339,14 +340,18 @@ impl Drop for Pending {
 
 /// The request's `Content-Length`. A shortcut request's body of a known
 /// length, more than none, was framed by it: no lookup.
-fn bytes_in(route: &RouteLabel, request: &Request) -> Option<u64> {
+fn bytes_in(route: &RouteLabel, request: &Request, plain: Option<&PlainFields>) -> Option<u64> {
     match request.body().size_hint().exact() {
         Some(length) if route.shortcut && length > 0 => Some(length),
-        _ => request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
+        _ => match plain {
+            Some(plain) => plain.first(Plain::ContentLength),
+            None => request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(HeaderValue::as_bytes),
+        }
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -420,8 +425,13 @@ pub(crate) struct Observed {
 
 impl Observed {
     /// Starts observing `request`, matched to `route`, from the TCP `peer`
-    /// when known.
-    pub(crate) fn start(route: &RouteLabel, peer: Option<SocketAddr>, request: &Request) -> Self {
+    /// when known, its fields in `plain` when they are not in its map.
+    pub(crate) fn start(
+        route: &RouteLabel,
+        peer: Option<SocketAddr>,
+        request: &Request,
+        plain: Option<&PlainFields>,
+    ) -> Self {
         let started = Instant::now();
         let extensions = request.extensions();
         let uri = extensions
@@ -444,7 +454,7 @@ impl Observed {
             peer,
             scheme: extensions.get::<Scheme>().copied().unwrap_or_default(),
             identity: extensions.get::<ClientIdentity>().cloned(),
-            bytes_in: bytes_in(route, request),
+            bytes_in: bytes_in(route, request, plain),
             quiet: route.quiet,
             span: tracing::Span::none(),
         };

@@ -10,6 +10,7 @@ pub(crate) mod gate;
 mod limits;
 mod live;
 pub(crate) mod names;
+mod plain;
 pub(crate) mod problem;
 mod query;
 pub(crate) mod recovering;
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 pub(crate) use limits::InputLimits;
 pub(crate) use live::LiveResponse;
+pub(crate) use plain::{Plain, PlainFields};
 
 use crate::auth::AccessControl;
 use crate::client::TlsSession;
@@ -199,8 +201,14 @@ pub(crate) fn routes(services: Services, settings: HttpSettings) -> (Router, App
         settings,
         shutdown: services.shutdown,
     };
+    // A plain head is read as it is when no other code would look at its
+    // fields: no access control, no identity header among them.
+    let reads_plain = edge.gate.is_none()
+        && (state.settings.proxy.identity_header())
+            .is_none_or(|name| Plain::of(name.as_str().as_bytes()).is_none());
     let shortcut = AppendShortcut(Arc::new(Shortcut {
         route: edge.access.route(&route).for_shortcut(),
+        reads_plain,
         edge: edge.clone(),
         state: state.clone(),
         reserved: vec!["/healthz".into(), "/readyz".into(), metrics_path.clone()],
@@ -253,6 +261,9 @@ struct Shortcut {
     route: access::RouteLabel,
     /// Exact paths served by other routes, under the base path when it is `/`.
     reserved: Vec<String>,
+    /// Whether it answers requests whose fields come as [`PlainFields`]
+    /// without putting them into a map.
+    reads_plain: bool,
 }
 
 impl AppendShortcut {
@@ -276,18 +287,28 @@ impl AppendShortcut {
             && !shortcut.reserved.iter().any(|other| other == path)
     }
 
+    /// Whether [`call`](Self::call) takes a request's fields as
+    /// [`PlainFields`], its map left empty: plain fields are only ever read
+    /// by the append's own steps, so it answers the same either way.
+    pub(crate) fn reads_plain(&self) -> bool {
+        self.0.reads_plain
+    }
+
     /// Answers a request [`takes`](Self::takes) accepted, from the TCP
     /// `peer` over the `tls` session if any; `request` carries no
-    /// extensions: only the server's own code reads it. Besides the
-    /// response, the header lines the caller writes into its head
-    /// ([`HeadLines`]): written from constants and typed fields, they cost
-    /// no map inserts.
+    /// extensions: only the server's own code reads it; its fields are in
+    /// `plain` when given (see [`reads_plain`](Self::reads_plain)), else
+    /// in its map. Besides the response, the header lines the caller
+    /// writes into its head ([`HeadLines`]): written from constants and
+    /// typed fields, they cost no map inserts.
     pub(crate) fn call(
         &self,
         mut request: Request,
+        plain: Option<PlainFields>,
         peer: SocketAddr,
         tls: Option<&TlsSession>,
     ) -> impl Future<Output = (Response, HeadLines)> + Send + 'static {
+        debug_assert!(plain.is_none() || (self.0.reads_plain && request.headers().is_empty()));
         let shortcut = self.0.clone();
         crate::proxy::attach_client_context_for_own_handlers(
             &shortcut.edge.settings.proxy,
@@ -297,17 +318,19 @@ impl AppendShortcut {
         );
         let lines = common_lines(&shortcut.edge.settings.cors, &request);
         async move {
-            let state = shortcut.state.clone();
             let mut append = None;
-            // Boxed here, where it is made: moved up through every layer
-            // above, the handler's large future would be copied at each.
+            // Inline: the caller boxes this future once, so the handler's
+            // future takes no allocation of its own (each of the two was
+            // larger than the allocator's per-thread cache serves).
+            let plain = plain.as_ref();
             let response = edge(
                 &shortcut.edge,
-                &shortcut.route,
-                Some(peer),
+                (&shortcut.route, Some(peer), plain),
                 request,
                 lines.is_some(),
-                |request| Box::pin(stream::post_stream_with(state, request, Some(&mut append))),
+                |request| {
+                    stream::post_stream_with(&shortcut.state, request, plain, Some(&mut append))
+                },
             )
             .await;
             let lines = HeadLines {
@@ -375,7 +398,7 @@ async fn edge_middleware(State(edge): State<Arc<Edge>>, request: Request, next: 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let request = crate::proxy::attach_client_context(&edge.settings.proxy, request);
-    self::edge(&edge, &route, peer, request, false, |request| {
+    self::edge(&edge, (&route, peer, None), request, false, |request| {
         next.run(request)
     })
     .await
@@ -405,7 +428,8 @@ struct Edge {
 }
 
 /// The one middleware every request passes (`route` is its route's
-/// template, or [`access::UNMATCHED`], resolved; `peer` the TCP peer, when known),
+/// template, or [`access::UNMATCHED`], resolved; `peer` the TCP peer, when
+/// known; `plain` the request's fields when they are not in its map),
 /// outermost first, after the
 /// caller attached the client context ([`crate::proxy::client_context`]):
 /// a query-string token moved
@@ -421,8 +445,11 @@ struct Edge {
 /// moved the request and the futures inside it once more.
 async fn edge<F, Fut>(
     edge: &Edge,
-    route: &access::RouteLabel,
-    peer: Option<SocketAddr>,
+    (route, peer, plain): (
+        &access::RouteLabel,
+        Option<SocketAddr>,
+        Option<&PlainFields>,
+    ),
     mut request: Request,
     common_written: bool,
     next: F,
@@ -434,7 +461,7 @@ where
     if let Some(gate) = &edge.gate {
         gate::take_query_token(gate, &mut request);
     }
-    let observed = access::Observed::start(route, peer, &request);
+    let observed = access::Observed::start(route, peer, &request, plain);
     let preflight = request.method() == Method::OPTIONS;
     let allowed = if common_written {
         None
@@ -448,7 +475,9 @@ where
     } else {
         async {
             let limits = &edge.settings.input_limits;
-            if let Err(problem) = limits.check_head(request.headers(), request.uri()) {
+            let header_bytes = plain.map(PlainFields::header_bytes);
+            if let Err(problem) = limits.check_head(request.headers(), header_bytes, request.uri())
+            {
                 return problem.into_response();
             }
             match &edge.gate {

@@ -14,6 +14,7 @@ use super::append::{AppendAnswer, AppendFields};
 use super::deferred;
 use super::live;
 use super::names::*;
+use super::plain::PlainFields;
 use super::problem::ApiError;
 use super::query::{self, LiveMode};
 use crate::client::{ForwardedHost, Scheme};
@@ -61,23 +62,25 @@ async fn put_stream(State(state): State<AppState>, request: Request) -> Response
 }
 
 async fn post_stream(State(state): State<AppState>, request: Request) -> Response {
-    post_stream_with(state, request, None).await
+    post_stream_with(&state, request, None, None).await
 }
 
 /// `POST` as [`post_stream`] answers it; with `fields`, a successful
 /// append's header fields go there instead of into the response's map
-/// (the caller writes them first into the head: no map for them).
+/// (the caller writes them first into the head: no map for them); with
+/// `plain`, the request's fields are there and not in its map.
 pub(super) async fn post_stream_with(
-    state: AppState,
+    state: &AppState,
     request: Request,
+    plain: Option<&PlainFields>,
     fields: Option<&mut Option<AppendAnswer>>,
 ) -> Response {
     // An append holds its path only until it is stored: no copy.
-    let path = match stream_uri(&state, &request) {
+    let path = match stream_uri(state, &request) {
         Ok(path) => path,
         Err(error) => return error.into_response(),
     };
-    match append(&state, &path, request).await {
+    match append(state, &path, request, plain).await {
         Ok((status, answer)) => {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = status;
@@ -393,10 +396,14 @@ async fn append(
     state: &AppState,
     path: &str,
     request: Request,
+    plain: Option<&PlainFields>,
 ) -> Result<(StatusCode, AppendAnswer), ApiError> {
     let (parts, body) = request.into_parts();
     // One pass over the fields, before and after the body is read.
-    let fields = AppendFields::of(&parts.headers);
+    let fields = match plain {
+        Some(plain) => plain.append_fields(),
+        None => AppendFields::of(&parts.headers),
+    };
     let producer = wire::producer(
         fields.producer_id,
         fields.producer_epoch,

@@ -14,7 +14,7 @@ use axum::routing::future::RouteFuture;
 use tower::Service;
 
 use super::http1::{ConnectionInfo, ConnectionService, with_connection};
-use crate::http::{AppendShortcut, HeadLines};
+use crate::http::{AppendShortcut, HeadLines, PlainFields};
 
 /// The router, with its shortcut when the composition root gave one.
 #[derive(Clone)]
@@ -79,11 +79,28 @@ impl ConnectionService for Dispatch {
         {
             // Only the server's own code reads it: the connection's facts
             // travel as arguments, not as extensions (a map and a box each).
-            let future = shortcut.call(request, info.peer, info.tls.as_deref());
+            let future = shortcut.call(request, None, info.peer, info.tls.as_deref());
             return DispatchFuture::Shortcut(Box::pin(future), HeadLines::NONE);
         }
         with_connection(&mut request, info);
         DispatchFuture::Router(self.router.call(request))
+    }
+
+    fn call_plain(
+        &mut self,
+        mut request: Request<Body>,
+        plain: PlainFields,
+        info: &ConnectionInfo,
+    ) -> DispatchFuture {
+        if let Some(shortcut) = &self.shortcut
+            && shortcut.reads_plain()
+            && shortcut.takes(request.method(), request.uri().path())
+        {
+            let future = shortcut.call(request, Some(plain), info.peer, info.tls.as_deref());
+            return DispatchFuture::Shortcut(Box::pin(future), HeadLines::NONE);
+        }
+        *request.headers_mut() = plain.into_map();
+        self.call_on(request, info)
     }
 
     fn head_lines(future: &DispatchFuture) -> HeadLines {

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::{Connection, ConnectionInfo, ConnectionService, Phase};
-use crate::http::HeadLines;
+use crate::http::{HeadLines, PlainFields};
 
 impl<I, S> Connection<I, S>
 where
@@ -85,6 +85,15 @@ where
 {
     fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> BoxedFuture<S::Future> {
         Box::pin(self.0.call_on(request, info))
+    }
+
+    fn call_plain(
+        &mut self,
+        request: Request<Body>,
+        plain: PlainFields,
+        info: &ConnectionInfo,
+    ) -> BoxedFuture<S::Future> {
+        Box::pin(self.0.call_plain(request, plain, info))
     }
 
     fn head_lines(future: &BoxedFuture<S::Future>) -> HeadLines {

@@ -24,6 +24,7 @@
 //! - `respond`: the response being written and its queued bytes.
 //! - `close`: shutting a connection down and lingering.
 //! - `read`: socket reads through a stack buffer.
+//! - `service`: what a connection hands its requests to.
 //!
 //! # Behaviour
 //! - Keep-alive and pipelining: requests are answered in order, one at a
@@ -46,17 +47,15 @@ mod encode;
 mod head;
 mod read;
 mod respond;
+mod service;
 mod syntax;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -76,9 +75,9 @@ use self::encode::{BodyLength, ChunkLine, Exchange, Framing};
 use self::head::{BodyFraming, HeadScanner, RequestHead};
 use self::read::poll_read_some;
 use self::respond::{Outgoing, Respond};
+pub(crate) use self::service::{ConnectionInfo, ConnectionService, with_connection};
 use super::drain::DrainWatch;
-use crate::client::TlsSession;
-use crate::http::deferred::{self, TakesLater, Wait};
+use crate::http::deferred::{self, Wait};
 use crate::http::problem::ApiError;
 use crate::http::{HeadLines, LiveResponse};
 
@@ -101,43 +100,6 @@ impl Default for Http1Settings {
             header_read_timeout: Duration::from_secs(30),
         }
     }
-}
-
-/// The service a connection hands its requests to.
-pub(crate) trait ConnectionService:
-    Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-{
-    /// Answers `request`, which arrived on the connection `info` describes
-    /// and carries no extensions yet: a request that may reach other code
-    /// than the server's own gets them from [`with_connection`].
-    fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> Self::Future;
-
-    /// Header lines (each ending in CRLF) to write into the head of the
-    /// response `future` answered, besides the response's own fields.
-    fn head_lines(_future: &Self::Future) -> HeadLines {
-        HeadLines::NONE
-    }
-}
-
-/// Gives `request` the extensions of the connection `info` describes:
-/// `ConnectInfo<SocketAddr>`, the TLS session, and [`TakesLater`].
-pub(crate) fn with_connection(request: &mut Request<Body>, info: &ConnectionInfo) {
-    let extensions = request.extensions_mut();
-    extensions.insert(ConnectInfo(info.peer));
-    extensions.insert(TakesLater);
-    if let Some(tls) = &info.tls {
-        extensions.insert(TlsSession::clone(tls));
-    }
-}
-
-/// What each request of a connection carries as extensions.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnectionInfo {
-    /// The TCP peer (`ConnectInfo<SocketAddr>`).
-    pub peer: SocketAddr,
-    /// The TLS session, on TLS connections (boxed: most connections are
-    /// plain, and every byte here is kept per connection).
-    pub tls: Option<Box<TlsSession>>,
 }
 
 /// One HTTP/1.1 connection, served until the client leaves, the response
@@ -338,6 +300,7 @@ where
             uri,
             version,
             headers,
+            plain,
             body,
             keep_alive,
             expect_continue,
@@ -376,7 +339,10 @@ where
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         self.requests += 1;
-        self.phase = Phase::Service(self.service.call_on(request, &self.info));
+        self.phase = Phase::Service(match plain {
+            Some(plain) => self.service.call_plain(request, plain, &self.info),
+            None => self.service.call_on(request, &self.info),
+        });
     }
 
     /// Answers a head that never became a request, then closes.
