@@ -165,3 +165,48 @@ async fn a_waiting_sse_session_is_woken_at_shutdown_through_its_latest_waker() {
     assert!(last.starts_with(b"event: control\n"), "{last:?}");
     assert!(matches!(poll(&mut body, &latest), Poll::Ready(None)));
 }
+
+fn key(start: u64) -> ChunkKey {
+    ChunkKey {
+        start,
+        tail: start + 10,
+        closed: false,
+        cursor: 1,
+    }
+}
+
+fn chunk(text: &'static str) -> SharedChunk {
+    SharedChunk {
+        bytes: Bytes::from_static(text.as_bytes()),
+        next: 0,
+        finished: false,
+        events: 2,
+        payload: text.len(),
+    }
+}
+
+#[test]
+fn a_fanout_keeps_chunks_of_several_positions_and_replaces_the_oldest() {
+    let fanout = Fanout::default();
+    fanout.put(key(0), chunk("a"));
+    fanout.put(key(5), chunk("b"));
+    // Sessions at either position are served the same bytes.
+    let text = |start| fanout.get(&key(start)).map(|kept| kept.bytes);
+    assert_eq!(text(0).as_deref(), Some(&b"a"[..]));
+    assert_eq!(text(5).as_deref(), Some(&b"b"[..]));
+    // The same chunk encoded twice takes one place.
+    fanout.put(key(5), chunk("b"));
+    // With one more position than there are places, the oldest goes.
+    let last = 6 + FANOUT_CHUNKS as u64 - 2;
+    for start in 6..=last {
+        fanout.put(key(start), chunk("c"));
+    }
+    assert_eq!(text(0), None, "the oldest went first");
+    assert_eq!(text(5).as_deref(), Some(&b"b"[..]));
+    assert_eq!(text(last).as_deref(), Some(&b"c"[..]));
+    let later_tail = ChunkKey { tail: 99, ..key(5) };
+    assert!(
+        fanout.get(&later_tail).is_none(),
+        "a chunk is shared only for its whole key"
+    );
+}
