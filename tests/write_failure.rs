@@ -166,13 +166,10 @@ async fn append(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::St
 /// acknowledged stays readable, lifts the limit, checks that appends are
 /// taken again, and restarts the server to check that exactly the
 /// acknowledged data is there. `full` is the status of a refused append
-/// (`None`: any server error; the file modes answer `EFBIG` as an I/O
-/// failure, `503`, and a full disk `507`).
-async fn refused_then_resumed(mode: &str, full: Option<u16>) {
-    let is_refusal = |status: reqwest::StatusCode| match full {
-        Some(full) => status == full,
-        None => status.is_server_error(),
-    };
+/// (`507`, past the file-size limit as past a full disk) carries
+/// `Retry-After`.
+async fn refused_then_resumed(mode: &str) {
+    let is_refusal = |status: reqwest::StatusCode| status == 507;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let port = free_port();
@@ -211,10 +208,29 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
     let refused =
         refused.unwrap_or_else(|| panic!("{mode}: no append was refused:\n{}", log_text()));
     assert!(is_refusal(refused), "{mode}: {refused}\n{}", log_text());
-    // A second write also fails, so the store has seen its failure.
+    // A second write also fails, so the store has seen its failure; the
+    // answer says when to try again.
     sent += 1;
-    let again = append(&http, &url, body(sent)).await;
-    assert!(is_refusal(again), "{mode}: {again}\n{}", log_text());
+    let again = http
+        .post(&url)
+        .header("content-type", "application/octet-stream")
+        .body(body(sent))
+        .send()
+        .await
+        .expect("append answered");
+    assert!(
+        is_refusal(again.status()),
+        "{mode}: {again:?}\n{}",
+        log_text()
+    );
+    assert_eq!(
+        again
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5"),
+        "{mode}"
+    );
 
     expect_contents(
         &http,
@@ -281,12 +297,12 @@ async fn refused_then_resumed(mode: &str, full: Option<u16>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acid_resumes_writes_once_space_returns() {
-    refused_then_resumed("acid", Some(507)).await;
+    refused_then_resumed("acid").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_modes_resume_writes_once_space_returns() {
     for mode in ["file-durable", "file-fast"] {
-        refused_then_resumed(mode, None).await;
+        refused_then_resumed(mode).await;
     }
 }

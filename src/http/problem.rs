@@ -15,6 +15,10 @@ use crate::protocol::name::NameError;
 use crate::protocol::offset::{Offset, OffsetError};
 use crate::storage::StorageError;
 
+/// `Retry-After` of a `507`: freeing space takes an operator longer than a
+/// transient failure (`503`, one second) takes to pass.
+const FULL_RETRY_AFTER_SECS: u32 = 5;
+
 /// An error answer: status, stable code, human detail, extra headers.
 #[derive(Debug)]
 pub struct ApiError {
@@ -142,8 +146,10 @@ impl From<EngineError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
+            // Writes are taken again once space is freed, without a restart.
             StorageError::Full(detail) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
+                    .with_header(header::RETRY_AFTER, FULL_RETRY_AFTER_SECS)
             }
             // Retention dropped it: the client may resume from the head,
             // which the header names as the next offset to read.

@@ -493,10 +493,16 @@ impl StorageError {
         }
     }
 
-    /// Classifies a write failure: a full disk is [`StorageError::Full`].
+    /// Classifies a write failure: a full disk (`ENOSPC`) or a file past
+    /// its size limit (`EFBIG`: a quota or `RLIMIT_FSIZE`) is
+    /// [`StorageError::Full`]; writes are taken again once space returns.
     pub fn from_write(error: std::io::Error) -> Self {
-        if error.kind() == std::io::ErrorKind::StorageFull || error.raw_os_error() == Some(28) {
+        if error.kind() == std::io::ErrorKind::StorageFull
+            || error.raw_os_error() == Some(libc::ENOSPC)
+        {
             Self::Full("the disk holding the data directory is full".into())
+        } else if error.raw_os_error() == Some(libc::EFBIG) {
+            Self::Full(format!("the data directory takes no more data: {error}"))
         } else {
             Self::Io(error)
         }

@@ -10,16 +10,6 @@ use serde::{Deserialize, Serialize};
 use super::block::BlockBuilder;
 use crate::storage::{ClosedBy, StorageError, StreamId};
 
-/// A failed write: past a full disk (`ENOSPC`) or past the file-size limit
-/// (`EFBIG`, which a quota or `RLIMIT_FSIZE` gives), the store is full.
-pub(super) fn write_error(error: std::io::Error) -> StorageError {
-    if error.raw_os_error() == Some(libc::EFBIG) {
-        StorageError::Full(format!("the data directory takes no more data: {error}"))
-    } else {
-        StorageError::from_write(error)
-    }
-}
-
 /// Immutable stream descriptions (JSON of [`StreamSpec`]).
 pub(super) const SPECS: TableDefinition<u64, &[u8]> = TableDefinition::new("stream_specs");
 /// Mutable stream state (JSON of [`StoredState`]).
@@ -66,7 +56,7 @@ pub(super) struct StoredState {
 
 pub(super) fn db_error(error: impl Into<redb::Error>) -> StorageError {
     match error.into() {
-        redb::Error::Io(io) => write_error(io),
+        redb::Error::Io(io) => StorageError::from_write(io),
         redb::Error::Corrupted(detail) => StorageError::Corrupt(detail),
         redb::Error::ValueTooLarge(len) => {
             StorageError::Full(format!("a value of {len} bytes is too large"))
