@@ -1,4 +1,6 @@
-//! A request head whose every field is one an append reads (or `Host`),
+//! A request head whose every field is one an append reads (or `Host`, or
+//! `Accept`, which HTTP client libraries send by default and nothing on
+//! the append path reads),
 //! kept as positions in the head's bytes rather than as a `HeaderMap`: the
 //! usual append's head, which the append shortcut reads without the map's
 //! allocations, hashing and shared values ([`PlainFields`]).
@@ -13,6 +15,7 @@ use super::names::{PRODUCER_EPOCH, PRODUCER_ID, PRODUCER_SEQ, STREAM_CLOSED, STR
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Plain {
     Host,
+    Accept,
     ContentType,
     ContentLength,
     ProducerId,
@@ -27,6 +30,7 @@ impl Plain {
     pub(crate) fn of(raw: &[u8]) -> Option<Plain> {
         let (name, field) = match raw.len() {
             4 => ("host", Plain::Host),
+            6 => ("accept", Plain::Accept),
             10 if raw[0] | 0x20 == b's' => ("stream-seq", Plain::StreamSeq),
             11 => ("producer-id", Plain::ProducerId),
             12 if raw[0] | 0x20 == b'c' => ("content-type", Plain::ContentType),
@@ -43,6 +47,7 @@ impl Plain {
     fn name_len(self) -> usize {
         match self {
             Plain::Host => 4,
+            Plain::Accept => 6,
             Plain::StreamSeq => 10,
             Plain::ProducerId => 11,
             Plain::ContentType | Plain::ProducerSeq => 12,
@@ -55,6 +60,7 @@ impl Plain {
     pub(crate) fn name(self) -> HeaderName {
         match self {
             Plain::Host => header::HOST,
+            Plain::Accept => header::ACCEPT,
             Plain::ContentType => header::CONTENT_TYPE,
             Plain::ContentLength => header::CONTENT_LENGTH,
             Plain::ProducerId => PRODUCER_ID,
@@ -136,7 +142,7 @@ impl PlainFields {
         let mut fields = AppendFields::default();
         for (field, value) in self.iter() {
             let slot = match field {
-                Plain::Host => continue,
+                Plain::Host | Plain::Accept => continue,
                 Plain::ContentType => &mut fields.content_type,
                 Plain::ContentLength => &mut fields.content_length,
                 Plain::ProducerId => &mut fields.producer_id,
@@ -173,6 +179,7 @@ mod tests {
     fn plain_names_are_found_in_any_case_and_no_others() {
         for field in [
             Plain::Host,
+            Plain::Accept,
             Plain::ContentType,
             Plain::ContentLength,
             Plain::ProducerId,
@@ -190,6 +197,8 @@ mod tests {
         for other in [
             "origin",
             "hosts",
+            "accepts",
+            "accept-encoding",
             "content-typo",
             "stream-ttl",
             "x-seq-abcd",

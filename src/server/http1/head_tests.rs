@@ -239,15 +239,19 @@ fn limits_give_414_and_431() {
 /// of all of them, as before.
 #[test]
 fn plain_heads_keep_their_fields_without_a_map() {
-    let raw = b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nStream-Seq: 7\r\n\r\n";
+    let raw = b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nStream-Seq: 7\r\nAccept: */*\r\n\r\n";
     let head = parse_all(raw).expect("valid").expect("complete");
     assert!(head.headers.is_empty());
     let plain = head.plain.expect("plain");
     assert_eq!(plain.first(Plain::StreamSeq), Some(&b"7"[..]));
-    assert_eq!(plain.header_bytes(), 4 + 1 + 12 + 10 + 14 + 1 + 10 + 1);
+    assert_eq!(
+        plain.header_bytes(),
+        4 + 1 + 12 + 10 + 14 + 1 + 10 + 1 + 6 + 3
+    );
     let map = plain.into_map();
-    assert_eq!(map.len(), 4);
+    assert_eq!(map.len(), 5);
     assert_eq!(map[header::CONTENT_TYPE], "text/plain");
+    assert_eq!(map[header::ACCEPT], "*/*");
     assert_eq!(head.body, BodyFraming::Length(3));
     let others: [&[u8]; 4] = [
         b"POST /s HTTP/1.1\r\nHost: x\r\nOrigin: o\r\nContent-Length: 3\r\n\r\n",
