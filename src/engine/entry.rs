@@ -422,6 +422,7 @@ impl StreamEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::rules::WriterView;
 
     /// Every stream's entry stays in memory: with its `Arc`'s counts it
     /// fits a 192-byte glibc chunk (224 and more bytes cost 256).
@@ -430,7 +431,6 @@ mod tests {
         let size = std::mem::size_of::<StreamEntry>();
         assert!(size <= 168, "StreamEntry is {size} bytes");
     }
-    use crate::engine::rules::WriterView;
 
     fn spec(ttl_secs: Option<u64>, expires_at_ms: Option<i64>) -> StreamSpec {
         StreamSpec {
