@@ -116,6 +116,8 @@ impl Writer {
             return;
         }
         if self.pending.is_empty() {
+            // Nothing logged waits for a move (each failed), so none is due.
+            self.oldest = None;
             return;
         }
         if let Err(error) = self.ensure_database() {

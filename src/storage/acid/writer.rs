@@ -178,7 +178,10 @@ impl Writer {
                     }
                 }
                 Next::Batch(batch) => self.commit_with_pending(batch),
-                Next::Idle => self.apply_logged(),
+                // Due while nothing waits: the move goes to the mover
+                // thread like any other, so appends arriving while redb
+                // commits are logged meanwhile instead of waiting for it.
+                Next::Idle => self.start_move(),
                 Next::Closed => {
                     self.apply_logged();
                     return;
