@@ -524,7 +524,14 @@ pub(crate) fn attach_client_context_for_own_handlers(
     peer: SocketAddr,
     tls: Option<&TlsSession>,
 ) {
-    let peer = Some(peer.ip());
+    let ip = peer.ip();
+    // No fields (a plain head's are elsewhere, none of them a forwarding
+    // or identity header) and no TLS: nothing could say other than the
+    // defaults, which such a request carries as no extensions at all.
+    if tls.is_none() && request.headers().is_empty() && ip.to_canonical() == ip {
+        return;
+    }
+    let peer = Some(ip);
     let resolved = policy.resolve(request.headers_mut(), peer, tls);
     insert(
         request.extensions_mut(),

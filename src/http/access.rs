@@ -338,9 +338,13 @@ impl Drop for Pending {
     }
 }
 
-/// The request's `Content-Length`. A shortcut request's body of a known
+/// The request's `Content-Length`: the length of a body its plain fields
+/// hold; a shortcut request's body of a known
 /// length, more than none, was framed by it: no lookup.
 fn bytes_in(route: &RouteLabel, request: &Request, plain: Option<&PlainFields>) -> Option<u64> {
+    if let Some(body) = plain.and_then(PlainFields::body) {
+        return Some(body.len() as u64);
+    }
     match request.body().size_hint().exact() {
         Some(length) if route.shortcut && length > 0 => Some(length),
         _ => match plain {

@@ -470,25 +470,29 @@ where
             .cors
             .allow_origin(request.headers().get(header::ORIGIN), request.method())
     };
+    let limits = &edge.settings.input_limits;
+    let header_bytes = plain.map(PlainFields::header_bytes);
+    // The handler's future is made here and instrumented as it is, not
+    // inside another async block, which would hold the request once more
+    // and be moved whole into this future.
     let response = if preflight {
         preflight_response()
+    } else if let Err(problem) = (observed.span())
+        .in_scope(|| limits.check_head(request.headers(), header_bytes, request.uri()))
+    {
+        observed.span().in_scope(|| problem.into_response())
     } else {
-        async {
-            let limits = &edge.settings.input_limits;
-            let header_bytes = plain.map(PlainFields::header_bytes);
-            if let Err(problem) = limits.check_head(request.headers(), header_bytes, request.uri())
-            {
-                return problem.into_response();
-            }
-            match &edge.gate {
-                None => next(request).await,
-                // Boxed: inline, the guard's state would be part of every
-                // request's future, waiting long-polls included, gate or not.
-                Some(gate) => Box::pin(gate::guard(gate, request, next)).await,
+        let span = observed.span().clone();
+        match &edge.gate {
+            None => next(request).instrument(span).await,
+            // Boxed: inline, the guard's state would be part of every
+            // request's future, waiting long-polls included, gate or not.
+            Some(gate) => {
+                Box::pin(gate::guard(gate, request, next))
+                    .instrument(span)
+                    .await
             }
         }
-        .instrument(observed.span().clone())
-        .await
     };
     let response = if common_written {
         response

@@ -85,6 +85,9 @@ pub(crate) struct PlainFields {
     fields: [(Plain, u32, u32); MOST],
     /// Names and values in bytes, as a map's fields count.
     bytes: usize,
+    /// The whole body, when the connection had it already: the append
+    /// takes it as it is, without boxing it into a `Body` and polling it.
+    body: Option<Bytes>,
 }
 
 impl PlainFields {
@@ -95,7 +98,28 @@ impl PlainFields {
             len: 0,
             fields: [(Plain::Host, 0, 0); MOST],
             bytes: 0,
+            body: None,
         }
+    }
+
+    /// Keeps `body`, the request's whole body, here rather than in its
+    /// `Body` ([`fill`](Self::fill) puts it back there).
+    pub(crate) fn set_body(&mut self, body: Bytes) {
+        self.body = Some(body);
+    }
+
+    /// The whole body, when [`set_body`](Self::set_body) kept it here.
+    pub(crate) fn body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
+    /// Puts the fields into `request`'s map and a body kept here into its
+    /// `Body`: the request as it would have been without plain fields.
+    pub(crate) fn fill(mut self, request: &mut axum::http::Request<axum::body::Body>) {
+        if let Some(body) = self.body.take() {
+            *request.body_mut() = axum::body::Body::from(body);
+        }
+        *request.headers_mut() = self.into_map();
     }
 
     /// Adds the field `field` with `value`, a part of the head (`false`,

@@ -7,6 +7,7 @@ use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use super::AppState;
@@ -69,18 +70,15 @@ async fn post_stream(State(state): State<AppState>, request: Request) -> Respons
 /// append's header fields go there instead of into the response's map
 /// (the caller writes them first into the head: no map for them); with
 /// `plain`, the request's fields are there and not in its map.
-pub(super) async fn post_stream_with(
-    state: &AppState,
+pub(super) fn post_stream_with<'a>(
+    state: &'a AppState,
     request: Request,
-    plain: Option<&PlainFields>,
-    fields: Option<&mut Option<AppendAnswer>>,
-) -> Response {
-    // An append holds its path only until it is stored: no copy.
-    let path = match stream_uri(state, &request) {
-        Ok(path) => path,
-        Err(error) => return error.into_response(),
-    };
-    match append(state, &path, request, plain).await {
+    plain: Option<&'a PlainFields>,
+    fields: Option<&'a mut Option<AppendAnswer>>,
+) -> impl Future<Output = Response> + Send + 'a {
+    // Mapped, not awaited in another async fn: that would hold the
+    // request once more and move the append's future whole into its own.
+    append(state, request, plain).map(move |result| match result {
         Ok((status, answer)) => {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = status;
@@ -91,7 +89,7 @@ pub(super) async fn post_stream_with(
             response
         }
         Err(error) => error.into_response(),
-    }
+    })
 }
 
 async fn delete_stream(State(state): State<AppState>, request: Request) -> Response {
@@ -210,13 +208,7 @@ async fn read_body_of(
     mut body: Body,
 ) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("request body exceeds {limit} bytes"),
-        )
-    };
+    let too_large = || too_large(limit);
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
@@ -249,6 +241,23 @@ async fn read_body_of(
         }
     }
     Ok(more.map_or(first, BytesMut::freeze))
+}
+
+/// A whole `body` read already, within the body limit.
+fn within_limit(state: &AppState, body: Bytes) -> Result<Bytes, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    if body.len() > limit {
+        return Err(too_large(limit));
+    }
+    Ok(body)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!("request body exceeds {limit} bytes"),
+    )
 }
 
 /// Where the client reaches a stream, for `Location` (and the absolute
@@ -394,41 +403,35 @@ async fn create(state: &AppState, path: String, request: Request) -> Result<Resp
 
 async fn append(
     state: &AppState,
-    path: &str,
     request: Request,
     plain: Option<&PlainFields>,
 ) -> Result<(StatusCode, AppendAnswer), ApiError> {
-    let (parts, body) = request.into_parts();
-    // One pass over the fields, before and after the body is read.
-    let fields = match plain {
-        Some(plain) => plain.append_fields(),
-        None => AppendFields::of(&parts.headers),
+    // What the head says, owned, in a block of its own: a borrowed request
+    // (or its parts) would be kept across the awaits below, in every
+    // append's future, until the end of its scope.
+    let (path, head, body) = {
+        let request = request;
+        // An append holds its path only until it is stored: no copy.
+        let path = stream_uri(state, &request)?;
+        let (parts, body) = request.into_parts();
+        (path, AppendHead::of(state, &parts.headers, plain)?, body)
     };
-    let producer = wire::producer(
-        fields.producer_id,
-        fields.producer_epoch,
-        fields.producer_seq,
-    )?;
-    if let Some(producer) = &producer {
-        (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
-    }
-    let body = read_body_of(state, declared_length(fields.content_length), body).await?;
-    let content_type = ContentType::from_header(fields.content_type);
-    check_json_depth_of(state, content_type.as_ref(), &body)?;
-    let stream_seq = fields
-        .stream_seq
-        .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
-        .transpose()?;
+    let body = match plain.and_then(PlainFields::body) {
+        Some(whole) => within_limit(state, whole.clone())?,
+        None => read_body_of(state, head.declared, body).await?,
+    };
+    check_json_depth_of(state, head.content_type.as_ref(), &body)?;
+    let stream_seq = head.stream_seq?;
     let has_body = !body.is_empty();
     let outcome = state
         .engine
         .append(
-            path,
+            &path,
             AppendRequest {
-                content_type,
+                content_type: head.content_type,
                 body,
-                close: fields.stream_closed.is_some_and(wire::is_true),
-                producer,
+                close: head.close,
+                producer: head.producer,
                 stream_seq,
             },
         )
@@ -448,6 +451,48 @@ async fn append(
                 .map(|producer| (producer.epoch, producer.last_seq)),
         },
     ))
+}
+
+/// What an append's fields say, read in one pass before its body.
+struct AppendHead {
+    producer: Option<wire::ProducerHeaders>,
+    declared: Option<u64>,
+    content_type: Option<ContentType>,
+    /// Its error is answered after the body's (as it always was).
+    stream_seq: Result<Option<String>, wire::HeaderError>,
+    close: bool,
+}
+
+impl AppendHead {
+    /// The fields of `plain`, else of `headers`.
+    fn of(
+        state: &AppState,
+        headers: &HeaderMap,
+        plain: Option<&PlainFields>,
+    ) -> Result<Self, ApiError> {
+        let fields = match plain {
+            Some(plain) => plain.append_fields(),
+            None => AppendFields::of(headers),
+        };
+        let producer = wire::producer(
+            fields.producer_id,
+            fields.producer_epoch,
+            fields.producer_seq,
+        )?;
+        if let Some(producer) = &producer {
+            (state.settings.input_limits).check_identifier("Producer-Id", &producer.id)?;
+        }
+        Ok(Self {
+            producer,
+            declared: declared_length(fields.content_length),
+            content_type: ContentType::from_header(fields.content_type),
+            stream_seq: fields
+                .stream_seq
+                .map(|v| wire::text("Stream-Seq", v).map(str::to_owned))
+                .transpose(),
+            close: fields.stream_closed.is_some_and(wire::is_true),
+        })
+    }
 }
 
 async fn delete(state: &AppState, path: &str) -> Result<Response, ApiError> {

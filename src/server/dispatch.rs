@@ -99,7 +99,7 @@ impl ConnectionService for Dispatch {
             let future = shortcut.call(request, Some(plain), info.peer, info.tls.as_deref());
             return DispatchFuture::Shortcut(Box::pin(future), HeadLines::NONE);
         }
-        *request.headers_mut() = plain.into_map();
+        plain.fill(&mut request);
         self.call_on(request, info)
     }
 

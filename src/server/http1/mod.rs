@@ -300,7 +300,7 @@ where
             uri,
             version,
             headers,
-            plain,
+            mut plain,
             body,
             keep_alive,
             expect_continue,
@@ -316,7 +316,14 @@ where
             // The whole body is here already (the usual small append).
             BodyFraming::Length(length) if length <= buffered => {
                 let data = self.read_buf.split_to(length as usize).freeze();
-                (Body::from(data), Decoder::Done, None)
+                match &mut plain {
+                    // Kept as it is for the append: a `Body` boxes it.
+                    Some(plain) => {
+                        plain.set_body(data);
+                        (Body::empty(), Decoder::Done, None)
+                    }
+                    None => (Body::from(data), Decoder::Done, None),
+                }
             }
             BodyFraming::Length(length) => {
                 let (body, tap) = IncomingBody::channel(Some(length));

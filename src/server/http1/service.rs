@@ -23,15 +23,15 @@ pub(crate) trait ConnectionService:
     fn call_on(&mut self, request: Request<Body>, info: &ConnectionInfo) -> Self::Future;
 
     /// [`call_on`](Self::call_on) for a request whose fields are all plain:
-    /// they come as `plain`, and `request`'s map is empty. By default they
-    /// go into the map.
+    /// they come as `plain`, and `request`'s map is empty (and its body,
+    /// when `plain` holds it). By default they go into the request.
     fn call_plain(
         &mut self,
         mut request: Request<Body>,
         plain: PlainFields,
         info: &ConnectionInfo,
     ) -> Self::Future {
-        *request.headers_mut() = plain.into_map();
+        plain.fill(&mut request);
         self.call_on(request, info)
     }
 
