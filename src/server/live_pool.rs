@@ -52,13 +52,13 @@ fn live_handle() -> Option<&'static Handle> {
 /// How many threads write live responses on a machine with `cores` cores:
 /// half of them, at least one.
 ///
-/// Subscribers of one stream wake together on an append and share its
-/// state (the signal's waiter list, the encoded chunk and its reference
-/// count), so two workers sweeping them side by side mostly hand cache
-/// lines back and forth; and every busy live thread takes a core from the
-/// request runtime and from the clients on the same machine. With one live
-/// thread on two cores, 1 stream x 10,000 SSE subscribers saw p99 delivery
-/// latency 1.6-2x lower than with two (BENCHMARKS.md, session 11).
+/// A fan-out keeps every live thread busy, and each one takes a core from
+/// the request runtime and from whatever else runs on the machine; a
+/// delivery costs the same CPU either way (one write), and with fewer
+/// threads each write carries a larger backlog. On two cores shared with
+/// the load tool, one live thread gave 1 stream x 10,000 SSE subscribers
+/// a p99 delivery latency 1.5x lower than two threads did, and many
+/// streams the same (BENCHMARKS.md, session 11).
 fn live_threads(cores: usize) -> usize {
     (cores / 2).max(1)
 }
