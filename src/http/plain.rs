@@ -268,4 +268,28 @@ mod tests {
         }
         assert!(!fields.push(Plain::StreamSeq, &head[9..]));
     }
+
+    #[tokio::test]
+    async fn fill_gives_a_request_the_fields_and_the_kept_body() {
+        let head = Bytes::from_static(b"Host: a\r\nContent-Type: text/plain");
+        let mut fields = PlainFields::new(head.clone());
+        assert!(fields.push(Plain::Host, &head[6..7]));
+        assert!(fields.push(Plain::ContentType, &head[23..]));
+        fields.set_body(Bytes::from_static(b"kept body"));
+        let mut request = axum::http::Request::new(axum::body::Body::from("other"));
+        request
+            .headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://x"));
+        fields.fill(&mut request);
+        assert_eq!(request.headers()[header::HOST], "a");
+        assert_eq!(request.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(request.headers().len(), 2);
+        let body = axum::body::to_bytes(request.into_body(), 64).await;
+        assert_eq!(body.ok().as_deref(), Some(&b"kept body"[..]));
+
+        let mut request = axum::http::Request::new(axum::body::Body::from("streamed"));
+        PlainFields::new(head).fill(&mut request);
+        let body = axum::body::to_bytes(request.into_body(), 64).await;
+        assert_eq!(body.ok().as_deref(), Some(&b"streamed"[..]));
+    }
 }
