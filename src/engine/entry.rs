@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -98,6 +98,14 @@ pub(super) struct Inner {
     pub status: Status,
     /// The stream's creation is committed (always, for recovered streams).
     pub created: bool,
+    /// The channel live readers follow, created by the first
+    /// [`StreamEntry::subscribe`]: most streams are never followed, and a
+    /// channel costs hundreds of bytes. Kept under the lock every publish
+    /// holds (one pointer here, not a `OnceLock` of its own in the entry).
+    signal: Option<watch::Sender<Signal>>,
+    /// State that layers above keep per instance (see
+    /// [`StreamEntry::attachment`]); boxed, as most streams never get any.
+    attachments: Option<Box<Attachments>>,
 }
 
 /// The parts of a [`StreamSpec`] most streams leave unset, boxed so that
@@ -146,17 +154,9 @@ pub struct StreamEntry {
     inner: Mutex<Inner>,
     /// The published [`Signal`], packed: what [`Self::snapshot`] reads.
     published: AtomicU64,
-    /// The channel live readers follow, created by the first
-    /// [`Self::subscribe`] (under the entry's lock, like every publish):
-    /// most streams are never followed, and a channel costs hundreds of
-    /// bytes.
-    signal: OnceLock<watch::Sender<Signal>>,
     /// Where the stream's retained data starts: `spec.base` until retention
     /// drops chunks from its head; only ever moves forward.
     head: AtomicU64,
-    /// State that layers above keep per instance (see [`Self::attachment`]);
-    /// boxed, as most streams never get any.
-    attachments: Mutex<Option<Box<Attachments>>>,
 }
 
 impl std::fmt::Debug for StreamEntry {
@@ -212,11 +212,11 @@ impl StreamEntry {
                 forks: 0,
                 status,
                 created: false,
+                signal: None,
+                attachments: None,
             }),
             published: AtomicU64::new(signal.pack()),
-            signal: OnceLock::new(),
             head: AtomicU64::new(spec.base),
-            attachments: Mutex::new(None),
         })
     }
 
@@ -321,26 +321,23 @@ impl StreamEntry {
 
     /// Whether any reader follows the stream's changes.
     pub(super) fn is_watched(&self) -> bool {
-        self.signal
-            .get()
+        self.lock()
+            .signal
+            .as_ref()
             .is_some_and(|signal| signal.receiver_count() > 0)
     }
 
     /// Subscribes to committed changes (the notification hub). The caller
     /// must not hold the entry's lock.
     pub fn subscribe(&self) -> watch::Receiver<Signal> {
-        if let Some(signal) = self.signal.get() {
-            return signal.subscribe();
-        }
         // Created under the lock every publish holds, so the channel starts
         // from the state published last and misses no later change.
-        let inner = self.lock();
-        let receiver = self
+        let mut inner = self.lock();
+        let current = Signal::of(&inner);
+        inner
             .signal
-            .get_or_init(|| watch::Sender::new(Signal::of(&inner)))
-            .subscribe();
-        drop(inner);
-        receiver
+            .get_or_insert_with(|| watch::Sender::new(current))
+            .subscribe()
     }
 
     /// The `T` the layers above keep for this stream instance, created on
@@ -348,11 +345,8 @@ impl StreamEntry {
     /// fan-out here: one encoded chunk shared by every reader of the
     /// instance, gone when the instance is.
     pub fn attachment<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut attachments = self
-            .attachments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let attachments = attachments.get_or_insert_with(Box::default);
+        let mut inner = self.lock();
+        let attachments = inner.attachments.get_or_insert_with(Box::default);
         if let Some(found) = attachments
             .iter()
             .find_map(|any| Arc::clone(any).downcast::<T>().ok())
@@ -373,7 +367,7 @@ impl StreamEntry {
     pub(super) fn publish(&self, inner: &Inner) {
         let next = Signal::of(inner);
         self.published.store(next.pack(), Ordering::Release);
-        if let Some(signal) = self.signal.get() {
+        if let Some(signal) = &inner.signal {
             signal.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
@@ -388,7 +382,7 @@ impl StreamEntry {
     pub(super) fn nudge(&self) {
         // Without a channel nobody waits: a later subscriber checks the
         // ledger after subscribing.
-        if let Some(signal) = self.signal.get() {
+        if let Some(signal) = &self.lock().signal {
             signal.send_modify(|_| {});
         }
     }
@@ -424,12 +418,13 @@ mod tests {
     use super::*;
     use crate::engine::rules::WriterView;
 
-    /// Every stream's entry stays in memory: with its `Arc`'s counts it
-    /// fits a 192-byte glibc chunk (224 and more bytes cost 256).
+    /// Every stream's entry stays in memory: with its `Arc`'s counts and
+    /// glibc's 8-byte header it fits a 176-byte chunk (160 and more bytes
+    /// cost 192).
     #[test]
     fn an_entry_stays_small() {
         let size = std::mem::size_of::<StreamEntry>();
-        assert!(size <= 168, "StreamEntry is {size} bytes");
+        assert!(size <= 152, "StreamEntry is {size} bytes");
     }
 
     fn spec(ttl_secs: Option<u64>, expires_at_ms: Option<i64>) -> StreamSpec {
