@@ -98,20 +98,36 @@ pub(super) struct Inner {
     pub status: Status,
     /// The stream's creation is committed (always, for recovered streams).
     pub created: bool,
-    /// The channel live readers follow, created by the first
-    /// [`StreamEntry::subscribe`]: most streams are never followed, and a
-    /// channel costs hundreds of bytes. Kept under the lock every publish
-    /// holds (one pointer here, not a `OnceLock` of its own in the entry).
+    /// What only followed streams need, created by the first
+    /// [`StreamEntry::subscribe`] or [`StreamEntry::attachment`]: most
+    /// streams are never followed. Kept under the lock every publish holds
+    /// (one pointer here, not a `OnceLock` and a `Mutex` in the entry).
+    followers: Option<Box<Followers>>,
+}
+
+/// The parts of an entry only followed streams need.
+#[derive(Debug, Default)]
+struct Followers {
+    /// The channel live readers follow (hundreds of bytes once made).
     signal: Option<watch::Sender<Signal>>,
     /// State that layers above keep per instance (see
-    /// [`StreamEntry::attachment`]); boxed, as most streams never get any.
-    attachments: Option<Box<Attachments>>,
+    /// [`StreamEntry::attachment`]).
+    attachments: Attachments,
+}
+
+impl Inner {
+    /// The channel live readers follow, once one subscribed.
+    fn signal(&self) -> Option<&watch::Sender<Signal>> {
+        self.followers.as_ref()?.signal.as_ref()
+    }
 }
 
 /// The parts of a [`StreamSpec`] most streams leave unset, boxed so that
 /// a plain stream's entry does not carry their room.
 #[derive(Debug)]
 struct RareSpec {
+    /// Where the stream's own data begins (a fork's offset; 0 otherwise).
+    base: u64,
     ttl_secs: Option<u64>,
     expires_at_ms: Option<i64>,
     fork: Option<ForkLink>,
@@ -144,8 +160,6 @@ fn shared_content_type(content_type: ContentType) -> Arc<ContentType> {
 /// `StreamEntry::spec` puts the spec back together.
 pub struct StreamEntry {
     id: StreamId,
-    /// Where the stream's own data begins (the fork offset, or 0).
-    base: u64,
     created_at_ms: i64,
     path: Box<str>,
     content_type: Arc<ContentType>,
@@ -189,10 +203,13 @@ impl StreamEntry {
                 store_touched: now,
             })
         });
-        let rare_set =
-            spec.ttl_secs.is_some() || spec.expires_at_ms.is_some() || spec.fork.is_some();
+        let rare_set = spec.base != 0
+            || spec.ttl_secs.is_some()
+            || spec.expires_at_ms.is_some()
+            || spec.fork.is_some();
         let rare = rare_set.then(|| {
             Box::new(RareSpec {
+                base: spec.base,
                 ttl_secs: spec.ttl_secs,
                 expires_at_ms: spec.expires_at_ms,
                 fork: spec.fork,
@@ -200,7 +217,6 @@ impl StreamEntry {
         });
         Arc::new(Self {
             id: spec.id,
-            base: spec.base,
             created_at_ms: spec.created_at_ms,
             path: spec.path.into_boxed_str(),
             content_type: shared_content_type(ContentType::new(&spec.content_type)),
@@ -212,8 +228,7 @@ impl StreamEntry {
                 forks: 0,
                 status,
                 created: false,
-                signal: None,
-                attachments: None,
+                followers: None,
             }),
             published: AtomicU64::new(signal.pack()),
             head: AtomicU64::new(spec.base),
@@ -255,7 +270,7 @@ impl StreamEntry {
     /// data, its head after.
     pub fn first_position(&self) -> u64 {
         let head = self.head();
-        if head > self.base { head } else { 0 }
+        if head > self.base() { head } else { 0 }
     }
 
     /// Records that the data before `head` was trimmed.
@@ -280,7 +295,7 @@ impl StreamEntry {
 
     /// Where the stream's own data begins (the fork offset, or 0).
     pub(super) fn base(&self) -> u64 {
-        self.base
+        self.rare.as_ref().map_or(0, |rare| rare.base)
     }
 
     /// The configured sliding TTL.
@@ -310,7 +325,7 @@ impl StreamEntry {
             expires_at_ms: self.expires_at_ms(),
             created_at_ms: self.created_at_ms,
             fork: self.rare.as_ref().and_then(|rare| rare.fork.clone()),
-            base: self.base,
+            base: self.base(),
         }
     }
 
@@ -322,8 +337,7 @@ impl StreamEntry {
     /// Whether any reader follows the stream's changes.
     pub(super) fn is_watched(&self) -> bool {
         self.lock()
-            .signal
-            .as_ref()
+            .signal()
             .is_some_and(|signal| signal.receiver_count() > 0)
     }
 
@@ -335,6 +349,8 @@ impl StreamEntry {
         let mut inner = self.lock();
         let current = Signal::of(&inner);
         inner
+            .followers
+            .get_or_insert_with(Box::default)
             .signal
             .get_or_insert_with(|| watch::Sender::new(current))
             .subscribe()
@@ -346,7 +362,7 @@ impl StreamEntry {
     /// instance, gone when the instance is.
     pub fn attachment<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
         let mut inner = self.lock();
-        let attachments = inner.attachments.get_or_insert_with(Box::default);
+        let attachments = &mut inner.followers.get_or_insert_with(Box::default).attachments;
         if let Some(found) = attachments
             .iter()
             .find_map(|any| Arc::clone(any).downcast::<T>().ok())
@@ -367,7 +383,7 @@ impl StreamEntry {
     pub(super) fn publish(&self, inner: &Inner) {
         let next = Signal::of(inner);
         self.published.store(next.pack(), Ordering::Release);
-        if let Some(signal) = &inner.signal {
+        if let Some(signal) = inner.signal() {
             signal.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
@@ -382,7 +398,7 @@ impl StreamEntry {
     pub(super) fn nudge(&self) {
         // Without a channel nobody waits: a later subscriber checks the
         // ledger after subscribing.
-        if let Some(signal) = &self.lock().signal {
+        if let Some(signal) = self.lock().signal() {
             signal.send_modify(|_| {});
         }
     }
@@ -390,7 +406,7 @@ impl StreamEntry {
     /// Bytes of its own the stream holds in storage (its committed data
     /// past its fork point).
     pub(super) fn own_bytes(&self, inner: &Inner) -> u64 {
-        inner.ledger.committed.tail.saturating_sub(self.base)
+        inner.ledger.committed.tail.saturating_sub(self.base())
     }
 
     /// Whether the stream's absolute expiry or sliding TTL has passed.
@@ -419,12 +435,12 @@ mod tests {
     use crate::engine::rules::WriterView;
 
     /// Every stream's entry stays in memory: with its `Arc`'s counts and
-    /// glibc's 8-byte header it fits a 176-byte chunk (160 and more bytes
-    /// cost 192).
+    /// glibc's 8-byte header it fits a 160-byte chunk (144 and more bytes
+    /// cost 176).
     #[test]
     fn an_entry_stays_small() {
         let size = std::mem::size_of::<StreamEntry>();
-        assert!(size <= 152, "StreamEntry is {size} bytes");
+        assert!(size <= 136, "StreamEntry is {size} bytes");
     }
 
     fn spec(ttl_secs: Option<u64>, expires_at_ms: Option<i64>) -> StreamSpec {
