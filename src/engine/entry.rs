@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -98,12 +98,36 @@ pub(super) struct Inner {
     pub status: Status,
     /// The stream's creation is committed (always, for recovered streams).
     pub created: bool,
+    /// What only followed streams need, created by the first
+    /// [`StreamEntry::subscribe`] or [`StreamEntry::attachment`]: most
+    /// streams are never followed. Kept under the lock every publish holds
+    /// (one pointer here, not a `OnceLock` and a `Mutex` in the entry).
+    followers: Option<Box<Followers>>,
+}
+
+/// The parts of an entry only followed streams need.
+#[derive(Debug, Default)]
+struct Followers {
+    /// The channel live readers follow (hundreds of bytes once made).
+    signal: Option<watch::Sender<Signal>>,
+    /// State that layers above keep per instance (see
+    /// [`StreamEntry::attachment`]).
+    attachments: Attachments,
+}
+
+impl Inner {
+    /// The channel live readers follow, once one subscribed.
+    fn signal(&self) -> Option<&watch::Sender<Signal>> {
+        self.followers.as_ref()?.signal.as_ref()
+    }
 }
 
 /// The parts of a [`StreamSpec`] most streams leave unset, boxed so that
 /// a plain stream's entry does not carry their room.
 #[derive(Debug)]
 struct RareSpec {
+    /// Where the stream's own data begins (a fork's offset; 0 otherwise).
+    base: u64,
     ttl_secs: Option<u64>,
     expires_at_ms: Option<i64>,
     fork: Option<ForkLink>,
@@ -136,8 +160,6 @@ fn shared_content_type(content_type: ContentType) -> Arc<ContentType> {
 /// `StreamEntry::spec` puts the spec back together.
 pub struct StreamEntry {
     id: StreamId,
-    /// Where the stream's own data begins (the fork offset, or 0).
-    base: u64,
     created_at_ms: i64,
     path: Box<str>,
     content_type: Arc<ContentType>,
@@ -146,17 +168,9 @@ pub struct StreamEntry {
     inner: Mutex<Inner>,
     /// The published [`Signal`], packed: what [`Self::snapshot`] reads.
     published: AtomicU64,
-    /// The channel live readers follow, created by the first
-    /// [`Self::subscribe`] (under the entry's lock, like every publish):
-    /// most streams are never followed, and a channel costs hundreds of
-    /// bytes.
-    signal: OnceLock<watch::Sender<Signal>>,
     /// Where the stream's retained data starts: `spec.base` until retention
     /// drops chunks from its head; only ever moves forward.
     head: AtomicU64,
-    /// State that layers above keep per instance (see [`Self::attachment`]);
-    /// boxed, as most streams never get any.
-    attachments: Mutex<Option<Box<Attachments>>>,
 }
 
 impl std::fmt::Debug for StreamEntry {
@@ -189,10 +203,13 @@ impl StreamEntry {
                 store_touched: now,
             })
         });
-        let rare_set =
-            spec.ttl_secs.is_some() || spec.expires_at_ms.is_some() || spec.fork.is_some();
+        let rare_set = spec.base != 0
+            || spec.ttl_secs.is_some()
+            || spec.expires_at_ms.is_some()
+            || spec.fork.is_some();
         let rare = rare_set.then(|| {
             Box::new(RareSpec {
+                base: spec.base,
                 ttl_secs: spec.ttl_secs,
                 expires_at_ms: spec.expires_at_ms,
                 fork: spec.fork,
@@ -200,7 +217,6 @@ impl StreamEntry {
         });
         Arc::new(Self {
             id: spec.id,
-            base: spec.base,
             created_at_ms: spec.created_at_ms,
             path: spec.path.into_boxed_str(),
             content_type: shared_content_type(ContentType::new(&spec.content_type)),
@@ -212,11 +228,10 @@ impl StreamEntry {
                 forks: 0,
                 status,
                 created: false,
+                followers: None,
             }),
             published: AtomicU64::new(signal.pack()),
-            signal: OnceLock::new(),
             head: AtomicU64::new(spec.base),
-            attachments: Mutex::new(None),
         })
     }
 
@@ -255,7 +270,7 @@ impl StreamEntry {
     /// data, its head after.
     pub fn first_position(&self) -> u64 {
         let head = self.head();
-        if head > self.base { head } else { 0 }
+        if head > self.base() { head } else { 0 }
     }
 
     /// Records that the data before `head` was trimmed.
@@ -280,7 +295,7 @@ impl StreamEntry {
 
     /// Where the stream's own data begins (the fork offset, or 0).
     pub(super) fn base(&self) -> u64 {
-        self.base
+        self.rare.as_ref().map_or(0, |rare| rare.base)
     }
 
     /// The configured sliding TTL.
@@ -310,7 +325,7 @@ impl StreamEntry {
             expires_at_ms: self.expires_at_ms(),
             created_at_ms: self.created_at_ms,
             fork: self.rare.as_ref().and_then(|rare| rare.fork.clone()),
-            base: self.base,
+            base: self.base(),
         }
     }
 
@@ -321,26 +336,24 @@ impl StreamEntry {
 
     /// Whether any reader follows the stream's changes.
     pub(super) fn is_watched(&self) -> bool {
-        self.signal
-            .get()
+        self.lock()
+            .signal()
             .is_some_and(|signal| signal.receiver_count() > 0)
     }
 
     /// Subscribes to committed changes (the notification hub). The caller
     /// must not hold the entry's lock.
     pub fn subscribe(&self) -> watch::Receiver<Signal> {
-        if let Some(signal) = self.signal.get() {
-            return signal.subscribe();
-        }
         // Created under the lock every publish holds, so the channel starts
         // from the state published last and misses no later change.
-        let inner = self.lock();
-        let receiver = self
+        let mut inner = self.lock();
+        let current = Signal::of(&inner);
+        inner
+            .followers
+            .get_or_insert_with(Box::default)
             .signal
-            .get_or_init(|| watch::Sender::new(Signal::of(&inner)))
-            .subscribe();
-        drop(inner);
-        receiver
+            .get_or_insert_with(|| watch::Sender::new(current))
+            .subscribe()
     }
 
     /// The `T` the layers above keep for this stream instance, created on
@@ -348,11 +361,8 @@ impl StreamEntry {
     /// fan-out here: one encoded chunk shared by every reader of the
     /// instance, gone when the instance is.
     pub fn attachment<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut attachments = self
-            .attachments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let attachments = attachments.get_or_insert_with(Box::default);
+        let mut inner = self.lock();
+        let attachments = &mut inner.followers.get_or_insert_with(Box::default).attachments;
         if let Some(found) = attachments
             .iter()
             .find_map(|any| Arc::clone(any).downcast::<T>().ok())
@@ -373,7 +383,7 @@ impl StreamEntry {
     pub(super) fn publish(&self, inner: &Inner) {
         let next = Signal::of(inner);
         self.published.store(next.pack(), Ordering::Release);
-        if let Some(signal) = self.signal.get() {
+        if let Some(signal) = inner.signal() {
             signal.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
@@ -388,7 +398,7 @@ impl StreamEntry {
     pub(super) fn nudge(&self) {
         // Without a channel nobody waits: a later subscriber checks the
         // ledger after subscribing.
-        if let Some(signal) = self.signal.get() {
+        if let Some(signal) = self.lock().signal() {
             signal.send_modify(|_| {});
         }
     }
@@ -396,7 +406,7 @@ impl StreamEntry {
     /// Bytes of its own the stream holds in storage (its committed data
     /// past its fork point).
     pub(super) fn own_bytes(&self, inner: &Inner) -> u64 {
-        inner.ledger.committed.tail.saturating_sub(self.base)
+        inner.ledger.committed.tail.saturating_sub(self.base())
     }
 
     /// Whether the stream's absolute expiry or sliding TTL has passed.
@@ -424,12 +434,13 @@ mod tests {
     use super::*;
     use crate::engine::rules::WriterView;
 
-    /// Every stream's entry stays in memory: with its `Arc`'s counts it
-    /// fits a 192-byte glibc chunk (224 and more bytes cost 256).
+    /// Every stream's entry stays in memory: with its `Arc`'s counts and
+    /// glibc's 8-byte header it fits a 160-byte chunk (144 and more bytes
+    /// cost 176).
     #[test]
     fn an_entry_stays_small() {
         let size = std::mem::size_of::<StreamEntry>();
-        assert!(size <= 168, "StreamEntry is {size} bytes");
+        assert!(size <= 136, "StreamEntry is {size} bytes");
     }
 
     fn spec(ttl_secs: Option<u64>, expires_at_ms: Option<i64>) -> StreamSpec {

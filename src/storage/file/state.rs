@@ -8,10 +8,9 @@
 //! the committed state once the batch is durable. Replay after a crash runs
 //! the same two steps for every logged mutation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::num::NonZeroU64;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use bytes::Bytes;
 use super::super::chunk_list::{self, Chunk, ChunkList};
 use super::super::{ClosedBy, Mutation, ReadChunk, StorageError, StreamId};
 use super::checkpoint::StreamRecord;
-use super::chunk::{self, Active, IndexEntry};
+use super::chunk::{self, Active};
 use super::files::FileCache;
 use super::ids::IdMap;
 use super::layout;
@@ -28,6 +27,9 @@ use super::removal::{remove_chunk_files, remove_stream_files};
 pub use super::tail_cache::{RecentQueue, TailCache, recent_cost};
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
+pub use writes::{ChunkWrites, Dirty};
+
+mod writes;
 
 /// Most bytes of recent records kept per stream, counting
 /// [`RECENT_ENTRY_COST`] per record besides its payload.
@@ -72,31 +74,34 @@ pub struct State {
     /// Its spec in the compact form checkpoints store (see the `spec`
     /// module; an older checkpoint's JSON is converted on load).
     pub spec: Box<[u8]>,
-    /// Where its own data begins.
-    pub base: u64,
     /// Its tail.
     pub tail: u64,
     /// Its retained chunks.
     pub chunks: ChunkList,
     /// The committed part of its last chunk's file and index.
     pub active: Option<Active>,
-    /// Its writer state besides the tail, once it has any.
+    /// Its writer state besides the tail, and where its own data begins
+    /// when not at 0 (a fork), once it has any.
     writer: Option<Box<WriterExtras>>,
     /// Soft-deleted.
     pub soft_deleted: bool,
     /// The newest records, reaching the tail without a gap: `(end, data)`.
     pub recent: RecentQueue,
-    /// What `recent` costs: its payload plus a fixed cost per record.
-    pub recent_bytes: u32,
+    /// What `recent` costs: its payload plus a fixed cost per record
+    /// (at most [`RECENT_PER_STREAM`] and one more record, see
+    /// [`recent_cost`]).
+    pub recent_bytes: u16,
     /// Its place in its shard's [`TailCache`] order, while it has one.
-    pub cached_at: Option<NonZeroU64>,
+    pub cached_at: Option<NonZeroU32>,
 }
 
 /// A stream's writer state besides its tail, boxed in [`State`]: most
-/// streams are never closed and never see a producer or a `Stream-Seq`,
-/// and every stream's state stays in memory.
+/// streams are never closed, never see a producer or a `Stream-Seq` and
+/// are no fork, and every stream's state stays in memory.
 #[derive(Default)]
 struct WriterExtras {
+    /// Where the stream's own data begins (a fork's offset).
+    base: u64,
     closed: Option<Option<ClosedBy>>,
     producers: Vec<(String, ProducerState)>,
     stream_seq: Option<String>,
@@ -107,16 +112,20 @@ impl State {
     pub fn new(spec: Box<[u8]>, base: u64, closed: Option<Option<ClosedBy>>) -> Self {
         Self {
             spec,
-            base,
             tail: base,
             chunks: ChunkList::default(),
             active: None,
-            writer: WriterExtras::boxed(closed, Vec::new(), None),
+            writer: WriterExtras::boxed(base, closed, Vec::new(), None),
             soft_deleted: false,
             recent: RecentQueue::default(),
             recent_bytes: 0,
             cached_at: None,
         }
+    }
+
+    /// Where its own data begins.
+    pub fn base(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |writer| writer.base)
     }
 
     /// Closed, and by whom.
@@ -144,12 +153,12 @@ impl State {
 
     /// Where the retained data starts.
     pub fn head(&self) -> u64 {
-        self.chunks.head(self.tail).max(self.base)
+        self.chunks.head(self.tail).max(self.base())
     }
 
     /// Whether retention dropped data.
     pub fn trimmed(&self) -> bool {
-        self.head() > self.base
+        self.head() > self.base()
     }
 
     /// The state as a checkpoint keeps it.
@@ -157,7 +166,7 @@ impl State {
         StreamRecord {
             id,
             spec: self.spec.clone(),
-            base: self.base,
+            base: self.base(),
             tail: self.tail,
             closed: self.closed().clone(),
             producers: self.producers().to_vec(),
@@ -172,11 +181,15 @@ impl State {
     pub fn from_record(record: StreamRecord) -> Self {
         Self {
             spec: super::spec::compacted(record.spec),
-            base: record.base,
             tail: record.tail,
             chunks: ChunkList::from_chunks(record.chunks),
             active: record.active,
-            writer: WriterExtras::boxed(record.closed, record.producers, record.stream_seq),
+            writer: WriterExtras::boxed(
+                record.base,
+                record.closed,
+                record.producers,
+                record.stream_seq,
+            ),
             soft_deleted: record.soft_deleted,
             recent: RecentQueue::default(),
             recent_bytes: 0,
@@ -232,12 +245,15 @@ impl State {
 impl WriterExtras {
     /// The extras holding these values; `None` when all are unset.
     fn boxed(
+        base: u64,
         closed: Option<Option<ClosedBy>>,
         producers: Vec<(String, ProducerState)>,
         stream_seq: Option<String>,
     ) -> Option<Box<Self>> {
-        (closed.is_some() || !producers.is_empty() || stream_seq.is_some()).then(|| {
+        let set = base != 0 || closed.is_some() || !producers.is_empty() || stream_seq.is_some();
+        set.then(|| {
             Box::new(Self {
+                base,
                 closed,
                 producers,
                 stream_seq,
@@ -289,105 +305,6 @@ pub enum Effect {
     Remove { stream: Arc<Stream> },
     /// Chunks dropped from its head.
     Trim { stream: Arc<Stream>, before: u64 },
-}
-
-/// Chunk files and directories changed since the last checkpoint, which
-/// must be synced before the next one is written.
-#[derive(Default)]
-pub struct Dirty {
-    /// Chunk files (and their indexes) written.
-    pub chunks: HashSet<(StreamId, u64)>,
-    /// Directories whose entries changed.
-    pub dirs: HashSet<PathBuf>,
-}
-
-/// The chunk-file writes of one batch.
-#[derive(Default)]
-pub struct ChunkWrites {
-    /// The records' frames are kept as unwritten bytes when published
-    /// (the commit path), not written here (replay).
-    defer_frames: bool,
-    created: Vec<(StreamId, u64)>,
-    /// Frames by chunk: file offset of the first byte, the bytes.
-    frames: BTreeMap<(StreamId, u64), (u64, Vec<u8>)>,
-    index: Vec<(StreamId, u64, IndexEntry)>,
-}
-
-impl ChunkWrites {
-    /// Writes that create chunk files and write index entries, leaving the
-    /// records' frames to be kept unwritten when published.
-    pub fn deferred() -> Self {
-        Self {
-            defer_frames: true,
-            ..Self::default()
-        }
-    }
-
-    /// Writes everything, recording what the next checkpoint must sync.
-    ///
-    /// # Errors
-    /// When a write fails ([`StorageError::Full`] on a full disk).
-    pub fn apply(
-        &self,
-        root: &Path,
-        files: &FileCache,
-        dirty: &Mutex<Dirty>,
-    ) -> Result<(), StorageError> {
-        for &(id, start) in &self.created {
-            files.create(id, start)?;
-        }
-        for (&(id, start), (offset, bytes)) in &self.frames {
-            let file = files.get(id, start).map_err(|e| {
-                StorageError::path("open chunk file", &layout::chunk_path(root, id, start), e)
-            })?;
-            file.write_all_at(bytes, *offset)
-                .map_err(StorageError::from_write)?;
-        }
-        for &(id, start, (at, entry)) in &self.index {
-            let path = layout::index_path(root, id, start);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .and_then(|file| file.write_all_at(&entry, at))
-                .map_err(StorageError::from_write)?;
-        }
-        let mut dirty = dirty.lock().unwrap_or_else(PoisonError::into_inner);
-        for &(id, start) in &self.created {
-            let stream_dir = layout::stream_dir(root, id);
-            if let Some(fan_out) = stream_dir.parent() {
-                if let Some(top) = fan_out.parent() {
-                    dirty.dirs.insert(top.to_path_buf());
-                }
-                dirty.dirs.insert(fan_out.to_path_buf());
-            }
-            dirty.dirs.insert(stream_dir);
-            dirty.chunks.insert((id, start));
-        }
-        dirty.chunks.extend(self.frames.keys().copied());
-        Ok(())
-    }
-
-    /// Replay: leaves out the writes into chunk files that are gone (and
-    /// not created by these writes). A trim deleted such a file after the
-    /// checkpoint the replay started from, and that trim follows in the
-    /// log: the bytes would be dropped again. `present` remembers each
-    /// chunk's answer, so a file is looked up once per replay, not once per
-    /// logged append; a chunk still retained once the replay ends must not
-    /// be marked absent there.
-    pub fn skip_gone(&mut self, root: &Path, present: &mut HashMap<(StreamId, u64), bool>) {
-        for &key in &self.created {
-            present.insert(key, true);
-        }
-        self.frames.retain(|&(id, start), _| {
-            *present
-                .entry((id, start))
-                .or_insert_with(|| layout::chunk_path(root, id, start).exists())
-        });
-        self.index
-            .retain(|&(id, start, _)| present.get(&(id, start)).copied().unwrap_or(true));
-    }
 }
 
 /// Turns mutations into chunk writes and effects; owns the heads.

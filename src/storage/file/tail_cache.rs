@@ -2,7 +2,7 @@
 //! within a byte budget so live readers at the tail need no file read.
 
 use std::collections::VecDeque;
-use std::num::NonZeroU64;
+use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
@@ -64,17 +64,26 @@ impl RecentQueue {
 }
 
 /// A record's cost as [`State::recent_bytes`] counts it: a kept record is
-/// at most [`RECENT_MAX_RECORD`] bytes, so a stream's sum fits in 32 bits.
-pub fn recent_cost(bytes: usize) -> u32 {
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+/// at most [`RECENT_MAX_RECORD`] bytes, and a stream's sum at most
+/// [`RECENT_PER_STREAM`] and one more record, so it fits in 16 bits.
+pub fn recent_cost(bytes: usize) -> u16 {
+    u16::try_from(bytes).unwrap_or(u16::MAX)
 }
+
+const _: () = assert!(
+    RECENT_PER_STREAM + RECENT_MAX_RECORD + RECENT_ENTRY_COST <= u16::MAX as usize,
+    "a stream's recent records' cost must fit State::recent_bytes"
+);
 
 /// Keeps the newest records of streams in memory within a byte budget,
 /// evicting the streams appended to least recently.
 ///
 /// The order is a queue of `(tick, stream)`, oldest first; a stream's
 /// place is the entry whose tick is its [`State::cached_at`], and entries
-/// it left behind are skipped when reached. A queue, not a tree: its
+/// it left behind are skipped when reached. Ticks are 32 bits (4 bytes
+/// less in every stream's state) and wrap: an entry left behind is dropped
+/// by the next compaction, well before 2^32 newer ticks could make its
+/// tick its stream's again. A queue, not a tree: its
 /// entries sit in one buffer instead of thousands of small nodes, each of
 /// which would keep a heap page resident among the freed transients of
 /// the appends that made it. A stream still in the newer half of the order
@@ -88,8 +97,8 @@ pub fn recent_cost(bytes: usize) -> u32 {
 pub struct TailCache {
     cap: usize,
     pub(super) used: usize,
-    tick: u64,
-    order: VecDeque<(u64, Arc<Stream>)>,
+    tick: u32,
+    order: VecDeque<(u32, Arc<Stream>)>,
     /// Streams with a place in `order`.
     placed: usize,
 }
@@ -136,8 +145,9 @@ impl TailCache {
             state.recent_bytes -= recent_cost(old.len() + RECENT_ENTRY_COST);
             self.used -= old.len() + RECENT_ENTRY_COST;
         }
-        match state.cached_at.map(NonZeroU64::get) {
-            Some(at) if self.tick - at < (self.placed / 2) as u64 => {}
+        let half = u32::try_from(self.placed / 2).unwrap_or(u32::MAX);
+        match state.cached_at.map(NonZeroU32::get) {
+            Some(at) if self.tick.wrapping_sub(at) < half => {}
             Some(_) => {
                 state.cached_at = Some(self.next_tick());
                 self.order.push_back((self.tick, stream.clone()));
@@ -152,10 +162,11 @@ impl TailCache {
         }
     }
 
-    /// Advances the order's clock: ticks start at 1, so a place is never 0.
-    fn next_tick(&mut self) -> NonZeroU64 {
-        self.tick += 1;
-        NonZeroU64::new(self.tick).unwrap_or(NonZeroU64::MIN)
+    /// Advances the order's clock: ticks start at 1 and skip 0 when they
+    /// wrap, so a place is never 0.
+    fn next_tick(&mut self) -> NonZeroU32 {
+        self.tick = self.tick.wrapping_add(1).max(1);
+        NonZeroU32::new(self.tick).unwrap_or(NonZeroU32::MIN)
     }
 
     /// Drops the entries streams left behind once they are most of the
@@ -202,7 +213,7 @@ impl TailCache {
                 break;
             };
             let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
-            if state.cached_at.map(NonZeroU64::get) != Some(tick) {
+            if state.cached_at.map(NonZeroU32::get) != Some(tick) {
                 continue;
             }
             self.used -= state.recent_bytes as usize;
@@ -223,12 +234,13 @@ mod tests {
     use super::super::state::{RECENT_ENTRY_COST, State, Stream};
     use super::TailCache;
 
-    /// Every stream's `Stream` stays in memory: with its `Arc`'s counts it
-    /// fits a 208-byte glibc chunk (224 and more bytes cost 256).
+    /// Every stream's `Stream` stays in memory: with its `Arc`'s counts and
+    /// glibc's 8-byte header it fits a 176-byte chunk (160 and more bytes
+    /// cost 192).
     #[test]
     fn a_stream_stays_small() {
         let size = std::mem::size_of::<Stream>();
-        assert!(size <= 184, "Stream is {size} bytes");
+        assert!(size <= 152, "Stream is {size} bytes");
     }
 
     fn stream(id: u64) -> Arc<Stream> {
@@ -344,7 +356,7 @@ mod tests {
     #[test]
     fn the_order_stays_bounded() {
         assert_eq!(
-            std::mem::size_of::<(u64, Arc<Stream>)>(),
+            std::mem::size_of::<(u32, Arc<Stream>)>(),
             16,
             "an order entry grew"
         );

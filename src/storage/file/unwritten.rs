@@ -50,7 +50,58 @@ struct Piece {
 /// (one or two pieces), not kept: every stream has one of these.
 #[derive(Default)]
 pub struct Unwritten {
-    pieces: Vec<Piece>,
+    pieces: Pieces,
+}
+
+/// The pieces, boxed while there are any: every stream keeps its
+/// [`Unwritten`] and an idle one holds none, so it costs a pointer, not
+/// the 24 bytes of an empty `Vec`.
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+struct Pieces(Option<Box<Vec<Piece>>>);
+
+impl std::ops::Deref for Pieces {
+    type Target = [Piece];
+
+    fn deref(&self) -> &[Piece] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::DerefMut for Pieces {
+    fn deref_mut(&mut self) -> &mut [Piece] {
+        self.0.as_deref_mut().map_or(&mut [], Vec::as_mut_slice)
+    }
+}
+
+impl Pieces {
+    fn push(&mut self, piece: Piece) {
+        self.0
+            .get_or_insert_with(|| Box::new(Vec::with_capacity(1)))
+            .push(piece);
+    }
+
+    /// Drops the oldest piece; frees the room once none is left.
+    fn remove_first(&mut self) {
+        if let Some(pieces) = self.0.as_mut() {
+            pieces.remove(0);
+        }
+        self.free_if_empty();
+    }
+
+    /// Keeps the pieces `keep` accepts; frees the room once none is left.
+    fn retain(&mut self, keep: impl FnMut(&Piece) -> bool) {
+        if let Some(pieces) = self.0.as_mut() {
+            pieces.retain(keep);
+        }
+        self.free_if_empty();
+    }
+
+    fn free_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
 }
 
 impl Unwritten {
@@ -130,10 +181,9 @@ impl Unwritten {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::Io(e)),
             }
-            self.pieces.remove(0);
+            // Written out: an idle stream keeps no buffer.
+            self.pieces.remove_first();
         }
-        // Written out: an idle stream keeps no buffer.
-        self.pieces.shrink_to_fit();
         Ok(())
     }
 
