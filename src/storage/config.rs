@@ -74,7 +74,7 @@ pub struct StorageConfig {
     /// named by a corruption error at startup. Set it once, then remove it.
     pub truncate_corrupt_at: Option<String>,
     /// File backends: commit shards, each with its own log and writer; 0
-    /// means one per core (at least four in the file modes).
+    /// means one per core (at least two in the file modes).
     pub commit_shards: u64,
     /// Size at which a stream's next record starts a new chunk (the unit
     /// retention trims; a chunk file in the file modes), on every backend.

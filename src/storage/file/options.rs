@@ -16,7 +16,7 @@ pub struct FileOptions {
     /// Discard a log from this `<segment file name>:<offset>` on, as named
     /// by a corruption error. Anything else is ignored.
     pub truncate_corrupt_at: Option<String>,
-    /// Commit shards; 0 means one per core, at least four.
+    /// Commit shards; 0 means one per core, at least two.
     pub commit_shards: usize,
     /// Size at which a stream's next record starts a new chunk file.
     pub chunk_bytes: u64,

@@ -53,12 +53,12 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// not less.
 pub const SYNC_QUEUE: usize = 1;
 
-/// Fewest commit shards by default. A shard's writer spends most of its
-/// time waiting in `fdatasync`, not on a core, and syncs of different log
-/// files run side by side on the disk while those of one file take turns:
-/// on two cores, four shards led two at 100 streams in 10 of 12
-/// back-to-back pairs, median 1.29× (BENCHMARKS.md, session 7).
-pub const MIN_DEFAULT_SHARDS: usize = 4;
+/// Fewest commit shards by default (one per core otherwise). Fewer shards
+/// sync more appends at a time: with the server's cores to itself, two
+/// shards on two cores led four at 100 streams in 11 of 11 alternated
+/// pairs, median 1.11×, with a lower p99; four led only while other
+/// processes took the cores (BENCHMARKS.md, sessions 7 and 11).
+pub const MIN_DEFAULT_SHARDS: usize = 2;
 
 /// A shard's queue and what it has published.
 pub struct Shard {
