@@ -477,10 +477,12 @@ where
     // and be moved whole into this future.
     let response = if preflight {
         preflight_response()
-    } else if let Err(problem) = (observed.span())
-        .in_scope(|| limits.check_head(request.headers(), header_bytes, request.uri()))
-    {
-        observed.span().in_scope(|| problem.into_response())
+    } else if let Some(refused) = observed.span().in_scope(|| {
+        (limits.check_head(request.headers(), header_bytes, request.uri()))
+            .err()
+            .map(IntoResponse::into_response)
+    }) {
+        refused
     } else {
         let span = observed.span().clone();
         match &edge.gate {

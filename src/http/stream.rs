@@ -208,9 +208,8 @@ async fn read_body_of(
     mut body: Body,
 ) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
-    let too_large = || too_large(limit);
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     // By hand rather than `Limited` + `collect`: an append's body is one
     // frame, handed on as it is, without the collector's queue and copy.
@@ -227,7 +226,7 @@ async fn read_body_of(
         };
         total = total.saturating_add(data.len());
         if total > limit {
-            return Err(too_large());
+            return Err(too_large(limit));
         }
         if first.is_empty() && more.is_none() {
             first = data;
