@@ -253,11 +253,12 @@ impl RawConnection {
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
-            let written = async {
-                stream.write_all(head).await?;
-                stream.write_all(body).await
-            }
-            .await;
+            // One write, so the request leaves in one segment as browsers'
+            // and Node's clients send it.
+            self.buffer.clear();
+            self.buffer.extend_from_slice(head);
+            self.buffer.extend_from_slice(body);
+            let written = stream.write_all(&self.buffer).await;
             let outcome = match written {
                 Ok(()) => self.read_response().await,
                 Err(error) => Err(error),
