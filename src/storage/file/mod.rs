@@ -629,7 +629,7 @@ impl Storage for FileStorage {
             let plan: Vec<chunk::Committed> = (first..=last)
                 .map(|i| {
                     let limit = (i + 1 == chunks.len())
-                        .then(|| state.active.map(|a| (a.len, a.index_entries)))
+                        .then(|| state.active().map(|a| (a.len, a.index_entries)))
                         .flatten();
                     chunk::Committed {
                         start: chunks[i].start,

@@ -79,7 +79,7 @@ fn replay(
                     .state
                     .read()
                     .unwrap_or_else(PoisonError::into_inner);
-                (state.tail, state.active)
+                (state.tail, state.active())
             };
             streams_lock
                 .write()
@@ -302,7 +302,7 @@ fn finish_stream(
         return removal::remove_stream_files(dir, id, files, dirty);
     };
     let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
-    if let Some(active) = state.active {
+    if let Some(active) = state.active() {
         let path = layout::chunk_path(dir, id, active.start);
         let file = std::fs::OpenOptions::new()
             .write(true)

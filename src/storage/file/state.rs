@@ -25,11 +25,13 @@ use super::removal::{remove_chunk_files, remove_stream_files};
 pub use super::tail_cache::{RecentQueue, TailCache, recent_cost};
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
+use active::PackedActive;
 use heads::WriterHead;
 pub use heads::{Head, Heads};
 pub use streams::StreamSet;
 pub use writes::{ChunkWrites, Dirty};
 
+mod active;
 mod heads;
 mod streams;
 mod writes;
@@ -84,8 +86,9 @@ pub struct State {
     pub tail: u64,
     /// Its retained chunks.
     pub chunks: ChunkList,
-    /// The committed part of its last chunk's file and index.
-    pub active: Option<Active>,
+    /// The committed part of its last chunk's file and index (see
+    /// [`State::active`]).
+    active: PackedActive,
     /// Its writer state besides the tail, and where its own data begins
     /// when not at 0 (a fork), once it has any.
     writer: Option<Box<WriterExtras>>,
@@ -120,13 +123,23 @@ impl State {
             spec,
             tail: base,
             chunks: ChunkList::default(),
-            active: None,
+            active: PackedActive::default(),
             writer: WriterExtras::boxed(base, closed, Vec::new(), None),
             soft_deleted: false,
             recent: RecentQueue::default(),
             recent_bytes: 0,
             cached_at: None,
         }
+    }
+
+    /// The committed part of its last chunk's file and index.
+    pub fn active(&self) -> Option<Active> {
+        self.active.get()
+    }
+
+    /// Sets [`State::active`].
+    pub fn set_active(&mut self, active: Option<Active>) {
+        self.active = PackedActive::pack(active);
     }
 
     /// Where its own data begins.
@@ -179,7 +192,7 @@ impl State {
             stream_seq: self.stream_seq().map(str::to_owned),
             soft_deleted: self.soft_deleted,
             chunks: self.chunks.chunks().to_vec(),
-            active: self.active,
+            active: self.active(),
         }
     }
 
@@ -189,7 +202,7 @@ impl State {
             spec: super::spec::compacted(record.spec),
             tail: record.tail,
             chunks: ChunkList::from_chunks(record.chunks),
-            active: record.active,
+            active: PackedActive::pack(record.active),
             writer: WriterExtras::boxed(
                 record.base,
                 record.closed,
@@ -479,7 +492,7 @@ fn apply_written(
         state.chunks.touch(now);
     }
     state.tail += written.data.len() as u64;
-    state.active = Some(written.active);
+    state.set_active(Some(written.active));
     state.tail
 }
 
@@ -566,8 +579,8 @@ impl Target<'_> {
                     state.tail = state.tail.max(before);
                     let tail = state.tail;
                     let dropped = state.chunks.trim(before, tail);
-                    if state.chunks.active().map(|c| c.start) != state.active.map(|a| a.start) {
-                        state.active = None;
+                    if state.chunks.active().map(|c| c.start) != state.active().map(|a| a.start) {
+                        state.set_active(None);
                     }
                     let head = state.head();
                     while state.recent.front().is_some_and(|(end, _)| *end <= head) {

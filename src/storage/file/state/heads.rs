@@ -8,11 +8,11 @@
 //! (64-byte slots at a power-of-two capacity), one of pointers about 15.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::super::super::StreamId;
 use super::super::chunk::Active;
-use super::{Stream, StreamSet};
+use super::{PackedActive, Stream, StreamSet};
 
 /// A copy of the writer's view of a stream, taken to change it (and kept
 /// to undo a batch that could not be written).
@@ -50,34 +50,24 @@ impl Head {
 #[derive(Default)]
 pub struct WriterHead {
     tail: AtomicU64,
-    start: AtomicU64,
-    len: AtomicU64,
-    index_next: AtomicU64,
-    index_entries: AtomicU32,
-    has_active: AtomicBool,
+    active: [AtomicU64; 3],
 }
 
 impl WriterHead {
     fn load(&self) -> (u64, Option<Active>) {
         let tail = self.tail.load(Ordering::Relaxed);
-        let active = self.has_active.load(Ordering::Relaxed).then(|| Active {
-            start: self.start.load(Ordering::Relaxed),
-            len: self.len.load(Ordering::Relaxed),
-            index_entries: self.index_entries.load(Ordering::Relaxed),
-            index_next: self.index_next.load(Ordering::Relaxed),
-        });
-        (tail, active)
+        let words = self
+            .active
+            .each_ref()
+            .map(|word| word.load(Ordering::Relaxed));
+        (tail, PackedActive::from_words(words).get())
     }
 
     fn store(&self, tail: u64, active: Option<Active>) {
         self.tail.store(tail, Ordering::Relaxed);
-        self.has_active.store(active.is_some(), Ordering::Relaxed);
-        if let Some(active) = active {
-            self.start.store(active.start, Ordering::Relaxed);
-            self.len.store(active.len, Ordering::Relaxed);
-            self.index_entries
-                .store(active.index_entries, Ordering::Relaxed);
-            self.index_next.store(active.index_next, Ordering::Relaxed);
+        let words = PackedActive::pack(active).words();
+        for (word, value) in self.active.iter().zip(words) {
+            word.store(value, Ordering::Relaxed);
         }
     }
 }
