@@ -3,10 +3,10 @@
 //! Each stream has a shared [`Stream`] whose [`State`] is what is committed:
 //! readers, `recover` and checkpoints see only that. A shard's writer keeps
 //! its own view ([`Head`], stored in the `Stream`), ahead of the committed
-//! state by the batches written but not yet synced. [`Planner::plan`] turns a mutation into the
-//! chunk-file writes it needs and the [`Effect`] that [`publish`] applies to
-//! the committed state once the batch is durable. Replay after a crash runs
-//! the same two steps for every logged mutation.
+//! state by the batches written but not yet synced. [`Planner::plan`] turns
+//! a mutation into the chunk-file writes it needs and the [`Effect`] that
+//! [`publish`] applies to the committed state once the batch is durable.
+//! Replay after a crash runs the same two steps for every logged mutation.
 
 use std::num::NonZeroU32;
 use std::path::Path;
