@@ -81,9 +81,8 @@ use super::{
 };
 use checkpoint::LogPosition;
 use files::FileCache;
-use ids::IdMap;
 use shard::Shard;
-use state::{ChunkWrites, Dirty, Head, Planner, State, Stream, Target};
+use state::{ChunkWrites, Dirty, Head, Heads, Planner, State, Stream, StreamSet, Target};
 use unwritten::ShardBuffer;
 
 pub use layout::CHECKPOINT as CHECKPOINT_FILE;
@@ -105,7 +104,7 @@ pub struct Shared {
     dir: PathBuf,
     options: FileOptions,
     backend: &'static str,
-    streams: RwLock<HashMap<StreamId, Arc<Stream>>>,
+    streams: RwLock<StreamSet>,
     files: FileCache,
     shards: Vec<Shard>,
     dirty: Mutex<Dirty>,
@@ -193,7 +192,7 @@ impl Shared {
         self.streams
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
+            .get(id)
             .cloned()
     }
 
@@ -231,7 +230,7 @@ impl Shared {
             .streams
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
+            .iter()
             .cloned()
             .collect();
         for stream in streams {
@@ -266,10 +265,10 @@ impl Shared {
                 streams.len() as u64,
             );
             let now = super::chunk_list::now_ms();
-            for (&id, stream) in streams.iter() {
+            for stream in streams.iter() {
                 release_if_idle(stream, now);
                 let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
-                checkpoint::encode_stream(&mut body, &state.record(id));
+                checkpoint::encode_stream(&mut body, &state.record(stream.id));
             }
         }
         // Every record the checkpoint covers must be in its chunk file
@@ -630,7 +629,7 @@ impl Storage for FileStorage {
             let plan: Vec<chunk::Committed> = (first..=last)
                 .map(|i| {
                     let limit = (i + 1 == chunks.len())
-                        .then(|| state.active.map(|a| (a.len, a.index_entries)))
+                        .then(|| state.active().map(|a| (a.len, a.index_entries)))
                         .flatten();
                     chunk::Committed {
                         start: chunks[i].start,

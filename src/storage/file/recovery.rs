@@ -40,8 +40,8 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), StorageError> {
 
 /// The streams and heads a replay ends with.
 struct Replayed {
-    streams: HashMap<StreamId, Arc<Stream>>,
-    heads: IdMap<Head>,
+    streams: StreamSet,
+    heads: Heads,
     /// Log segments seen (deleted once a new checkpoint is written).
     old_segments: Vec<(u32, u64)>,
     legacy: Vec<u64>,
@@ -57,9 +57,9 @@ fn replay(
 ) -> Result<Replayed, StorageError> {
     let found = checkpoint::read(dir)?;
     let legacy = list_legacy(dir)?;
-    let streams_lock = RwLock::new(HashMap::new());
+    let streams_lock = RwLock::new(StreamSet::default());
     let mut planner = Planner {
-        heads: IdMap::default(),
+        heads: Heads::default(),
         chunk_bytes: found
             .as_ref()
             .map_or(options.chunk_bytes, |c| c.chunk_bytes),
@@ -79,12 +79,12 @@ fn replay(
                     .state
                     .read()
                     .unwrap_or_else(PoisonError::into_inner);
-                (state.tail, state.active)
+                (state.tail, state.active())
             };
             streams_lock
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, head.stream.clone());
+                .insert(head.stream.clone());
             planner.heads.insert(
                 id,
                 Head {
@@ -221,7 +221,7 @@ fn replay(
         .unwrap_or_else(PoisonError::into_inner);
     progress.finish(streams.len());
     for (&(id, start), _) in present.iter().filter(|(_, here)| !**here) {
-        let retained = streams.get(&id).is_some_and(|stream| {
+        let retained = streams.get(id).is_some_and(|stream| {
             let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
             state.chunks.chunks().iter().any(|c| c.start == start)
         });
@@ -234,7 +234,7 @@ fn replay(
     }
     if !read_only {
         for &id in &touched {
-            finish_stream(dir, id, streams.get(&id), files, dirty)?;
+            finish_stream(dir, id, streams.get(id), files, dirty)?;
         }
     }
     if found.is_some() && !legacy.is_empty() {
@@ -302,7 +302,7 @@ fn finish_stream(
         return removal::remove_stream_files(dir, id, files, dirty);
     };
     let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
-    if let Some(active) = state.active {
+    if let Some(active) = state.active() {
         let path = layout::chunk_path(dir, id, active.start);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -378,13 +378,13 @@ impl FileStorage {
         let replayed = replay(dir, &options, &files, &dirty, read_only)?;
 
         // Specs, shards and routes.
-        let mut ids: Vec<StreamId> = replayed.streams.keys().copied().collect();
-        ids.sort_unstable();
-        let mut recovered = Vec::with_capacity(ids.len());
+        let mut streams: Vec<&Arc<Stream>> = replayed.streams.iter().collect();
+        streams.sort_unstable_by_key(|stream| stream.id);
+        let mut recovered = Vec::with_capacity(streams.len());
         let mut shard_of: HashMap<StreamId, usize> = HashMap::new();
         let mut routes = HashMap::new();
-        for &id in &ids {
-            let stream = &replayed.streams[&id];
+        for stream in streams {
+            let id = stream.id;
             let state = stream.state.read().unwrap_or_else(PoisonError::into_inner);
             let spec: StreamSpec = super::spec::decode(&state.spec).map_err(|e| {
                 StorageError::Corrupt(format!(
@@ -481,9 +481,10 @@ impl FileStorage {
             tracing::info!(dir = %dir.display(), "converted the first file layout");
         }
 
-        let mut heads: Vec<IdMap<Head>> = vec![IdMap::default(); shard_count];
-        for (id, head) in replayed.heads {
-            heads[shard_of.get(&id).copied().unwrap_or(0)].insert(id, head);
+        let mut heads: Vec<Heads> = (0..shard_count).map(|_| Heads::default()).collect();
+        for stream in replayed.heads.into_streams() {
+            let shard = shard_of.get(&stream.id).copied().unwrap_or(0);
+            heads[shard].insert(stream.id, Head::of(stream));
         }
         let mut threads = Vec::new();
         std::fs::create_dir_all(dir.join(layout::WAL_DIR)).map_err(|e| {

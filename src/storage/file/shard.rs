@@ -180,7 +180,7 @@ impl Writer {
         for (mutation, ack) in batch {
             let id = mutation_id(&mutation);
             undo.entry(id)
-                .or_insert_with(|| self.planner.heads.get(&id).cloned());
+                .or_insert_with(|| self.planner.heads.snapshot(id));
             // Framed before planning, which takes the mutation (its record
             // moves into the effect uncloned); cut again if refused or a
             // no-op.

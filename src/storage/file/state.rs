@@ -2,13 +2,12 @@
 //!
 //! Each stream has a shared [`Stream`] whose [`State`] is what is committed:
 //! readers, `recover` and checkpoints see only that. A shard's writer keeps
-//! its own [`Head`] per stream, ahead of the committed state by the batches
-//! written but not yet synced. [`Planner::plan`] turns a mutation into the
-//! chunk-file writes it needs and the [`Effect`] that [`publish`] applies to
-//! the committed state once the batch is durable. Replay after a crash runs
-//! the same two steps for every logged mutation.
+//! its own view ([`Head`], stored in the `Stream`), ahead of the committed
+//! state by the batches written but not yet synced. [`Planner::plan`] turns
+//! a mutation into the chunk-file writes it needs and the [`Effect`] that
+//! [`publish`] applies to the committed state once the batch is durable.
+//! Replay after a crash runs the same two steps for every logged mutation.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -20,15 +19,21 @@ use super::super::{ClosedBy, Mutation, ReadChunk, StorageError, StreamId};
 use super::checkpoint::StreamRecord;
 use super::chunk::{self, Active};
 use super::files::FileCache;
-use super::ids::IdMap;
 use super::layout;
 pub use super::refusal::Refusal;
 use super::removal::{remove_chunk_files, remove_stream_files};
 pub use super::tail_cache::{RecentQueue, TailCache, recent_cost};
 use super::unwritten::{ShardBuffer, Unwritten};
 use crate::protocol::producer::ProducerState;
+use active::PackedActive;
+use heads::WriterHead;
+pub use heads::{Head, Heads};
+pub use streams::StreamSet;
 pub use writes::{ChunkWrites, Dirty};
 
+mod active;
+mod heads;
+mod streams;
 mod writes;
 
 /// Most bytes of recent records kept per stream, counting
@@ -56,6 +61,8 @@ pub struct Stream {
     /// Committed frames not yet written to its chunk files (see the
     /// `unwritten` module). Locked after `state`, never before it.
     pub unwritten: Mutex<Unwritten>,
+    /// Its shard writer's view, ahead of `state` (see [`Head`]).
+    head: WriterHead,
 }
 
 impl Stream {
@@ -65,6 +72,7 @@ impl Stream {
             id,
             state: RwLock::new(state),
             unwritten: Mutex::new(Unwritten::default()),
+            head: WriterHead::default(),
         }
     }
 }
@@ -78,8 +86,9 @@ pub struct State {
     pub tail: u64,
     /// Its retained chunks.
     pub chunks: ChunkList,
-    /// The committed part of its last chunk's file and index.
-    pub active: Option<Active>,
+    /// The committed part of its last chunk's file and index (see
+    /// [`State::active`]).
+    active: PackedActive,
     /// Its writer state besides the tail, and where its own data begins
     /// when not at 0 (a fork), once it has any.
     writer: Option<Box<WriterExtras>>,
@@ -114,13 +123,23 @@ impl State {
             spec,
             tail: base,
             chunks: ChunkList::default(),
-            active: None,
+            active: PackedActive::default(),
             writer: WriterExtras::boxed(base, closed, Vec::new(), None),
             soft_deleted: false,
             recent: RecentQueue::default(),
             recent_bytes: 0,
             cached_at: None,
         }
+    }
+
+    /// The committed part of its last chunk's file and index.
+    pub fn active(&self) -> Option<Active> {
+        self.active.get()
+    }
+
+    /// Sets [`State::active`].
+    pub fn set_active(&mut self, active: Option<Active>) {
+        self.active = PackedActive::pack(active);
     }
 
     /// Where its own data begins.
@@ -173,7 +192,7 @@ impl State {
             stream_seq: self.stream_seq().map(str::to_owned),
             soft_deleted: self.soft_deleted,
             chunks: self.chunks.chunks().to_vec(),
-            active: self.active,
+            active: self.active(),
         }
     }
 
@@ -183,7 +202,7 @@ impl State {
             spec: super::spec::compacted(record.spec),
             tail: record.tail,
             chunks: ChunkList::from_chunks(record.chunks),
-            active: record.active,
+            active: PackedActive::pack(record.active),
             writer: WriterExtras::boxed(
                 record.base,
                 record.closed,
@@ -262,17 +281,6 @@ impl WriterExtras {
     }
 }
 
-/// The writer's view of a stream.
-#[derive(Clone)]
-pub struct Head {
-    /// The shared stream.
-    pub stream: Arc<Stream>,
-    /// The tail after everything written.
-    pub tail: u64,
-    /// The chunk being written.
-    pub active: Option<Active>,
-}
-
 /// A committed append's changes to the chunk layout.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -310,7 +318,7 @@ pub enum Effect {
 /// Turns mutations into chunk writes and effects; owns the heads.
 pub struct Planner {
     /// The writer's view of every stream of the shard.
-    pub heads: IdMap<Head>,
+    pub heads: Heads,
     /// Chunk size (bytes of chunk file).
     pub chunk_bytes: u64,
 }
@@ -387,9 +395,9 @@ impl Planner {
                 Effect::Create { stream, written }
             }
             Mutation::Append(append) => {
-                let head = self
+                let mut head = self
                     .heads
-                    .get_mut(&append.id)
+                    .snapshot(append.id)
                     .ok_or(Refusal::Unknown(append.id))?;
                 if head.tail != append.start {
                     return Err(Refusal::OutOfOrder {
@@ -399,38 +407,38 @@ impl Planner {
                     });
                 }
                 let written = (!append.data.is_empty())
-                    .then(|| Self::append_record(head, append.data, self.chunk_bytes, writes));
+                    .then(|| Self::append_record(&mut head, append.data, self.chunk_bytes, writes));
+                head.save();
                 Effect::Append {
-                    stream: head.stream.clone(),
+                    stream: head.stream,
                     written,
                     producer: append.producer,
                     stream_seq: append.stream_seq,
                     close: append.close,
                 }
             }
-            Mutation::SoftDelete { id } => match self.heads.get(&id) {
-                Some(head) => Effect::SoftDelete {
-                    stream: head.stream.clone(),
+            Mutation::SoftDelete { id } => match self.heads.stream(id) {
+                Some(stream) => Effect::SoftDelete {
+                    stream: stream.clone(),
                 },
                 None => return Ok(None),
             },
             Mutation::Remove { id } => match self.heads.remove(&id) {
-                Some(head) => Effect::Remove {
-                    stream: head.stream,
-                },
+                Some(stream) => Effect::Remove { stream },
                 None => return Ok(None),
             },
-            Mutation::Trim { id, before } => match self.heads.get_mut(&id) {
-                Some(head) => {
+            Mutation::Trim { id, before } => match self.heads.snapshot(id) {
+                Some(mut head) => {
                     if before >= head.tail {
                         // The chunk being written goes too: the next
                         // record starts a new one.
                         head.active = None;
                         // Past the tail, the stream continues at `before`.
                         head.tail = before;
+                        head.save();
                     }
                     Effect::Trim {
-                        stream: head.stream.clone(),
+                        stream: head.stream,
                         before,
                     }
                 }
@@ -443,7 +451,7 @@ impl Planner {
 /// Where published effects land.
 pub struct Target<'a> {
     /// Every committed stream.
-    pub streams: &'a RwLock<HashMap<StreamId, Arc<Stream>>>,
+    pub streams: &'a RwLock<StreamSet>,
     /// The data directory.
     pub root: &'a Path,
     /// Open chunk files.
@@ -484,7 +492,7 @@ fn apply_written(
         state.chunks.touch(now);
     }
     state.tail += written.data.len() as u64;
-    state.active = Some(written.active);
+    state.set_active(Some(written.active));
     state.tail
 }
 
@@ -507,7 +515,7 @@ impl Target<'_> {
                 self.streams
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(stream.id, stream);
+                    .insert(stream);
             }
             Effect::Append {
                 stream,
@@ -548,7 +556,7 @@ impl Target<'_> {
                 self.streams
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&stream.id);
+                    .remove(stream.id);
                 {
                     let mut state = stream.state.write().unwrap_or_else(PoisonError::into_inner);
                     if let Some(buffer) = self.buffer {
@@ -571,8 +579,8 @@ impl Target<'_> {
                     state.tail = state.tail.max(before);
                     let tail = state.tail;
                     let dropped = state.chunks.trim(before, tail);
-                    if state.chunks.active().map(|c| c.start) != state.active.map(|a| a.start) {
-                        state.active = None;
+                    if state.chunks.active().map(|c| c.start) != state.active().map(|a| a.start) {
+                        state.set_active(None);
                     }
                     let head = state.head();
                     while state.recent.front().is_some_and(|(end, _)| *end <= head) {

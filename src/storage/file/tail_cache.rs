@@ -235,12 +235,13 @@ mod tests {
     use super::TailCache;
 
     /// Every stream's `Stream` stays in memory: with its `Arc`'s counts and
-    /// glibc's 8-byte header it fits a 176-byte chunk (160 and more bytes
-    /// cost 192).
+    /// glibc's 8-byte header it fits a 192-byte chunk (a byte more costs
+    /// 208). It holds its writer's view too, which a map of 64-byte
+    /// slots kept beside it before.
     #[test]
     fn a_stream_stays_small() {
         let size = std::mem::size_of::<Stream>();
-        assert!(size <= 152, "Stream is {size} bytes");
+        assert!(size <= 168, "Stream is {size} bytes");
     }
 
     fn stream(id: u64) -> Arc<Stream> {
