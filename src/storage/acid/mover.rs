@@ -34,7 +34,7 @@ use crate::storage::{Append, Mutation, StorageError, StreamId};
 enum Job {
     /// A staged move to commit.
     Move {
-        txn: WriteTransaction,
+        txn: Box<WriteTransaction>,
         /// Each moved stream's new tail in redb: its records below it
         /// leave memory once the commit is durable.
         tails: Vec<(StreamId, u64)>,
@@ -101,7 +101,7 @@ impl Mover {
 /// redb instead of memory.
 fn commit_move(
     shared: &Shared,
-    txn: WriteTransaction,
+    txn: Box<WriteTransaction>,
     tails: Vec<(StreamId, u64)>,
 ) -> Result<(), StorageError> {
     txn.commit().map_err(db_error)?;
@@ -173,8 +173,10 @@ impl Writer {
             return;
         };
         mover.in_flight = Some(InFlight { appends, before });
-        if let Err(SendError(Job::Move { txn, tails })) = mover.jobs.send(Job::Move { txn, tails })
-        {
+        if let Err(SendError(Job::Move { txn, tails })) = mover.jobs.send(Job::Move {
+            txn: Box::new(txn),
+            tails,
+        }) {
             // The thread is gone: commit here instead.
             let outcome = commit_move(&self.shared, txn, tails);
             self.settle_move(outcome);
