@@ -6,6 +6,11 @@
 //! the move before has committed; otherwise (a move failed) it commits on
 //! its own thread, as before there was a mover.
 //!
+//! Once a move has committed, its appends are freed on this thread too:
+//! their payloads are thousands of allocations made by the runtime's
+//! threads, and freeing them on the writer (glibc coalescing chunks,
+//! contending for the workers' arenas) held up the log for as long.
+//!
 //! The open after a crash replays both files' generations that the
 //! database has not recorded as applied, oldest first; appends already in
 //! the database are skipped by stream position.
@@ -25,12 +30,17 @@ use super::tables::db_error;
 use super::writer::Writer;
 use crate::storage::{Append, Mutation, StorageError, StreamId};
 
-/// A staged move for the mover thread to commit.
-struct Job {
-    txn: WriteTransaction,
-    /// Each moved stream's new tail in redb: its records below it leave
-    /// memory once the commit is durable.
-    tails: Vec<(StreamId, u64)>,
+/// Work for the mover thread.
+enum Job {
+    /// A staged move to commit.
+    Move {
+        txn: Box<WriteTransaction>,
+        /// Each moved stream's new tail in redb: its records below it
+        /// leave memory once the commit is durable.
+        tails: Vec<(StreamId, u64)>,
+    },
+    /// The appends of a committed move, to free off the writer.
+    Free(Vec<(Append, i64)>),
 }
 
 /// What the writer keeps of a move in flight, to take it back should its
@@ -60,9 +70,14 @@ impl Mover {
             .name("ds-acid-move".into())
             .spawn(move || {
                 for job in receive {
-                    let outcome = commit_move(&shared, job);
-                    if send_done.send(outcome).is_err() {
-                        return;
+                    match job {
+                        Job::Move { txn, tails } => {
+                            let outcome = commit_move(&shared, txn, tails);
+                            if send_done.send(outcome).is_err() {
+                                return;
+                            }
+                        }
+                        Job::Free(appends) => drop(appends),
                     }
                 }
             })
@@ -84,13 +99,17 @@ impl Mover {
 
 /// Commits a move; once it is durable, the moved records are read from
 /// redb instead of memory.
-fn commit_move(shared: &Shared, job: Job) -> Result<(), StorageError> {
-    job.txn.commit().map_err(db_error)?;
+fn commit_move(
+    shared: &Shared,
+    txn: Box<WriteTransaction>,
+    tails: Vec<(StreamId, u64)>,
+) -> Result<(), StorageError> {
+    txn.commit().map_err(db_error)?;
     let mut unapplied = shared
         .unapplied
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    for (id, tail) in job.tails {
+    for (id, tail) in tails {
         if let Some(records) = unapplied.get_mut(&id) {
             let moved = records.partition_point(|r| r.start < tail);
             records.drain(..moved);
@@ -154,9 +173,12 @@ impl Writer {
             return;
         };
         mover.in_flight = Some(InFlight { appends, before });
-        if let Err(SendError(job)) = mover.jobs.send(Job { txn, tails }) {
+        if let Err(SendError(Job::Move { txn, tails })) = mover.jobs.send(Job::Move {
+            txn: Box::new(txn),
+            tails,
+        }) {
             // The thread is gone: commit here instead.
-            let outcome = commit_move(&self.shared, job);
+            let outcome = commit_move(&self.shared, txn, tails);
             self.settle_move(outcome);
         }
     }
@@ -182,13 +204,18 @@ impl Writer {
     /// still in the other file, which stays as it is until a commit on the
     /// writer's thread takes them.
     fn settle_move(&mut self, outcome: Result<(), StorageError>) {
-        let Some(in_flight) = self.mover.as_mut().and_then(|m| m.in_flight.take()) else {
+        let Some(mover) = self.mover.as_mut() else {
+            return;
+        };
+        let Some(in_flight) = mover.in_flight.take() else {
             return;
         };
         match outcome {
             Ok(()) => {
                 self.spare_free = true;
                 self.retry = Retry::default();
+                // A thread that is gone hands them back, freed here.
+                let _ = mover.jobs.send(Job::Free(in_flight.appends));
             }
             Err(error) => {
                 self.heads = in_flight.before;
