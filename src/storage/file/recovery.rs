@@ -85,14 +85,11 @@ fn replay(
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(head.stream.clone());
-            planner.heads.insert(
-                id,
-                Head {
-                    tail,
-                    active,
-                    ..head
-                },
-            );
+            planner.heads.insert(Head {
+                tail,
+                active,
+                ..head
+            });
         }
     }
     let mut touched: HashSet<StreamId> = HashSet::new();
@@ -484,7 +481,7 @@ impl FileStorage {
         let mut heads: Vec<Heads> = (0..shard_count).map(|_| Heads::default()).collect();
         for stream in replayed.heads.into_streams() {
             let shard = shard_of.get(&stream.id).copied().unwrap_or(0);
-            heads[shard].insert(stream.id, Head::of(stream));
+            heads[shard].insert(Head::of(stream));
         }
         let mut threads = Vec::new();
         std::fs::create_dir_all(dir.join(layout::WAL_DIR)).map_err(|e| {

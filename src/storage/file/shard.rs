@@ -302,10 +302,10 @@ impl Writer {
                             );
                         }
                     }
-                    self.planner.heads.insert(id, head);
+                    self.planner.heads.insert(head);
                 }
                 None => {
-                    self.planner.heads.remove(&id);
+                    self.planner.heads.remove(id);
                 }
             }
         }

@@ -391,7 +391,7 @@ impl Planner {
                 };
                 let written = (!data.is_empty())
                     .then(|| Self::append_record(&mut head, data, self.chunk_bytes, writes));
-                self.heads.insert(spec.id, head);
+                self.heads.insert(head);
                 Effect::Create { stream, written }
             }
             Mutation::Append(append) => {
@@ -423,7 +423,7 @@ impl Planner {
                 },
                 None => return Ok(None),
             },
-            Mutation::Remove { id } => match self.heads.remove(&id) {
+            Mutation::Remove { id } => match self.heads.remove(id) {
                 Some(stream) => Effect::Remove { stream },
                 None => return Ok(None),
             },

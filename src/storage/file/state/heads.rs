@@ -87,17 +87,16 @@ impl Heads {
         self.0.get(id)
     }
 
-    /// Keeps `head` (of stream `id`) as the writer's view of its stream,
-    /// adding the stream if new.
-    pub fn insert(&mut self, id: StreamId, head: Head) {
-        debug_assert_eq!(id, head.stream.id, "a head kept under another id");
+    /// Keeps `head` as the writer's view of its stream, adding the stream
+    /// if new.
+    pub fn insert(&mut self, head: Head) {
         head.save();
         self.0.insert(head.stream);
     }
 
     /// Forgets stream `id`.
-    pub fn remove(&mut self, id: &StreamId) -> Option<Arc<Stream>> {
-        self.0.remove(*id)
+    pub fn remove(&mut self, id: StreamId) -> Option<Arc<Stream>> {
+        self.0.remove(id)
     }
 
     /// How many streams the writer has.
@@ -132,22 +131,16 @@ mod tests {
         let mut active = Active::new(10);
         let _ = active.add(10, 70_000);
         let _ = active.add(70_010, 5);
-        heads.insert(
-            7,
-            Head {
-                stream: stream(7),
-                tail: 70_015,
-                active: Some(active),
-            },
-        );
-        heads.insert(
-            8,
-            Head {
-                stream: stream(8),
-                tail: 3,
-                active: None,
-            },
-        );
+        heads.insert(Head {
+            stream: stream(7),
+            tail: 70_015,
+            active: Some(active),
+        });
+        heads.insert(Head {
+            stream: stream(8),
+            tail: 3,
+            active: None,
+        });
         let seven = heads.snapshot(7).expect("stream 7");
         assert_eq!((seven.tail, seven.active), (70_015, Some(active)));
         assert_eq!(seven.stream.id, 7);
@@ -164,7 +157,7 @@ mod tests {
         let seven = heads.snapshot(7).expect("stream 7");
         assert_eq!((seven.tail, seven.active), (90_000, None));
 
-        assert_eq!(heads.remove(&7).map(|s| s.id), Some(7));
+        assert_eq!(heads.remove(7).map(|s| s.id), Some(7));
         assert!(heads.snapshot(7).is_none());
         assert_eq!(heads.len(), 1);
     }
